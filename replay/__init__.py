@@ -1,0 +1,1 @@
+"""Journal reading, deterministic replay and divergence reports for slirptrio sessions."""

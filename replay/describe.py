@@ -1,0 +1,106 @@
+"""Human-readable one-line descriptions of journal events, effects and frames."""
+
+from __future__ import annotations
+
+from ipaddress import IPv4Address
+from typing import Any
+
+import dpkt
+
+from slirptrio.core.events import GuestFrame, SendFrame, decode_effect, decode_event
+
+
+def frame(data: bytes) -> str:
+    """A tcpdump-like summary of one Ethernet frame (dpkt as an independent decoder)."""
+    try:
+        eth = dpkt.ethernet.Ethernet(data)
+    except (dpkt.UnpackError, ValueError) as exc:
+        return f"undecodable frame ({len(data)} bytes): {exc}"
+    mac = ":".join(f"{b:02x}" for b in eth.src) + " > " + ":".join(f"{b:02x}" for b in eth.dst)
+    ip = eth.data
+    if isinstance(ip, dpkt.arp.ARP):
+        op = {1: "request", 2: "reply"}.get(ip.op, str(ip.op))
+        return (
+            f"{mac} ARP {op} who-has {IPv4Address(ip.tpa)} tell {IPv4Address(ip.spa)}"
+            f" (sender {':'.join(f'{b:02x}' for b in ip.sha)})"
+        )
+    if not isinstance(ip, dpkt.ip.IP):
+        return f"{mac} ethertype 0x{eth.type:04x} len {len(data)}"
+    src, dst = IPv4Address(ip.src), IPv4Address(ip.dst)
+    l4 = ip.data
+    if isinstance(l4, dpkt.tcp.TCP):
+        flags = "".join(c for c, bit in zip("FSRPAU", (1, 2, 4, 8, 16, 32), strict=True)
+                        if l4.flags & bit)
+        return (
+            f"{mac} {src}:{l4.sport} > {dst}:{l4.dport} TCP [{flags}] seq {l4.seq} ack {l4.ack}"
+            f" win {l4.win} len {len(l4.data)}"
+        )
+    if isinstance(l4, dpkt.udp.UDP):
+        extra = ""
+        if 67 in (l4.sport, l4.dport):
+            try:
+                msg = dpkt.dhcp.DHCP(l4.data)
+                kind = next((o[1][0] for o in msg.opts if o[0] == 53), None)
+                names = {1: "DISCOVER", 2: "OFFER", 3: "REQUEST", 4: "DECLINE", 5: "ACK",
+                         6: "NAK", 7: "RELEASE", 8: "INFORM"}
+                extra = f" DHCP {names.get(kind or 0, kind)} yiaddr {IPv4Address(msg.yiaddr)}"
+            except (dpkt.UnpackError, ValueError, IndexError):
+                extra = " DHCP (undecodable)"
+        return f"{mac} {src}:{l4.sport} > {dst}:{l4.dport} UDP len {len(l4.data)}{extra}"
+    if isinstance(l4, dpkt.icmp.ICMP):
+        return f"{mac} {src} > {dst} ICMP type {l4.type} code {l4.code} len {len(ip.data)}"
+    return f"{mac} {src} > {dst} proto {ip.p} len {ip.len}"
+
+
+def event(raw: list[Any]) -> str:
+    try:
+        ev = decode_event(raw)
+    except ValueError as exc:
+        return f"undecodable event {raw!r:.60}: {exc}"
+    if isinstance(ev, GuestFrame):
+        return "guest frame: " + frame(ev.data)
+    return repr(ev) if len(repr(ev)) < 200 else repr(ev)[:200] + "..."
+
+
+def effect(raw: list[Any]) -> str:
+    try:
+        eff = decode_effect(raw)
+    except ValueError as exc:
+        return f"undecodable effect {raw!r:.60}: {exc}"
+    if isinstance(eff, SendFrame):
+        return "frame to guest: " + frame(eff.data)
+    return repr(eff) if len(repr(eff)) < 200 else repr(eff)[:200] + "..."
+
+
+def flow_of(raw_event: list[Any], raw_effects: list[list[Any]]) -> str:
+    """The flow a record belongs to: a flow id, or the frame's addresses and ports."""
+    try:
+        ev = decode_event(raw_event)
+    except ValueError:
+        return "?"
+    flow = getattr(ev, "flow", None)
+    if flow is not None:
+        return f"flow {flow}"
+    data = ev.data if isinstance(ev, GuestFrame) else None
+    if data is None:
+        for raw in raw_effects:
+            if raw and raw[0] == SendFrame.TAG:
+                data = raw[1]
+                break
+            if len(raw) > 1 and isinstance(raw[1], int):
+                return f"flow {raw[1]}"
+    if data is None:
+        return "-"
+    try:
+        ip = dpkt.ethernet.Ethernet(data).data
+        if isinstance(ip, dpkt.ip.IP):
+            l4 = ip.data
+            proto = {1: "icmp", 6: "tcp", 17: "udp"}.get(ip.p, str(ip.p))
+            sport = getattr(l4, "sport", None)
+            dport = getattr(l4, "dport", None)
+            if sport is not None:
+                return f"{proto} {IPv4Address(ip.src)}:{sport} > {IPv4Address(ip.dst)}:{dport}"
+            return f"{proto} {IPv4Address(ip.src)} > {IPv4Address(ip.dst)}"
+    except (dpkt.UnpackError, ValueError):
+        pass
+    return "-"

@@ -1,0 +1,3 @@
+from slirptrio.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,211 @@
+"""Inputs to the core (events) and outputs from it (effects), with their journal encoding.
+
+Every nondeterministic input enters :meth:`slirptrio.core.stack.Stack.handle` as one of the
+events below; everything the core wants done comes back as effects. Both are frozen, slotted
+dataclasses with a unique integer ``TAG``; :func:`encode` turns one into a msgpack-ready list
+``[TAG, field, ...]`` and :func:`decode_event` / :func:`decode_effect` reverse it. Tags are part
+of the journal format: never renumber one, only add.
+
+Flow ids are small integers the core allocates deterministically; the shell uses them to name
+the host-side socket a host event came from or an effect goes to.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, fields
+from typing import Any, ClassVar
+
+# ---------------------------------------------------------------------------------- events
+
+
+@dataclass(frozen=True, slots=True)
+class Event:
+    TAG: ClassVar[int] = -1
+
+
+@dataclass(frozen=True, slots=True)
+class GuestFrame(Event):
+    """One Ethernet frame from the guest, exactly as the transport delivered it."""
+
+    TAG: ClassVar[int] = 0
+    data: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class Tick(Event):
+    """The deadline the core asked for with ``poll_at()`` has passed."""
+
+    TAG: ClassVar[int] = 1
+
+
+@dataclass(frozen=True, slots=True)
+class GuestLink(Event):
+    """The guest's transport connected (``up``) or went away."""
+
+    TAG: ClassVar[int] = 2
+    up: bool
+
+
+@dataclass(frozen=True, slots=True)
+class TcpConnected(Event):
+    """The host-side connect of ``flow`` succeeded."""
+
+    TAG: ClassVar[int] = 10
+    flow: int
+
+
+@dataclass(frozen=True, slots=True)
+class TcpConnectFailed(Event):
+    """The host-side connect of ``flow`` failed with ``errno`` (an errno number)."""
+
+    TAG: ClassVar[int] = 11
+    flow: int
+    errno: int
+
+
+@dataclass(frozen=True, slots=True)
+class TcpData(Event):
+    """Bytes read from the host socket of ``flow``, with the exact read boundaries."""
+
+    TAG: ClassVar[int] = 12
+    flow: int
+    data: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class TcpSent(Event):
+    """The host socket of ``flow`` accepted ``n`` more bytes of what the core asked to send."""
+
+    TAG: ClassVar[int] = 13
+    flow: int
+    n: int
+
+
+@dataclass(frozen=True, slots=True)
+class TcpEof(Event):
+    """The host peer of ``flow`` shut down its sending side (recv returned b"")."""
+
+    TAG: ClassVar[int] = 14
+    flow: int
+
+
+@dataclass(frozen=True, slots=True)
+class TcpReset(Event):
+    """The host socket of ``flow`` failed (reset or other error ``errno``); it is gone."""
+
+    TAG: ClassVar[int] = 15
+    flow: int
+    errno: int
+
+
+# --------------------------------------------------------------------------------- effects
+
+
+@dataclass(frozen=True, slots=True)
+class Effect:
+    TAG: ClassVar[int] = -1
+
+
+@dataclass(frozen=True, slots=True)
+class SendFrame(Effect):
+    """Send one Ethernet frame to the guest (already padded to 60 bytes)."""
+
+    TAG: ClassVar[int] = 0
+    data: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class TcpConnect(Effect):
+    """Open a host TCP socket for ``flow`` and connect it to ``host``:``port``."""
+
+    TAG: ClassVar[int] = 10
+    flow: int
+    host: str
+    port: int
+
+
+@dataclass(frozen=True, slots=True)
+class TcpSend(Effect):
+    """Queue ``data`` for the host socket of ``flow``; progress comes back as TcpSent."""
+
+    TAG: ClassVar[int] = 11
+    flow: int
+    data: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class TcpRecvCredit(Effect):
+    """Allow ``n`` more bytes to be read from the host socket of ``flow``."""
+
+    TAG: ClassVar[int] = 12
+    flow: int
+    n: int
+
+
+@dataclass(frozen=True, slots=True)
+class TcpShutdown(Effect):
+    """Shut down the sending side of ``flow``'s host socket once queued data is sent."""
+
+    TAG: ClassVar[int] = 13
+    flow: int
+
+
+@dataclass(frozen=True, slots=True)
+class TcpClose(Effect):
+    """Close ``flow``'s host socket and end its tasks; ``abort`` resets instead of closing."""
+
+    TAG: ClassVar[int] = 14
+    flow: int
+    abort: bool
+
+
+# -------------------------------------------------------------------------------- encoding
+
+_EVENTS: dict[int, type[Event]] = {}
+_EFFECTS: dict[int, type[Effect]] = {}
+_FIELDS: dict[type[Any], tuple[str, ...]] = {}
+
+
+def _register() -> None:
+    # Walk names, not __subclasses__(): slots=True replaces each class, leaving stale ones.
+    for obj in list(globals().values()):
+        if not isinstance(obj, type) or obj in (Event, Effect):
+            continue
+        for base, table in ((Event, _EVENTS), (Effect, _EFFECTS)):
+            if issubclass(obj, base):
+                if obj.TAG in table and table[obj.TAG] is not obj:
+                    raise AssertionError(f"duplicate tag {obj.TAG} for {obj.__name__}")
+                table[obj.TAG] = obj
+                _FIELDS[obj] = tuple(f.name for f in fields(obj))
+
+
+def encode(item: Event | Effect) -> list[Any]:
+    """Return ``[TAG, field, ...]`` for an event or effect."""
+    return [item.TAG, *(getattr(item, name) for name in _FIELDS[type(item)])]
+
+
+def _decode(table: dict[int, type[Any]], raw: list[Any]) -> Any:
+    if not isinstance(raw, list | tuple) or not raw:
+        raise ValueError(f"bad encoded item {raw!r}")
+    cls = table.get(raw[0])
+    if cls is None:
+        raise ValueError(f"unknown tag {raw[0]!r}")
+    names = _FIELDS[cls]
+    if len(raw) - 1 != len(names):
+        raise ValueError(f"{cls.__name__} takes {len(names)} fields, got {len(raw) - 1}")
+    return cls(*raw[1:])
+
+
+def decode_event(raw: list[Any]) -> Event:
+    """Rebuild an event from :func:`encode`'s output."""
+    ev: Event = _decode(_EVENTS, raw)
+    return ev
+
+
+def decode_effect(raw: list[Any]) -> Effect:
+    """Rebuild an effect from :func:`encode`'s output."""
+    eff: Effect = _decode(_EFFECTS, raw)
+    return eff
+
+
+_register()

@@ -1,0 +1,224 @@
+"""The core: one guest, one virtual network, driven by events.
+
+Theory of operation
+-------------------
+``Stack.handle(event, now_ns)`` is the only way anything happens. A guest frame is parsed
+(Ethernet → ARP | IPv4 → ICMP | UDP | TCP), answered or translated, and whatever must happen as a
+result comes back as a list of effects: frames for the guest (:class:`SendFrame`) and actions for
+the shell's host sockets. Host socket results come back in as events naming a flow. ``poll_at()``
+tells the shell when the next timer is due; the shell then delivers :class:`Tick`.
+
+The stack owns the virtual addresses (``host``: gateway and NAT source, ``dns``) and answers ARP
+for them with a MAC derived from the address (52:55:a.b.c.d, as libslirp). It learns the guest's
+MAC from its frames. A malformed frame raises :class:`MalformedFrame` inside the parsers; it is
+counted under its reason, logged at debug level and dropped here — never raised to the caller.
+
+Nothing here reads a clock or draws randomness except through ``now_ns`` and the seeded PRNG, so
+the same events at the same times give the same effects, byte for byte.
+"""
+
+from __future__ import annotations
+
+import collections
+import logging
+from ipaddress import IPv4Address
+
+from slirptrio.config import Config
+from slirptrio.core.dhcp import DhcpServer
+from slirptrio.core.events import Effect, Event, GuestFrame, GuestLink, SendFrame, Tick
+from slirptrio.core.prng import Prng
+from slirptrio.wire import MalformedFrame
+from slirptrio.wire import arp as warp
+from slirptrio.wire import ethernet as weth
+from slirptrio.wire import icmp as wicmp
+from slirptrio.wire import ipv4 as wip
+from slirptrio.wire import udp as wudp
+
+log = logging.getLogger("slirptrio.core")
+
+DHCP_SERVER_PORT = 67
+DHCP_CLIENT_PORT = 68
+_LIMITED_BROADCAST = b"\xff\xff\xff\xff"
+_ZERO_IP = b"\x00\x00\x00\x00"
+
+
+def virtual_mac(ip: bytes) -> bytes:
+    """The MAC the stack uses for one of its virtual addresses (52:55 + the address)."""
+    return b"\x52\x55" + ip
+
+
+class Stack:
+    """The sans-I/O network stack for one guest.
+
+    Args:
+      config: the validated ``-netdev user`` configuration.
+      seed: seeds the PRNG for IP ids, ISNs and ports; stored in the journal header.
+    """
+
+    def __init__(self, config: Config, seed: int) -> None:
+        self.config = config
+        self.seed = seed
+        self.counters: collections.Counter[str] = collections.Counter()
+        self._rng = Prng(seed)
+        self._host_ip = config.host.packed
+        self._dns_ip = config.dns.packed
+        self._net = int(config.net.network_address)
+        self._netmask = int(config.net.netmask)
+        self._net_broadcast = config.net.broadcast_address.packed
+        self._our_mac = virtual_mac(self._host_ip)
+        self._virtual_ips = {self._host_ip, self._dns_ip}
+        self._dhcp = DhcpServer(config)
+        self.guest_mac: bytes | None = None
+        self._arp_table: dict[bytes, bytes] = {}
+        self._ip_id = self._rng.next_u32() & 0xFFFF
+        self._out: list[Effect] = []
+
+    # ------------------------------------------------------------------------ public face
+
+    def handle(self, event: Event, now_ns: int) -> list[Effect]:
+        """Consume one input at time ``now_ns`` and return the effects it produced."""
+        out: list[Effect] = []
+        self._out = out
+        if type(event) is GuestFrame:
+            self._guest_frame(event.data, now_ns)
+        elif type(event) is Tick:
+            self.counters["ticks"] += 1
+        elif type(event) is GuestLink:
+            self.counters["guest_link_up" if event.up else "guest_link_down"] += 1
+        else:
+            self.counters["unknown_event"] += 1
+            log.warning("unhandled event %r", event)
+        return out
+
+    def poll_at(self) -> int | None:
+        """The next time (ns) the core wants a :class:`Tick`, or None."""
+        return None
+
+    def leases(self, now_ns: int) -> list[object]:
+        """The DHCP leases currently held."""
+        return list(self._dhcp.leases(now_ns))
+
+    # ----------------------------------------------------------------------------- output
+
+    def send_ip(self, src: bytes, dst: bytes, proto: int, payload: bytes) -> None:
+        """Queue one IPv4 datagram from a virtual or NATed address to the guest."""
+        self._ip_id = (self._ip_id + 1) & 0xFFFF
+        packet = wip.build_ipv4(src, dst, proto, payload, ident=self._ip_id)
+        self._send_eth(self._mac_for(dst), weth.ETH_P_IP, packet)
+
+    def _send_eth(self, dst_mac: bytes, ethertype: int, payload: bytes) -> None:
+        self.counters["frames_out"] += 1
+        self._out.append(SendFrame(weth.build_ethernet(dst_mac, self._our_mac, ethertype, payload)))
+
+    def _mac_for(self, ip: bytes) -> bytes:
+        mac = self._arp_table.get(ip)
+        if mac is not None:
+            return mac
+        # One guest per stack: its last known MAC is the best answer for any address of ours.
+        return self.guest_mac if self.guest_mac is not None else weth.BROADCAST_MAC
+
+    # ------------------------------------------------------------------------------ input
+
+    def _drop(self, reason: str, detail: str = "") -> None:
+        self.counters["drop_" + reason] += 1
+        log.debug("dropped frame: %s %s", reason, detail)
+
+    def _guest_frame(self, frame: bytes, now_ns: int) -> None:
+        self.counters["frames_in"] += 1
+        try:
+            dst, src, ethertype, payload = weth.parse_ethernet(frame)
+            if src[0] & 1:
+                self._drop("eth_multicast_source")
+                return
+            if ethertype == weth.ETH_P_IP:
+                self._ipv4(src, payload, now_ns)
+            elif ethertype == weth.ETH_P_ARP:
+                self._arp(src, payload)
+            elif ethertype == weth.ETH_P_IPV6:
+                self._drop("ipv6_not_supported")
+            else:
+                self._drop("unknown_ethertype", hex(ethertype))
+        except MalformedFrame as exc:
+            self._drop(exc.reason, str(exc))
+
+    def _in_net(self, ip: bytes) -> bool:
+        return (int.from_bytes(ip, "big") & self._netmask) == self._net
+
+    def _learn(self, mac: bytes, ip: bytes) -> None:
+        self.guest_mac = mac
+        if ip != _ZERO_IP and self._in_net(ip) and ip not in self._virtual_ips:
+            self._arp_table[ip] = mac
+
+    def _arp(self, src_mac: bytes, payload: memoryview) -> None:
+        pkt = warp.parse_arp(payload)
+        self._learn(pkt.sender_mac, pkt.sender_ip)
+        if pkt.op != warp.ARP_REQUEST:
+            self.counters["arp_other"] += 1
+            return
+        if pkt.target_ip not in self._virtual_ips:
+            # Never answer for other addresses: the guest probes its own (DAD) this way.
+            self.counters["arp_ignored"] += 1
+            return
+        self.counters["arp_replies"] += 1
+        reply = warp.ArpPacket(
+            op=warp.ARP_REPLY,
+            sender_mac=virtual_mac(pkt.target_ip),
+            sender_ip=pkt.target_ip,
+            target_mac=pkt.sender_mac,
+            target_ip=pkt.sender_ip,
+        )
+        self._send_eth(src_mac, weth.ETH_P_ARP, warp.build_arp(reply))
+
+    def _ipv4(self, src_mac: bytes, payload: memoryview, now_ns: int) -> None:
+        hdr, body = wip.parse_ipv4(payload)
+        self._learn(src_mac, hdr.src)
+        if hdr.mf or hdr.frag_offset:
+            self._drop("ipv4_fragment_not_supported")
+            return
+        proto = hdr.proto
+        if proto == wip.IPPROTO_UDP:
+            self._udp(src_mac, hdr, body, now_ns)
+        elif proto == wip.IPPROTO_ICMP:
+            self._icmp(hdr, body)
+        elif proto == wip.IPPROTO_TCP:
+            self._drop("tcp_not_supported")
+        else:
+            self._drop("ipv4_unknown_protocol", str(proto))
+
+    def _udp(self, src_mac: bytes, hdr: wip.Ipv4Header, body: memoryview, now_ns: int) -> None:
+        sport, dport, data = wudp.parse_udp(body, hdr.src, hdr.dst)
+        if dport == DHCP_SERVER_PORT and (
+            hdr.dst in (_LIMITED_BROADCAST, self._net_broadcast, self._host_ip)
+        ):
+            self._dhcp_request(src_mac, data, now_ns)
+            return
+        self._drop("udp_not_supported")
+
+    def _dhcp_request(self, src_mac: bytes, data: memoryview, now_ns: int) -> None:
+        reply = self._dhcp.handle(data, src_mac, now_ns)
+        if reply is None:
+            self.counters["dhcp_no_reply"] += 1
+            return
+        udp = wudp.build_udp(
+            self._host_ip, reply.dst_ip, DHCP_SERVER_PORT, DHCP_CLIENT_PORT, reply.payload
+        )
+        self._ip_id = (self._ip_id + 1) & 0xFFFF
+        packet = wip.build_ipv4(self._host_ip, reply.dst_ip, wip.IPPROTO_UDP, udp, ident=self._ip_id)
+        self._send_eth(reply.dst_mac, weth.ETH_P_IP, packet)
+
+    def _icmp(self, hdr: wip.Ipv4Header, body: memoryview) -> None:
+        type_, code, rest, data = wicmp.parse_icmp(body)
+        if type_ != wicmp.ECHO_REQUEST:
+            self._drop("icmp_not_supported", f"type {type_}")
+            return
+        if hdr.dst not in self._virtual_ips:
+            self._drop("icmp_echo_not_forwarded")
+            return
+        self.counters["icmp_echo_replies"] += 1
+        reply = wicmp.build_icmp(wicmp.ECHO_REPLY, 0, rest, bytes(data))
+        self.send_ip(hdr.dst, hdr.src, wip.IPPROTO_ICMP, reply)
+
+
+def address_str(ip: bytes) -> str:
+    """Dotted-quad text of a packed IPv4 address."""
+    return str(IPv4Address(ip))

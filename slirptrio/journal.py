@@ -1,0 +1,175 @@
+"""The session journal: a msgpack stream of one header and one record per door step.
+
+Format (version 1)::
+
+    header  = {"magic": "slirptrio-journal", "format": 1, "version": str, "seed": int,
+               "config": Config.to_dict(), "origin_ns": int (wall clock at t=0), "meta": {...}}
+    record  = [seq: int, t_ns: int, event: [TAG, ...], effects: [[TAG, ...], ...]]
+
+``t_ns`` is the monotonic time the core was given, in integer nanoseconds since the session
+started; ``origin_ns + t_ns`` is the wall-clock time of the record. Bytes are msgpack ``bin``.
+Records are written to the file descriptor (not a user-space buffer) at the end of every door
+batch, so a ``kill -9`` loses at most the batch in flight and the file stays readable up to the
+last whole record; a reader reports a truncated tail instead of failing.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import IO, Any
+
+import msgpack
+
+from slirptrio.core.events import Effect, Event, GuestFrame, SendFrame, encode
+
+MAGIC = "slirptrio-journal"
+FORMAT_VERSION = 1
+_FLUSH_AT = 1 << 20
+
+
+class JournalError(Exception):
+    """The journal cannot be read (not a journal, or a newer format)."""
+
+
+@dataclass
+class Header:
+    seed: int
+    config: dict[str, Any]
+    origin_ns: int
+    version: str = ""
+    format: int = FORMAT_VERSION
+    meta: dict[str, Any] = field(default_factory=dict)
+
+    def to_raw(self) -> dict[str, Any]:
+        return {
+            "magic": MAGIC,
+            "format": self.format,
+            "version": self.version,
+            "seed": self.seed,
+            "config": self.config,
+            "origin_ns": self.origin_ns,
+            "meta": self.meta,
+        }
+
+
+class JournalWriter:
+    """Appends records to a journal file; ``flush()`` hands them to the kernel.
+
+    ``fd`` is an open, writable file descriptor; the writer owns it and closes it.
+    """
+
+    def __init__(self, fd: int, header: Header) -> None:
+        self._fd = fd
+        self._packer = msgpack.Packer(use_bin_type=True)
+        self._buf = bytearray(self._packer.pack(header.to_raw()))
+        self.bytes_written = 0
+        self.records = 0
+        self.flush()
+
+    @classmethod
+    def create(cls, path: str, header: Header) -> JournalWriter:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o644)
+        return cls(fd, header)
+
+    def record(self, seq: int, t_ns: int, event: Event, effects: list[Effect]) -> None:
+        self._buf += self._packer.pack([seq, t_ns, encode(event), [encode(e) for e in effects]])
+        self.records += 1
+        if len(self._buf) >= _FLUSH_AT:
+            self.flush()
+
+    def flush(self) -> None:
+        view = memoryview(self._buf)
+        while view:
+            n = os.write(self._fd, view)
+            view = view[n:]
+        self.bytes_written += len(self._buf)
+        self._buf.clear()
+
+    def close(self) -> None:
+        if self._fd >= 0:
+            self.flush()
+            os.close(self._fd)
+            self._fd = -1
+
+
+@dataclass
+class Record:
+    seq: int
+    t_ns: int
+    event: list[Any]
+    effects: list[list[Any]]
+
+
+@dataclass
+class Journal:
+    header: Header
+    records: Iterator[Record]
+    truncated: list[int]  # filled after iteration: [n] bytes of a partial last record
+
+
+def read_header(raw: Any) -> Header:
+    if not isinstance(raw, dict) or raw.get("magic") != MAGIC:
+        raise JournalError("not a slirptrio journal (bad magic)")
+    fmt = raw.get("format")
+    if not isinstance(fmt, int) or fmt > FORMAT_VERSION:
+        raise JournalError(
+            f"journal format {fmt!r} is newer than this slirptrio understands "
+            f"(up to {FORMAT_VERSION}); upgrade slirptrio to replay it"
+        )
+    try:
+        return Header(
+            seed=int(raw["seed"]),
+            config=dict(raw["config"]),
+            origin_ns=int(raw["origin_ns"]),
+            version=str(raw.get("version", "")),
+            format=fmt,
+            meta=dict(raw.get("meta", {})),
+        )
+    except (KeyError, TypeError, ValueError) as exc:
+        raise JournalError(f"bad journal header: {exc}") from exc
+
+
+def open_journal(f: IO[bytes]) -> Journal:
+    """Read a journal from a binary file; records are produced lazily."""
+    unpacker = msgpack.Unpacker(f, raw=False, max_buffer_size=1 << 30, read_size=1 << 20)
+    try:
+        header = read_header(unpacker.unpack())
+    except msgpack.OutOfData as exc:
+        raise JournalError("empty or truncated journal header") from exc
+    except (msgpack.UnpackException, ValueError) as exc:
+        raise JournalError(f"not a slirptrio journal: {exc}") from exc
+    truncated: list[int] = []
+
+    def records() -> Iterator[Record]:
+        while True:
+            try:
+                raw = unpacker.unpack()
+            except msgpack.OutOfData:
+                rest = unpacker.tell()
+                f.seek(0, os.SEEK_END)
+                tail = f.tell() - rest
+                if tail:
+                    truncated.append(tail)
+                return
+            if not (isinstance(raw, list) and len(raw) == 4):
+                raise JournalError(f"bad record after record {raw!r:.80}")
+            yield Record(raw[0], raw[1], raw[2], raw[3])
+
+    return Journal(header, records(), truncated)
+
+
+def frames_of(event: Event | list[Any], effects: list[Effect] | list[list[Any]]) -> Iterator[
+    tuple[str, bytes]
+]:
+    """The Ethernet frames of one record, ("in"|"out", frame), for the pcap view."""
+    if isinstance(event, GuestFrame):
+        yield "in", event.data
+    elif isinstance(event, list) and event and event[0] == GuestFrame.TAG:
+        yield "in", event[1]
+    for eff in effects:
+        if isinstance(eff, SendFrame):
+            yield "out", eff.data
+        elif isinstance(eff, list) and eff and eff[0] == SendFrame.TAG:
+            yield "out", eff[1]

@@ -1,0 +1,132 @@
+"""The runtime: the door loop, the clock, and dispatch of effects to transports and flows.
+
+One task runs the door: it takes the next input from the inbox (or a :class:`Tick` when the core's
+deadline passes), stamps it with the clock, steps the core through the :class:`Door`, journals
+the step and dispatches the effects without blocking. Everything else — the transport, each
+flow's socket tasks — only ever puts events into the bounded inbox; a full inbox makes producers
+wait, which is the backpressure toward a guest or host peer that sends faster than we process.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Callable
+from typing import IO, Any
+
+import trio
+
+from slirptrio.core.events import Effect, Event, SendFrame, Tick
+from slirptrio.core.stack import Stack
+from slirptrio.door import Door
+from slirptrio.journal import JournalWriter, frames_of
+from slirptrio.shell.transport import GuestPort
+from slirptrio.wire.pcap import PcapWriter
+
+log = logging.getLogger("slirptrio.runtime")
+
+INBOX_SIZE = 1024
+_BATCH = 256
+
+
+class Recorder:
+    """The door's sink: journal records and the pcap view of every frame in and out."""
+
+    def __init__(
+        self, journal: JournalWriter | None, pcap: IO[bytes] | None, origin_ns: int
+    ) -> None:
+        self.journal = journal
+        self._pcap_file = pcap
+        self._pcap = PcapWriter(pcap) if pcap is not None else None
+        self._origin_ns = origin_ns
+
+    def __call__(self, seq: int, t_ns: int, event: Event, effects: list[Effect]) -> None:
+        if self.journal is not None:
+            self.journal.record(seq, t_ns, event, effects)
+        if self._pcap is not None:
+            ts = self._origin_ns + t_ns
+            for _direction, frame in frames_of(event, effects):
+                self._pcap.write(ts, frame)
+
+    def flush(self) -> None:
+        if self.journal is not None:
+            self.journal.flush()
+        if self._pcap_file is not None:
+            self._pcap_file.flush()
+
+    def close(self) -> None:
+        if self.journal is not None:
+            self.journal.close()
+        if self._pcap_file is not None:
+            self._pcap_file.close()
+
+
+class Runtime:
+    """Runs a :class:`Stack` against the real world (or a test's fake one).
+
+    ``dispatch`` handlers receive the non-frame effects (host socket actions); frames go to
+    ``port``. Use :meth:`run` inside a nursery; ``inbox`` is where producers send events.
+    """
+
+    def __init__(
+        self,
+        stack: Stack,
+        port: GuestPort,
+        recorder: Recorder | None = None,
+        inbox_size: int = INBOX_SIZE,
+    ) -> None:
+        self.stack = stack
+        self.port = port
+        self.recorder = recorder
+        self.door = Door(stack, recorder)
+        self.inbox, self._receive = trio.open_memory_channel[Event](inbox_size)
+        self.handlers: dict[type[Effect], Callable[[Any], None]] = {}
+        self._t0 = trio.current_time()
+
+    def now_ns(self) -> int:
+        return int((trio.current_time() - self._t0) * 1e9)
+
+    def _trio_time(self, t_ns: int) -> float:
+        return self._t0 + t_ns / 1e9
+
+    def _step(self, event: Event) -> None:
+        for effect in self.door.step(event, self.now_ns()):
+            if type(effect) is SendFrame:
+                self.port.put(effect.data)
+            else:
+                handler = self.handlers.get(type(effect))
+                if handler is None:
+                    log.error("no handler for effect %r", effect)
+                else:
+                    handler(effect)
+
+    def _due(self) -> bool:
+        deadline = self.stack.poll_at()
+        return deadline is not None and deadline <= self.now_ns()
+
+    async def run(self) -> None:
+        """Run the door loop forever (until cancelled)."""
+        receive = self._receive
+        while True:
+            deadline = self.stack.poll_at()
+            event: Event | None = None
+            if deadline is None or deadline > self.now_ns():
+                at = math.inf if deadline is None else self._trio_time(deadline)
+                with trio.move_on_at(at):
+                    event = await receive.receive()
+            else:
+                await trio.lowlevel.checkpoint()
+            if event is None:
+                self._step(Tick())
+            else:
+                self._step(event)
+            for _ in range(_BATCH):
+                if self._due():
+                    self._step(Tick())
+                try:
+                    event = receive.receive_nowait()
+                except trio.WouldBlock:
+                    break
+                self._step(event)
+            if self.recorder is not None:
+                self.recorder.flush()

@@ -1,0 +1,281 @@
+"""Transports to QEMU: ``-netdev stream``/``socket`` framing and ``-netdev dgram`` datagrams.
+
+A transport turns the guest's byte stream or datagrams into :class:`GuestFrame` events on the
+inbox, and writes the core's frames back. Frames toward the guest go through :class:`GuestPort`,
+a bounded queue that never blocks the door: when the guest is not draining (QEMU's NIC queue is
+full, or no guest is attached) frames past the bound are dropped and counted, as libslirp's
+``send_packet`` contract allows ("TCP will then handle retransmissions").
+
+QEMU's stream server and client accept one peer at a time; so do we. When the guest goes away
+the stack keeps its state and the transport waits for (listen) or retries (connect) the next one.
+"""
+
+from __future__ import annotations
+
+import collections
+import errno
+import logging
+import os
+import socket as _socket
+import stat
+from dataclasses import dataclass
+
+import trio
+
+from slirptrio.core.events import Event, GuestFrame, GuestLink
+from slirptrio.wire import MalformedFrame
+from slirptrio.wire.framing import StreamDecoder, encode_frame
+
+log = logging.getLogger("slirptrio.transport")
+
+_RECV_SIZE = 1 << 18
+_WRITE_BATCH_BYTES = 1 << 18
+
+
+class AddressError(ValueError):
+    """A transport address that cannot be parsed."""
+
+
+@dataclass(frozen=True)
+class Address:
+    """``unix:PATH``, ``tcp:HOST:PORT`` or ``udp:HOST:PORT``."""
+
+    kind: str
+    path: str = ""
+    host: str = ""
+    port: int = 0
+
+    @classmethod
+    def parse(cls, text: str, kinds: tuple[str, ...]) -> Address:
+        kind, sep, rest = text.partition(":")
+        if not sep or kind not in kinds:
+            raise AddressError(f"{text!r}: expected one of {', '.join(k + ':...' for k in kinds)}")
+        if kind == "unix":
+            if not rest:
+                raise AddressError(f"{text!r}: empty unix socket path")
+            return cls(kind, path=rest)
+        host, sep, port = rest.rpartition(":")
+        if not sep or not port.isdigit() or not 0 <= int(port) <= 65535:
+            raise AddressError(f"{text!r}: expected {kind}:HOST:PORT")
+        return cls(kind, host=host.strip("[]") or "127.0.0.1", port=int(port))
+
+    def __str__(self) -> str:
+        return f"unix:{self.path}" if self.kind == "unix" else f"{self.kind}:{self.host}:{self.port}"
+
+    def qemu(self, prefix: str) -> str:
+        """This address as QEMU SocketAddress options, e.g. ``addr.type=unix,addr.path=...``."""
+        if self.kind == "unix":
+            return f"{prefix}.type=unix,{prefix}.path={self.path}"
+        return f"{prefix}.type=inet,{prefix}.host={self.host},{prefix}.port={self.port}"
+
+
+class GuestPort:
+    """Frames on their way to the guest: bounded, never blocking the producer."""
+
+    def __init__(self, max_frames: int = 8192) -> None:
+        self._queue: collections.deque[bytes] = collections.deque()
+        self._max = max_frames
+        self._wakeup = trio.Event()
+        self.attached = False
+        self.dropped = 0
+        self.sent = 0
+
+    def put(self, frame: bytes) -> None:
+        if not self.attached or len(self._queue) >= self._max:
+            self.dropped += 1
+            return
+        self._queue.append(frame)
+        self._wakeup.set()
+
+    def take_batch(self, max_bytes: int) -> list[bytes]:
+        batch: list[bytes] = []
+        size = 0
+        q = self._queue
+        while q and size < max_bytes:
+            frame = q.popleft()
+            batch.append(frame)
+            size += len(frame)
+        return batch
+
+    async def wait(self) -> None:
+        while not self._queue:
+            self._wakeup = trio.Event()
+            await self._wakeup.wait()
+
+    def attach(self) -> None:
+        self._queue.clear()
+        self.attached = True
+
+    def detach(self) -> None:
+        self.attached = False
+        self.dropped += len(self._queue)
+        self._queue.clear()
+
+
+async def _stream_writer(stream: trio.abc.SendStream, port: GuestPort) -> None:
+    while True:
+        await port.wait()
+        batch = port.take_batch(_WRITE_BATCH_BYTES)
+        port.sent += len(batch)
+        await stream.send_all(b"".join([encode_frame(f) for f in batch]))
+
+
+async def serve_stream(
+    stream: trio.abc.Stream, inbox: trio.MemorySendChannel[Event], port: GuestPort, peer: str
+) -> None:
+    """Carry frames between one connected QEMU stream peer and the stack until it goes away."""
+    decoder = StreamDecoder()
+    port.attach()
+    log.info("guest attached: %s", peer)
+    await inbox.send(GuestLink(True))
+    try:
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(_stream_writer, stream, port)
+            try:
+                while True:
+                    data = await stream.receive_some(_RECV_SIZE)
+                    if not data:
+                        log.info("guest closed the connection: %s", peer)
+                        break
+                    for frame in decoder.feed(data):
+                        await inbox.send(GuestFrame(frame))
+            except MalformedFrame as exc:
+                log.error("dropping guest connection %s: %s", peer, exc)
+            except (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as exc:
+                log.info("guest connection %s lost: %s", peer, exc)
+            nursery.cancel_scope.cancel()
+    except (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as exc:
+        log.info("guest connection %s lost while writing: %s", peer, exc)
+    finally:
+        port.detach()
+        with trio.CancelScope(shield=True):
+            await stream.aclose()
+            await inbox.send(GuestLink(False))
+
+
+def _remove_stale_socket(path: str) -> None:
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        return
+    if not stat.S_ISSOCK(st.st_mode):
+        raise AddressError(f"{path}: exists and is not a socket")
+    os.unlink(path)
+
+
+async def open_listener(addr: Address) -> trio.SocketListener:
+    """Bind and listen on ``addr`` (a stale unix socket file is replaced)."""
+    if addr.kind == "unix":
+        _remove_stale_socket(addr.path)
+        sock = trio.socket.socket(_socket.AF_UNIX, _socket.SOCK_STREAM)
+        await sock.bind(addr.path)
+        sock.listen(4)
+        return trio.SocketListener(sock)
+    listeners = await trio.open_tcp_listeners(addr.port, host=addr.host)
+    return listeners[0]
+
+
+async def run_listen(
+    listener: trio.SocketListener, inbox: trio.MemorySendChannel[Event], port: GuestPort
+) -> None:
+    """Accept QEMU stream clients, one at a time; a second concurrent client is refused."""
+    async with trio.open_nursery() as nursery:
+        busy = False
+
+        async def handle(stream: trio.SocketStream) -> None:
+            nonlocal busy
+            try:
+                await serve_stream(stream, inbox, port, _peer_name(stream))
+            finally:
+                busy = False
+
+        while True:
+            stream = await listener.accept()
+            if busy:
+                log.warning("refusing a second guest connection while one is attached")
+                await stream.aclose()
+                continue
+            busy = True
+            nursery.start_soon(handle, stream)
+
+
+def _peer_name(stream: trio.SocketStream) -> str:
+    try:
+        name = stream.socket.getpeername()
+    except OSError:
+        return "?"
+    return str(name) if name else "unix peer"
+
+
+async def run_connect(
+    addr: Address, inbox: trio.MemorySendChannel[Event], port: GuestPort, retry_s: float = 0.5
+) -> None:
+    """Connect to a listening QEMU, retrying until it answers and after every disconnect."""
+    warned = False
+    while True:
+        try:
+            stream: trio.SocketStream
+            if addr.kind == "unix":
+                stream = await trio.open_unix_socket(addr.path)
+            else:
+                stream = await trio.open_tcp_stream(addr.host, addr.port)
+        except OSError as exc:
+            if not warned:
+                log.warning("cannot connect to %s yet (%s); retrying", addr, exc)
+                warned = True
+            await trio.sleep(retry_s)
+            continue
+        warned = False
+        await serve_stream(stream, inbox, port, str(addr))
+        await trio.sleep(retry_s)
+
+
+async def open_dgram(local: Address) -> trio.socket.SocketType:
+    """Bind the local end of a ``-netdev dgram`` pair."""
+    if local.kind == "unix":
+        _remove_stale_socket(local.path)
+        sock = trio.socket.socket(_socket.AF_UNIX, _socket.SOCK_DGRAM)
+        await sock.bind(local.path)
+    else:
+        sock = trio.socket.socket(_socket.AF_INET, _socket.SOCK_DGRAM)
+        await sock.bind((local.host, local.port))
+    sock.setsockopt(_socket.SOL_SOCKET, _socket.SO_RCVBUF, 1 << 22)
+    sock.setsockopt(_socket.SOL_SOCKET, _socket.SO_SNDBUF, 1 << 22)
+    return sock
+
+
+async def run_dgram(
+    sock: trio.socket.SocketType,
+    remote: Address,
+    inbox: trio.MemorySendChannel[Event],
+    port: GuestPort,
+) -> None:
+    """One frame per datagram, both ways (QEMU ``-netdev dgram``)."""
+    target: str | tuple[str, int] = remote.path if remote.kind == "unix" else (
+        remote.host,
+        remote.port,
+    )
+    port.attach()
+    await inbox.send(GuestLink(True))
+
+    async def writer() -> None:
+        warned = False
+        while True:
+            await port.wait()
+            for frame in port.take_batch(_WRITE_BATCH_BYTES):
+                try:
+                    await sock.sendto(frame, target)
+                    port.sent += 1
+                except OSError as exc:
+                    # QEMU not there (yet): the frame is lost, as on a cable with no peer.
+                    port.dropped += 1
+                    if not warned and exc.errno in (errno.ENOENT, errno.ECONNREFUSED):
+                        log.warning("dgram peer %s not reachable: %s", remote, exc)
+                        warned = True
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(writer)
+        while True:
+            data = await sock.recv(1 << 17)
+            if data:
+                await inbox.send(GuestFrame(data))
