@@ -1,0 +1,43 @@
+"""wire/ and core/ must stay sans-I/O: no trio, socket, time, random or os imports."""
+
+from __future__ import annotations
+
+import ast
+import pathlib
+
+import pytest
+
+ROOT = pathlib.Path(__file__).resolve().parent.parent / "slirptrio"
+FORBIDDEN = {"trio", "socket", "time", "random", "os", "secrets", "threading", "select"}
+PURE_FILES = sorted(
+    [*(ROOT / "wire").glob("*.py"), *(ROOT / "core").glob("*.py"), ROOT / "config.py"]
+)
+
+
+def imported_modules(path: pathlib.Path) -> set[str]:
+    tree = ast.parse(path.read_text(), str(path))
+    names: set[str] = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            names.update(alias.name.split(".")[0] for alias in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            names.add(node.module.split(".")[0])
+        elif isinstance(node, ast.Call) and getattr(node.func, "id", None) == "__import__":
+            names.add("__import__")
+    return names
+
+
+def test_pure_files_found() -> None:
+    assert len(PURE_FILES) >= 5
+
+
+@pytest.mark.parametrize("path", PURE_FILES, ids=lambda p: f"{p.parent.name}/{p.name}")
+def test_no_io_imports(path: pathlib.Path) -> None:
+    bad = imported_modules(path) & (FORBIDDEN | {"__import__"})
+    assert not bad, f"{path} imports {sorted(bad)}"
+
+
+def test_checker_catches_a_forbidden_import(tmp_path: pathlib.Path) -> None:
+    sample = tmp_path / "x.py"
+    sample.write_text("import os.path\nfrom time import monotonic\n")
+    assert imported_modules(sample) & FORBIDDEN == {"os", "time"}
