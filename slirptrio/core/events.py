@@ -159,6 +159,135 @@ class TcpClose(Effect):
     abort: bool
 
 
+# ---- UDP, DNS, ICMP (tags 20-39)
+#
+# Host ICMP errors arrive as the fields of Linux's ``sock_extended_err`` (IP_RECVERR): ``origin``
+# is SO_EE_ORIGIN_* (0: the send itself failed with ``errno``, no ICMP; 1: local; 2: ICMP;
+# 3: ICMPv6), ``icmp_type``/``icmp_code``/``info`` as the kernel reported them, ``offender`` the
+# address that sent the ICMP error ("" when unknown).
+
+
+@dataclass(frozen=True, slots=True)
+class UdpReceived(Event):
+    """One datagram read from the host UDP socket of ``flow`` (from its connected peer)."""
+
+    TAG: ClassVar[int] = 20
+    flow: int
+    data: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class UdpError(Event):
+    """The host UDP socket of ``flow`` reported an error (IP_RECVERR, or a failed send)."""
+
+    TAG: ClassVar[int] = 21
+    flow: int
+    errno: int
+    origin: int
+    icmp_type: int
+    icmp_code: int
+    info: int
+    offender: str
+
+
+@dataclass(frozen=True, slots=True)
+class IcmpEchoReply(Event):
+    """An echo reply to ``flow``'s echo request number ``seq``, with its data."""
+
+    TAG: ClassVar[int] = 22
+    flow: int
+    seq: int
+    data: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class IcmpEchoError(Event):
+    """The host ICMP socket of ``flow`` reported an error (fields as :class:`UdpError`)."""
+
+    TAG: ClassVar[int] = 23
+    flow: int
+    errno: int
+    origin: int
+    icmp_type: int
+    icmp_code: int
+    info: int
+    offender: str
+
+
+@dataclass(frozen=True, slots=True)
+class IcmpUnavailable(Event):
+    """Neither a ping socket nor a raw socket could be opened for ``flow`` (``errno``)."""
+
+    TAG: ClassVar[int] = 24
+    flow: int
+    errno: int
+
+
+@dataclass(frozen=True, slots=True)
+class DnsUpstreams(Event):
+    """The upstream resolvers now in force: "HOST:PORT" entries separated by spaces, IPv6
+    hosts in brackets ("" = none). Sent at start and whenever the list changes."""
+
+    TAG: ClassVar[int] = 25
+    servers: str
+
+
+@dataclass(frozen=True, slots=True)
+class UdpOpen(Effect):
+    """Open a host UDP socket for ``flow``, connected to ``host``:``port`` (a literal IP)."""
+
+    TAG: ClassVar[int] = 20
+    flow: int
+    host: str
+    port: int
+
+
+@dataclass(frozen=True, slots=True)
+class UdpSend(Effect):
+    """Send one datagram on ``flow``'s host UDP socket."""
+
+    TAG: ClassVar[int] = 21
+    flow: int
+    data: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class UdpClose(Effect):
+    """Close ``flow``'s host UDP socket and end its tasks."""
+
+    TAG: ClassVar[int] = 22
+    flow: int
+
+
+@dataclass(frozen=True, slots=True)
+class IcmpEchoOpen(Effect):
+    """Open a host ICMP socket (ping socket, else raw) for ``flow``, toward ``host``."""
+
+    TAG: ClassVar[int] = 23
+    flow: int
+    host: str
+
+
+@dataclass(frozen=True, slots=True)
+class IcmpEchoSend(Effect):
+    """Send an echo request on ``flow`` (``ident`` is used by raw sockets only: a ping
+    socket's kernel sets its own)."""
+
+    TAG: ClassVar[int] = 24
+    flow: int
+    ident: int
+    seq: int
+    data: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class IcmpEchoClose(Effect):
+    """Close ``flow``'s host ICMP socket and end its tasks."""
+
+    TAG: ClassVar[int] = 25
+    flow: int
+
+
 # -------------------------------------------------------------------------------- encoding
 
 _EVENTS: dict[int, type[Event]] = {}

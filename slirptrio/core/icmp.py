@@ -1,0 +1,392 @@
+"""ICMP beyond the virtual addresses: echo forwarding, and the ICMP errors sent to the guest.
+
+Theory of operation
+-------------------
+Echo to the stack's own addresses is answered by the Stack itself. An echo request to any other
+address comes here. One flow exists per (guest address, guest echo id, destination); its first
+request opens a host ICMP socket (:class:`IcmpEchoOpen`: an unprivileged ping socket, or a raw
+socket when running as root — the shell decides) and each request is sent as
+:class:`IcmpEchoSend` with the flow's own host id (unique among flows; a raw socket uses it to
+tell replies apart, a ping socket's kernel substitutes its own). Replies come back as
+:class:`IcmpEchoReply` (flow, sequence, data) and reach the guest from the destination it
+pinged, with its own id. A flow idle for ``idle_timeout_ns`` is closed; at most ``max_flows``
+exist, the least recently used giving way.
+
+When the shell can open neither socket kind it reports :class:`IcmpUnavailable`: the core logs
+that once, and from then on drops echo requests to non-virtual addresses (counted) without
+asking again.
+
+Errors. The shell reads host ICMP errors with IP_RECVERR and reports the kernel's
+``sock_extended_err`` fields (:class:`IcmpEchoError`, and :class:`UdpError` for UDP flows).
+:func:`host_error` maps them to the ICMPv4 error the guest should see — destination
+unreachable with the same code, time exceeded, "fragmentation needed" with the MTU (ICMPv6
+errors translated; a failed send mapped from its errno as libslirp does) — or to nothing when
+the error is about the host's own packet only. :func:`error_message` then builds it, quoting
+the guest's datagram as :func:`quote` rebuilds it from the saved header fields and first bytes.
+"""
+
+from __future__ import annotations
+
+import collections
+import errno as _errno
+import logging
+import struct
+from collections.abc import Callable
+from typing import Protocol
+
+from slirptrio.core.events import (
+    Effect,
+    IcmpEchoClose,
+    IcmpEchoError,
+    IcmpEchoOpen,
+    IcmpEchoReply,
+    IcmpEchoSend,
+    IcmpUnavailable,
+)
+from slirptrio.core.prng import Prng
+from slirptrio.wire import icmp as wicmp
+from slirptrio.wire.checksum import internet_checksum
+
+log = logging.getLogger("slirptrio.core.icmp")
+
+IPPROTO_ICMP = 1
+
+ECHO_REPLY = 0
+DEST_UNREACH = 3
+ECHO_REQUEST = 8
+TIME_EXCEEDED = 11
+
+UNREACH_NET = 0
+UNREACH_HOST = 1
+UNREACH_PORT = 3
+UNREACH_NEEDFRAG = 4
+UNREACH_ADMIN = 13
+
+SO_EE_ORIGIN_NONE = 0
+SO_EE_ORIGIN_LOCAL = 1
+SO_EE_ORIGIN_ICMP = 2
+SO_EE_ORIGIN_ICMP6 = 3
+
+QUOTE_L4_BYTES = 128
+"""How much of a guest datagram's transport part is kept for quoting in an ICMP error."""
+
+_IPV4_HEADER = struct.Struct(">BBHHHBBH4s4s")
+_ID_SEQ = struct.Struct(">HH")
+_UNUSED_MTU = struct.Struct(">HH")
+_MIN_MTU = 68
+
+SendIp = Callable[[bytes, bytes, int, bytes], None]
+Translate = Callable[[bytes, int], tuple[str, int] | None]
+
+
+class QuotedHeader(Protocol):
+    """The fields of the guest's IPv4 header that an ICMP error quotes."""
+
+    @property
+    def tos(self) -> int: ...
+    @property
+    def ident(self) -> int: ...
+    @property
+    def df(self) -> bool: ...
+    @property
+    def ttl(self) -> int: ...
+    @property
+    def proto(self) -> int: ...
+    @property
+    def src(self) -> bytes: ...
+    @property
+    def dst(self) -> bytes: ...
+
+
+# --------------------------------------------------------------------------- error helpers
+
+
+def quote(hdr: QuotedHeader, l4_len: int, l4_head: bytes | memoryview) -> bytes:
+    """The guest's datagram as an ICMP error quotes it: its IPv4 header (options dropped,
+    unfragmented, total length of the whole datagram) and the first bytes of its payload."""
+    header = bytearray(
+        _IPV4_HEADER.pack(
+            0x45,
+            hdr.tos,
+            min(20 + l4_len, 0xFFFF),
+            hdr.ident,
+            0x4000 if hdr.df else 0,
+            hdr.ttl,
+            hdr.proto,
+            0,
+            hdr.src,
+            hdr.dst,
+        )
+    )
+    struct.pack_into(">H", header, 10, internet_checksum(header))
+    return bytes(header) + bytes(l4_head[:QUOTE_L4_BYTES])
+
+
+def error_message(icmp_type: int, code: int, quoted: bytes, info: int = 0) -> bytes:
+    """An ICMP error message quoting ``quoted``; ``info`` is the next-hop MTU for
+    "fragmentation needed", ignored otherwise."""
+    mtu = min(info, 0xFFFF) if icmp_type == DEST_UNREACH and code == UNREACH_NEEDFRAG else 0
+    return wicmp.build_icmp(icmp_type, code, _UNUSED_MTU.pack(0, mtu), quoted)
+
+
+_ERRNO_UNREACH = {
+    _errno.ECONNREFUSED: UNREACH_PORT,
+    _errno.EHOSTUNREACH: UNREACH_HOST,
+    _errno.ENETUNREACH: UNREACH_NET,
+    _errno.EACCES: UNREACH_ADMIN,
+    _errno.EPERM: UNREACH_ADMIN,
+}
+_ICMP6_UNREACH = {0: UNREACH_NET, 1: UNREACH_ADMIN, 2: UNREACH_HOST, 3: UNREACH_HOST}
+
+
+def host_error(
+    errno: int, origin: int, icmp_type: int, icmp_code: int, info: int
+) -> tuple[int, int, int] | None:
+    """The ICMPv4 (type, code, info) to give the guest for a host socket error, or None."""
+    if origin == SO_EE_ORIGIN_ICMP:
+        if icmp_type == DEST_UNREACH and 0 <= icmp_code <= 15:
+            return DEST_UNREACH, icmp_code, info if icmp_code == UNREACH_NEEDFRAG else 0
+        if icmp_type == TIME_EXCEEDED and icmp_code in (0, 1):
+            return TIME_EXCEEDED, icmp_code, 0
+        return None
+    if origin == SO_EE_ORIGIN_ICMP6:
+        if icmp_type == 1:  # destination unreachable
+            if icmp_code == 4:
+                return DEST_UNREACH, UNREACH_PORT, 0
+            return DEST_UNREACH, _ICMP6_UNREACH.get(icmp_code, UNREACH_ADMIN), 0
+        if icmp_type == 2:  # packet too big: the IPv6 path MTU, less the larger header
+            return DEST_UNREACH, UNREACH_NEEDFRAG, max(_MIN_MTU, info - 20)
+        if icmp_type == 3:  # time exceeded
+            return TIME_EXCEEDED, min(icmp_code, 1), 0
+        return None
+    if origin == SO_EE_ORIGIN_LOCAL:
+        if errno == _errno.EMSGSIZE and info:
+            return DEST_UNREACH, UNREACH_NEEDFRAG, info
+        return None
+    if origin == SO_EE_ORIGIN_NONE:
+        # libslirp answers any failed sendto with "net unreachable"; keep the finer codes.
+        return DEST_UNREACH, _ERRNO_UNREACH.get(errno, UNREACH_NET), 0
+    return None
+
+
+def error_source(offender: str, host: str, default: bytes) -> bytes:
+    """The source address of an error sent to the guest: the router that reported it when
+    that is a plain IPv4 address other than the flow's own destination, else ``default``."""
+    if not offender or offender == host or ":" in offender:
+        return default
+    parts = offender.split(".")
+    if len(parts) != 4 or not all(p.isdigit() and int(p) < 256 for p in parts):
+        return default
+    packed = bytes(int(p) for p in parts)
+    if packed[0] in (0, 127) or packed[0] >= 224:
+        return default
+    return packed
+
+
+# ---------------------------------------------------------------------------- echo flows
+
+
+class _EchoFlow:
+    __slots__ = (
+        "dst_ip",
+        "expires_ns",
+        "flow",
+        "guest_ident",
+        "guest_ip",
+        "hdr",
+        "head",
+        "host",
+        "host_ident",
+        "key",
+        "l4_len",
+    )
+
+    def __init__(
+        self,
+        flow: int,
+        key: tuple[bytes, int, bytes],
+        host: str,
+        host_ident: int,
+        hdr: QuotedHeader,
+    ) -> None:
+        self.flow = flow
+        self.key = key
+        self.guest_ip, self.guest_ident, self.dst_ip = key
+        self.host = host
+        self.host_ident = host_ident
+        self.hdr = hdr
+        self.l4_len = 0
+        self.head = b""
+        self.expires_ns = 0
+
+
+class IcmpEcho:
+    """Forwards the guest's echo requests to non-virtual addresses and maps replies back.
+
+    Args:
+      send_ip: ``send_ip(src_ip, dst_ip, proto, payload)`` queues a datagram to the guest.
+      translate: ``translate(dst_ip, 0)`` gives the host address to ping, None if forbidden.
+      alloc_flow: returns a new flow id (shared with every other host flow).
+      rng: the stack's PRNG (host echo ids).
+      counters: where ``icmp_*`` counts go.
+      restrict: restrict=on: no echo leaves the stack.
+      idle_timeout_ns: a flow without requests or replies this long is closed.
+      max_flows: echo flows at once.
+    """
+
+    def __init__(
+        self,
+        *,
+        send_ip: SendIp,
+        translate: Translate,
+        alloc_flow: Callable[[], int],
+        rng: Prng,
+        counters: collections.Counter[str],
+        restrict: bool = False,
+        idle_timeout_ns: int = 60_000_000_000,
+        max_flows: int = 256,
+    ) -> None:
+        self._send_ip = send_ip
+        self._translate = translate
+        self._alloc_flow = alloc_flow
+        self._rng = rng
+        self.counters = counters
+        self.restrict = restrict
+        self.idle_timeout_ns = idle_timeout_ns
+        self.max_flows = max(1, min(max_flows, 0x8000))
+        self.unavailable = False
+        self._flows: dict[tuple[bytes, int, bytes], _EchoFlow] = {}
+        self._lru: collections.OrderedDict[int, _EchoFlow] = collections.OrderedDict()
+        self._host_idents: set[int] = set()
+
+    def __len__(self) -> int:
+        return len(self._lru)
+
+    # ------------------------------------------------------------------------ public face
+
+    def guest_echo(
+        self,
+        hdr: QuotedHeader,
+        ident: int,
+        seq: int,
+        data: bytes | memoryview,
+        segment: bytes | memoryview,
+        now_ns: int,
+    ) -> list[Effect]:
+        """An echo request from the guest to a non-virtual address; ``segment`` is the
+        whole ICMP message (quoted if an error comes back)."""
+        c = self.counters
+        if self.restrict:
+            c["icmp_restricted"] += 1
+            return []
+        if self.unavailable:
+            c["icmp_echo_unavailable"] += 1
+            return []
+        dst = hdr.dst
+        if dst[0] >= 224 or dst[0] == 0 or dst == b"\xff\xff\xff\xff":
+            c["icmp_echo_bad_destination"] += 1
+            return []
+        key = (hdr.src, ident, dst)
+        out: list[Effect] = []
+        f = self._flows.get(key)
+        if f is None:
+            target = self._translate(dst, 0)
+            if target is None:
+                c["icmp_forbidden"] += 1
+                return []
+            while len(self._lru) >= self.max_flows:
+                c["icmp_flows_evicted"] += 1
+                out.append(self._close(next(iter(self._lru.values()))))
+            host_ident = self._rng.below(0x10000)
+            while host_ident in self._host_idents:
+                host_ident = self._rng.below(0x10000)
+            f = _EchoFlow(self._alloc_flow(), key, target[0], host_ident, hdr)
+            self._flows[key] = f
+            self._lru[f.flow] = f
+            self._host_idents.add(host_ident)
+            c["icmp_flows_opened"] += 1
+            out.append(IcmpEchoOpen(f.flow, f.host))
+        else:
+            self._lru.move_to_end(f.flow)
+        f.hdr = hdr
+        f.l4_len = len(segment)
+        f.head = bytes(segment[:QUOTE_L4_BYTES])
+        f.expires_ns = now_ns + self.idle_timeout_ns
+        c["icmp_echo_forwarded"] += 1
+        out.append(IcmpEchoSend(f.flow, f.host_ident, seq, bytes(data)))
+        return out
+
+    def host_event(self, ev: object, now_ns: int) -> list[Effect]:
+        """An :class:`IcmpEchoReply`, :class:`IcmpEchoError` or :class:`IcmpUnavailable`."""
+        c = self.counters
+        if type(ev) is IcmpUnavailable:
+            return self._unavailable(ev)
+        if type(ev) is IcmpEchoReply:
+            f = self._lru.get(ev.flow)
+            if f is None:
+                c["icmp_stale_event"] += 1
+                return []
+            self._lru.move_to_end(f.flow)
+            f.expires_ns = now_ns + self.idle_timeout_ns
+            c["icmp_echo_replies_forwarded"] += 1
+            reply = wicmp.build_icmp(
+                ECHO_REPLY, 0, _ID_SEQ.pack(f.guest_ident, ev.seq & 0xFFFF), ev.data
+            )
+            self._send_ip(f.dst_ip, f.guest_ip, IPPROTO_ICMP, reply)
+            return []
+        if type(ev) is IcmpEchoError:
+            f = self._lru.get(ev.flow)
+            if f is None:
+                c["icmp_stale_event"] += 1
+                return []
+            mapped = host_error(ev.errno, ev.origin, ev.icmp_type, ev.icmp_code, ev.info)
+            if mapped is None:
+                c["icmp_error_ignored"] += 1
+                return []
+            c["icmp_errors_to_guest"] += 1
+            src = error_source(ev.offender, f.host, f.dst_ip)
+            msg = error_message(mapped[0], mapped[1], quote(f.hdr, f.l4_len, f.head), mapped[2])
+            self._send_ip(src, f.guest_ip, IPPROTO_ICMP, msg)
+            return []
+        c["icmp_unknown_event"] += 1
+        return []
+
+    def poll_at(self) -> int | None:
+        """When the least recently used flow goes idle, or None."""
+        for f in self._lru.values():
+            return f.expires_ns
+        return None
+
+    def tick(self, now_ns: int) -> list[Effect]:
+        """Close the flows that have been idle too long."""
+        out: list[Effect] = []
+        while self._lru:
+            f = next(iter(self._lru.values()))
+            if f.expires_ns > now_ns:
+                break
+            self.counters["icmp_flows_expired"] += 1
+            out.append(self._close(f))
+        return out
+
+    # ---------------------------------------------------------------------------- helpers
+
+    def _close(self, f: _EchoFlow) -> Effect:
+        del self._lru[f.flow]
+        del self._flows[f.key]
+        self._host_idents.discard(f.host_ident)
+        return IcmpEchoClose(f.flow)
+
+    def _unavailable(self, ev: IcmpUnavailable) -> list[Effect]:
+        if not self.unavailable:
+            log.warning(
+                "ICMP echo cannot be forwarded: neither ping sockets (sysctl "
+                "net.ipv4.ping_group_range) nor raw sockets (root or CAP_NET_RAW) are "
+                "permitted (errno %d); pings to addresses outside the stack are dropped",
+                ev.errno,
+            )
+        self.unavailable = True
+        self.counters["icmp_unavailable"] += 1
+        out: list[Effect] = []
+        for f in list(self._lru.values()):
+            out.append(self._close(f))
+        return out
