@@ -80,10 +80,12 @@ class JournalWriter:
             self.flush()
 
     def flush(self) -> None:
-        view = memoryview(self._buf)
-        while view:
-            n = os.write(self._fd, view)
-            view = view[n:]
+        with memoryview(self._buf) as whole:
+            view = whole
+            while view:
+                n = os.write(self._fd, view)
+                view = view[n:]
+            view.release()
         self.bytes_written += len(self._buf)
         self._buf.clear()
 

@@ -114,13 +114,13 @@ def test_malformed_frames_are_counted_and_dropped() -> None:
     lying_length = bytearray(good)
     lying_length[14 + 2 : 14 + 4] = (1400).to_bytes(2, "big")
     cases = [b"", b"\x00" * 10, bytes(bad_checksum), bytes(lying_length),
-             good[:14] + b"\x45", gf.eth(gf.BROADCAST, dpkt.Packet(), 0x1234) + b"x" * 50]
+             good[:14] + b"\x45", gf.BROADCAST + gf.GUEST_MAC + b"\x12\x34" + b"x" * 50]
     for frame in cases:
         assert stack.handle(GuestFrame(frame), 0) == []
     drops = {k: v for k, v in stack.counters.items() if k.startswith("drop_")}
     assert sum(drops.values()) == len(cases), drops
     assert stack.counters["drop_unknown_ethertype"] == 1
-    assert stack.counters["drop_ipv4_checksum"] == 1
+    assert stack.counters["drop_ipv4_bad_checksum"] == 1
 
 
 def test_padded_frames_trust_ip_length() -> None:

@@ -1,0 +1,322 @@
+"""The ``-netdev user`` option string, parsed and validated as QEMU does, into a frozen Config.
+
+``parse_user_options("net=192.168.76.0/24,dhcpstart=192.168.76.9,hostname=vm1")`` takes what
+follows ``user,`` on QEMU's command line. Every option name QEMU knows is recognised; one whose
+feature slirptrio has not built yet is refused with a :class:`ConfigError` naming it, never
+silently ignored. Values follow QEMU's rules: ``,,`` is a literal comma, booleans are
+on/off (yes/no, true/false, y/n), a network mask is ``a.b.c.d`` or ``/bits`` (classful when
+absent), ``host``, ``dns`` and ``dhcpstart`` must lie inside ``net`` and differ.
+
+Extensions to QEMU's syntax (absent from QEMU, so a QEMU option string never sets them):
+``mtu=`` (68..65521, offered to the guest with DHCP option 26), ``hostloopback=on|off|ADDR``
+(where the ``host`` address leads: the host's loopback 127.0.0.1 by default, as libslirp),
+``udp-timeout=`` and ``dns-timeout=`` (seconds).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, fields
+from ipaddress import AddressValueError, IPv4Address, IPv4Network, NetmaskValueError
+from typing import Any
+
+NUM_DHCP_CLIENTS = 16
+DHCP_LEASE_TIME = 86400
+MIN_MTU = 68
+MAX_MTU = 65521
+DEFAULT_MTU = 1500
+
+# QEMU's option names whose feature is not built yet: refused, naming the option.
+_NOT_BUILT = {
+    "ipv6-net": "IPv6",
+    "ipv6-prefix": "IPv6",
+    "ipv6-prefixlen": "IPv6",
+    "ipv6-host": "IPv6",
+    "ipv6-dns": "IPv6",
+    "tftp": "TFTP",
+    "tftp-server-name": "TFTP",
+    "bootfile": "TFTP boot",
+    "smb": "SMB",
+    "smbserver": "SMB",
+    "hostfwd": "port forwarding",
+    "guestfwd": "port forwarding",
+}
+_TRUE = {"on", "yes", "true", "y"}
+_FALSE = {"off", "no", "false", "n"}
+
+
+class ConfigError(ValueError):
+    """An option string QEMU would reject, or one slirptrio cannot honour yet."""
+
+    def __init__(self, option: str, message: str) -> None:
+        super().__init__(f"option '{option}': {message}")
+        self.option = option
+
+
+@dataclass(frozen=True)
+class Config:
+    """A validated ``-netdev user`` configuration (defaults as QEMU's)."""
+
+    net: IPv4Network = IPv4Network("10.0.2.0/24")
+    host: IPv4Address = IPv4Address("10.0.2.2")
+    dns: IPv4Address = IPv4Address("10.0.2.3")
+    dhcpstart: IPv4Address = IPv4Address("10.0.2.15")
+    ipv4: bool = True
+    ipv6: bool = False
+    restrict: bool = False
+    hostname: str = ""
+    domainname: str = ""
+    dnssearch: tuple[str, ...] = field(default_factory=tuple)
+    mtu: int = DEFAULT_MTU
+    hostloopback: str = "127.0.0.1"  # "" when the host address leads nowhere
+    udp_timeout: int = 240
+    dns_timeout: int = 10
+    id: str = ""
+
+    def dhcp_pool(self) -> list[IPv4Address]:
+        """The addresses DHCP hands out, in order."""
+        return [self.dhcpstart + i for i in range(NUM_DHCP_CLIENTS)]
+
+    def to_dict(self) -> dict[str, Any]:
+        """A msgpack-ready dict that :meth:`from_dict` turns back into an equal Config."""
+        out: dict[str, Any] = {}
+        for f in fields(self):
+            value = getattr(self, f.name)
+            if isinstance(value, IPv4Address | IPv4Network):
+                value = str(value)
+            elif isinstance(value, tuple):
+                value = list(value)
+            out[f.name] = value
+        return out
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Config:
+        """Rebuild a Config from :meth:`to_dict` output (a journal header)."""
+        try:
+            return cls(
+                net=IPv4Network(data["net"]),
+                host=IPv4Address(data["host"]),
+                dns=IPv4Address(data["dns"]),
+                dhcpstart=IPv4Address(data["dhcpstart"]),
+                ipv4=bool(data["ipv4"]),
+                ipv6=bool(data["ipv6"]),
+                restrict=bool(data["restrict"]),
+                hostname=str(data["hostname"]),
+                domainname=str(data["domainname"]),
+                dnssearch=tuple(str(s) for s in data["dnssearch"]),
+                mtu=int(data["mtu"]),
+                hostloopback=str(data.get("hostloopback", "127.0.0.1")),
+                udp_timeout=int(data.get("udp_timeout", 240)),
+                dns_timeout=int(data.get("dns_timeout", 10)),
+                id=str(data.get("id", "")),
+            )
+        except (KeyError, TypeError, ValueError) as exc:
+            raise ConfigError("config", f"bad configuration in journal: {exc}") from None
+
+    def to_options(self) -> str:
+        """The option string that parses back into this Config."""
+        parts = [
+            f"net={self.net}",
+            f"host={self.host}",
+            f"dns={self.dns}",
+            f"dhcpstart={self.dhcpstart}",
+        ]
+        if self.restrict:
+            parts.append("restrict=on")
+        if self.hostname:
+            parts.append("hostname=" + self.hostname.replace(",", ",,"))
+        if self.domainname:
+            parts.append("domainname=" + self.domainname.replace(",", ",,"))
+        parts += ["dnssearch=" + s.replace(",", ",,") for s in self.dnssearch]
+        if self.mtu != DEFAULT_MTU:
+            parts.append(f"mtu={self.mtu}")
+        if self.hostloopback != "127.0.0.1":
+            parts.append("hostloopback=" + (self.hostloopback or "off"))
+        if self.udp_timeout != 240:
+            parts.append(f"udp-timeout={self.udp_timeout}")
+        if self.dns_timeout != 10:
+            parts.append(f"dns-timeout={self.dns_timeout}")
+        return ",".join(parts)
+
+
+def split_options(text: str) -> list[tuple[str, str]]:
+    """Split QEMU's ``key=value,key=value`` syntax; ``,,`` is a comma inside a value."""
+    items: list[tuple[str, str]] = []
+    i, n = 0, len(text)
+    while i < n:
+        cur: list[str] = []
+        while i < n:
+            c = text[i]
+            if c == ",":
+                if i + 1 < n and text[i + 1] == ",":
+                    cur.append(",")
+                    i += 2
+                    continue
+                break
+            cur.append(c)
+            i += 1
+        i += 1
+        item = "".join(cur)
+        if not item:
+            raise ConfigError("", "empty option (stray comma)")
+        key, eq, value = item.partition("=")
+        if not eq:
+            raise ConfigError(key, "expects key=value")
+        items.append((key, value))
+    return items
+
+
+def _bool(key: str, value: str) -> bool:
+    v = value.lower()
+    if v in _TRUE:
+        return True
+    if v in _FALSE:
+        return False
+    raise ConfigError(key, f"expects on or off, not '{value}'")
+
+
+def _addr(key: str, value: str) -> IPv4Address:
+    try:
+        return IPv4Address(value)
+    except AddressValueError:
+        raise ConfigError(key, f"'{value}' is not an IPv4 address") from None
+
+
+def _classful(addr: IPv4Address) -> int:
+    first = int(addr) >> 24
+    return 8 if first < 128 else 16 if first < 192 else 24
+
+
+def _network(key: str, value: str) -> IPv4Network:
+    addr_text, slash, mask_text = value.partition("/")
+    addr = _addr(key, addr_text)
+    if not slash:
+        bits = _classful(addr)
+    elif mask_text.isdigit():
+        bits = int(mask_text)
+        if not 4 <= bits <= 32:
+            raise ConfigError(key, f"prefix length {bits} outside 4..32")
+    else:
+        try:
+            bits = IPv4Network(f"0.0.0.0/{mask_text}").prefixlen
+        except (NetmaskValueError, ValueError):
+            raise ConfigError(key, f"'{mask_text}' is not a netmask") from None
+        if bits < 4:
+            raise ConfigError(key, f"netmask '{mask_text}' shorter than /4")
+    return IPv4Network(f"{addr}/{bits}", strict=False)
+
+
+def _int(key: str, value: str, lo: int, hi: int) -> int:
+    try:
+        n = int(value, 10)
+    except ValueError:
+        raise ConfigError(key, f"'{value}' is not a number") from None
+    if not lo <= n <= hi:
+        raise ConfigError(key, f"{n} outside {lo}..{hi}")
+    return n
+
+
+def _name(key: str, value: str, *, allow_empty: bool) -> str:
+    if not value and not allow_empty:
+        raise ConfigError(key, "must not be empty")
+    if len(value.encode()) > 255:
+        raise ConfigError(key, "longer than 255 bytes")
+    return value
+
+
+def parse_user_options(text: str) -> Config:
+    """Parse and validate the text after ``user,`` in ``-netdev user,...``."""
+    seen: dict[str, str] = {}
+    dnssearch: list[str] = []
+    for key, value in split_options(text.strip()):
+        if key in _NOT_BUILT:
+            raise ConfigError(key, f"{_NOT_BUILT[key]} is not supported by slirptrio yet")
+        if key == "dnssearch":
+            dnssearch.append(_name(key, value, allow_empty=False))
+            continue
+        if key not in _KNOWN:
+            raise ConfigError(key, "unknown option")
+        if key in seen:
+            raise ConfigError(key, "given twice")
+        seen[key] = value
+
+    ipv4 = _bool("ipv4", seen["ipv4"]) if "ipv4" in seen else True
+    ipv6 = _bool("ipv6", seen["ipv6"]) if "ipv6" in seen else False
+    if ipv6:
+        raise ConfigError("ipv6", "IPv6 is not supported by slirptrio yet")
+    if not ipv4:
+        raise ConfigError("ipv4", "ipv4=off leaves no network (IPv6 is not supported yet)")
+    if "ip" in seen and "net" in seen:
+        raise ConfigError("ip", "give either ip= (legacy) or net=, not both")
+    if "ip" in seen:
+        net = _network("ip", seen["ip"].partition("/")[0] + "/24")
+    else:
+        net = _network("net", seen["net"]) if "net" in seen else Config.net
+    base = int(net.network_address)
+
+    def inside(key: str, default_host: int) -> IPv4Address:
+        addr = _addr(key, seen[key]) if key in seen else IPv4Address(base | default_host)
+        if addr not in net:
+            raise ConfigError(key, f"{addr} is not inside net {net}")
+        if addr in (net.network_address, net.broadcast_address) and net.prefixlen < 31:
+            raise ConfigError(key, f"{addr} is the network or broadcast address of {net}")
+        return addr
+
+    host = inside("host", 2)
+    dns = inside("dns", 3)
+    dhcpstart = inside("dhcpstart", 15)
+    if dns == host:
+        raise ConfigError("dns", f"{dns} must differ from host")
+    if dhcpstart in (host, dns):
+        raise ConfigError("dhcpstart", f"{dhcpstart} must differ from host and dns")
+
+    loop = seen.get("hostloopback", "on")
+    if loop.lower() in _TRUE:
+        hostloopback = "127.0.0.1"
+    elif loop.lower() in _FALSE:
+        hostloopback = ""
+    else:
+        hostloopback = str(_addr("hostloopback", loop))
+
+    return Config(
+        net=net,
+        host=host,
+        dns=dns,
+        dhcpstart=dhcpstart,
+        ipv4=ipv4,
+        ipv6=ipv6,
+        restrict=_bool("restrict", seen["restrict"]) if "restrict" in seen else False,
+        hostname=_name("hostname", seen.get("hostname", ""), allow_empty=True),
+        domainname=(
+            _name("domainname", seen["domainname"], allow_empty=False) if "domainname" in seen
+            else ""
+        ),
+        dnssearch=tuple(dnssearch),
+        mtu=_int("mtu", seen["mtu"], MIN_MTU, MAX_MTU) if "mtu" in seen else DEFAULT_MTU,
+        hostloopback=hostloopback,
+        udp_timeout=(
+            _int("udp-timeout", seen["udp-timeout"], 1, 86400) if "udp-timeout" in seen else 240
+        ),
+        dns_timeout=(
+            _int("dns-timeout", seen["dns-timeout"], 1, 3600) if "dns-timeout" in seen else 10
+        ),
+        id=seen.get("id", ""),
+    )
+
+
+_KNOWN = {
+    "id",
+    "ipv4",
+    "ipv6",
+    "net",
+    "ip",
+    "host",
+    "restrict",
+    "hostname",
+    "dhcpstart",
+    "dns",
+    "domainname",
+    "mtu",
+    "hostloopback",
+    "udp-timeout",
+    "dns-timeout",
+}

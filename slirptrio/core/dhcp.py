@@ -1,0 +1,215 @@
+"""The DHCP server: a pool of 16 addresses from ``dhcpstart``, one per MAC, as libslirp.
+
+Theory of operation
+-------------------
+Leases are keyed by the client's hardware address (``chaddr``), as libslirp does, so a guest
+always gets the same address back, including after a disconnect or a RELEASE it later regrets.
+The pool is ``NUM_DHCP_CLIENTS`` addresses; a free address is the first one never leased, or
+whose lease expired or was released. An exhausted pool answers nothing (the client retries).
+
+* DISCOVER → OFFER of the client's address (its requested address when that is free);
+* REQUEST  → ACK when the requested address (option 50, else ``ciaddr``) is the client's own or
+  free, NAK otherwise; a REQUEST naming another server's id is not for us and is ignored;
+* RELEASE frees the lease; DECLINE blocks the address for a lease time (someone else uses it);
+* INFORM   → ACK with the options and no address or lease time.
+
+Options (in this order): 53 type, 54 server id, 51 lease time, 1 mask, 3 router, 6 DNS,
+12 hostname, 15 domain, 26 MTU, 28 broadcast, 119 search list. Under ``restrict=on`` router and
+DNS are left out, as QEMU does. Replies go to ``ciaddr`` when the client has one, to the
+broadcast address when it asks (flag) or is refused, and otherwise unicast to the offered
+address at the client's MAC (RFC 2131 §4.1).
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+from slirptrio.config import DHCP_LEASE_TIME, NUM_DHCP_CLIENTS, Config
+from slirptrio.wire import dhcp as wd
+
+log = logging.getLogger("slirptrio.core.dhcp")
+
+_BROADCAST_IP = b"\xff\xff\xff\xff"
+_BROADCAST_MAC = b"\xff" * 6
+_ZERO = b"\x00\x00\x00\x00"
+_NS = 1_000_000_000
+_DECLINED = b""
+
+
+@dataclass(frozen=True, slots=True)
+class DhcpReply:
+    """A reply to send from the server port: the DHCP payload and where it goes."""
+
+    payload: bytes
+    dst_ip: bytes
+    dst_mac: bytes
+    msg_type: int
+
+
+@dataclass(slots=True)
+class Lease:
+    """An address held by a MAC until ``expires_ns``."""
+
+    ip: bytes
+    mac: bytes
+    expires_ns: int
+
+
+class DhcpServer:
+    """Answers DHCP client messages for one virtual network."""
+
+    def __init__(self, config: Config) -> None:
+        self._config = config
+        self._server_id = config.host.packed
+        self._pool = [a.packed for a in config.dhcp_pool()]
+        self._leases: dict[bytes, Lease] = {}  # by address
+        self.counters: dict[str, int] = {}
+
+    def leases(self, now_ns: int) -> list[Lease]:
+        """Leases held by a client and not expired, in pool order."""
+        return [
+            lease for ip in self._pool
+            if (lease := self._leases.get(ip)) is not None
+            and lease.mac != _DECLINED and lease.expires_ns > now_ns
+        ]
+
+    def _count(self, key: str) -> None:
+        self.counters[key] = self.counters.get(key, 0) + 1
+
+    # ---------------------------------------------------------------------------- leases
+
+    def _held_by(self, mac: bytes, now_ns: int) -> bytes | None:
+        for ip in self._pool:
+            lease = self._leases.get(ip)
+            if lease is not None and lease.mac == mac:
+                return ip
+        return None
+
+    def _usable_by(self, ip: bytes, mac: bytes, now_ns: int) -> bool:
+        if ip not in self._pool:
+            return False
+        lease = self._leases.get(ip)
+        return lease is None or lease.mac == mac or lease.expires_ns <= now_ns
+
+    def _free(self, mac: bytes, now_ns: int) -> bytes | None:
+        for ip in self._pool:
+            if self._usable_by(ip, mac, now_ns):
+                return ip
+        return None
+
+    def _bind(self, ip: bytes, mac: bytes, now_ns: int) -> None:
+        for other, lease in list(self._leases.items()):
+            if lease.mac == mac and other != ip:
+                del self._leases[other]
+        self._leases[ip] = Lease(ip, mac, now_ns + DHCP_LEASE_TIME * _NS)
+
+    # --------------------------------------------------------------------------- messages
+
+    def handle(self, data: bytes | memoryview, src_mac: bytes, now_ns: int) -> DhcpReply | None:
+        """Answer one client message, or return None (nothing to send).
+
+        Raises MalformedFrame for a message that cannot be parsed.
+        """
+        msg = wd.parse_dhcp(data)
+        if msg.op != wd.BOOTREQUEST:
+            self._count("dhcp_not_request")
+            return None
+        kind = msg.msg_type
+        mac = msg.chaddr
+        server = msg.address_option(wd.OPT_SERVER_ID)
+        if kind == wd.DISCOVER:
+            ip = self._held_by(mac, now_ns)
+            wanted = msg.address_option(wd.OPT_REQUESTED_IP)
+            if ip is None and wanted is not None and self._usable_by(wanted, mac, now_ns):
+                ip = wanted
+            if ip is None:
+                ip = self._free(mac, now_ns)
+            if ip is None:
+                self._count("dhcp_pool_exhausted")
+                log.warning("DHCP pool exhausted; no offer for %s", mac.hex(":"))
+                return None
+            return self._reply(msg, wd.OFFER, ip)
+        if kind == wd.REQUEST:
+            if server is not None and server != self._server_id:
+                self._count("dhcp_other_server")
+                return None
+            wanted = msg.address_option(wd.OPT_REQUESTED_IP)
+            if wanted is None and msg.ciaddr != _ZERO:
+                wanted = msg.ciaddr
+            if wanted is None:
+                wanted = self._held_by(mac, now_ns)
+            if wanted is None or not self._usable_by(wanted, mac, now_ns):
+                self._count("dhcp_nak")
+                return self._nak(msg)
+            self._bind(wanted, mac, now_ns)
+            return self._reply(msg, wd.ACK, wanted)
+        if kind == wd.RELEASE:
+            lease = self._leases.get(msg.ciaddr)
+            if lease is not None and lease.mac == mac:
+                del self._leases[msg.ciaddr]
+                self._count("dhcp_released")
+            return None
+        if kind == wd.DECLINE:
+            wanted = msg.address_option(wd.OPT_REQUESTED_IP)
+            if wanted is not None and wanted in self._pool:
+                self._leases[wanted] = Lease(wanted, _DECLINED, now_ns + DHCP_LEASE_TIME * _NS)
+                self._count("dhcp_declined")
+            return None
+        if kind == wd.INFORM:
+            return self._reply(msg, wd.ACK, None)
+        self._count("dhcp_unknown_type")
+        return None
+
+    def _options(self, kind: int, with_lease: bool) -> list[tuple[int, bytes]]:
+        c = self._config
+        opts: list[tuple[int, bytes]] = [
+            (wd.OPT_MSG_TYPE, bytes((kind,))),
+            (wd.OPT_SERVER_ID, self._server_id),
+        ]
+        if with_lease:
+            opts.append((wd.OPT_LEASE_TIME, DHCP_LEASE_TIME.to_bytes(4, "big")))
+        opts.append((wd.OPT_SUBNET_MASK, c.net.netmask.packed))
+        if not c.restrict:
+            opts.append((wd.OPT_ROUTER, c.host.packed))
+            opts.append((wd.OPT_DNS, c.dns.packed))
+        if c.hostname:
+            opts.append((wd.OPT_HOSTNAME, c.hostname.encode()))
+        if c.domainname:
+            opts.append((wd.OPT_DOMAIN, c.domainname.encode()))
+        opts.append((wd.OPT_MTU, c.mtu.to_bytes(2, "big")))
+        opts.append((wd.OPT_BROADCAST, c.net.broadcast_address.packed))
+        if c.dnssearch:
+            opts.append((wd.OPT_SEARCH, wd.encode_search_list(c.dnssearch)))
+        return opts
+
+    def _reply(self, msg: wd.DhcpMessage, kind: int, ip: bytes | None) -> DhcpReply:
+        self._count("dhcp_offer" if kind == wd.OFFER else "dhcp_ack")
+        payload = wd.build_reply(
+            msg,
+            yiaddr=ip if ip is not None else _ZERO,
+            siaddr=self._server_id,
+            ciaddr=msg.ciaddr,
+            options=self._options(kind, ip is not None),
+        )
+        if msg.ciaddr != _ZERO:
+            return DhcpReply(payload, msg.ciaddr, msg.chaddr, kind)
+        if msg.flags & wd.FLAG_BROADCAST or ip is None:
+            return DhcpReply(payload, _BROADCAST_IP, _BROADCAST_MAC, kind)
+        return DhcpReply(payload, ip, msg.chaddr, kind)
+
+    def _nak(self, msg: wd.DhcpMessage) -> DhcpReply:
+        payload = wd.build_reply(
+            msg,
+            yiaddr=_ZERO,
+            siaddr=_ZERO,
+            options=[
+                (wd.OPT_MSG_TYPE, bytes((wd.NAK,))),
+                (wd.OPT_SERVER_ID, self._server_id),
+                (wd.OPT_MESSAGE, b"requested address not available"),
+            ],
+        )
+        return DhcpReply(payload, _BROADCAST_IP, _BROADCAST_MAC, wd.NAK)
+
+
+__all__ = ["NUM_DHCP_CLIENTS", "DhcpReply", "DhcpServer", "Lease"]

@@ -1,0 +1,34 @@
+"""The Internet checksum (RFC 1071) and the IPv4 pseudo-header sum."""
+
+from __future__ import annotations
+
+
+def ones_sum(data: bytes | bytearray | memoryview, initial: int = 0) -> int:
+    """The folded 16-bit one's-complement sum of ``data`` (odd length padded with a zero)."""
+    mv = memoryview(data).cast("B")
+    n = len(mv)
+    # int.from_bytes over the whole buffer sums 16-bit words far faster than a Python loop:
+    # the big integer is reduced modulo 0xffff, which is the end-around-carry sum.
+    total = initial
+    if n:
+        even = n & ~1
+        if even:
+            big = int.from_bytes(mv[:even], "big")
+            folded = big % 0xFFFF
+            # A non-zero sum is never +0 in one's complement: it folds to 0xffff, not 0.
+            total += folded if folded or not big else 0xFFFF
+        if n & 1:
+            total += mv[n - 1] << 8
+    while total >> 16:
+        total = (total & 0xFFFF) + (total >> 16)
+    return total
+
+
+def internet_checksum(data: bytes | bytearray | memoryview, initial: int = 0) -> int:
+    """The checksum to store: the complement of :func:`ones_sum` (0 verifies a correct one)."""
+    return ~ones_sum(data, initial) & 0xFFFF
+
+
+def pseudo_header_sum(src: bytes, dst: bytes, proto: int, length: int) -> int:
+    """The one's-complement sum of the IPv4 pseudo-header, for TCP and UDP checksums."""
+    return ones_sum(src + dst + bytes((0, proto)) + length.to_bytes(2, "big"))
