@@ -40,6 +40,7 @@ _NOT_BUILT = {
     "hostfwd": "port forwarding",
     "guestfwd": "port forwarding",
 }
+_DEFAULT_NET = IPv4Network("10.0.2.0/24")
 _TRUE = {"on", "yes", "true", "y"}
 _FALSE = {"off", "no", "false", "n"}
 
@@ -56,10 +57,10 @@ class ConfigError(ValueError):
 class Config:
     """A validated ``-netdev user`` configuration (defaults as QEMU's)."""
 
-    net: IPv4Network = IPv4Network("10.0.2.0/24")
-    host: IPv4Address = IPv4Address("10.0.2.2")
-    dns: IPv4Address = IPv4Address("10.0.2.3")
-    dhcpstart: IPv4Address = IPv4Address("10.0.2.15")
+    net: IPv4Network = _DEFAULT_NET
+    host: IPv4Address = _DEFAULT_NET[2]
+    dns: IPv4Address = _DEFAULT_NET[3]
+    dhcpstart: IPv4Address = _DEFAULT_NET[15]
     ipv4: bool = True
     ipv6: bool = False
     restrict: bool = False

@@ -53,7 +53,9 @@ def test_record_and_replay_identical(tmp_path: pathlib.Path) -> None:
     assert result.records == len(SESSION)
 
 
-def test_replay_cli_prints_identical(tmp_path: pathlib.Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_replay_cli_prints_identical(
+    tmp_path: pathlib.Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     path = tmp_path / "s.journal"
     record(path)
     assert replay_main(str(path)) == 0

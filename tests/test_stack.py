@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import dpkt
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -18,7 +20,7 @@ def make(options: str = "", seed: int = 1) -> Stack:
     return Stack(parse_user_options(options), seed)
 
 
-def frames(effects: list[object]) -> list[bytes]:
+def frames(effects: Sequence[object]) -> list[bytes]:
     out = [e.data for e in effects if isinstance(e, SendFrame)]
     assert all(len(f) >= 60 for f in out), "frames must be padded to 60 bytes"
     return out

@@ -297,14 +297,16 @@ _FIELDS: dict[type[Any], tuple[str, ...]] = {}
 
 def _register() -> None:
     # Walk names, not __subclasses__(): slots=True replaces each class, leaving stale ones.
+    pairs: tuple[tuple[type[Any], dict[int, Any]], ...] = ((Event, _EVENTS), (Effect, _EFFECTS))
     for obj in list(globals().values()):
         if not isinstance(obj, type) or obj in (Event, Effect):
             continue
-        for base, table in ((Event, _EVENTS), (Effect, _EFFECTS)):
+        for base, table in pairs:
             if issubclass(obj, base):
-                if obj.TAG in table and table[obj.TAG] is not obj:
-                    raise AssertionError(f"duplicate tag {obj.TAG} for {obj.__name__}")
-                table[obj.TAG] = obj
+                tag: int = getattr(obj, "TAG")  # noqa: B009 - obj is only known as a type here
+                if tag in table and table[tag] is not obj:
+                    raise AssertionError(f"duplicate tag {tag} for {obj.__name__}")
+                table[tag] = obj
                 _FIELDS[obj] = tuple(f.name for f in fields(obj))
 
 

@@ -126,7 +126,7 @@ class Stack:
     def _guest_frame(self, frame: bytes, now_ns: int) -> None:
         self.counters["frames_in"] += 1
         try:
-            dst, src, ethertype, payload = weth.parse_ethernet(frame)
+            _dst, src, ethertype, payload = weth.parse_ethernet(frame)
             if src[0] & 1:
                 self._drop("eth_multicast_source")
                 return
@@ -186,7 +186,7 @@ class Stack:
             self._drop("ipv4_unknown_protocol", str(proto))
 
     def _udp(self, src_mac: bytes, hdr: wip.Ipv4Header, body: memoryview, now_ns: int) -> None:
-        sport, dport, data = wudp.parse_udp(body, hdr.src, hdr.dst)
+        _sport, dport, data = wudp.parse_udp(body, hdr.src, hdr.dst)
         if dport == DHCP_SERVER_PORT and (
             hdr.dst in (_LIMITED_BROADCAST, self._net_broadcast, self._host_ip)
         ):
@@ -203,11 +203,13 @@ class Stack:
             self._host_ip, reply.dst_ip, DHCP_SERVER_PORT, DHCP_CLIENT_PORT, reply.payload
         )
         self._ip_id = (self._ip_id + 1) & 0xFFFF
-        packet = wip.build_ipv4(self._host_ip, reply.dst_ip, wip.IPPROTO_UDP, udp, ident=self._ip_id)
+        packet = wip.build_ipv4(
+            self._host_ip, reply.dst_ip, wip.IPPROTO_UDP, udp, ident=self._ip_id
+        )
         self._send_eth(reply.dst_mac, weth.ETH_P_IP, packet)
 
     def _icmp(self, hdr: wip.Ipv4Header, body: memoryview) -> None:
-        type_, code, rest, data = wicmp.parse_icmp(body)
+        type_, _code, rest, data = wicmp.parse_icmp(body)
         if type_ != wicmp.ECHO_REQUEST:
             self._drop("icmp_not_supported", f"type {type_}")
             return

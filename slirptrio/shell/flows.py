@@ -19,6 +19,7 @@ A failing flow never disturbs another: every task's exceptions end at its group,
 
 from __future__ import annotations
 
+import contextlib
 import errno as _errno
 import logging
 import socket as _socket
@@ -126,12 +127,10 @@ class TcpFlows:
             return
         state.closed = True
         if eff.abort and state.sock is not None:
-            try:
+            with contextlib.suppress(OSError):
                 state.sock.setsockopt(
                     _socket.SOL_SOCKET, _socket.SO_LINGER, struct.pack("ii", 1, 0)
                 )
-            except OSError:
-                pass
         state.scope.cancel()
 
     # --------------------------------------------------------------------------- tasks

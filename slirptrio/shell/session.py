@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import secrets
@@ -109,10 +110,8 @@ async def run_session(
                 await trio.sleep_forever()
             finally:
                 if cleanup:
-                    try:
+                    with contextlib.suppress(OSError):
                         os.unlink(cleanup)
-                    except OSError:
-                        pass
     finally:
         recorder.close()
         log.info(

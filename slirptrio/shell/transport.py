@@ -60,7 +60,9 @@ class Address:
         return cls(kind, host=host.strip("[]") or "127.0.0.1", port=int(port))
 
     def __str__(self) -> str:
-        return f"unix:{self.path}" if self.kind == "unix" else f"{self.kind}:{self.host}:{self.port}"
+        if self.kind == "unix":
+            return f"unix:{self.path}"
+        return f"{self.kind}:{self.host}:{self.port}"
 
     def qemu(self, prefix: str) -> str:
         """This address as QEMU SocketAddress options, e.g. ``addr.type=unix,addr.path=...``."""

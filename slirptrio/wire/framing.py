@@ -20,7 +20,7 @@ class StreamDecoder:
         self._buf = bytearray()
         self._max = max_frame
 
-    def feed(self, data: bytes | memoryview) -> list[bytes]:
+    def feed(self, data: bytes | bytearray | memoryview) -> list[bytes]:
         """Add received bytes; return the frames now complete.
 
         Raises MalformedFrame("oversized_frame") for a length beyond ``max_frame``: the

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import struct
 from collections.abc import Iterator
-from typing import BinaryIO
+from typing import IO
 
 from slirptrio.wire import MalformedFrame
 
@@ -19,7 +19,7 @@ _RECORD = struct.Struct("<IIII")
 class PcapWriter:
     """Writes frames with integer nanosecond timestamps to a binary file object."""
 
-    def __init__(self, fileobj: BinaryIO, snaplen: int = SNAPLEN) -> None:
+    def __init__(self, fileobj: IO[bytes], snaplen: int = SNAPLEN) -> None:
         self._f = fileobj
         self._snaplen = snaplen
         fileobj.write(_GLOBAL.pack(MAGIC_NS, 2, 4, 0, 0, snaplen, LINKTYPE_ETHERNET))
@@ -35,7 +35,7 @@ class PcapWriter:
         self._f.flush()
 
 
-def read_pcap(fileobj: BinaryIO) -> Iterator[tuple[int, bytes]]:
+def read_pcap(fileobj: IO[bytes]) -> Iterator[tuple[int, bytes]]:
     """Yield (timestamp ns, frame) from a little-endian pcap (µs or ns resolution)."""
     head = fileobj.read(_GLOBAL.size)
     if len(head) < _GLOBAL.size:
