@@ -94,7 +94,7 @@ def _transport(args: argparse.Namespace, parser: _Parser) -> TransportSpec:
 
 def _setup_logging(verbose: int) -> None:
     level = logging.WARNING if verbose == 0 else logging.INFO if verbose == 1 else logging.DEBUG
-    logging.basicConfig(level=level, format="slirptrio: %(name)s: %(message)s", stream=sys.stderr)
+    logging.basicConfig(level=level, format="%(name)s: %(message)s", stream=sys.stderr)
 
 
 def _cmd_run(args: argparse.Namespace, parser: _Parser) -> int:
