@@ -13,6 +13,7 @@ from typing import NoReturn
 import trio
 
 from slirptrio.config import ConfigError, parse_user_options
+from slirptrio.core.dns import parse_upstream
 from slirptrio.shell import transport as tp
 from slirptrio.shell.session import TransportSpec, default_journal_path, run_session
 
@@ -59,6 +60,12 @@ def _build_parser() -> _Parser:
     run.add_argument("--pcap", metavar="PATH",
                      help="pcap file (default: the journal's path with .pcap)")
     run.add_argument("--no-pcap", action="store_true", help="do not write a pcap")
+    run.add_argument(
+        "--dns-upstream",
+        metavar="HOST[:PORT]",
+        action="append",
+        help="resolver for the DNS relay (repeatable; default: /etc/resolv.conf's first)",
+    )
     run.add_argument("--seed", type=int, help="PRNG seed (default: random; always journaled)")
     run.add_argument("-v", "--verbose", action="count", default=0, help="more logging")
     run.add_argument("options", nargs="?", default="",
@@ -103,6 +110,12 @@ def _cmd_run(args: argparse.Namespace, parser: _Parser) -> int:
     except ConfigError as exc:
         parser.error(str(exc))
     spec = _transport(args, parser)
+    upstreams: list[tuple[str, int]] | None = None
+    if args.dns_upstream:
+        try:
+            upstreams = [parse_upstream(u) for u in args.dns_upstream]
+        except ValueError as exc:
+            parser.error(f"argument --dns-upstream: {exc}")
     journal = None if args.no_journal else (args.journal or default_journal_path())
     pcap = None
     if not args.no_pcap:
@@ -128,7 +141,7 @@ def _cmd_run(args: argparse.Namespace, parser: _Parser) -> int:
                 async def session() -> None:
                     await run_session(
                         config, spec, seed=args.seed, journal_path=journal, pcap_path=pcap,
-                        on_ready=ready,
+                        on_ready=ready, dns_upstreams=upstreams,
                     )
 
                 nursery.start_soon(session)

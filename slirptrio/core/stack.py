@@ -25,8 +25,24 @@ from ipaddress import IPv4Address
 
 from slirptrio.config import Config
 from slirptrio.core.dhcp import DhcpServer
-from slirptrio.core.events import Effect, Event, GuestFrame, GuestLink, SendFrame, Tick
+from slirptrio.core.events import (
+    DnsUpstreams,
+    Effect,
+    Event,
+    GuestFrame,
+    GuestLink,
+    IcmpEchoError,
+    IcmpEchoReply,
+    IcmpUnavailable,
+    SendFrame,
+    Tick,
+    UdpError,
+    UdpReceived,
+)
+from slirptrio.core.icmp import IcmpEcho
+from slirptrio.core.ipfrag import Reassembler, fragment
 from slirptrio.core.prng import Prng
+from slirptrio.core.udp import UdpNat
 from slirptrio.wire import MalformedFrame
 from slirptrio.wire import arp as warp
 from slirptrio.wire import ethernet as weth
@@ -72,6 +88,31 @@ class Stack:
         self._arp_table: dict[bytes, bytes] = {}
         self._ip_id = self._rng.next_u32() & 0xFFFF
         self._out: list[Effect] = []
+        self._next_flow = 0
+        self._loopback = config.hostloopback
+        self._mtu = config.mtu
+        self._reasm = Reassembler(counters=self.counters)
+        self.udp = UdpNat(
+            send_ip=self.send_ip,
+            translate=self.translate,
+            alloc_flow=self.alloc_flow,
+            rng=self._rng,
+            counters=self.counters,
+            host_ip=self._host_ip,
+            dns_ip=self._dns_ip,
+            net_broadcast=self._net_broadcast,
+            restrict=config.restrict,
+            idle_timeout_ns=config.udp_timeout * 1_000_000_000,
+            dns_idle_timeout_ns=config.dns_timeout * 1_000_000_000,
+        )
+        self.echo = IcmpEcho(
+            send_ip=self.send_ip,
+            translate=self.translate,
+            alloc_flow=self.alloc_flow,
+            rng=self._rng,
+            counters=self.counters,
+            restrict=config.restrict,
+        )
 
     # ------------------------------------------------------------------------ public face
 
@@ -81,8 +122,15 @@ class Stack:
         self._out = out
         if type(event) is GuestFrame:
             self._guest_frame(event.data, now_ns)
+        elif type(event) in _UDP_EVENTS:
+            out.extend(self.udp.host_event(event, now_ns))
+        elif type(event) in _ICMP_EVENTS:
+            out.extend(self.echo.host_event(event, now_ns))
         elif type(event) is Tick:
             self.counters["ticks"] += 1
+            self._reasm.expire(now_ns)
+            out.extend(self.udp.tick(now_ns))
+            out.extend(self.echo.tick(now_ns))
         elif type(event) is GuestLink:
             self.counters["guest_link_up" if event.up else "guest_link_down"] += 1
         else:
@@ -92,7 +140,37 @@ class Stack:
 
     def poll_at(self) -> int | None:
         """The next time (ns) the core wants a :class:`Tick`, or None."""
-        return None
+        times = [
+            t
+            for t in (self._reasm.poll_at(), self.udp.poll_at(), self.echo.poll_at())
+            if t is not None
+        ]
+        return min(times) if times else None
+
+    def alloc_flow(self) -> int:
+        """A new flow id, unique among all host-side flows of this stack."""
+        self._next_flow += 1
+        return self._next_flow
+
+    def translate(self, ip: bytes, port: int) -> tuple[str, int] | None:
+        """Where a guest's connection to ``ip:port`` goes on the host, or None if nowhere.
+
+        Addresses inside the virtual network are aliases of the host (libslirp): they lead to
+        ``hostloopback`` (127.0.0.1); TCP to ``dns:53`` goes to the DNS upstream.
+        """
+        if self.config.restrict:
+            return None
+        if ip[0] == 0 or ip[0] >= 224 or ip == _LIMITED_BROADCAST:
+            return None
+        if self._in_net(ip):
+            if ip == self._net_broadcast:
+                return None
+            if ip == self._dns_ip and port == 53:
+                return self.udp.dns.tcp_upstream()
+            if not self._loopback:
+                return None
+            return self._loopback, port
+        return address_str(ip), port
 
     def leases(self, now_ns: int) -> list[object]:
         """The DHCP leases currently held."""
@@ -103,8 +181,17 @@ class Stack:
     def send_ip(self, src: bytes, dst: bytes, proto: int, payload: bytes) -> None:
         """Queue one IPv4 datagram from a virtual or NATed address to the guest."""
         self._ip_id = (self._ip_id + 1) & 0xFFFF
-        packet = wip.build_ipv4(src, dst, proto, payload, ident=self._ip_id)
-        self._send_eth(self._mac_for(dst), weth.ETH_P_IP, packet)
+        mac = self._mac_for(dst)
+        if len(payload) + wip.MIN_HEADER <= self._mtu:
+            packet = wip.build_ipv4(src, dst, proto, payload, ident=self._ip_id)
+            self._send_eth(mac, weth.ETH_P_IP, packet)
+            return
+        self.counters["ipv4_fragmented"] += 1
+        for offset, more, chunk in fragment(payload, self._mtu):
+            packet = wip.build_ipv4(
+                src, dst, proto, chunk, ident=self._ip_id, mf=more, frag_offset=offset
+            )
+            self._send_eth(mac, weth.ETH_P_IP, packet)
 
     def _send_eth(self, dst_mac: bytes, ethertype: int, payload: bytes) -> None:
         self.counters["frames_out"] += 1
@@ -173,26 +260,32 @@ class Stack:
         hdr, body = wip.parse_ipv4(payload)
         self._learn(src_mac, hdr.src)
         if hdr.mf or hdr.frag_offset:
-            self._drop("ipv4_fragment_not_supported")
-            return
+            whole = self._reasm.add(hdr, body, now_ns)
+            if whole is None:
+                return
+            self.counters["ipv4_reassembled"] += 1
+            body = memoryview(whole)
         proto = hdr.proto
         if proto == wip.IPPROTO_UDP:
             self._udp(src_mac, hdr, body, now_ns)
         elif proto == wip.IPPROTO_ICMP:
-            self._icmp(hdr, body)
+            self._icmp(hdr, body, now_ns)
         elif proto == wip.IPPROTO_TCP:
             self._drop("tcp_not_supported")
         else:
             self._drop("ipv4_unknown_protocol", str(proto))
 
     def _udp(self, src_mac: bytes, hdr: wip.Ipv4Header, body: memoryview, now_ns: int) -> None:
-        _sport, dport, data = wudp.parse_udp(body, hdr.src, hdr.dst)
+        sport, dport, data = wudp.parse_udp(body, hdr.src, hdr.dst)
         if dport == DHCP_SERVER_PORT and (
             hdr.dst in (_LIMITED_BROADCAST, self._net_broadcast, self._host_ip)
         ):
             self._dhcp_request(src_mac, data, now_ns)
             return
-        self._drop("udp_not_supported")
+        if dport in (DHCP_SERVER_PORT, DHCP_CLIENT_PORT):
+            self._drop("udp_dhcp_elsewhere")
+            return
+        self._out.extend(self.udp.guest_datagram(hdr, sport, dport, data, body, now_ns))
 
     def _dhcp_request(self, src_mac: bytes, data: memoryview, now_ns: int) -> None:
         reply = self._dhcp.handle(data, src_mac, now_ns)
@@ -208,17 +301,26 @@ class Stack:
         )
         self._send_eth(reply.dst_mac, weth.ETH_P_IP, packet)
 
-    def _icmp(self, hdr: wip.Ipv4Header, body: memoryview) -> None:
+    def _icmp(self, hdr: wip.Ipv4Header, body: memoryview, now_ns: int) -> None:
         type_, _code, rest, data = wicmp.parse_icmp(body)
         if type_ != wicmp.ECHO_REQUEST:
             self._drop("icmp_not_supported", f"type {type_}")
             return
         if hdr.dst not in self._virtual_ips:
-            self._drop("icmp_echo_not_forwarded")
+            if self._in_net(hdr.dst) and self._loopback == "":
+                self._drop("icmp_echo_no_host")
+                return
+            ident = int.from_bytes(rest[:2], "big")
+            seq = int.from_bytes(rest[2:], "big")
+            self._out.extend(self.echo.guest_echo(hdr, ident, seq, data, body, now_ns))
             return
         self.counters["icmp_echo_replies"] += 1
         reply = wicmp.build_icmp(wicmp.ECHO_REPLY, 0, rest, bytes(data))
         self.send_ip(hdr.dst, hdr.src, wip.IPPROTO_ICMP, reply)
+
+
+_UDP_EVENTS = (UdpReceived, UdpError, DnsUpstreams)
+_ICMP_EVENTS = (IcmpEchoReply, IcmpEchoError, IcmpUnavailable)
 
 
 def address_str(ip: bytes) -> str:

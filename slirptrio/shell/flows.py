@@ -87,9 +87,12 @@ class TcpFlows:
             TcpClose: self.close,
         }
 
-    async def run(self) -> None:
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        """Run until cancelled; ``await nursery.start(flows.run)`` returns once effects may
+        be handled."""
         async with trio.open_nursery() as nursery:
             self._nursery = nursery
+            task_status.started()
             await trio.sleep_forever()
 
     def __len__(self) -> int:

@@ -17,6 +17,8 @@ from slirptrio.config import Config
 from slirptrio.core.stack import Stack
 from slirptrio.journal import Header, JournalWriter
 from slirptrio.shell import transport as tp
+from slirptrio.shell.datagrams import Datagrams
+from slirptrio.shell.flows import TcpFlows
 from slirptrio.shell.runtime import Recorder, Runtime
 
 log = logging.getLogger("slirptrio")
@@ -65,8 +67,12 @@ async def run_session(
     pcap_path: str | None = None,
     on_ready: Callable[[], None] | None = None,
     meta: dict[str, object] | None = None,
+    dns_upstreams: list[tuple[str, int]] | None = None,
 ) -> None:
-    """Run the stack until cancelled; journal and pcap are closed on the way out."""
+    """Run the stack until cancelled; journal and pcap are closed on the way out.
+
+    ``dns_upstreams`` fixes the resolvers the DNS relay uses; None follows /etc/resolv.conf.
+    """
     if seed is None:
         seed = secrets.randbits(63)
     stack = Stack(config, seed)
@@ -90,8 +96,14 @@ async def run_session(
     port = tp.GuestPort()
     try:
         runtime = Runtime(stack, port, recorder)
+        tcp = TcpFlows(runtime.inbox)
+        datagrams = Datagrams(runtime.inbox, dns_upstreams=dns_upstreams)
+        runtime.handlers.update(tcp.handlers())
+        runtime.handlers.update(datagrams.handlers())
         async with trio.open_nursery() as nursery:
             nursery.start_soon(runtime.run)
+            await nursery.start(tcp.run)
+            await nursery.start(datagrams.run)
             cleanup: str | None = None
             if spec.mode == "listen":
                 listener = await tp.open_listener(spec.addr)
