@@ -77,10 +77,10 @@ def replay_journal(
         door.step(event, rec.t_ns)
         got = [encode(e) for e in actual]
         expected_effects = [_normalize(e) for e in rec.effects]
-        if pcap is not None:
-            for _d, frame in frames_of(rec.event, rec.effects):
+        for _d, frame in frames_of(rec.event, rec.effects):
+            result.frames += 1
+            if pcap is not None:
                 pcap.write(header.origin_ns + rec.t_ns, frame)
-                result.frames += 1
         if got != expected_effects:
             result.divergence = Divergence(index, rec, expected_effects, got, list(recent))
             result.records = index
