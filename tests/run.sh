@@ -1,0 +1,67 @@
+#!/usr/bin/env bash
+# Install what the tests need when it is missing, then lint, type-check and run every test
+# (end-to-end ones included; they need root). Runs from any directory, with no stdin.
+set -euo pipefail
+
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+export PATH="$PATH:/usr/local/sbin:/usr/sbin:/sbin"
+PY="${PYTHON:-python3}"
+
+# --- system tools for the e2e tests (Debian packages) ---------------------------------------
+missing=()
+need() { command -v "$1" >/dev/null 2>&1 || missing+=("$2"); }
+need qemu-system-x86_64 qemu-system-x86
+need busybox busybox-static
+need tshark tshark
+need ip iproute2
+need iperf3 iperf3
+need slirp4netns slirp4netns
+need curl curl
+if ((${#missing[@]})); then
+    if [[ "$(id -u)" -eq 0 ]] && command -v apt-get >/dev/null 2>&1; then
+        echo "run.sh: installing ${missing[*]}"
+        export DEBIAN_FRONTEND=noninteractive
+        # Without this, tshark's install would ask whether non-root users may capture.
+        echo "wireshark-common wireshark-common/install-setuid boolean false" \
+            | debconf-set-selections
+        apt-get update -q </dev/null
+        apt-get install -y -q "${missing[@]}" </dev/null
+    else
+        echo "run.sh: missing ${missing[*]} and cannot apt-get install; e2e tests will skip" >&2
+    fi
+fi
+
+# --- Python package and dev tools -------------------------------------------------------------
+if ! "$PY" -c 'import sys; assert sys.version_info >= (3, 11)' 2>/dev/null; then
+    echo "run.sh: $PY must be Python 3.11 or newer" >&2
+    exit 1
+fi
+if ! "$PY" -c 'import slirptrio, trio, dpkt, msgpack, pytest, pytest_trio, hypothesis, mypy, ruff' \
+        2>/dev/null; then
+    echo "run.sh: pip install -e '.[dev]'"
+    pip_install() { "$PY" -m pip install -q --root-user-action=ignore "$@" </dev/null; }
+    if ! pip_install -e '.[dev]'; then
+        # Debian's own python3 refuses pip installs (PEP 668) unless told otherwise.
+        echo "run.sh: retrying with --break-system-packages"
+        pip_install --break-system-packages -e '.[dev]'
+    fi
+fi
+
+# --- checks -----------------------------------------------------------------------------------
+echo "run.sh: ruff check ."
+"$PY" -m ruff check .
+
+# mypy's file list lives in pyproject.toml; pass only the directories this checkout has.
+mapfile -t mypy_files < <("$PY" - <<'PYEOF'
+import os, tomllib
+with open("pyproject.toml", "rb") as f:
+    files = tomllib.load(f)["tool"]["mypy"]["files"]
+print("\n".join(p for p in files if os.path.exists(p)))
+PYEOF
+)
+echo "run.sh: mypy ${mypy_files[*]}"
+"$PY" -m mypy "${mypy_files[@]}"
+
+echo "run.sh: pytest"
+# A backstop only: every wait inside the tests is bounded far below this.
+timeout --kill-after=30 840 "$PY" -m pytest -q </dev/null
