@@ -16,7 +16,7 @@ Extensions to QEMU's syntax (absent from QEMU, so a QEMU option string never set
 from __future__ import annotations
 
 from dataclasses import dataclass, field, fields
-from ipaddress import AddressValueError, IPv4Address, IPv4Network, NetmaskValueError
+from ipaddress import AddressValueError, IPv4Address, IPv4Network
 from typing import Any
 
 NUM_DHCP_CLIENTS = 16
@@ -132,6 +132,8 @@ class Config:
             parts.append(f"mtu={self.mtu}")
         if self.hostloopback != "127.0.0.1":
             parts.append("hostloopback=" + (self.hostloopback or "off"))
+        if self.id:
+            parts.append("id=" + self.id.replace(",", ",,"))
         if self.udp_timeout != 240:
             parts.append(f"udp-timeout={self.udp_timeout}")
         if self.dns_timeout != 10:
@@ -192,25 +194,28 @@ def _network(key: str, value: str) -> IPv4Network:
     addr = _addr(key, addr_text)
     if not slash:
         bits = _classful(addr)
-    elif mask_text.isdigit():
+    elif mask_text.isascii() and mask_text.isdecimal():
         bits = int(mask_text)
         if not 4 <= bits <= 32:
             raise ConfigError(key, f"prefix length {bits} outside 4..32")
     else:
         try:
-            bits = IPv4Network(f"0.0.0.0/{mask_text}").prefixlen
-        except (NetmaskValueError, ValueError):
+            mask = IPv4Address(mask_text)
+        except AddressValueError:
             raise ConfigError(key, f"'{mask_text}' is not a netmask") from None
+        inverted = ~int(mask) & 0xFFFFFFFF
+        if inverted & (inverted + 1):  # the ones must be contiguous from the top
+            raise ConfigError(key, f"'{mask_text}' is not a netmask")
+        bits = 32 - inverted.bit_length()
         if bits < 4:
             raise ConfigError(key, f"netmask '{mask_text}' shorter than /4")
     return IPv4Network(f"{addr}/{bits}", strict=False)
 
 
 def _int(key: str, value: str, lo: int, hi: int) -> int:
-    try:
-        n = int(value, 10)
-    except ValueError:
-        raise ConfigError(key, f"'{value}' is not a number") from None
+    if not (value.isascii() and value.isdecimal()):
+        raise ConfigError(key, f"'{value}' is not a number")
+    n = int(value, 10)
     if not lo <= n <= hi:
         raise ConfigError(key, f"{n} outside {lo}..{hi}")
     return n
@@ -224,15 +229,25 @@ def _name(key: str, value: str, *, allow_empty: bool) -> str:
     return value
 
 
+def _domain(key: str, value: str) -> str:
+    name = _name(key, value, allow_empty=False)
+    labels = name[:-1].split(".") if name.endswith(".") else name.split(".")
+    for label in labels:
+        if not 0 < len(label.encode()) < 64:
+            raise ConfigError(key, f"'{value}' is not a domain name (bad label '{label}')")
+    return name
+
+
 def parse_user_options(text: str) -> Config:
     """Parse and validate the text after ``user,`` in ``-netdev user,...``."""
     seen: dict[str, str] = {}
     dnssearch: list[str] = []
-    for key, value in split_options(text.strip()):
+    # Whitespace-only means no options; otherwise spaces belong to the values, as in QEMU.
+    for key, value in split_options(text if text.strip() else ""):
         if key in _NOT_BUILT:
             raise ConfigError(key, f"{_NOT_BUILT[key]} is not supported by slirptrio yet")
         if key == "dnssearch":
-            dnssearch.append(_name(key, value, allow_empty=False))
+            dnssearch.append(_domain(key, value))
             continue
         if key not in _KNOWN:
             raise ConfigError(key, "unknown option")

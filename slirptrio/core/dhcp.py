@@ -3,7 +3,8 @@
 Theory of operation
 -------------------
 Leases are keyed by the client's hardware address (``chaddr``), as libslirp does, so a guest
-always gets the same address back, including after a disconnect or a RELEASE it later regrets.
+gets the same address back, including after a disconnect, for as long as its lease holds (a
+RELEASE gives the address up; it is reused only once the addresses never leased run out).
 The pool is ``NUM_DHCP_CLIENTS`` addresses; a free address is the first one never leased, or
 whose lease expired or was released. An exhausted pool answers nothing (the client retries).
 
@@ -62,8 +63,15 @@ class DhcpServer:
     def __init__(self, config: Config) -> None:
         self._config = config
         self._server_id = config.host.packed
-        self._pool = [a.packed for a in config.dhcp_pool()]
+        # Never hand out the virtual addresses or anything outside the network (libslirp does).
+        reserved = {config.host, config.dns, config.net.network_address,
+                    config.net.broadcast_address}
+        self._pool = [
+            a.packed for a in config.dhcp_pool() if a in config.net and a not in reserved
+        ]
         self._leases: dict[bytes, Lease] = {}  # by address
+        self._ever: set[bytes] = set()  # addresses ever bound (membership tests only)
+        self._last: dict[bytes, bytes] = {}  # each MAC's last address
         self.counters: dict[str, int] = {}
 
     def leases(self, now_ns: int) -> list[Lease]:
@@ -93,7 +101,11 @@ class DhcpServer:
         return lease is None or lease.mac == mac or lease.expires_ns <= now_ns
 
     def _free(self, mac: bytes, now_ns: int) -> bytes | None:
-        for ip in self._pool:
+        last = self._last.get(mac)
+        if last is not None and self._usable_by(last, mac, now_ns):
+            return last
+        fresh = [ip for ip in self._pool if ip not in self._ever]
+        for ip in fresh + self._pool:
             if self._usable_by(ip, mac, now_ns):
                 return ip
         return None
@@ -103,6 +115,8 @@ class DhcpServer:
             if lease.mac == mac and other != ip:
                 del self._leases[other]
         self._leases[ip] = Lease(ip, mac, now_ns + DHCP_LEASE_TIME * _NS)
+        self._ever.add(ip)
+        self._last[mac] = ip
 
     # --------------------------------------------------------------------------- messages
 
@@ -152,7 +166,8 @@ class DhcpServer:
             return None
         if kind == wd.DECLINE:
             wanted = msg.address_option(wd.OPT_REQUESTED_IP)
-            if wanted is not None and wanted in self._pool:
+            # Only the client the address was offered to may decline it.
+            if wanted is not None and self._usable_by(wanted, mac, now_ns):
                 self._leases[wanted] = Lease(wanted, _DECLINED, now_ns + DHCP_LEASE_TIME * _NS)
                 self._count("dhcp_declined")
             return None

@@ -35,6 +35,8 @@ class StreamDecoder:
             length = int.from_bytes(buf[pos : pos + 4], "big")
             if length > self._max:
                 del buf[:pos]
+                if frames:  # hand over the good frames first; the next feed raises
+                    return frames
                 raise MalformedFrame("oversized_frame", f"length {length} > {self._max}")
             if n - pos - 4 < length:
                 break
