@@ -1,8 +1,10 @@
-"""Command line: ``slirptrio run`` starts a stack, ``slirptrio replay`` re-runs a journal."""
+"""Command line: ``slirptrio run`` starts a stack, ``slirptrio replay`` re-runs a journal,
+``slirptrio ctl`` talks to a running stack's control socket."""
 
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import os
 import signal
@@ -66,10 +68,21 @@ def _build_parser() -> _Parser:
         action="append",
         help="resolver for the DNS relay (repeatable; default: /etc/resolv.conf's first)",
     )
+    run.add_argument(
+        "--control", metavar="PATH", help="serve the JSON-lines control socket at PATH"
+    )
     run.add_argument("--seed", type=int, help="PRNG seed (default: random; always journaled)")
     run.add_argument("-v", "--verbose", action="count", default=0, help="more logging")
     run.add_argument("options", nargs="?", default="",
                      help="QEMU -netdev user options, e.g. 'net=192.168.76.0/24,hostname=vm1'")
+
+    ctl = sub.add_parser("ctl", help="query or change a running stack (--control socket)")
+    ctl.add_argument("socket", metavar="PATH", help="the stack's --control socket")
+    ctl.add_argument("--json", action="store_true", help="print the raw JSON answer")
+    ctl.add_argument(
+        "request", nargs="+", metavar="COMMAND",
+        help="info | leases | stats | hostfwd-add RULE | hostfwd-remove RULE",
+    )
 
     rep = sub.add_parser("replay", help="replay a journal and check it reproduces every effect")
     rep.add_argument("journal", metavar="JOURNAL")
@@ -141,7 +154,7 @@ def _cmd_run(args: argparse.Namespace, parser: _Parser) -> int:
                 async def session() -> None:
                     await run_session(
                         config, spec, seed=args.seed, journal_path=journal, pcap_path=pcap,
-                        on_ready=ready, dns_upstreams=upstreams,
+                        on_ready=ready, dns_upstreams=upstreams, control_path=args.control,
                     )
 
                 nursery.start_soon(session)
@@ -164,9 +177,60 @@ def _cmd_replay(args: argparse.Namespace) -> int:
     return replay_main(args.journal, pcap_out=args.pcap, context=args.context)
 
 
+_CTL_ARGS = {"info": 0, "leases": 0, "stats": 0, "hostfwd-add": 1, "hostfwd-remove": 1}
+
+
+def _cmd_ctl(args: argparse.Namespace, parser: _Parser) -> int:
+    from slirptrio.shell.control import ControlError, request
+
+    cmd, *rest = args.request
+    if cmd not in _CTL_ARGS:
+        parser.error(f"argument COMMAND: unknown command {cmd!r} (known: {', '.join(_CTL_ARGS)})")
+    if len(rest) != _CTL_ARGS[cmd]:
+        parser.error(f"argument COMMAND: {cmd} takes {_CTL_ARGS[cmd]} argument(s)")
+    message: dict[str, object] = {"cmd": cmd}
+    if rest:
+        message["rule"] = rest[0]
+    try:
+        answer = trio.run(request, args.socket, message)
+    except (OSError, ControlError, trio.TooSlowError, ValueError) as exc:
+        print(f"slirptrio: error: control socket {args.socket}: {exc!r}", file=sys.stderr)
+        return 1
+    if args.json or not answer.get("ok"):
+        print(json.dumps(answer, indent=None if not args.json else 2))
+        return 0 if answer.get("ok") else 1
+    print(_format_answer(cmd, answer))
+    return 0
+
+
+def _format_answer(cmd: str, answer: dict[str, object]) -> str:
+    if cmd == "info":
+        flows = answer.get("flows")
+        assert isinstance(flows, list)
+        head = f"{'Proto[State]':<22} {'Guest':<22} {'Dest':<22} {'Host':<24} RecvQ SendQ  Idle"
+        rows = [
+            f"{f['proto'] + '[' + f['state'] + ']':<22} {f['guest']:<22} {f['dest']:<22} "
+            f"{f['host']:<24} {f['recv_q']:>5} {f['send_q']:>5} {f['idle_s']:>5.0f}s"
+            for f in flows
+        ]
+        return "\n".join([head, *rows])
+    if cmd == "leases":
+        leases = answer.get("leases")
+        assert isinstance(leases, list)
+        rows = [f"{x['ip']:<16} {x['mac']}  expires in {x['expires_in_s']} s" for x in leases]
+        return "\n".join(rows) if rows else "(no leases)"
+    if cmd == "hostfwd-add":
+        return f"forwarding host port {answer.get('port')}"
+    if cmd == "hostfwd-remove":
+        return "removed"
+    return json.dumps({k: v for k, v in answer.items() if k != "ok"}, indent=2)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = _build_parser()
     args = parser.parse_args(argv)
     if args.command == "run":
         return _cmd_run(args, parser)
+    if args.command == "ctl":
+        return _cmd_ctl(args, parser)
     return _cmd_replay(args)

@@ -43,6 +43,7 @@ from slirptrio.core.events import (
     IcmpEchoSend,
     IcmpUnavailable,
 )
+from slirptrio.core.info import FlowInfo
 from slirptrio.core.prng import Prng
 from slirptrio.wire import icmp as wicmp
 from slirptrio.wire.checksum import internet_checksum
@@ -261,6 +262,16 @@ class IcmpEcho:
 
     def __len__(self) -> int:
         return len(self._lru)
+
+    def flows(self, now_ns: int) -> list[FlowInfo]:
+        """The echo flows; the ports shown are the guest's and the host's echo ids."""
+        return [
+            FlowInfo(
+                f.flow, "icmp", "open", f.guest_ip, f.guest_ident, f.dst_ip, 0, f.host,
+                f.host_ident, 0, 0, max(0, now_ns - (f.expires_ns - self.idle_timeout_ns)),
+            )
+            for f in self._lru.values()
+        ]
 
     # ------------------------------------------------------------------------ public face
 

@@ -24,7 +24,7 @@ import logging
 from ipaddress import IPv4Address
 
 from slirptrio.config import Config
-from slirptrio.core.dhcp import DhcpServer
+from slirptrio.core.dhcp import DhcpServer, Lease
 from slirptrio.core.events import (
     DnsUpstreams,
     Effect,
@@ -40,6 +40,7 @@ from slirptrio.core.events import (
     UdpReceived,
 )
 from slirptrio.core.icmp import IcmpEcho
+from slirptrio.core.info import FlowInfo
 from slirptrio.core.ipfrag import Reassembler, fragment
 from slirptrio.core.prng import Prng
 from slirptrio.core.udp import UdpNat
@@ -172,9 +173,13 @@ class Stack:
             return self._loopback, port
         return address_str(ip), port
 
-    def leases(self, now_ns: int) -> list[object]:
+    def leases(self, now_ns: int) -> list[Lease]:
         """The DHCP leases currently held."""
-        return list(self._dhcp.leases(now_ns))
+        return self._dhcp.leases(now_ns)
+
+    def flows(self, now_ns: int) -> list[FlowInfo]:
+        """Every NAT entry, TCP first, for display (``info``)."""
+        return [*self.udp.flows(now_ns), *self.echo.flows(now_ns)]
 
     # ----------------------------------------------------------------------------- output
 

@@ -46,6 +46,7 @@ from slirptrio.core.events import (
     UdpReceived,
     UdpSend,
 )
+from slirptrio.core.info import FlowInfo
 from slirptrio.core.prng import Prng
 from slirptrio.wire import udp as wudp
 
@@ -71,6 +72,7 @@ class _Flow:
         "hdr",
         "head",
         "host",
+        "host_port",
         "key",
         "l4_len",
         "reply_src",
@@ -82,6 +84,7 @@ class _Flow:
         self.key = key
         self.guest_ip, self.guest_port, self.dst_ip, self.dst_port = key
         self.host = host
+        self.host_port = 0
         self.reply_src = reply_src
         self.timer = timer
         self.expires_ns = 0
@@ -154,6 +157,17 @@ class UdpNat:
 
     def __len__(self) -> int:
         return len(self._by_id)
+
+    def flows(self, now_ns: int) -> list[FlowInfo]:
+        """The open NAT flows (the DNS relay's upstream sockets are not listed)."""
+        out = []
+        for f in self._by_id.values():
+            last = f.expires_ns - self._timeouts[f.timer]
+            out.append(FlowInfo(
+                f.flow, "udp", "open", f.guest_ip, f.guest_port, f.dst_ip, f.dst_port,
+                f.host, f.host_port, 0, 0, max(0, now_ns - last),
+            ))
+        return out
 
     # ------------------------------------------------------------------------ public face
 
@@ -283,6 +297,7 @@ class UdpNat:
             out.append(self._close(self._closest_to_expiry()))
         timer = _FAST if dport == DNS_PORT else _NORMAL
         f = _Flow(self._alloc_flow(), key, target[0], reply_src, timer)
+        f.host_port = target[1]
         self._flows[key] = f
         self._by_id[f.flow] = f
         self._lru[timer][f.flow] = f

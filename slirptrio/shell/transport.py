@@ -62,7 +62,8 @@ class Address:
     def __str__(self) -> str:
         if self.kind == "unix":
             return f"unix:{self.path}"
-        return f"{self.kind}:{self.host}:{self.port}"
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"{self.kind}:{host}:{self.port}"
 
     def qemu(self, prefix: str) -> str:
         """This address as QEMU SocketAddress options, e.g. ``addr.type=unix,addr.path=...``."""

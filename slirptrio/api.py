@@ -1,0 +1,283 @@
+"""The trio embedding API: run a slirptrio stack inside your own trio program.
+
+::
+
+    async with slirptrio.open_stack("net=192.168.76.0/24", journal="vm1.journal") as stack:
+        print(await stack.listen_qemu("unix:/tmp/vm1.sock"))   # the QEMU -netdev argument
+        ...
+        for flow in stack.flows():
+            print(flow.to_dict())
+
+:func:`open_stack` starts the stack's tasks (the door loop, host socket flows, the DNS upstream
+watcher) in a nursery of its own and yields a :class:`SlirpStack`. Leaving the ``async with``
+block cancels them all, closes every host socket and the guest transport, and closes the journal
+and pcap. Methods that start something (``listen_qemu`` ...) return once it is ready, so a QEMU
+started afterwards can connect. Everything that changes the stack's behaviour goes through the
+journaled door, so a session driven through this API replays like any other.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import logging
+import os
+import secrets
+import time
+from collections.abc import AsyncIterator, Sequence
+from ipaddress import IPv4Address
+from typing import Any
+
+import trio
+
+from slirptrio import __version__
+from slirptrio.config import Config, parse_user_options
+from slirptrio.core.dhcp import Lease
+from slirptrio.core.dns import parse_upstream
+from slirptrio.core.info import FlowInfo
+from slirptrio.core.stack import Stack
+from slirptrio.journal import Header, JournalWriter
+from slirptrio.shell import control
+from slirptrio.shell import transport as tp
+from slirptrio.shell.datagrams import Datagrams
+from slirptrio.shell.flows import TcpFlows
+from slirptrio.shell.runtime import Recorder, Runtime
+
+log = logging.getLogger("slirptrio")
+
+
+@dataclasses.dataclass(frozen=True)
+class StackStatistics:
+    """A snapshot of the stack's counters (see :meth:`SlirpStack.statistics`).
+
+    ``counters`` holds every core counter: ``frames_in``, ``frames_out``, and one
+    ``drop_<reason>`` per kind of malformed or refused frame, plus per-protocol counts.
+    """
+
+    counters: dict[str, int]
+    flows_by_state: dict[str, int]
+    leases: int
+    journal_bytes: int
+    journal_records: int
+    frames_dropped_toward_guest: int
+    guest_attached: bool
+
+
+class SlirpStack:
+    """A running stack; get one from :func:`open_stack`."""
+
+    def __init__(
+        self,
+        nursery: trio.Nursery,
+        runtime: Runtime,
+        recorder: Recorder,
+        journal_path: str | None,
+        pcap_path: str | None,
+    ) -> None:
+        self._nursery = nursery
+        self._runtime = runtime
+        self._recorder = recorder
+        self._cleanup: list[str] = []
+        self.journal_path = journal_path
+        self.pcap_path = pcap_path
+        self._transport_started = False
+
+    @property
+    def config(self) -> Config:
+        """The stack's configuration."""
+        return self._runtime.stack.config
+
+    @property
+    def seed(self) -> int:
+        """The PRNG seed (in the journal header)."""
+        return self._runtime.stack.seed
+
+    # ------------------------------------------------------------------------ transports
+
+    def _claim_transport(self) -> None:
+        if self._transport_started:
+            raise RuntimeError("this stack already has a guest transport")
+        self._transport_started = True
+
+    async def listen_qemu(self, address: str) -> str:
+        """Listen for QEMU's ``-netdev stream`` client at ``unix:PATH`` or ``tcp:HOST:PORT``.
+
+        Returns once listening, with the ``-netdev`` argument QEMU needs. One guest at a time;
+        after a disconnect the next connection is accepted and the stack's state kept.
+        """
+        self._claim_transport()
+        addr = tp.Address.parse(address, ("unix", "tcp"))
+        listener = await tp.open_listener(addr)
+        if addr.kind == "unix":
+            self._cleanup.append(addr.path)
+        self._nursery.start_soon(tp.run_listen, listener, self._runtime.inbox, self._runtime.port)
+        return f"-netdev stream,id=n0,server=off,{addr.qemu('addr')}"
+
+    async def connect_qemu(self, address: str) -> str:
+        """Connect to QEMU's ``-netdev stream,server=on`` (retrying until it listens, and
+        again after every disconnect). Returns the ``-netdev`` argument QEMU needs."""
+        self._claim_transport()
+        addr = tp.Address.parse(address, ("unix", "tcp"))
+        self._nursery.start_soon(tp.run_connect, addr, self._runtime.inbox, self._runtime.port)
+        await trio.lowlevel.checkpoint()
+        return f"-netdev stream,id=n0,server=on,{addr.qemu('addr')}"
+
+    async def dgram_qemu(self, local: str, remote: str) -> str:
+        """Exchange frames with QEMU's ``-netdev dgram``: bind ``local``, send to ``remote``
+        (each ``unix:PATH`` or ``udp:HOST:PORT``). Returns the ``-netdev`` argument."""
+        self._claim_transport()
+        kinds = ("unix", "udp")
+        laddr, raddr = tp.Address.parse(local, kinds), tp.Address.parse(remote, kinds)
+        sock = await tp.open_dgram(laddr)
+        if laddr.kind == "unix":
+            self._cleanup.append(laddr.path)
+        self._nursery.start_soon(
+            tp.run_dgram, sock, raddr, self._runtime.inbox, self._runtime.port
+        )
+        return f"-netdev dgram,id=n0,{raddr.qemu('local')},{laddr.qemu('remote')}"
+
+    # ---------------------------------------------------------------------- introspection
+
+    def now_ns(self) -> int:
+        """The stack's clock: nanoseconds since it started (the journal's time base)."""
+        return self._runtime.now_ns()
+
+    def flows(self) -> list[FlowInfo]:
+        """The NAT table, like QEMU's ``info usernet``."""
+        return self._runtime.stack.flows(self.now_ns())
+
+    def leases(self) -> list[Lease]:
+        """DHCP leases held now."""
+        return self._runtime.stack.leases(self.now_ns())
+
+    def statistics(self) -> StackStatistics:
+        """Counters and sizes, as of now."""
+        stack = self._runtime.stack
+        by_state: dict[str, int] = {}
+        for f in self.flows():
+            key = f"{f.proto}:{f.state}"
+            by_state[key] = by_state.get(key, 0) + 1
+        journal = self._recorder.journal
+        return StackStatistics(
+            counters=dict(sorted(stack.counters.items())),
+            flows_by_state=by_state,
+            leases=len(self.leases()),
+            journal_bytes=journal.bytes_written if journal is not None else 0,
+            journal_records=journal.records if journal is not None else 0,
+            frames_dropped_toward_guest=self._runtime.port.dropped,
+            guest_attached=self._runtime.port.attached,
+        )
+
+    # ---------------------------------------------------------------------- control socket
+
+    async def serve_control(self, path: str) -> None:
+        """Serve the JSON-lines control socket (:mod:`slirptrio.shell.control`) at ``path``.
+
+        Returns once listening; the socket file is removed when the stack closes.
+        """
+        listener = await tp.open_listener(tp.Address("unix", path=path))
+        self._cleanup.append(path)
+        await self._nursery.start(control.serve_control, listener, self._control_handlers())
+
+    def _control_handlers(self) -> dict[str, control.Handler]:
+        async def info(_req: dict[str, Any]) -> dict[str, Any]:
+            return {"flows": [f.to_dict() for f in self.flows()]}
+
+        async def leases(_req: dict[str, Any]) -> dict[str, Any]:
+            now = self.now_ns()
+            return {
+                "leases": [
+                    {
+                        "ip": str(IPv4Address(lease.ip)),
+                        "mac": lease.mac.hex(":"),
+                        "expires_in_s": max(0, (lease.expires_ns - now) // 1_000_000_000),
+                    }
+                    for lease in self.leases()
+                ]
+            }
+
+        async def stats(_req: dict[str, Any]) -> dict[str, Any]:
+            return dataclasses.asdict(self.statistics())
+
+        return {"info": info, "leases": leases, "stats": stats}
+
+    def _remove_files(self) -> None:
+        for path in self._cleanup:
+            with contextlib.suppress(OSError):
+                os.unlink(path)
+
+
+@contextlib.asynccontextmanager
+async def open_stack(
+    config: Config | str = "",
+    *,
+    journal: str | os.PathLike[str] | None = None,
+    pcap: str | os.PathLike[str] | None = None,
+    seed: int | None = None,
+    dns_upstreams: Sequence[str] | None = None,
+    meta: dict[str, Any] | None = None,
+) -> AsyncIterator[SlirpStack]:
+    """Run a stack for the duration of an ``async with`` block.
+
+    Args:
+      config: a :class:`Config` or a QEMU ``-netdev user`` option string.
+      journal: where to write the journal (None: no journal).
+      pcap: where to write the pcap (None: no pcap).
+      seed: the PRNG seed (default: random; recorded in the journal either way).
+      dns_upstreams: ``HOST[:PORT]`` resolvers for the DNS relay; None follows
+        /etc/resolv.conf.
+      meta: extra JSON-able data for the journal header.
+
+    Raises:
+      ConfigError: a bad option string.
+      ValueError: a bad DNS upstream.
+    """
+    cfg = parse_user_options(config) if isinstance(config, str) else config
+    upstreams = [parse_upstream(u) for u in dns_upstreams] if dns_upstreams else None
+    if seed is None:
+        seed = secrets.randbits(63)
+    stack = Stack(cfg, seed)
+    origin_ns = time.time_ns()
+    writer = None
+    journal_path = os.fspath(journal) if journal is not None else None
+    pcap_path = os.fspath(pcap) if pcap is not None else None
+    if journal_path is not None:
+        os.makedirs(os.path.dirname(os.path.abspath(journal_path)), exist_ok=True)
+        header = Header(
+            seed=seed, config=cfg.to_dict(), origin_ns=origin_ns, version=__version__,
+            meta=dict(meta or {}),
+        )
+        writer = JournalWriter.create(journal_path, header)
+    pcap_file = None
+    if pcap_path is not None:
+        os.makedirs(os.path.dirname(os.path.abspath(pcap_path)), exist_ok=True)
+        pcap_file = open(pcap_path, "wb")  # noqa: SIM115 - closed by the recorder
+    recorder = Recorder(writer, pcap_file, origin_ns)
+    port = tp.GuestPort()
+    handle: SlirpStack | None = None
+    try:
+        runtime = Runtime(stack, port, recorder)
+        tcp = TcpFlows(runtime.inbox)
+        datagrams = Datagrams(runtime.inbox, dns_upstreams=upstreams)
+        runtime.handlers.update(tcp.handlers())
+        runtime.handlers.update(datagrams.handlers())
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(runtime.run)
+            await nursery.start(tcp.run)
+            await nursery.start(datagrams.run)
+            handle = SlirpStack(nursery, runtime, recorder, journal_path, pcap_path)
+            try:
+                yield handle
+            finally:
+                nursery.cancel_scope.cancel()
+    finally:
+        if handle is not None:
+            handle._remove_files()
+        recorder.close()
+        log.info(
+            "session ended: %d records, frames in %d out %d, dropped toward guest %d",
+            writer.records if writer is not None else 0,
+            stack.counters["frames_in"],
+            stack.counters["frames_out"],
+            port.dropped,
+        )

@@ -1,0 +1,1266 @@
+"""TCP NAT: the guest's TCP connections spliced onto host stream sockets.
+
+Theory of operation
+-------------------
+The guest speaks TCP to us; the host side is a plain stream socket run by the shell
+(:mod:`slirptrio.shell.flows`). Each guest connection is one *entry*, keyed by
+(guest address, guest port, destination address, destination port) and named by a flow id.
+We play the server towards the guest and terminate its TCP completely: sequence numbers,
+windows, retransmission and FIN/RST handling towards the guest are ours; towards the host only
+byte streams, EOF and errors exist.
+
+Entry lifecycle::
+
+    guest SYN ──> SYN_PENDING ──TcpConnected──> SYN_RECEIVED ──guest ACK──> ESTABLISHED
+                      │  (TcpConnect emitted;       (SYN-ACK sent,
+                      │   SYN retransmits ignored)   retransmitted on RTO)
+                      └─TcpConnectFailed─> RST|ACK to the guest, entry gone
+
+    ESTABLISHED ──guest FIN──> CLOSE_WAIT ──TcpEof, data out──> LAST_ACK ──ACK──> closed
+    ESTABLISHED ──TcpEof, data out (FIN sent)──> FIN_WAIT_1 ──ACK──> FIN_WAIT_2
+                 ──guest FIN──> TIME_WAIT (time_wait_ns, 2 s) ──> closed
+    FIN_WAIT_1 ──guest FIN──> CLOSING ──ACK──> TIME_WAIT
+
+The SYN-ACK waits for the host connect, so a refused port fails fast and truthfully in the guest.
+A failed connect answers RST|ACK whatever the errno, ETIMEDOUT and EHOSTUNREACH included: the
+guest's connect() then fails at once with "connection refused" rather than after its own long
+SYN timeout (libslirp does the same for refusals; an ICMP unreachable would carry the reason
+but many stacks retry on it). ``translate`` returning None (restrict=on) refuses with RST at
+once, without a host connect.
+
+A guest FIN becomes :class:`TcpShutdown` as soon as every byte before it has been handed over as
+:class:`TcpSend` (the shell shuts the socket down after its queue drains); :class:`TcpEof`
+becomes our FIN once every host byte has been sent to the guest. An entry whose guest side is
+closed but whose host socket still has unsent bytes from the guest is DRAINING: it leaves the
+lookup table (the 4-tuple is free again) and gets its :class:`TcpClose` when the last
+:class:`TcpSent` arrives (or aborts after ``drain_timeout_ns`` without progress). Every
+:class:`TcpConnect` is matched by exactly one :class:`TcpClose`, except after
+:class:`TcpConnectFailed`, where the shell has already forgotten the flow.
+
+Resets: a guest RST (in window) aborts the host socket (``TcpClose(abort=True)``) and drops the
+entry. :class:`TcpReset` from the host closes the host side at once; the guest still receives
+the host bytes already queued here and then an RST instead of a FIN. A segment for no entry gets
+an RST as RFC 9293 prescribes (never in answer to an RST).
+
+Flow control and credit
+-----------------------
+Guest → host: we accept data inside the window we advertised; in-order bytes are passed on
+immediately as ``TcpSend`` (no copy: the parsed payload itself), out-of-order segments are kept
+(bounded by the window and ``max_ooo_segments``) until the gap fills. ``host_unsent`` counts
+bytes handed to the shell and not yet confirmed by ``TcpSent``; the advertised window is
+``buffer_size - host_unsent``, its right edge never moving left. ACKs are coalesced: one at
+least every two full segments, at once for anything out of order, a FIN or a zero-window probe,
+otherwise after ``delack_ns``. A ``TcpSent`` that reopens a window that had fallen below half
+the buffer sends a window update.
+
+Host → guest: the shell reads only what ``TcpRecvCredit`` allowed. The send buffer holds the
+bytes not yet acknowledged by the guest (sent or not); credit is granted so that
+``len(send buffer) + outstanding credit <= min(guest window, buffer_size)``, in chunks of at
+least a quarter of that limit so host reads stay large. Segments follow the guest's MSS and
+window (scaled per RFC 7323 when the guest offered scaling; our own shift makes
+``buffer_size`` fit). There is no congestion control: the guest is one virtual hop away.
+
+Timers
+------
+Per entry: retransmission (RFC 6298 RTO from an RTT estimate, Karn's rule, 200 ms floor, 60 s
+cap, exponential backoff, go-back-N from the oldest unacked byte; give up after ``give_up_ns``
+(``syn_give_up_ns`` for the SYN-ACK, ``fin_give_up_ns`` once our FIN is out) with RST to the
+guest and an aborted host socket), fast retransmit after three duplicate ACKs (NewReno-style
+partial-ACK retransmits), persist (zero guest window: a one-byte probe when data waits, else an
+ACK below the window that makes the guest repeat its window; never gives up), delayed ACK,
+and one "close" deadline (connect safety net, TIME_WAIT, drain). Established idle entries have
+no timer and never expire. All deadlines go into one heap of ``(deadline, flow)`` with lazy
+deletion: an entry records the deadline it is armed for, later deadlines are re-armed when the
+earlier one fires, so an ACK that pushes the RTO back costs no heap operation.
+
+Bounds
+------
+``max_flows`` entries (DRAINING included; a SYN beyond: RST, ``tcp_table_full``),
+``max_half_open`` in SYN_PENDING/SYN_RECEIVED (RST, ``tcp_half_open_full``); per entry the send
+buffer stays within ``buffer_size``, out-of-order data within the advertised window. Every
+dropped segment is counted under a ``tcp_*`` counter.
+"""
+
+from __future__ import annotations
+
+import bisect
+import collections
+import heapq
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from slirptrio.core.events import (
+    Effect,
+    Event,
+    TcpClose,
+    TcpConnect,
+    TcpConnected,
+    TcpConnectFailed,
+    TcpData,
+    TcpEof,
+    TcpRecvCredit,
+    TcpReset,
+    TcpSend,
+    TcpSent,
+    TcpShutdown,
+)
+from slirptrio.core.prng import Prng
+from slirptrio.wire.tcp import ACK, FIN, PSH, RST, SYN, TcpSegment, build_tcp, parse_tcp
+
+log = logging.getLogger("slirptrio.core.tcp")
+
+IPPROTO_TCP = 6
+_M = 0xFFFFFFFF
+_HALF = 0x80000000
+_MS = 1_000_000
+_SEC = 1_000_000_000
+RTO_INITIAL_NS = _SEC
+RTO_MAX_NS = 60 * _SEC
+DEFAULT_MSS = 536  # RFC 9293: assumed when the SYN carries no MSS option
+
+# Entry phases.
+_PENDING = 0  # SYN seen, host connect running
+_SYN_RCVD = 1  # SYN-ACK sent
+_SYNCED = 2  # handshake done (established or closing)
+_TIME_WAIT = 3
+_DRAINING = 4  # guest side closed, host socket still sending
+_GONE = 5
+
+_Key = tuple[bytes, int, bytes, int]
+
+
+@dataclass(frozen=True, slots=True)
+class TcpFlowInfo:
+    """One entry, for display. ``recv_q``: guest bytes not yet accepted by the host socket
+    (including out-of-order ones); ``send_q``: host bytes not yet acknowledged by the guest."""
+
+    flow: int
+    state: str
+    guest_ip: bytes
+    guest_port: int
+    dst_ip: bytes
+    dst_port: int
+    host: str
+    host_port: int
+    recv_q: int
+    send_q: int
+    idle_ns: int
+
+
+class _Conn:
+    __slots__ = (
+        "active_close",
+        "armed_at",
+        "buf_seq",
+        "close_at",
+        "credit_out",
+        "delack_at",
+        "dst_ip",
+        "dst_port",
+        "dupacks",
+        "fin_acked",
+        "first_rtx_ns",
+        "flow",
+        "guest_ip",
+        "guest_port",
+        "host",
+        "host_eof",
+        "host_open",
+        "host_port",
+        "host_unsent",
+        "iss",
+        "key",
+        "last_ns",
+        "ooo",
+        "ooo_bytes",
+        "persist_at",
+        "persist_backoff",
+        "phase",
+        "rcv_acked",
+        "rcv_adv",
+        "rcv_fin",
+        "rcv_fin_seq",
+        "rcv_nxt",
+        "rcv_wscale",
+        "recover",
+        "reset_pending",
+        "rto",
+        "rto_at",
+        "rtt_seq",
+        "rtt_start",
+        "rttvar",
+        "snd_max",
+        "snd_mss",
+        "snd_nxt",
+        "snd_right",
+        "snd_una",
+        "snd_wl1",
+        "snd_wl2",
+        "snd_wscale",
+        "sndbuf",
+        "srtt",
+        "wscale_ok",
+    )
+
+    def __init__(self, flow: int, key: _Key, host: str, host_port: int) -> None:
+        self.flow = flow
+        self.key = key
+        self.guest_ip, self.guest_port, self.dst_ip, self.dst_port = key
+        self.host = host
+        self.host_port = host_port
+        self.phase = _PENDING
+        self.host_open = True
+        self.last_ns = 0
+        # guest -> host
+        self.rcv_nxt = 0
+        self.rcv_adv = 0  # highest right edge ever advertised
+        self.rcv_acked = 0  # rcv_nxt as of our last ACK
+        self.rcv_wscale = 0
+        self.rcv_fin = False
+        self.rcv_fin_seq: int | None = None
+        self.ooo: list[tuple[int, bytes]] = []
+        self.ooo_bytes = 0
+        self.host_unsent = 0
+        # host -> guest
+        self.iss = 0
+        self.snd_una = 0
+        self.snd_nxt = 0
+        self.snd_max = 0
+        self.buf_seq = 0  # sequence number of sndbuf[0]
+        self.sndbuf = bytearray()
+        self.snd_right = 0  # guest's window right edge
+        self.snd_wl1 = 0
+        self.snd_wl2 = 0
+        self.snd_wscale = 0
+        self.snd_mss = DEFAULT_MSS
+        self.wscale_ok = False
+        self.credit_out = 0
+        self.host_eof = False
+        self.reset_pending = False
+        self.fin_acked = False
+        self.active_close = False
+        self.dupacks = 0
+        self.recover: int | None = None
+        # RTT / timers
+        self.srtt: int | None = None
+        self.rttvar = 0
+        self.rto = RTO_INITIAL_NS
+        self.rtt_seq: int | None = None
+        self.rtt_start = 0
+        self.first_rtx_ns: int | None = None
+        self.persist_backoff = 0
+        self.rto_at: int | None = None
+        self.persist_at: int | None = None
+        self.delack_at: int | None = None
+        self.close_at: int | None = None
+        self.armed_at: int | None = None
+
+
+def _state_name(c: _Conn) -> str:
+    p = c.phase
+    if p == _PENDING:
+        return "SYN_PENDING"
+    if p == _SYN_RCVD:
+        return "SYN_RECEIVED"
+    if p == _TIME_WAIT:
+        return "TIME_WAIT"
+    if p == _DRAINING:
+        return "DRAINING"
+    if p == _GONE:
+        return "CLOSED"
+    fin_sent = c.host_eof and c.snd_max > c.buf_seq + len(c.sndbuf)
+    if c.rcv_fin:
+        if not fin_sent:
+            return "CLOSE_WAIT"
+        return "CLOSING" if c.active_close else "LAST_ACK"
+    if fin_sent:
+        return "FIN_WAIT_2" if c.fin_acked else "FIN_WAIT_1"
+    return "ESTABLISHED"
+
+
+class TcpNat:
+    """TCP NAT for one guest.
+
+    Args:
+      rng: the stack's PRNG (initial sequence numbers).
+      send_ip: ``send_ip(src4, dst4, 6, segment)`` queues a TCP segment to the guest.
+      emit: receives the host-side effects (``TcpConnect`` ... ``TcpClose``).
+      translate: ``translate(dst4, dport) -> (host, port) | None`` (None: refused, RST).
+      alloc_flow: returns a new flow id (shared with every other host flow).
+      counters: where ``tcp_*`` counts go.
+      mtu: the guest link MTU; our MSS is ``mtu - 40``.
+      max_flows, max_half_open: table bounds.
+      buffer_size: per direction and entry: receive window and send buffer.
+    """
+
+    def __init__(
+        self,
+        *,
+        rng: Prng,
+        send_ip: Callable[[bytes, bytes, int, bytes], None],
+        emit: Callable[[Effect], None],
+        translate: Callable[[bytes, int], tuple[str, int] | None],
+        alloc_flow: Callable[[], int],
+        counters: collections.Counter[str],
+        mtu: int = 1500,
+        max_flows: int = 4096,
+        max_half_open: int = 256,
+        buffer_size: int = 256 * 1024,
+        rto_min_ns: int = 200 * _MS,
+        delack_ns: int = 5 * _MS,
+        give_up_ns: int = 180 * _SEC,
+        syn_give_up_ns: int = 60 * _SEC,
+        fin_give_up_ns: int = 30 * _SEC,
+        time_wait_ns: int = 2 * _SEC,
+        connect_timeout_ns: int = 75 * _SEC,
+        drain_timeout_ns: int = 60 * _SEC,
+        max_ooo_segments: int = 512,
+    ) -> None:
+        self._rng = rng
+        self._send_ip = send_ip
+        self._emit = emit
+        self._translate = translate
+        self._alloc_flow = alloc_flow
+        self.counters = counters
+        self.mss = max(64, mtu - 40)
+        self.max_flows = max(1, max_flows)
+        self.max_half_open = max(1, max_half_open)
+        self.buffer_size = max(1, buffer_size)
+        self.rto_min_ns = rto_min_ns
+        self.delack_ns = delack_ns
+        self.give_up_ns = give_up_ns
+        self.syn_give_up_ns = syn_give_up_ns
+        self.fin_give_up_ns = fin_give_up_ns
+        self.time_wait_ns = time_wait_ns
+        self.connect_timeout_ns = connect_timeout_ns
+        self.drain_timeout_ns = drain_timeout_ns
+        self.max_ooo_segments = max_ooo_segments
+        shift = 0
+        while (self.buffer_size >> shift) > 0xFFFF and shift < 14:
+            shift += 1
+        self.wscale = shift
+        self._by_key: dict[_Key, _Conn] = {}
+        self._by_flow: dict[int, _Conn] = {}
+        self._half_open = 0
+        self._timers: list[tuple[int, int]] = []
+        self._now = 0
+
+    def __len__(self) -> int:
+        return len(self._by_flow)
+
+    # ------------------------------------------------------------------------ public face
+
+    def guest_segment(self, src4: bytes, dst4: bytes, tcp: bytes | memoryview, now_ns: int) -> None:
+        """A TCP segment from the guest; raises MalformedFrame if it does not parse."""
+        seg = parse_tcp(tcp, src4, dst4)
+        self._now = now_ns
+        key = (src4, seg.sport, dst4, seg.dport)
+        c = self._by_key.get(key)
+        if c is None:
+            self._no_entry(key, seg, now_ns)
+            return
+        c.last_ns = now_ns
+        phase = c.phase
+        if phase == _SYNCED:
+            self._synced(c, seg, now_ns)
+        elif phase == _SYN_RCVD:
+            self._syn_received(c, seg, now_ns)
+        elif phase == _PENDING:
+            self._pending(c, seg)
+        else:  # TIME_WAIT
+            self._time_wait(c, key, seg, now_ns)
+        if c.phase != _GONE:
+            self._rearm(c)
+
+    def host_event(self, event: Event, now_ns: int) -> None:
+        """One of TcpConnected, TcpConnectFailed, TcpData, TcpSent, TcpEof, TcpReset."""
+        self._now = now_ns
+        flow: int = getattr(event, "flow", -1)
+        c = self._by_flow.get(flow)
+        if c is None:
+            self.counters["tcp_stale_event"] += 1
+            return
+        t = type(event)
+        if t is TcpData:
+            assert isinstance(event, TcpData)
+            self._host_data(c, event.data, now_ns)
+        elif t is TcpSent:
+            assert isinstance(event, TcpSent)
+            self._host_sent(c, event.n, now_ns)
+        elif t is TcpConnected:
+            self._connected(c, now_ns)
+        elif t is TcpEof:
+            self._host_eof(c, now_ns)
+        elif t is TcpConnectFailed:
+            assert isinstance(event, TcpConnectFailed)
+            self._connect_failed(c, event.errno)
+        elif t is TcpReset:
+            assert isinstance(event, TcpReset)
+            self._host_reset(c, event.errno, now_ns)
+        else:
+            self.counters["tcp_unknown_event"] += 1
+            return
+        if c.phase != _GONE:
+            self._rearm(c)
+
+    def owns(self, flow: int) -> bool:
+        """Whether ``flow`` is one of our entries."""
+        return flow in self._by_flow
+
+    def poll_at(self) -> int | None:
+        """The next timer deadline (ns), or None."""
+        h = self._timers
+        by_flow = self._by_flow
+        while h:
+            t, flow = h[0]
+            c = by_flow.get(flow)
+            if c is None or c.armed_at != t:
+                heapq.heappop(h)
+                continue
+            # The head may be a deadline since cancelled or pushed back: settle it here so
+            # the shell is never woken for nothing.
+            d = self._deadline(c)
+            if d == t:
+                return t
+            heapq.heappop(h)
+            c.armed_at = None
+            if d is not None:
+                c.armed_at = d
+                heapq.heappush(h, (d, flow))
+        return None
+
+    def tick(self, now_ns: int) -> None:
+        """Run every timer due at ``now_ns``."""
+        self._now = now_ns
+        h = self._timers
+        by_flow = self._by_flow
+        while h and h[0][0] <= now_ns:
+            t, flow = heapq.heappop(h)
+            c = by_flow.get(flow)
+            if c is None or c.armed_at != t:
+                continue
+            c.armed_at = None
+            self._fire(c, now_ns)
+            if c.phase != _GONE:
+                self._rearm(c)
+
+    def flows(self, now_ns: int | None = None) -> list[TcpFlowInfo]:
+        """Every entry, in creation order; idle time relative to ``now_ns`` (default: the
+        time of the last event seen)."""
+        now = self._now if now_ns is None else now_ns
+        return [
+            TcpFlowInfo(
+                flow=c.flow,
+                state=_state_name(c),
+                guest_ip=c.guest_ip,
+                guest_port=c.guest_port,
+                dst_ip=c.dst_ip,
+                dst_port=c.dst_port,
+                host=c.host,
+                host_port=c.host_port,
+                recv_q=c.host_unsent + c.ooo_bytes,
+                send_q=len(c.sndbuf),
+                idle_ns=max(0, now - c.last_ns),
+            )
+            for c in self._by_flow.values()
+        ]
+
+    # ------------------------------------------------------------------- segment output
+
+    def _window_field(self, c: _Conn) -> int:
+        win = self.buffer_size - c.host_unsent
+        old = c.rcv_adv - c.rcv_nxt
+        if old > win:
+            win = old  # never move the right edge left (RFC 9293 3.8.6.2.2)
+        if win < 0:
+            win = 0
+        field = win >> c.rcv_wscale
+        if field > 0xFFFF:
+            field = 0xFFFF
+        edge = c.rcv_nxt + (field << c.rcv_wscale)
+        if edge > c.rcv_adv:
+            c.rcv_adv = edge
+        return field
+
+    def _out(self, c: _Conn, seq: int, flags: int, payload: bytes | memoryview = b"") -> None:
+        """Send one segment on ``c`` carrying our current ACK and window."""
+        seg = build_tcp(
+            c.dst_ip,
+            c.guest_ip,
+            c.dst_port,
+            c.guest_port,
+            seq & _M,
+            c.rcv_nxt & _M,
+            flags,
+            self._window_field(c),
+            payload,
+        )
+        c.rcv_acked = c.rcv_nxt
+        c.delack_at = None
+        self._send_ip(c.dst_ip, c.guest_ip, IPPROTO_TCP, seg)
+
+    def _ack_now(self, c: _Conn) -> None:
+        self._out(c, c.snd_nxt, ACK)
+
+    def _send_synack(self, c: _Conn) -> None:
+        win = min(self.buffer_size - c.host_unsent, 0xFFFF)  # never scaled in a SYN
+        c.rcv_adv = max(c.rcv_adv, c.rcv_nxt + win)
+        seg = build_tcp(
+            c.dst_ip,
+            c.guest_ip,
+            c.dst_port,
+            c.guest_port,
+            c.iss,
+            c.rcv_nxt & _M,
+            SYN | ACK,
+            win,
+            mss=self.mss,
+            wscale=c.rcv_wscale if c.wscale_ok else None,
+        )
+        c.rcv_acked = c.rcv_nxt
+        c.snd_max = max(c.snd_max, c.iss + 1)
+        c.snd_nxt = c.iss + 1
+        self._send_ip(c.dst_ip, c.guest_ip, IPPROTO_TCP, seg)
+
+    def _rst_raw(
+        self, src: bytes, dst: bytes, sport: int, dport: int, seq: int, ack: int, flags: int
+    ) -> None:
+        self._send_ip(
+            src, dst, IPPROTO_TCP, build_tcp(src, dst, sport, dport, seq & _M, ack & _M, flags, 0)
+        )
+
+    def _rst_entry(self, c: _Conn) -> None:
+        self._rst_raw(
+            c.dst_ip, c.guest_ip, c.dst_port, c.guest_port, c.snd_nxt, c.rcv_nxt, RST | ACK
+        )
+
+    def _fin_due(self, c: _Conn) -> bool:
+        return c.host_eof and not c.reset_pending
+
+    def _send_at(self, c: _Conn, seq: int, n: int, now_ns: int) -> int:
+        """Send ``n`` bytes of the send buffer from ``seq`` (plus FIN if they end it);
+        returns the sequence number after the segment."""
+        off = seq - c.buf_seq
+        buf = c.sndbuf
+        blen = len(buf)
+        flags = ACK
+        end = seq + n
+        if off + n == blen:
+            if n:
+                flags |= PSH
+            if self._fin_due(c):
+                flags |= FIN
+                if not c.rcv_fin:
+                    c.active_close = True
+                end += 1
+        if n:
+            with memoryview(buf) as mv:
+                self._out(c, seq, flags, mv[off : off + n])
+        else:
+            self._out(c, seq, flags)
+        if end > c.snd_max:
+            if c.rtt_seq is None and seq >= c.snd_max:
+                c.rtt_seq = end
+                c.rtt_start = now_ns
+            c.snd_max = end
+        if c.rto_at is None:
+            c.rto_at = now_ns + c.rto
+        return end
+
+    def _output(self, c: _Conn, now_ns: int) -> None:
+        """Send whatever the guest's window allows, and the FIN when due."""
+        if c.phase != _SYNCED:
+            return
+        buf = c.sndbuf
+        data_end = c.buf_seq + len(buf)
+        nxt = c.snd_nxt
+        right = c.snd_right
+        mss = c.snd_mss
+        sent = False
+        if nxt < data_end:
+            with memoryview(buf) as mv:
+                base = c.buf_seq
+                fin_due = self._fin_due(c)
+                while nxt < data_end:
+                    n = data_end - nxt
+                    if n > mss:
+                        n = mss
+                    if right - nxt < n:
+                        n = right - nxt
+                        if n <= 0:
+                            break
+                    end = nxt + n
+                    off = nxt - base
+                    if end == data_end:
+                        flags = ACK | PSH
+                        if fin_due:
+                            flags |= FIN
+                            if not c.rcv_fin:
+                                c.active_close = True
+                    else:
+                        flags = ACK
+                    self._out(c, nxt, flags, mv[off : off + n])
+                    if flags & FIN:
+                        end += 1
+                    if end > c.snd_max:
+                        if c.rtt_seq is None and nxt >= c.snd_max:
+                            c.rtt_seq = end
+                            c.rtt_start = now_ns
+                        c.snd_max = end
+                    nxt = end
+                    sent = True
+        elif nxt == data_end and self._fin_due(c):
+            if not c.rcv_fin:
+                c.active_close = True
+            self._out(c, nxt, ACK | FIN)
+            nxt += 1
+            if nxt > c.snd_max:
+                c.snd_max = nxt
+            sent = True
+        c.snd_nxt = nxt
+        if sent and c.rto_at is None:
+            c.rto_at = now_ns + c.rto
+        self._update_persist(c, now_ns)
+
+    def _update_persist(self, c: _Conn, now_ns: int) -> None:
+        data_end = c.buf_seq + len(c.sndbuf)
+        if (
+            c.phase == _SYNCED
+            and c.snd_nxt == c.snd_una
+            and c.snd_right <= c.snd_nxt
+            and (c.snd_nxt < data_end or not c.host_eof)
+        ):
+            if c.persist_at is None:
+                c.persist_at = now_ns + self._backoff(c.rto, c.persist_backoff)
+        else:
+            c.persist_at = None
+            c.persist_backoff = 0
+
+    @staticmethod
+    def _backoff(rto: int, k: int) -> int:
+        return min(rto << min(k, 16), RTO_MAX_NS)
+
+    def _grant(self, c: _Conn) -> None:
+        """Grant the host reader credit up to min(guest window, buffer_size)."""
+        if c.host_eof or not c.host_open or c.phase > _SYNCED:
+            return
+        limit = c.snd_right - c.buf_seq
+        if limit > self.buffer_size:
+            limit = self.buffer_size
+        room = limit - len(c.sndbuf) - c.credit_out
+        if room <= 0 or room < (limit >> 2):
+            return
+        c.credit_out += room
+        self._emit(TcpRecvCredit(c.flow, room))
+
+    # -------------------------------------------------------------------- guest segments
+
+    def _no_entry(self, key: _Key, seg: TcpSegment, now_ns: int) -> None:
+        flags = seg.flags
+        c = self.counters
+        if flags & RST:
+            c["tcp_rst_unknown"] += 1
+            return
+        if flags & SYN and not flags & ACK:
+            self._new(key, seg, now_ns)
+            return
+        c["tcp_unknown_flow"] += 1
+        self._rst_reply(key, seg)
+
+    def _rst_reply(self, key: _Key, seg: TcpSegment) -> None:
+        """RST for a segment that belongs to nothing (RFC 9293 3.10.7.1)."""
+        guest_ip, gport, dst_ip, dport = key
+        if seg.flags & ACK:
+            self._rst_raw(dst_ip, guest_ip, dport, gport, seg.ack, 0, RST)
+        else:
+            self._rst_raw(dst_ip, guest_ip, dport, gport, 0, seg.seq + seg.seg_len, RST | ACK)
+
+    def _new(self, key: _Key, seg: TcpSegment, now_ns: int) -> None:
+        counters = self.counters
+        _, gport, dst_ip, dport = key
+        if gport == 0 or dport == 0 or dst_ip[0] == 0 or dst_ip[0] >= 224:
+            counters["tcp_bad_address"] += 1
+            return
+        if len(self._by_flow) >= self.max_flows:
+            counters["tcp_table_full"] += 1
+            self._rst_reply(key, seg)
+            return
+        if self._half_open >= self.max_half_open:
+            counters["tcp_half_open_full"] += 1
+            self._rst_reply(key, seg)
+            return
+        target = self._translate(dst_ip, dport)
+        if target is None:
+            counters["tcp_refused_restrict"] += 1
+            self._rst_reply(key, seg)
+            return
+        c = _Conn(self._alloc_flow(), key, target[0], target[1])
+        c.last_ns = now_ns
+        irs = seg.seq
+        c.rcv_nxt = c.rcv_acked = c.rcv_adv = irs + 1
+        c.snd_wl1 = irs
+        iss = self._rng.next_u32()
+        c.iss = c.snd_una = c.snd_wl2 = iss
+        c.snd_nxt = c.snd_max = iss
+        c.buf_seq = iss + 1
+        c.snd_right = iss + 1 + seg.window
+        if seg.mss:
+            c.snd_mss = min(seg.mss, self.mss)
+        else:
+            c.snd_mss = min(DEFAULT_MSS, self.mss)
+        if seg.wscale is not None:
+            c.wscale_ok = True
+            c.snd_wscale = seg.wscale
+            c.rcv_wscale = self.wscale
+        c.close_at = now_ns + self.connect_timeout_ns
+        self._by_key[key] = c
+        self._by_flow[c.flow] = c
+        self._half_open += 1
+        counters["tcp_syn"] += 1
+        if seg.payload:
+            counters["tcp_syn_data_ignored"] += 1
+        self._emit(TcpConnect(c.flow, target[0], target[1]))
+        self._rearm(c)
+
+    def _pending(self, c: _Conn, seg: TcpSegment) -> None:
+        flags = seg.flags
+        if flags & RST:
+            if seg.seq == c.rcv_nxt & _M:
+                self.counters["tcp_guest_rst"] += 1
+                self._remove(c, abort=True)
+            else:
+                self.counters["tcp_rst_out_of_window"] += 1
+        elif flags & SYN:
+            self.counters["tcp_syn_dup"] += 1
+        else:
+            self.counters["tcp_pending_ignored"] += 1
+
+    def _syn_received(self, c: _Conn, seg: TcpSegment, now_ns: int) -> None:
+        flags = seg.flags
+        counters = self.counters
+        if flags & RST:
+            if ((seg.seq - c.rcv_nxt) & _M) < max(1, c.rcv_adv - c.rcv_nxt):
+                counters["tcp_guest_rst"] += 1
+                self._remove(c, abort=True)
+            else:
+                counters["tcp_rst_out_of_window"] += 1
+            return
+        if flags & SYN:
+            counters["tcp_syn_dup"] += 1
+            if seg.seq == (c.rcv_nxt - 1) & _M and not flags & ACK:
+                self._send_synack(c)  # our SYN-ACK was lost
+            return
+        if not flags & ACK:
+            counters["tcp_no_ack"] += 1
+            return
+        if seg.ack != (c.iss + 1) & _M:
+            counters["tcp_bad_ack"] += 1
+            self._rst_raw(c.dst_ip, c.guest_ip, c.dst_port, c.guest_port, seg.ack, 0, RST)
+            return
+        c.phase = _SYNCED
+        self._half_open -= 1
+        counters["tcp_established"] += 1
+        c.snd_una = c.iss + 1
+        if c.snd_nxt < c.snd_una:
+            c.snd_nxt = c.snd_una
+        if c.rtt_seq is not None:
+            self._rtt_sample(c, now_ns - c.rtt_start)
+            c.rtt_seq = None
+        c.rto_at = None
+        c.first_rtx_ns = None
+        # The SYN's window was unscaled; from now on the scaled one counts.
+        c.snd_right = c.snd_una + (seg.window << c.snd_wscale)
+        c.snd_wl1 = c.rcv_nxt - 1
+        c.snd_wl2 = c.snd_una
+        self._synced(c, seg, now_ns)
+
+    def _time_wait(self, c: _Conn, key: _Key, seg: TcpSegment, now_ns: int) -> None:
+        flags = seg.flags
+        if flags & RST:
+            self.counters["tcp_guest_rst"] += 1
+            self._finish(c, now_ns)
+            return
+        if flags & SYN and not flags & ACK:
+            # RFC 6191-style reuse: the guest's new connection replaces the dead one.
+            self.counters["tcp_time_wait_reused"] += 1
+            self._finish(c, now_ns)
+            self._new(key, seg, now_ns)
+            return
+        if flags & FIN or seg.payload:
+            # A retransmitted FIN: our last ACK was lost. Pure ACKs get no answer (no ping-pong).
+            if flags & FIN:
+                c.close_at = now_ns + self.time_wait_ns
+            self._ack_now(c)
+        else:
+            self.counters["tcp_time_wait_ignored"] += 1
+
+    def _synced(self, c: _Conn, seg: TcpSegment, now_ns: int) -> None:
+        flags = seg.flags
+        counters = self.counters
+        rcv_nxt = c.rcv_nxt
+        seq = rcv_nxt + (((seg.seq - rcv_nxt + _HALF) & _M) - _HALF)
+        if flags & RST:
+            if rcv_nxt <= seq < max(c.rcv_adv, rcv_nxt + 1):
+                counters["tcp_guest_rst"] += 1
+                self._remove(c, abort=True)
+            else:
+                counters["tcp_rst_out_of_window"] += 1
+            return
+        if flags & SYN:
+            counters["tcp_syn_in_window"] += 1
+            self._ack_now(c)  # challenge ACK (RFC 5961)
+            return
+        if not flags & ACK:
+            counters["tcp_no_ack"] += 1
+            return
+        # --- ACK
+        una = c.snd_una
+        ack = una + (((seg.ack - una + _HALF) & _M) - _HALF)
+        if ack > c.snd_max:
+            counters["tcp_ack_unsent"] += 1
+            self._ack_now(c)
+            return
+        plen = len(seg.payload)
+        right = ack + (seg.window << c.snd_wscale)
+        if ack > una:
+            if not self._acked(c, ack, now_ns):
+                return
+        elif (
+            ack == una
+            and plen == 0
+            and not flags & FIN
+            and c.snd_nxt > una
+            and right == c.snd_right
+        ):
+            self._dupack(c, now_ns)
+        if c.snd_wl1 < seq or (c.snd_wl1 == seq and c.snd_wl2 <= ack):
+            c.snd_right = right
+            c.snd_wl1 = seq
+            c.snd_wl2 = ack
+        # --- data and FIN
+        if (plen or flags & FIN) and not self._data(c, seg.payload, seq, plen, flags & FIN, now_ns):
+            return
+        if c.phase != _SYNCED:
+            return
+        self._grant(c)
+        nxt = c.snd_nxt
+        # Skip _output on the common pure-receive path: nothing to send, window open.
+        if (
+            nxt < c.buf_seq + len(c.sndbuf)
+            or c.host_eof
+            or c.persist_at is not None
+            or c.snd_right <= nxt
+        ):
+            self._output(c, now_ns)
+
+    def _acked(self, c: _Conn, ack: int, now_ns: int) -> bool:
+        """New data acknowledged; False if the entry is gone as a result."""
+        buf = c.sndbuf
+        data_end = c.buf_seq + len(buf)
+        k = (ack if ack < data_end else data_end) - c.buf_seq
+        if k > 0:
+            del buf[:k]
+            c.buf_seq += k
+        c.snd_una = ack
+        if ack > c.snd_nxt:
+            c.snd_nxt = ack  # a persist probe was accepted
+        if c.rtt_seq is not None and ack >= c.rtt_seq:
+            self._rtt_sample(c, now_ns - c.rtt_start)
+            c.rtt_seq = None
+        elif c.first_rtx_ns is not None:
+            c.rto = self._rto_from_estimate(c)
+        c.first_rtx_ns = None
+        c.rto_at = now_ns + c.rto if c.snd_nxt > ack else None
+        if c.recover is not None:
+            if ack < c.recover:
+                self.counters["tcp_fast_retransmits"] += 1
+                self._send_at(c, ack, min(c.snd_mss, max(0, data_end - ack)), now_ns)
+            else:
+                c.recover = None
+        c.dupacks = 0
+        if c.reset_pending and ack >= c.buf_seq + len(buf):
+            self._rst_entry(c)
+            self._remove(c, abort=True)
+            return False
+        if c.host_eof and ack > c.buf_seq + len(buf):
+            c.fin_acked = True
+            if c.rcv_fin:
+                self._both_closed(c, now_ns)
+                return False
+        return True
+
+    def _dupack(self, c: _Conn, now_ns: int) -> None:
+        c.dupacks += 1
+        if c.dupacks == 3 and c.recover is None:
+            self.counters["tcp_fast_retransmits"] += 1
+            c.recover = c.snd_max
+            c.rtt_seq = None
+            data_end = c.buf_seq + len(c.sndbuf)
+            self._send_at(c, c.snd_una, min(c.snd_mss, max(0, data_end - c.snd_una)), now_ns)
+
+    def _data(self, c: _Conn, payload: bytes, seq: int, plen: int, fin: int, now_ns: int) -> bool:
+        """Accept guest data and FIN; False if the entry is gone as a result."""
+        counters = self.counters
+        rcv_nxt = c.rcv_nxt
+        if c.rcv_fin:
+            counters["tcp_after_fin"] += 1
+            self._ack_now(c)
+            return True
+        if c.reset_pending and seq + plen > rcv_nxt:
+            # The host socket is gone: nothing can take these bytes.
+            counters["tcp_data_after_host_reset"] += 1
+            self._rst_entry(c)
+            self._remove(c, abort=True)
+            return False
+        edge = c.rcv_adv
+        end = seq + plen
+        if seq > rcv_nxt:
+            self._out_of_order(c, payload, seq, end, fin, edge)
+            return True
+        if end < rcv_nxt or (end == rcv_nxt and not fin):
+            counters["tcp_dup_data"] += 1
+            self._ack_now(c)
+            return True
+        if end > edge:
+            counters["tcp_beyond_window"] += 1
+            end = edge
+            fin = 0
+        n = end - rcv_nxt
+        parts: list[bytes] = []
+        if n > 0:
+            off = rcv_nxt - seq
+            parts.append(payload if off == 0 and n == plen else payload[off : off + n])
+            rcv_nxt = end
+        elif plen:
+            counters["tcp_zero_window_drop"] += 1
+        if fin:
+            c.rcv_fin_seq = end
+        filled = False
+        if c.ooo:
+            filled = True
+            rcv_nxt = self._reassemble(c, parts, rcv_nxt)
+        c.rcv_nxt = rcv_nxt
+        if parts:
+            data = parts[0] if len(parts) == 1 else b"".join(parts)
+            c.host_unsent += len(data)
+            counters["tcp_bytes_to_host"] += len(data)
+            self._emit(TcpSend(c.flow, data))
+        if c.rcv_fin_seq is not None and c.rcv_fin_seq == rcv_nxt:
+            c.rcv_nxt = rcv_nxt + 1
+            c.rcv_fin = True
+            c.ooo.clear()
+            c.ooo_bytes = 0
+            counters["tcp_guest_fin"] += 1
+            if c.host_open:
+                self._emit(TcpShutdown(c.flow))
+            self._ack_now(c)
+            if c.fin_acked:
+                self._both_closed(c, now_ns)
+                return False
+            return True
+        if filled or n <= 0 or rcv_nxt - c.rcv_acked >= 2 * self.mss:
+            self._ack_now(c)
+        elif c.delack_at is None:
+            c.delack_at = now_ns + self.delack_ns
+        return True
+
+    def _out_of_order(
+        self, c: _Conn, payload: bytes, seq: int, end: int, fin: int, edge: int
+    ) -> None:
+        counters = self.counters
+        if seq >= edge:
+            counters["tcp_out_of_window"] += 1
+            self._ack_now(c)
+            return
+        if end > edge:
+            counters["tcp_beyond_window"] += 1
+            payload = payload[: edge - seq]
+            end = edge
+            fin = 0
+        if fin and (c.rcv_fin_seq is None or end < c.rcv_fin_seq):
+            c.rcv_fin_seq = end
+        if payload:
+            ooo = c.ooo
+            i = bisect.bisect_left(ooo, (seq, b""))
+            if i < len(ooo) and ooo[i][0] == seq and len(ooo[i][1]) >= len(payload):
+                counters["tcp_dup_data"] += 1
+            elif len(ooo) >= self.max_ooo_segments or c.ooo_bytes + len(payload) > edge - c.rcv_nxt:
+                counters["tcp_ooo_full"] += 1
+            else:
+                ooo.insert(i, (seq, payload))
+                c.ooo_bytes += len(payload)
+                counters["tcp_ooo_queued"] += 1
+        self._ack_now(c)  # duplicate ACK: lets the guest fast-retransmit the gap
+
+    def _reassemble(self, c: _Conn, parts: list[bytes], rcv_nxt: int) -> int:
+        ooo = c.ooo
+        i = 0
+        nbytes = 0
+        while i < len(ooo) and ooo[i][0] <= rcv_nxt:
+            start, d = ooo[i]
+            nbytes += len(d)
+            i += 1
+            e = start + len(d)
+            if e > rcv_nxt:
+                parts.append(d[rcv_nxt - start :] if start < rcv_nxt else d)
+                rcv_nxt = e
+        if i:
+            del ooo[:i]
+            c.ooo_bytes -= nbytes
+        return rcv_nxt
+
+    # ------------------------------------------------------------------------ host events
+
+    def _connected(self, c: _Conn, now_ns: int) -> None:
+        if c.phase != _PENDING:
+            self.counters["tcp_stale_event"] += 1
+            return
+        self.counters["tcp_connected"] += 1
+        c.phase = _SYN_RCVD
+        c.close_at = None
+        self._send_synack(c)
+        c.rtt_seq = c.iss + 1
+        c.rtt_start = now_ns
+        c.rto_at = now_ns + c.rto
+        self._grant(c)
+
+    def _connect_failed(self, c: _Conn, errno: int) -> None:
+        if c.phase != _PENDING:
+            self.counters["tcp_stale_event"] += 1
+            return
+        self.counters["tcp_connect_failed"] += 1
+        log.debug("flow %d: connect failed, errno %d", c.flow, errno)
+        c.host_open = False  # the shell has already dropped the flow
+        self._rst_raw(c.dst_ip, c.guest_ip, c.dst_port, c.guest_port, 0, c.rcv_nxt, RST | ACK)
+        self._remove(c, abort=True)
+
+    def _host_data(self, c: _Conn, data: bytes, now_ns: int) -> None:
+        n = len(data)
+        if c.host_eof or c.phase > _SYNCED:
+            self.counters["tcp_stale_event"] += 1
+            return
+        if n > c.credit_out:
+            self.counters["tcp_credit_overrun"] += 1
+            c.credit_out = 0
+        else:
+            c.credit_out -= n
+        c.last_ns = now_ns
+        c.sndbuf += data
+        self.counters["tcp_bytes_to_guest"] += n
+        self._output(c, now_ns)
+
+    def _host_sent(self, c: _Conn, n: int, now_ns: int) -> None:
+        c.host_unsent -= n
+        if c.host_unsent < 0:
+            self.counters["tcp_sent_overrun"] += 1
+            c.host_unsent = 0
+        if c.phase == _DRAINING:
+            if c.host_unsent == 0:
+                self._remove(c, abort=False)
+            else:
+                c.close_at = now_ns + self.drain_timeout_ns
+            return
+        if c.phase != _SYNCED or c.rcv_fin:
+            return
+        free = self.buffer_size - c.host_unsent
+        cap = 0xFFFF << c.rcv_wscale
+        new_edge = c.rcv_nxt + (free if free < cap else cap)
+        # Window update when the window the guest knows has fallen below half the buffer and
+        # would grow by two segments (or half the buffer, if smaller). A healthy window needs
+        # none: the ACKs of the guest's data carry it.
+        if c.rcv_adv - c.rcv_nxt < (self.buffer_size >> 1) and new_edge - c.rcv_adv >= min(
+            self.buffer_size >> 1, 2 * self.mss
+        ):
+            self.counters["tcp_window_updates"] += 1
+            self._ack_now(c)
+
+    def _host_eof(self, c: _Conn, now_ns: int) -> None:
+        if c.host_eof or c.phase > _SYNCED:
+            self.counters["tcp_stale_event"] += 1
+            return
+        c.host_eof = True
+        self.counters["tcp_host_eof"] += 1
+        self._output(c, now_ns)
+
+    def _host_reset(self, c: _Conn, errno: int, now_ns: int) -> None:
+        counters = self.counters
+        counters["tcp_host_reset"] += 1
+        log.debug("flow %d: host socket failed, errno %d", c.flow, errno)
+        if c.phase == _PENDING:
+            self._rst_raw(c.dst_ip, c.guest_ip, c.dst_port, c.guest_port, 0, c.rcv_nxt, RST | ACK)
+            self._remove(c, abort=True)
+            return
+        if c.phase >= _TIME_WAIT:
+            self._remove(c, abort=True)
+            return
+        if c.host_open:
+            c.host_open = False
+            self._emit(TcpClose(c.flow, True))
+        data_end = c.buf_seq + len(c.sndbuf)
+        if c.phase == _SYNCED and c.snd_una < data_end and not c.host_eof:
+            # Let the guest have what the host sent before failing, then reset it.
+            c.host_eof = True
+            c.reset_pending = True
+            self._output(c, now_ns)
+            return
+        self._rst_entry(c)
+        self._remove(c, abort=True)
+
+    # ----------------------------------------------------------------------------- timers
+
+    @staticmethod
+    def _deadline(c: _Conn) -> int | None:
+        d = c.rto_at
+        for t in (c.persist_at, c.delack_at, c.close_at):
+            if t is not None and (d is None or t < d):
+                d = t
+        return d
+
+    def _rearm(self, c: _Conn) -> None:
+        d = self._deadline(c)
+        if d is not None and (c.armed_at is None or d < c.armed_at):
+            c.armed_at = d
+            heapq.heappush(self._timers, (d, c.flow))
+
+    def _fire(self, c: _Conn, now_ns: int) -> None:
+        if c.close_at is not None and c.close_at <= now_ns:
+            c.close_at = None
+            self._close_timer(c, now_ns)
+            if c.phase == _GONE:
+                return
+        if c.rto_at is not None and c.rto_at <= now_ns:
+            c.rto_at = None
+            self._on_rto(c, now_ns)
+            if c.phase == _GONE:
+                return
+        if c.persist_at is not None and c.persist_at <= now_ns:
+            c.persist_at = None
+            self._on_persist(c, now_ns)
+        if c.delack_at is not None and c.delack_at <= now_ns:
+            c.delack_at = None
+            if c.rcv_acked != c.rcv_nxt and c.phase == _SYNCED:
+                self._ack_now(c)
+
+    def _close_timer(self, c: _Conn, now_ns: int) -> None:
+        counters = self.counters
+        if c.phase == _PENDING:
+            counters["tcp_connect_timeout"] += 1
+            self._rst_raw(c.dst_ip, c.guest_ip, c.dst_port, c.guest_port, 0, c.rcv_nxt, RST | ACK)
+            self._remove(c, abort=True)
+        elif c.phase == _TIME_WAIT:
+            self._finish(c, now_ns)
+        elif c.phase == _DRAINING:
+            counters["tcp_drain_timeout"] += 1
+            self._remove(c, abort=True)
+
+    def _on_rto(self, c: _Conn, now_ns: int) -> None:
+        if c.phase == _SYNCED and c.snd_nxt <= c.snd_una:
+            return
+        if c.phase not in (_SYN_RCVD, _SYNCED):
+            return
+        if c.first_rtx_ns is None:
+            c.first_rtx_ns = now_ns
+        if c.phase == _SYN_RCVD:
+            limit = self.syn_give_up_ns
+        elif c.host_eof:
+            limit = self.fin_give_up_ns
+        else:
+            limit = self.give_up_ns
+        if now_ns - c.first_rtx_ns >= limit:
+            self.counters["tcp_retransmit_give_up"] += 1
+            if c.host_eof and c.rcv_fin and not c.reset_pending:
+                # Both directions are over; only the ACK of our FIN is missing.
+                self._finish(c, now_ns)
+            else:
+                self._rst_entry(c)
+                self._remove(c, abort=True)
+            return
+        self.counters["tcp_retransmits"] += 1
+        c.rto = self._backoff(c.rto, 1)
+        c.rtt_seq = None
+        c.recover = None
+        c.dupacks = 0
+        if c.phase == _SYN_RCVD:
+            self._send_synack(c)
+            c.rto_at = now_ns + c.rto
+            return
+        una = c.snd_una
+        data_end = c.buf_seq + len(c.sndbuf)
+        c.snd_nxt = self._send_at(c, una, min(c.snd_mss, max(0, data_end - una)), now_ns)
+        c.rto_at = now_ns + c.rto
+        self._update_persist(c, now_ns)
+
+    def _on_persist(self, c: _Conn, now_ns: int) -> None:
+        if c.phase != _SYNCED or c.snd_nxt != c.snd_una or c.snd_right > c.snd_nxt:
+            c.persist_backoff = 0
+            self._output(c, now_ns)
+            return
+        self.counters["tcp_persist_probes"] += 1
+        data_end = c.buf_seq + len(c.sndbuf)
+        nxt = c.snd_nxt
+        if nxt < data_end:
+            off = nxt - c.buf_seq
+            self._out(c, nxt, ACK, bytes(c.sndbuf[off : off + 1]))
+            if nxt + 1 > c.snd_max:
+                c.snd_max = nxt + 1
+        else:
+            # Below the window: the guest must answer with an ACK carrying its window.
+            self._out(c, nxt - 1, ACK)
+        c.persist_backoff += 1
+        c.persist_at = now_ns + self._backoff(c.rto, c.persist_backoff)
+
+    # -------------------------------------------------------------------------------- RTT
+
+    def _rtt_sample(self, c: _Conn, r: int) -> None:
+        if r < 0:
+            r = 0
+        if c.srtt is None:
+            c.srtt = r
+            c.rttvar = r >> 1
+        else:
+            c.rttvar = (3 * c.rttvar + abs(c.srtt - r)) >> 2
+            c.srtt = (7 * c.srtt + r) >> 3
+        c.rto = self._rto_from_estimate(c)
+
+    def _rto_from_estimate(self, c: _Conn) -> int:
+        if c.srtt is None:
+            return RTO_INITIAL_NS
+        rto = c.srtt + max(_MS, 4 * c.rttvar)
+        return min(max(rto, self.rto_min_ns), RTO_MAX_NS)
+
+    # ---------------------------------------------------------------------------- removal
+
+    def _both_closed(self, c: _Conn, now_ns: int) -> None:
+        """Both FINs exchanged and acknowledged."""
+        if c.active_close:
+            c.phase = _TIME_WAIT
+            c.rto_at = c.persist_at = c.delack_at = None
+            c.close_at = now_ns + self.time_wait_ns
+            self._rearm(c)
+        else:
+            self._finish(c, now_ns)
+
+    def _finish(self, c: _Conn, now_ns: int) -> None:
+        """The guest side is over: close the host socket once it has sent everything."""
+        if c.host_open and c.host_unsent > 0:
+            if self._by_key.get(c.key) is c:
+                del self._by_key[c.key]
+            c.phase = _DRAINING
+            c.rto_at = c.persist_at = c.delack_at = None
+            c.close_at = now_ns + self.drain_timeout_ns
+            self._rearm(c)
+            return
+        self._remove(c, abort=False)
+
+    def _remove(self, c: _Conn, *, abort: bool) -> None:
+        if c.phase in (_PENDING, _SYN_RCVD):
+            self._half_open -= 1
+        c.phase = _GONE
+        if self._by_key.get(c.key) is c:
+            del self._by_key[c.key]
+        self._by_flow.pop(c.flow, None)
+        self.counters["tcp_closed_abort" if abort else "tcp_closed"] += 1
+        if c.host_open:
+            c.host_open = False
+            self._emit(TcpClose(c.flow, abort))

@@ -1,0 +1,116 @@
+"""The control socket: JSON lines over a unix socket (``slirptrio run --control PATH``).
+
+Each request is one JSON object on one line, ``{"cmd": NAME, ...}``; each answer is one JSON
+object on one line, ``{"ok": true, ...}`` or ``{"ok": false, "error": MESSAGE}``. Commands:
+
+* ``info`` → ``flows``: the NAT table (proto, state, guest, dest, host, recv_q, send_q, idle_s);
+* ``leases`` → ``leases``: ip, mac, expires_in_s;
+* ``stats`` → ``counters``, ``flows_by_state``, ``leases``, ``journal_bytes``, ...;
+* ``hostfwd-add`` ``{"rule": "tcp::8022-:22"}`` → ``port`` (the bound host port);
+* ``hostfwd-remove`` ``{"rule": ...}``.
+
+A bad request gets an error answer and changes nothing; a line longer than 64 KiB closes the
+connection. Several clients may be connected at once.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import trio
+
+log = logging.getLogger("slirptrio.control")
+
+MAX_LINE = 65536
+
+Handler = Callable[[dict[str, Any]], Awaitable[dict[str, Any]]]
+
+
+class ControlError(Exception):
+    """A request the stack refuses; the message goes back to the client."""
+
+
+async def _serve_client(stream: trio.SocketStream, handlers: dict[str, Handler]) -> None:
+    buf = bytearray()
+    async with stream:
+        while True:
+            data = await stream.receive_some(65536)
+            if not data:
+                return
+            buf += data
+            while (nl := buf.find(b"\n")) >= 0:
+                line = bytes(buf[:nl])
+                del buf[: nl + 1]
+                answer = await _answer(line, handlers)
+                await stream.send_all(json.dumps(answer).encode() + b"\n")
+            if len(buf) > MAX_LINE:
+                await stream.send_all(
+                    json.dumps({"ok": False, "error": "request line too long"}).encode() + b"\n"
+                )
+                return
+
+
+async def _answer(line: bytes, handlers: dict[str, Handler]) -> dict[str, Any]:
+    try:
+        request = json.loads(line)
+    except (ValueError, UnicodeDecodeError) as exc:
+        return {"ok": False, "error": f"bad JSON: {exc}"}
+    if not isinstance(request, dict) or not isinstance(request.get("cmd"), str):
+        return {"ok": False, "error": 'expected {"cmd": NAME, ...}'}
+    handler = handlers.get(request["cmd"])
+    if handler is None:
+        return {
+            "ok": False,
+            "error": f"unknown command {request['cmd']!r} (known: {', '.join(handlers)})",
+        }
+    try:
+        result = await handler(request)
+    except ControlError as exc:
+        return {"ok": False, "error": str(exc)}
+    except Exception as exc:  # a bad request must never take the stack down
+        log.exception("control command %r failed", request["cmd"])
+        return {"ok": False, "error": f"internal error: {exc!r}"}
+    return {"ok": True, **result}
+
+
+async def serve_control(
+    listener: trio.SocketListener,
+    handlers: dict[str, Handler],
+    *,
+    task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
+) -> None:
+    """Accept control clients on ``listener`` until cancelled."""
+    async with trio.open_nursery() as nursery:
+        task_status.started()
+        async with listener:
+            while True:
+                stream = await listener.accept()
+                nursery.start_soon(_guarded, stream, handlers)
+
+
+async def _guarded(stream: trio.SocketStream, handlers: dict[str, Handler]) -> None:
+    try:
+        await _serve_client(stream, handlers)
+    except (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as exc:
+        log.debug("control client gone: %r", exc)
+
+
+async def request(path: str, message: dict[str, Any], timeout: float = 10.0) -> dict[str, Any]:
+    """Send one request to the control socket at ``path`` and return the answer."""
+    with trio.fail_after(timeout):
+        stream = await trio.open_unix_socket(path)
+        async with stream:
+            await stream.send_all(json.dumps(message).encode() + b"\n")
+            buf = bytearray()
+            while b"\n" not in buf:
+                data = await stream.receive_some(65536)
+                if not data:
+                    raise ControlError("control socket closed without an answer")
+                buf += data
+    answer = json.loads(buf[: buf.index(b"\n")])
+    if not isinstance(answer, dict):
+        raise ControlError("malformed answer")
+    return answer
