@@ -35,6 +35,12 @@ from slirptrio.core.events import (
     IcmpEchoReply,
     IcmpUnavailable,
     SendFrame,
+    TcpConnected,
+    TcpConnectFailed,
+    TcpData,
+    TcpEof,
+    TcpReset,
+    TcpSent,
     Tick,
     UdpError,
     UdpReceived,
@@ -43,6 +49,7 @@ from slirptrio.core.icmp import IcmpEcho
 from slirptrio.core.info import FlowInfo
 from slirptrio.core.ipfrag import Reassembler, fragment
 from slirptrio.core.prng import Prng
+from slirptrio.core.tcp import TcpNat
 from slirptrio.core.udp import UdpNat
 from slirptrio.wire import MalformedFrame
 from slirptrio.wire import arp as warp
@@ -106,6 +113,15 @@ class Stack:
             idle_timeout_ns=config.udp_timeout * 1_000_000_000,
             dns_idle_timeout_ns=config.dns_timeout * 1_000_000_000,
         )
+        self.tcp = TcpNat(
+            rng=self._rng,
+            send_ip=self.send_ip,
+            emit=self._emit,
+            translate=self.translate,
+            alloc_flow=self.alloc_flow,
+            counters=self.counters,
+            mtu=config.mtu,
+        )
         self.echo = IcmpEcho(
             send_ip=self.send_ip,
             translate=self.translate,
@@ -123,6 +139,8 @@ class Stack:
         self._out = out
         if type(event) is GuestFrame:
             self._guest_frame(event.data, now_ns)
+        elif type(event) in _TCP_EVENTS:
+            self.tcp.host_event(event, now_ns)
         elif type(event) in _UDP_EVENTS:
             out.extend(self.udp.host_event(event, now_ns))
         elif type(event) in _ICMP_EVENTS:
@@ -130,6 +148,7 @@ class Stack:
         elif type(event) is Tick:
             self.counters["ticks"] += 1
             self._reasm.expire(now_ns)
+            self.tcp.tick(now_ns)
             out.extend(self.udp.tick(now_ns))
             out.extend(self.echo.tick(now_ns))
         elif type(event) is GuestLink:
@@ -143,7 +162,9 @@ class Stack:
         """The next time (ns) the core wants a :class:`Tick`, or None."""
         times = [
             t
-            for t in (self._reasm.poll_at(), self.udp.poll_at(), self.echo.poll_at())
+            for t in (
+                self.tcp.poll_at(), self._reasm.poll_at(), self.udp.poll_at(), self.echo.poll_at()
+            )
             if t is not None
         ]
         return min(times) if times else None
@@ -179,7 +200,17 @@ class Stack:
 
     def flows(self, now_ns: int) -> list[FlowInfo]:
         """Every NAT entry, TCP first, for display (``info``)."""
-        return [*self.udp.flows(now_ns), *self.echo.flows(now_ns)]
+        tcp = [
+            FlowInfo(
+                f.flow, "tcp", f.state, f.guest_ip, f.guest_port, f.dst_ip, f.dst_port, f.host,
+                f.host_port, f.recv_q, f.send_q, f.idle_ns,
+            )
+            for f in self.tcp.flows(now_ns)
+        ]
+        return [*tcp, *self.udp.flows(now_ns), *self.echo.flows(now_ns)]
+
+    def _emit(self, effect: Effect) -> None:
+        self._out.append(effect)
 
     # ----------------------------------------------------------------------------- output
 
@@ -276,7 +307,7 @@ class Stack:
         elif proto == wip.IPPROTO_ICMP:
             self._icmp(hdr, body, now_ns)
         elif proto == wip.IPPROTO_TCP:
-            self._drop("tcp_not_supported")
+            self.tcp.guest_segment(hdr.src, hdr.dst, body, now_ns)
         else:
             self._drop("ipv4_unknown_protocol", str(proto))
 
@@ -324,6 +355,7 @@ class Stack:
         self.send_ip(hdr.dst, hdr.src, wip.IPPROTO_ICMP, reply)
 
 
+_TCP_EVENTS = (TcpConnected, TcpConnectFailed, TcpData, TcpSent, TcpEof, TcpReset)
 _UDP_EVENTS = (UdpReceived, UdpError, DnsUpstreams)
 _ICMP_EVENTS = (IcmpEchoReply, IcmpEchoError, IcmpUnavailable)
 

@@ -115,12 +115,18 @@ class GuestPort:
         self._queue.clear()
 
 
-async def _stream_writer(stream: trio.abc.SendStream, port: GuestPort) -> None:
-    while True:
-        await port.wait()
-        batch = port.take_batch(_WRITE_BATCH_BYTES)
-        port.sent += len(batch)
-        await stream.send_all(b"".join([encode_frame(f) for f in batch]))
+async def _stream_writer(
+    stream: trio.abc.SendStream, port: GuestPort, peer: str, done: trio.CancelScope
+) -> None:
+    try:
+        while True:
+            await port.wait()
+            batch = port.take_batch(_WRITE_BATCH_BYTES)
+            port.sent += len(batch)
+            await stream.send_all(b"".join([encode_frame(f) for f in batch]))
+    except (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as exc:
+        log.info("guest connection %s lost while writing: %s", peer, exc)
+        done.cancel()
 
 
 async def serve_stream(
@@ -133,7 +139,7 @@ async def serve_stream(
     await inbox.send(GuestLink(True))
     try:
         async with trio.open_nursery() as nursery:
-            nursery.start_soon(_stream_writer, stream, port)
+            nursery.start_soon(_stream_writer, stream, port, peer, nursery.cancel_scope)
             try:
                 while True:
                     data = await stream.receive_some(_RECV_SIZE)
@@ -147,8 +153,6 @@ async def serve_stream(
             except (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as exc:
                 log.info("guest connection %s lost: %s", peer, exc)
             nursery.cancel_scope.cancel()
-    except (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as exc:
-        log.info("guest connection %s lost while writing: %s", peer, exc)
     finally:
         port.detach()
         with trio.CancelScope(shield=True):

@@ -6,14 +6,23 @@
 * ``udp-client ADDR PORT SIZE``: sends SIZE patterned bytes, prints ``ok FROM`` if the same
   bytes come back, ``refused`` on ICMP port unreachable, ``timeout`` otherwise.
 * ``dns-query SERVER NAME [tcp]``: prints the response code and the first A record.
+* ``http ADDR PORT``: HTTP/1.1 server; ``GET /N`` answers N patterned bytes, ``PUT``/``POST``
+  answers the sha256 of the body it read.
+* ``tcp-echo ADDR PORT``: echoes each connection's bytes; after the client's EOF it sends
+  ``sha256:HEX`` of all it received and closes (a half-close check).
+* ``tcp-many ADDR PORT N SIZE``: N concurrent connections to a tcp-echo server, each sends
+  SIZE random bytes, shuts down its write side, and checks the echo and the digest.
 """
 
 from __future__ import annotations
 
+import hashlib
+import os
 import socket
 import struct
 import sys
 import threading
+import time
 
 ANSWER = bytes([203, 0, 113, 77])
 
@@ -122,6 +131,115 @@ def dns_query(server: str, name: str, tcp: bool) -> str:
     return f"id={ident:#x} rcode={rcode} answers={ancount} a={addr}"
 
 
+def pattern(n: int) -> bytes:
+    """N bytes of a fixed, non-repeating-looking pattern (what ``GET /N`` serves)."""
+    block = hashlib.sha256(b"slirptrio").digest() * 2048  # 64 KiB
+    reps, rest = divmod(n, len(block))
+    return block * reps + block[:rest]
+
+
+def serve_http(addr: str, port: int) -> None:
+    import http.server
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"
+
+        def log_message(self, format: str, *args: object) -> None:
+            pass
+
+        def do_GET(self) -> None:
+            n = int(self.path.strip("/") or "0")
+            self.send_response(200)
+            self.send_header("Content-Length", str(n))
+            self.end_headers()
+            body = pattern(n)
+            view = memoryview(body)
+            for i in range(0, n, 1 << 20):
+                self.wfile.write(view[i : i + (1 << 20)])
+
+        def do_PUT(self) -> None:
+            h = hashlib.sha256()
+            left = int(self.headers.get("Content-Length", "0"))
+            while left:
+                chunk = self.rfile.read(min(left, 1 << 20))
+                if not chunk:
+                    break
+                h.update(chunk)
+                left -= len(chunk)
+            body = h.hexdigest().encode()
+            self.send_response(200)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        do_POST = do_PUT
+
+    server = http.server.ThreadingHTTPServer((addr, port), Handler)
+    print("listening", flush=True)
+    server.serve_forever()
+
+
+def serve_tcp_echo(addr: str, port: int) -> None:
+    srv = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    srv.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    srv.bind((addr, port))
+    srv.listen(1024)
+
+    def one(c: socket.socket) -> None:
+        h = hashlib.sha256()
+        with c:
+            while True:
+                data = c.recv(1 << 16)
+                if not data:
+                    break
+                h.update(data)
+                c.sendall(data)
+            c.sendall(b"sha256:" + h.hexdigest().encode())
+
+    print("listening", flush=True)
+    while True:
+        c, _ = srv.accept()
+        threading.Thread(target=one, args=(c,), daemon=True).start()
+
+
+def tcp_many(addr: str, port: int, n: int, size: int) -> str:
+    import selectors
+
+    sel = selectors.DefaultSelector()
+    want: dict[socket.socket, bytes] = {}
+    got: dict[socket.socket, bytearray] = {}
+    out: dict[socket.socket, memoryview] = {}
+    for _ in range(n):
+        s = socket.create_connection((addr, port), timeout=30)
+        s.setblocking(False)
+        data = os.urandom(size)
+        want[s] = data + b"sha256:" + hashlib.sha256(data).hexdigest().encode()
+        got[s] = bytearray()
+        out[s] = memoryview(data)
+        sel.register(s, selectors.EVENT_READ | selectors.EVENT_WRITE)
+    open_ = n
+    deadline = time.monotonic() + 120
+    while open_ and time.monotonic() < deadline:
+        for key, events in sel.select(timeout=1):
+            s = key.fileobj  # type: ignore[assignment]
+            if events & selectors.EVENT_WRITE and out[s]:
+                sent = s.send(out[s][: 1 << 16])
+                out[s] = out[s][sent:]
+                if not out[s]:
+                    s.shutdown(socket.SHUT_WR)
+                    sel.modify(s, selectors.EVENT_READ)
+            if events & selectors.EVENT_READ:
+                data = s.recv(1 << 16)
+                if data:
+                    got[s] += data
+                else:
+                    sel.unregister(s)
+                    s.close()
+                    open_ -= 1
+    ok = sum(1 for s in want if bytes(got[s]) == want[s])
+    return f"{ok}/{n} ok"
+
+
 def main(argv: list[str]) -> None:
     cmd = argv[0]
     if cmd == "dns":
@@ -130,6 +248,12 @@ def main(argv: list[str]) -> None:
         serve_udp_echo(argv[1], int(argv[2]))
     elif cmd == "udp-client":
         print(udp_client(argv[1], int(argv[2]), int(argv[3])), flush=True)
+    elif cmd == "http":
+        serve_http(argv[1], int(argv[2]))
+    elif cmd == "tcp-echo":
+        serve_tcp_echo(argv[1], int(argv[2]))
+    elif cmd == "tcp-many":
+        print(tcp_many(argv[1], int(argv[2]), int(argv[3]), int(argv[4])), flush=True)
     elif cmd == "dns-query":
         print(dns_query(argv[1], argv[2], len(argv) > 3 and argv[3] == "tcp"), flush=True)
     else:
