@@ -1,0 +1,112 @@
+"""A TCP session through the whole stack replays identical; changed host data is reported."""
+
+from __future__ import annotations
+
+import pathlib
+
+import dpkt
+
+from replay.engine import format_divergence, replay_journal
+from slirptrio.config import parse_user_options
+from slirptrio.core.events import (
+    Effect,
+    Event,
+    GuestFrame,
+    SendFrame,
+    TcpConnect,
+    TcpConnected,
+    TcpData,
+    TcpEof,
+    TcpSent,
+    decode_effect,
+    decode_event,
+)
+from slirptrio.core.stack import Stack
+from slirptrio.door import Door
+from slirptrio.journal import Header, JournalWriter, open_journal
+from tests import guestframes as gf
+
+GW_MAC = bytes.fromhex("52550a000202")
+
+
+def tcp_frame(flags: int, seq: int, ack: int, data: bytes = b"") -> bytes:
+    seg = dpkt.tcp.TCP(sport=40000, dport=80, seq=seq, ack=ack, flags=flags, win=65535,
+                       data=data)
+    ip = dpkt.ip.IP(src=gf.ip4("10.0.2.15"), dst=gf.ip4("203.0.113.1"), p=dpkt.ip.IP_PROTO_TCP,
+                    ttl=64, id=1, data=seg)
+    ip.len = 20 + len(bytes(seg))
+    return gf.eth(GW_MAC, ip, dpkt.ethernet.ETH_TYPE_IP)  # dpkt fills in the TCP checksum
+
+
+def segments(effects: list[Effect]) -> list[dpkt.tcp.TCP]:
+    return [gf.parse(e.data).data.data for e in effects if isinstance(e, SendFrame)]
+
+
+def record_session(path: pathlib.Path) -> int:
+    """Drive one HTTP-like exchange through the stack, journaling it; return the flow id."""
+    config = parse_user_options("")
+    header = Header(seed=3, config=config.to_dict(), origin_ns=1_700_000_000_000_000_000)
+    writer = JournalWriter.create(str(path), header)
+    door = Door(Stack(config, 3), writer.record)
+    t = 1_000_000
+
+    def step(event: Event) -> list[Effect]:
+        nonlocal t
+        t += 1_000_000
+        return door.step(event, t)
+
+    (connect,) = [e for e in step(GuestFrame(tcp_frame(dpkt.tcp.TH_SYN, 1000, 0)))
+                  if isinstance(e, TcpConnect)]
+    assert (connect.host, connect.port) == ("203.0.113.1", 80)
+    flow = connect.flow
+    (synack,) = segments(step(TcpConnected(flow)))
+    assert synack.flags & dpkt.tcp.TH_SYN and synack.ack == 1001
+    isn = synack.seq
+    step(GuestFrame(tcp_frame(dpkt.tcp.TH_ACK, 1001, isn + 1)))
+    step(GuestFrame(tcp_frame(dpkt.tcp.TH_ACK | dpkt.tcp.TH_PUSH, 1001, isn + 1, b"GET /\r\n")))
+    step(TcpSent(flow, 7))
+    (data,) = segments(step(TcpData(flow, b"hello, guest")))
+    assert data.data == b"hello, guest"
+    step(GuestFrame(tcp_frame(dpkt.tcp.TH_ACK, 1008, isn + 13)))
+    (fin,) = segments(step(TcpEof(flow)))
+    assert fin.flags & dpkt.tcp.TH_FIN
+    writer.close()
+    return flow
+
+
+def rewrite(src: pathlib.Path, dst: pathlib.Path) -> int:
+    """Copy a journal, changing the host's bytes in its TcpData record; return its index."""
+    with src.open("rb") as f:
+        journal = open_journal(f)
+        writer = JournalWriter.create(str(dst), journal.header)
+        changed = -1
+        for i, rec in enumerate(journal.records):
+            event = decode_event(rec.event)
+            if isinstance(event, TcpData):
+                event = TcpData(event.flow, b"HELLO, guest")
+                changed = i
+            writer.record(rec.seq, rec.t_ns, event, [decode_effect(e) for e in rec.effects])
+        writer.close()
+    return changed
+
+
+def test_tcp_session_replays_identical(tmp_path: pathlib.Path) -> None:
+    path = tmp_path / "tcp.journal"
+    record_session(path)
+    with path.open("rb") as f:
+        result = replay_journal(f)
+    assert result.identical and result.records == 8 and result.frames >= 7
+
+
+def test_changed_host_data_names_flow_and_record(tmp_path: pathlib.Path) -> None:
+    path, bad = tmp_path / "tcp.journal", tmp_path / "changed.journal"
+    flow = record_session(path)
+    index = rewrite(path, bad)
+    assert index > 0
+    with bad.open("rb") as f:
+        result = replay_journal(f)
+    assert not result.identical and result.divergence is not None
+    assert result.divergence.index == index
+    report = format_divergence(result)
+    assert f"record {index}" in report and f"flow {flow}" in report, report
+    assert "first differing byte" in report, report
