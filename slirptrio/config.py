@@ -19,6 +19,8 @@ from dataclasses import dataclass, field, fields
 from ipaddress import AddressValueError, IPv4Address, IPv4Network
 from typing import Any
 
+from slirptrio.forward import RuleError, parse_guestfwd, parse_hostfwd
+
 NUM_DHCP_CLIENTS = 16
 DHCP_LEASE_TIME = 86400
 MIN_MTU = 68
@@ -37,8 +39,6 @@ _NOT_BUILT = {
     "bootfile": "TFTP boot",
     "smb": "SMB",
     "smbserver": "SMB",
-    "hostfwd": "port forwarding",
-    "guestfwd": "port forwarding",
 }
 _DEFAULT_NET = IPv4Network("10.0.2.0/24")
 _TRUE = {"on", "yes", "true", "y"}
@@ -72,6 +72,8 @@ class Config:
     udp_timeout: int = 240
     dns_timeout: int = 10
     id: str = ""
+    hostfwd: tuple[str, ...] = field(default_factory=tuple)
+    guestfwd: tuple[str, ...] = field(default_factory=tuple)
 
     def dhcp_pool(self) -> list[IPv4Address]:
         """The addresses DHCP hands out, in order."""
@@ -109,6 +111,8 @@ class Config:
                 udp_timeout=int(data.get("udp_timeout", 240)),
                 dns_timeout=int(data.get("dns_timeout", 10)),
                 id=str(data.get("id", "")),
+                hostfwd=tuple(str(s) for s in data.get("hostfwd", ())),
+                guestfwd=tuple(str(s) for s in data.get("guestfwd", ())),
             )
         except (KeyError, TypeError, ValueError) as exc:
             raise ConfigError("config", f"bad configuration in journal: {exc}") from None
@@ -134,6 +138,8 @@ class Config:
             parts.append("hostloopback=" + (self.hostloopback or "off"))
         if self.id:
             parts.append("id=" + self.id.replace(",", ",,"))
+        parts += ["hostfwd=" + s.replace(",", ",,") for s in self.hostfwd]
+        parts += ["guestfwd=" + s.replace(",", ",,") for s in self.guestfwd]
         if self.udp_timeout != 240:
             parts.append(f"udp-timeout={self.udp_timeout}")
         if self.dns_timeout != 10:
@@ -242,12 +248,16 @@ def parse_user_options(text: str) -> Config:
     """Parse and validate the text after ``user,`` in ``-netdev user,...``."""
     seen: dict[str, str] = {}
     dnssearch: list[str] = []
+    fwds: dict[str, list[str]] = {"hostfwd": [], "guestfwd": []}
     # Whitespace-only means no options; otherwise spaces belong to the values, as in QEMU.
     for key, value in split_options(text if text.strip() else ""):
         if key in _NOT_BUILT:
             raise ConfigError(key, f"{_NOT_BUILT[key]} is not supported by slirptrio yet")
         if key == "dnssearch":
             dnssearch.append(_domain(key, value))
+            continue
+        if key in fwds:
+            fwds[key].append(value)
             continue
         if key not in _KNOWN:
             raise ConfigError(key, "unknown option")
@@ -285,6 +295,24 @@ def parse_user_options(text: str) -> Config:
     if dhcpstart in (host, dns):
         raise ConfigError("dhcpstart", f"{dhcpstart} must differ from host and dns")
 
+    for rule in fwds["hostfwd"]:
+        try:
+            hf = parse_hostfwd(rule)
+        except RuleError as exc:
+            raise ConfigError("hostfwd", str(exc)) from None
+        if hf.guest_addr and IPv4Address(hf.guest_addr) not in net:
+            raise ConfigError("hostfwd", f"guest address {hf.guest_addr} is not inside {net}")
+    for rule in fwds["guestfwd"]:
+        try:
+            gf = parse_guestfwd(rule)
+        except RuleError as exc:
+            raise ConfigError("guestfwd", str(exc)) from None
+        gaddr = IPv4Address(gf.addr)
+        if gaddr not in net or gaddr in (host, dns):
+            raise ConfigError(
+                "guestfwd", f"{gaddr} must be inside {net} and differ from host and dns"
+            )
+
     loop = seen.get("hostloopback", "on")
     if loop.lower() in _TRUE:
         hostloopback = "127.0.0.1"
@@ -316,6 +344,8 @@ def parse_user_options(text: str) -> Config:
             _int("dns-timeout", seen["dns-timeout"], 1, 3600) if "dns-timeout" in seen else 10
         ),
         id=seen.get("id", ""),
+        hostfwd=tuple(fwds["hostfwd"]),
+        guestfwd=tuple(fwds["guestfwd"]),
     )
 
 

@@ -222,6 +222,19 @@ def test_comma_escaping() -> None:
     assert parse_user_options("hostname=a=b").hostname == "a=b"
 
 
+def test_forward_rules() -> None:
+    c = parse_user_options("hostfwd=tcp::2222-:22,hostfwd=udp:127.0.0.1:0-10.0.2.15:53,"
+                           "guestfwd=tcp:10.0.2.100:80-cmd:cat")
+    assert c.hostfwd == ("tcp::2222-:22", "udp:127.0.0.1:0-10.0.2.15:53")
+    assert c.guestfwd == ("tcp:10.0.2.100:80-cmd:cat",)
+    assert refused("hostfwd=tcp::2222").option == "hostfwd"
+    assert refused("hostfwd=tcp::2222-192.168.1.5:22").option == "hostfwd"
+    assert refused("hostfwd=tcp::99999-:22").option == "hostfwd"
+    assert refused("guestfwd=tcp:10.0.2.2:80-cmd:cat").option == "guestfwd"
+    assert refused("guestfwd=tcp:10.0.2.100:80-bogus:x").option == "guestfwd"
+    assert refused("guestfwd=tcp:10.0.2.100:80-tcp:example.com:80").option == "guestfwd"
+
+
 def test_repeated_dnssearch_keeps_order() -> None:
     c = parse_user_options("dnssearch=example.com,hostname=h,dnssearch=b.org,dnssearch=a.net")
     assert c.dnssearch == ("example.com", "b.org", "a.net")
@@ -285,9 +298,6 @@ def test_unknown_option() -> None:
 @pytest.mark.parametrize(
     "text",
     [
-        "hostfwd=tcp::2222-:22",
-        "hostfwd=udp:127.0.0.1:5000-10.0.2.15:5000",
-        "guestfwd=tcp:10.0.2.100:1234-cmd:cat",
         "tftp=/srv/tftp",
         "tftp-server-name=boot",
         "bootfile=pxelinux.0",
@@ -356,8 +366,15 @@ def valid_option_strings(draw: st.DrawFn) -> str:
         parts.append("hostname=" + draw(names).replace(",", ",,"))
     if draw(st.booleans()):
         parts.append("domainname=" + draw(names).replace(",", ",,"))
-    for s in draw(st.lists(names, max_size=3)):
-        parts.append("dnssearch=" + s.replace(",", ",,"))
+    labels = st.from_regex(r"[a-z0-9](?:[a-z0-9-]{0,20}[a-z0-9])?", fullmatch=True)
+    for s in draw(st.lists(st.lists(labels, min_size=1, max_size=3), max_size=3)):
+        parts.append("dnssearch=" + ".".join(s))
+    if draw(st.booleans()):
+        parts.append(f"hostfwd=tcp:127.0.0.1:{draw(st.integers(0, 65535))}-:22")
+    if draw(st.booleans()):
+        spot = draw(st.integers(1, size - 2).filter(lambda n: n not in (host, dns)))
+        where = IPv4Address(base + spot)
+        parts.append(f"guestfwd=tcp:{where}:80-cmd:cat ,, tac")
     if draw(st.booleans()):
         parts.append(f"mtu={draw(st.integers(MIN_MTU, MAX_MTU))}")
     if draw(st.booleans()):
@@ -434,7 +451,10 @@ def test_cli_rejects_bad_option(tmp_path: Path) -> None:
     assert r.returncode == 2
     assert "bogus" in one_line(r.stderr)
     assert r.stdout == ""
-    r = run_cli(tmp_path, "--listen", sock, "hostfwd=tcp::2222-:22")
+    r = run_cli(tmp_path, "--listen", sock, "tftp=/srv/tftp")
+    assert r.returncode == 2
+    assert "tftp" in one_line(r.stderr)
+    r = run_cli(tmp_path, "--listen", sock, "hostfwd=tcp::22")
     assert r.returncode == 2
     assert "hostfwd" in one_line(r.stderr)
     assert not (tmp_path / "x").exists()

@@ -288,6 +288,79 @@ class IcmpEchoClose(Effect):
     flow: int
 
 
+# ---- forwarding (tags 40-59)
+#
+# Flows the shell starts (an accepted hostfwd connection, ``connect_to_guest``) carry ids the
+# shell chose from its own range (>= 2**32), so they never collide with the core's.
+
+
+@dataclass(frozen=True, slots=True)
+class TcpInbound(Event):
+    """A host-side connection (already open as ``flow``) is to be carried into the guest, to
+    ``guest_ip:guest_port``; ``peer_ip:peer_port`` is where it came from on the host."""
+
+    TAG: ClassVar[int] = 40
+    flow: int
+    guest_ip: str
+    guest_port: int
+    peer_ip: str
+    peer_port: int
+
+
+@dataclass(frozen=True, slots=True)
+class UdpInbound(Event):
+    """A datagram from ``peer_ip:peer_port`` arrived on UDP forward ``fid``'s host socket,
+    for ``guest_ip:guest_port``."""
+
+    TAG: ClassVar[int] = 41
+    fid: int
+    guest_ip: str
+    guest_port: int
+    peer_ip: str
+    peer_port: int
+    data: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class GuestFwdAdd(Event):
+    """Guest TCP connections to ``ip:port`` go to the shell's guest forward ``fid``."""
+
+    TAG: ClassVar[int] = 42
+    fid: int
+    ip: str
+    port: int
+
+
+@dataclass(frozen=True, slots=True)
+class GuestFwdRemove(Event):
+    """Guest forward ``fid`` is gone (existing connections keep running)."""
+
+    TAG: ClassVar[int] = 43
+    fid: int
+
+
+@dataclass(frozen=True, slots=True)
+class HostFwdChange(Event):
+    """A host forward was added (bound to host ``port``) or removed: recorded for ``info``
+    and the journal; the shell owns the listening socket."""
+
+    TAG: ClassVar[int] = 44
+    rule: str
+    port: int
+    added: bool
+
+
+@dataclass(frozen=True, slots=True)
+class UdpFwdSend(Effect):
+    """Send ``data`` from UDP forward ``fid``'s host socket to ``peer_ip:peer_port``."""
+
+    TAG: ClassVar[int] = 40
+    fid: int
+    peer_ip: str
+    peer_port: int
+    data: bytes
+
+
 # -------------------------------------------------------------------------------- encoding
 
 _EVENTS: dict[int, type[Event]] = {}

@@ -30,19 +30,25 @@ from slirptrio.core.events import (
     Effect,
     Event,
     GuestFrame,
+    GuestFwdAdd,
+    GuestFwdRemove,
     GuestLink,
+    HostFwdChange,
     IcmpEchoError,
     IcmpEchoReply,
     IcmpUnavailable,
     SendFrame,
+    TcpClose,
     TcpConnected,
     TcpConnectFailed,
     TcpData,
     TcpEof,
+    TcpInbound,
     TcpReset,
     TcpSent,
     Tick,
     UdpError,
+    UdpInbound,
     UdpReceived,
 )
 from slirptrio.core.icmp import IcmpEcho
@@ -99,6 +105,9 @@ class Stack:
         self._next_flow = 0
         self._loopback = config.hostloopback
         self._mtu = config.mtu
+        self._guestfwd: dict[tuple[bytes, int], int] = {}
+        self._fwd_ips: dict[bytes, int] = {}  # guestfwd address -> rules using it
+        self.hostfwds: dict[str, int] = {}  # rule -> bound host port (display only)
         self._reasm = Reassembler(counters=self.counters)
         self.udp = UdpNat(
             send_ip=self.send_ip,
@@ -117,7 +126,7 @@ class Stack:
             rng=self._rng,
             send_ip=self.send_ip,
             emit=self._emit,
-            translate=self.translate,
+            translate=self._tcp_translate,
             alloc_flow=self.alloc_flow,
             counters=self.counters,
             mtu=config.mtu,
@@ -141,6 +150,8 @@ class Stack:
             self._guest_frame(event.data, now_ns)
         elif type(event) in _TCP_EVENTS:
             self.tcp.host_event(event, now_ns)
+        elif type(event) in _FWD_EVENTS:
+            self._forward_event(event, now_ns)
         elif type(event) in _UDP_EVENTS:
             out.extend(self.udp.host_event(event, now_ns))
         elif type(event) in _ICMP_EVENTS:
@@ -173,6 +184,72 @@ class Stack:
         """A new flow id, unique among all host-side flows of this stack."""
         self._next_flow += 1
         return self._next_flow
+
+    def _tcp_translate(self, ip: bytes, port: int) -> tuple[str, int] | None:
+        fid = self._guestfwd.get((ip, port))
+        if fid is not None:  # guest forwards work even under restrict=on, as in QEMU
+            return f"guestfwd:{fid}", port
+        return self.translate(ip, port)
+
+    def _forward_event(self, event: Event, now_ns: int) -> None:
+        if type(event) is TcpInbound:
+            src, guest = self._inbound_addrs(event.peer_ip, event.guest_ip)
+            if guest is None:
+                self.counters["fwd_bad_guest_address"] += 1
+                self._out.append(TcpClose(event.flow, True))
+                return
+            self.tcp.open_to_guest(
+                event.flow, src, event.peer_port, guest, event.guest_port, event.peer_ip,
+                event.peer_port, now_ns,
+            )
+        elif type(event) is UdpInbound:
+            src, guest = self._inbound_addrs(event.peer_ip, event.guest_ip)
+            if guest is None:
+                self.counters["fwd_bad_guest_address"] += 1
+                return
+            self._out.extend(self.udp.inbound(
+                event.fid, src, guest, event.guest_port, event.peer_ip, event.peer_port,
+                event.data, now_ns,
+            ))
+        elif type(event) is GuestFwdAdd:
+            try:
+                ip = IPv4Address(event.ip).packed
+            except ValueError:
+                self.counters["fwd_bad_guestfwd"] += 1
+                return
+            self._guestfwd[(ip, event.port)] = event.fid
+            self._fwd_ips[ip] = self._fwd_ips.get(ip, 0) + 1
+        elif type(event) is GuestFwdRemove:
+            for key, fid in list(self._guestfwd.items()):
+                if fid == event.fid:
+                    del self._guestfwd[key]
+                    left = self._fwd_ips[key[0]] - 1
+                    if left:
+                        self._fwd_ips[key[0]] = left
+                    else:
+                        del self._fwd_ips[key[0]]
+        elif type(event) is HostFwdChange:
+            if event.added:
+                self.hostfwds[event.rule] = event.port
+            else:
+                self.hostfwds.pop(event.rule, None)
+
+    def _inbound_addrs(self, peer_ip: str, guest_ip: str) -> tuple[bytes, bytes | None]:
+        """The source a forwarded host peer has in the guest's eyes (libslirp: the host
+        address for loopback or non-IPv4 peers, else the peer's own), and the guest address."""
+        try:
+            guest = IPv4Address(guest_ip).packed
+        except ValueError:
+            return self._host_ip, None
+        if not self._in_net(guest) or guest in self._virtual_ips:
+            return self._host_ip, None
+        try:
+            peer = IPv4Address(peer_ip)
+        except ValueError:
+            return self._host_ip, guest
+        if peer.is_loopback or peer.is_unspecified or self._in_net(peer.packed):
+            return self._host_ip, guest
+        return peer.packed, guest
 
     def translate(self, ip: bytes, port: int) -> tuple[str, int] | None:
         """Where a guest's connection to ``ip:port`` goes on the host, or None if nowhere.
@@ -278,7 +355,7 @@ class Stack:
         if pkt.op != warp.ARP_REQUEST:
             self.counters["arp_other"] += 1
             return
-        if pkt.target_ip not in self._virtual_ips:
+        if pkt.target_ip not in self._virtual_ips and pkt.target_ip not in self._fwd_ips:
             # Never answer for other addresses: the guest probes its own (DAD) this way.
             self.counters["arp_ignored"] += 1
             return
@@ -355,6 +432,7 @@ class Stack:
         self.send_ip(hdr.dst, hdr.src, wip.IPPROTO_ICMP, reply)
 
 
+_FWD_EVENTS = (TcpInbound, UdpInbound, GuestFwdAdd, GuestFwdRemove, HostFwdChange)
 _TCP_EVENTS = (TcpConnected, TcpConnectFailed, TcpData, TcpSent, TcpEof, TcpReset)
 _UDP_EVENTS = (UdpReceived, UdpError, DnsUpstreams)
 _ICMP_EVENTS = (IcmpEchoReply, IcmpEchoError, IcmpUnavailable)

@@ -120,6 +120,7 @@ RTO_MAX_NS = 60 * _SEC
 DEFAULT_MSS = 536  # RFC 9293: assumed when the SYN carries no MSS option
 
 # Entry phases.
+_SYN_SENT = -1  # our SYN to the guest is out (a forward into the guest)
 _PENDING = 0  # SYN seen, host connect running
 _SYN_RCVD = 1  # SYN-ACK sent
 _SYNCED = 2  # handshake done (established or closing)
@@ -259,6 +260,8 @@ class _Conn:
 
 def _state_name(c: _Conn) -> str:
     p = c.phase
+    if p == _SYN_SENT:
+        return "SYN_SENT"
     if p == _PENDING:
         return "SYN_PENDING"
     if p == _SYN_RCVD:
@@ -364,6 +367,8 @@ class TcpNat:
         phase = c.phase
         if phase == _SYNCED:
             self._synced(c, seg, now_ns)
+        elif phase == _SYN_SENT:
+            self._syn_sent(c, seg, now_ns)
         elif phase == _SYN_RCVD:
             self._syn_received(c, seg, now_ns)
         elif phase == _PENDING:
@@ -372,6 +377,110 @@ class TcpNat:
             self._time_wait(c, key, seg, now_ns)
         if c.phase != _GONE:
             self._rearm(c)
+
+    def open_to_guest(
+        self,
+        flow: int,
+        src4: bytes,
+        sport: int,
+        guest4: bytes,
+        gport: int,
+        host: str,
+        host_port: int,
+        now_ns: int,
+    ) -> bool:
+        """Open a connection into the guest for ``flow``, whose host side is already
+        connected (a forwarded host connection): SYN from ``src4:sport`` to
+        ``guest4:gport``. Returns False (and closes the host side) when it cannot be."""
+        self._now = now_ns
+        key = (guest4, gport, src4, sport)
+        counters = self.counters
+        reason = ""
+        if flow in self._by_flow:
+            # A shell bug; closing would hit the live flow of that id.
+            counters["tcp_inbound_duplicate_flow"] += 1
+            return False
+        if key in self._by_key:
+            reason = "tcp_inbound_busy"
+        elif len(self._by_flow) >= self.max_flows:
+            reason = "tcp_table_full"
+        elif self._half_open >= self.max_half_open:
+            reason = "tcp_half_open_full"
+        if reason:
+            counters[reason] += 1
+            self._emit(TcpClose(flow, True))
+            return False
+        c = _Conn(flow, key, host, host_port)
+        c.phase = _SYN_SENT
+        c.last_ns = now_ns
+        iss = self._rng.next_u32()
+        c.iss = c.snd_una = c.snd_wl2 = iss
+        c.snd_nxt = c.snd_max = iss + 1
+        c.buf_seq = iss + 1
+        c.rcv_wscale = self.wscale  # offered; dropped if the guest does not scale
+        self._by_key[key] = c
+        self._by_flow[flow] = c
+        self._half_open += 1
+        counters["tcp_inbound"] += 1
+        self._send_syn(c)
+        c.rtt_seq = iss + 1
+        c.rtt_start = now_ns
+        c.rto_at = now_ns + c.rto
+        self._rearm(c)
+        return True
+
+    def _send_syn(self, c: _Conn) -> None:
+        win = min(self.buffer_size, 0xFFFF)
+        seg = build_tcp(
+            c.dst_ip, c.guest_ip, c.dst_port, c.guest_port, c.iss & _M, 0, SYN, win,
+            mss=self.mss, wscale=self.wscale,
+        )
+        self._send_ip(c.dst_ip, c.guest_ip, IPPROTO_TCP, seg)
+
+    def _syn_sent(self, c: _Conn, seg: TcpSegment, now_ns: int) -> None:
+        flags = seg.flags
+        counters = self.counters
+        ack_ok = bool(flags & ACK) and seg.ack == (c.iss + 1) & _M
+        if flags & RST:
+            if ack_ok:
+                counters["tcp_inbound_refused"] += 1
+                self._remove(c, abort=True)
+            else:
+                counters["tcp_rst_out_of_window"] += 1
+            return
+        if flags & ACK and not ack_ok:
+            counters["tcp_bad_ack"] += 1
+            self._rst_raw(c.dst_ip, c.guest_ip, c.dst_port, c.guest_port, seg.ack, 0, RST)
+            return
+        if not (flags & SYN and ack_ok):
+            counters["tcp_syn_sent_ignored"] += 1
+            return
+        c.rcv_nxt = c.rcv_acked = seg.seq + 1
+        c.rcv_adv = c.rcv_nxt + min(self.buffer_size, 0xFFFF)
+        c.snd_una = c.iss + 1
+        if seg.mss:
+            c.snd_mss = min(seg.mss, self.mss)
+        else:
+            c.snd_mss = min(DEFAULT_MSS, self.mss)
+        if seg.wscale is not None:
+            c.wscale_ok = True
+            c.snd_wscale = seg.wscale
+        else:
+            c.rcv_wscale = 0
+        c.snd_right = c.snd_una + seg.window  # a SYN's window is never scaled
+        c.snd_wl1 = seg.seq
+        c.snd_wl2 = c.snd_una
+        if c.rtt_seq is not None and c.first_rtx_ns is None:
+            self._rtt_sample(c, now_ns - c.rtt_start)
+        c.rtt_seq = None
+        c.rto_at = None
+        c.first_rtx_ns = None
+        c.phase = _SYNCED
+        self._half_open -= 1
+        counters["tcp_established"] += 1
+        self._ack_now(c)
+        self._grant(c)
+        self._output(c, now_ns)
 
     def host_event(self, event: Event, now_ns: int) -> None:
         """One of TcpConnected, TcpConnectFailed, TcpData, TcpSent, TcpEof, TcpReset."""
@@ -1091,6 +1200,10 @@ class TcpNat:
             self._rst_raw(c.dst_ip, c.guest_ip, c.dst_port, c.guest_port, 0, c.rcv_nxt, RST | ACK)
             self._remove(c, abort=True)
             return
+        if c.phase == _SYN_SENT:
+            self._rst_raw(c.dst_ip, c.guest_ip, c.dst_port, c.guest_port, c.iss + 1, 0, RST)
+            self._remove(c, abort=True)
+            return
         if c.phase >= _TIME_WAIT:
             self._remove(c, abort=True)
             return
@@ -1157,11 +1270,11 @@ class TcpNat:
     def _on_rto(self, c: _Conn, now_ns: int) -> None:
         if c.phase == _SYNCED and c.snd_nxt <= c.snd_una:
             return
-        if c.phase not in (_SYN_RCVD, _SYNCED):
+        if c.phase not in (_SYN_SENT, _SYN_RCVD, _SYNCED):
             return
         if c.first_rtx_ns is None:
             c.first_rtx_ns = now_ns
-        if c.phase == _SYN_RCVD:
+        if c.phase in (_SYN_SENT, _SYN_RCVD):
             limit = self.syn_give_up_ns
         elif c.host_eof:
             limit = self.fin_give_up_ns
@@ -1169,7 +1282,9 @@ class TcpNat:
             limit = self.give_up_ns
         if now_ns - c.first_rtx_ns >= limit:
             self.counters["tcp_retransmit_give_up"] += 1
-            if c.host_eof and c.rcv_fin and not c.reset_pending:
+            if c.phase == _SYN_SENT:
+                self._remove(c, abort=True)
+            elif c.host_eof and c.rcv_fin and not c.reset_pending:
                 # Both directions are over; only the ACK of our FIN is missing.
                 self._finish(c, now_ns)
             else:
@@ -1183,6 +1298,10 @@ class TcpNat:
         c.dupacks = 0
         if c.phase == _SYN_RCVD:
             self._send_synack(c)
+            c.rto_at = now_ns + c.rto
+            return
+        if c.phase == _SYN_SENT:
+            self._send_syn(c)
             c.rto_at = now_ns + c.rto
             return
         una = c.snd_una
@@ -1254,7 +1373,7 @@ class TcpNat:
         self._remove(c, abort=False)
 
     def _remove(self, c: _Conn, *, abort: bool) -> None:
-        if c.phase in (_PENDING, _SYN_RCVD):
+        if c.phase in (_SYN_SENT, _PENDING, _SYN_RCVD):
             self._half_open -= 1
         c.phase = _GONE
         if self._by_key.get(c.key) is c:

@@ -42,6 +42,7 @@ from slirptrio.core.events import (
     Effect,
     UdpClose,
     UdpError,
+    UdpFwdSend,
     UdpOpen,
     UdpReceived,
     UdpSend,
@@ -67,6 +68,7 @@ class _Flow:
         "dst_port",
         "expires_ns",
         "flow",
+        "fwd",
         "guest_ip",
         "guest_port",
         "hdr",
@@ -85,6 +87,7 @@ class _Flow:
         self.guest_ip, self.guest_port, self.dst_ip, self.dst_port = key
         self.host = host
         self.host_port = 0
+        self.fwd: tuple[int, str, int] | None = None  # (fid, peer ip, peer port) if inbound
         self.reply_src = reply_src
         self.timer = timer
         self.expires_ns = 0
@@ -189,6 +192,13 @@ class UdpNat:
         if dport == DNS_PORT and dst == self.dns_ip:
             return self.dns.guest_query(hdr.src, sport, data, now_ns)
         c = self.counters
+        fwd = self._flows.get((hdr.src, sport, dst, dport))
+        if fwd is not None and fwd.fwd is not None:
+            # A reply on a host forward: allowed even under restrict=on, as in QEMU.
+            self._lru[fwd.timer].move_to_end(fwd.flow)
+            fwd.expires_ns = now_ns + self._timeouts[fwd.timer]
+            c["udp_to_host"] += 1
+            return [UdpFwdSend(fwd.fwd[0], fwd.fwd[1], fwd.fwd[2], bytes(data))]
         if self.restrict:
             c["udp_restricted"] += 1
             return []
@@ -217,6 +227,43 @@ class UdpNat:
         f.expires_ns = now_ns + self._timeouts[f.timer]
         c["udp_to_host"] += 1
         out.append(UdpSend(f.flow, bytes(data)))
+        return out
+
+    def inbound(
+        self,
+        fid: int,
+        src_ip: bytes,
+        guest_ip: bytes,
+        guest_port: int,
+        peer_ip: str,
+        peer_port: int,
+        data: bytes,
+        now_ns: int,
+    ) -> list[Effect]:
+        """A datagram from a host peer on UDP forward ``fid``, for ``guest_ip:guest_port``.
+
+        It reaches the guest from ``src_ip:peer_port``; the guest's replies to that address
+        go back to the peer through the forward's socket (:class:`UdpFwdSend`).
+        """
+        out: list[Effect] = []
+        key = (guest_ip, guest_port, src_ip, peer_port)
+        f = self._flows.get(key)
+        if f is None:
+            while len(self._by_id) >= self.max_flows:
+                self.counters["udp_flows_evicted"] += 1
+                out.append(self._close(self._closest_to_expiry()))
+            f = _Flow(self._alloc_flow(), key, peer_ip, src_ip, _NORMAL)
+            f.host_port = peer_port
+            self._flows[key] = f
+            self._by_id[f.flow] = f
+            self._lru[_NORMAL][f.flow] = f
+            self.counters["udp_inbound_flows"] += 1
+        else:
+            self._lru[f.timer].move_to_end(f.flow)
+        f.fwd = (fid, peer_ip, peer_port)
+        f.expires_ns = now_ns + self._timeouts[f.timer]
+        self.counters["udp_inbound"] += 1
+        self.send_udp(src_ip, peer_port, guest_ip, guest_port, data)
         return out
 
     def host_event(self, ev: object, now_ns: int) -> list[Effect]:
