@@ -20,11 +20,12 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import errno
 import logging
 import os
 import secrets
 import time
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from ipaddress import IPv4Address
 from typing import Any
 
@@ -34,6 +35,7 @@ from slirptrio import __version__
 from slirptrio.config import Config, parse_user_options
 from slirptrio.core.dhcp import Lease
 from slirptrio.core.dns import parse_upstream
+from slirptrio.core.events import TcpClose, TcpRecvCredit, TcpReset
 from slirptrio.core.info import FlowInfo
 from slirptrio.core.stack import Stack
 from slirptrio.journal import Header, JournalWriter
@@ -41,9 +43,18 @@ from slirptrio.shell import control
 from slirptrio.shell import transport as tp
 from slirptrio.shell.datagrams import Datagrams
 from slirptrio.shell.flows import TcpFlows
+from slirptrio.shell.forwards import ForwardError, Forwards
 from slirptrio.shell.runtime import Recorder, Runtime
 
 log = logging.getLogger("slirptrio")
+
+
+class _Opening:
+    __slots__ = ("event", "ok")
+
+    def __init__(self) -> None:
+        self.event = trio.Event()
+        self.ok = False
 
 
 @dataclasses.dataclass(frozen=True)
@@ -71,11 +82,14 @@ class SlirpStack:
         nursery: trio.Nursery,
         runtime: Runtime,
         recorder: Recorder,
+        forwards: Forwards,
         journal_path: str | None,
         pcap_path: str | None,
     ) -> None:
         self._nursery = nursery
         self._runtime = runtime
+        self._forwards = forwards
+        self._opening: dict[int, _Opening] = {}
         self._recorder = recorder
         self._cleanup: list[str] = []
         self.journal_path = journal_path
@@ -170,6 +184,107 @@ class SlirpStack:
 
     # ---------------------------------------------------------------------- control socket
 
+    # --------------------------------------------------------------------------- forwards
+
+    async def add_hostfwd(self, rule: str) -> int:
+        """Add a QEMU ``hostfwd`` rule (``tcp::8022-:22``, ``udp:127.0.0.1:0-:53``,
+        ``unix:/path-:22``); return the bound host port (the ephemeral one for port 0; 0 for
+        unix). Raises :class:`ForwardError` for a bad rule or a port that cannot be bound."""
+        return await self._forwards.add_hostfwd(rule)
+
+    async def remove_hostfwd(self, rule: str) -> None:
+        """Remove a host forward, named as QEMU's ``hostfwd_remove`` does
+        (``[tcp|udp]:[hostaddr]:hostport``) or by its whole rule. Connections already
+        forwarded go on. Raises :class:`ForwardError` if there is no such forward."""
+        await self._forwards.remove_hostfwd(rule)
+
+    def hostfwds(self) -> dict[str, int]:
+        """Active host forwards: rule → bound host port."""
+        return self._forwards.host_rules()
+
+    async def add_guestfwd(self, rule: str) -> int:
+        """Add a QEMU ``guestfwd`` rule (``tcp:10.0.2.100:80-tcp:127.0.0.1:8080``,
+        ``...-unix:/path``, ``...-cmd:COMMAND``); return its id."""
+        return await self._forwards.add_guestfwd(rule)
+
+    async def serve_guestfwd(
+        self, address: str, handler: Callable[[trio.abc.HalfCloseableStream], Awaitable[None]]
+    ) -> int:
+        """Serve guest TCP connections to ``address`` (``"10.0.2.100:80"``) in-process: each
+        one runs ``handler(stream)`` in the stack's nursery. When the handler returns, the
+        stream is closed (the guest sees FIN); if it raises, the exception is logged and
+        the guest sees a reset. The address must be inside the network and not the host or
+        DNS address. Returns the forward's id (for :meth:`remove_guestfwd`)."""
+        addr, sep, port = address.rpartition(":")
+        try:
+            ip = IPv4Address(addr)
+            nport = int(port)
+        except ValueError:
+            raise ForwardError(f"{address!r}: expected ADDR:PORT") from None
+        cfg = self.config
+        if not sep or ip not in cfg.net or ip in (cfg.host, cfg.dns) or not 0 < nport < 65536:
+            raise ForwardError(f"{address!r}: must be an address:port inside {cfg.net}")
+        opener = self._forwards.handler_opener(handler)
+        return await self._forwards.add_guestfwd(f"{ip}:{nport}-handler", opener)
+
+    async def remove_guestfwd(self, fid: int) -> None:
+        """Stop serving guest forward ``fid``; its open connections go on."""
+        await self._forwards.remove_guestfwd(fid)
+
+    async def connect_to_guest(
+        self, port: int, address: str | None = None
+    ) -> trio.abc.HalfCloseableStream:
+        """Open a TCP connection to ``address:port`` in the guest (default: the first DHCP
+        address), carried in-process: no host socket. It comes from the ``host`` address
+        (10.0.2.2), as a host forward would.
+
+        Returns once the guest accepted. Raises ``ConnectionRefusedError`` if the guest
+        refused it or gave no answer (the core gives up after 60 s of SYN retransmissions).
+        Cancelling the wait resets the half-open connection.
+        """
+        guest = address or str(self.config.dhcpstart)
+        flow = self._forwards.next_flow()
+        waiter = _Opening()
+        self._opening[flow] = waiter
+        try:
+            stream = await self._forwards.connect_to_guest(flow, guest, port)
+            await waiter.event.wait()
+        except BaseException:
+            self._opening.pop(flow, None)
+            with trio.CancelScope(shield=True):
+                await self._runtime.inbox.send(TcpReset(flow, errno.ECONNABORTED))
+            raise
+        if not waiter.ok:
+            await stream.aclose()
+            raise ConnectionRefusedError(
+                errno.ECONNREFUSED, f"guest refused {guest}:{port}"
+            )
+        return stream
+
+    def _watch_opening(self) -> None:
+        # The first TcpRecvCredit of a flow means established; TcpClose before it, refused.
+        handlers = self._runtime.handlers
+        credit, close = handlers[TcpRecvCredit], handlers[TcpClose]
+        opening = self._opening
+
+        def on_credit(eff: TcpRecvCredit) -> None:
+            w = opening.pop(eff.flow, None)
+            if w is not None:
+                w.ok = True
+                w.event.set()
+            credit(eff)
+
+        def on_close(eff: TcpClose) -> None:
+            w = opening.pop(eff.flow, None)
+            if w is not None:
+                w.event.set()
+            close(eff)
+
+        handlers[TcpRecvCredit] = on_credit
+        handlers[TcpClose] = on_close
+
+    # ---------------------------------------------------------------------- control socket
+
     async def serve_control(self, path: str) -> None:
         """Serve the JSON-lines control socket (:mod:`slirptrio.shell.control`) at ``path``.
 
@@ -181,7 +296,10 @@ class SlirpStack:
 
     def _control_handlers(self) -> dict[str, control.Handler]:
         async def info(_req: dict[str, Any]) -> dict[str, Any]:
-            return {"flows": [f.to_dict() for f in self.flows()]}
+            return {
+                "flows": [f.to_dict() for f in self.flows()],
+                "hostfwd": self.hostfwds(),
+            }
 
         async def leases(_req: dict[str, Any]) -> dict[str, Any]:
             now = self.now_ns()
@@ -199,7 +317,32 @@ class SlirpStack:
         async def stats(_req: dict[str, Any]) -> dict[str, Any]:
             return dataclasses.asdict(self.statistics())
 
-        return {"info": info, "leases": leases, "stats": stats}
+        def rule_of(req: dict[str, Any]) -> str:
+            rule = req.get("rule")
+            if not isinstance(rule, str):
+                raise control.ControlError('expected {"cmd": ..., "rule": "RULE"}')
+            return rule
+
+        async def hostfwd_add(req: dict[str, Any]) -> dict[str, Any]:
+            try:
+                return {"port": await self.add_hostfwd(rule_of(req))}
+            except ForwardError as exc:
+                raise control.ControlError(str(exc)) from None
+
+        async def hostfwd_remove(req: dict[str, Any]) -> dict[str, Any]:
+            try:
+                await self.remove_hostfwd(rule_of(req))
+            except ForwardError as exc:
+                raise control.ControlError(str(exc)) from None
+            return {}
+
+        return {
+            "info": info,
+            "leases": leases,
+            "stats": stats,
+            "hostfwd-add": hostfwd_add,
+            "hostfwd-remove": hostfwd_remove,
+        }
 
     def _remove_files(self) -> None:
         for path in self._cleanup:
@@ -259,13 +402,22 @@ async def open_stack(
         runtime = Runtime(stack, port, recorder)
         tcp = TcpFlows(runtime.inbox)
         datagrams = Datagrams(runtime.inbox, dns_upstreams=upstreams)
+        forwards = Forwards(runtime.inbox, tcp, cfg)
         runtime.handlers.update(tcp.handlers())
         runtime.handlers.update(datagrams.handlers())
+        runtime.handlers.update(forwards.handlers())
         async with trio.open_nursery() as nursery:
             nursery.start_soon(runtime.run)
             await nursery.start(tcp.run)
             await nursery.start(datagrams.run)
-            handle = SlirpStack(nursery, runtime, recorder, journal_path, pcap_path)
+            await nursery.start(forwards.run)
+            handle = SlirpStack(nursery, runtime, recorder, forwards, journal_path, pcap_path)
+            handle._watch_opening()
+            for rule in cfg.guestfwd:
+                await forwards.add_guestfwd(rule)
+            for rule in cfg.hostfwd:
+                bound = await forwards.add_hostfwd(rule)
+                log.info("hostfwd %s: host port %d", rule, bound)
             try:
                 yield handle
             finally:

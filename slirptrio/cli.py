@@ -14,6 +14,7 @@ from typing import NoReturn
 
 import trio
 
+from slirptrio.api import SlirpStack
 from slirptrio.config import ConfigError, parse_user_options
 from slirptrio.core.dns import parse_upstream
 from slirptrio.shell import transport as tp
@@ -138,9 +139,13 @@ def _cmd_run(args: argparse.Namespace, parser: _Parser) -> int:
             pcap = os.path.splitext(journal)[0] + ".pcap"
     _setup_logging(max(args.verbose, 1) if args.verbose else 0)
 
-    def ready() -> None:
+    def ready(stack: SlirpStack) -> None:
         print("slirptrio: attach a QEMU guest with:")
         print(f"  {spec.qemu_args()} -device virtio-net-pci,netdev=n0")
+        for rule, port in stack.hostfwds().items():
+            print(f"slirptrio: hostfwd {rule}: host port {port}")
+        if args.control:
+            print(f"slirptrio: control socket {args.control}")
         if journal:
             print(f"slirptrio: journal {journal}")
         if pcap:

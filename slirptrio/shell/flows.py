@@ -1,30 +1,50 @@
-"""Host-side TCP sockets, one supervised task group per NAT flow.
+"""Host-side TCP connections, one supervised task group per NAT flow.
 
-The core decides; this module only does what the core's effects say and reports what the
-sockets did as events:
+The core decides; this module only does what the core's effects say and reports what the host
+side did as events:
 
-* ``TcpConnect`` starts the flow's task group: connect, then one reader and one writer task.
-  The result comes back as ``TcpConnected`` or ``TcpConnectFailed(errno)``.
-* ``TcpRecvCredit(n)`` lets the reader take ``n`` more bytes from the socket; every read is
+* ``TcpConnect`` starts the flow's task group: open the host end, then one reader and one writer
+  task. The result comes back as ``TcpConnected`` or ``TcpConnectFailed(errno)``. ``host`` is
+  either a name given to :meth:`TcpFlows.register_target` (the opener registered for it makes
+  the end; the port is ignored) or an IP address literal (a TCP socket is connected). Anything
+  else fails with EINVAL without any name lookup.
+* :meth:`TcpFlows.adopt` starts the group for an end that is already connected (an accepted host
+  connection, an in-process pipe); no ``TcpConnected`` is reported for it.
+* ``TcpRecvCredit(n)`` lets the reader take ``n`` more bytes from the end; every read is
   reported as ``TcpData`` with its exact bytes. Without credit the reader does not read, so the
-  host peer is slowed by the kernel's TCP window: backpressure from the guest's window.
-* ``TcpSend`` queues bytes; the writer reports each partial ``send`` as ``TcpSent(n)``.
+  host peer is slowed by the kernel's TCP window (or the pipe's bound): backpressure from the
+  guest's window.
+* ``TcpSend`` queues bytes; the writer reports each partial ``send`` as ``TcpSent(n)``. The queue
+  is bounded by the core, which never has more than its window outstanding.
 * ``TcpShutdown`` shuts the write side once queued data is out; ``TcpClose`` ends the group
-  (``abort`` with SO_LINGER 0, so the peer sees RST).
-* EOF from the peer is ``TcpEof``; an error is ``TcpReset(errno)`` and ends the group.
+  (``abort``: the peer sees a reset — SO_LINGER 0 on a TCP socket, SIGKILL for a command).
+* EOF from the peer is ``TcpEof``; an error is ``TcpReset(errno)``, aborts the end and ends the
+  group.
+
+The host side of a flow is a :class:`HostEnd`: :class:`SocketEnd` (TCP or unix stream socket),
+:class:`StreamEnd` (any trio stream), :class:`ProcessEnd` (a spawned command's stdin/stdout, as
+QEMU's ``guestfwd=...-cmd:COMMAND``) or :class:`slirptrio.shell.pipe.PipeEnd` (an in-process trio
+handler). :func:`tcp_opener`, :func:`unix_opener`, :func:`cmd_opener` and :func:`handler_opener`
+make openers for :meth:`TcpFlows.register_target`.
 
 A failing flow never disturbs another: every task's exceptions end at its group, turning into a
-``TcpReset`` event and a log line.
+``TcpReset`` event and a log line. An end is always closed when its group ends, within a bounded
+time, shielded from cancellation.
 """
 
 from __future__ import annotations
 
 import contextlib
 import errno as _errno
+import ipaddress
 import logging
+import os
+import signal
 import socket as _socket
 import struct
-from typing import Any
+import subprocess
+from collections.abc import Awaitable, Callable
+from typing import Any, Protocol
 
 import trio
 
@@ -42,25 +62,343 @@ from slirptrio.core.events import (
     TcpSent,
     TcpShutdown,
 )
+from slirptrio.shell.pipe import PIPE_LIMIT, PipeStream, pipe_pair
 
 log = logging.getLogger("slirptrio.flows")
 
 CONNECT_TIMEOUT_S = 20.0
+"""Bound on a connect or an opener; past it the flow fails with ETIMEDOUT."""
+CLOSE_TIMEOUT_S = 10.0
+"""Bound on closing an end when its flow ends."""
+PROCESS_GRACE_S = 0.5
+"""How long a command may take to exit by itself after its pipes are closed."""
+PROCESS_KILL_WAIT_S = 5.0
+"""How long to wait for a SIGKILLed command to be reaped."""
 _READ_MAX = 1 << 18
 _WRITE_MAX = 1 << 18
+_STREAM_CHUNK = 1 << 16
+
+
+class HostEnd(Protocol):
+    """The host side of one flow: a connected, bidirectional byte stream.
+
+    ``recv`` and ``send`` are called by one task each, ``shutdown_write`` by the sending task;
+    ``abort`` from anywhere (synchronous, must not raise, idempotent); ``close`` once, last,
+    after ``abort`` if the flow is aborted. Errors are :exc:`OSError` with an errno (reported to
+    the core as ``TcpReset(errno)``); anything else counts as EIO.
+    """
+
+    async def recv(self, max_bytes: int) -> bytes:
+        """At most ``max_bytes`` (>= 1) bytes, at least one; b"" at EOF."""
+        ...
+
+    async def send(self, data: bytes | bytearray | memoryview) -> int:
+        """Send a prefix of non-empty ``data``, at least one byte; return its length."""
+        ...
+
+    async def shutdown_write(self) -> None:
+        """Signal EOF to the peer after everything sent so far."""
+        ...
+
+    def abort(self) -> None:
+        """End abruptly (now, or at the coming :meth:`close`): the peer sees a reset or an
+        abrupt end; calls still running or made later may fail."""
+        ...
+
+    async def close(self) -> None:
+        """Release the end (graceful unless :meth:`abort` was called)."""
+        ...
+
+
+Opener = Callable[[], Awaitable[HostEnd]]
+"""Makes a connected :class:`HostEnd`; raises :exc:`OSError` if it cannot."""
+
+
+# ------------------------------------------------------------------------------- host ends
+
+
+def _reset_error(exc: trio.BrokenResourceError) -> OSError:
+    cause = exc.__cause__
+    if isinstance(cause, OSError) and cause.errno:
+        return OSError(cause.errno, cause.strerror)
+    return ConnectionResetError(_errno.ECONNRESET, str(exc) or "connection reset")
+
+
+class SocketEnd:
+    """A connected trio stream socket (TCP with TCP_NODELAY, or AF_UNIX).
+
+    ``abort`` sets SO_LINGER 0, so closing a TCP socket sends RST. A unix socket has no reset:
+    its peer sees ECONNRESET only if it left bytes unread, EOF otherwise.
+    """
+
+    def __init__(self, sock: trio.socket.SocketType) -> None:
+        self.sock = sock
+        if sock.family in (_socket.AF_INET, _socket.AF_INET6):
+            with contextlib.suppress(OSError):
+                sock.setsockopt(_socket.IPPROTO_TCP, _socket.TCP_NODELAY, 1)
+
+    async def recv(self, max_bytes: int) -> bytes:
+        return await self.sock.recv(max_bytes)
+
+    async def send(self, data: bytes | bytearray | memoryview) -> int:
+        return await self.sock.send(data)
+
+    async def shutdown_write(self) -> None:
+        await trio.lowlevel.checkpoint()
+        self.sock.shutdown(_socket.SHUT_WR)
+
+    def abort(self) -> None:
+        with contextlib.suppress(OSError):
+            self.sock.setsockopt(_socket.SOL_SOCKET, _socket.SO_LINGER, struct.pack("ii", 1, 0))
+
+    async def close(self) -> None:
+        self.sock.close()
+        await trio.lowlevel.checkpoint()
+
+
+class StreamEnd:
+    """Any trio stream. ``send`` writes a chunk of at most 64 KiB with ``send_all``.
+
+    ``shutdown_write`` is ``send_eof`` on a :class:`trio.abc.HalfCloseableStream` and does
+    nothing on other streams (their peer learns of the end at ``close``). ``abort`` closes with
+    :func:`trio.aclose_forcefully`, after SO_LINGER 0 on a :class:`trio.SocketStream`.
+    :exc:`trio.BrokenResourceError` becomes the :exc:`OSError` that caused it (ECONNRESET if
+    none did).
+    """
+
+    def __init__(self, stream: trio.abc.HalfCloseableStream | trio.abc.Stream) -> None:
+        self.stream = stream
+        self._aborted = False
+
+    async def recv(self, max_bytes: int) -> bytes:
+        try:
+            return bytes(await self.stream.receive_some(max_bytes))
+        except trio.BrokenResourceError as exc:
+            raise _reset_error(exc) from exc
+
+    async def send(self, data: bytes | bytearray | memoryview) -> int:
+        chunk = data[:_STREAM_CHUNK]
+        try:
+            await self.stream.send_all(chunk)
+        except trio.BrokenResourceError as exc:
+            raise _reset_error(exc) from exc
+        return len(chunk)
+
+    async def shutdown_write(self) -> None:
+        if isinstance(self.stream, trio.abc.HalfCloseableStream):
+            try:
+                await self.stream.send_eof()
+            except trio.BrokenResourceError as exc:
+                raise _reset_error(exc) from exc
+        else:
+            await trio.lowlevel.checkpoint()
+
+    def abort(self) -> None:
+        self._aborted = True
+        if isinstance(self.stream, trio.SocketStream):
+            with contextlib.suppress(OSError):
+                self.stream.socket.setsockopt(
+                    _socket.SOL_SOCKET, _socket.SO_LINGER, struct.pack("ii", 1, 0)
+                )
+
+    async def close(self) -> None:
+        if self._aborted:
+            await trio.aclose_forcefully(self.stream)
+        else:
+            await self.stream.aclose()
+
+
+class ProcessEnd:
+    """A command's stdout (what we read) and stdin (what we write), one process per flow.
+
+    :meth:`spawn` runs ``/bin/sh -c COMMAND`` in a new session (so it is its own process group
+    and a terminal's Ctrl-C does not reach it) with stdin and stdout on pipes and stderr
+    inherited, so a failing command can say why where the user sees it. ``shutdown_write``
+    closes stdin. ``close`` closes both pipes and gives the command ``grace_s`` to exit by
+    itself, then SIGKILLs its process group; ``abort`` SIGKILLs at once. Either way the process
+    is reaped before ``close`` returns (waiting at most ``PROCESS_KILL_WAIT_S`` after the kill).
+    ``close`` is shielded from cancellation.
+    """
+
+    def __init__(self, process: trio.Process, *, grace_s: float = PROCESS_GRACE_S) -> None:
+        if process.stdin is None or process.stdout is None:
+            raise ValueError("the process needs stdin and stdout pipes")
+        self.process = process
+        self._stdin = process.stdin
+        self._stdout = process.stdout
+        self._grace_s = grace_s
+        self._aborted = False
+
+    @classmethod
+    async def spawn(cls, command: str, *, grace_s: float = PROCESS_GRACE_S) -> ProcessEnd:
+        """Start ``/bin/sh -c command``; :exc:`OSError` if it cannot be started."""
+        process = await trio.lowlevel.open_process(
+            ["/bin/sh", "-c", command],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=None,
+            start_new_session=True,
+        )
+        return cls(process, grace_s=grace_s)
+
+    async def recv(self, max_bytes: int) -> bytes:
+        try:
+            return bytes(await self._stdout.receive_some(max_bytes))
+        except trio.BrokenResourceError as exc:
+            raise _reset_error(exc) from exc
+
+    async def send(self, data: bytes | bytearray | memoryview) -> int:
+        chunk = data[:_STREAM_CHUNK]
+        try:
+            await self._stdin.send_all(chunk)
+        except trio.BrokenResourceError as exc:
+            raise _reset_error(exc) from exc
+        return len(chunk)
+
+    async def shutdown_write(self) -> None:
+        await self._stdin.aclose()
+
+    def _kill(self) -> None:
+        # The group id is the leader's pid, which cannot be reused while the leader is
+        # unreaped; returncode reaps, so kill only while it says the leader is there.
+        if self.process.returncode is None:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(self.process.pid, signal.SIGKILL)
+
+    def abort(self) -> None:
+        self._aborted = True
+        self._kill()
+
+    async def close(self) -> None:
+        with trio.CancelScope(shield=True):
+            await trio.aclose_forcefully(self._stdin)
+            await trio.aclose_forcefully(self._stdout)
+            if not self._aborted:
+                with trio.move_on_after(self._grace_s):
+                    await self.process.wait()
+            self._kill()
+            with trio.move_on_after(PROCESS_KILL_WAIT_S):
+                await self.process.wait()
+            if self.process.returncode is None:
+                log.warning("command pid %d did not exit after SIGKILL", self.process.pid)
+
+
+# --------------------------------------------------------------------------------- openers
+
+
+async def _open_tcp(host: str, port: int) -> SocketEnd:
+    # Only literals: a guest must never make us resolve names (or hang on a resolver).
+    try:
+        addr = ipaddress.ip_address(host)
+    except ValueError:
+        raise OSError(_errno.EINVAL, f"not an IP address: {host!r}") from None
+    if not 0 <= port <= 0xFFFF:
+        raise OSError(_errno.EINVAL, f"bad port {port}")
+    family = _socket.AF_INET6 if addr.version == 6 else _socket.AF_INET
+    sock = trio.socket.socket(family, _socket.SOCK_STREAM)
+    try:
+        end = SocketEnd(sock)
+        await sock.connect((host, port))
+    except BaseException:
+        sock.close()
+        raise
+    return end
+
+
+def tcp_opener(host: str, port: int) -> Opener:
+    """Connect a TCP socket to ``host`` (an IP address literal, never a name) and ``port``."""
+
+    async def open_tcp() -> HostEnd:
+        return await _open_tcp(host, port)
+
+    return open_tcp
+
+
+def unix_opener(path: str | os.PathLike[str]) -> Opener:
+    """Connect a unix stream socket to ``path``."""
+    target = os.fspath(path)
+
+    async def open_unix() -> HostEnd:
+        sock = trio.socket.socket(_socket.AF_UNIX, _socket.SOCK_STREAM)
+        try:
+            await sock.connect(target)
+        except BaseException:
+            sock.close()
+            raise
+        return SocketEnd(sock)
+
+    return open_unix
+
+
+def cmd_opener(command: str, *, grace_s: float = PROCESS_GRACE_S) -> Opener:
+    """Spawn ``/bin/sh -c command`` per connection (see :class:`ProcessEnd`)."""
+
+    async def open_cmd() -> HostEnd:
+        return await ProcessEnd.spawn(command, grace_s=grace_s)
+
+    return open_cmd
+
+
+def handler_opener(
+    nursery: trio.Nursery,
+    handler: Callable[[PipeStream], Awaitable[None]],
+    *,
+    limit: int = PIPE_LIMIT,
+) -> Opener:
+    """Serve each connection in-process: ``handler(stream)`` runs in ``nursery`` with the
+    application side of a new :func:`pipe_pair`, the flow gets the other side.
+
+    When the handler returns, its stream is closed (``aclose``); when it raises, the exception
+    is logged and the connection reset (the flow sees ECONNRESET), never passed to ``nursery``.
+    A closed ``nursery`` refuses connections (ECONNREFUSED). The handler task belongs to
+    ``nursery``, not to the flow: when the flow ends, the handler's blocked calls return EOF or
+    raise :exc:`trio.BrokenResourceError`, and it is expected to return then.
+    """
+
+    async def open_handler() -> HostEnd:
+        # Checkpoint before the pair exists: a cancellation after it would leak the handler.
+        await trio.lowlevel.checkpoint()
+        app, end = pipe_pair(limit)
+        try:
+            nursery.start_soon(_run_handler, handler, app)
+        except RuntimeError:
+            app.abort()
+            raise ConnectionRefusedError(_errno.ECONNREFUSED, "handler nursery is closed") from None
+        return end
+
+    return open_handler
+
+
+async def _run_handler(handler: Callable[[PipeStream], Awaitable[None]], app: PipeStream) -> None:
+    ok = False
+    try:
+        await handler(app)
+        ok = True
+    except Exception:
+        log.exception("forward handler %r failed", handler)
+    finally:
+        if ok:
+            await app.aclose()
+        else:
+            app.abort()
+
+
+# ----------------------------------------------------------------------------------- flows
 
 
 class _TcpFlow:
     def __init__(self, flow: int) -> None:
         self.flow = flow
         self.scope = trio.CancelScope()
-        self.sock: trio.socket.SocketType | None = None
+        self.end: HostEnd | None = None
         self.credit = 0
         self.credit_changed = trio.Event()
         self.outbuf = bytearray()
         self.out_changed = trio.Event()
         self.shutdown = False
         self.closed = False
+        self.aborting = False
+        self._aborted = False
 
     def poke_reader(self) -> None:
         self.credit_changed.set()
@@ -68,13 +406,24 @@ class _TcpFlow:
     def poke_writer(self) -> None:
         self.out_changed.set()
 
+    def abort_end(self) -> None:
+        """Abort the end now, or as soon as there is one."""
+        self.aborting = True
+        if self.end is not None and not self._aborted:
+            self._aborted = True
+            try:
+                self.end.abort()
+            except Exception:
+                log.exception("flow %d: abort failed", self.flow)
+
 
 class TcpFlows:
-    """Executes TCP effects for all flows; start it with ``nursery.start_soon(flows.run)``."""
+    """Executes TCP effects for all flows; start it with ``await nursery.start(flows.run)``."""
 
     def __init__(self, inbox: trio.MemorySendChannel[Event]) -> None:
         self._inbox = inbox
         self._flows: dict[int, _TcpFlow] = {}
+        self._targets: dict[str, Opener] = {}
         self._nursery: trio.Nursery | None = None
         self.failures = 0
 
@@ -98,13 +447,39 @@ class TcpFlows:
     def __len__(self) -> int:
         return len(self._flows)
 
+    # ------------------------------------------------------------------- targets, adopt
+
+    def register_target(self, name: str, opener: Opener) -> None:
+        """Let ``TcpConnect(host=name)`` open its end with ``opener`` (any port). Replaces an
+        earlier opener of that name; flows already open are not affected."""
+        self._targets[name] = opener
+
+    def unregister_target(self, name: str) -> None:
+        """Forget ``name`` (no error if unknown); flows already open are not affected."""
+        self._targets.pop(name, None)
+
+    def adopt(self, flow: int, end: HostEnd) -> None:
+        """Run ``flow`` on ``end``, already connected; effects for it work as after
+        ``TcpConnected``, which is not reported. The flow owns ``end`` from now on."""
+        state = self._new_flow(flow)
+        state.end = end
+        assert self._nursery is not None
+        self._nursery.start_soon(self._adopted_main, state, end)
+
     # ------------------------------------------------------------------ effect handlers
 
     def connect(self, eff: TcpConnect) -> None:
-        assert self._nursery is not None, "TcpFlows.run() is not running"
-        state = _TcpFlow(eff.flow)
-        self._flows[eff.flow] = state
-        self._nursery.start_soon(self._flow_main, state, eff.host, eff.port)
+        opener = self._targets.get(eff.host)
+        if opener is None:
+            host, port = eff.host, eff.port
+
+            async def open_socket() -> HostEnd:
+                return await _open_tcp(host, port)
+
+            opener = open_socket
+        state = self._new_flow(eff.flow)
+        assert self._nursery is not None
+        self._nursery.start_soon(self._connect_main, state, opener)
 
     def send(self, eff: TcpSend) -> None:
         state = self._flows.get(eff.flow)
@@ -129,96 +504,131 @@ class TcpFlows:
         if state is None:
             return
         state.closed = True
-        if eff.abort and state.sock is not None:
-            with contextlib.suppress(OSError):
-                state.sock.setsockopt(
-                    _socket.SOL_SOCKET, _socket.SO_LINGER, struct.pack("ii", 1, 0)
-                )
+        if eff.abort:
+            state.abort_end()
         state.scope.cancel()
 
     # --------------------------------------------------------------------------- tasks
 
+    def _new_flow(self, flow: int) -> _TcpFlow:
+        assert self._nursery is not None, "TcpFlows.run() is not running"
+        old = self._flows.pop(flow, None)
+        if old is not None:
+            # A reused id means the core forgot the old flow: end it quietly.
+            log.warning("flow %d: started again while open; aborting the old one", flow)
+            old.closed = True
+            old.abort_end()
+            old.scope.cancel()
+        state = _TcpFlow(flow)
+        self._flows[flow] = state
+        return state
+
     async def _report(self, event: Event) -> None:
         await self._inbox.send(event)
 
-    async def _flow_main(self, state: _TcpFlow, host: str, port: int) -> None:
+    async def _connect_main(self, state: _TcpFlow, opener: Opener) -> None:
         with state.scope:
+            err = 0
+            end: HostEnd | None = None
             try:
-                family = _socket.AF_INET6 if ":" in host else _socket.AF_INET
-                sock = trio.socket.socket(family, _socket.SOCK_STREAM)
-                state.sock = sock
-                with sock:
-                    sock.setsockopt(_socket.IPPROTO_TCP, _socket.TCP_NODELAY, 1)
-                    err = 0
-                    with trio.move_on_after(CONNECT_TIMEOUT_S) as timeout:
-                        try:
-                            await sock.connect((host, port))
-                        except OSError as exc:
-                            err = exc.errno or _errno.ECONNREFUSED
-                    if timeout.cancelled_caught:
-                        err = _errno.ETIMEDOUT
-                    if err:
-                        await self._report(TcpConnectFailed(state.flow, err))
-                        self._flows.pop(state.flow, None)
-                        return
-                    await self._report(TcpConnected(state.flow))
-                    failure: list[OSError] = []
-                    async with trio.open_nursery() as nursery:
-                        for task in (self._reader, self._writer):
-                            nursery.start_soon(self._guarded, task, state, sock, failure, nursery)
-                    if failure:
-                        raise failure[0]
+                with trio.move_on_after(CONNECT_TIMEOUT_S):
+                    end = await opener()
             except OSError as exc:
-                self.failures += 1
-                log.info("flow %d: %s", state.flow, exc)
-                if not state.closed:
-                    await self._report(TcpReset(state.flow, exc.errno or _errno.EIO))
+                err = exc.errno or _errno.ECONNREFUSED
             except Exception:
-                self.failures += 1
-                log.exception("flow %d failed", state.flow)
-                if not state.closed:
-                    await self._report(TcpReset(state.flow, _errno.EIO))
-            finally:
-                if self._flows.get(state.flow) is state and state.closed:
-                    self._flows.pop(state.flow, None)
+                log.exception("flow %d: opener failed", state.flow)
+                err = _errno.EIO
+            if end is None:
+                if self._flows.get(state.flow) is state:
+                    del self._flows[state.flow]
+                await self._report(TcpConnectFailed(state.flow, err or _errno.ETIMEDOUT))
+                return
+            # No checkpoint between the opener's return and _serve's try: the end is closed.
+            state.end = end
+            await self._serve(state, end, report_connected=True)
+
+    async def _adopted_main(self, state: _TcpFlow, end: HostEnd) -> None:
+        with state.scope:
+            await self._serve(state, end, report_connected=False)
+
+    async def _serve(self, state: _TcpFlow, end: HostEnd, *, report_connected: bool) -> None:
+        try:
+            if state.aborting:
+                state.abort_end()
+            if report_connected:
+                await self._report(TcpConnected(state.flow))
+            failure: list[OSError] = []
+            async with trio.open_nursery() as nursery:
+                for task in (self._reader, self._writer):
+                    nursery.start_soon(self._guarded, task, state, end, failure, nursery)
+            if failure:
+                raise failure[0]
+        except OSError as exc:
+            self.failures += 1
+            log.info("flow %d: %s", state.flow, exc)
+            state.abort_end()
+            if not state.closed:
+                await self._report(TcpReset(state.flow, exc.errno or _errno.EIO))
+        except Exception:
+            self.failures += 1
+            log.exception("flow %d failed", state.flow)
+            state.abort_end()
+            if not state.closed:
+                await self._report(TcpReset(state.flow, _errno.EIO))
+        finally:
+            with trio.CancelScope(shield=True) as cs:
+                cs.deadline = trio.current_time() + CLOSE_TIMEOUT_S
+                try:
+                    await end.close()
+                except Exception:
+                    log.exception("flow %d: close failed", state.flow)
+            if cs.cancelled_caught:
+                log.warning("flow %d: close took over %.0f s", state.flow, CLOSE_TIMEOUT_S)
+            if self._flows.get(state.flow) is state and state.closed:
+                self._flows.pop(state.flow, None)
 
     async def _guarded(
         self,
         task: Any,
         state: _TcpFlow,
-        sock: trio.socket.SocketType,
+        end: HostEnd,
         failure: list[OSError],
         nursery: trio.Nursery,
     ) -> None:
-        # Socket errors end the flow's group as one plain error, not an ExceptionGroup.
+        # Host errors end the flow's group as one plain error, not an ExceptionGroup.
         try:
-            await task(state, sock)
+            await task(state, end)
         except OSError as exc:
             failure.append(exc)
             nursery.cancel_scope.cancel()
 
-    async def _reader(self, state: _TcpFlow, sock: trio.socket.SocketType) -> None:
+    async def _reader(self, state: _TcpFlow, end: HostEnd) -> None:
         while True:
             while state.credit <= 0:
                 state.credit_changed = trio.Event()
                 await state.credit_changed.wait()
-            data = await sock.recv(min(state.credit, _READ_MAX))
+            data = await end.recv(min(state.credit, _READ_MAX))
             if not data:
                 await self._report(TcpEof(state.flow))
                 return
+            if len(data) > state.credit:
+                raise RuntimeError(f"recv returned {len(data)} bytes, more than asked")
             state.credit -= len(data)
             await self._report(TcpData(state.flow, data))
 
-    async def _writer(self, state: _TcpFlow, sock: trio.socket.SocketType) -> None:
+    async def _writer(self, state: _TcpFlow, end: HostEnd) -> None:
         while True:
             while not state.outbuf and not state.shutdown:
                 state.out_changed = trio.Event()
                 await state.out_changed.wait()
             if state.outbuf:
                 # A copy, not a memoryview: outbuf may grow while the send waits.
-                n = await sock.send(state.outbuf[:_WRITE_MAX])
+                chunk = state.outbuf[:_WRITE_MAX]
+                n = await end.send(chunk)
+                if not 0 < n <= len(chunk):
+                    raise RuntimeError(f"send returned {n} for {len(chunk)} bytes")
                 del state.outbuf[:n]
                 await self._report(TcpSent(state.flow, n))
                 continue
-            sock.shutdown(_socket.SHUT_WR)
+            await end.shutdown_write()
             return

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 
 import trio
 
-from slirptrio.api import open_stack
+from slirptrio.api import SlirpStack, open_stack
 from slirptrio.config import Config
 from slirptrio.shell import transport as tp
 
@@ -58,7 +58,7 @@ async def run_session(
     seed: int | None = None,
     journal_path: str | None = None,
     pcap_path: str | None = None,
-    on_ready: Callable[[], None] | None = None,
+    on_ready: Callable[[SlirpStack], None] | None = None,
     meta: dict[str, object] | None = None,
     dns_upstreams: list[tuple[str, int]] | None = None,
     control_path: str | None = None,
@@ -83,5 +83,5 @@ async def run_session(
         if control_path is not None:
             await stack.serve_control(control_path)
         if on_ready is not None:
-            on_ready()
+            on_ready(stack)
         await trio.sleep_forever()

@@ -10,6 +10,9 @@
   answers the sha256 of the body it read.
 * ``tcp-echo ADDR PORT``: echoes each connection's bytes; after the client's EOF it sends
   ``sha256:HEX`` of all it received and closes (a half-close check).
+* ``tcp-client ADDR PORT SIZE [HOLD]``: connects, sends SIZE bytes, shuts down its write
+  side, prints ``ok`` if the echo and digest come back (after HOLD seconds of being open).
+* ``udp-echo-any PORT``: UDP echo on 0.0.0.0 (for the guest side of forwards).
 * ``tcp-many ADDR PORT N SIZE``: N concurrent connections to a tcp-echo server, each sends
   SIZE random bytes, shuts down its write side, and checks the echo and the digest.
 """
@@ -240,6 +243,22 @@ def tcp_many(addr: str, port: int, n: int, size: int) -> str:
     return f"{ok}/{n} ok"
 
 
+def tcp_client(addr: str, port: int, size: int, hold: float) -> str:
+    data = os.urandom(size)
+    want = data + b"sha256:" + hashlib.sha256(data).hexdigest().encode()
+    try:
+        with socket.create_connection((addr, port), timeout=20) as s:
+            time.sleep(hold)
+            s.sendall(data)
+            s.shutdown(socket.SHUT_WR)
+            got = bytearray()
+            while chunk := s.recv(1 << 16):
+                got += chunk
+    except OSError as exc:
+        return f"error {exc.__class__.__name__}"
+    return "ok" if bytes(got) == want else f"mismatch {len(got)}"
+
+
 def main(argv: list[str]) -> None:
     cmd = argv[0]
     if cmd == "dns":
@@ -252,6 +271,11 @@ def main(argv: list[str]) -> None:
         serve_http(argv[1], int(argv[2]))
     elif cmd == "tcp-echo":
         serve_tcp_echo(argv[1], int(argv[2]))
+    elif cmd == "tcp-client":
+        hold = float(argv[4]) if len(argv) > 4 else 0.0
+        print(tcp_client(argv[1], int(argv[2]), int(argv[3]), hold), flush=True)
+    elif cmd == "udp-echo-any":
+        serve_udp_echo("0.0.0.0", int(argv[1]))
     elif cmd == "tcp-many":
         print(tcp_many(argv[1], int(argv[2]), int(argv[3]), int(argv[4])), flush=True)
     elif cmd == "dns-query":

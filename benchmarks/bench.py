@@ -1,0 +1,622 @@
+"""Benchmark slirptrio against libslirp (QEMU ``-netdev user``) and slirp4netns, in one run.
+
+``python -m benchmarks.bench [--quick] [--only slirptrio,libslirp,slirp4netns] [--no-sweep]``
+(root). Each case gets a fresh guest (a network namespace with tap0, the kernel's TCP/IP stack)
+and a fresh stack; servers run on the host namespace's loopback, which every stack offers the
+guest as 10.0.2.2. Measured, one case after another:
+
+* bulk TCP both ways with iperf3 (``-t 10``; ``--quick``: 3 s) at guest MTU 1500 and 65520;
+* round trips/s: 1-byte ping-pong over one connection (``pingpong rr``, C, TCP_NODELAY);
+* connections/s: connect, one 1-byte round trip, close, in a loop (``pingpong crr``);
+* the stack process's VmRSS before and while the guest holds 5,000 idle established flows;
+* slirptrio with its journal and pcap on (the default) and off;
+* (unless ``--no-sweep``) slirptrio guest->host and host->guest over a range of MTUs.
+
+The table goes to stdout and to ``benchmarks/results.md``. Every namespace and process is
+removed on exit, on failure and on Ctrl-C.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import dataclasses
+import json
+import os
+import platform
+import shutil
+import signal
+import statistics
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import FrameType
+from typing import Literal
+
+from benchmarks.stacks import (
+    GATEWAY,
+    STACKS,
+    Stack,
+    StackName,
+    start_libslirp,
+    start_slirp4netns,
+    start_slirptrio,
+)
+from tests.e2e.harness import HarnessError, Topology, run, skip_reason, sweep_stale
+
+HERE = Path(__file__).resolve().parent
+RESULTS = HERE / "results.md"
+
+IPERF_PORT = 5201
+PINGPONG_PORT = 7000
+IDLE_FLOWS = 5000
+SWEEP_MTUS = (1500, 4000, 9000, 16000, 32000, 65520)
+
+Direction = Literal["up", "down"]
+"""up: guest -> host (iperf3 client sends); down: host -> guest (``-R``)."""
+
+
+@dataclass(frozen=True)
+class Case:
+    """One stack configuration and what to measure on it."""
+
+    stack: StackName
+    mtu: int = 1500
+    transport: Literal["listen", "dgram"] = "listen"
+    journal: bool = True
+    bulk: bool = True
+    rr: bool = False
+    idle: bool = False
+
+    @property
+    def key(self) -> str:
+        if self.stack != "slirptrio":
+            return f"{self.stack}/{self.mtu}"
+        return f"slirptrio/{self.mtu}/{self.transport}/{'j' if self.journal else 'nj'}"
+
+
+@dataclass
+class Bulk:
+    gbps: float
+    stack_cpu: float
+    """CPU seconds the stack process used per wall second, in percent of one core."""
+    relay_cpu: float | None
+    """The same for slirptrio's QEMU relay (None: no separate relay)."""
+    retrans: int
+
+
+@dataclass
+class CaseResult:
+    case: Case
+    label: str = ""
+    bulk: dict[Direction, Bulk] = field(default_factory=dict)
+    rr: float | None = None
+    crr: float | None = None
+    rss_before: int | None = None
+    rss_after: int | None = None
+    held: int = 0
+    errors: list[str] = field(default_factory=list)
+
+    @property
+    def kib_per_flow(self) -> float | None:
+        if self.rss_before is None or self.rss_after is None or self.held == 0:
+            return None
+        return (self.rss_after - self.rss_before) / self.held
+
+
+@dataclass
+class Settings:
+    bulk_seconds: float
+    rr_seconds: float
+    rr_runs: int
+    sweep_seconds: float
+    only: tuple[StackName, ...]
+    sweep: bool
+
+
+# -- helpers ---------------------------------------------------------------------------------
+
+
+def compile_pingpong(into: Path) -> Path:
+    """Build benchmarks/pingpong.c into ``into``; return the binary's path."""
+    out = into / "pingpong"
+    run(["gcc", "-O2", "-Wall", "-o", str(out), str(HERE / "pingpong.c")], 120)
+    return out
+
+
+def cpu_ticks(pid: int) -> int:
+    """utime + stime of ``pid`` in clock ticks (0 if it is gone)."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0
+    return int(fields[11]) + int(fields[12])
+
+
+def tune_namespaces(topo: Topology) -> None:
+    """Wider ephemeral port ranges, so a connections/s loop never runs out of ports."""
+    for ns in (topo.guest_ns, topo.host_ns):
+        run(
+            [
+                "ip",
+                "netns",
+                "exec",
+                ns,
+                "sysctl",
+                "-q",
+                "-w",
+                "net.ipv4.ip_local_port_range=1024 65000",
+            ],
+            10,
+        )
+
+
+def start_servers(topo: Topology, pingpong: Path) -> None:
+    topo.host_spawn("iperf3-server", ["iperf3", "-s", "-B", "127.0.0.1", "-p", str(IPERF_PORT)])
+    topo.host_spawn("pingpong-server", [str(pingpong), "serve", "127.0.0.1", str(PINGPONG_PORT)])
+    topo.wait_listening(IPERF_PORT)
+    topo.wait_listening(PINGPONG_PORT)
+
+
+def measure_bulk(topo: Topology, stack: Stack, direction: Direction, seconds: float) -> Bulk:
+    """iperf3 from the guest to 10.0.2.2; the receiver's rate, and the stack's CPU share."""
+    argv = ["iperf3", "-c", GATEWAY, "-p", str(IPERF_PORT), "-t", str(seconds), "-J"]
+    if direction == "down":
+        argv.append("-R")
+    relay = stack.relay.pid if stack.relay is not None else None
+    t0 = time.monotonic()
+    s0, r0 = cpu_ticks(stack.pid), cpu_ticks(relay) if relay else 0
+    proc = topo.guest_run(argv, seconds + 60, check=False)
+    s1, r1 = cpu_ticks(stack.pid), cpu_ticks(relay) if relay else 0
+    wall = max(time.monotonic() - t0, 1e-9)
+    stack.check_alive()
+    try:
+        report = json.loads(proc.stdout)
+    except json.JSONDecodeError:
+        raise HarnessError(
+            f"iperf3 gave no JSON (exit {proc.returncode}):\n"
+            f"{proc.stdout[-2000:]}{proc.stderr[-2000:]}"
+        ) from None
+    if "error" in report:
+        raise HarnessError(f"iperf3: {report['error']}")
+    end = report["end"]
+    gbps = end["sum_received"]["bits_per_second"] / 1e9
+    retrans = int(end.get("sum_sent", {}).get("retransmits", 0))
+    hz = os.sysconf("SC_CLK_TCK")
+    return Bulk(
+        gbps,
+        100.0 * (s1 - s0) / hz / wall,
+        100.0 * (r1 - r0) / hz / wall if relay else None,
+        retrans,
+    )
+
+
+def measure_pingpong(
+    topo: Topology,
+    stack: Stack,
+    pingpong: Path,
+    mode: Literal["rr", "crr"],
+    seconds: float,
+    runs: int,
+) -> float:
+    """Round trips (``rr``) or connections (``crr``) per second from the guest: the median of
+    ``runs`` runs of ``seconds`` each (single runs are noisy on a shared 2-core machine)."""
+    rates = []
+    for _ in range(runs):
+        argv = [str(pingpong), mode, GATEWAY, str(PINGPONG_PORT), str(seconds)]
+        out = topo.guest_run(argv, seconds + 60, check=False)
+        stack.check_alive()
+        words = out.stdout.split()
+        if out.returncode != 0 or len(words) != 3 or words[0] != mode:
+            raise HarnessError(
+                f"pingpong {mode} failed (exit {out.returncode}):\n{out.stdout}{out.stderr}"
+            )
+        rates.append(int(words[1]) / float(words[2]))
+    return statistics.median(rates)
+
+
+def measure_idle(topo: Topology, stack: Stack, pingpong: Path, flows: int) -> tuple[int, int, int]:
+    """VmRSS of the stack (KiB) before and while the guest holds up to ``flows`` idle flows.
+
+    Returns (before, after, held): a stack with a smaller flow table refuses the rest.
+    """
+    time.sleep(1.0)
+    before = stack.rss_kib()
+    holder = topo.guest_spawn(
+        "hold", [str(pingpong), "hold", GATEWAY, str(PINGPONG_PORT), str(flows)]
+    )
+    try:
+        words = holder.wait_line("held ", 300).split()
+        held = int(words[1])
+        time.sleep(2.0)
+        stack.check_alive()
+        after = stack.rss_kib()
+    finally:
+        holder.stop()
+    return before, after, held
+
+
+def attach(topo: Topology, case: Case) -> Stack:
+    if case.stack == "slirptrio":
+        return start_slirptrio(topo, case.mtu, case.transport, case.journal)
+    if case.stack == "libslirp":
+        return start_libslirp(topo)
+    return start_slirp4netns(topo, case.mtu)
+
+
+def log(msg: str) -> None:
+    print(msg, file=sys.stderr, flush=True)
+
+
+def _attempt(result: CaseResult, stack: Stack, name: str, fn: Callable[[], None]) -> bool:
+    """Run one measurement; record a failure. False when the stack itself is gone."""
+    try:
+        fn()
+    except HarnessError as exc:
+        msg = f"{name}: {str(exc).strip()[:1500]}"
+        result.errors.append(msg)
+        log(f"   FAILED {msg}")
+    return all(p.alive() for p in (stack.proc, stack.relay) if p is not None)
+
+
+def run_case(case: Case, settings: Settings, pingpong: Path) -> CaseResult:
+    """Build a fresh topology, attach the stack, run the case's measurements, tear down."""
+    result = CaseResult(case)
+    with Topology("bench") as topo:
+        try:
+            tune_namespaces(topo)
+            start_servers(topo, pingpong)
+            stack = attach(topo, case)
+        except HarnessError as exc:
+            msg = f"setup: {str(exc).strip()[:1500]}"
+            result.errors.append(msg)
+            log(f"== {case.key} FAILED {msg}")
+            return result
+        result.label = stack.label
+        log(
+            f"== {case.key}: {stack.label}, guest {stack.guest_ip} mtu {stack.mtu}, pid {stack.pid}"
+        )
+
+        def bulk(d: Direction) -> None:
+            b = measure_bulk(topo, stack, d, settings.bulk_seconds)
+            result.bulk[d] = b
+            relay = "" if b.relay_cpu is None else f", relay CPU {b.relay_cpu:.0f}%"
+            log(
+                f"   bulk {d}: {b.gbps:.3f} Gbit/s, stack CPU {b.stack_cpu:.0f}%{relay}, "
+                f"retransmits {b.retrans}"
+            )
+
+        def rr() -> None:
+            result.rr = measure_pingpong(
+                topo, stack, pingpong, "rr", settings.rr_seconds, settings.rr_runs
+            )
+            log(f"   round trips/s: {result.rr:.0f}")
+
+        def crr() -> None:
+            result.crr = measure_pingpong(
+                topo, stack, pingpong, "crr", settings.rr_seconds, settings.rr_runs
+            )
+            log(f"   connections/s: {result.crr:.0f}")
+
+        def idle() -> None:
+            result.rss_before, result.rss_after, result.held = measure_idle(
+                topo, stack, pingpong, IDLE_FLOWS
+            )
+            log(
+                f"   RSS {result.rss_before} -> {result.rss_after} KiB with {result.held} of "
+                f"{IDLE_FLOWS} idle flows: {result.kib_per_flow or 0:.1f} KiB/flow"
+            )
+
+        steps: list[tuple[str, Callable[[], None]]] = []
+        if case.bulk:
+            steps += [("bulk up", lambda: bulk("up")), ("bulk down", lambda: bulk("down"))]
+        if case.rr:
+            steps += [("round trips", rr), ("connections", crr)]
+        if case.idle:
+            steps.append(("idle flows", idle))
+        for name, fn in steps:
+            if not _attempt(result, stack, name, fn):
+                break
+    return result
+
+
+def cases(settings: Settings) -> list[Case]:
+    out: list[Case] = []
+    if "slirptrio" in settings.only:
+        out += [
+            Case("slirptrio", 1500, "listen", True, rr=True, idle=True),
+            Case("slirptrio", 1500, "listen", False, rr=True, idle=True),
+            Case("slirptrio", 65520, "dgram", True),
+            Case("slirptrio", 65520, "dgram", False),
+        ]
+    if "libslirp" in settings.only:
+        out.append(Case("libslirp", 1500, rr=True, idle=True))
+    if "slirp4netns" in settings.only:
+        out += [
+            Case("slirp4netns", 1500, rr=True, idle=True),
+            Case("slirp4netns", 65520),
+        ]
+    return out
+
+
+def sweep_cases() -> list[Case]:
+    return [Case("slirptrio", mtu, "dgram", True) for mtu in SWEEP_MTUS]
+
+
+# -- the report ------------------------------------------------------------------------------
+
+
+def _fmt(v: float | None, digits: int = 2) -> str:
+    return "—" if v is None else f"{v:,.{digits}f}"
+
+
+def _gbps(r: CaseResult | None, d: Direction) -> float | None:
+    if r is None or d not in r.bulk:
+        return None
+    return r.bulk[d].gbps
+
+
+def _cell_bulk(r: CaseResult | None, d: Direction) -> str:
+    if r is None:
+        return "n/a"
+    if d not in r.bulk:
+        return "failed" if r.errors else "—"
+    b = r.bulk[d]
+    relay = "" if b.relay_cpu is None else f" + relay {b.relay_cpu:.0f}%"
+    return f"{b.gbps:.2f} ({b.stack_cpu:.0f}%{relay})"
+
+
+def _ratio(a: float | None, b: float | None) -> float | None:
+    return None if a is None or b is None or b == 0 else a / b
+
+
+def _verdict(ok: bool | None) -> str:
+    return "—" if ok is None else ("met" if ok else "**missed**")
+
+
+def render(
+    results: dict[str, CaseResult], sweep: list[CaseResult], settings: Settings, started: float
+) -> str:
+    st = results.get("slirptrio/1500/listen/j")
+    st_nj = results.get("slirptrio/1500/listen/nj")
+    st_big = results.get("slirptrio/65520/dgram/j")
+    st_big_nj = results.get("slirptrio/65520/dgram/nj")
+    lib = results.get("libslirp/1500")
+    s4n = results.get("slirp4netns/1500")
+    s4n_big = results.get("slirp4netns/65520")
+
+    lines = [
+        "# slirptrio benchmark results",
+        "",
+        f"Run {time.strftime('%Y-%m-%d %H:%M', time.localtime(started))}, "
+        f"{time.monotonic() - _mono_start:.0f} s; {platform.node()}: {_cpu_model()}, "
+        f"{os.cpu_count()} CPUs, Linux {platform.release()}, Python {platform.python_version()}."
+        f" iperf3 -t {settings.bulk_seconds:g}, {IDLE_FLOWS} idle flows.",
+        "",
+        "Bulk cells: receiver's Gbit/s (CPU of the stack process, + its separate QEMU relay for "
+        "slirptrio, in % of one core). Round trips/s and connections/s: median of "
+        f"{settings.rr_runs} runs of {settings.rr_seconds:g} s.",
+        "slirptrio column: journal + pcap on (its default); MTU 1500 over `-netdev stream`, "
+        "MTU 65520 over `-netdev dgram`.",
+        "",
+        "| measurement | slirptrio | libslirp (QEMU -netdev user) | slirp4netns | target "
+        "(slirptrio) | ratio | verdict |",
+        "|---|---|---|---|---|---|---|",
+    ]
+
+    def row(
+        name: str,
+        cells: list[str],
+        target: str,
+        ratio: float | None,
+        ok: bool | None,
+        ratio_fmt: str = "{:.2f}x",
+    ) -> None:
+        rs = "—" if ratio is None else ratio_fmt.format(ratio)
+        lines.append(f"| {name} | " + " | ".join(cells) + f" | {target} | {rs} | {_verdict(ok)} |")
+
+    for d, name in (("up", "guest→host"), ("down", "host→guest")):
+        dd: Direction = "up" if d == "up" else "down"
+        r = _ratio(_gbps(st, dd), _gbps(lib, dd))
+        row(
+            f"TCP {name}, MTU 1500, Gbit/s",
+            [_cell_bulk(st, dd), _cell_bulk(lib, dd), _cell_bulk(s4n, dd)],
+            "≥ 0.5x libslirp",
+            r,
+            None if r is None else r >= 0.5,
+        )
+    for d, name in (("up", "guest→host"), ("down", "host→guest")):
+        dd = "up" if d == "up" else "down"
+        g = _gbps(st_big, dd)
+        target = "≥ 3 Gbit/s" if dd == "up" else "—"
+        ok = None if g is None or dd == "down" else g >= 3.0
+        row(
+            f"TCP {name}, MTU 65520, Gbit/s",
+            [_cell_bulk(st_big, dd), "n/a (no mtu= in 7.2)", _cell_bulk(s4n_big, dd)],
+            target,
+            _ratio(g, _gbps(s4n_big, dd)),
+            ok,
+            "{:.2f}x slirp4netns",
+        )
+    for attr, name in (
+        ("rr", "round trips/s (1 byte, 1 connection)"),
+        ("crr", "connections/s (connect, 1 request, close)"),
+    ):
+        vals = [getattr(r, attr) if r is not None else None for r in (st, lib, s4n)]
+        r = _ratio(vals[0], vals[1])
+        row(name, [_fmt(v, 0) for v in vals], "≥ 0.5x libslirp", r, None if r is None else r >= 0.5)
+    per = [r.kib_per_flow if r is not None else None for r in (st, lib, s4n)]
+    row(
+        f"RSS per idle flow, KiB (up to {IDLE_FLOWS:,} flows)",
+        [_fmt(v, 1) for v in per],
+        "≤ 20 KiB",
+        _ratio(per[0], per[1]),
+        None if per[0] is None else per[0] <= 20.0,
+    )
+    rss = [
+        f"{r.rss_before:,} → {r.rss_after:,} ({r.held:,} flows)"
+        if r is not None and r.kib_per_flow is not None
+        else "—"
+        for r in (st, lib, s4n)
+    ]
+    row("RSS before → with the idle flows, KiB", rss, "", None, None)
+
+    # Journaling: the same stack with journal + pcap off.
+    lines += [
+        "",
+        "## slirptrio: journal + pcap on vs off",
+        "",
+        "| measurement | journal + pcap on | off | cost of journaling | target | verdict |",
+        "|---|---|---|---|---|---|",
+    ]
+    for on, off, mtu in ((st, st_nj, 1500), (st_big, st_big_nj, 65520)):
+        for dd, name in (("up", "guest→host"), ("down", "host→guest")):
+            d2: Direction = "up" if dd == "up" else "down"
+            a, b = _gbps(on, d2), _gbps(off, d2)
+            cost = None if a is None or b is None or b == 0 else 1 - a / b
+            lines.append(
+                f"| TCP {name}, MTU {mtu}, Gbit/s | {_cell_bulk(on, d2)} | {_cell_bulk(off, d2)}"
+                f" | {'—' if cost is None else f'{cost:.0%}'} | ≤ 20% | "
+                f"{_verdict(None if cost is None else cost <= 0.20)} |"
+            )
+    for attr, name in (("rr", "round trips/s"), ("crr", "connections/s")):
+        a2 = getattr(st, attr) if st is not None else None
+        b2 = getattr(st_nj, attr) if st_nj is not None else None
+        cost = None if a2 is None or b2 is None or b2 == 0 else 1 - a2 / b2
+        lines.append(
+            f"| {name} | {_fmt(a2, 0)} | {_fmt(b2, 0)} | "
+            f"{'—' if cost is None else f'{cost:.0%}'} | | |"
+        )
+    per_on = st.kib_per_flow if st is not None else None
+    per_off = st_nj.kib_per_flow if st_nj is not None else None
+    lines.append(f"| RSS per idle flow, KiB | {_fmt(per_on, 1)} | {_fmt(per_off, 1)} | | | |")
+
+    if sweep:
+        lines += [
+            "",
+            f"## slirptrio MTU sweep (`-netdev dgram`, journal on, iperf3 -t "
+            f"{settings.sweep_seconds:g})",
+            "",
+            "| guest MTU | guest→host Gbit/s | host→guest Gbit/s |",
+            "|---|---|---|",
+        ]
+        for sr in sweep:
+            lines.append(f"| {sr.case.mtu} | {_cell_bulk(sr, 'up')} | {_cell_bulk(sr, 'down')} |")
+
+    errors = [
+        (k, e)
+        for k, r in [*results.items(), *((f"sweep/{r.case.mtu}", r) for r in sweep)]
+        for e in r.errors
+    ]
+    if errors:
+        lines += ["", "## Failures", ""]
+        for k, e in errors:
+            first = e.splitlines()[0] if e else ""
+            lines.append(f"* `{k}`: {first}")
+    return "\n".join(lines) + "\n"
+
+
+def _cpu_model() -> str:
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    return platform.machine()
+
+
+_mono_start = time.monotonic()
+
+
+# -- main ------------------------------------------------------------------------------------
+
+
+@contextlib.contextmanager
+def _terminate_as_interrupt() -> Iterator[None]:
+    """SIGTERM and SIGHUP unwind like Ctrl-C, so every ``with Topology`` cleans up."""
+
+    def handler(signum: int, frame: FrameType | None) -> None:
+        raise KeyboardInterrupt(f"signal {signum}")
+
+    old = {s: signal.signal(s, handler) for s in (signal.SIGTERM, signal.SIGHUP)}
+    try:
+        yield
+    finally:
+        for s, h in old.items():
+            signal.signal(s, h)
+
+
+def parse_args(argv: list[str] | None) -> Settings:
+    p = argparse.ArgumentParser(
+        prog="python -m benchmarks.bench",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("--quick", action="store_true", help="3 s bulk runs, 2 s ping-pong runs")
+    p.add_argument(
+        "--only", default=",".join(STACKS), help="comma-separated stacks to run (default: all)"
+    )
+    p.add_argument("--no-sweep", action="store_true", help="skip slirptrio's MTU sweep")
+    p.add_argument("--output", type=Path, default=RESULTS, help="markdown file to write")
+    args = p.parse_args(argv)
+    only = tuple(s.strip() for s in args.only.split(",") if s.strip())
+    unknown = [s for s in only if s not in STACKS]
+    if unknown:
+        p.error(f"--only: unknown stack(s) {', '.join(unknown)} (known: {', '.join(STACKS)})")
+    settings = Settings(
+        bulk_seconds=3 if args.quick else 10,
+        rr_seconds=2 if args.quick else 3,
+        rr_runs=1 if args.quick else 3,
+        sweep_seconds=2 if args.quick else 3,
+        only=tuple(s for s in STACKS if s in only),
+        sweep=not args.no_sweep and "slirptrio" in only,
+    )
+    global _output
+    _output = args.output
+    return settings
+
+
+_output: Path = RESULTS
+
+
+def main(argv: list[str] | None = None) -> int:
+    settings = parse_args(argv)
+    reason = skip_reason()
+    if reason is not None:
+        print(f"bench: cannot run: {reason}", file=sys.stderr)
+        return 1
+    for tool in ("iperf3", "gcc", "slirp4netns"):
+        if shutil.which(tool) is None:
+            print(f"bench: cannot run: {tool} is not installed", file=sys.stderr)
+            return 1
+    sweep_stale()
+    started = time.time()
+    results: dict[str, CaseResult] = {}
+    sweep: list[CaseResult] = []
+    build = Path(tempfile.mkdtemp(prefix="slirptrio-bench-", dir="/tmp"))
+    try:
+        with _terminate_as_interrupt():
+            pingpong = compile_pingpong(build)
+            for case in cases(settings):
+                results[case.key] = run_case(case, settings, pingpong)
+            if settings.sweep:
+                sweep_settings = dataclasses.replace(settings, bulk_seconds=settings.sweep_seconds)
+                for case in sweep_cases():
+                    log(f"-- sweep MTU {case.mtu}")
+                    sweep.append(run_case(case, sweep_settings, pingpong))
+    except KeyboardInterrupt:
+        log("bench: interrupted; cleaned up")
+        return 130
+    finally:
+        shutil.rmtree(build, ignore_errors=True)
+    table = render(results, sweep, settings, started)
+    print(table)
+    _output.write_text(table)
+    log(f"bench: wrote {_output}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

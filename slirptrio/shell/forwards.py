@@ -1,0 +1,277 @@
+"""Port forwards: host listeners into the guest (hostfwd) and guest forwards (guestfwd).
+
+Host forwards: each rule owns a listening socket (TCP, unix, or a bound UDP socket) and the task
+that serves it, in a cancel scope of its own, so ``remove`` closes just that listener (existing
+connections keep running, as QEMU's ``hostfwd_remove``). An accepted connection becomes a flow
+of :class:`~slirptrio.shell.flows.TcpFlows` at once (``adopt``) and the core hears of it as
+:class:`TcpInbound`; a UDP datagram becomes :class:`UdpInbound`, and the core's
+:class:`UdpFwdSend` goes back out of the same socket. Adding or removing a rule is journaled as
+:class:`HostFwdChange`.
+
+Guest forwards: the core learns the address (:class:`GuestFwdAdd`) and answers the guest's
+connections there with ``TcpConnect(flow, "guestfwd:FID", port)``; the flows module opens the
+registered target instead of a socket.
+
+Flows started here take ids from ``2**32`` up, a range the core never allocates.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import itertools
+import logging
+import os
+import socket as _socket
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any
+
+import trio
+
+from slirptrio.config import Config
+from slirptrio.core.events import (
+    Event,
+    GuestFwdAdd,
+    GuestFwdRemove,
+    HostFwdChange,
+    TcpInbound,
+    UdpFwdSend,
+    UdpInbound,
+)
+from slirptrio.forward import (
+    GuestFwd,
+    HostFwd,
+    RuleError,
+    hostfwd_key,
+    parse_guestfwd,
+    parse_hostfwd,
+)
+from slirptrio.shell import flows as fl
+from slirptrio.shell.pipe import PipeStream, pipe_pair
+
+log = logging.getLogger("slirptrio.forwards")
+
+SHELL_FLOW_BASE = 1 << 32
+_UDP_RECV = 65536
+
+
+class ForwardError(Exception):
+    """A forward that cannot be added or removed (the message says why)."""
+
+
+@dataclass
+class _HostRule:
+    rule: HostFwd
+    port: int
+    scope: trio.CancelScope
+    raw: _socket.socket | None = None  # UDP rules: replies go out here, without waiting
+
+
+class Forwards:
+    """Runs the stack's forwards; ``await nursery.start(forwards.run)`` first."""
+
+    def __init__(
+        self, inbox: trio.MemorySendChannel[Event], tcp: fl.TcpFlows, config: Config
+    ) -> None:
+        self._inbox = inbox
+        self._tcp = tcp
+        self._config = config
+        self._nursery: trio.Nursery | None = None
+        self._flow_ids = itertools.count(SHELL_FLOW_BASE)
+        self._peer_ports = itertools.count(0)
+        self._fids = itertools.count(1)
+        self._host: dict[str, _HostRule] = {}
+        self._udp_by_fid: dict[int, _HostRule] = {}
+        self._guest: dict[int, GuestFwd] = {}
+
+    def handlers(self) -> dict[type[Any], Callable[[Any], None]]:
+        return {UdpFwdSend: self._udp_send}
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        """Run until cancelled."""
+        async with trio.open_nursery() as nursery:
+            self._nursery = nursery
+            task_status.started()
+            await trio.sleep_forever()
+
+    def next_flow(self) -> int:
+        """A flow id from the shell's range."""
+        return next(self._flow_ids)
+
+    def pseudo_port(self) -> int:
+        """A source port for in-process and unix peers (49152-65535, cycling)."""
+        return 49152 + next(self._peer_ports) % 16384
+
+    def _guest_ip(self, rule: HostFwd) -> str:
+        return rule.guest_addr or str(self._config.dhcpstart)
+
+    # ---------------------------------------------------------------------- host forwards
+
+    def host_rules(self) -> dict[str, int]:
+        """Active host forwards: rule text → bound host port (0 for unix)."""
+        return {r.rule.text: r.port for r in self._host.values()}
+
+    async def add_hostfwd(self, text: str) -> int:
+        """Bind and serve one ``hostfwd`` rule; return the bound host port (0 for unix)."""
+        assert self._nursery is not None, "Forwards.run() is not running"
+        try:
+            rule = parse_hostfwd(text)
+        except RuleError as exc:
+            raise ForwardError(str(exc)) from None
+        key = rule.key
+        if rule.host_port and key in self._host:
+            raise ForwardError(f"{key} is already forwarded")
+        try:
+            raw: _socket.socket | None = None
+            if rule.proto == "udp":
+                raw = _socket.socket(_socket.AF_INET, _socket.SOCK_DGRAM)
+                sock = trio.socket.from_stdlib_socket(raw)
+                await sock.bind((rule.host_addr or "0.0.0.0", rule.host_port))
+                port = int(sock.getsockname()[1])
+            elif rule.proto == "tcp":
+                sock = trio.socket.socket(_socket.AF_INET, _socket.SOCK_STREAM)
+                sock.setsockopt(_socket.SOL_SOCKET, _socket.SO_REUSEADDR, 1)
+                await sock.bind((rule.host_addr or "0.0.0.0", rule.host_port))
+                sock.listen(128)
+                port = int(sock.getsockname()[1])
+            else:
+                sock = trio.socket.socket(_socket.AF_UNIX, _socket.SOCK_STREAM)
+                await sock.bind(rule.path)
+                sock.listen(128)
+                port = 0
+        except OSError as exc:
+            raise ForwardError(f"cannot bind {key}: {exc.strerror or exc}") from None
+        key = f"{rule.proto}:{rule.host_addr}:{port}" if rule.proto != "unix" else key
+        entry = _HostRule(rule, port, trio.CancelScope())
+        self._host[key] = entry
+        if rule.proto == "udp":
+            fid = next(self._fids)
+            entry.raw = raw
+            self._udp_by_fid[fid] = entry
+            self._nursery.start_soon(self._serve_udp, entry, sock, fid)
+        else:
+            self._nursery.start_soon(self._serve_stream, entry, sock)
+        await self._inbox.send(HostFwdChange(text, port, True))
+        log.info("hostfwd %s: listening on %s", text, key)
+        return port
+
+    async def remove_hostfwd(self, text: str) -> None:
+        """Close the listener of the forward named by ``text`` (a key or the whole rule)."""
+        try:
+            key = hostfwd_key(text)
+        except RuleError as exc:
+            raise ForwardError(str(exc)) from None
+        entry = self._host.pop(key, None)
+        if entry is None:
+            raise ForwardError(f"no host forward {key}")
+        entry.scope.cancel()
+        for fid, e in list(self._udp_by_fid.items()):
+            if e is entry:
+                del self._udp_by_fid[fid]
+        await self._inbox.send(HostFwdChange(entry.rule.text, entry.port, False))
+
+    async def _serve_stream(self, entry: _HostRule, sock: trio.socket.SocketType) -> None:
+        rule = entry.rule
+        with entry.scope, sock:
+            try:
+                while True:
+                    conn, addr = await sock.accept()
+                    if rule.proto == "tcp":
+                        conn.setsockopt(_socket.IPPROTO_TCP, _socket.TCP_NODELAY, 1)
+                        peer_ip, peer_port = addr[0], addr[1]
+                    else:
+                        peer_ip, peer_port = "127.0.0.1", self.pseudo_port()
+                    flow = self.next_flow()
+                    self._tcp.adopt(flow, fl.SocketEnd(conn))
+                    await self._inbox.send(
+                        TcpInbound(flow, self._guest_ip(rule), rule.guest_port, peer_ip, peer_port)
+                    )
+            except OSError as exc:
+                log.error("hostfwd %s: listener failed: %s", rule.text, exc)
+            finally:
+                if rule.proto == "unix":
+                    with contextlib.suppress(OSError):
+                        os.unlink(rule.path)
+
+    async def _serve_udp(self, entry: _HostRule, sock: trio.socket.SocketType, fid: int) -> None:
+        rule = entry.rule
+        with entry.scope, sock:
+            while True:
+                try:
+                    data, addr = await sock.recvfrom(_UDP_RECV)
+                except OSError as exc:
+                    # ICMP errors from earlier sends surface here; they end nothing.
+                    log.debug("hostfwd %s: %s", rule.text, exc)
+                    continue
+                await self._inbox.send(
+                    UdpInbound(fid, self._guest_ip(rule), rule.guest_port, addr[0], addr[1], data)
+                )
+
+    def _udp_send(self, eff: UdpFwdSend) -> None:
+        entry = self._udp_by_fid.get(eff.fid)
+        if entry is None or entry.raw is None:
+            return
+        try:
+            entry.raw.sendto(eff.data, (eff.peer_ip, eff.peer_port))
+        except OSError as exc:  # a full buffer drops the datagram, as UDP may
+            log.debug("hostfwd %s: send to %s:%d failed: %s", entry.rule.text, eff.peer_ip,
+                      eff.peer_port, exc)
+
+    # --------------------------------------------------------------------- guest forwards
+
+    async def add_guestfwd(
+        self, text: str, opener: Callable[[], Awaitable[fl.HostEnd]] | None = None
+    ) -> int:
+        """Serve guest connections to a ``guestfwd`` rule's address; return its id.
+
+        ``opener`` replaces the rule's device (used for in-process handlers, whose rule text
+        is ``ADDR:PORT-handler``).
+        """
+        if opener is None:
+            try:
+                rule = parse_guestfwd(text)
+            except RuleError as exc:
+                raise ForwardError(str(exc)) from None
+            opener = _device_opener(rule.target)
+        else:
+            addr, _, port = text.partition("-")[0].rpartition(":")
+            rule = GuestFwd(addr, int(port), "handler", text)
+        fid = next(self._fids)
+        self._guest[fid] = rule
+        self._tcp.register_target(f"guestfwd:{fid}", opener)
+        await self._inbox.send(GuestFwdAdd(fid, rule.addr, rule.port))
+        return fid
+
+    async def remove_guestfwd(self, fid: int) -> None:
+        """Stop serving guest forward ``fid`` (its open connections go on)."""
+        if self._guest.pop(fid, None) is None:
+            raise ForwardError(f"no guest forward {fid}")
+        self._tcp.unregister_target(f"guestfwd:{fid}")
+        await self._inbox.send(GuestFwdRemove(fid))
+
+    def handler_opener(
+        self, handler: Callable[[PipeStream], Awaitable[None]]
+    ) -> Callable[[], Awaitable[fl.HostEnd]]:
+        """An opener that runs ``handler`` in-process for each guest connection."""
+        assert self._nursery is not None, "Forwards.run() is not running"
+        return fl.handler_opener(self._nursery, handler)
+
+    async def connect_to_guest(self, flow: int, guest_ip: str, port: int) -> PipeStream:
+        """Start in-process connection ``flow`` (from :meth:`next_flow`) into the guest;
+        return the application's end of it."""
+        app, end = pipe_pair()
+        self._tcp.adopt(flow, end)
+        await self._inbox.send(TcpInbound(flow, guest_ip, port, "127.0.0.1", self.pseudo_port()))
+        return app
+
+
+def _device_opener(target: str) -> Callable[[], Awaitable[fl.HostEnd]]:
+    if target.startswith("cmd:"):
+        return fl.cmd_opener(target[4:])
+    if target.startswith("unix:"):
+        return fl.unix_opener(target[5:])
+    host, _, port = target[4:].rpartition(":")
+    return fl.tcp_opener(host, int(port))
+
+
+__all__ = ["SHELL_FLOW_BASE", "ForwardError", "Forwards"]
