@@ -87,8 +87,9 @@ def test_hostfwd_guestfwd_ctl(topo: Topology, restrict: str) -> None:
     assert host_py(topo, "tcp-client", "127.0.0.1", str(tport), "300000") == "ok"
     assert host_py(topo, "udp-client", "127.0.0.1", str(uport), "1000") == "ok 127.0.0.1"
     # guest -> host socket, and guest -> a spawned `cat`
-    body = topo.guest_run(["curl", "-sS", "--max-time", "20", "http://10.0.2.100/1234"], 30)
-    assert len(body.stdout.encode("latin-1")) == 1234
+    body = topo.guest_run(["curl", "-sS", "--max-time", "20", "-o", "/dev/null", "-w",
+                           "%{size_download}", "http://10.0.2.100/1234"], 30)
+    assert body.stdout == "1234", body
     echo = topo.guest_run(["sh", "-c", "printf 'meow\\n' | busybox nc 10.0.2.101 7"], 30)
     assert echo.stdout == "meow\n", echo
     # A forward added at runtime over the control socket, with an ephemeral port.
