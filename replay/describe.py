@@ -8,6 +8,7 @@ from typing import Any
 import dpkt
 
 from slirptrio.core.events import GuestFrame, SendFrame, decode_effect, decode_event
+from slirptrio.journal import is_digest
 
 
 def frame(data: bytes) -> str:
@@ -62,7 +63,17 @@ def event(raw: list[Any]) -> str:
     return repr(ev) if len(repr(ev)) < 200 else repr(ev)[:200] + "..."
 
 
+def _digest(field: list[Any]) -> str:
+    return f"<{field[1]} bytes, crc32 {field[2]:08x}>"
+
+
 def effect(raw: list[Any]) -> str:
+    if any(is_digest(f) for f in raw[1:]):
+        # A journaled digest: describe the kept headers.
+        if raw[0] == SendFrame.TAG:
+            return f"frame to guest {_digest(raw[1])}: " + frame(raw[1][3])
+        shown = [_digest(f) if is_digest(f) else repr(f) for f in raw[1:]]
+        return f"effect {raw[0]}({', '.join(shown)})"
     try:
         eff = decode_effect(raw)
     except ValueError as exc:
@@ -85,7 +96,7 @@ def flow_of(raw_event: list[Any], raw_effects: list[list[Any]]) -> str:
     if data is None:
         for raw in raw_effects:
             if raw and raw[0] == SendFrame.TAG:
-                data = raw[1]
+                data = raw[1][3] if is_digest(raw[1]) else raw[1]
                 break
             if len(raw) > 1 and isinstance(raw[1], int):
                 return f"flow {raw[1]}"

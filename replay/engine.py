@@ -18,7 +18,15 @@ from slirptrio.config import Config, ConfigError
 from slirptrio.core.events import Effect, Event, decode_event, encode
 from slirptrio.core.stack import Stack
 from slirptrio.door import Door
-from slirptrio.journal import Header, JournalError, Record, frames_of, open_journal
+from slirptrio.journal import (
+    Header,
+    JournalError,
+    Record,
+    compact,
+    frames_of,
+    is_digest,
+    open_journal,
+)
 from slirptrio.wire.pcap import PcapWriter
 
 
@@ -75,9 +83,11 @@ def replay_journal(
         event = decode_event(rec.event)
         door.seq = rec.seq
         door.step(event, rec.t_ns)
-        got = [encode(e) for e in actual]
-        expected_effects = [_normalize(e) for e in rec.effects]
-        for _d, frame in frames_of(rec.event, rec.effects):
+        got = [compact(encode(e)) for e in actual]
+        expected_effects = [compact(_normalize(e)) for e in rec.effects]
+        # The capture comes from what the replayed core sent: identical up to a divergence,
+        # and whole even where the journal kept only digests.
+        for _d, frame in frames_of(event, actual):
             result.frames += 1
             if pcap is not None:
                 pcap.write(header.origin_ns + rec.t_ns, frame)
@@ -87,6 +97,8 @@ def replay_journal(
             break
         recent.append(rec)
         result.records = index + 1
+    if pcap is not None:
+        pcap.flush()
     if result.divergence is None and journal.truncated:
         result.truncated_bytes = journal.truncated[0]
     return result
@@ -112,8 +124,17 @@ def format_divergence(result: ReplayResult) -> str:
         lines.append("    actual:   " + (describe.effect(act) if act is not None else "(nothing)"))
         if exp is not None and act is not None and exp[0] == act[0] == 0:
             a, b = exp[1], act[1]
-            pos = next((j for j in range(min(len(a), len(b))) if a[j] != b[j]), min(len(a), len(b)))
-            lines.append(f"    first differing byte: offset {pos} (lengths {len(a)} vs {len(b)})")
+            if is_digest(a) or is_digest(b):
+                a, b = (x[3] if is_digest(x) else x[:128] for x in (a, b))
+                note = " in the journaled headers"
+            else:
+                note = ""
+            n = min(len(a), len(b))
+            pos = next((j for j in range(n) if a[j] != b[j]), None)
+            if pos is not None:
+                lines.append(f"    first differing byte{note}: offset {pos}")
+            lengths = [x[1] if is_digest(x) else len(x) for x in (exp[1], act[1])]
+            lines.append(f"    lengths {lengths[0]} vs {lengths[1]}")
         break
     if d.context:
         lines.append("  context (records before):")

@@ -1,10 +1,14 @@
 """The session journal: a msgpack stream of one header and one record per door step.
 
-Format (version 1)::
+Format (version 2)::
 
-    header  = {"magic": "slirptrio-journal", "format": 1, "version": str, "seed": int,
+    header  = {"magic": "slirptrio-journal", "format": 2, "version": str, "seed": int,
                "config": Config.to_dict(), "origin_ns": int (wall clock at t=0), "meta": {...}}
     record  = [seq: int, t_ns: int, event: [TAG, ...], effects: [[TAG, ...], ...]]
+
+Events are kept whole: they are what replay feeds back. In effects, a bytes field longer than
+256 bytes is kept as ``["#", length, crc32, first 128 bytes]`` (:func:`compact`); version 1
+kept effects whole, and still replays.
 
 ``t_ns`` is the monotonic time the core was given, in integer nanoseconds since the session
 started; ``origin_ns + t_ns`` is the wall-clock time of the record. Bytes are msgpack ``bin``.
@@ -16,6 +20,7 @@ last whole record; a reader reports a truncated tail instead of failing.
 from __future__ import annotations
 
 import os
+import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import IO, Any
@@ -25,8 +30,11 @@ import msgpack
 from slirptrio.core.events import Effect, Event, GuestFrame, SendFrame, encode
 
 MAGIC = "slirptrio-journal"
-FORMAT_VERSION = 1
-_FLUSH_AT = 1 << 20
+FORMAT_VERSION = 2
+DIGEST_OVER = 256
+HEAD_BYTES = 128  # Ethernet + IPv4 + TCP headers with options fit
+DIGEST_MARK = "#"
+_FLUSH_EVERY = 256  # records; the runtime also flushes after every batch of inputs
 
 
 class JournalError(Exception):
@@ -54,6 +62,28 @@ class Header:
         }
 
 
+def compact(raw: list[Any]) -> list[Any]:
+    """An encoded effect as the journal keeps it: every bytes field longer than
+    ``DIGEST_OVER`` becomes ``["#", length, crc32, first HEAD_BYTES bytes]``.
+
+    Effects are outputs: replay recomputes them from the inputs, so the journal needs only
+    enough to compare them (length and CRC) and to describe them (the headers). This keeps
+    bulk data from being journaled twice (once as input, once as output). Idempotent.
+    """
+    out: list[Any] | None = None
+    for i, v in enumerate(raw):
+        if type(v) is bytes and len(v) > DIGEST_OVER:
+            if out is None:
+                out = list(raw)
+            out[i] = [DIGEST_MARK, len(v), zlib.crc32(v), v[:HEAD_BYTES]]
+    return raw if out is None else out
+
+
+def is_digest(value: Any) -> bool:
+    """Whether a journaled effect field is a :func:`compact` digest."""
+    return isinstance(value, list) and len(value) == 4 and value[0] == DIGEST_MARK
+
+
 class JournalWriter:
     """Appends records to a journal file; ``flush()`` hands them to the kernel.
 
@@ -62,8 +92,10 @@ class JournalWriter:
 
     def __init__(self, fd: int, header: Header) -> None:
         self._fd = fd
-        self._packer = msgpack.Packer(use_bin_type=True)
-        self._buf = bytearray(self._packer.pack(header.to_raw()))
+        # Packing straight into the packer's own buffer saves a copy of every record.
+        self._packer = msgpack.Packer(use_bin_type=True, autoreset=False)
+        self._packer.pack(header.to_raw())
+        self._pending = 0  # records packed since the last flush
         self.bytes_written = 0
         self.records = 0
         self.flush()
@@ -74,20 +106,25 @@ class JournalWriter:
         return cls(fd, header)
 
     def record(self, seq: int, t_ns: int, event: Event, effects: list[Effect]) -> None:
-        self._buf += self._packer.pack([seq, t_ns, encode(event), [encode(e) for e in effects]])
+        self._packer.pack([seq, t_ns, encode(event), [compact(encode(e)) for e in effects]])
         self.records += 1
-        if len(self._buf) >= _FLUSH_AT:
+        self._pending += 1
+        if self._pending >= _FLUSH_EVERY:
             self.flush()
 
     def flush(self) -> None:
-        with memoryview(self._buf) as whole:
+        """Hand every packed record to the kernel (a kill -9 after this loses none)."""
+        packer = self._packer
+        with packer.getbuffer() as whole:
+            size = len(whole)
             view = whole
             while view:
                 n = os.write(self._fd, view)
                 view = view[n:]
             view.release()
-        self.bytes_written += len(self._buf)
-        self._buf.clear()
+        self.bytes_written += size
+        self._pending = 0
+        packer.reset()
 
     def close(self) -> None:
         if self._fd >= 0:

@@ -23,7 +23,7 @@ from slirptrio.core.events import (
 )
 from slirptrio.core.stack import Stack
 from slirptrio.door import Door
-from slirptrio.journal import Header, JournalWriter, open_journal
+from slirptrio.journal import Header, JournalWriter, is_digest, open_journal
 from tests import guestframes as gf
 
 GW_MAC = bytes.fromhex("52550a000202")
@@ -42,7 +42,7 @@ def segments(effects: list[Effect]) -> list[dpkt.tcp.TCP]:
     return [gf.parse(e.data).data.data for e in effects if isinstance(e, SendFrame)]
 
 
-def record_session(path: pathlib.Path) -> int:
+def record_session(path: pathlib.Path, host_data: bytes = b"hello, guest") -> int:
     """Drive one HTTP-like exchange through the stack, journaling it; return the flow id."""
     config = parse_user_options("")
     header = Header(seed=3, config=config.to_dict(), origin_ns=1_700_000_000_000_000_000)
@@ -65,16 +65,16 @@ def record_session(path: pathlib.Path) -> int:
     step(GuestFrame(tcp_frame(dpkt.tcp.TH_ACK, 1001, isn + 1)))
     step(GuestFrame(tcp_frame(dpkt.tcp.TH_ACK | dpkt.tcp.TH_PUSH, 1001, isn + 1, b"GET /\r\n")))
     step(TcpSent(flow, 7))
-    (data,) = segments(step(TcpData(flow, b"hello, guest")))
-    assert data.data == b"hello, guest"
-    step(GuestFrame(tcp_frame(dpkt.tcp.TH_ACK, 1008, isn + 13)))
-    (fin,) = segments(step(TcpEof(flow)))
+    data = segments(step(TcpData(flow, host_data)))
+    assert b"".join(d.data for d in data) == host_data
+    step(GuestFrame(tcp_frame(dpkt.tcp.TH_ACK, 1008, isn + 1 + len(host_data))))
+    fin = segments(step(TcpEof(flow)))[-1]
     assert fin.flags & dpkt.tcp.TH_FIN
     writer.close()
     return flow
 
 
-def rewrite(src: pathlib.Path, dst: pathlib.Path) -> int:
+def rewrite(src: pathlib.Path, dst: pathlib.Path, replacement: bytes = b"HELLO, guest") -> int:
     """Copy a journal, changing the host's bytes in its TcpData record; return its index."""
     with src.open("rb") as f:
         journal = open_journal(f)
@@ -83,7 +83,7 @@ def rewrite(src: pathlib.Path, dst: pathlib.Path) -> int:
         for i, rec in enumerate(journal.records):
             event = decode_event(rec.event)
             if isinstance(event, TcpData):
-                event = TcpData(event.flow, b"HELLO, guest")
+                event = TcpData(event.flow, replacement)
                 changed = i
             writer.record(rec.seq, rec.t_ns, event, [decode_effect(e) for e in rec.effects])
         writer.close()
@@ -110,3 +110,21 @@ def test_changed_host_data_names_flow_and_record(tmp_path: pathlib.Path) -> None
     report = format_divergence(result)
     assert f"record {index}" in report and f"flow {flow}" in report, report
     assert "first differing byte" in report, report
+
+
+def test_bulk_output_is_journaled_as_digests(tmp_path: pathlib.Path) -> None:
+    """Large output frames are kept as length + CRC + headers, and still compared exactly."""
+    path, bad = tmp_path / "tcp.journal", tmp_path / "changed.journal"
+    record_session(path, host_data=bytes(range(256)) * 8)
+    with path.open("rb") as f:
+        journal = open_journal(f)
+        digests = [e for r in journal.records for e in r.effects if is_digest(e[1])]
+    assert digests and all(d[1][1] > 256 and len(d[1][3]) == 128 for d in digests)
+    with path.open("rb") as f:
+        assert replay_journal(f).identical
+    rewrite(path, bad, replacement=bytes(range(256)) * 7 + bytes(255) + b"!")
+    with bad.open("rb") as f:
+        result = replay_journal(f)
+    assert not result.identical
+    report = format_divergence(result)
+    assert "crc32" in report and "lengths" in report, report

@@ -597,6 +597,7 @@ def test_pcap_timestamps_exact(frames: list[tuple[int, bytes]]) -> None:
     w = PcapWriter(buf)
     for ts, frame in frames:
         w.write(ts, frame)
+    w.flush()
     raw = buf.getvalue()
     assert [(int(ts * 10**9), f) for ts, f in dpkt.pcap.Reader(io.BytesIO(raw))] == frames
     assert list(read_pcap(io.BytesIO(raw))) == frames
@@ -604,7 +605,9 @@ def test_pcap_timestamps_exact(frames: list[tuple[int, bytes]]) -> None:
 
 def test_pcap_snaplen_truncates() -> None:
     buf = io.BytesIO()
-    PcapWriter(buf, snaplen=10).write(5, bytes(range(20)))
+    w = PcapWriter(buf, snaplen=10)
+    w.write(5, bytes(range(20)))
+    w.flush()
     raw = buf.getvalue()
     caplen, origlen = struct.unpack("<II", raw[24 + 8 : 24 + 16])
     assert (caplen, origlen) == (10, 20)
@@ -632,6 +635,7 @@ def test_read_pcap_malformed_and_truncated() -> None:
     w = PcapWriter(buf)
     w.write(1, b"complete")
     w.write(2, b"cut short")
+    w.flush()
     raw = buf.getvalue()
     # A capture cut mid-record (a crash while writing) yields the complete records.
     assert list(read_pcap(io.BytesIO(raw[:-3]))) == [(1, b"complete")]

@@ -16,10 +16,10 @@ from typing import IO, Any
 
 import trio
 
-from slirptrio.core.events import Effect, Event, SendFrame, Tick
+from slirptrio.core.events import Effect, Event, GuestFrame, SendFrame, Tick
 from slirptrio.core.stack import Stack
 from slirptrio.door import Door
-from slirptrio.journal import JournalWriter, frames_of
+from slirptrio.journal import JournalWriter
 from slirptrio.shell.transport import GuestPort
 from slirptrio.wire.pcap import PcapWriter
 
@@ -43,20 +43,26 @@ class Recorder:
     def __call__(self, seq: int, t_ns: int, event: Event, effects: list[Effect]) -> None:
         if self.journal is not None:
             self.journal.record(seq, t_ns, event, effects)
-        if self._pcap is not None:
+        pcap = self._pcap
+        if pcap is not None:
             ts = self._origin_ns + t_ns
-            for _direction, frame in frames_of(event, effects):
-                self._pcap.write(ts, frame)
+            if type(event) is GuestFrame:
+                pcap.write(ts, event.data)
+            for eff in effects:
+                if type(eff) is SendFrame:
+                    pcap.write(ts, eff.data)
 
     def flush(self) -> None:
         if self.journal is not None:
             self.journal.flush()
-        if self._pcap_file is not None:
-            self._pcap_file.flush()
+        if self._pcap is not None:
+            self._pcap.flush()
 
     def close(self) -> None:
         if self.journal is not None:
             self.journal.close()
+        if self._pcap is not None:
+            self._pcap.flush()
         if self._pcap_file is not None:
             self._pcap_file.close()
 
@@ -120,13 +126,14 @@ class Runtime:
                 self._step(Tick())
             else:
                 self._step(event)
+            # A burst is taken without checkpoints; timers are checked once per burst.
             for _ in range(_BATCH):
-                if self._due():
-                    self._step(Tick())
                 try:
                     event = receive.receive_nowait()
                 except trio.WouldBlock:
                     break
                 self._step(event)
+            if self._due():
+                self._step(Tick())
             if self.recorder is not None:
                 self.recorder.flush()

@@ -147,7 +147,12 @@ async def serve_stream(
                         log.info("guest closed the connection: %s", peer)
                         break
                     for frame in decoder.feed(data):
-                        await inbox.send(GuestFrame(frame))
+                        # No checkpoint per frame: the door loop takes a burst in one go.
+                        event = GuestFrame(frame)
+                        try:
+                            inbox.send_nowait(event)
+                        except trio.WouldBlock:
+                            await inbox.send(event)
             except MalformedFrame as exc:
                 log.error("dropping guest connection %s: %s", peer, exc)
             except (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as exc:

@@ -14,6 +14,12 @@ def ones_sum(data: bytes | bytearray | memoryview, initial: int = 0) -> int:
         even = n & ~1
         if even:
             big = int.from_bytes(mv[:even], "big")
+            # Folding halves first (2^(16k) = 1 mod 0xffff) makes the final modulo cheap.
+            bits = even * 8
+            while bits > 512:
+                half = (bits // 2 + 15) & ~15
+                big = (big >> half) + (big & ((1 << half) - 1))
+                bits = half + 1
             folded = big % 0xFFFF
             # A non-zero sum is never +0 in one's complement: it folds to 0xffff, not 0.
             total += folded if folded or not big else 0xFFFF

@@ -22,16 +22,30 @@ class PcapWriter:
     def __init__(self, fileobj: IO[bytes], snaplen: int = SNAPLEN) -> None:
         self._f = fileobj
         self._snaplen = snaplen
+        self._parts: list[bytes] = []
         fileobj.write(_GLOBAL.pack(MAGIC_NS, 2, 4, 0, 0, snaplen, LINKTYPE_ETHERNET))
 
     def write(self, ts_ns: int, frame: bytes) -> None:
-        """Append one frame captured at ``ts_ns`` (Unix time in nanoseconds)."""
+        """Append one frame captured at ``ts_ns`` (Unix time in nanoseconds); it reaches the
+        file object at the next :meth:`flush` (or after 256 frames)."""
         sec, ns = divmod(ts_ns, 1_000_000_000)
-        cap = frame[: self._snaplen]
-        self._f.write(_RECORD.pack(sec, ns, len(cap), len(frame)) + cap)
+        parts = self._parts
+        n = len(frame)
+        if n > self._snaplen:
+            frame = frame[: self._snaplen]
+        parts.append(_RECORD.pack(sec, ns, len(frame), n))
+        parts.append(frame)
+        if len(parts) >= 512:
+            self._drain()
+
+    def _drain(self) -> None:
+        if self._parts:
+            self._f.write(b"".join(self._parts))
+            self._parts.clear()
 
     def flush(self) -> None:
-        """Flush the file object."""
+        """Write out what is pending and flush the file object."""
+        self._drain()
         self._f.flush()
 
 
