@@ -10,7 +10,7 @@ absent), ``host``, ``dns`` and ``dhcpstart`` must lie inside ``net`` and differ.
 Extensions to QEMU's syntax (absent from QEMU, so a QEMU option string never sets them):
 ``mtu=`` (68..65521, offered to the guest with DHCP option 26), ``hostloopback=on|off|ADDR``
 (where the ``host`` address leads: the host's loopback 127.0.0.1 by default, as libslirp),
-``udp-timeout=`` and ``dns-timeout=`` (seconds).
+``udp-timeout=`` and ``dns-timeout=`` (seconds), ``max-flows=`` (TCP NAT entries, 8192).
 """
 
 from __future__ import annotations
@@ -71,6 +71,7 @@ class Config:
     hostloopback: str = "127.0.0.1"  # "" when the host address leads nowhere
     udp_timeout: int = 240
     dns_timeout: int = 10
+    max_flows: int = 8192
     id: str = ""
     hostfwd: tuple[str, ...] = field(default_factory=tuple)
     guestfwd: tuple[str, ...] = field(default_factory=tuple)
@@ -110,6 +111,7 @@ class Config:
                 hostloopback=str(data.get("hostloopback", "127.0.0.1")),
                 udp_timeout=int(data.get("udp_timeout", 240)),
                 dns_timeout=int(data.get("dns_timeout", 10)),
+                max_flows=int(data.get("max_flows", 8192)),
                 id=str(data.get("id", "")),
                 hostfwd=tuple(str(s) for s in data.get("hostfwd", ())),
                 guestfwd=tuple(str(s) for s in data.get("guestfwd", ())),
@@ -136,6 +138,8 @@ class Config:
             parts.append(f"mtu={self.mtu}")
         if self.hostloopback != "127.0.0.1":
             parts.append("hostloopback=" + (self.hostloopback or "off"))
+        if self.max_flows != 8192:
+            parts.append(f"max-flows={self.max_flows}")
         if self.id:
             parts.append("id=" + self.id.replace(",", ",,"))
         parts += ["hostfwd=" + s.replace(",", ",,") for s in self.hostfwd]
@@ -343,6 +347,9 @@ def parse_user_options(text: str) -> Config:
         dns_timeout=(
             _int("dns-timeout", seen["dns-timeout"], 1, 3600) if "dns-timeout" in seen else 10
         ),
+        max_flows=(
+            _int("max-flows", seen["max-flows"], 1, 1 << 20) if "max-flows" in seen else 8192
+        ),
         id=seen.get("id", ""),
         hostfwd=tuple(fwds["hostfwd"]),
         guestfwd=tuple(fwds["guestfwd"]),
@@ -365,4 +372,5 @@ _KNOWN = {
     "hostloopback",
     "udp-timeout",
     "dns-timeout",
+    "max-flows",
 }

@@ -130,6 +130,7 @@ class Stack:
             alloc_flow=self.alloc_flow,
             counters=self.counters,
             mtu=config.mtu,
+            max_flows=config.max_flows,
         )
         self.echo = IcmpEcho(
             send_ip=self.send_ip,
