@@ -244,10 +244,17 @@ def tcp_many(addr: str, port: int, n: int, size: int) -> str:
 
 
 def tcp_client(addr: str, port: int, size: int, hold: float) -> str:
+    """``addr`` may be ``unix:/path`` (then ``port`` is ignored)."""
     data = os.urandom(size)
     want = data + b"sha256:" + hashlib.sha256(data).hexdigest().encode()
     try:
-        with socket.create_connection((addr, port), timeout=20) as s:
+        if addr.startswith("unix:"):
+            s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            s.settimeout(20)
+            s.connect(addr[5:])
+        else:
+            s = socket.create_connection((addr, port), timeout=20)
+        with s:
             time.sleep(hold)
             s.sendall(data)
             s.shutdown(socket.SHUT_WR)

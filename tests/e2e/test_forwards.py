@@ -75,8 +75,10 @@ def host_py(topo: Topology, *args: str) -> str:
 def test_hostfwd_guestfwd_ctl(topo: Topology, restrict: str) -> None:
     tcp_rule = f"tcp:127.0.0.1:0-:{GUEST_ECHO}"
     udp_rule = f"udp:127.0.0.1:0-:{GUEST_UDP}"
+    unix_path = topo.dir / "fwd.sock"
     options = (
         f"restrict={restrict},hostfwd={tcp_rule},hostfwd={udp_rule},"
+        f"hostfwd=unix:{unix_path}-:{GUEST_ECHO},"
         f"guestfwd=tcp:10.0.2.100:80-tcp:127.0.0.1:{HOST_HTTP},"
         "guestfwd=tcp:10.0.2.101:7-cmd:cat"
     )
@@ -86,6 +88,7 @@ def test_hostfwd_guestfwd_ctl(topo: Topology, restrict: str) -> None:
     # host -> guest, TCP and UDP, through ports that were 0 in the rules
     assert host_py(topo, "tcp-client", "127.0.0.1", str(tport), "300000") == "ok"
     assert host_py(topo, "udp-client", "127.0.0.1", str(uport), "1000") == "ok 127.0.0.1"
+    assert host_py(topo, "tcp-client", f"unix:{unix_path}", "0", "50000") == "ok"
     # guest -> host socket, and guest -> a spawned `cat`
     body = topo.guest_run(["curl", "-sS", "--max-time", "20", "-o", "/dev/null", "-w",
                            "%{size_download}", "http://10.0.2.100/1234"], 30)
