@@ -143,6 +143,13 @@ class SocketEnd:
     async def send(self, data: bytes | bytearray | memoryview) -> int:
         return await self.sock.send(data)
 
+    def try_send(self, data: bytes) -> int:
+        """Send what the socket takes right now, without waiting (0 if nothing)."""
+        try:
+            return os.write(self.sock.fileno(), data)
+        except BlockingIOError:
+            return 0
+
     async def shutdown_write(self) -> None:
         await trio.lowlevel.checkpoint()
         self.sock.shutdown(_socket.SHUT_WR)
@@ -394,6 +401,7 @@ class _TcpFlow:
         self.credit = 0
         self.credit_changed = trio.Event()
         self.outbuf = bytearray()
+        self.unreported = 0  # bytes sent directly whose TcpSent the writer must still report
         self.out_changed = trio.Event()
         self.shutdown = False
         self.closed = False
@@ -483,8 +491,25 @@ class TcpFlows:
 
     def send(self, eff: TcpSend) -> None:
         state = self._flows.get(eff.flow)
-        if state is not None:
-            state.outbuf += eff.data
+        if state is None:
+            return
+        data = eff.data
+        end = state.end
+        if not state.outbuf and not state.unreported and isinstance(end, SocketEnd):
+            # Nothing queued: try the socket at once, sparing the writer task a wake-up.
+            try:
+                n = end.try_send(data)
+            except OSError:
+                n = 0  # the writer meets the error and reports it
+            if n:
+                try:
+                    self._inbox.send_nowait(TcpSent(state.flow, n))
+                except trio.WouldBlock:
+                    state.unreported += n
+                    state.poke_writer()
+                data = data[n:]
+        if data:
+            state.outbuf += data
             state.poke_writer()
 
     def credit(self, eff: TcpRecvCredit) -> None:
@@ -618,9 +643,13 @@ class TcpFlows:
 
     async def _writer(self, state: _TcpFlow, end: HostEnd) -> None:
         while True:
-            while not state.outbuf and not state.shutdown:
+            while not state.outbuf and not state.shutdown and not state.unreported:
                 state.out_changed = trio.Event()
                 await state.out_changed.wait()
+            if state.unreported:
+                n, state.unreported = state.unreported, 0
+                await self._report(TcpSent(state.flow, n))
+                continue
             if state.outbuf:
                 # A copy, not a memoryview: outbuf may grow while the send waits.
                 chunk = state.outbuf[:_WRITE_MAX]

@@ -135,5 +135,6 @@ class Runtime:
                 self._step(event)
             if self._due():
                 self._step(Tick())
+            self.port.kick()
             if self.recorder is not None:
                 self.recorder.flush()
