@@ -400,10 +400,11 @@ async def open_stack(
     handle: SlirpStack | None = None
     try:
         runtime = Runtime(stack, port, recorder)
-        tcp = TcpFlows(runtime.inbox)
+        tcp = TcpFlows(runtime.inbox, batched=True)
         datagrams = Datagrams(runtime.inbox, dns_upstreams=upstreams)
         forwards = Forwards(runtime.inbox, tcp, cfg)
         runtime.handlers.update(tcp.handlers())
+        runtime.after_burst.append(tcp.kick)
         runtime.handlers.update(datagrams.handlers())
         runtime.handlers.update(forwards.handlers())
         async with trio.open_nursery() as nursery:

@@ -556,3 +556,34 @@ async def test_tcp_opener_target_and_ipv4_literal_default() -> None:
             flows.send(TcpSend(flow, b"hi %d" % flow))
             assert await events.exchange(flow, data=4, sent=4) == b"hi %d" % flow
             flows.close(TcpClose(flow, abort=True))
+
+
+async def test_batched_sends_go_out_at_kick_in_one_write() -> None:
+    send, recv = trio.open_memory_channel[Event](64)
+    flows = TcpFlows(send, batched=True)
+    listeners = await trio.open_tcp_listeners(0, host="127.0.0.1")
+    port = listeners[0].socket.getsockname()[1]
+    got = bytearray()
+
+    async def server(stream: trio.SocketStream) -> None:
+        while data := await stream.receive_some(100):
+            got.extend(data)
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(flows.run)
+        nursery.start_soon(trio.serve_listeners, server, listeners)
+        await trio.testing.wait_all_tasks_blocked()
+        flows.connect(TcpConnect(1, "127.0.0.1", port))
+        assert await next_event(recv) == TcpConnected(1)
+        await trio.testing.wait_all_tasks_blocked()  # the flow's writer is idle
+        flows.send(TcpSend(1, b"one "))
+        flows.send(TcpSend(1, b"two"))
+        await trio.testing.wait_all_tasks_blocked()
+        with pytest.raises(trio.WouldBlock):
+            recv.receive_nowait()  # nothing is sent before the burst ends
+        flows.kick()
+        assert recv.receive_nowait() == TcpSent(1, 7)  # reported without a task switch
+        with trio.fail_after(5):
+            while bytes(got) != b"one two":
+                await trio.sleep(0.01)
+        nursery.cancel_scope.cancel()

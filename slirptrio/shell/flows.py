@@ -143,7 +143,7 @@ class SocketEnd:
     async def send(self, data: bytes | bytearray | memoryview) -> int:
         return await self.sock.send(data)
 
-    def try_send(self, data: bytes) -> int:
+    def try_send(self, data: bytes | bytearray | memoryview) -> int:
         """Send what the socket takes right now, without waiting (0 if nothing)."""
         try:
             return os.write(self.sock.fileno(), data)
@@ -402,6 +402,7 @@ class _TcpFlow:
         self.credit_changed = trio.Event()
         self.outbuf = bytearray()
         self.unreported = 0  # bytes sent directly whose TcpSent the writer must still report
+        self.writing = False  # the writer task has a send in flight
         self.out_changed = trio.Event()
         self.shutdown = False
         self.closed = False
@@ -428,10 +429,14 @@ class _TcpFlow:
 class TcpFlows:
     """Executes TCP effects for all flows; start it with ``await nursery.start(flows.run)``."""
 
-    def __init__(self, inbox: trio.MemorySendChannel[Event]) -> None:
+    def __init__(self, inbox: trio.MemorySendChannel[Event], *, batched: bool = False) -> None:
+        """``batched``: data for idle sockets waits for :meth:`kick`, which the owner calls
+        after every burst of effects (the runtime does); otherwise writer tasks send it."""
         self._inbox = inbox
+        self.batched = batched
         self._flows: dict[int, _TcpFlow] = {}
         self._targets: dict[str, Opener] = {}
+        self._dirty: dict[int, _TcpFlow] = {}
         self._nursery: trio.Nursery | None = None
         self.failures = 0
 
@@ -493,24 +498,37 @@ class TcpFlows:
         state = self._flows.get(eff.flow)
         if state is None:
             return
-        data = eff.data
-        end = state.end
-        if not state.outbuf and not state.unreported and isinstance(end, SocketEnd):
-            # Nothing queued: try the socket at once, sparing the writer task a wake-up.
+        state.outbuf += eff.data
+        if self.batched and isinstance(state.end, SocketEnd) and not state.writing:
+            self._dirty[eff.flow] = state  # written by kick() at the end of the burst
+        else:
+            state.poke_writer()
+
+    def kick(self) -> None:
+        """Write the burst's data straight to idle sockets (one ``send`` per flow, no task
+        switch); what a socket does not take at once is left to the flow's writer task."""
+        dirty = self._dirty
+        if not dirty:
+            return
+        self._dirty = {}
+        for state in dirty.values():
+            end = state.end
+            if state.writing or state.closed or not state.outbuf or not isinstance(end, SocketEnd):
+                state.poke_writer()
+                continue
             try:
-                n = end.try_send(data)
+                with memoryview(state.outbuf) as mv:
+                    n = end.try_send(mv[:_WRITE_MAX])
             except OSError:
                 n = 0  # the writer meets the error and reports it
             if n:
+                del state.outbuf[:n]
                 try:
                     self._inbox.send_nowait(TcpSent(state.flow, n))
                 except trio.WouldBlock:
                     state.unreported += n
-                    state.poke_writer()
-                data = data[n:]
-        if data:
-            state.outbuf += data
-            state.poke_writer()
+            if state.outbuf or state.unreported:
+                state.poke_writer()
 
     def credit(self, eff: TcpRecvCredit) -> None:
         state = self._flows.get(eff.flow)
@@ -653,7 +671,9 @@ class TcpFlows:
             if state.outbuf:
                 # A copy, not a memoryview: outbuf may grow while the send waits.
                 chunk = state.outbuf[:_WRITE_MAX]
+                state.writing = True
                 n = await end.send(chunk)
+                state.writing = False
                 if not 0 < n <= len(chunk):
                     raise RuntimeError(f"send returned {n} for {len(chunk)} bytes")
                 del state.outbuf[:n]

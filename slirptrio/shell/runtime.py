@@ -87,6 +87,7 @@ class Runtime:
         self.door = Door(stack, recorder)
         self.inbox, self._receive = trio.open_memory_channel[Event](inbox_size)
         self.handlers: dict[type[Effect], Callable[[Any], None]] = {}
+        self.after_burst: list[Callable[[], None]] = []  # called after each burst of steps
         self._t0 = trio.current_time()
 
     def now_ns(self) -> int:
@@ -136,5 +137,7 @@ class Runtime:
             if self._due():
                 self._step(Tick())
             self.port.kick()
+            for hook in self.after_burst:
+                hook()
             if self.recorder is not None:
                 self.recorder.flush()
