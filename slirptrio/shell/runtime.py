@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import math
+import os
 from collections.abc import Callable
 from typing import IO, Any
 
@@ -29,6 +30,25 @@ INBOX_SIZE = 1024
 _BATCH = 256
 
 
+_IOV_MAX = 1024
+
+
+def _writev_to(fd: int) -> Callable[[list[bytes]], None]:
+    """Write buffers to ``fd`` with writev: straight from the frames, no joined copy."""
+
+    def write_parts(parts: list[bytes]) -> None:
+        for i in range(0, len(parts), _IOV_MAX):
+            chunk = parts[i : i + _IOV_MAX]
+            n = os.writev(fd, chunk)
+            total = sum(len(p) for p in chunk)
+            if n < total:  # a short write (rare): finish it the plain way
+                rest = memoryview(b"".join(chunk))[n:]
+                while rest:
+                    rest = rest[os.write(fd, rest) :]
+
+    return write_parts
+
+
 class Recorder:
     """The door's sink: journal records and the pcap view of every frame in and out."""
 
@@ -37,7 +57,13 @@ class Recorder:
     ) -> None:
         self.journal = journal
         self._pcap_file = pcap
-        self._pcap = PcapWriter(pcap) if pcap is not None else None
+        self._pcap: PcapWriter | None = None
+        if pcap is not None:
+            try:
+                write_parts: Callable[[list[bytes]], None] | None = _writev_to(pcap.fileno())
+            except (OSError, ValueError):  # not a real file (a test's BytesIO)
+                write_parts = None
+            self._pcap = PcapWriter(pcap, write_parts=write_parts)
         self._origin_ns = origin_ns
 
     def __call__(self, seq: int, t_ns: int, event: Event, effects: list[Effect]) -> None:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import struct
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import IO
 
 from slirptrio.wire import MalformedFrame
@@ -19,11 +19,20 @@ _RECORD = struct.Struct("<IIII")
 class PcapWriter:
     """Writes frames with integer nanosecond timestamps to a binary file object."""
 
-    def __init__(self, fileobj: IO[bytes], snaplen: int = SNAPLEN) -> None:
+    def __init__(
+        self,
+        fileobj: IO[bytes],
+        snaplen: int = SNAPLEN,
+        *,
+        write_parts: Callable[[list[bytes]], None] | None = None,
+    ) -> None:
+        """``write_parts``, if given, writes a list of buffers to the file's descriptor
+        (the shell passes ``os.writev``, saving a copy); else they are joined and written."""
         self._f = fileobj
         self._snaplen = snaplen
         self._parts: list[bytes] = []
         fileobj.write(_GLOBAL.pack(MAGIC_NS, 2, 4, 0, 0, snaplen, LINKTYPE_ETHERNET))
+        self._write_parts = write_parts
 
     def write(self, ts_ns: int, frame: bytes) -> None:
         """Append one frame captured at ``ts_ns`` (Unix time in nanoseconds); it reaches the
@@ -39,9 +48,15 @@ class PcapWriter:
             self._drain()
 
     def _drain(self) -> None:
-        if self._parts:
-            self._f.write(b"".join(self._parts))
-            self._parts.clear()
+        parts = self._parts
+        if not parts:
+            return
+        if self._write_parts is not None:
+            self._f.flush()
+            self._write_parts(parts)
+        else:
+            self._f.write(b"".join(parts))
+        parts.clear()
 
     def flush(self) -> None:
         """Write out what is pending and flush the file object."""
