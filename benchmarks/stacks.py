@@ -76,13 +76,19 @@ def _python_env() -> dict[str, str]:
 
 
 def start_slirptrio(
-    topo: Topology, mtu: int, transport: Literal["listen", "dgram"], journal: bool
+    topo: Topology,
+    mtu: int,
+    transport: Literal["listen", "dgram"],
+    journal: bool,
+    pcap: bool = True,
 ) -> Stack:
-    """slirptrio with ``mtu=`` offered by DHCP; journal and pcap on or both off."""
+    """slirptrio with ``mtu=`` offered by DHCP; journal and pcap on, journal only, or off."""
     options = f"mtu={mtu}" if mtu != 1500 else ""
     extra = ["--dns-upstream", "127.0.0.1:5353"]
     if not journal:
         extra += ["--no-journal", "--no-pcap"]
+    elif not pcap:
+        extra += ["--no-pcap"]
     st = topo.start_slirptrio(transport, options, extra_args=extra, verbose=0)
     relay = topo.start_relay(st.transport, dump=False)
     lease = topo.udhcpc()
@@ -90,7 +96,8 @@ def start_slirptrio(
     if got != mtu:
         raise HarnessError(f"guest MTU is {got} after DHCP, wanted {mtu} (lease {lease.raw})")
     tr = "stream" if transport == "listen" else "dgram"
-    label = f"slirptrio ({tr}, journal {'on' if journal else 'off'})"
+    mode = ("on" if pcap else "only, no pcap") if journal else "off"
+    label = f"slirptrio ({tr}, journal {mode})"
     return Stack("slirptrio", label, st.proc, mtu, lease.ip, relay.proc)
 
 
