@@ -62,11 +62,11 @@ while True:
 S
 ip netns exec "$H" python3 "$TMP/dns.py" & PIDS+=($!)
 
-start_stack() {  # name
+start_stack() {  # name [options]
     rm -f "$TMP/s.sock"
     ip netns exec "$H" python3 -m slirptrio run --listen "unix:$TMP/s.sock" \
         --journal "$HERE/$1.journal" --pcap "$HERE/$1.pcap" --seed 1 \
-        --dns-upstream 127.0.0.1:5353 > "$TMP/stack.out" 2>&1 &
+        --dns-upstream 127.0.0.1:5353 "${2:-}" > "$TMP/stack.out" 2>&1 &
     STACK=$!
     PIDS+=($STACK)
     for _ in $(seq 100); do grep -q ready "$TMP/stack.out" && break; sleep 0.1; done
@@ -117,6 +117,22 @@ start_stack dns-udp
 guest busybox udhcpc -i tap0 -n -q -f -t 5 -T 1 -s "$TMP/udhcpc.sh"
 guest busybox nslookup vm.example.test 10.0.2.3
 guest busybox nslookup other.example.test 10.0.2.3
+stop_stack
+
+echo "recording tcp-http"
+mkdir -p "$TMP/www-host" "$TMP/www-guest"
+head -c 300000 /dev/urandom > "$TMP/www-host/blob"
+echo "hello from the guest" > "$TMP/www-guest/index.html"
+ip netns exec "$H" python3 -m http.server 8080 --bind 127.0.0.1 --directory "$TMP/www-host" \
+    > /dev/null 2>&1 & PIDS+=($!)
+start_stack tcp-http "hostfwd=tcp:127.0.0.1:2280-:8000"
+guest busybox udhcpc -i tap0 -n -q -f -t 5 -T 1 -s "$TMP/udhcpc.sh"
+ip netns exec "$G" busybox httpd -f -p 8000 -h "$TMP/www-guest" & PIDS+=($!)
+sleep 0.5
+guest curl -sS -o "$TMP/got" http://10.0.2.2:8080/blob     # guest -> host loopback, 300 kB
+cmp "$TMP/got" "$TMP/www-host/blob"
+guest curl -sS -o /dev/null http://10.0.2.2:8081/ || echo "refused, as expected"
+ip netns exec "$H" timeout 30 curl -sS http://127.0.0.1:2280/index.html   # host -> guest
 stop_stack
 
 for j in "$HERE"/*.journal; do python3 -m slirptrio replay "$j"; done
