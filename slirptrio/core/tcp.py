@@ -544,12 +544,21 @@ class TcpNat:
         self._now = now_ns
         h = self._timers
         by_flow = self._by_flow
+        due: list[_Conn] = []
         while h and h[0][0] <= now_ns:
             t, flow = heapq.heappop(h)
             c = by_flow.get(flow)
             if c is None or c.armed_at != t:
                 continue
             c.armed_at = None
+            due.append(c)
+        # Fire in an order set by the entries' own state: the heap's keys depend on when
+        # poll_at() tidied it, and poll_at() calls are not journaled, so replay makes
+        # different ones. (A stale early key only fires an entry with nothing due.)
+        due.sort(key=lambda c: (self._deadline(c) or 0, c.flow))
+        for c in due:
+            if c.phase == _GONE:
+                continue
             self._fire(c, now_ns)
             if c.phase != _GONE:
                 self._rearm(c)
