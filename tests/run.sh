@@ -17,6 +17,9 @@ need ip iproute2
 need iperf3 iperf3
 need slirp4netns slirp4netns
 need curl curl
+need cpio cpio
+# A real VM test boots Debian's kernel under TCG (tests/e2e/test_vm.py).
+compgen -G "/boot/vmlinuz-*" >/dev/null || missing+=(linux-image-amd64)
 if ((${#missing[@]})); then
     if [[ "$(id -u)" -eq 0 ]] && command -v apt-get >/dev/null 2>&1; then
         echo "run.sh: installing ${missing[*]}"
