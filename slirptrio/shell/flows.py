@@ -15,7 +15,10 @@ side did as events:
   host peer is slowed by the kernel's TCP window (or the pipe's bound): backpressure from the
   guest's window.
 * ``TcpSend`` queues bytes; the writer reports each partial ``send`` as ``TcpSent(n)``. The queue
-  is bounded by the core, which never has more than its window outstanding.
+  is bounded by the core, which never has more than its window outstanding. With
+  ``batched=True`` (the runtime's setting) a socket whose writer is idle gets the burst's bytes
+  from :meth:`TcpFlows.kick` instead, in one non-blocking ``send`` at the end of the burst, and
+  ``TcpSent`` goes straight into the inbox: no task switch on the common path.
 * ``TcpShutdown`` shuts the write side once queued data is out; ``TcpClose`` ends the group
   (``abort``: the peer sees a reset — SO_LINGER 0 on a TCP socket, SIGKILL for a command).
 * EOF from the peer is ``TcpEof``; an error is ``TcpReset(errno)``, aborts the end and ends the

@@ -2,9 +2,12 @@
 
 One task runs the door: it takes the next input from the inbox (or a :class:`Tick` when the core's
 deadline passes), stamps it with the clock, steps the core through the :class:`Door`, journals
-the step and dispatches the effects without blocking. Everything else — the transport, each
-flow's socket tasks — only ever puts events into the bounded inbox; a full inbox makes producers
-wait, which is the backpressure toward a guest or host peer that sends faster than we process.
+the step and dispatches the effects without blocking. It takes a burst of up to 256 inputs per
+wakeup without a checkpoint; after the burst it writes the frames for a stream guest itself
+(:meth:`GuestPort.kick`), runs the ``after_burst`` hooks (host sockets' pending data), and hands
+the journal and pcap to the kernel. Everything else — the transport, each flow's socket tasks —
+only ever puts events into the bounded inbox; a full inbox makes producers wait, which is the
+backpressure toward a guest or host peer that sends faster than we process.
 """
 
 from __future__ import annotations
