@@ -13,7 +13,6 @@ backpressure toward a guest or host peer that sends faster than we process.
 from __future__ import annotations
 
 import logging
-import math
 import os
 from collections.abc import Callable
 from typing import IO, Any
@@ -147,9 +146,15 @@ class Runtime:
             deadline = self.stack.poll_at()
             event: Event | None = None
             if deadline is None or deadline > self.now_ns():
-                at = math.inf if deadline is None else self._trio_time(deadline)
-                with trio.move_on_at(at):
-                    event = await receive.receive()
+                try:
+                    event = receive.receive_nowait()
+                    await trio.lowlevel.checkpoint()  # stay fair to the other tasks
+                except trio.WouldBlock:
+                    if deadline is None:
+                        event = await receive.receive()
+                    else:
+                        with trio.move_on_at(self._trio_time(deadline)):
+                            event = await receive.receive()
             else:
                 await trio.lowlevel.checkpoint()
             if event is None:
