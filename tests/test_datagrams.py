@@ -187,7 +187,7 @@ async def test_dns_to_a_closed_port_servfails_at_once() -> None:
 
 async def test_resolv_conf_is_followed(tmp_path: pathlib.Path) -> None:
     conf = tmp_path / "resolv.conf"
-    conf.write_text("# generated\nsearch example\nnameserver 127.0.0.53\nnameserver 1.1.1.1\n")
+    conf.write_text("# generated\nsearch example\nnameserver 127.0.0.53\nnameserver 192.0.2.53\n")
     send, recv = trio.open_memory_channel[Event](64)
     d = Datagrams(send, resolv_conf=str(conf), resolv_check_s=0.01)
     async with trio.open_nursery() as nursery:

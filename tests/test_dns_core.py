@@ -264,7 +264,7 @@ def test_parse_upstream(text: str, expected: tuple[str, int]) -> None:
     assert dns.parse_upstreams(dns.format_upstreams([expected])) == [expected]
 
 
-@pytest.mark.parametrize("text", ["dns.google", "1.2.3.4:0", "1.2.3.4:x", "[::1", "[::1]x"])
+@pytest.mark.parametrize("text", ["dns.google", "192.0.2.4:0", "192.0.2.4:x", "[::1", "[::1]x"])
 def test_parse_upstream_rejects(text: str) -> None:
     with pytest.raises(ValueError):
         dns.parse_upstream(text)

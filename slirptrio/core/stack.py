@@ -106,8 +106,6 @@ class Stack:
         self._loopback = config.hostloopback
         self._mtu = config.mtu
         self._guestfwd: dict[tuple[bytes, int], int] = {}
-        self._fwd_ips: dict[bytes, int] = {}  # guestfwd address -> rules using it
-        self.hostfwds: dict[str, int] = {}  # rule -> bound host port (display only)
         self._reasm = Reassembler(counters=self.counters)
         self.udp = UdpNat(
             send_ip=self.send_ip,
@@ -219,21 +217,13 @@ class Stack:
                 self.counters["fwd_bad_guestfwd"] += 1
                 return
             self._guestfwd[(ip, event.port)] = event.fid
-            self._fwd_ips[ip] = self._fwd_ips.get(ip, 0) + 1
         elif type(event) is GuestFwdRemove:
             for key, fid in list(self._guestfwd.items()):
                 if fid == event.fid:
                     del self._guestfwd[key]
-                    left = self._fwd_ips[key[0]] - 1
-                    if left:
-                        self._fwd_ips[key[0]] = left
-                    else:
-                        del self._fwd_ips[key[0]]
         elif type(event) is HostFwdChange:
-            if event.added:
-                self.hostfwds[event.rule] = event.port
-            else:
-                self.hostfwds.pop(event.rule, None)
+            # The shell owns the listener; the core only has the change on record.
+            self.counters["hostfwd_added" if event.added else "hostfwd_removed"] += 1
 
     def _inbound_addrs(self, peer_ip: str, guest_ip: str) -> tuple[bytes, bytes | None]:
         """The source a forwarded host peer has in the guest's eyes (libslirp: the host
@@ -356,7 +346,9 @@ class Stack:
         if pkt.op != warp.ARP_REQUEST:
             self.counters["arp_other"] += 1
             return
-        if pkt.target_ip not in self._virtual_ips and pkt.target_ip not in self._fwd_ips:
+        if pkt.target_ip not in self._virtual_ips and not any(
+            ip == pkt.target_ip for ip, _port in self._guestfwd
+        ):
             # Never answer for other addresses: the guest probes its own (DAD) this way.
             self.counters["arp_ignored"] += 1
             return

@@ -236,6 +236,7 @@ class ProcessEnd:
         self.process = process
         self._stdin = process.stdin
         self._stdout = process.stdout
+        self._io = StreamEnd(trio.StapledStream(process.stdin, process.stdout))
         self._grace_s = grace_s
         self._aborted = False
 
@@ -252,21 +253,13 @@ class ProcessEnd:
         return cls(process, grace_s=grace_s)
 
     async def recv(self, max_bytes: int) -> bytes:
-        try:
-            return bytes(await self._stdout.receive_some(max_bytes))
-        except trio.BrokenResourceError as exc:
-            raise _reset_error(exc) from exc
+        return await self._io.recv(max_bytes)
 
     async def send(self, data: bytes | bytearray | memoryview) -> int:
-        chunk = data[:_STREAM_CHUNK]
-        try:
-            await self._stdin.send_all(chunk)
-        except trio.BrokenResourceError as exc:
-            raise _reset_error(exc) from exc
-        return len(chunk)
+        return await self._io.send(data)
 
     async def shutdown_write(self) -> None:
-        await self._stdin.aclose()
+        await self._io.shutdown_write()  # StapledStream.send_eof closes stdin
 
     def _kill(self) -> None:
         # The group id is the leader's pid, which cannot be reused while the leader is

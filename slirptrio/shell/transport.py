@@ -112,10 +112,8 @@ class GuestPort:
         data = b"".join([encode_frame(f) for f in batch])
         try:
             n = os.write(self.direct_fd, data)
-        except BlockingIOError:
+        except OSError:  # full (EAGAIN), or broken: the writer task waits or meets the error
             n = 0
-        except OSError:
-            n = 0  # the writer task meets the error and ends the connection
         if n < len(data):
             self.partial = data[n:]
             self._wakeup.set()
