@@ -10,7 +10,12 @@ import pytest
 ROOT = pathlib.Path(__file__).resolve().parent.parent / "slirptrio"
 FORBIDDEN = {"trio", "socket", "time", "random", "os", "secrets", "threading", "select"}
 PURE_FILES = sorted(
-    [*(ROOT / "wire").glob("*.py"), *(ROOT / "core").glob("*.py"), ROOT / "config.py"]
+    [
+        *(ROOT / "wire").glob("*.py"),
+        *(ROOT / "core").glob("*.py"),
+        ROOT / "config.py",
+        ROOT / "forward.py",
+    ]
 )
 
 
@@ -41,3 +46,17 @@ def test_checker_catches_a_forbidden_import(tmp_path: pathlib.Path) -> None:
     sample = tmp_path / "x.py"
     sample.write_text("import os.path\nfrom time import monotonic\n")
     assert imported_modules(sample) & FORBIDDEN == {"os", "time"}
+
+
+def test_core_imports_alone() -> None:
+    """``import slirptrio.core.stack`` must not drag in trio or the journal (the package's
+    public names are lazy)."""
+    import subprocess
+    import sys
+
+    code = "import sys, slirptrio.core.stack; print(sorted({'trio', 'msgpack'} & set(sys.modules)))"
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True,
+        cwd=ROOT.parent,
+    )
+    assert out.stdout.strip() == "[]"

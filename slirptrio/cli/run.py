@@ -1,51 +1,35 @@
-"""Command line: ``slirptrio run`` starts a stack, ``slirptrio replay`` re-runs a journal,
-``slirptrio ctl`` talks to a running stack's control socket."""
+"""``slirptrio run``: start a stack and wait for a QEMU guest."""
 
 from __future__ import annotations
 
 import argparse
-import json
-import logging
 import os
 import signal
 import sys
-from collections.abc import Sequence
-from typing import NoReturn
 
 import trio
 
 from slirptrio.api import SlirpStack
+from slirptrio.cli._common import Parser, Subparsers, setup_logging
+from slirptrio.cli.session import TransportSpec, default_journal_path, run_session
 from slirptrio.config import ConfigError, parse_user_options
 from slirptrio.core.dns import parse_upstream
 from slirptrio.shell import transport as tp
-from slirptrio.shell.session import TransportSpec, default_journal_path, run_session
-
-EXIT_USAGE = 2
 
 
-class _Parser(argparse.ArgumentParser):
-    """argparse, but a usage error is one line naming the option, and exit code 2."""
-
-    def error(self, message: str) -> NoReturn:
-        self.exit(EXIT_USAGE, f"slirptrio: error: {message}\n")
-
-
-def _default_socket() -> str:
+def default_socket() -> str:
     run_dir = os.environ.get("XDG_RUNTIME_DIR") or "/tmp"
     return os.path.join(run_dir, f"slirptrio-{os.getuid()}.sock")
 
 
-def _build_parser() -> _Parser:
-    parser = _Parser(prog="slirptrio", description=__doc__)
-    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
-
+def add_parser(sub: Subparsers) -> None:
     run = sub.add_parser("run", help="run the stack and wait for a QEMU guest")
     where = run.add_mutually_exclusive_group()
     where.add_argument(
         "--listen",
         metavar="unix:PATH|tcp:HOST:PORT",
         help="listen for QEMU's -netdev stream client (server=off); default unix:"
-        + _default_socket(),
+        + default_socket(),
     )
     where.add_argument(
         "--connect",
@@ -77,23 +61,8 @@ def _build_parser() -> _Parser:
     run.add_argument("options", nargs="?", default="",
                      help="QEMU -netdev user options, e.g. 'net=192.168.76.0/24,hostname=vm1'")
 
-    ctl = sub.add_parser("ctl", help="query or change a running stack (--control socket)")
-    ctl.add_argument("socket", metavar="PATH", help="the stack's --control socket")
-    ctl.add_argument("--json", action="store_true", help="print the raw JSON answer")
-    ctl.add_argument(
-        "request", nargs="+", metavar="COMMAND",
-        help="info | leases | stats | hostfwd-add RULE | hostfwd-remove RULE",
-    )
 
-    rep = sub.add_parser("replay", help="replay a journal and check it reproduces every effect")
-    rep.add_argument("journal", metavar="JOURNAL")
-    rep.add_argument("--pcap", metavar="OUT", help="also export the capture to OUT")
-    rep.add_argument("--context", type=int, default=5, help="records of context on divergence")
-    rep.add_argument("-v", "--verbose", action="count", default=0)
-    return parser
-
-
-def _transport(args: argparse.Namespace, parser: _Parser) -> TransportSpec:
+def _transport(args: argparse.Namespace, parser: Parser) -> TransportSpec:
     try:
         if args.connect:
             return TransportSpec("connect", tp.Address.parse(args.connect, ("unix", "tcp")))
@@ -106,19 +75,14 @@ def _transport(args: argparse.Namespace, parser: _Parser) -> TransportSpec:
                 "dgram", tp.Address.parse(local, kinds), tp.Address.parse(remote, kinds)
             )
         return TransportSpec(
-            "listen", tp.Address.parse(args.listen or "unix:" + _default_socket(), ("unix", "tcp"))
+            "listen", tp.Address.parse(args.listen or "unix:" + default_socket(), ("unix", "tcp"))
         )
     except tp.AddressError as exc:
         option = "--connect" if args.connect else "--dgram" if args.dgram else "--listen"
         parser.error(f"argument {option}: {exc}")
 
 
-def _setup_logging(verbose: int) -> None:
-    level = logging.WARNING if verbose == 0 else logging.INFO if verbose == 1 else logging.DEBUG
-    logging.basicConfig(level=level, format="%(name)s: %(message)s", stream=sys.stderr)
-
-
-def _cmd_run(args: argparse.Namespace, parser: _Parser) -> int:
+def command(args: argparse.Namespace, parser: Parser) -> int:
     try:
         config = parse_user_options(args.options)
     except ConfigError as exc:
@@ -137,7 +101,7 @@ def _cmd_run(args: argparse.Namespace, parser: _Parser) -> int:
             pcap = args.pcap
         elif journal is not None:
             pcap = os.path.splitext(journal)[0] + ".pcap"
-    _setup_logging(max(args.verbose, 1) if args.verbose else 0)
+    setup_logging(max(args.verbose, 1) if args.verbose else 0)
 
     def ready(stack: SlirpStack) -> None:
         print("slirptrio: attach a QEMU guest with:")
@@ -173,69 +137,3 @@ def _cmd_run(args: argparse.Namespace, parser: _Parser) -> int:
         print(f"slirptrio: error: {exc}", file=sys.stderr)
         return 1
     return 0
-
-
-def _cmd_replay(args: argparse.Namespace) -> int:
-    from replay.engine import main as replay_main
-
-    _setup_logging(args.verbose)
-    return replay_main(args.journal, pcap_out=args.pcap, context=args.context)
-
-
-_CTL_ARGS = {"info": 0, "leases": 0, "stats": 0, "hostfwd-add": 1, "hostfwd-remove": 1}
-
-
-def _cmd_ctl(args: argparse.Namespace, parser: _Parser) -> int:
-    from slirptrio.shell.control import ControlError, request
-
-    cmd, *rest = args.request
-    if cmd not in _CTL_ARGS:
-        parser.error(f"argument COMMAND: unknown command {cmd!r} (known: {', '.join(_CTL_ARGS)})")
-    if len(rest) != _CTL_ARGS[cmd]:
-        parser.error(f"argument COMMAND: {cmd} takes {_CTL_ARGS[cmd]} argument(s)")
-    message: dict[str, object] = {"cmd": cmd}
-    if rest:
-        message["rule"] = rest[0]
-    try:
-        answer = trio.run(request, args.socket, message)
-    except (OSError, ControlError, trio.TooSlowError, ValueError) as exc:
-        print(f"slirptrio: error: control socket {args.socket}: {exc!r}", file=sys.stderr)
-        return 1
-    if args.json or not answer.get("ok"):
-        print(json.dumps(answer, indent=None if not args.json else 2))
-        return 0 if answer.get("ok") else 1
-    print(_format_answer(cmd, answer))
-    return 0
-
-
-def _format_answer(cmd: str, answer: dict[str, object]) -> str:
-    if cmd == "info":
-        flows = answer.get("flows")
-        assert isinstance(flows, list)
-        head = f"{'Proto[State]':<22} {'Guest':<22} {'Dest':<22} {'Host':<24} RecvQ SendQ  Idle"
-        rows = [
-            f"{f['proto'] + '[' + f['state'] + ']':<22} {f['guest']:<22} {f['dest']:<22} "
-            f"{f['host']:<24} {f['recv_q']:>5} {f['send_q']:>5} {f['idle_s']:>5.0f}s"
-            for f in flows
-        ]
-        return "\n".join([head, *rows])
-    if cmd == "leases":
-        leases = answer.get("leases")
-        assert isinstance(leases, list)
-        rows = [f"{x['ip']:<16} {x['mac']}  expires in {x['expires_in_s']} s" for x in leases]
-        return "\n".join(rows) if rows else "(no leases)"
-    if cmd == "hostfwd-add":
-        return f"forwarding host port {answer.get('port')}"
-    if cmd == "hostfwd-remove":
-        return "removed"
-    return json.dumps({k: v for k, v in answer.items() if k != "ok"}, indent=2)
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    parser = _build_parser()
-    args = parser.parse_args(argv)
-    if args.command == "run":
-        return _cmd_run(args, parser)
-    if args.command == "ctl":
-        return _cmd_ctl(args, parser)
-    return _cmd_replay(args)

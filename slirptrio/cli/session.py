@@ -1,4 +1,4 @@
-"""One running session: a stack, its journal and pcap, its transport and its flows."""
+"""The command line's session: a stack, its journal and pcap, its transport and its flows."""
 
 from __future__ import annotations
 

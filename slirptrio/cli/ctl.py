@@ -1,0 +1,70 @@
+"""``slirptrio ctl``: query or change a running stack through its control socket."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+import trio
+
+from slirptrio.cli._common import Parser, Subparsers
+
+_CTL_ARGS = {"info": 0, "leases": 0, "stats": 0, "hostfwd-add": 1, "hostfwd-remove": 1}
+
+
+def add_parser(sub: Subparsers) -> None:
+    ctl = sub.add_parser("ctl", help="query or change a running stack (--control socket)")
+    ctl.add_argument("socket", metavar="PATH", help="the stack's --control socket")
+    ctl.add_argument("--json", action="store_true", help="print the raw JSON answer")
+    ctl.add_argument(
+        "request", nargs="+", metavar="COMMAND",
+        help="info | leases | stats | hostfwd-add RULE | hostfwd-remove RULE",
+    )
+
+
+def command(args: argparse.Namespace, parser: Parser) -> int:
+    from slirptrio.shell.control import ControlError, request
+
+    cmd, *rest = args.request
+    if cmd not in _CTL_ARGS:
+        parser.error(f"argument COMMAND: unknown command {cmd!r} (known: {', '.join(_CTL_ARGS)})")
+    if len(rest) != _CTL_ARGS[cmd]:
+        parser.error(f"argument COMMAND: {cmd} takes {_CTL_ARGS[cmd]} argument(s)")
+    message: dict[str, object] = {"cmd": cmd}
+    if rest:
+        message["rule"] = rest[0]
+    try:
+        answer = trio.run(request, args.socket, message)
+    except (OSError, ControlError, trio.TooSlowError, ValueError) as exc:
+        print(f"slirptrio: error: control socket {args.socket}: {exc!r}", file=sys.stderr)
+        return 1
+    if args.json or not answer.get("ok"):
+        print(json.dumps(answer, indent=None if not args.json else 2))
+        return 0 if answer.get("ok") else 1
+    print(format_answer(cmd, answer))
+    return 0
+
+
+def format_answer(cmd: str, answer: dict[str, object]) -> str:
+    """The human-readable form of a control answer."""
+    if cmd == "info":
+        flows = answer.get("flows")
+        assert isinstance(flows, list)
+        head = f"{'Proto[State]':<22} {'Guest':<22} {'Dest':<22} {'Host':<24} RecvQ SendQ  Idle"
+        rows = [
+            f"{f['proto'] + '[' + f['state'] + ']':<22} {f['guest']:<22} {f['dest']:<22} "
+            f"{f['host']:<24} {f['recv_q']:>5} {f['send_q']:>5} {f['idle_s']:>5.0f}s"
+            for f in flows
+        ]
+        return "\n".join([head, *rows])
+    if cmd == "leases":
+        leases = answer.get("leases")
+        assert isinstance(leases, list)
+        rows = [f"{x['ip']:<16} {x['mac']}  expires in {x['expires_in_s']} s" for x in leases]
+        return "\n".join(rows) if rows else "(no leases)"
+    if cmd == "hostfwd-add":
+        return f"forwarding host port {answer.get('port')}"
+    if cmd == "hostfwd-remove":
+        return "removed"
+    return json.dumps({k: v for k, v in answer.items() if k != "ok"}, indent=2)

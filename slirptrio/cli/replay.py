@@ -1,0 +1,22 @@
+"""``slirptrio replay``: re-run a journal and check that it reproduces every effect."""
+
+from __future__ import annotations
+
+import argparse
+
+from slirptrio.cli._common import Parser, Subparsers, setup_logging
+
+
+def add_parser(sub: Subparsers) -> None:
+    rep = sub.add_parser("replay", help="replay a journal and check it reproduces every effect")
+    rep.add_argument("journal", metavar="JOURNAL")
+    rep.add_argument("--pcap", metavar="OUT", help="also export the capture to OUT")
+    rep.add_argument("--context", type=int, default=5, help="records of context on divergence")
+    rep.add_argument("-v", "--verbose", action="count", default=0)
+
+
+def command(args: argparse.Namespace, parser: Parser) -> int:
+    from replay.engine import main as replay_main
+
+    setup_logging(args.verbose)
+    return replay_main(args.journal, pcap_out=args.pcap, context=args.context)
