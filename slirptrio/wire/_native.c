@@ -1,0 +1,545 @@
+/* slirptrio.wire._native: the native fast path (see slirptrio/wire/fast.py).
+ *
+ * Every function here has a pure-Python twin in fast.py, which is the reference: both must
+ * return identical results (and build identical bytes) for every input; a Hypothesis test
+ * compares them. Nothing here keeps state, reads a clock, or touches the outside world.
+ *
+ * Checksums: the Internet checksum is byte-order independent (RFC 1071 section 2B), so
+ * words are summed in the machine's order, eight bytes at a time with an end-around carry,
+ * and the folded result is byte-swapped once at the end.
+ *
+ * The module refuses to load when SLIRPTRIO_PURE is set to anything but "" or "0": that is
+ * how a user (or CI) forces the pure path, and why the choice is made once, at import.
+ */
+#define PY_SSIZE_T_CLEAN
+#include <Python.h>
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+
+#define KIND_TRUNCATED (-1)
+#define KIND_OTHER 0
+#define KIND_TCP 6
+#define KIND_UDP 17
+
+#define ETH_HLEN 14
+#define IP4_HLEN 20
+#define TCP_HLEN 20
+#define MIN_FRAME 60
+#define HEAD4_LEN (ETH_HLEN + IP4_HLEN)
+
+/* ------------------------------------------------------------------------------ checksums */
+
+/* The sum of n bytes as machine-order 64-bit words with end-around carry (not folded). An odd
+ * last byte counts as the first byte of a zero-padded 16-bit word. */
+static uint64_t
+sum_bytes(const uint8_t *p, size_t n, uint64_t acc)
+{
+    uint64_t v;
+    while (n >= 32) {
+        uint64_t a, b, c, d;
+        memcpy(&a, p, 8);
+        memcpy(&b, p + 8, 8);
+        memcpy(&c, p + 16, 8);
+        memcpy(&d, p + 24, 8);
+        acc += a;
+        acc += (acc < a);
+        acc += b;
+        acc += (acc < b);
+        acc += c;
+        acc += (acc < c);
+        acc += d;
+        acc += (acc < d);
+        p += 32;
+        n -= 32;
+    }
+    while (n >= 8) {
+        memcpy(&v, p, 8);
+        acc += v;
+        acc += (acc < v);
+        p += 8;
+        n -= 8;
+    }
+    v = 0;
+    if (n) {
+        memcpy(&v, p, n); /* the tail, zero-padded: the same words in machine order */
+        acc += v;
+        acc += (acc < v);
+    }
+    return acc;
+}
+
+/* Fold a machine-order sum to 16 bits (end-around carry) and return it in network order as a
+ * number: 0 only when every byte was 0, else 1..0xffff. */
+static uint32_t
+fold_net(uint64_t acc)
+{
+    acc = (acc & 0xffffffffu) + (acc >> 32);
+    acc = (acc & 0xffffffffu) + (acc >> 32);
+    acc = (acc & 0xffffu) + (acc >> 16);
+    acc = (acc & 0xffffu) + (acc >> 16);
+    acc = (acc & 0xffffu) + (acc >> 16);
+    uint16_t w = (uint16_t)acc;
+#if PY_LITTLE_ENDIAN
+    w = (uint16_t)((w >> 8) | (w << 8));
+#endif
+    return w;
+}
+
+/* End-around-carry fold of a non-negative number to 16 bits (as the Python reference does). */
+static uint32_t
+fold16(uint64_t x)
+{
+    while (x >> 16)
+        x = (x & 0xffffu) + (x >> 16);
+    return (uint32_t)x;
+}
+
+/* ones_sum(data, initial) of the reference: fold(initial + sum of data's BE words). */
+static uint32_t
+ones_sum_c(const uint8_t *p, size_t n, uint64_t initial)
+{
+    return fold16(initial + fold_net(sum_bytes(p, n, 0)));
+}
+
+/* The reference's unfolded IPv4 pseudo-header contribution for a TCP/UDP length. */
+static uint64_t
+pseudo4(const uint8_t *src, const uint8_t *dst, unsigned proto, size_t length)
+{
+    uint64_t s = ((uint64_t)src[0] << 24 | (uint64_t)src[1] << 16 | (uint64_t)src[2] << 8 | src[3])
+        + ((uint64_t)dst[0] << 24 | (uint64_t)dst[1] << 16 | (uint64_t)dst[2] << 8 | dst[3]);
+    return (s >> 16) + (s & 0xffff) + proto + length;
+}
+
+static inline unsigned
+be16(const uint8_t *p)
+{
+    return ((unsigned)p[0] << 8) | p[1];
+}
+
+static inline uint32_t
+be32(const uint8_t *p)
+{
+    return ((uint32_t)p[0] << 24) | ((uint32_t)p[1] << 16) | ((uint32_t)p[2] << 8) | p[3];
+}
+
+static inline void
+put16(uint8_t *p, unsigned v)
+{
+    p[0] = (uint8_t)(v >> 8);
+    p[1] = (uint8_t)v;
+}
+
+static inline void
+put32(uint8_t *p, uint32_t v)
+{
+    p[0] = (uint8_t)(v >> 24);
+    p[1] = (uint8_t)(v >> 16);
+    p[2] = (uint8_t)(v >> 8);
+    p[3] = (uint8_t)v;
+}
+
+/* ----------------------------------------------------------------------- argument helpers */
+
+static int
+get_u64(PyObject *o, uint64_t max, const char *what, uint64_t *out)
+{
+    if (!PyLong_Check(o)) {
+        PyErr_Format(PyExc_TypeError, "%s must be an int", what);
+        return -1;
+    }
+    unsigned long long v = PyLong_AsUnsignedLongLong(o);
+    if (v == (unsigned long long)-1 && PyErr_Occurred()) {
+        PyErr_Clear();
+        PyErr_Format(PyExc_ValueError, "%s out of range", what);
+        return -1;
+    }
+    if (v > max) {
+        PyErr_Format(PyExc_ValueError, "%s out of range", what);
+        return -1;
+    }
+    *out = v;
+    return 0;
+}
+
+static int
+get_ssize(PyObject *o, const char *what, Py_ssize_t *out)
+{
+    if (!PyLong_Check(o)) {
+        PyErr_Format(PyExc_TypeError, "%s must be an int", what);
+        return -1;
+    }
+    Py_ssize_t v = PyLong_AsSsize_t(o);
+    if (v == -1 && PyErr_Occurred())
+        return -1;
+    *out = v;
+    return 0;
+}
+
+/* ------------------------------------------------------------------------------- ones_sum */
+
+PyDoc_STRVAR(ones_sum_doc,
+"ones_sum(data, initial=0, /) -> int\n\n"
+"The folded 16-bit one's-complement sum of data (odd length padded with a zero), plus initial.");
+
+static PyObject *
+py_ones_sum(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
+{
+    uint64_t initial = 0;
+    if (nargs < 1 || nargs > 2) {
+        PyErr_SetString(PyExc_TypeError, "ones_sum(data, initial=0)");
+        return NULL;
+    }
+    if (nargs == 2 && get_u64(args[1], (1ULL << 48) - 1, "initial", &initial) < 0)
+        return NULL;
+    Py_buffer b;
+    if (PyObject_GetBuffer(args[0], &b, PyBUF_SIMPLE) < 0)
+        return NULL;
+    uint32_t r = ones_sum_c((const uint8_t *)b.buf, (size_t)b.len, initial);
+    PyBuffer_Release(&b);
+    return PyLong_FromUnsignedLong(r);
+}
+
+/* ---------------------------------------------------------------------------- frame parse */
+
+static PyObject *
+other_record(Py_ssize_t kind, Py_ssize_t start, Py_ssize_t end)
+{
+    return Py_BuildValue("(nnn)", kind, start, end);
+}
+
+/* Parse frame p[0:n] (at offset base of its buffer) as parse_frame does; new reference. */
+static PyObject *
+parse_one(const uint8_t *p, Py_ssize_t n, Py_ssize_t base)
+{
+    if (n < HEAD4_LEN || p[12] != 0x08 || p[13] != 0x00 || (p[6] & 1))
+        return other_record(KIND_OTHER, base, base + n);
+    const uint8_t *ip = p + ETH_HLEN;
+    Py_ssize_t avail = n - ETH_HLEN;
+    if (ip[0] != 0x45) /* IPv4 without options only */
+        return other_record(KIND_OTHER, base, base + n);
+    Py_ssize_t total = (Py_ssize_t)be16(ip + 2);
+    unsigned frag = be16(ip + 6);
+    if (total < IP4_HLEN || total > avail || (frag & 0xbfff) != 0
+        || ones_sum_c(ip, IP4_HLEN, 0) != 0xffff)
+        return other_record(KIND_OTHER, base, base + n);
+    unsigned proto = ip[9];
+    const uint8_t *l4 = ip + IP4_HLEN;
+    Py_ssize_t l4len = total - IP4_HLEN;
+    Py_ssize_t l4off = base + HEAD4_LEN;
+    PyObject *rec, *mac, *src, *dst;
+    if (proto == KIND_TCP) {
+        if (l4len < TCP_HLEN)
+            return other_record(KIND_OTHER, base, base + n);
+        Py_ssize_t thl = (Py_ssize_t)(l4[12] >> 4) * 4;
+        if (thl < TCP_HLEN || thl > l4len)
+            return other_record(KIND_OTHER, base, base + n);
+        uint64_t pseudo = pseudo4(ip + 12, ip + 16, KIND_TCP, (size_t)l4len);
+        if (fold16(pseudo + fold_net(sum_bytes(l4, (size_t)l4len, 0))) != 0xffff)
+            return other_record(KIND_OTHER, base, base + n);
+        rec = PyTuple_New(15);
+        if (rec == NULL)
+            return NULL;
+        mac = PyBytes_FromStringAndSize((const char *)p + 6, 6);
+        src = PyBytes_FromStringAndSize((const char *)ip + 12, 4);
+        dst = PyBytes_FromStringAndSize((const char *)ip + 16, 4);
+        PyTuple_SET_ITEM(rec, 0, PyLong_FromLong(KIND_TCP));
+        PyTuple_SET_ITEM(rec, 1, PyLong_FromSsize_t(base));
+        PyTuple_SET_ITEM(rec, 2, PyLong_FromSsize_t(base + n));
+        PyTuple_SET_ITEM(rec, 3, mac);
+        PyTuple_SET_ITEM(rec, 4, src);
+        PyTuple_SET_ITEM(rec, 5, dst);
+        PyTuple_SET_ITEM(rec, 6, PyLong_FromLong((long)be16(l4)));
+        PyTuple_SET_ITEM(rec, 7, PyLong_FromLong((long)be16(l4 + 2)));
+        PyTuple_SET_ITEM(rec, 8, PyLong_FromUnsignedLong(be32(l4 + 4)));
+        PyTuple_SET_ITEM(rec, 9, PyLong_FromUnsignedLong(be32(l4 + 8)));
+        PyTuple_SET_ITEM(rec, 10, PyLong_FromLong(l4[13]));
+        PyTuple_SET_ITEM(rec, 11, PyLong_FromLong((long)be16(l4 + 14)));
+        PyTuple_SET_ITEM(rec, 12, PyLong_FromSsize_t(thl));
+        PyTuple_SET_ITEM(rec, 13, PyLong_FromSsize_t(l4off + thl));
+        PyTuple_SET_ITEM(rec, 14, PyLong_FromSsize_t(l4off + l4len));
+    }
+    else if (proto == KIND_UDP) {
+        if (l4len < 8)
+            return other_record(KIND_OTHER, base, base + n);
+        Py_ssize_t ulen = (Py_ssize_t)be16(l4 + 4);
+        if (ulen < 8 || ulen > l4len)
+            return other_record(KIND_OTHER, base, base + n);
+        if ((l4[6] | l4[7])
+            && fold16(fold16(pseudo4(ip + 12, ip + 16, KIND_UDP, (size_t)ulen))
+                      + fold_net(sum_bytes(l4, (size_t)ulen, 0))) != 0xffff)
+            return other_record(KIND_OTHER, base, base + n);
+        rec = PyTuple_New(10);
+        if (rec == NULL)
+            return NULL;
+        mac = PyBytes_FromStringAndSize((const char *)p + 6, 6);
+        src = PyBytes_FromStringAndSize((const char *)ip + 12, 4);
+        dst = PyBytes_FromStringAndSize((const char *)ip + 16, 4);
+        PyTuple_SET_ITEM(rec, 0, PyLong_FromLong(KIND_UDP));
+        PyTuple_SET_ITEM(rec, 1, PyLong_FromSsize_t(base));
+        PyTuple_SET_ITEM(rec, 2, PyLong_FromSsize_t(base + n));
+        PyTuple_SET_ITEM(rec, 3, mac);
+        PyTuple_SET_ITEM(rec, 4, src);
+        PyTuple_SET_ITEM(rec, 5, dst);
+        PyTuple_SET_ITEM(rec, 6, PyLong_FromLong((long)be16(l4)));
+        PyTuple_SET_ITEM(rec, 7, PyLong_FromLong((long)be16(l4 + 2)));
+        PyTuple_SET_ITEM(rec, 8, PyLong_FromSsize_t(l4off + 8));
+        PyTuple_SET_ITEM(rec, 9, PyLong_FromSsize_t(l4off + ulen));
+    }
+    else {
+        return other_record(KIND_OTHER, base, base + n);
+    }
+    for (Py_ssize_t i = 0; i < PyTuple_GET_SIZE(rec); i++) {
+        if (PyTuple_GET_ITEM(rec, i) == NULL) {
+            Py_DECREF(rec);
+            return NULL;
+        }
+    }
+    return rec;
+}
+
+PyDoc_STRVAR(parse_frame_doc,
+"parse_frame(frame, /) -> tuple\n\n"
+"Parse one Ethernet frame as IPv4 TCP or UDP, verifying both checksums (see fast.py).");
+
+static PyObject *
+py_parse_frame(PyObject *self, PyObject *frame)
+{
+    Py_buffer b;
+    if (PyObject_GetBuffer(frame, &b, PyBUF_SIMPLE) < 0)
+        return NULL;
+    PyObject *r = parse_one((const uint8_t *)b.buf, b.len, 0);
+    PyBuffer_Release(&b);
+    return r;
+}
+
+PyDoc_STRVAR(scan_frames_doc,
+"scan_frames(run, /) -> list[tuple]\n\n"
+"parse_frame for every frame of a run of length-prefixed frames (see fast.py).");
+
+static PyObject *
+py_scan_frames(PyObject *self, PyObject *run)
+{
+    Py_buffer b;
+    if (PyObject_GetBuffer(run, &b, PyBUF_SIMPLE) < 0)
+        return NULL;
+    const uint8_t *p = (const uint8_t *)b.buf;
+    Py_ssize_t n = b.len, off = 0;
+    PyObject *out = PyList_New(0);
+    if (out == NULL)
+        goto fail;
+    while (off + 4 <= n) {
+        Py_ssize_t length = (Py_ssize_t)be32(p + off);
+        Py_ssize_t start = off + 4;
+        if (length > n - start)
+            break;
+        if (length) {
+            PyObject *rec = parse_one(p + start, length, start);
+            if (rec == NULL || PyList_Append(out, rec) < 0) {
+                Py_XDECREF(rec);
+                goto fail;
+            }
+            Py_DECREF(rec);
+        }
+        off = start + length;
+    }
+    if (off < n) {
+        PyObject *rec = other_record(KIND_TRUNCATED, off, n);
+        if (rec == NULL || PyList_Append(out, rec) < 0) {
+            Py_XDECREF(rec);
+            goto fail;
+        }
+        Py_DECREF(rec);
+    }
+    PyBuffer_Release(&b);
+    return out;
+fail:
+    Py_XDECREF(out);
+    PyBuffer_Release(&b);
+    return NULL;
+}
+
+/* ----------------------------------------------------------------------------- frames_end */
+
+PyDoc_STRVAR(frames_end_doc,
+"frames_end(buf, n, max_frame, /) -> (end, count, oversized)\n\n"
+"Where the whole length-prefixed frames in buf[:n] end (see fast.py).");
+
+static PyObject *
+py_frames_end(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
+{
+    Py_ssize_t n, max_frame;
+    if (nargs != 3) {
+        PyErr_SetString(PyExc_TypeError, "frames_end(buf, n, max_frame)");
+        return NULL;
+    }
+    if (get_ssize(args[1], "n", &n) < 0 || get_ssize(args[2], "max_frame", &max_frame) < 0)
+        return NULL;
+    Py_buffer b;
+    if (PyObject_GetBuffer(args[0], &b, PyBUF_SIMPLE) < 0)
+        return NULL;
+    if (n < 0 || n > b.len) {
+        PyBuffer_Release(&b);
+        PyErr_SetString(PyExc_ValueError, "n out of range");
+        return NULL;
+    }
+    const uint8_t *p = (const uint8_t *)b.buf;
+    Py_ssize_t off = 0, count = 0, oversized = 0;
+    while (off + 4 <= n) {
+        Py_ssize_t length = (Py_ssize_t)be32(p + off);
+        if (length > max_frame) {
+            oversized = length;
+            break;
+        }
+        if (length > n - off - 4)
+            break;
+        if (length)
+            count++;
+        off += 4 + length;
+    }
+    PyBuffer_Release(&b);
+    return Py_BuildValue("(nnn)", off, count, oversized);
+}
+
+/* -------------------------------------------------------------------------------- tcp_run */
+
+PyDoc_STRVAR(tcp_run_doc,
+"tcp_run(out, head, ident, sport, dport, seq, ack, window, payload, start, length, mss,\n"
+"        flags, last_flags, /) -> int\n\n"
+"Append TCP segments of payload[start:start+length] as length-prefixed frames to the\n"
+"bytearray out; return how many (see fast.py).");
+
+static PyObject *
+py_tcp_run(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
+{
+    if (nargs != 14) {
+        PyErr_SetString(PyExc_TypeError, "tcp_run takes 14 arguments");
+        return NULL;
+    }
+    PyObject *out = args[0];
+    if (!PyByteArray_Check(out)) {
+        PyErr_SetString(PyExc_TypeError, "out must be a bytearray");
+        return NULL;
+    }
+    uint64_t ident, sport, dport, seq, ack, window, mss, flags, last_flags;
+    Py_ssize_t start, length;
+    if (get_u64(args[2], 0xffff, "ident", &ident) < 0
+        || get_u64(args[3], 0xffff, "sport", &sport) < 0
+        || get_u64(args[4], 0xffff, "dport", &dport) < 0
+        || get_u64(args[5], 0xffffffffu, "seq", &seq) < 0
+        || get_u64(args[6], 0xffffffffu, "ack", &ack) < 0
+        || get_u64(args[7], 0xffff, "window", &window) < 0
+        || get_ssize(args[9], "start", &start) < 0
+        || get_ssize(args[10], "length", &length) < 0
+        || get_u64(args[11], 0xffff, "mss", &mss) < 0
+        || get_u64(args[12], 0xff, "flags", &flags) < 0
+        || get_u64(args[13], 0xff, "last_flags", &last_flags) < 0)
+        return NULL;
+    if (mss == 0) {
+        PyErr_SetString(PyExc_ValueError, "mss out of range");
+        return NULL;
+    }
+    Py_buffer hb, pb;
+    if (PyObject_GetBuffer(args[1], &hb, PyBUF_SIMPLE) < 0)
+        return NULL;
+    const uint8_t *head = (const uint8_t *)hb.buf;
+    if (hb.len != HEAD4_LEN || head[12] != 0x08 || head[13] != 0x00 || head[14] != 0x45
+        || head[23] != KIND_TCP || (be16(head + 20) & 0xbfff) != 0) {
+        PyBuffer_Release(&hb);
+        PyErr_SetString(PyExc_ValueError, "head must be an Ethernet + IPv4 TCP header template");
+        return NULL;
+    }
+    if (PyObject_GetBuffer(args[8], &pb, PyBUF_SIMPLE) < 0) {
+        PyBuffer_Release(&hb);
+        return NULL;
+    }
+    PyObject *result = NULL;
+    if (start < 0 || length < 0 || start > pb.len || length > pb.len - start) {
+        PyErr_SetString(PyExc_ValueError, "payload range out of bounds");
+        goto done;
+    }
+    Py_ssize_t count = length ? (length + (Py_ssize_t)mss - 1) / (Py_ssize_t)mss : 1;
+    Py_ssize_t biggest = length < (Py_ssize_t)mss ? length : (Py_ssize_t)mss;
+    if (IP4_HLEN + TCP_HLEN + biggest > 0xffff) {
+        PyErr_SetString(PyExc_ValueError, "IPv4 datagram too long");
+        goto done;
+    }
+    /* Room: every frame's prefix and headers, padding for a frame below 60 bytes, the data. */
+    Py_ssize_t need = count * (4 + HEAD4_LEN + TCP_HLEN) + length + count * 6;
+    Py_ssize_t old = PyByteArray_GET_SIZE(out);
+    if (PyByteArray_Resize(out, old + need) < 0)
+        goto done;
+    uint8_t *w = (uint8_t *)PyByteArray_AS_STRING(out) + old;
+    uint8_t *w0 = w;
+    const uint8_t *data = (const uint8_t *)pb.buf + start;
+    const uint8_t *src = head + ETH_HLEN + 12, *dst = head + ETH_HLEN + 16;
+    Py_ssize_t left = length;
+    uint32_t s = (uint32_t)seq;
+    for (Py_ssize_t i = 0; i < count; i++) {
+        Py_ssize_t seg = left < (Py_ssize_t)mss ? left : (Py_ssize_t)mss;
+        Py_ssize_t flen = HEAD4_LEN + TCP_HLEN + seg;
+        Py_ssize_t padded = flen < MIN_FRAME ? MIN_FRAME : flen;
+        put32(w, (uint32_t)padded);
+        uint8_t *f = w + 4;
+        memcpy(f, head, HEAD4_LEN);
+        uint8_t *ip = f + ETH_HLEN;
+        put16(ip + 2, (unsigned)(IP4_HLEN + TCP_HLEN + seg));
+        put16(ip + 4, (unsigned)((ident + (uint64_t)i) & 0xffff));
+        ip[10] = ip[11] = 0;
+        put16(ip + 10, ~ones_sum_c(ip, IP4_HLEN, 0) & 0xffff);
+        uint8_t *t = ip + IP4_HLEN;
+        put16(t, (unsigned)sport);
+        put16(t + 2, (unsigned)dport);
+        put32(t + 4, s);
+        put32(t + 8, (uint32_t)ack);
+        t[12] = 0x50;
+        t[13] = (uint8_t)(i == count - 1 ? last_flags : flags);
+        put16(t + 14, (unsigned)window);
+        t[16] = t[17] = t[18] = t[19] = 0;
+        memcpy(t + TCP_HLEN, data, (size_t)seg);
+        uint64_t pseudo = pseudo4(src, dst, KIND_TCP, (size_t)(TCP_HLEN + seg));
+        uint32_t sum = fold16(pseudo + fold_net(sum_bytes(t, (size_t)(TCP_HLEN + seg), 0)));
+        put16(t + 16, ~sum & 0xffff);
+        if (padded > flen)
+            memset(f + flen, 0, (size_t)(padded - flen));
+        w = f + padded;
+        data += seg;
+        left -= seg;
+        s += (uint32_t)seg;
+    }
+    if (PyByteArray_Resize(out, old + (w - w0)) < 0)
+        goto done;
+    result = PyLong_FromSsize_t(count);
+done:
+    PyBuffer_Release(&pb);
+    PyBuffer_Release(&hb);
+    return result;
+}
+
+/* ------------------------------------------------------------------------------ module */
+
+static PyMethodDef methods[] = {
+    {"ones_sum", (PyCFunction)(void (*)(void))py_ones_sum, METH_FASTCALL, ones_sum_doc},
+    {"parse_frame", py_parse_frame, METH_O, parse_frame_doc},
+    {"scan_frames", py_scan_frames, METH_O, scan_frames_doc},
+    {"frames_end", (PyCFunction)(void (*)(void))py_frames_end, METH_FASTCALL, frames_end_doc},
+    {"tcp_run", (PyCFunction)(void (*)(void))py_tcp_run, METH_FASTCALL, tcp_run_doc},
+    {NULL, NULL, 0, NULL},
+};
+
+static struct PyModuleDef module = {
+    PyModuleDef_HEAD_INIT, "_native",
+    "The native fast path of slirptrio.wire (C); slirptrio.wire.fast is its interface.",
+    -1, methods, NULL, NULL, NULL, NULL,
+};
+
+PyMODINIT_FUNC
+PyInit__native(void)
+{
+    const char *pure = getenv("SLIRPTRIO_PURE");
+    if (pure != NULL && pure[0] != '\0' && strcmp(pure, "0") != 0) {
+        PyErr_SetString(PyExc_ImportError, "the native path is disabled by SLIRPTRIO_PURE");
+        return NULL;
+    }
+    return PyModule_Create(&module);
+}
