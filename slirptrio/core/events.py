@@ -361,6 +361,40 @@ class UdpFwdSend(Effect):
     data: bytes
 
 
+# ---- runs of frames (tags 130-139)
+#
+# A *run* is frames each preceded by its 4-byte big-endian length: QEMU's ``-netdev stream``
+# framing (see :mod:`slirptrio.wire.fast`). A burst of guest frames enters as one event, and the
+# frames toward the guest leave as one effect per group, which keeps the journal at one record
+# per burst and lets the core coalesce a flow's segments (GRO) and build its output in one go.
+
+
+@dataclass(frozen=True, slots=True)
+class GuestFrames(Event):
+    """A burst of Ethernet frames from the guest, as a run, exactly as the transport got them."""
+
+    TAG: ClassVar[int] = 130
+    data: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class FrameRuns(Event):
+    """From now on frames to the guest come as :class:`SendFrames` (``on``) rather than one
+    :class:`SendFrame` each. A live session sends it first; journals made before runs
+    existed lack it, so they replay with the effects they recorded."""
+
+    TAG: ClassVar[int] = 131
+    on: bool
+
+
+@dataclass(frozen=True, slots=True)
+class SendFrames(Effect):
+    """Send the frames of a run to the guest, in order (each already padded to 60 bytes)."""
+
+    TAG: ClassVar[int] = 132
+    data: bytes
+
+
 # -------------------------------------------------------------------------------- encoding
 
 _EVENTS: dict[int, type[Event]] = {}

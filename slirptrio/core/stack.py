@@ -29,7 +29,9 @@ from slirptrio.core.events import (
     DnsUpstreams,
     Effect,
     Event,
+    FrameRuns,
     GuestFrame,
+    GuestFrames,
     GuestFwdAdd,
     GuestFwdRemove,
     GuestLink,
@@ -38,6 +40,7 @@ from slirptrio.core.events import (
     IcmpEchoReply,
     IcmpUnavailable,
     SendFrame,
+    SendFrames,
     TcpClose,
     TcpConnected,
     TcpConnectFailed,
@@ -60,9 +63,12 @@ from slirptrio.core.udp import UdpNat
 from slirptrio.wire import MalformedFrame
 from slirptrio.wire import arp as warp
 from slirptrio.wire import ethernet as weth
+from slirptrio.wire import fast as wfast
 from slirptrio.wire import icmp as wicmp
 from slirptrio.wire import ipv4 as wip
 from slirptrio.wire import udp as wudp
+from slirptrio.wire.framing import split_run
+from slirptrio.wire.tcp import ACK, PSH, TcpSegment
 
 log = logging.getLogger("slirptrio.core")
 
@@ -102,6 +108,8 @@ class Stack:
         self._arp_table: dict[bytes, bytes] = {}
         self._ip_id = self._rng.next_u32() & 0xFFFF
         self._out: list[Effect] = []
+        self._frames = bytearray()  # frames to the guest not yet turned into effects (a run)
+        self._runs = False  # FrameRuns: one SendFrames per group of frames, else SendFrame each
         self._next_flow = 0
         self._loopback = config.hostloopback
         self._mtu = config.mtu
@@ -123,6 +131,7 @@ class Stack:
         self.tcp = TcpNat(
             rng=self._rng,
             send_ip=self.send_ip,
+            send_tcp=self.send_tcp,
             emit=self._emit,
             translate=self._tcp_translate,
             alloc_flow=self.alloc_flow,
@@ -145,27 +154,35 @@ class Stack:
         """Consume one input at time ``now_ns`` and return the effects it produced."""
         out: list[Effect] = []
         self._out = out
-        if type(event) is GuestFrame:
-            self._guest_frame(event.data, now_ns)
-        elif type(event) in _TCP_EVENTS:
+        self._frames.clear()
+        t = type(event)
+        if t is GuestFrames:
+            self._guest_frames(event.data, now_ns)  # type: ignore[attr-defined]
+        elif t is GuestFrame:
+            self._guest_frame(event.data, now_ns)  # type: ignore[attr-defined]
+        elif t in _TCP_EVENTS:
             self.tcp.host_event(event, now_ns)
-        elif type(event) in _FWD_EVENTS:
+        elif t in _FWD_EVENTS:
             self._forward_event(event, now_ns)
-        elif type(event) in _UDP_EVENTS:
-            out.extend(self.udp.host_event(event, now_ns))
-        elif type(event) in _ICMP_EVENTS:
-            out.extend(self.echo.host_event(event, now_ns))
-        elif type(event) is Tick:
+        elif t in _UDP_EVENTS:
+            self._emit_all(self.udp.host_event(event, now_ns))
+        elif t in _ICMP_EVENTS:
+            self._emit_all(self.echo.host_event(event, now_ns))
+        elif t is Tick:
             self.counters["ticks"] += 1
             self._reasm.expire(now_ns)
             self.tcp.tick(now_ns)
-            out.extend(self.udp.tick(now_ns))
-            out.extend(self.echo.tick(now_ns))
-        elif type(event) is GuestLink:
-            self.counters["guest_link_up" if event.up else "guest_link_down"] += 1
+            self._emit_all(self.udp.tick(now_ns))
+            self._emit_all(self.echo.tick(now_ns))
+        elif t is GuestLink:
+            self.counters["guest_link_up" if event.up else "guest_link_down"] += 1  # type: ignore[attr-defined]
+        elif t is FrameRuns:
+            self._runs = event.on  # type: ignore[attr-defined]
         else:
             self.counters["unknown_event"] += 1
             log.warning("unhandled event %r", event)
+        if self._frames:
+            self._flush_frames()
         return out
 
     def poll_at(self) -> int | None:
@@ -195,7 +212,7 @@ class Stack:
             src, guest = self._inbound_addrs(event.peer_ip, event.guest_ip)
             if guest is None:
                 self.counters["fwd_bad_guest_address"] += 1
-                self._out.append(TcpClose(event.flow, True))
+                self._emit(TcpClose(event.flow, True))
                 return
             self.tcp.open_to_guest(
                 event.flow, src, event.peer_port, guest, event.guest_port, event.peer_ip,
@@ -206,7 +223,7 @@ class Stack:
             if guest is None:
                 self.counters["fwd_bad_guest_address"] += 1
                 return
-            self._out.extend(self.udp.inbound(
+            self._emit_all(self.udp.inbound(
                 event.fid, src, guest, event.guest_port, event.peer_ip, event.peer_port,
                 event.data, now_ns,
             ))
@@ -277,10 +294,31 @@ class Stack:
         ]
         return [*tcp, *self.udp.flows(now_ns), *self.echo.flows(now_ns)]
 
+    # ----------------------------------------------------------------------------- output
+    #
+    # Frames to the guest gather in ``_frames`` (a run); they become effects before any other
+    # effect is added and at the end of ``handle``, so frames and host actions keep the order
+    # in which they were made: one SendFrames per group under FrameRuns, else one SendFrame
+    # each, exactly as journals made before runs existed recorded them.
+
+    def _flush_frames(self) -> None:
+        frames = self._frames
+        if self._runs:
+            self._out.append(SendFrames(bytes(frames)))
+        else:
+            self._out.extend([SendFrame(bytes(f)) for f in split_run(frames)])
+        frames.clear()
+
     def _emit(self, effect: Effect) -> None:
+        if self._frames:
+            self._flush_frames()
         self._out.append(effect)
 
-    # ----------------------------------------------------------------------------- output
+    def _emit_all(self, effects: list[Effect]) -> None:
+        if effects:
+            if self._frames:
+                self._flush_frames()
+            self._out.extend(effects)
 
     def send_ip(self, src: bytes, dst: bytes, proto: int, payload: bytes) -> None:
         """Queue one IPv4 datagram from a virtual or NATed address to the guest."""
@@ -297,9 +335,41 @@ class Stack:
             )
             self._send_eth(mac, weth.ETH_P_IP, packet)
 
+    def send_tcp(
+        self,
+        src: bytes,
+        dst: bytes,
+        sport: int,
+        dport: int,
+        seq: int,
+        ack: int,
+        window: int,
+        payload: bytes | bytearray | memoryview,
+        start: int,
+        length: int,
+        mss: int,
+        flags: int,
+        last_flags: int,
+    ) -> None:
+        """Queue the TCP segments (no options) carrying ``payload[start:start + length]`` to
+        the guest, at most ``mss`` bytes each; the last has ``last_flags``, the others
+        ``flags``. Built straight into the run (:func:`slirptrio.wire.fast.tcp_run`)."""
+        head = b"".join((
+            self._mac_for(dst), self._our_mac, _IP4_TCP_HEAD, src, dst,
+        ))
+        n = wfast.tcp_run(
+            self._frames, head, (self._ip_id + 1) & 0xFFFF, sport, dport, seq, ack, window,
+            payload, start, length, mss, flags, last_flags,
+        )
+        self._ip_id = (self._ip_id + n) & 0xFFFF
+        self.counters["frames_out"] += n
+
     def _send_eth(self, dst_mac: bytes, ethertype: int, payload: bytes) -> None:
         self.counters["frames_out"] += 1
-        self._out.append(SendFrame(weth.build_ethernet(dst_mac, self._our_mac, ethertype, payload)))
+        frame = weth.build_ethernet(dst_mac, self._our_mac, ethertype, payload)
+        frames = self._frames
+        frames += len(frame).to_bytes(4, "big")
+        frames += frame
 
     def _mac_for(self, ip: bytes) -> bytes:
         mac = self._arp_table.get(ip)
@@ -314,7 +384,77 @@ class Stack:
         self.counters["drop_" + reason] += 1
         log.debug("dropped frame: %s %s", reason, detail)
 
-    def _guest_frame(self, frame: bytes, now_ns: int) -> None:
+    def _guest_frames(self, run: bytes, now_ns: int) -> None:
+        """A burst of guest frames (a run), coalescing each TCP flow's segments (GRO).
+
+        :func:`~slirptrio.wire.fast.scan_frames` parses and checks every frame in one go.
+        In-order data segments of one flow (flags ACK or ACK|PSH, no options, the
+        acknowledgement never going back) become one segment carrying all their bytes, with
+        the last one's acknowledgement and window; a run of pure ACKs that each advance the
+        acknowledgement becomes its last one. So a burst costs one TCP step, one ACK decision
+        and one host send per flow. Anything else of a flow (a FIN, a SYN, an out-of-order
+        segment) first hands over what is gathered for that flow; any other frame (ARP, UDP,
+        ICMP, TCP with options, a bad one) first hands over everything gathered, then takes
+        the general path. All of it depends only on the run, so replay decides the same.
+        """
+        mv = memoryview(run)
+        batches: dict[tuple[bytes, int, bytes, int], _Batch] = {}
+        fast_frames = 0
+        for r in wfast.scan_frames(run):
+            kind = r[0]
+            if kind != wfast.KIND_TCP or r[12] != 20:
+                if batches:
+                    self._gro_flush_all(batches, mv, now_ns)
+                if kind == wfast.KIND_TRUNCATED:
+                    self._drop("run_truncated", f"{r[2] - r[1]} bytes")
+                else:
+                    self._guest_frame(mv[r[1] : r[2]], now_ns)
+                continue
+            fast_frames += 1
+            key = (r[4], r[6], r[5], r[7])
+            flags = r[10]
+            plen = r[14] - r[13]
+            b = batches.get(key)
+            if b is not None:
+                if b.mac == r[3] and b.takes(r, flags, plen):
+                    continue
+                del batches[key]
+                self._gro_flush(key, b, mv, now_ns)
+            if flags == ACK or (plen and flags == ACK | PSH):
+                batches[key] = _Batch(r, plen)
+            else:
+                self._learn(r[3], r[4])
+                self.tcp.segment(key, _segment(r, flags, bytes(mv[r[13] : r[14]])), now_ns)
+        if batches:
+            self._gro_flush_all(batches, mv, now_ns)
+        self.counters["frames_in"] += fast_frames
+
+    def _gro_flush_all(
+        self, batches: dict[tuple[bytes, int, bytes, int], _Batch], mv: memoryview, now_ns: int
+    ) -> None:
+        for key, b in batches.items():
+            self._gro_flush(key, b, mv, now_ns)
+        batches.clear()
+
+    def _gro_flush(
+        self, key: tuple[bytes, int, bytes, int], b: _Batch, mv: memoryview, now_ns: int
+    ) -> None:
+        r = b.first
+        self._learn(b.mac, r[4])
+        parts = b.parts
+        if not parts:
+            payload = b""
+        elif len(parts) == 1:
+            payload = bytes(mv[parts[0][0] : parts[0][1]])
+        else:
+            payload = b"".join([mv[s:e] for s, e in parts])
+            self.counters["tcp_gro_segments"] += len(parts)
+        seg = TcpSegment(r[6], r[7], b.seq, b.ack, b.flags, b.window, payload=payload)
+        if b.count > 1:
+            self.counters["tcp_gro_merged"] += b.count - 1
+        self.tcp.segment(key, seg, now_ns, b.last_off)
+
+    def _guest_frame(self, frame: bytes | memoryview, now_ns: int) -> None:
         self.counters["frames_in"] += 1
         try:
             _dst, src, ethertype, payload = weth.parse_ethernet(frame)
@@ -391,7 +531,7 @@ class Stack:
         if dport in (DHCP_SERVER_PORT, DHCP_CLIENT_PORT):
             self._drop("udp_dhcp_elsewhere")
             return
-        self._out.extend(self.udp.guest_datagram(hdr, sport, dport, data, body, now_ns))
+        self._emit_all(self.udp.guest_datagram(hdr, sport, dport, data, body, now_ns))
 
     def _dhcp_request(self, src_mac: bytes, data: memoryview, now_ns: int) -> None:
         reply = self._dhcp.handle(data, src_mac, now_ns)
@@ -418,12 +558,58 @@ class Stack:
                 return
             ident = int.from_bytes(rest[:2], "big")
             seq = int.from_bytes(rest[2:], "big")
-            self._out.extend(self.echo.guest_echo(hdr, ident, seq, data, body, now_ns))
+            self._emit_all(self.echo.guest_echo(hdr, ident, seq, data, body, now_ns))
             return
         self.counters["icmp_echo_replies"] += 1
         reply = wicmp.build_icmp(wicmp.ECHO_REPLY, 0, rest, bytes(data))
         self.send_ip(hdr.dst, hdr.src, wip.IPPROTO_ICMP, reply)
 
+
+class _Batch:
+    """One flow's segments gathered from a burst (see :meth:`Stack._guest_frames`)."""
+
+    __slots__ = (
+        "ack", "count", "first", "flags", "last_off", "mac", "next_seq", "parts", "seq", "window",
+    )
+
+    def __init__(self, r: wfast.Record, plen: int) -> None:
+        self.first = r
+        self.mac: bytes = r[3]
+        self.seq: int = r[8]
+        self.next_seq = (r[8] + plen) & 0xFFFFFFFF
+        self.ack: int = r[9]
+        self.flags: int = r[10]
+        self.window: int = r[11]
+        self.parts: list[tuple[int, int]] = [(r[13], r[14])] if plen else []
+        self.count = 1
+        self.last_off = 0  # where the last segment starts, from seq
+
+    def takes(self, r: wfast.Record, flags: int, plen: int) -> bool:
+        """Add segment ``r`` if it continues this batch (same kind, in order)."""
+        step = (r[9] - self.ack) & 0xFFFFFFFF
+        if self.parts:
+            if not plen or flags & ~PSH != ACK or r[8] != self.next_seq or step >= 0x80000000:
+                return False
+            self.parts.append((r[13], r[14]))
+            self.last_off = (r[8] - self.seq) & 0xFFFFFFFF
+            self.next_seq = (self.next_seq + plen) & 0xFFFFFFFF
+            self.flags |= flags
+        elif plen or flags != ACK or r[8] != self.seq or not 0 < step < 0x80000000:
+            return False
+        self.ack = r[9]
+        self.window = r[11]
+        self.count += 1
+        return True
+
+
+def _segment(r: wfast.Record, flags: int, payload: bytes) -> TcpSegment:
+    """The segment of a fast-path TCP record (no options)."""
+    return TcpSegment(r[6], r[7], r[8], r[9], flags, r[11], payload=payload)
+
+
+# An IPv4 header template without options (ttl 64, protocol 6) up to the addresses, after the
+# Ethernet addresses: ethertype, version/IHL, TOS, length, id, flags/offset, TTL, protocol, sum.
+_IP4_TCP_HEAD = bytes((0x08, 0x00, 0x45, 0, 0, 0, 0, 0, 0, 0, wip.DEFAULT_TTL, 6, 0, 0))
 
 _FWD_EVENTS = (TcpInbound, UdpInbound, GuestFwdAdd, GuestFwdRemove, HostFwdChange)
 _TCP_EVENTS = (TcpConnected, TcpConnectFailed, TcpData, TcpSent, TcpEof, TcpReset)
