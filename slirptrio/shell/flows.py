@@ -37,6 +37,7 @@ time, shielded from cancellation.
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import errno as _errno
 import ipaddress
@@ -79,6 +80,7 @@ PROCESS_KILL_WAIT_S = 5.0
 """How long to wait for a SIGKILLed command to be reaped."""
 _READ_MAX = 1 << 18
 _WRITE_MAX = 1 << 18
+_IOV_MAX = 1024
 _STREAM_CHUNK = 1 << 16
 
 
@@ -146,12 +148,21 @@ class SocketEnd:
     async def send(self, data: bytes | bytearray | memoryview) -> int:
         return await self.sock.send(data)
 
-    def try_send(self, data: bytes | bytearray | memoryview) -> int:
-        """Send what the socket takes right now, without waiting (0 if nothing)."""
+    def try_sendv(self, parts: list[bytes | memoryview]) -> int:
+        """Send what the socket takes of ``parts`` right now, one ``writev``, without waiting
+        (0 if nothing)."""
         try:
-            return os.write(self.sock.fileno(), data)
+            return os.writev(self.sock.fileno(), parts)
         except BlockingIOError:
             return 0
+
+    async def sendv(self, parts: list[bytes | memoryview]) -> int:
+        """Send a prefix of ``parts`` (at least one byte), waiting until the socket takes some."""
+        while True:
+            n = self.try_sendv(parts)
+            if n:
+                return n
+            await trio.lowlevel.wait_writable(self.sock)
 
     async def shutdown_write(self) -> None:
         await trio.lowlevel.checkpoint()
@@ -389,6 +400,53 @@ async def _run_handler(handler: Callable[[PipeStream], Awaitable[None]], app: Pi
 # ----------------------------------------------------------------------------------- flows
 
 
+class _OutQueue:
+    """Bytes waiting for a host end: the core's ``TcpSend`` data as it came, never copied or
+    joined; sent with ``writev`` (a list of buffers) or a chunk at a time."""
+
+    __slots__ = ("_chunks", "size")
+
+    def __init__(self) -> None:
+        self._chunks: collections.deque[bytes | memoryview] = collections.deque()
+        self.size = 0
+
+    def __bool__(self) -> bool:
+        return self.size > 0
+
+    def append(self, data: bytes) -> None:
+        if data:
+            self._chunks.append(data)
+            self.size += len(data)
+
+    def views(self, max_bytes: int) -> list[bytes | memoryview]:
+        """The first chunks, up to about ``max_bytes`` (at least one), as they are."""
+        out: list[bytes | memoryview] = []
+        size = 0
+        for chunk in self._chunks:
+            out.append(chunk)
+            size += len(chunk)
+            if size >= max_bytes or len(out) >= _IOV_MAX:
+                break
+        return out
+
+    def first(self, max_bytes: int) -> bytes | memoryview:
+        """The first chunk, cut to ``max_bytes``."""
+        chunk = self._chunks[0]
+        return chunk if len(chunk) <= max_bytes else memoryview(chunk)[:max_bytes]
+
+    def consume(self, n: int) -> None:
+        """Forget the first ``n`` bytes (they were sent)."""
+        chunks = self._chunks
+        self.size -= n
+        while n:
+            k = len(chunks[0])
+            if n < k:
+                chunks[0] = memoryview(chunks[0])[n:]
+                return
+            chunks.popleft()
+            n -= k
+
+
 class _TcpFlow:
     def __init__(self, flow: int) -> None:
         self.flow = flow
@@ -396,7 +454,7 @@ class _TcpFlow:
         self.end: HostEnd | None = None
         self.credit = 0
         self.credit_changed = trio.Event()
-        self.outbuf = bytearray()
+        self.outbuf = _OutQueue()
         self.unreported = 0  # bytes sent directly whose TcpSent the writer must still report
         self.writing = False  # the writer task has a send in flight
         self.out_changed = trio.Event()
@@ -494,7 +552,7 @@ class TcpFlows:
         state = self._flows.get(eff.flow)
         if state is None:
             return
-        state.outbuf += eff.data
+        state.outbuf.append(eff.data)
         if self.batched and isinstance(state.end, SocketEnd) and not state.writing:
             self._dirty[eff.flow] = state  # written by kick() at the end of the burst
         else:
@@ -513,12 +571,11 @@ class TcpFlows:
                 state.poke_writer()
                 continue
             try:
-                with memoryview(state.outbuf) as mv:
-                    n = end.try_send(mv[:_WRITE_MAX])
+                n = end.try_sendv(state.outbuf.views(_WRITE_MAX))
             except OSError:
                 n = 0  # the writer meets the error and reports it
             if n:
-                del state.outbuf[:n]
+                state.outbuf.consume(n)
                 try:
                     self._inbox.send_nowait(TcpSent(state.flow, n))
                 except trio.WouldBlock:
@@ -665,14 +722,20 @@ class TcpFlows:
                 await self._report(TcpSent(state.flow, n))
                 continue
             if state.outbuf:
-                # A copy, not a memoryview: outbuf may grow while the send waits.
-                chunk = state.outbuf[:_WRITE_MAX]
+                # The queue only grows at its end while the send waits: no copy needed.
                 state.writing = True
-                n = await end.send(chunk)
+                if isinstance(end, SocketEnd):
+                    parts = state.outbuf.views(_WRITE_MAX)
+                    size = sum(len(p) for p in parts)
+                    n = await end.sendv(parts)
+                else:
+                    chunk = state.outbuf.first(_WRITE_MAX)
+                    size = len(chunk)
+                    n = await end.send(chunk)
                 state.writing = False
-                if not 0 < n <= len(chunk):
-                    raise RuntimeError(f"send returned {n} for {len(chunk)} bytes")
-                del state.outbuf[:n]
+                if not 0 < n <= size:
+                    raise RuntimeError(f"send returned {n} for {size} bytes")
+                state.outbuf.consume(n)
                 await self._report(TcpSent(state.flow, n))
                 continue
             await end.shutdown_write()

@@ -19,7 +19,7 @@ from typing import IO, Any
 
 import trio
 
-from slirptrio.core.events import Effect, Event, GuestFrame, SendFrame, Tick
+from slirptrio.core.events import Effect, Event, FrameRuns, GuestFrame, SendFrame, SendFrames, Tick
 from slirptrio.core.stack import Stack
 from slirptrio.door import Door
 from slirptrio.journal import JournalWriter
@@ -126,8 +126,11 @@ class Runtime:
 
     def _step(self, event: Event) -> None:
         for effect in self.door.step(event, self.now_ns()):
-            if type(effect) is SendFrame:
-                self.port.put(effect.data)
+            t = type(effect)
+            if t is SendFrames:
+                self.port.put_run(effect.data)  # type: ignore[attr-defined]
+            elif t is SendFrame:
+                self.port.put(effect.data)  # type: ignore[attr-defined]
             else:
                 handler = self.handlers.get(type(effect))
                 if handler is None:
@@ -142,6 +145,7 @@ class Runtime:
     async def run(self) -> None:
         """Run the door loop forever (until cancelled)."""
         receive = self._receive
+        self._step(FrameRuns(True))  # frames to the guest leave as runs
         while True:
             deadline = self.stack.poll_at()
             event: Event | None = None

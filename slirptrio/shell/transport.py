@@ -13,6 +13,7 @@ the stack keeps its state and the transport waits for (listen) or retries (conne
 from __future__ import annotations
 
 import collections
+import contextlib
 import errno
 import logging
 import os
@@ -22,14 +23,17 @@ from dataclasses import dataclass
 
 import trio
 
-from slirptrio.core.events import Event, GuestFrame, GuestLink
+from slirptrio.core.events import Event, GuestFrames, GuestLink
 from slirptrio.wire import MalformedFrame
-from slirptrio.wire.framing import StreamDecoder, encode_frame
+from slirptrio.wire.fast import frames_end
+from slirptrio.wire.framing import MAX_FRAME, split_run
 
 log = logging.getLogger("slirptrio.transport")
 
 _RECV_SIZE = 1 << 18
-_WRITE_BATCH_BYTES = 1 << 18
+_WRITE_BATCH_BYTES = 1 << 20
+_IOV_MAX = 1024
+_DGRAM_BURST = 64  # datagrams gathered into one run at most
 
 
 class AddressError(ValueError):
@@ -73,29 +77,45 @@ class Address:
 
 
 class GuestPort:
-    """Frames on their way to the guest: bounded, never blocking the producer.
+    """Frames on their way to the guest: bounded in items and bytes, never blocking the producer.
 
-    On a stream socket the door loop writes each burst's frames itself (:meth:`kick`, one
-    non-blocking write, no task switch); the writer task only finishes what the socket did not
-    take at once. Other transports always go through their writer task.
+    Items are single frames (:meth:`put`) or runs (:meth:`put_run`: length-prefixed frames,
+    which is the stream transport's own framing). On a stream socket the door loop writes each
+    burst's items itself (:meth:`kick`: one non-blocking ``writev`` of the items as they are,
+    no join, no task switch); the writer task only finishes what the socket did not take at
+    once. Other transports always go through their writer task. ``dropped`` counts frames.
     """
 
-    def __init__(self, max_frames: int = 8192) -> None:
-        self._queue: collections.deque[bytes] = collections.deque()
+    def __init__(self, max_frames: int = 8192, max_bytes: int = 32 << 20) -> None:
+        # (data, raw): raw data is stream bytes (a run, or what is left of a partial write)
+        self._queue: collections.deque[tuple[bytes | memoryview, bool]] = collections.deque()
         self._max = max_frames
+        self._max_bytes = max_bytes
+        self.queued_bytes = 0
         self._wakeup = trio.Event()
         self.attached = False
         self.dropped = 0
-        self.sent = 0
-        self.direct_fd = -1  # a stream socket the door loop may write to directly
-        self.partial = b""  # bytes of a direct write the socket did not take
-        self.writer_busy = False
+        self.sent = 0  # bytes handed to the transport
+        self.direct_fd = -1  # a stream socket the door loop and the writer write to directly
 
     def put(self, frame: bytes) -> None:
-        if not self.attached or len(self._queue) >= self._max:
-            self.dropped += 1
+        """Queue one frame."""
+        self._put(frame, False)
+
+    def put_run(self, run: bytes) -> None:
+        """Queue the frames of a run (whole runs are queued or dropped)."""
+        self._put(run, True)
+
+    def _put(self, data: bytes, raw: bool) -> None:
+        if (
+            not self.attached
+            or len(self._queue) >= self._max
+            or self.queued_bytes + len(data) > self._max_bytes
+        ):
+            self.dropped += len(split_run(data)) if raw else 1
             return
-        self._queue.append(frame)
+        self._queue.append((data, raw))
+        self.queued_bytes += len(data)
         if self.direct_fd < 0:
             self._wakeup.set()
 
@@ -104,50 +124,96 @@ class GuestPort:
         writer task."""
         if not self._queue:
             return
-        if self.direct_fd < 0 or self.writer_busy or self.partial:
-            self._wakeup.set()
-            return
-        batch = self.take_batch(_WRITE_BATCH_BYTES)
-        self.sent += len(batch)
-        data = b"".join([encode_frame(f) for f in batch])
-        try:
-            n = os.write(self.direct_fd, data)
-        except OSError:  # full (EAGAIN), or broken: the writer task waits or meets the error
-            n = 0
-        if n < len(data):
-            self.partial = data[n:]
-            self._wakeup.set()
-        elif self._queue:
-            self._wakeup.set()
+        if self.direct_fd >= 0:
+            # A broken socket: the writer task meets the error again and reports it.
+            with contextlib.suppress(OSError):
+                self.write_some()
+            if not self._queue:
+                return
+        self._wakeup.set()
 
-    def take_batch(self, max_bytes: int) -> list[bytes]:
-        batch: list[bytes] = []
+    def write_some(self) -> int:
+        """One non-blocking ``writev`` of queued items to ``direct_fd``; returns the bytes
+        written (0 when the socket is full). Raises OSError when the socket is broken."""
+        iov: list[bytes | memoryview] = []
+        size = 0
+        for data, raw in self._queue:
+            if not raw:
+                iov.append(len(data).to_bytes(4, "big"))
+            iov.append(data)
+            size += len(data)
+            if len(iov) >= _IOV_MAX - 1 or size >= _WRITE_BATCH_BYTES:
+                break
+        try:
+            n = os.writev(self.direct_fd, iov)
+        except BlockingIOError:
+            return 0
+        self.sent += n
+        self._consume(n)
+        return n
+
+    def _consume(self, n: int) -> None:
+        q = self._queue
+        while n:
+            data, raw = q[0]
+            wire = len(data) if raw else len(data) + 4
+            if n < wire:
+                # What is left goes out as raw stream bytes.
+                rest = memoryview(data if raw else len(data).to_bytes(4, "big") + data)[n:]
+                q[0] = (rest, True)
+                self.queued_bytes -= len(data) - len(rest)
+                return
+            q.popleft()
+            self.queued_bytes -= len(data)
+            n -= wire
+
+    def take_stream(self, max_bytes: int) -> bytes:
+        """Queued items as stream bytes (length-prefixed frames), about ``max_bytes``."""
+        parts: list[bytes | memoryview] = []
         size = 0
         q = self._queue
         while q and size < max_bytes:
-            frame = q.popleft()
-            batch.append(frame)
-            size += len(frame)
+            data, raw = q.popleft()
+            self.queued_bytes -= len(data)
+            if not raw:
+                parts.append(len(data).to_bytes(4, "big"))
+            parts.append(data)
+            size += len(data)
+        self.sent += size
+        return b"".join(parts)
+
+    def take_batch(self, max_bytes: int) -> list[bytes | memoryview]:
+        """Queued frames (runs taken apart), about ``max_bytes`` of them."""
+        batch: list[bytes | memoryview] = []
+        size = 0
+        q = self._queue
+        while q and size < max_bytes:
+            data, raw = q.popleft()
+            self.queued_bytes -= len(data)
+            if raw:
+                batch.extend(split_run(data))
+            else:
+                batch.append(data)
+            size += len(data)
         return batch
 
     async def wait(self) -> None:
-        while not self._queue and not self.partial:
+        while not self._queue:
             self._wakeup = trio.Event()
             await self._wakeup.wait()
 
     def attach(self, direct_fd: int = -1) -> None:
         self._queue.clear()
-        self.partial = b""
-        self.writer_busy = False
+        self.queued_bytes = 0
         self.direct_fd = direct_fd
         self.attached = True
 
     def detach(self) -> None:
         self.attached = False
         self.direct_fd = -1
-        self.partial = b""
-        self.dropped += len(self._queue)
+        self.dropped += sum(len(split_run(d)) if raw else 1 for d, raw in self._queue)
         self._queue.clear()
+        self.queued_bytes = 0
 
 
 async def _stream_writer(
@@ -156,25 +222,65 @@ async def _stream_writer(
     try:
         while True:
             await port.wait()
-            port.writer_busy = True
-            if port.partial:
-                data, port.partial = port.partial, b""
+            if port.direct_fd >= 0:
+                await trio.lowlevel.wait_writable(port.direct_fd)
+                port.write_some()
             else:
-                batch = port.take_batch(_WRITE_BATCH_BYTES)
-                port.sent += len(batch)
-                data = b"".join([encode_frame(f) for f in batch])
-            await stream.send_all(data)
-            port.writer_busy = False
+                await stream.send_all(port.take_stream(_WRITE_BATCH_BYTES))
     except (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as exc:
         log.info("guest connection %s lost while writing: %s", peer, exc)
         done.cancel()
 
 
+class _RunReader:
+    """Reads a stream into a reusable buffer and cuts it after the last whole frame.
+
+    Each :meth:`receive` returns the whole frames received so far as one run (one copy out of
+    the buffer; what follows stays for the next call). A length field past ``MAX_FRAME`` means
+    the stream is out of sync: the frames before it are returned first, then
+    :class:`MalformedFrame` ("oversized_frame") is raised.
+    """
+
+    def __init__(self, stream: trio.abc.ReceiveStream) -> None:
+        self._stream = stream
+        self._sock = stream.socket if isinstance(stream, trio.SocketStream) else None
+        self._buf = bytearray(_RECV_SIZE + MAX_FRAME + 4)
+        self._have = 0
+        self._oversized = 0
+
+    async def receive(self) -> bytes | None:
+        """The next run of whole frames (possibly empty); None at the end of the stream."""
+        if self._oversized:
+            raise MalformedFrame("oversized_frame", f"length {self._oversized} > {MAX_FRAME}")
+        buf, have = self._buf, self._have
+        room = len(buf) - have
+        if self._sock is not None:
+            with memoryview(buf) as mv:
+                n = await self._sock.recv_into(mv[have:], room)
+        else:
+            data = await self._stream.receive_some(room)
+            n = len(data)
+            buf[have : have + n] = data
+        if not n:
+            return None
+        have += n
+        end, _count, self._oversized = frames_end(buf, have, MAX_FRAME)
+        run = bytes(buf[:end]) if end else b""
+        if end:
+            buf[: have - end] = buf[end:have]  # same size: the buffer is never reallocated
+            have -= end
+        self._have = have
+        return run
+
+
 async def serve_stream(
     stream: trio.abc.Stream, inbox: trio.MemorySendChannel[Event], port: GuestPort, peer: str
 ) -> None:
-    """Carry frames between one connected QEMU stream peer and the stack until it goes away."""
-    decoder = StreamDecoder()
+    """Carry frames between one connected QEMU stream peer and the stack until it goes away.
+
+    Everything one read brings in goes to the door as one :class:`GuestFrames` run.
+    """
+    reader = _RunReader(stream)
     port.attach(stream.socket.fileno() if isinstance(stream, trio.SocketStream) else -1)
     log.info("guest attached: %s", peer)
     await inbox.send(GuestLink(True))
@@ -183,13 +289,13 @@ async def serve_stream(
             nursery.start_soon(_stream_writer, stream, port, peer, nursery.cancel_scope)
             try:
                 while True:
-                    data = await stream.receive_some(_RECV_SIZE)
-                    if not data:
+                    run = await reader.receive()
+                    if run is None:
                         log.info("guest closed the connection: %s", peer)
                         break
-                    for frame in decoder.feed(data):
-                        # No checkpoint per frame: the door loop takes a burst in one go.
-                        event = GuestFrame(frame)
+                    if run:
+                        # No checkpoint when there is room: the door loop takes a burst.
+                        event = GuestFrames(run)
                         try:
                             inbox.send_nowait(event)
                         except trio.WouldBlock:
@@ -303,7 +409,12 @@ async def run_dgram(
     inbox: trio.MemorySendChannel[Event],
     port: GuestPort,
 ) -> None:
-    """One frame per datagram, both ways (QEMU ``-netdev dgram``)."""
+    """One frame per datagram, both ways (QEMU ``-netdev dgram``).
+
+    The datagrams waiting when the socket becomes readable (up to 64, or about 1 MiB) are read
+    with non-blocking ``readv`` straight into one buffer, with length prefixes, and go to the
+    door as one :class:`GuestFrames` run.
+    """
     target: str | tuple[str, int] = remote.path if remote.kind == "unix" else (
         remote.host,
         remote.port,
@@ -318,7 +429,7 @@ async def run_dgram(
             for frame in port.take_batch(_WRITE_BATCH_BYTES):
                 try:
                     await sock.sendto(frame, target)
-                    port.sent += 1
+                    port.sent += len(frame)
                 except OSError as exc:
                     # QEMU not there (yet): the frame is lost, as on a cable with no peer.
                     port.dropped += 1
@@ -326,9 +437,25 @@ async def run_dgram(
                         log.warning("dgram peer %s not reachable: %s", remote, exc)
                         warned = True
 
+    fd = sock.fileno()
+    slot = MAX_FRAME + 1  # a longer datagram would be cut: it shows as oversized
+    buf = bytearray(_DGRAM_BURST * 4096 + slot + 4)
     async with trio.open_nursery() as nursery:
         nursery.start_soon(writer)
         while True:
-            data = await sock.recv(1 << 17)
-            if data:
-                await inbox.send(GuestFrame(data))
+            await trio.lowlevel.wait_readable(sock)
+            pos = count = 0
+            with memoryview(buf) as mv:
+                while count < _DGRAM_BURST and len(buf) - pos >= slot + 4:
+                    try:
+                        n = os.readv(fd, [mv[pos + 4 : pos + 4 + slot]])
+                    except (BlockingIOError, InterruptedError):
+                        break
+                    count += 1
+                    if not n or n > MAX_FRAME:
+                        continue  # QEMU sends neither empty nor oversized frames
+                    mv[pos : pos + 4] = n.to_bytes(4, "big")
+                    pos += 4 + n
+                run = bytes(mv[:pos])
+            if run:
+                await inbox.send(GuestFrames(run))
