@@ -457,17 +457,20 @@ class _TcpFlow:
         self.outbuf = _OutQueue()
         self.unreported = 0  # bytes sent directly whose TcpSent the writer must still report
         self.writing = False  # the writer task has a send in flight
-        self.out_changed = trio.Event()
         self.shutdown = False
+        # The write side runs in a task only while there is something to wait for (a socket
+        # that did not take everything, a non-socket end, a shutdown after queued data).
+        self.nursery: trio.Nursery | None = None  # the flow's own, while it is being served
+        self.writer_running = False
+        self.write_done = False  # shut down for writing: the flow ends once the peer's EOF is in
+        self.write_done_changed = trio.Event()
+        self.failure: list[OSError] = []
         self.closed = False
         self.aborting = False
         self._aborted = False
 
     def poke_reader(self) -> None:
         self.credit_changed.set()
-
-    def poke_writer(self) -> None:
-        self.out_changed.set()
 
     def abort_end(self) -> None:
         """Abort the end now, or as soon as there is one."""
@@ -553,10 +556,10 @@ class TcpFlows:
         if state is None:
             return
         state.outbuf.append(eff.data)
-        if self.batched and isinstance(state.end, SocketEnd) and not state.writing:
+        if self.batched and isinstance(state.end, SocketEnd) and not state.writer_running:
             self._dirty[eff.flow] = state  # written by kick() at the end of the burst
         else:
-            state.poke_writer()
+            self._wake_writer(state)
 
     def kick(self) -> None:
         """Write the burst's data straight to idle sockets (one ``send`` per flow, no task
@@ -567,8 +570,11 @@ class TcpFlows:
         self._dirty = {}
         for state in dirty.values():
             end = state.end
-            if state.writing or state.closed or not state.outbuf or not isinstance(end, SocketEnd):
-                state.poke_writer()
+            if (
+                state.writer_running or state.closed or not state.outbuf
+                or not isinstance(end, SocketEnd)
+            ):
+                self._wake_writer(state)
                 continue
             try:
                 n = end.try_sendv(state.outbuf.views(_WRITE_MAX))
@@ -581,7 +587,7 @@ class TcpFlows:
                 except trio.WouldBlock:
                     state.unreported += n
             if state.outbuf or state.unreported:
-                state.poke_writer()
+                self._wake_writer(state)
 
     def credit(self, eff: TcpRecvCredit) -> None:
         state = self._flows.get(eff.flow)
@@ -591,9 +597,35 @@ class TcpFlows:
 
     def shutdown(self, eff: TcpShutdown) -> None:
         state = self._flows.get(eff.flow)
-        if state is not None:
-            state.shutdown = True
-            state.poke_writer()
+        if state is None:
+            return
+        state.shutdown = True
+        end = state.end
+        if (
+            isinstance(end, SocketEnd) and not state.outbuf and not state.unreported
+            and not state.writer_running and not state.write_done and not state.closed
+        ):
+            # Nothing queued: shut down now, no writer task needed.
+            try:
+                end.sock.shutdown(_socket.SHUT_WR)
+            except OSError:
+                pass  # the writer task meets the error again and reports it
+            else:
+                state.write_done = True
+                state.write_done_changed.set()
+                return
+        self._wake_writer(state)
+
+    def _wake_writer(self, state: _TcpFlow) -> None:
+        """Make the flow's write side look at its queue: start its task if none runs (a running
+        one sees new data after its current send). Before the flow is served (connecting), its
+        task does this once it starts."""
+        end = state.end
+        if state.writer_running or state.nursery is None or end is None or state.write_done:
+            return
+        state.writer_running = True
+        state.nursery.start_soon(self._guarded, self._writer, state, end, state.failure,
+                                 state.nursery)
 
     def close(self, eff: TcpClose) -> None:
         state = self._flows.pop(eff.flow, None)
@@ -653,10 +685,22 @@ class TcpFlows:
                 state.abort_end()
             if report_connected:
                 await self._report(TcpConnected(state.flow))
-            failure: list[OSError] = []
+            # One task per flow: this one reads; the write side gets a task only when it has
+            # to wait (see _wake_writer), and errors of either end the flow as one OSError.
+            failure = state.failure
             async with trio.open_nursery() as nursery:
-                for task in (self._reader, self._writer):
-                    nursery.start_soon(self._guarded, task, state, end, failure, nursery)
+                state.nursery = nursery
+                if state.outbuf or state.shutdown or state.unreported:
+                    self._wake_writer(state)
+                try:
+                    await self._reader(state, end)
+                    while not state.write_done:  # the peer is done: wait for our side
+                        state.write_done_changed = trio.Event()
+                        await state.write_done_changed.wait()
+                except OSError as exc:
+                    failure.append(exc)
+                    nursery.cancel_scope.cancel()
+            state.nursery = None
             if failure:
                 raise failure[0]
         except OSError as exc:
@@ -713,10 +757,15 @@ class TcpFlows:
             await self._report(TcpData(state.flow, data))
 
     async def _writer(self, state: _TcpFlow, end: HostEnd) -> None:
+        """Write the queue out, report progress, shut down when asked; return when there is
+        nothing left to wait for (started again by _wake_writer)."""
+        try:
+            await self._write_queue(state, end)
+        finally:
+            state.writer_running = False
+
+    async def _write_queue(self, state: _TcpFlow, end: HostEnd) -> None:
         while True:
-            while not state.outbuf and not state.shutdown and not state.unreported:
-                state.out_changed = trio.Event()
-                await state.out_changed.wait()
             if state.unreported:
                 n, state.unreported = state.unreported, 0
                 await self._report(TcpSent(state.flow, n))
@@ -738,5 +787,8 @@ class TcpFlows:
                 state.outbuf.consume(n)
                 await self._report(TcpSent(state.flow, n))
                 continue
-            await end.shutdown_write()
+            if state.shutdown and not state.write_done:
+                await end.shutdown_write()
+                state.write_done = True
+                state.write_done_changed.set()
             return
