@@ -690,9 +690,9 @@ class TcpFlows:
             failure = state.failure
             async with trio.open_nursery() as nursery:
                 state.nursery = nursery
-                if state.outbuf or state.shutdown or state.unreported:
-                    self._wake_writer(state)
                 try:
+                    if state.outbuf or state.shutdown or state.unreported:
+                        self._wake_writer(state)
                     await self._reader(state, end)
                     while not state.write_done:  # the peer is done: wait for our side
                         state.write_done_changed = trio.Event()
@@ -700,7 +700,10 @@ class TcpFlows:
                 except OSError as exc:
                     failure.append(exc)
                     nursery.cancel_scope.cancel()
-            state.nursery = None
+                finally:
+                    # Past this point the nursery takes no new task, and none is needed: the
+                    # flow is done writing, failing or closed.
+                    state.nursery = None
             if failure:
                 raise failure[0]
         except OSError as exc:
