@@ -25,7 +25,7 @@ Only the stack's own user, and root, may use its control socket."""
 def add_parser(sub: Subparsers) -> None:
     ctl = sub.add_parser(
         "ctl", help="query or change a running stack (--control socket)",
-        description="Query or change a running stack through its control socket "
+        description="Query or change a running stack through its control socket\n"
         "('slirptrio run --control PATH').",
         epilog=_EPILOG,
     )

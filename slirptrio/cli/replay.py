@@ -10,8 +10,9 @@ from slirptrio.cli._common import Parser, Subparsers, UserError, describe, setup
 def add_parser(sub: Subparsers) -> None:
     rep = sub.add_parser(
         "replay", help="replay a journal and check it reproduces every effect",
-        description="Feed a journal's inputs to a fresh stack and check every effect is the "
-        "same; exit 0 when identical, 1 on a divergence (reported), 2 when it cannot be read.",
+        description="Feed a journal's inputs to a fresh stack and check that every effect is\n"
+        "the same: exit 0 when identical, 1 on a divergence (reported), 2 when the journal\n"
+        "cannot be read.",
         epilog="example:\n  slirptrio replay --pcap vm1.pcap vm1.journal",
     )
     rep.add_argument("journal", metavar="JOURNAL")

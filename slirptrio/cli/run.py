@@ -40,19 +40,19 @@ _EPILOG = """examples:
   slirptrio run --listen unix:/tmp/vm1.sock 'net=192.168.76.0/24,hostfwd=tcp:127.0.0.1:2222-:22'
   slirptrio run --connect tcp:127.0.0.1:5555 --control /tmp/vm1.ctl --no-pcap
 
-OPTIONS is QEMU's -netdev user option string, what follows 'user,': net=, host=, dhcpstart=,
-dns=, hostname=, domainname=, dnssearch=, restrict=, hostfwd=, guestfwd=, id=; and slirptrio's
-own mtu=, hostloopback=, udp-timeout=, dns-timeout=, max-flows=.
+OPTIONS is QEMU's -netdev user option string, what follows 'user,': net=, host=,
+dhcpstart=, dns=, hostname=, domainname=, dnssearch=, restrict=, hostfwd=, guestfwd=, id=;
+and slirptrio's own mtu=, hostloopback=, udp-timeout=, dns-timeout=, max-flows=.
 
 Sockets the stack creates are 0600. The default guest socket is SOCKDIR/guest.sock, in a
-private directory: $XDG_RUNTIME_DIR/slirptrio, else /tmp/slirptrio-UID. The soft limit on open
-files is raised to the hard one, and max-flows lowered to what it allows."""
+private directory: $XDG_RUNTIME_DIR/slirptrio, else /tmp/slirptrio-UID. The soft limit on
+open files is raised to the hard one, and max-flows lowered to what it allows."""
 
 
 def add_parser(sub: Subparsers) -> None:
     run = sub.add_parser(
         "run", help="run the stack and wait for a QEMU guest",
-        description="Run the stack and wait for a QEMU guest; a journal of the session is "
+        description="Run the stack and wait for a QEMU guest; a journal of the session is\n"
         "written for 'slirptrio replay'.",
         epilog=_EPILOG,
     )
