@@ -261,15 +261,18 @@ async def test_control_answers_under_emfile(tmp_path: Path) -> None:
 
     path = str(tmp_path / "c.sock")
     listener = await tp.open_listener(tp.Address("unix", path=path))
-    client = socket.socket(socket.AF_UNIX)
+    clients = [socket.socket(socket.AF_UNIX) for _ in range(3)]
     async with trio.open_nursery() as nursery:
         await nursery.start(control.serve_control, listener, {"info": info})
-        with client, exhausted_descriptors():
-            client.connect(path)
-            client.sendall(b'{"cmd": "info"}\n')
-            client.settimeout(5)
-            answer = json.loads(await trio.to_thread.run_sync(client.recv, 1000))
-        assert answer == {"ok": True, "flows": []}
+        with exhausted_descriptors():
+            # One after the other: each closed client's descriptor becomes the spare again.
+            for client in clients:
+                with client:
+                    client.connect(path)
+                    client.sendall(b'{"cmd": "info"}\n')
+                    client.settimeout(5)
+                    answer = json.loads(await trio.to_thread.run_sync(client.recv, 1000))
+                    assert answer == {"ok": True, "flows": []}
         nursery.cancel_scope.cancel()
 
 

@@ -45,22 +45,21 @@ class ControlError(Exception):
 
 async def _serve_client(stream: trio.SocketStream, handlers: dict[str, Handler]) -> None:
     buf = bytearray()
-    async with stream:
-        while True:
-            data = await stream.receive_some(65536)
-            if not data:
-                return
-            buf += data
-            while (nl := buf.find(b"\n")) >= 0:
-                line = bytes(buf[:nl])
-                del buf[: nl + 1]
-                answer = await _answer(line, handlers)
-                await stream.send_all(json.dumps(answer).encode() + b"\n")
-            if len(buf) > MAX_LINE:
-                await stream.send_all(
-                    json.dumps({"ok": False, "error": "request line too long"}).encode() + b"\n"
-                )
-                return
+    while True:
+        data = await stream.receive_some(65536)
+        if not data:
+            return
+        buf += data
+        while (nl := buf.find(b"\n")) >= 0:
+            line = bytes(buf[:nl])
+            del buf[: nl + 1]
+            answer = await _answer(line, handlers)
+            await stream.send_all(json.dumps(answer).encode() + b"\n")
+        if len(buf) > MAX_LINE:
+            await stream.send_all(
+                json.dumps({"ok": False, "error": "request line too long"}).encode() + b"\n"
+            )
+            return
 
 
 async def _answer(line: bytes, handlers: dict[str, Handler]) -> dict[str, Any]:
@@ -119,32 +118,43 @@ async def serve_control(
                 conn, _addr = await acceptor.accept()
                 uid = peer_uid(conn)
                 if uid not in allowed:
-                    nursery.start_soon(_refuse, trio.SocketStream(conn), uid)
+                    nursery.start_soon(_refuse, trio.SocketStream(conn), uid, spare)
                     continue
-                nursery.start_soon(_guarded, trio.SocketStream(conn), handlers)
+                nursery.start_soon(_guarded, trio.SocketStream(conn), handlers, spare)
     finally:
         spare.close()
         listener.socket.close()
 
 
-async def _refuse(stream: trio.SocketStream, uid: int | None) -> None:
+async def _refuse(stream: trio.SocketStream, uid: int | None, spare: Spare) -> None:
     log.warning("control socket: refused a client of uid %s (only %d and root)", uid,
                 os.geteuid())
     answer = {"ok": False, "error": f"permission denied: uid {uid} may not control this stack"}
     try:
         with trio.move_on_after(1.0):
+            # Take the request first: closing on unread bytes would reset the connection and
+            # the client would never see why.
+            await stream.receive_some(MAX_LINE)
             await stream.send_all(json.dumps(answer).encode() + b"\n")
     except (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
         pass
     finally:
-        await trio.aclose_forcefully(stream)
+        _close(stream, spare)
 
 
-async def _guarded(stream: trio.SocketStream, handlers: dict[str, Handler]) -> None:
+async def _guarded(stream: trio.SocketStream, handlers: dict[str, Handler], spare: Spare) -> None:
     try:
         await _serve_client(stream, handlers)
     except (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as exc:
         log.debug("control client gone: %r", exc)
+    finally:
+        _close(stream, spare)
+
+
+def _close(stream: trio.SocketStream, spare: Spare) -> None:
+    # The spare takes the client's descriptor back at once, before any other task can.
+    stream.socket.close()
+    spare.take()
 
 
 async def request(path: str, message: dict[str, Any], timeout: float = 10.0) -> dict[str, Any]:

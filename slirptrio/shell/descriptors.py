@@ -14,7 +14,6 @@ descriptor and gives it up to take the one connection that matters.
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import errno as _errno
 import logging
@@ -111,14 +110,17 @@ class Spare:
     def take(self) -> bool:
         """Hold a descriptor again if there is none held; True if one is held now."""
         if self._fd < 0:
-            with contextlib.suppress(OSError):
+            try:
                 self._fd = os.open(os.devnull, os.O_RDONLY | os.O_CLOEXEC)
+            except OSError as exc:
+                log.debug("no spare descriptor yet: %s", exc)
         return self._fd >= 0
 
     def release(self) -> bool:
         """Give the descriptor back to the process; True if one was held."""
         if self._fd < 0:
             return False
+        log.debug("releasing the spare descriptor %d", self._fd)
         os.close(self._fd)
         self._fd = -1
         return True
@@ -149,22 +151,26 @@ class AcceptLoop:
     async def accept(self) -> tuple[trio.socket.SocketType, Any]:
         """The next connection and its peer address."""
         while True:
+            if self.sock.fileno() < 0:
+                raise OSError(_errno.EBADF, "the listening socket is closed")
             retake = self.spare is not None and not self.spare.take()
-            try:
-                # Without a spare, wake now and then to take one back once one is free.
-                with trio.move_on_after(SPARE_RETRY_S if retake else math.inf):
-                    conn, addr = await self.sock.accept()
-                    self._ok()
-                    return conn, addr
+            # Wait for a pending connection first: Linux fails accept() with EMFILE before it
+            # looks at the queue, so only a readable socket says someone is waiting.
+            # Without a spare, wake now and then to take one back once one is free.
+            with trio.move_on_after(SPARE_RETRY_S if retake else math.inf) as waiting:
+                await trio.lowlevel.wait_readable(self.sock)
+            if waiting.cancelled_caught:
                 continue
+            try:
+                conn, addr = await self.sock.accept()
             except OSError as exc:
                 if exc.errno in _TRANSIENT:
                     continue
                 if exc.errno in _BROKEN:
                     raise
                 if exhausted(exc) and self.spare is not None and self.spare.release():
-                    # No checkpoint between the release and this accept: nobody else can
-                    # take the descriptor first.
+                    # No checkpoint between the release and this accept (trio tries the call
+                    # before it waits): nobody else can take the descriptor first.
                     try:
                         conn, addr = await self.sock.accept()
                     except OSError as exc2:
@@ -174,6 +180,9 @@ class AcceptLoop:
                         self._ok()
                         return conn, addr
                 await self._back_off(exc)
+                continue
+            self._ok()
+            return conn, addr
 
     def _ok(self) -> None:
         if self.state != "listening":

@@ -323,6 +323,7 @@ async def run_listen(
                 await serve_stream(stream, inbox, port, _peer_name(stream))
             finally:
                 busy = False
+                spare.take()  # if the guest's connection had it: the next one may need it
 
         try:
             while True:
