@@ -15,7 +15,9 @@ try:
     from slirptrio.wire import _native as native
 except ImportError as exc:  # no compiler at install time, or SLIRPTRIO_PURE set
     native = None
-    REASON = str(exc) or "no native extension"
+    REASON = str(exc)
+    if "SLIRPTRIO_PURE" not in REASON:
+        REASON = f"the native extension is not built ({REASON})"
 else:
     REASON = ""
 
