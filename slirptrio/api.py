@@ -46,6 +46,7 @@ from slirptrio.shell.descriptors import fit_max_flows
 from slirptrio.shell.flows import TcpFlows
 from slirptrio.shell.forwards import ForwardError, Forwards
 from slirptrio.shell.runtime import Recorder, Runtime
+from slirptrio.wire import fast
 
 log = logging.getLogger("slirptrio")
 
@@ -75,6 +76,8 @@ class StackStatistics:
     guest_attached: bool
     frames_from_strangers: int = 0
     """Datagrams to a ``-netdev dgram`` transport from anybody but its peer (dropped)."""
+    fast_path: str = fast.IMPL
+    """``"native"`` (the C extension) or ``"pure"`` (Python): the per-frame codecs in use."""
 
 
 class SlirpStack:
@@ -405,6 +408,10 @@ async def open_stack(
     """
     cfg = parse_user_options(config) if isinstance(config, str) else config
     cfg = fit_max_flows(cfg)
+    if fast.IMPL == "native":
+        log.info("fast path: native")
+    else:
+        log.warning("fast path: pure Python (%s): several times slower", fast.REASON)
     upstreams = [parse_upstream(u) for u in dns_upstreams] if dns_upstreams else None
     if seed is None:
         seed = secrets.randbits(63)

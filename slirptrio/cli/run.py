@@ -16,6 +16,7 @@ from slirptrio.config import ConfigError, parse_user_options
 from slirptrio.core.dns import parse_upstream
 from slirptrio.shell import transport as tp
 from slirptrio.shell.descriptors import raise_nofile_limit
+from slirptrio.wire import fast
 
 log = logging.getLogger("slirptrio")
 
@@ -155,6 +156,7 @@ def command(args: argparse.Namespace, parser: Parser) -> int:
             print(f"slirptrio: journal {journal}")
         if pcap:
             print(f"slirptrio: pcap {pcap}")
+        print(f"slirptrio: fast path {fast.IMPL}")
         print("slirptrio: ready", flush=True)
 
     async def main() -> None:
