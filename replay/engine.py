@@ -15,7 +15,14 @@ from typing import IO, Any
 
 from replay import describe
 from slirptrio.config import Config, ConfigError
-from slirptrio.core.events import Effect, Event, decode_event, encode
+from slirptrio.core.events import (
+    Effect,
+    Event,
+    GuestFrames,
+    SendFrames,
+    decode_event,
+    encode,
+)
 from slirptrio.core.stack import Stack
 from slirptrio.door import Door
 from slirptrio.journal import (
@@ -27,6 +34,7 @@ from slirptrio.journal import (
     is_digest,
     open_journal,
 )
+from slirptrio.wire.framing import split_run
 from slirptrio.wire.pcap import PcapWriter
 
 
@@ -87,7 +95,7 @@ def replay_journal(
         expected_effects = [compact(_normalize(e)) for e in rec.effects]
         # The capture comes from what the replayed core sent: identical up to a divergence,
         # and whole even where the journal kept only digests.
-        for _d, frame in frames_of(event, actual):
+        for frame in _frames(event, actual):
             result.frames += 1
             if pcap is not None:
                 pcap.write(header.origin_ns + rec.t_ns, frame)
@@ -102,6 +110,17 @@ def replay_journal(
     if result.divergence is None and journal.truncated:
         result.truncated_bytes = journal.truncated[0]
     return result
+
+
+def _frames(event: Event, effects: list[Effect]) -> list[bytes]:
+    """Every frame of a step, in and out, runs taken apart."""
+    out = [f for _d, f in frames_of(event, effects)]
+    if type(event) is GuestFrames:
+        out += [bytes(f) for f in split_run(event.data)]
+    for eff in effects:
+        if type(eff) is SendFrames:
+            out += [bytes(f) for f in split_run(eff.data)]
+    return out
 
 
 def format_divergence(result: ReplayResult) -> str:

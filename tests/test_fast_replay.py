@@ -71,3 +71,18 @@ def test_both_paths_record_the_same_bytes(tmp_path: pathlib.Path) -> None:
     native = (tmp_path / "native.journal").read_bytes()
     assert native == (tmp_path / "pure.journal").read_bytes()
     assert len(native) > 300_000  # the bulk data is in it
+
+
+def test_replay_exports_every_frame_of_the_runs(tmp_path: pathlib.Path) -> None:
+    import io
+
+    from slirptrio.wire.pcap import read_pcap
+
+    path = tmp_path / "s.journal"
+    _steps, counters = record(str(path))
+    out = io.BytesIO()
+    with path.open("rb") as f:
+        result = replay_journal(f, pcap_out=out)
+    assert result.identical
+    frames = list(read_pcap(io.BytesIO(out.getvalue())))
+    assert len(frames) == result.frames == counters["frames_in"] + counters["frames_out"]

@@ -18,6 +18,7 @@ from slirptrio.journal import Header, JournalWriter
 from slirptrio.shell.runtime import Recorder, Runtime
 from slirptrio.shell.transport import Address, GuestPort, open_dgram, run_dgram, serve_stream
 from slirptrio.wire.framing import StreamDecoder, encode_frame
+from slirptrio.wire.pcap import read_pcap
 from tests import guestframes as gf
 
 
@@ -59,13 +60,18 @@ async def test_fake_guest_dhcp_and_ping_then_replay(tmp_path: pathlib.Path) -> N
                 await trio.sleep(0.01)
         await trio.testing.wait_all_tasks_blocked()
         nursery.cancel_scope.cancel()
+    recorder.flush()
+    captured = [frame for _ts, frame in read_pcap(io.BytesIO(pcap.getvalue()))]
     recorder.close()
+    # the pcap view has every frame of the runs, in and out
+    assert captured == [gf.dhcp(1), gf.arp_request("10.0.2.2"), offer, arp,
+                        gf.icmp_echo("10.0.2.3"), reply]
     assert os.path.getsize(jpath) > 0
     with jpath.open("rb") as f:
         result = replay_journal(f)
     assert result.identical
-    # GuestLink up, 3 frames, GuestLink down
-    assert result.records == 5
+    # FrameRuns, GuestLink up, the runs, GuestLink down; all 6 frames
+    assert result.records >= 5 and result.frames == 6
 
 
 async def test_oversized_length_drops_connection_not_stack() -> None:

@@ -19,11 +19,21 @@ from typing import IO, Any
 
 import trio
 
-from slirptrio.core.events import Effect, Event, FrameRuns, GuestFrame, SendFrame, SendFrames, Tick
+from slirptrio.core.events import (
+    Effect,
+    Event,
+    FrameRuns,
+    GuestFrame,
+    GuestFrames,
+    SendFrame,
+    SendFrames,
+    Tick,
+)
 from slirptrio.core.stack import Stack
 from slirptrio.door import Door
 from slirptrio.journal import JournalWriter
 from slirptrio.shell.transport import GuestPort
+from slirptrio.wire.framing import split_run
 from slirptrio.wire.pcap import PcapWriter
 
 log = logging.getLogger("slirptrio.runtime")
@@ -112,7 +122,7 @@ class Runtime:
         self.stack = stack
         self.port = port
         self.recorder = recorder
-        self.door = Door(stack, recorder)
+        self.door = Door(stack, None if recorder is None else self._record)
         self.inbox, self._receive = trio.open_memory_channel[Event](inbox_size)
         self.handlers: dict[type[Effect], Callable[[Any], None]] = {}
         self.after_burst: list[Callable[[], None]] = []  # called after each burst of steps
@@ -120,6 +130,24 @@ class Runtime:
 
     def now_ns(self) -> int:
         return int((trio.current_time() - self._t0) * 1e9)
+
+    def _record(self, seq: int, t_ns: int, event: Event, effects: list[Effect]) -> None:
+        """The door's sink: the recorder, and the pcap view of runs, which the recorder only
+        knows as single frames (interim, until the flight recorder's writer takes runs)."""
+        recorder = self.recorder
+        assert recorder is not None
+        recorder(seq, t_ns, event, effects)
+        pcap: PcapWriter | None = getattr(recorder, "_pcap", None)
+        if pcap is None:
+            return
+        ts = getattr(recorder, "_origin_ns", 0) + t_ns
+        if type(event) is GuestFrames:
+            for frame in split_run(event.data):
+                pcap.write(ts, frame)  # type: ignore[arg-type]
+        for eff in effects:
+            if type(eff) is SendFrames:
+                for frame in split_run(eff.data):
+                    pcap.write(ts, frame)  # type: ignore[arg-type]
 
     def _trio_time(self, t_ns: int) -> float:
         return self._t0 + t_ns / 1e9
