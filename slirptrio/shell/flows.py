@@ -66,6 +66,7 @@ from slirptrio.core.events import (
     TcpSent,
     TcpShutdown,
 )
+from slirptrio.shell.inbox import Inbox
 from slirptrio.shell.pipe import PIPE_LIMIT, PipeStream, pipe_pair
 
 log = logging.getLogger("slirptrio.flows")
@@ -486,7 +487,7 @@ class _TcpFlow:
 class TcpFlows:
     """Executes TCP effects for all flows; start it with ``await nursery.start(flows.run)``."""
 
-    def __init__(self, inbox: trio.MemorySendChannel[Event], *, batched: bool = False) -> None:
+    def __init__(self, inbox: Inbox, *, batched: bool = False) -> None:
         """``batched``: data for idle sockets waits for :meth:`kick`, which the owner calls
         after every burst of effects (the runtime does); otherwise writer tasks send it."""
         self._inbox = inbox

@@ -1,18 +1,26 @@
-"""The runtime: the door loop, the clock, and dispatch of effects to transports and flows.
+"""The runtime: the door, the clock, and dispatch of effects to transports and flows.
 
-One task runs the door: it takes the next input from the inbox (or a :class:`Tick` when the core's
-deadline passes), stamps it with the clock, steps the core through the :class:`Door`, journals
-the step and dispatches the effects without blocking. It takes a burst of up to 256 inputs per
-wakeup without a checkpoint; after the burst it writes the frames for a stream guest itself
-(:meth:`GuestPort.kick`), runs the ``after_burst`` hooks (host sockets' pending data), and hands
-the journal and pcap to the kernel. Everything else — the transport, each flow's socket tasks —
-only ever puts events into the bounded inbox; a full inbox makes producers wait, which is the
-backpressure toward a guest or host peer that sends faster than we process.
+The task that has an input steps the door itself: the transport with a run of guest frames, a
+flow's task with what its socket read, the timer task with a :class:`Tick`. ``inbox.send`` (or
+``send_nowait``) stamps the event with the clock, steps the core through the :class:`Door`,
+journals the step and dispatches the effects, all without waiting; an event handed over while a
+step is in progress (a handler reporting ``TcpSent`` at once) is queued and stepped right after
+it, so steps never interleave and the journal's order is the order in which the core consumed
+them. After the last queued step the frames for a stream guest are written at once
+(:meth:`GuestPort.kick`), the ``after_burst`` hooks run (host sockets' pending data) and the
+journal and pcap go to the kernel.
+
+There is no queue and no door task to wake: an input costs its producer's own wakeup and
+nothing more. Backpressure is the producers' own pace: each steps what it read before it reads
+again. A handler or hook that raises is logged and counted (``dispatch_errors``); it never
+stops the door or the task that happened to step it.
 """
 
 from __future__ import annotations
 
+import collections
 import logging
+import math
 import os
 from collections.abc import Callable
 from typing import IO, Any
@@ -32,14 +40,14 @@ from slirptrio.core.events import (
 from slirptrio.core.stack import Stack
 from slirptrio.door import Door
 from slirptrio.journal import JournalWriter
+from slirptrio.shell.inbox import Inbox
 from slirptrio.shell.transport import GuestPort
 from slirptrio.wire.framing import split_run
 from slirptrio.wire.pcap import PcapWriter
 
 log = logging.getLogger("slirptrio.runtime")
 
-INBOX_SIZE = 1024
-_BATCH = 256
+_MAX_DRAIN = 4096  # steps in one go before the pending queue is left to the timer task
 
 
 _IOV_MAX = 1024
@@ -105,28 +113,44 @@ class Recorder:
             self._pcap_file.close()
 
 
+class _Inbox:
+    """The runtime's inbox: handing over an event steps the door at once."""
+
+    def __init__(self, runtime: Runtime) -> None:
+        self._runtime = runtime
+
+    def send_nowait(self, event: Event, /) -> None:
+        self._runtime.submit(event)
+
+    async def send(self, event: Event, /) -> None:
+        self._runtime.submit(event)
+        # A cancellation point, as a channel's send is; no schedule point: the caller's next
+        # await (its socket read) is one.
+        await trio.lowlevel.checkpoint_if_cancelled()
+
+
 class Runtime:
     """Runs a :class:`Stack` against the real world (or a test's fake one).
 
     ``dispatch`` handlers receive the non-frame effects (host socket actions); frames go to
-    ``port``. Use :meth:`run` inside a nursery; ``inbox`` is where producers send events.
+    ``port``. ``inbox`` is where producers hand over events (stepped at once); :meth:`run`
+    (in a nursery) delivers the core's timers.
     """
 
-    def __init__(
-        self,
-        stack: Stack,
-        port: GuestPort,
-        recorder: Recorder | None = None,
-        inbox_size: int = INBOX_SIZE,
-    ) -> None:
+    def __init__(self, stack: Stack, port: GuestPort, recorder: Recorder | None = None) -> None:
         self.stack = stack
         self.port = port
         self.recorder = recorder
         self.door = Door(stack, None if recorder is None else self._record)
-        self.inbox, self._receive = trio.open_memory_channel[Event](inbox_size)
+        self.inbox: Inbox = _Inbox(self)
         self.handlers: dict[type[Effect], Callable[[Any], None]] = {}
         self.after_burst: list[Callable[[], None]] = []  # called after each burst of steps
+        self.dispatch_errors = 0
+        self._pending: collections.deque[Event] = collections.deque()
+        self._stepping = False
+        self._timer: trio.CancelScope | None = None
         self._t0 = trio.current_time()
+        self.submit(FrameRuns(True))  # frames to the guest leave as runs
 
     def now_ns(self) -> int:
         return int((trio.current_time() - self._t0) * 1e9)
@@ -152,6 +176,40 @@ class Runtime:
     def _trio_time(self, t_ns: int) -> float:
         return self._t0 + t_ns / 1e9
 
+    # ---------------------------------------------------------------------------- stepping
+
+    def submit(self, event: Event) -> None:
+        """Step ``event`` through the door now, or right after the step in progress."""
+        self._pending.append(event)
+        if self._stepping:
+            return
+        self._stepping = True
+        try:
+            self._drain()
+        finally:
+            self._stepping = False
+
+    def _drain(self) -> None:
+        pending = self._pending
+        steps = 0
+        while pending and steps < _MAX_DRAIN:
+            while pending and steps < _MAX_DRAIN:
+                self._step(pending.popleft())
+                steps += 1
+            # Timers are checked once per burst, as the core asks for no more.
+            if self._due():
+                self._step(Tick())
+            self.port.kick()
+            for hook in self.after_burst:
+                try:
+                    hook()  # may hand over more events (TcpSent): stepped in this loop
+                except Exception:
+                    self.dispatch_errors += 1
+                    log.exception("after-burst hook %r failed", hook)
+        if self.recorder is not None:
+            self.recorder.flush()
+        self._arm_timer(bool(pending))
+
     def _step(self, event: Event) -> None:
         for effect in self.door.step(event, self.now_ns()):
             t = type(effect)
@@ -160,50 +218,53 @@ class Runtime:
             elif t is SendFrame:
                 self.port.put(effect.data)  # type: ignore[attr-defined]
             else:
-                handler = self.handlers.get(type(effect))
+                handler = self.handlers.get(t)
                 if handler is None:
                     log.error("no handler for effect %r", effect)
-                else:
+                    continue
+                try:
                     handler(effect)
+                except Exception:
+                    self.dispatch_errors += 1
+                    log.exception("handler for %r failed", effect)
 
     def _due(self) -> bool:
         deadline = self.stack.poll_at()
         return deadline is not None and deadline <= self.now_ns()
 
+    # ------------------------------------------------------------------------------ timers
+
+    def _arm_timer(self, now: bool = False) -> None:
+        """Bring the timer task's wakeup forward to the core's next deadline (``now``: at
+        once, for steps left pending)."""
+        scope = self._timer
+        if scope is None:
+            return
+        if now:
+            scope.deadline = -math.inf
+            return
+        deadline = self.stack.poll_at()
+        if deadline is not None:
+            at = self._trio_time(deadline)
+            if at < scope.deadline:
+                scope.deadline = at
+
     async def run(self) -> None:
-        """Run the door loop forever (until cancelled)."""
-        receive = self._receive
-        self._step(FrameRuns(True))  # frames to the guest leave as runs
+        """Deliver the core's timers (a :class:`Tick` whenever its deadline passes), forever
+        (until cancelled). Inputs need no task: producers step them (see :meth:`submit`)."""
         while True:
-            deadline = self.stack.poll_at()
-            event: Event | None = None
-            if deadline is None or deadline > self.now_ns():
-                try:
-                    event = receive.receive_nowait()
-                    await trio.lowlevel.checkpoint()  # stay fair to the other tasks
-                except trio.WouldBlock:
-                    if deadline is None:
-                        event = await receive.receive()
-                    else:
-                        with trio.move_on_at(self._trio_time(deadline)):
-                            event = await receive.receive()
-            else:
-                await trio.lowlevel.checkpoint()
-            if event is None:
-                self._step(Tick())
-            else:
-                self._step(event)
-            # A burst is taken without checkpoints; timers are checked once per burst.
-            for _ in range(_BATCH):
-                try:
-                    event = receive.receive_nowait()
-                except trio.WouldBlock:
-                    break
-                self._step(event)
+            with trio.CancelScope() as scope:
+                deadline = self.stack.poll_at()
+                scope.deadline = math.inf if deadline is None else self._trio_time(deadline)
+                self._timer = scope
+                await trio.sleep_forever()
+            self._timer = None
             if self._due():
-                self._step(Tick())
-            self.port.kick()
-            for hook in self.after_burst:
-                hook()
-            if self.recorder is not None:
-                self.recorder.flush()
+                self.submit(Tick())
+            elif self._pending and not self._stepping:
+                self._stepping = True
+                try:
+                    self._drain()
+                finally:
+                    self._stepping = False
+            await trio.lowlevel.checkpoint()

@@ -24,8 +24,9 @@ from dataclasses import dataclass
 
 import trio
 
-from slirptrio.core.events import Event, GuestFrames, GuestLink
+from slirptrio.core.events import GuestFrames, GuestLink
 from slirptrio.shell.descriptors import AcceptLoop, Spare
+from slirptrio.shell.inbox import Inbox
 from slirptrio.wire import MalformedFrame
 from slirptrio.wire.fast import frames_end
 from slirptrio.wire.framing import MAX_FRAME, split_run
@@ -277,7 +278,7 @@ class _RunReader:
 
 
 async def serve_stream(
-    stream: trio.abc.Stream, inbox: trio.MemorySendChannel[Event], port: GuestPort, peer: str
+    stream: trio.abc.Stream, inbox: Inbox, port: GuestPort, peer: str
 ) -> None:
     """Carry frames between one connected QEMU stream peer and the stack until it goes away.
 
@@ -411,7 +412,7 @@ async def open_listener(addr: Address) -> trio.SocketListener:
 
 
 async def run_listen(
-    listener: trio.SocketListener, inbox: trio.MemorySendChannel[Event], port: GuestPort
+    listener: trio.SocketListener, inbox: Inbox, port: GuestPort
 ) -> None:
     """Accept QEMU stream clients, one at a time; a second concurrent client is refused.
 
@@ -455,7 +456,7 @@ def _peer_name(stream: trio.SocketStream) -> str:
 
 
 async def run_connect(
-    addr: Address, inbox: trio.MemorySendChannel[Event], port: GuestPort, retry_s: float = 0.5
+    addr: Address, inbox: Inbox, port: GuestPort, retry_s: float = 0.5
 ) -> None:
     """Connect to a listening QEMU, retrying until it answers and after every disconnect."""
     warned = False
@@ -544,7 +545,7 @@ def _same_file(a: str, b: str) -> bool:
 async def run_dgram(
     sock: trio.socket.SocketType,
     remote: Address,
-    inbox: trio.MemorySendChannel[Event],
+    inbox: Inbox,
     port: GuestPort,
     peer: PeerFilter | None = None,
 ) -> None:
