@@ -187,14 +187,11 @@ class Stack:
 
     def poll_at(self) -> int | None:
         """The next time (ns) the core wants a :class:`Tick`, or None."""
-        times = [
-            t
-            for t in (
-                self.tcp.poll_at(), self._reasm.poll_at(), self.udp.poll_at(), self.echo.poll_at()
-            )
-            if t is not None
-        ]
-        return min(times) if times else None
+        d = self.tcp.poll_at()
+        for t in (self._reasm.poll_at(), self.udp.poll_at(), self.echo.poll_at()):
+            if t is not None and (d is None or t < d):
+                d = t
+        return d
 
     def alloc_flow(self) -> int:
         """A new flow id, unique among all host-side flows of this stack."""

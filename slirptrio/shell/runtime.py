@@ -192,13 +192,16 @@ class Runtime:
     def _drain(self) -> None:
         pending = self._pending
         steps = 0
+        deadline = None
         while pending and steps < _MAX_DRAIN:
             while pending and steps < _MAX_DRAIN:
                 self._step(pending.popleft())
                 steps += 1
             # Timers are checked once per burst, as the core asks for no more.
-            if self._due():
+            deadline = self.stack.poll_at()
+            if deadline is not None and deadline <= self.now_ns():
                 self._step(Tick())
+                deadline = self.stack.poll_at()
             self.port.kick()
             for hook in self.after_burst:
                 try:
@@ -208,7 +211,7 @@ class Runtime:
                     log.exception("after-burst hook %r failed", hook)
         if self.recorder is not None:
             self.recorder.flush()
-        self._arm_timer(bool(pending))
+        self._arm_timer(deadline, bool(pending))
 
     def _step(self, event: Event) -> None:
         for effect in self.door.step(event, self.now_ns()):
@@ -234,8 +237,8 @@ class Runtime:
 
     # ------------------------------------------------------------------------------ timers
 
-    def _arm_timer(self, now: bool = False) -> None:
-        """Bring the timer task's wakeup forward to the core's next deadline (``now``: at
+    def _arm_timer(self, deadline: int | None, now: bool = False) -> None:
+        """Bring the timer task's wakeup forward to the core's next ``deadline`` (``now``: at
         once, for steps left pending)."""
         scope = self._timer
         if scope is None:
@@ -243,7 +246,6 @@ class Runtime:
         if now:
             scope.deadline = -math.inf
             return
-        deadline = self.stack.poll_at()
         if deadline is not None:
             at = self._trio_time(deadline)
             if at < scope.deadline:
