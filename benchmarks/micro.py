@@ -10,7 +10,7 @@ compare while changing the data path.
 * ``up`` (guest→host): the guest sends full segments in bursts of ``--burst``; each burst is
   one :class:`GuestFrames` event (``--per-frame``: one :class:`GuestFrame` per segment, as
   before batching), then one ``TcpSent`` for what the core handed over, as the shell reports.
-* ``down`` (host→guest): the host side delivers 64 KiB reads (``TcpData``) as credit allows;
+* ``down`` (host→guest): the host side delivers 256 KiB reads (``TcpData``) as credit allows;
   the guest acknowledges every second segment, the acknowledgements of one read in one burst.
 
 The journal and pcap go to a temporary directory (the page cache; their write cost is in the
@@ -72,8 +72,9 @@ def frames_out(effects: list[ev.Effect]) -> list[bytes]:
 
 
 class Session:
-    def __init__(self, journal: bool, pcap: bool, runs: bool, tmp: str) -> None:
-        config = parse_user_options("")
+    def __init__(self, journal: bool, pcap: bool, runs: bool, tmp: str, mss: int) -> None:
+        self.mss = mss
+        config = parse_user_options(f"mtu={mss + 40}" if mss + 40 != 1500 else "")
         self.stack = Stack(config, 1)
         writer = None
         if journal:
@@ -105,7 +106,7 @@ class Session:
 
     def handshake(self) -> tuple[int, int, int, list[ev.Effect]]:
         """Open the connection; returns (flow, guest seq, guest ack, the effects so far)."""
-        effects = self.guest([tcp_frame(1000, 0, SYN, mss=1460, wscale=7)])
+        effects = self.guest([tcp_frame(1000, 0, SYN, mss=self.mss, wscale=7)])
         flow = next(e.flow for e in effects if type(e) is ev.TcpConnect)
         effects = self.step(ev.TcpConnected(flow))
         synack = parse_tcp(frames_out(effects)[0][34:], HOST, GUEST)
@@ -129,7 +130,7 @@ def up(s: Session, segments: int, burst: int, mss: int) -> None:
 def down(s: Session, segments: int, mss: int) -> None:
     flow, seq, ack, effects = s.handshake()
     credit = 0
-    chunk = bytes(range(256)) * 256
+    chunk = bytes(range(256)) * 1024
     rcv = ack  # what the guest has received
     sent_segments = 0
     s.loop_start = len(s.events)
@@ -157,7 +158,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--direction", choices=["up", "down"], default="up")
     p.add_argument("--segments", type=int, default=20000)
     p.add_argument("--burst", type=int, default=32)
-    p.add_argument("--mss", type=int, default=1460)
+    p.add_argument("--mss", type=int, default=1460, help="the guest MTU is this + 40")
     p.add_argument("--per-frame", action="store_true", help="one event per guest frame")
     p.add_argument("--no-journal", action="store_true")
     p.add_argument("--no-pcap", action="store_true")
@@ -168,7 +169,7 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory(prefix="slirptrio-micro-") as tmp:
         # A first pass drives the connection and keeps its inputs; the timed passes run
         # just those inputs through fresh sessions (the core is deterministic).
-        s = Session(False, False, runs, tmp)
+        s = Session(False, False, runs, tmp, args.mss)
         if args.direction == "up":
             up(s, args.segments, args.burst, args.mss)
         else:
@@ -178,7 +179,7 @@ def main(argv: list[str] | None = None) -> int:
         if runs:
             setup = setup[1:]  # FrameRuns: a new session sends it itself
         for _ in range(args.repeat):
-            t = Session(not args.no_journal, not args.no_pcap, runs, tmp)
+            t = Session(not args.no_journal, not args.no_pcap, runs, tmp, args.mss)
             for e in setup:
                 t.step(e)
             t0 = time.process_time()
