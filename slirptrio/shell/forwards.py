@@ -271,7 +271,7 @@ def _device_opener(target: str) -> Callable[[], Awaitable[fl.HostEnd]]:
     if target.startswith("unix:"):
         return fl.unix_opener(target[5:])
     host, _, port = target[4:].rpartition(":")
-    return fl.tcp_opener(host, int(port))
+    return fl.tcp_opener(host.strip("[]"), int(port))
 
 
 __all__ = ["SHELL_FLOW_BASE", "ForwardError", "Forwards"]
