@@ -268,7 +268,7 @@ def error_source6(offender: str, host: str, default: bytes) -> bytes:
         addr = ipaddress.IPv6Address(offender)
     except ValueError:
         return default
-    if not addr.is_global and not addr.is_private or addr.is_loopback or addr.is_link_local:
+    if (not addr.is_global and not addr.is_private) or addr.is_loopback or addr.is_link_local:
         return default
     if addr.is_multicast or addr.ipv4_mapped is not None or addr.is_unspecified:
         return default

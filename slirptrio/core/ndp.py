@@ -161,9 +161,9 @@ class Ndp:
         elif type_ == wicmp6.NEIGHBOR_ADVERT:
             _flags, target, opts = wndp.parse_na(body)
             c["ndp_na"] += 1
-            mac = wndp.lladdr(opts, wndp.OPT_TARGET_LLADDR)
-            if mac is not None and self._owned_mac(target) is None:
-                self.learn(target, mac, now_ns)
+            tll = wndp.lladdr(opts, wndp.OPT_TARGET_LLADDR)
+            if tll is not None and self._owned_mac(target) is None:
+                self.learn(target, tll, now_ns)
         else:
             c["ndp_ignored"] += 1
 

@@ -10,9 +10,9 @@ The core decides; this module does what its effects say and reports what the soc
   ``UdpError``; a send that fails becomes ``UdpError`` with origin 0 and the errno.
 * ``IcmpEchoOpen`` opens an unprivileged ping socket (SOCK_DGRAM, IPPROTO_ICMP or, for an IPv6
   destination, IPPROTO_ICMPV6; both allowed by ``net.ipv4.ping_group_range``) or, failing
-  that, a raw socket (root or CAP_NET_RAW), connected to the destination. Echo replies become ``IcmpEchoReply`` (seq, data; a raw socket
-  also checks the id), errors ``IcmpEchoError``; when neither socket kind may be opened the
-  flow reports ``IcmpUnavailable`` and ends.
+  that, a raw socket (root or CAP_NET_RAW), connected to the destination. Echo replies become
+  ``IcmpEchoReply`` (seq, data; a raw socket also checks the id), errors ``IcmpEchoError``;
+  when neither socket kind may be opened the flow reports ``IcmpUnavailable`` and ends.
 * ``UdpClose`` / ``IcmpEchoClose`` cancel the flow's task group and close its socket.
 * The DNS upstream list — ``--dns-upstream`` values, or else the first ``nameserver`` of
   ``/etc/resolv.conf`` (127.0.0.1 when there is none, as libslirp), its signature (mtime, size,

@@ -11,6 +11,7 @@ servers (RFC 8106) and the DNS search list (RFC 8106).
 
 from __future__ import annotations
 
+import dataclasses
 import struct
 from dataclasses import dataclass, field
 
@@ -128,26 +129,20 @@ def parse_ra(body: bytes | memoryview) -> RouterAdvert:
     ra = RouterAdvert(hop, flags, lifetime, reachable, retrans)
     for t, v in parse_options(body[_RA.size :]):
         if t == OPT_SOURCE_LLADDR and len(v) >= 6 and ra.source_lladdr is None:
-            ra = _replace(ra, source_lladdr=v[:6])
+            ra = dataclasses.replace(ra, source_lladdr=v[:6])
         elif t == OPT_MTU and len(v) == 6:
-            ra = _replace(ra, mtu=int.from_bytes(v[2:6], "big"))
+            ra = dataclasses.replace(ra, mtu=int.from_bytes(v[2:6], "big"))
         elif t == OPT_PREFIX_INFO and len(v) == 30:
             plen, pflags, valid, preferred, _res, prefix = _PREFIX.unpack(v)
             if plen > 128:
                 raise MalformedFrame("ndp_bad_prefix", f"length {plen}")
             ra.prefixes.append(Prefix(prefix, plen, pflags, valid, preferred))
         elif t == OPT_RDNSS and len(v) >= 22 and (len(v) - 6) % 16 == 0:
-            ra = _replace(ra, dns_lifetime=int.from_bytes(v[2:6], "big"))
+            ra = dataclasses.replace(ra, dns_lifetime=int.from_bytes(v[2:6], "big"))
             ra.dns_servers.extend(v[i : i + 16] for i in range(6, len(v), 16))
         elif t == OPT_DNSSL and len(v) >= 6:
             ra.search.extend(decode_names(v[6:]))
     return ra
-
-
-def _replace(ra: RouterAdvert, **kw: object) -> RouterAdvert:
-    values = {f: getattr(ra, f) for f in RouterAdvert.__dataclass_fields__}
-    values.update(kw)
-    return RouterAdvert(**values)  # type: ignore[arg-type]
 
 
 def option(kind: int, value: bytes) -> bytes:
