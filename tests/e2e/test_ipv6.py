@@ -123,9 +123,9 @@ def test_dual_stack_guest(topo: Topology) -> None:
     # A real DHCPv6 client's information request gets the DNS server.
     if shutil.which("dhclient", path="/usr/sbin:/sbin:/usr/bin") is None:
         pytest.fail("dhclient is missing (tests/run.sh installs isc-dhcp-client)")
-    out = topo.dir / "dhclient.env"
+    env_file = topo.dir / "dhclient.env"
     script = topo.dir / "dhclient.sh"
-    script.write_text(DHCLIENT_SCRIPT.format(out=out))
+    script.write_text(DHCLIENT_SCRIPT.format(out=env_file))
     script.chmod(0o755)
     dh = topo.guest_spawn("dhclient", [
         "dhclient", "-6", "-S", "-d", "-v", "-1", "-sf", str(script),
@@ -136,7 +136,7 @@ def test_dual_stack_guest(topo: Topology) -> None:
     # dhclient 4.4 runs its script with reason RENEW6 (not INFORM6) for an -S reply.
     while "name_servers" not in env and time.monotonic() < deadline and dh.alive():
         time.sleep(0.1)
-        env = out.read_text() if out.exists() else ""
+        env = env_file.read_text() if env_file.exists() else ""
     dh.stop()
     assert "new_dhcp6_name_servers=fec0::3" in env, env + dh.output()
     assert "new_dhcp6_server_id=0:3:0:1:52:56:0:0:0:2" in env, env
