@@ -112,9 +112,30 @@ async def test_hostfwd_on_ipv6_and_guestfwd_on_virtual_ipv6(tmp_path: pathlib.Pa
                 if getattr(seg, "dport", None) == 40001 and seg.flags & 0x12 == 0x12:
                     synack = ip
         assert synack.data.sport == 80 and synack.src == g6.ip6("fec0::100")
+        # UDP: a datagram from a host socket on ::1 reaches the guest from fec0::2, and the
+        # guest's answer goes back out of the forward's socket to that peer.
+        uport = await stack.add_hostfwd("udp:[::1]:0-[fec0::15]:5353")
+        peer = trio.socket.socket(socket.AF_INET6, socket.SOCK_DGRAM)
+        await peer.bind(("::1", 0))
+        await peer.sendto(b"question", ("::1", uport))
+        dgram = None
+        while dgram is None:
+            for f in await _frames(guest, decoder):
+                ip = g6.parse(f).data
+                if getattr(ip.data, "dport", None) == 5353:
+                    dgram = ip
+        assert dgram.src == g6.ip6("fec0::2") and dgram.dst == g6.ip6("fec0::15")
+        assert dgram.data.data == b"question"
+        await guest.send_all(encode_frame(g6.udp6(
+            "fec0::2", dgram.data.sport, b"answer", sport=5353, src="fec0::15"
+        )))
+        with trio.fail_after(5):
+            data, addr = await peer.recvfrom(100)
+        assert data == b"answer" and addr[1] == uport
+        peer.close()
         await guest.aclose()
         await stack.remove_hostfwd("tcp:[::1]:" + str(port))
-        assert set(stack.hostfwds()) == {"tcp:[::]:0-:22"}
+        assert set(stack.hostfwds()) == {"tcp:[::]:0-:22", "udp:[::1]:0-[fec0::15]:5353"}
     result = await trio.to_thread.run_sync(_replay, journal)
     assert result.identical, result
 
