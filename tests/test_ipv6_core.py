@@ -451,6 +451,13 @@ def test_large_datagram_to_guest_is_fragmented() -> None:
 # ------------------------------------------------------------------- families on or off
 
 
+def test_unspecified_source_only_for_ndp() -> None:
+    stack = make()
+    assert stack.handle(GuestFrame(g6.udp6("2001:db8::1", 9, b"x", src="::")), 0) == []
+    assert stack.handle(GuestFrame(g6.tcp_syn("fec0::2", 80, src="::")), 0) == []
+    assert stack.counters["drop_ipv6_unspecified_source"] == 2
+
+
 def test_ipv6_off_drops_ipv6() -> None:
     stack = make("ipv6=off")
     assert stack.handle(GuestFrame(g6.router_solicit()), 0) == []

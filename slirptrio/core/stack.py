@@ -85,6 +85,7 @@ DHCP_CLIENT_PORT = 68
 _LIMITED_BROADCAST = b"\xff\xff\xff\xff"
 _ZERO_IP = b"\x00\x00\x00\x00"
 _V4_MAPPED = bytes(10) + b"\xff\xff"
+_UNSPECIFIED6 = bytes(16)
 _IP6_IDENT_SALT = 0x1D6F_7A3B_55C2_0E49  # a PRNG of its own: IPv6 must not shift IPv4's draws
 _MLD = (wicmp6.MLD_QUERY, wicmp6.MLD_REPORT, wicmp6.MLD_DONE, wicmp6.MLD2_REPORT)
 
@@ -271,9 +272,12 @@ class Stack:
         guest address (None if it is no guest address)."""
         try:
             gaddr = ip_address(guest_ip)
-            peer = ip_address(peer_ip)
         except ValueError:
             return self._host_ip, None
+        try:
+            peer: IPv4Address | IPv6Address | None = ip_address(peer_ip)
+        except ValueError:
+            peer = None  # not an IP peer: it comes from the host address
         if isinstance(peer, IPv6Address) and peer.ipv4_mapped is not None:
             peer = peer.ipv4_mapped
         if isinstance(gaddr, IPv6Address):
@@ -554,7 +558,6 @@ class Stack:
         reply = wicmp.build_icmp(wicmp.ECHO_REPLY, 0, rest, bytes(data))
         self.send_ip(hdr.dst, hdr.src, wip.IPPROTO_ICMP, reply)
 
-
     # ------------------------------------------------------------------------------- IPv6
 
     def _in_net6(self, ip: bytes) -> bool:
@@ -585,6 +588,8 @@ class Stack:
         proto = hdr.proto
         if proto == wip6.IPPROTO_ICMPV6:
             self._icmpv6(src_mac, hdr, body, now_ns)
+        elif hdr.src == _UNSPECIFIED6:  # only NDP and MLD may come from ::
+            self._drop("ipv6_unspecified_source")
         elif proto == wip6.IPPROTO_UDP:
             self._udp6(src_mac, hdr, body, now_ns)
         elif proto == wip6.IPPROTO_TCP:
