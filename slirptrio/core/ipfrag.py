@@ -6,7 +6,8 @@ A fragment belongs to the datagram named by (source, destination, protocol, iden
 IPv4 and IPv6 fragments (libslirp has no IPv6 reassembly) share one table and its bounds, told
 apart by their address lengths. For IPv6 the reassembled payload is the fragmentable part
 (any extension headers after the Fragment header, then the upper layer), which the caller walks
-again.
+again; the "protocol" of the key is the Fragment header's next header, so fragments of one
+packet that disagree on it (RFC 8200 lets them; no stack in use does) never complete.
 Each datagram in flight keeps its received bytes as sorted, non-overlapping pieces
 ``(start, end, data)`` and, once the last fragment (MF=0) has arrived, its total length. It is
 complete when the pieces cover ``[0, total)``; the joined payload is returned and the entry
