@@ -22,6 +22,7 @@ The server keeps no state between messages.
 from __future__ import annotations
 
 import collections
+from typing import ClassVar
 
 from slirptrio.config import Config
 from slirptrio.wire import MalformedFrame
@@ -39,6 +40,9 @@ class Dhcpv6Server:
       server_mac: the MAC the server identifier (DUID-LL) is made of.
       counters: where ``dhcpv6_*`` counts go.
     """
+
+    # No state of its own: every attribute is set from the arguments (snapshot "wiring").
+    _SNAPSHOT_WIRING: ClassVar[frozenset[str]] = frozenset({"counters", "duid", "_dns", "_search"})
 
     def __init__(
         self, config: Config, server_mac: bytes, counters: collections.Counter[str]

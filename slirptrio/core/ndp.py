@@ -33,7 +33,7 @@ from __future__ import annotations
 import collections
 import logging
 from collections.abc import Callable
-from typing import Any
+from typing import Any, ClassVar
 
 from slirptrio.config import Config
 from slirptrio.core.prng import Prng
@@ -81,6 +81,12 @@ class Ndp:
       rng: the stack's PRNG (advertisement intervals).
       counters: where ``ndp_*`` counts go.
     """
+
+    # Set from the arguments and never changed (the snapshot convention's "wiring").
+    _SNAPSHOT_WIRING: ClassVar[frozenset[str]] = frozenset({
+        "_send", "_owned_mac", "_rng", "counters", "router_ip", "router_mac", "_prefix",
+        "_prefix_len", "_mtu", "_restrict", "_dns", "_search",
+    })  # fmt: skip
 
     def __init__(
         self,
