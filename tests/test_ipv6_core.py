@@ -505,3 +505,21 @@ def test_truncated_and_mutated_ipv6_frames_never_raise(frame: bytes, data: st.Da
     stack = make()
     stack.handle(GuestFrame(bytes(mutated)), 0)
     assert stack.counters["core_exceptions"] == 0
+
+
+def test_classify_ipv6() -> None:
+    from slirptrio.core import martian6 as m
+
+    cases = {
+        "::": m.UNSPECIFIED, "::1": m.LOOPBACK, "::ffff:127.0.0.1": m.IPV4_MAPPED,
+        "::10.0.0.1": m.IPV4_COMPATIBLE, "ff02::1": m.MULTICAST, "ff0e::1": m.MULTICAST,
+        "fe80::1": m.LINK_LOCAL, "febf::1": m.LINK_LOCAL, "2001:db8::1": "", "fd00::1": "",
+        "fec0::99": "", "64:ff9b::1.2.3.4": "", "::2:0:0:1": "",
+    }
+    for text, reason in cases.items():
+        assert m.classify_ipv6(ip6(text)) == reason, text
+    stack = make()
+    for text in ("::1", "::ffff:127.0.0.1", "fe80::1"):
+        assert stack.translate(ip6(text), 80) is None
+    assert stack.counters["martian6_loopback"] == 1
+    assert stack.translate(ip6("fe80::2"), 80) == ("::1", 80)

@@ -64,6 +64,7 @@ from slirptrio.core.events import (
 from slirptrio.core.icmp import IcmpEcho
 from slirptrio.core.info import FlowInfo
 from slirptrio.core.ipfrag import Reassembler, fragment
+from slirptrio.core.martian6 import classify_ipv6
 from slirptrio.core.ndp import Ndp, link_local, virtual_mac6
 from slirptrio.core.prng import Prng
 from slirptrio.core.tcp import TcpNat
@@ -84,7 +85,6 @@ DHCP_SERVER_PORT = 67
 DHCP_CLIENT_PORT = 68
 _LIMITED_BROADCAST = b"\xff\xff\xff\xff"
 _ZERO_IP = b"\x00\x00\x00\x00"
-_V4_MAPPED = bytes(10) + b"\xff\xff"
 _UNSPECIFIED6 = bytes(16)
 _IP6_IDENT_SALT = 0x1D6F_7A3B_55C2_0E49  # a PRNG of its own: IPv6 must not shift IPv4's draws
 _MLD = (wicmp6.MLD_QUERY, wicmp6.MLD_REPORT, wicmp6.MLD_DONE, wicmp6.MLD2_REPORT)
@@ -327,9 +327,7 @@ class Stack:
         aliases) lead to the host's ::1 (``hostloopback``), TCP to ``ipv6-dns`` port 53 to the
         DNS upstream; other addresses of the prefix lead nowhere. Martians never leave:
         unspecified, loopback, IPv4-compatible and IPv4-mapped, multicast, link-local."""
-        if ip[0] == 0xFF or ip[:12] == _V4_MAPPED or ip[:12] == bytes(12):
-            return None
-        if self._in_net6(ip) or wip6.is_link_local(ip):
+        if self._in_net6(ip) or ip == self._ll6:
             if ip not in self._virtual6:
                 return None
             if ip == self._dns6 and port == 53:
@@ -338,6 +336,10 @@ class Stack:
             if not loop:
                 return None
             return ("::1" if loop == "127.0.0.1" else loop), port
+        reason = classify_ipv6(ip)
+        if reason:
+            self.counters["martian6_" + reason] += 1
+            return None
         return str(IPv6Address(ip)), port
 
     def leases(self, now_ns: int) -> list[Lease]:
