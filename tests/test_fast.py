@@ -93,8 +93,9 @@ def run_of(items: list[bytes]) -> bytes:
 
 
 @SETTINGS
-@given(st.binary(max_size=4000), st.integers(0, (1 << 48) - 1))
+@given(st.binary(max_size=4000), st.one_of(st.integers(0, (1 << 48) - 1), st.integers(0, 1 << 200)))
 def test_ones_sum(data: bytes, initial: int) -> None:
+    # any size of initial: IPv6 pseudo-header sums pass big unfolded ones
     assert native.ones_sum(data, initial) == fast.pure_ones_sum(data, initial)
     assert native.ones_sum(data) == fast.pure_ones_sum(data)
 
@@ -102,7 +103,7 @@ def test_ones_sum(data: bytes, initial: int) -> None:
 @pytest.mark.parametrize("n", [0, 1, 2, 7, 8, 31, 32, 33, 65535, 65536, 1 << 20])
 def test_ones_sum_extremes(n: int) -> None:
     for data in (b"\xff" * n, b"\x00" * n, bytes(range(256)) * (n // 256) + b"\x01" * (n % 256)):
-        for initial in (0, 1, 0xFFFF, 0x1FFFE, (1 << 48) - 1):
+        for initial in (0, 1, 0xFFFF, 0x1FFFE, (1 << 48) - 1, 1 << 48, 0xFFFF << 100, 1 << 128):
             assert native.ones_sum(data, initial) == fast.pure_ones_sum(data, initial)
 
 
@@ -198,6 +199,13 @@ def test_tcp_run(
         assert rec[10] == (last if i == len(recs) - 1 else flags)
         pos = (pos + rec[14] - rec[13]) & 0xFFFFFFFF
     assert pos == (seq + length) & 0xFFFFFFFF
+
+
+def test_ones_sum_rejects_a_negative_initial() -> None:
+    with pytest.raises(ValueError):
+        native.ones_sum(b"ab", -1)
+    with pytest.raises(ValueError):
+        native.ones_sum(b"ab", -(1 << 70))
 
 
 def test_tcp_run_rejects_what_the_reference_rejects() -> None:

@@ -182,6 +182,46 @@ PyDoc_STRVAR(ones_sum_doc,
 "ones_sum(data, initial=0, /) -> int\n\n"
 "The folded 16-bit one's-complement sum of data (odd length padded with a zero), plus initial.");
 
+/* ``initial`` as a number the sum may add: itself when small, else a smaller one congruent to it
+ * mod 0xffff and zero only when it is (all the fold depends on). Any size, never negative. */
+static int
+get_initial(PyObject *o, uint64_t *out)
+{
+    if (!PyLong_Check(o)) {
+        PyErr_SetString(PyExc_TypeError, "initial must be an int");
+        return -1;
+    }
+    unsigned long long v = PyLong_AsUnsignedLongLong(o);
+    if (v == (unsigned long long)-1 && PyErr_Occurred()) {
+        if (!PyErr_ExceptionMatches(PyExc_OverflowError))
+            return -1;
+        PyErr_Clear();
+        PyObject *zero = PyLong_FromLong(0);
+        int negative = zero == NULL ? -1 : PyObject_RichCompareBool(o, zero, Py_LT);
+        Py_XDECREF(zero);
+        if (negative != 0) {
+            if (negative > 0)
+                PyErr_SetString(PyExc_ValueError, "initial must not be negative");
+            return -1;
+        }
+        PyObject *m = PyLong_FromLong(0xffff);
+        PyObject *r = m == NULL ? NULL : PyNumber_Remainder(o, m);
+        Py_XDECREF(m);
+        if (r == NULL)
+            return -1;
+        long rv = PyLong_AsLong(r);
+        Py_DECREF(r);
+        if (rv == -1 && PyErr_Occurred())
+            return -1;
+        *out = rv ? (uint64_t)rv : 0xffff; /* o > 2**64 > 0 */
+        return 0;
+    }
+    if (v >= (1ULL << 48))
+        v = v % 0xffff ? v % 0xffff : 0xffff;
+    *out = v;
+    return 0;
+}
+
 static PyObject *
 py_ones_sum(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
 {
@@ -190,7 +230,7 @@ py_ones_sum(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
         PyErr_SetString(PyExc_TypeError, "ones_sum(data, initial=0)");
         return NULL;
     }
-    if (nargs == 2 && get_u64(args[1], (1ULL << 48) - 1, "initial", &initial) < 0)
+    if (nargs == 2 && get_initial(args[1], &initial) < 0)
         return NULL;
     Py_buffer b;
     if (PyObject_GetBuffer(args[0], &b, PyBUF_SIMPLE) < 0)
