@@ -33,7 +33,7 @@ from slirptrio.core import events as ev
 from slirptrio.core.stack import Stack
 from slirptrio.door import Door
 from slirptrio.journal import Header, JournalWriter
-from slirptrio.shell.runtime import Recorder
+from slirptrio.shell.runtime import Recorder, recording_sink
 from slirptrio.wire import fast
 from slirptrio.wire.ethernet import build_ethernet
 from slirptrio.wire.ipv4 import build_ipv4
@@ -82,7 +82,7 @@ class Session:
                                           Header(1, config.to_dict(), 0))
         pcap_file = open(os.path.join(tmp, "m.pcap"), "wb") if pcap else None  # noqa: SIM115
         self.recorder = Recorder(writer, pcap_file, 0)
-        self.door = Door(self.stack, self.recorder)
+        self.door = Door(self.stack, recording_sink(self.recorder))
         self.now = 0
         self.events: list[ev.Event] = []  # every input, to be timed again in one loop
         self.loop_start = 0  # index in events where the measured part starts

@@ -201,6 +201,38 @@ def test_tcp_run(
     assert pos == (seq + length) & 0xFFFFFFFF
 
 
+@SETTINGS
+@given(
+    st.lists(st.binary(max_size=300), max_size=8),
+    st.integers(0, 8),
+    st.integers(0, (1 << 32) * 10**9 - 1),
+    st.integers(0, 400),
+)
+def test_pcap_run(items: list[bytes], cut: int, ts_ns: int, snaplen: int) -> None:
+    run = run_of(items)
+    run = run[: len(run) - cut] if cut else run
+    a, b = bytearray(b"x"), bytearray(b"x")
+    assert native.pcap_run(a, run, ts_ns, snaplen) == fast.pure_pcap_run(b, run, ts_ns, snaplen)
+    assert a == b
+
+
+def test_pcap_run_is_what_per_frame_writes_make() -> None:
+    import io
+
+    from slirptrio.wire.pcap import PcapWriter, read_pcap
+
+    frames = [bytes([i]) * (60 + i) for i in range(20)]
+    one, many = io.BytesIO(), io.BytesIO()
+    w1, w2 = PcapWriter(one, snaplen=70), PcapWriter(many, snaplen=70)
+    w1.write_run(1_700_000_000_123_456_789, run_of(frames))
+    for f in frames:
+        w2.write(1_700_000_000_123_456_789, f)
+    w1.flush()
+    w2.flush()
+    assert one.getvalue() == many.getvalue()
+    assert [f for _t, f in read_pcap(io.BytesIO(one.getvalue()))] == [f[:70] for f in frames]
+
+
 def test_ones_sum_rejects_a_negative_initial() -> None:
     with pytest.raises(ValueError):
         native.ones_sum(b"ab", -1)

@@ -42,7 +42,6 @@ from slirptrio.door import Door
 from slirptrio.journal import JournalWriter
 from slirptrio.shell.inbox import Inbox
 from slirptrio.shell.transport import GuestPort
-from slirptrio.wire.framing import split_run
 from slirptrio.wire.pcap import PcapWriter
 
 log = logging.getLogger("slirptrio.runtime")
@@ -113,6 +112,27 @@ class Recorder:
             self._pcap_file.close()
 
 
+def recording_sink(recorder: Recorder) -> Callable[[int, int, Event, list[Effect]], None]:
+    """The door's sink: ``recorder``, and the pcap view of runs, which the recorder only knows
+    as single frames (interim, until the flight recorder's writer takes runs)."""
+    pcap: PcapWriter | None = getattr(recorder, "_pcap", None)
+    origin: int = getattr(recorder, "_origin_ns", 0)
+    if pcap is None:
+        return recorder
+
+    def record(seq: int, t_ns: int, event: Event, effects: list[Effect]) -> None:
+        recorder(seq, t_ns, event, effects)
+        assert pcap is not None
+        ts = origin + t_ns
+        if type(event) is GuestFrames:
+            pcap.write_run(ts, event.data)
+        for eff in effects:
+            if type(eff) is SendFrames:
+                pcap.write_run(ts, eff.data)
+
+    return record
+
+
 class _Inbox:
     """The runtime's inbox: handing over an event steps the door at once."""
 
@@ -141,7 +161,7 @@ class Runtime:
         self.stack = stack
         self.port = port
         self.recorder = recorder
-        self.door = Door(stack, None if recorder is None else self._record)
+        self.door = Door(stack, None if recorder is None else recording_sink(recorder))
         self.inbox: Inbox = _Inbox(self)
         self.handlers: dict[type[Effect], Callable[[Any], None]] = {}
         self.after_burst: list[Callable[[], None]] = []  # called after each burst of steps
@@ -154,24 +174,6 @@ class Runtime:
 
     def now_ns(self) -> int:
         return int((trio.current_time() - self._t0) * 1e9)
-
-    def _record(self, seq: int, t_ns: int, event: Event, effects: list[Effect]) -> None:
-        """The door's sink: the recorder, and the pcap view of runs, which the recorder only
-        knows as single frames (interim, until the flight recorder's writer takes runs)."""
-        recorder = self.recorder
-        assert recorder is not None
-        recorder(seq, t_ns, event, effects)
-        pcap: PcapWriter | None = getattr(recorder, "_pcap", None)
-        if pcap is None:
-            return
-        ts = getattr(recorder, "_origin_ns", 0) + t_ns
-        if type(event) is GuestFrames:
-            for frame in split_run(event.data):
-                pcap.write(ts, frame)  # type: ignore[arg-type]
-        for eff in effects:
-            if type(eff) is SendFrames:
-                for frame in split_run(eff.data):
-                    pcap.write(ts, frame)  # type: ignore[arg-type]
 
     def _trio_time(self, t_ns: int) -> float:
         return self._t0 + t_ns / 1e9

@@ -556,6 +556,81 @@ done:
     return result;
 }
 
+/* ----------------------------------------------------------------------------- pcap_run */
+
+static inline void
+put32le(uint8_t *p, uint32_t v)
+{
+    p[0] = (uint8_t)v;
+    p[1] = (uint8_t)(v >> 8);
+    p[2] = (uint8_t)(v >> 16);
+    p[3] = (uint8_t)(v >> 24);
+}
+
+PyDoc_STRVAR(pcap_run_doc,
+"pcap_run(out, run, ts_ns, snaplen, /) -> int\n\n"
+"Append a nanosecond pcap record for every frame of the run to the bytearray out; return\n"
+"how many (see fast.py).");
+
+static PyObject *
+py_pcap_run(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
+{
+    if (nargs != 4) {
+        PyErr_SetString(PyExc_TypeError, "pcap_run(out, run, ts_ns, snaplen)");
+        return NULL;
+    }
+    PyObject *out = args[0];
+    if (!PyByteArray_Check(out)) {
+        PyErr_SetString(PyExc_TypeError, "out must be a bytearray");
+        return NULL;
+    }
+    uint64_t ts, snaplen;
+    if (get_u64(args[2], ((uint64_t)0xffffffffu + 1) * 1000000000ULL - 1, "ts_ns", &ts) < 0
+        || get_u64(args[3], 0xffffffffu, "snaplen", &snaplen) < 0)
+        return NULL;
+    Py_buffer b;
+    if (PyObject_GetBuffer(args[1], &b, PyBUF_SIMPLE) < 0)
+        return NULL;
+    const uint8_t *p = (const uint8_t *)b.buf;
+    Py_ssize_t n = b.len, off = 0, count = 0, need = 0;
+    /* First pass: how much room (a 16-byte record header per frame, captured bytes). */
+    while (off + 4 <= n) {
+        Py_ssize_t length = (Py_ssize_t)be32(p + off);
+        if (length > n - off - 4)
+            break;
+        if (length) {
+            need += 16 + (length < (Py_ssize_t)snaplen ? length : (Py_ssize_t)snaplen);
+            count++;
+        }
+        off += 4 + length;
+    }
+    Py_ssize_t old = PyByteArray_GET_SIZE(out);
+    if (PyByteArray_Resize(out, old + need) < 0) {
+        PyBuffer_Release(&b);
+        return NULL;
+    }
+    uint8_t *w = (uint8_t *)PyByteArray_AS_STRING(out) + old;
+    uint32_t sec = (uint32_t)(ts / 1000000000ULL), ns = (uint32_t)(ts % 1000000000ULL);
+    off = 0;
+    while (off + 4 <= n) {
+        Py_ssize_t length = (Py_ssize_t)be32(p + off);
+        if (length > n - off - 4)
+            break;
+        if (length) {
+            Py_ssize_t cap = length < (Py_ssize_t)snaplen ? length : (Py_ssize_t)snaplen;
+            put32le(w, sec);
+            put32le(w + 4, ns);
+            put32le(w + 8, (uint32_t)cap);
+            put32le(w + 12, (uint32_t)length);
+            memcpy(w + 16, p + off + 4, (size_t)cap);
+            w += 16 + cap;
+        }
+        off += 4 + length;
+    }
+    PyBuffer_Release(&b);
+    return PyLong_FromSsize_t(count);
+}
+
 /* ------------------------------------------------------------------------------ module */
 
 static PyMethodDef methods[] = {
@@ -564,6 +639,7 @@ static PyMethodDef methods[] = {
     {"scan_frames", py_scan_frames, METH_O, scan_frames_doc},
     {"frames_end", (PyCFunction)(void (*)(void))py_frames_end, METH_FASTCALL, frames_end_doc},
     {"tcp_run", (PyCFunction)(void (*)(void))py_tcp_run, METH_FASTCALL, tcp_run_doc},
+    {"pcap_run", (PyCFunction)(void (*)(void))py_pcap_run, METH_FASTCALL, pcap_run_doc},
     {NULL, NULL, 0, NULL},
 };
 

@@ -27,6 +27,7 @@ Offsets are into the buffer given; addresses are ``bytes``.
 
 from __future__ import annotations
 
+import struct
 from collections.abc import Callable
 from typing import Any
 
@@ -34,9 +35,12 @@ from slirptrio.wire import MalformedFrame, _accel
 from slirptrio.wire.checksum import OnesSum
 from slirptrio.wire.checksum import pure_ones_sum as pure_ones_sum
 from slirptrio.wire.ethernet import build_ethernet
+from slirptrio.wire.framing import split_run
 from slirptrio.wire.ipv4 import build_ipv4, parse_ipv4
 from slirptrio.wire.tcp import build_tcp, parse_tcp
 from slirptrio.wire.udp import parse_udp
+
+_PCAP_RECORD = struct.Struct("<IIII")
 
 KIND_TRUNCATED = -1
 KIND_OTHER = 0
@@ -187,19 +191,39 @@ def pure_tcp_run(
     return count
 
 
+def pure_pcap_run(
+    out: bytearray, run: bytes | bytearray | memoryview, ts_ns: int, snaplen: int
+) -> int:
+    """Append a nanosecond pcap record (little-endian header: seconds, nanoseconds, captured
+    length, length; then the frame cut to ``snaplen``) for every frame of ``run`` to ``out``;
+    return how many. Empty frames and a truncated tail are left out (as :func:`split_run`)."""
+    if not 0 <= ts_ns < (1 << 32) * 1_000_000_000:
+        raise ValueError("ts_ns out of range")
+    if not 0 <= snaplen <= 0xFFFFFFFF:
+        raise ValueError("snaplen out of range")
+    sec, ns = divmod(ts_ns, 1_000_000_000)
+    frames = split_run(run)
+    for frame in frames:
+        cap = frame[:snaplen]
+        out += _PCAP_RECORD.pack(sec, ns, len(cap), len(frame))
+        out += cap
+    return len(frames)
+
+
 ones_sum: OnesSum
 parse_frame: Callable[[bytes | bytearray | memoryview], Record]
 scan_frames: Callable[[bytes | bytearray | memoryview], list[Record]]
 frames_end: Callable[[bytes | bytearray | memoryview, int, int], tuple[int, int, int]]
 tcp_run: Callable[..., int]
+pcap_run: Callable[[bytearray, bytes | bytearray | memoryview, int, int], int]
 
 if _accel.native is not None:
     _n = _accel.native
-    ones_sum, parse_frame, scan_frames, frames_end, tcp_run = (
-        _n.ones_sum, _n.parse_frame, _n.scan_frames, _n.frames_end, _n.tcp_run
+    ones_sum, parse_frame, scan_frames, frames_end, tcp_run, pcap_run = (
+        _n.ones_sum, _n.parse_frame, _n.scan_frames, _n.frames_end, _n.tcp_run, _n.pcap_run
     )
 else:
     ones_sum = pure_ones_sum
-    parse_frame, scan_frames, frames_end, tcp_run = (
-        pure_parse_frame, pure_scan_frames, pure_frames_end, pure_tcp_run
+    parse_frame, scan_frames, frames_end, tcp_run, pcap_run = (
+        pure_parse_frame, pure_scan_frames, pure_frames_end, pure_tcp_run, pure_pcap_run
     )
