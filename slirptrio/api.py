@@ -418,7 +418,7 @@ async def open_stack(
     if fast.IMPL == "native":
         log.info("fast path: native")
     else:
-        log.warning("fast path: pure Python (%s): several times slower", fast.REASON)
+        log.info("fast path: pure Python (%s): several times slower", fast.REASON)
     upstreams = [parse_upstream(u) for u in dns_upstreams] if dns_upstreams else None
     if seed is None:
         seed = secrets.randbits(63)
