@@ -9,7 +9,7 @@ import os
 from typing import Any
 
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
 from slirptrio.wire import _accel, fast
@@ -137,6 +137,50 @@ def test_scan_frames(items: list[bytes], cut: int, empty: bool) -> None:
     run = run[: len(run) - cut]
     assert native.scan_frames(run) == fast.pure_scan_frames(run)
     assert native.scan_frames(bytearray(run)) == fast.pure_scan_frames(memoryview(run))
+
+
+@st.composite
+def flow_runs(draw: st.DrawFn) -> list[bytes]:
+    """Segments of a few flows, mostly each flow's next one in order (so they coalesce), some
+    out of order, pure ACKs, other flags, another MAC, and other frames in between."""
+    from slirptrio.wire.tcp import ACK, FIN, PSH, SYN
+
+    nxt = [0, 0, 0]
+    acks = [0xFFFFFFF0, 0xFFFFFFF0, 0xFFFFFFF0]
+    out: list[bytes] = []
+    for _ in range(draw(st.integers(0, 30))):
+        if draw(st.integers(0, 9)) == 0:
+            out.append(draw(frames))
+            continue
+        flow = draw(st.integers(0, 2))
+        src, dst = bytes([10, 0, 2, 15]), bytes([10, 0, 2, 2 + flow])
+        k = nxt[flow] if draw(st.integers(0, 4)) else draw(st.integers(0, 6))
+        acks[flow] = (acks[flow] + draw(st.sampled_from([0, 0, 7, 1460, -7]))) & 0xFFFFFFFF
+        flags = draw(st.sampled_from([ACK, ACK, ACK, ACK | PSH, ACK | FIN, SYN, ACK | 0x40]))
+        pure_ack = flags == ACK and draw(st.integers(0, 3)) == 0
+        payload = b"" if pure_ack else bytes([k]) * 100
+        nxt[flow] = k if pure_ack else k + 1
+        mac = b"\x52\x54\x00\x12\x34" + (b"\x57" if draw(st.integers(0, 9)) == 0 else b"\x56")
+        seq = (0xFFFFFF00 + 100 * k) & 0xFFFFFFFF  # wrapping
+        seg = build_tcp(src, dst, 40000 + flow, 80, seq, acks[flow], flags, draw(ports), payload)
+        out.append(build_ethernet(
+            b"\x52\x55\x0a\x00\x02\x02", mac, 0x0800, build_ipv4(src, dst, 6, seg)
+        ))
+    return out
+
+
+@SETTINGS
+@given(flow_runs(), st.integers(0, 5))
+def test_gro_scan(items: list[bytes], cut: int) -> None:
+    run = run_of(items)
+    run = run[: len(run) - cut] if cut else run
+    got = native.gro_scan(run)
+    assert got == fast.pure_gro_scan(run)
+    event("coalesced" if any(i[0] == fast.KIND_TCP and i[11] > 1 for i in got) else "single")
+    # every frame is accounted for, once
+    assert sum(i[11] if i[0] == fast.KIND_TCP else 1 for i in got) == len(
+        fast.pure_scan_frames(run)
+    )
 
 
 @SETTINGS

@@ -83,7 +83,7 @@ from slirptrio.wire import ipv4 as wip
 from slirptrio.wire import ipv6 as wip6
 from slirptrio.wire import udp as wudp
 from slirptrio.wire.framing import split_run
-from slirptrio.wire.tcp import ACK, PSH, TcpSegment, build_tcp
+from slirptrio.wire.tcp import TcpSegment, build_tcp
 
 log = logging.getLogger("slirptrio.core")
 
@@ -527,74 +527,41 @@ class Stack:
         log.debug("dropped frame: %s %s", reason, detail)
 
     def _guest_frames(self, run: bytes, now_ns: int) -> None:
-        """A burst of guest frames (a run), coalescing each TCP flow's segments (GRO).
+        """A burst of guest frames (a run), each TCP flow's segments coalesced (GRO).
 
-        :func:`~slirptrio.wire.fast.scan_frames` parses and checks every frame in one go.
-        In-order data segments of one flow (flags ACK or ACK|PSH, no options, the
-        acknowledgement never going back) become one segment carrying all their bytes, with
-        the last one's acknowledgement and window; a run of pure ACKs that each advance the
-        acknowledgement becomes its last one. So a burst costs one TCP step, one ACK decision
-        and one host send per flow. Anything else of a flow (a FIN, a SYN, an out-of-order
-        segment) first hands over what is gathered for that flow; any other frame (ARP, UDP,
-        ICMP, TCP with options, a bad one) first hands over everything gathered, then takes
-        the general path. All of it depends only on the run, so replay decides the same.
+        :func:`~slirptrio.wire.fast.gro_scan` parses and checks every frame in one go and
+        gathers each flow's in-order data segments into one segment carrying all their bytes
+        (and a row of advancing pure ACKs into its last one), so a burst costs one TCP step,
+        one ACK decision and one host send per flow. Other frames take the general path, in
+        their place. All of it depends only on the run, so replay decides the same.
         """
-        mv = memoryview(run)
-        batches: dict[tuple[bytes, int, bytes, int], _Batch] = {}
+        counters = self.counters
         fast_frames = 0
-        for r in wfast.scan_frames(run):
-            kind = r[0]
-            if kind != wfast.KIND_TCP or r[12] != 20:
-                if batches:
-                    self._gro_flush_all(batches, mv, now_ns)
-                if kind == wfast.KIND_TRUNCATED:
-                    self._drop("run_truncated", f"{r[2] - r[1]} bytes")
-                else:
-                    self._guest_frame(mv[r[1] : r[2]], now_ns)
-                continue
-            fast_frames += 1
-            key = (r[4], r[6], r[5], r[7])
-            flags = r[10]
-            plen = r[14] - r[13]
-            b = batches.get(key)
-            if b is not None:
-                if b.mac == r[3] and b.takes(r, flags, plen):
-                    continue
-                del batches[key]
-                self._gro_flush(key, b, mv, now_ns)
-            if flags == ACK or (plen and flags == ACK | PSH):
-                batches[key] = _Batch(r, plen)
+        mv: memoryview | None = None
+        for item in wfast.gro_scan(run):
+            kind = item[0]
+            if kind == wfast.KIND_TCP:
+                count = item[11]
+                fast_frames += count
+                if count > 1:
+                    counters["tcp_gro_merged"] += count - 1
+                    if item[10]:
+                        counters["tcp_gro_segments"] += count
+                self._learn(item[1], item[2])
+                self.tcp.segment(
+                    (item[2], item[4], item[3], item[5]),
+                    TcpSegment(item[4], item[5], item[6], item[7], item[8], item[9],
+                               payload=item[10]),
+                    now_ns,
+                    item[12],
+                )
+            elif kind == wfast.KIND_TRUNCATED:
+                self._drop("run_truncated", f"{item[2] - item[1]} bytes")
             else:
-                self._learn(r[3], r[4])
-                self.tcp.segment(key, _segment(r, flags, bytes(mv[r[13] : r[14]])), now_ns)
-        if batches:
-            self._gro_flush_all(batches, mv, now_ns)
-        self.counters["frames_in"] += fast_frames
-
-    def _gro_flush_all(
-        self, batches: dict[tuple[bytes, int, bytes, int], _Batch], mv: memoryview, now_ns: int
-    ) -> None:
-        for key, b in batches.items():
-            self._gro_flush(key, b, mv, now_ns)
-        batches.clear()
-
-    def _gro_flush(
-        self, key: tuple[bytes, int, bytes, int], b: _Batch, mv: memoryview, now_ns: int
-    ) -> None:
-        r = b.first
-        self._learn(b.mac, r[4])
-        parts = b.parts
-        if not parts:
-            payload = b""
-        elif len(parts) == 1:
-            payload = bytes(mv[parts[0][0] : parts[0][1]])
-        else:
-            payload = b"".join([mv[s:e] for s, e in parts])
-            self.counters["tcp_gro_segments"] += len(parts)
-        seg = TcpSegment(r[6], r[7], b.seq, b.ack, b.flags, b.window, payload=payload)
-        if b.count > 1:
-            self.counters["tcp_gro_merged"] += b.count - 1
-        self.tcp.segment(key, seg, now_ns, b.last_off)
+                if mv is None:
+                    mv = memoryview(run)
+                self._guest_frame(mv[item[1] : item[2]], now_ns)
+        counters["frames_in"] += fast_frames
 
     def _guest_frame(self, frame: bytes | memoryview, now_ns: int) -> None:
         self.counters["frames_in"] += 1
@@ -799,48 +766,6 @@ class Stack:
         ident = int.from_bytes(msg[:2], "big")
         seq = int.from_bytes(msg[2:4], "big")
         self._emit_all(self.echo.guest_echo(hdr, ident, seq, msg[4:], body, now_ns))
-
-
-class _Batch:
-    """One flow's segments gathered from a burst (see :meth:`Stack._guest_frames`)."""
-
-    __slots__ = (
-        "ack", "count", "first", "flags", "last_off", "mac", "next_seq", "parts", "seq", "window",
-    )
-
-    def __init__(self, r: wfast.Record, plen: int) -> None:
-        self.first = r
-        self.mac: bytes = r[3]
-        self.seq: int = r[8]
-        self.next_seq = (r[8] + plen) & 0xFFFFFFFF
-        self.ack: int = r[9]
-        self.flags: int = r[10]
-        self.window: int = r[11]
-        self.parts: list[tuple[int, int]] = [(r[13], r[14])] if plen else []
-        self.count = 1
-        self.last_off = 0  # where the last segment starts, from seq
-
-    def takes(self, r: wfast.Record, flags: int, plen: int) -> bool:
-        """Add segment ``r`` if it continues this batch (same kind, in order)."""
-        step = (r[9] - self.ack) & 0xFFFFFFFF
-        if self.parts:
-            if not plen or flags & ~PSH != ACK or r[8] != self.next_seq or step >= 0x80000000:
-                return False
-            self.parts.append((r[13], r[14]))
-            self.last_off = (r[8] - self.seq) & 0xFFFFFFFF
-            self.next_seq = (self.next_seq + plen) & 0xFFFFFFFF
-            self.flags |= flags
-        elif plen or flags != ACK or r[8] != self.seq or not 0 < step < 0x80000000:
-            return False
-        self.ack = r[9]
-        self.window = r[11]
-        self.count += 1
-        return True
-
-
-def _segment(r: wfast.Record, flags: int, payload: bytes) -> TcpSegment:
-    """The segment of a fast-path TCP record (no options)."""
-    return TcpSegment(r[6], r[7], r[8], r[9], flags, r[11], payload=payload)
 
 
 # An IPv4 header template without options (ttl 64, protocol 6) up to the addresses, after the

@@ -248,94 +248,134 @@ other_record(Py_ssize_t kind, Py_ssize_t start, Py_ssize_t end)
     return Py_BuildValue("(nnn)", kind, start, end);
 }
 
-/* Parse frame p[0:n] (at offset base of its buffer) as parse_frame does; new reference. */
-static PyObject *
-parse_one(const uint8_t *p, Py_ssize_t n, Py_ssize_t base)
+/* A frame's description (see fast.py's records), pointing into the caller's buffer. */
+typedef struct {
+    int kind;
+    Py_ssize_t start, end;
+    const uint8_t *mac, *src, *dst;
+    unsigned sport, dport, flags, window;
+    uint32_t seq, ack;
+    Py_ssize_t thl, ps, pe;
+} rec_t;
+
+/* Parse frame p[0:n] (at offset base of its buffer) as fast.py's pure_parse_frame does. */
+static void
+parse_rec(const uint8_t *p, Py_ssize_t n, Py_ssize_t base, rec_t *r)
 {
+    r->kind = KIND_OTHER;
+    r->start = base;
+    r->end = base + n;
     if (n < HEAD4_LEN || p[12] != 0x08 || p[13] != 0x00 || (p[6] & 1))
-        return other_record(KIND_OTHER, base, base + n);
+        return;
     const uint8_t *ip = p + ETH_HLEN;
     Py_ssize_t avail = n - ETH_HLEN;
     if (ip[0] != 0x45) /* IPv4 without options only */
-        return other_record(KIND_OTHER, base, base + n);
+        return;
     Py_ssize_t total = (Py_ssize_t)be16(ip + 2);
     unsigned frag = be16(ip + 6);
     if (total < IP4_HLEN || total > avail || (frag & 0xbfff) != 0
         || ones_sum_c(ip, IP4_HLEN, 0) != 0xffff)
-        return other_record(KIND_OTHER, base, base + n);
+        return;
     unsigned proto = ip[9];
     const uint8_t *l4 = ip + IP4_HLEN;
     Py_ssize_t l4len = total - IP4_HLEN;
     Py_ssize_t l4off = base + HEAD4_LEN;
-    PyObject *rec, *mac, *src, *dst;
     if (proto == KIND_TCP) {
         if (l4len < TCP_HLEN)
-            return other_record(KIND_OTHER, base, base + n);
+            return;
         Py_ssize_t thl = (Py_ssize_t)(l4[12] >> 4) * 4;
         if (thl < TCP_HLEN || thl > l4len)
-            return other_record(KIND_OTHER, base, base + n);
+            return;
         uint64_t pseudo = pseudo4(ip + 12, ip + 16, KIND_TCP, (size_t)l4len);
         if (fold16(pseudo + fold_net(sum_bytes(l4, (size_t)l4len, 0))) != 0xffff)
-            return other_record(KIND_OTHER, base, base + n);
-        rec = PyTuple_New(15);
-        if (rec == NULL)
-            return NULL;
-        mac = PyBytes_FromStringAndSize((const char *)p + 6, 6);
-        src = PyBytes_FromStringAndSize((const char *)ip + 12, 4);
-        dst = PyBytes_FromStringAndSize((const char *)ip + 16, 4);
-        PyTuple_SET_ITEM(rec, 0, PyLong_FromLong(KIND_TCP));
-        PyTuple_SET_ITEM(rec, 1, PyLong_FromSsize_t(base));
-        PyTuple_SET_ITEM(rec, 2, PyLong_FromSsize_t(base + n));
-        PyTuple_SET_ITEM(rec, 3, mac);
-        PyTuple_SET_ITEM(rec, 4, src);
-        PyTuple_SET_ITEM(rec, 5, dst);
-        PyTuple_SET_ITEM(rec, 6, PyLong_FromLong((long)be16(l4)));
-        PyTuple_SET_ITEM(rec, 7, PyLong_FromLong((long)be16(l4 + 2)));
-        PyTuple_SET_ITEM(rec, 8, PyLong_FromUnsignedLong(be32(l4 + 4)));
-        PyTuple_SET_ITEM(rec, 9, PyLong_FromUnsignedLong(be32(l4 + 8)));
-        PyTuple_SET_ITEM(rec, 10, PyLong_FromLong(l4[13]));
-        PyTuple_SET_ITEM(rec, 11, PyLong_FromLong((long)be16(l4 + 14)));
-        PyTuple_SET_ITEM(rec, 12, PyLong_FromSsize_t(thl));
-        PyTuple_SET_ITEM(rec, 13, PyLong_FromSsize_t(l4off + thl));
-        PyTuple_SET_ITEM(rec, 14, PyLong_FromSsize_t(l4off + l4len));
+            return;
+        r->seq = be32(l4 + 4);
+        r->ack = be32(l4 + 8);
+        r->flags = l4[13];
+        r->window = be16(l4 + 14);
+        r->thl = thl;
+        r->ps = l4off + thl;
+        r->pe = l4off + l4len;
     }
     else if (proto == KIND_UDP) {
         if (l4len < 8)
-            return other_record(KIND_OTHER, base, base + n);
+            return;
         Py_ssize_t ulen = (Py_ssize_t)be16(l4 + 4);
         if (ulen < 8 || ulen > l4len)
-            return other_record(KIND_OTHER, base, base + n);
+            return;
         if ((l4[6] | l4[7])
             && fold16(fold16(pseudo4(ip + 12, ip + 16, KIND_UDP, (size_t)ulen))
                       + fold_net(sum_bytes(l4, (size_t)ulen, 0))) != 0xffff)
-            return other_record(KIND_OTHER, base, base + n);
-        rec = PyTuple_New(10);
-        if (rec == NULL)
-            return NULL;
-        mac = PyBytes_FromStringAndSize((const char *)p + 6, 6);
-        src = PyBytes_FromStringAndSize((const char *)ip + 12, 4);
-        dst = PyBytes_FromStringAndSize((const char *)ip + 16, 4);
-        PyTuple_SET_ITEM(rec, 0, PyLong_FromLong(KIND_UDP));
-        PyTuple_SET_ITEM(rec, 1, PyLong_FromSsize_t(base));
-        PyTuple_SET_ITEM(rec, 2, PyLong_FromSsize_t(base + n));
-        PyTuple_SET_ITEM(rec, 3, mac);
-        PyTuple_SET_ITEM(rec, 4, src);
-        PyTuple_SET_ITEM(rec, 5, dst);
-        PyTuple_SET_ITEM(rec, 6, PyLong_FromLong((long)be16(l4)));
-        PyTuple_SET_ITEM(rec, 7, PyLong_FromLong((long)be16(l4 + 2)));
-        PyTuple_SET_ITEM(rec, 8, PyLong_FromSsize_t(l4off + 8));
-        PyTuple_SET_ITEM(rec, 9, PyLong_FromSsize_t(l4off + ulen));
+            return;
+        r->ps = l4off + 8;
+        r->pe = l4off + ulen;
     }
     else {
-        return other_record(KIND_OTHER, base, base + n);
+        return;
     }
-    for (Py_ssize_t i = 0; i < PyTuple_GET_SIZE(rec); i++) {
-        if (PyTuple_GET_ITEM(rec, i) == NULL) {
-            Py_DECREF(rec);
+    r->kind = (int)proto;
+    r->mac = p + 6;
+    r->src = ip + 12;
+    r->dst = ip + 16;
+    r->sport = be16(l4);
+    r->dport = be16(l4 + 2);
+}
+
+/* A new tuple from items made by the caller (it steals them); NULL if any is NULL. */
+static PyObject *
+tuple_of(Py_ssize_t n, PyObject **items)
+{
+    PyObject *t = PyTuple_New(n);
+    for (Py_ssize_t i = 0; i < n; i++) {
+        if (t == NULL || items[i] == NULL) {
+            for (Py_ssize_t j = i; j < n; j++)
+                Py_XDECREF(items[j]);
+            Py_XDECREF(t);
             return NULL;
         }
+        PyTuple_SET_ITEM(t, i, items[i]);
     }
-    return rec;
+    return t;
+}
+
+/* The record tuple of r; new reference. */
+static PyObject *
+record_of(const rec_t *r)
+{
+    if (r->kind == KIND_OTHER || r->kind == KIND_TRUNCATED)
+        return other_record(r->kind, r->start, r->end);
+    PyObject *head[8] = {
+        PyLong_FromLong(r->kind), PyLong_FromSsize_t(r->start), PyLong_FromSsize_t(r->end),
+        PyBytes_FromStringAndSize((const char *)r->mac, 6),
+        PyBytes_FromStringAndSize((const char *)r->src, 4),
+        PyBytes_FromStringAndSize((const char *)r->dst, 4),
+        PyLong_FromLong((long)r->sport), PyLong_FromLong((long)r->dport),
+    };
+    if (r->kind == KIND_UDP) {
+        PyObject *items[10];
+        memcpy(items, head, sizeof(head));
+        items[8] = PyLong_FromSsize_t(r->ps);
+        items[9] = PyLong_FromSsize_t(r->pe);
+        return tuple_of(10, items);
+    }
+    PyObject *items[15];
+    memcpy(items, head, sizeof(head));
+    items[8] = PyLong_FromUnsignedLong(r->seq);
+    items[9] = PyLong_FromUnsignedLong(r->ack);
+    items[10] = PyLong_FromLong((long)r->flags);
+    items[11] = PyLong_FromLong((long)r->window);
+    items[12] = PyLong_FromSsize_t(r->thl);
+    items[13] = PyLong_FromSsize_t(r->ps);
+    items[14] = PyLong_FromSsize_t(r->pe);
+    return tuple_of(15, items);
+}
+
+static PyObject *
+parse_one(const uint8_t *p, Py_ssize_t n, Py_ssize_t base)
+{
+    rec_t r;
+    parse_rec(p, n, base, &r);
+    return record_of(&r);
 }
 
 PyDoc_STRVAR(parse_frame_doc,
@@ -556,6 +596,247 @@ done:
     return result;
 }
 
+/* ----------------------------------------------------------------------------- gro_scan */
+
+#define ACK 0x10
+#define PSH 0x08
+
+typedef struct {
+    const uint8_t *mac, *src, *dst;
+    unsigned sport, dport, flags, window;
+    uint32_t seq, next_seq, ack, last_off;
+    Py_ssize_t count;
+    Py_ssize_t *parts; /* (start, end) pairs of payloads in the run */
+    Py_ssize_t nparts, cap;
+} batch_t;
+
+typedef struct {
+    batch_t *items; /* in the order the batches began */
+    Py_ssize_t n, cap;
+} batches_t;
+
+static int
+same_flow(const batch_t *b, const rec_t *r)
+{
+    return b->sport == r->sport && b->dport == r->dport && memcmp(b->src, r->src, 4) == 0
+        && memcmp(b->dst, r->dst, 4) == 0;
+}
+
+static int
+add_part(batch_t *b, Py_ssize_t ps, Py_ssize_t pe)
+{
+    if (b->nparts == b->cap) {
+        Py_ssize_t cap = b->cap ? b->cap * 2 : 8;
+        Py_ssize_t *parts = PyMem_Realloc(b->parts, (size_t)cap * 2 * sizeof(Py_ssize_t));
+        if (parts == NULL) {
+            PyErr_NoMemory();
+            return -1;
+        }
+        b->parts = parts;
+        b->cap = cap;
+    }
+    b->parts[2 * b->nparts] = ps;
+    b->parts[2 * b->nparts + 1] = pe;
+    b->nparts++;
+    return 0;
+}
+
+/* _Batch.takes of the reference. */
+static int
+batch_takes(batch_t *b, const rec_t *r, Py_ssize_t plen)
+{
+    if (memcmp(b->mac, r->mac, 6) != 0)
+        return 0;
+    uint32_t step = r->ack - b->ack;
+    if (b->nparts) {
+        if (!plen || (r->flags & ~(unsigned)PSH) != ACK || r->seq != b->next_seq
+            || step >= 0x80000000u)
+            return 0;
+        if (add_part(b, r->ps, r->pe) < 0)
+            return -1;
+        b->last_off = r->seq - b->seq;
+        b->next_seq += (uint32_t)plen;
+        b->flags |= r->flags;
+    }
+    else if (plen || r->flags != ACK || r->seq != b->seq || step == 0 || step >= 0x80000000u) {
+        return 0;
+    }
+    b->ack = r->ack;
+    b->window = r->window;
+    b->count++;
+    return 1;
+}
+
+/* The item of a segment: (KIND_TCP, mac, src, dst, sport, dport, seq, ack, flags, window,
+ * payload, count, last_off), the payload gathered from parts of buf. */
+static PyObject *
+tcp_item(const uint8_t *buf, const uint8_t *mac, const uint8_t *src, const uint8_t *dst,
+         unsigned sport, unsigned dport, uint32_t seq, uint32_t ack, unsigned flags,
+         unsigned window, const Py_ssize_t *parts, Py_ssize_t nparts, Py_ssize_t count,
+         uint32_t last_off)
+{
+    Py_ssize_t total = 0;
+    for (Py_ssize_t i = 0; i < nparts; i++)
+        total += parts[2 * i + 1] - parts[2 * i];
+    PyObject *payload = PyBytes_FromStringAndSize(NULL, total);
+    if (payload != NULL) {
+        char *w = PyBytes_AS_STRING(payload);
+        for (Py_ssize_t i = 0; i < nparts; i++) {
+            Py_ssize_t len = parts[2 * i + 1] - parts[2 * i];
+            memcpy(w, buf + parts[2 * i], (size_t)len);
+            w += len;
+        }
+    }
+    PyObject *items[13] = {
+        PyLong_FromLong(KIND_TCP),
+        PyBytes_FromStringAndSize((const char *)mac, 6),
+        PyBytes_FromStringAndSize((const char *)src, 4),
+        PyBytes_FromStringAndSize((const char *)dst, 4),
+        PyLong_FromLong((long)sport), PyLong_FromLong((long)dport),
+        PyLong_FromUnsignedLong(seq), PyLong_FromUnsignedLong(ack),
+        PyLong_FromLong((long)flags), PyLong_FromLong((long)window),
+        payload, PyLong_FromSsize_t(count), PyLong_FromUnsignedLong(last_off),
+    };
+    return tuple_of(13, items);
+}
+
+static int
+append_new(PyObject *out, PyObject *item)
+{
+    if (item == NULL)
+        return -1;
+    int rc = PyList_Append(out, item);
+    Py_DECREF(item);
+    return rc;
+}
+
+static int
+flush_batch(PyObject *out, const uint8_t *buf, batch_t *b)
+{
+    PyObject *item = tcp_item(buf, b->mac, b->src, b->dst, b->sport, b->dport, b->seq, b->ack,
+                              b->flags, b->window, b->parts, b->nparts, b->count, b->last_off);
+    PyMem_Free(b->parts);
+    b->parts = NULL;
+    return append_new(out, item);
+}
+
+static int
+flush_all(PyObject *out, const uint8_t *buf, batches_t *bs)
+{
+    int rc = 0;
+    for (Py_ssize_t i = 0; i < bs->n; i++) {
+        if (rc == 0)
+            rc = flush_batch(out, buf, &bs->items[i]);
+        else {
+            PyMem_Free(bs->items[i].parts);
+            bs->items[i].parts = NULL;
+        }
+    }
+    bs->n = 0;
+    return rc;
+}
+
+PyDoc_STRVAR(gro_scan_doc,
+"gro_scan(run, /) -> list[tuple]\n\n"
+"The frames of a run as the stack takes them, each TCP flow's segments coalesced (see\n"
+"fast.py).");
+
+static PyObject *
+py_gro_scan(PyObject *self, PyObject *run)
+{
+    Py_buffer b;
+    if (PyObject_GetBuffer(run, &b, PyBUF_SIMPLE) < 0)
+        return NULL;
+    const uint8_t *p = (const uint8_t *)b.buf;
+    Py_ssize_t n = b.len, off = 0;
+    batches_t bs = {NULL, 0, 0};
+    PyObject *out = PyList_New(0);
+    if (out == NULL)
+        goto fail;
+    for (;;) {
+        rec_t r;
+        if (off + 4 > n)
+            break;
+        Py_ssize_t length = (Py_ssize_t)be32(p + off);
+        Py_ssize_t start = off + 4;
+        if (length > n - start)
+            break;
+        off = start + length;
+        if (!length)
+            continue;
+        parse_rec(p + start, length, start, &r);
+        if (r.kind != KIND_TCP || r.thl != TCP_HLEN) {
+            if (flush_all(out, p, &bs) < 0
+                || append_new(out, other_record(KIND_OTHER, r.start, r.end)) < 0)
+                goto fail;
+            continue;
+        }
+        Py_ssize_t plen = r.pe - r.ps;
+        Py_ssize_t i;
+        for (i = 0; i < bs.n && !same_flow(&bs.items[i], &r); i++)
+            ;
+        if (i < bs.n) {
+            int took = batch_takes(&bs.items[i], &r, plen);
+            if (took < 0)
+                goto fail;
+            if (took)
+                continue;
+            batch_t done = bs.items[i];
+            memmove(&bs.items[i], &bs.items[i + 1], (size_t)(bs.n - i - 1) * sizeof(batch_t));
+            bs.n--;
+            if (flush_batch(out, p, &done) < 0)
+                goto fail;
+        }
+        if (r.flags == ACK || (plen && r.flags == (ACK | PSH))) {
+            if (bs.n == bs.cap) {
+                Py_ssize_t cap = bs.cap ? bs.cap * 2 : 8;
+                batch_t *items = PyMem_Realloc(bs.items, (size_t)cap * sizeof(batch_t));
+                if (items == NULL) {
+                    PyErr_NoMemory();
+                    goto fail;
+                }
+                bs.items = items;
+                bs.cap = cap;
+            }
+            batch_t *nb = &bs.items[bs.n++];
+            memset(nb, 0, sizeof(*nb));
+            nb->mac = r.mac;
+            nb->src = r.src;
+            nb->dst = r.dst;
+            nb->sport = r.sport;
+            nb->dport = r.dport;
+            nb->seq = r.seq;
+            nb->next_seq = r.seq + (uint32_t)plen;
+            nb->ack = r.ack;
+            nb->flags = r.flags;
+            nb->window = r.window;
+            nb->count = 1;
+            if (plen && add_part(nb, r.ps, r.pe) < 0)
+                goto fail;
+        }
+        else {
+            Py_ssize_t part[2] = {r.ps, r.pe};
+            if (append_new(out, tcp_item(p, r.mac, r.src, r.dst, r.sport, r.dport, r.seq, r.ack,
+                                         r.flags, r.window, part, 1, 1, 0)) < 0)
+                goto fail;
+        }
+    }
+    if (flush_all(out, p, &bs) < 0)
+        goto fail;
+    if (off < n && append_new(out, other_record(KIND_TRUNCATED, off, n)) < 0)
+        goto fail;
+    PyMem_Free(bs.items);
+    PyBuffer_Release(&b);
+    return out;
+fail:
+    for (Py_ssize_t i = 0; i < bs.n; i++)
+        PyMem_Free(bs.items[i].parts);
+    PyMem_Free(bs.items);
+    Py_XDECREF(out);
+    PyBuffer_Release(&b);
+    return NULL;
+}
+
 /* ----------------------------------------------------------------------------- pcap_run */
 
 static inline void
@@ -640,6 +921,7 @@ static PyMethodDef methods[] = {
     {"frames_end", (PyCFunction)(void (*)(void))py_frames_end, METH_FASTCALL, frames_end_doc},
     {"tcp_run", (PyCFunction)(void (*)(void))py_tcp_run, METH_FASTCALL, tcp_run_doc},
     {"pcap_run", (PyCFunction)(void (*)(void))py_pcap_run, METH_FASTCALL, pcap_run_doc},
+    {"gro_scan", py_gro_scan, METH_O, gro_scan_doc},
     {NULL, NULL, 0, NULL},
 };
 

@@ -103,6 +103,115 @@ def pure_scan_frames(run: bytes | bytearray | memoryview) -> list[Record]:
     return out
 
 
+ACK = 0x10
+PSH = 0x08
+_M = 0xFFFFFFFF
+_HALF = 0x80000000
+
+
+class _Batch:
+    """One flow's segments gathered from a run (see :func:`pure_gro_scan`)."""
+
+    __slots__ = (
+        "ack", "count", "first", "flags", "last_off", "mac", "next_seq", "parts", "seq", "window",
+    )
+
+    def __init__(self, r: Record, plen: int) -> None:
+        self.first = r
+        self.mac: bytes = r[3]
+        self.seq: int = r[8]
+        self.next_seq = (r[8] + plen) & _M
+        self.ack: int = r[9]
+        self.flags: int = r[10]
+        self.window: int = r[11]
+        self.parts: list[tuple[int, int]] = [(r[13], r[14])] if plen else []
+        self.count = 1
+        self.last_off = 0  # where the last segment starts, from seq
+
+    def takes(self, r: Record, plen: int) -> bool:
+        """Add segment ``r`` if it continues this batch (same kind, in order)."""
+        if r[3] != self.mac:
+            return False
+        flags = r[10]
+        step = (r[9] - self.ack) & _M
+        if self.parts:
+            if not plen or flags & ~PSH != ACK or r[8] != self.next_seq or step >= _HALF:
+                return False
+            self.parts.append((r[13], r[14]))
+            self.last_off = (r[8] - self.seq) & _M
+            self.next_seq = (self.next_seq + plen) & _M
+            self.flags |= flags
+        elif plen or flags != ACK or r[8] != self.seq or not 0 < step < _HALF:
+            return False
+        self.ack = r[9]
+        self.window = r[11]
+        self.count += 1
+        return True
+
+    def item(self, mv: memoryview) -> Record:
+        r, parts = self.first, self.parts
+        if not parts:
+            payload = b""
+        elif len(parts) == 1:
+            payload = bytes(mv[parts[0][0] : parts[0][1]])
+        else:
+            payload = b"".join([mv[s:e] for s, e in parts])
+        return (
+            KIND_TCP, self.mac, r[4], r[5], r[6], r[7], self.seq, self.ack, self.flags,
+            self.window, payload, self.count, self.last_off,
+        )
+
+
+def pure_gro_scan(run: bytes | bytearray | memoryview) -> list[Record]:
+    """The frames of a run as the stack takes them, each TCP flow's segments coalesced (GRO).
+
+    Items, in the order to handle them:
+
+    * ``(KIND_TCP, src_mac, src_ip, dst_ip, sport, dport, seq, ack, flags, window, payload,
+      count, last_off)`` — one segment standing for ``count`` frames of one flow: in-order
+      data segments (flags ACK or ACK|PSH, no TCP options, the acknowledgement never going
+      back, one source MAC) carry all their bytes, the last one's acknowledgement and window,
+      and ``last_off``, where the last one started from ``seq``; a row of pure ACKs that each
+      advance the acknowledgement is its last one. Any other segment without options (a FIN,
+      a SYN, out of order) is an item of its own (``count`` 1), after what was gathered for its
+      flow;
+    * ``(KIND_OTHER, start, end)`` — any other frame (not IPv4 TCP, TCP with options, a bad
+      checksum...), for the general path; everything gathered so far comes before it;
+    * ``(KIND_TRUNCATED, start, end)`` — bytes after the last whole frame.
+
+    Gathered segments are handed over in the order their first segment came; a flow's batch
+    ends (and a new one may start) at any segment that does not continue it.
+    """
+    mv = memoryview(run)
+    out: list[Record] = []
+    batches: dict[tuple[bytes, int, bytes, int], _Batch] = {}
+    for r in pure_scan_frames(run):
+        kind = r[0]
+        if kind != KIND_TCP or r[12] != 20:
+            out.extend(b.item(mv) for b in batches.values())
+            batches.clear()
+            out.append((KIND_TRUNCATED if kind == KIND_TRUNCATED else KIND_OTHER, r[1], r[2]))
+            continue
+        key = (r[4], r[6], r[5], r[7])
+        flags = r[10]
+        plen = r[14] - r[13]
+        b = batches.get(key)
+        if b is not None:
+            if b.takes(r, plen):
+                continue
+            del batches[key]
+            out.append(b.item(mv))
+        if flags == ACK or (plen and flags == ACK | PSH):
+            batches[key] = _Batch(r, plen)
+        else:
+            out.append((
+                KIND_TCP, r[3], r[4], r[5], r[6], r[7], r[8], r[9], flags, r[11],
+                bytes(mv[r[13] : r[14]]), 1, 0,
+            ))
+    out.extend(b.item(mv) for b in batches.values())
+    return out
+
+
 def pure_frames_end(
     buf: bytes | bytearray | memoryview, n: int, max_frame: int
 ) -> tuple[int, int, int]:
@@ -215,6 +324,7 @@ parse_frame: Callable[[bytes | bytearray | memoryview], Record]
 scan_frames: Callable[[bytes | bytearray | memoryview], list[Record]]
 frames_end: Callable[[bytes | bytearray | memoryview, int, int], tuple[int, int, int]]
 tcp_run: Callable[..., int]
+gro_scan: Callable[[bytes | bytearray | memoryview], list[Record]]
 pcap_run: Callable[[bytearray, bytes | bytearray | memoryview, int, int], int]
 
 if _accel.native is not None:
@@ -222,8 +332,10 @@ if _accel.native is not None:
     ones_sum, parse_frame, scan_frames, frames_end, tcp_run, pcap_run = (
         _n.ones_sum, _n.parse_frame, _n.scan_frames, _n.frames_end, _n.tcp_run, _n.pcap_run
     )
+    gro_scan = _n.gro_scan
 else:
     ones_sum = pure_ones_sum
     parse_frame, scan_frames, frames_end, tcp_run, pcap_run = (
         pure_parse_frame, pure_scan_frames, pure_frames_end, pure_tcp_run, pure_pcap_run
     )
+    gro_scan = pure_gro_scan
