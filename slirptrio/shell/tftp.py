@@ -101,14 +101,14 @@ def _check_regular(fd: int, path: str) -> os.stat_result:
     return st
 
 
-def _open_checked(open_at: Any, path: str) -> int:
+def _open_checked(open_at: Any, path: str, nofollow: int) -> int:
     """Check with O_PATH, then open for reading; the two must be the same inode."""
-    probe = open_at(_O_PATH | os.O_NOFOLLOW)
+    probe = open_at(_O_PATH | nofollow)
     try:
         st = _check_regular(probe, path)
     finally:
         os.close(probe)
-    fd = int(open_at(os.O_RDONLY | os.O_NONBLOCK | os.O_NOFOLLOW))
+    fd = int(open_at(os.O_RDONLY | os.O_NONBLOCK | nofollow))
     try:
         again = os.fstat(fd)
         if (again.st_dev, again.st_ino) != (st.st_dev, st.st_ino):
@@ -133,7 +133,7 @@ def open_beneath(root_fd: int, path: str, *, use_openat2: bool | None = None) ->
     if use_openat2 is not False and _libc() is not None:
         resolve = _RESOLVE_BENEATH | _RESOLVE_NO_MAGICLINKS
         try:
-            fd = _open_checked(lambda flags: _openat2(root_fd, path, flags, resolve), path)
+            fd = _open_checked(lambda flags: _openat2(root_fd, path, flags, resolve), path, 0)
         except OSError as exc:
             if exc.errno != _errno.ENOSYS or use_openat2:
                 raise
@@ -150,7 +150,9 @@ def open_beneath(root_fd: int, path: str, *, use_openat2: bool | None = None) ->
             )
             owned.append(dir_fd)
         last, where = parts[-1], dir_fd
-        fd = _open_checked(lambda flags: os.open(last, flags | os.O_CLOEXEC, dir_fd=where), path)
+        fd = _open_checked(
+            lambda flags: os.open(last, flags | os.O_CLOEXEC, dir_fd=where), path, os.O_NOFOLLOW
+        )
         return fd, os.fstat(fd).st_size
     except NotADirectoryError as exc:
         # O_NOFOLLOW on a symlinked directory component reports ENOTDIR: it is a refusal.
