@@ -104,6 +104,7 @@ class SmbShare:
         except BaseException:
             shutil.rmtree(self.dir, ignore_errors=True)
             raise
+        log.info("smb: sharing %s as qemu; smbd configuration in %s", self.directory, self.dir)
 
     def argv(self) -> list[str]:
         return [self.smbd, "-l", self.dir, "-s", self.conf]
