@@ -10,6 +10,7 @@ import collections
 import errno
 from dataclasses import dataclass, field
 from ipaddress import IPv4Address
+from pathlib import Path
 
 import dpkt
 import pytest
@@ -620,3 +621,84 @@ def test_stack_without_tftp_root_refuses_as_libslirp() -> None:
     stack = Stack(parse_user_options(""), seed=1)
     out = stack.handle(GuestFrame(tftp_frame(wt.build_request(wt.RRQ, b"f", "octet"))), T0)
     assert udp_replies(out) == [("10.0.2.2", 69, 2000, wt.build_error(2, "Access violation"))]
+
+
+# --------------------------------------------------------------- seeds, journal, replay
+
+
+def test_fuzz_seeds_go_through_the_stack_without_raising() -> None:
+    from tests.seeds_tftp import TFTP_SEED_OPTIONS, tftp_seed_frames, tftp_seed_sessions
+
+    config = parse_user_options(TFTP_SEED_OPTIONS)
+    stack = Stack(config, seed=3)
+    for i, frame in enumerate(tftp_seed_frames()):
+        stack.handle(GuestFrame(frame), T0 + i)
+    assert stack.counters["drop_tftp_unterminated"] == 1
+    assert stack.counters["tftp_access_violation"] >= 4
+    for n, session in enumerate(tftp_seed_sessions()):
+        stack = Stack(config, seed=3)
+        sent = 0
+        for i, ev in enumerate(session):
+            out = stack.handle(ev, T0 + i * SEC)
+            sent += sum(type(e) is SendFrame for e in out)
+        assert sent >= 2, n
+        assert stack.counters["core_exceptions"] == 0
+    assert stack.counters["tftp_read_errors"] == 1
+
+
+def test_journal_of_a_transfer_replays_identical(tmp_path: Path) -> None:
+    from replay.engine import replay_journal
+    from slirptrio.door import Door
+    from slirptrio.journal import Header, JournalWriter
+
+    config = parse_user_options("tftp=/gone")
+    path = tmp_path / "tftp.journal"
+    writer = JournalWriter.create(str(path), Header(seed=11, config=config.to_dict(), origin_ns=0))
+    door = Door(Stack(config, 11), writer.record)
+    body = payload(512 * 40 + 17)
+    now = T0
+    request = wt.build_request(wt.RRQ, b"k", "octet", [("windowsize", "4"), ("tsize", "0")])
+    pending = door.step(GuestFrame(tftp_frame(request)), now)
+    got = bytearray()
+    while pending:
+        now += 1_000_000
+        nxt: list[Effect] = []
+        for eff in pending:
+            if type(eff) is TftpOpen:
+                nxt += door.step(TftpOpened(eff.session, 0, len(body)), now)
+            elif type(eff) is TftpRead:
+                data = body[eff.offset : eff.offset + eff.size]
+                nxt += door.step(TftpChunk(eff.session, eff.offset, data, 0), now)
+            elif type(eff) is SendFrame:
+                pkt = wt.parse_tftp(dpkt.ethernet.Ethernet(eff.data).data.data.data)
+                if type(pkt) is wt.Oack:
+                    nxt += door.step(GuestFrame(tftp_frame(wt.build_ack(0))), now)
+                elif type(pkt) is wt.Data:
+                    got += pkt.data
+                    if pkt.block % 4 == 0 or len(pkt.data) < 512:  # one ACK per window
+                        nxt += door.step(GuestFrame(tftp_frame(wt.build_ack(pkt.block))), now)
+        pending = nxt
+    writer.close()
+    assert bytes(got) == body
+    with path.open("rb") as f:
+        result = replay_journal(f)
+    assert result.identical, result.divergence
+    assert result.records > 10 and result.frames > 40
+
+
+def test_sessions_for_info_and_ctl() -> None:
+    from slirptrio.cli.ctl import format_answer
+
+    rig = Rig({"boot/vmlinuz": payload(5000)})
+    rig.rrq(b"boot/vmlinuz", [("blksize", "1000"), ("tsize", "0")])
+    rig.ack(0)
+    rig.ack(1, now=T0 + 2 * SEC)
+    (info,) = rig.srv.sessions(T0 + 3 * SEC)
+    d = info.to_dict()
+    assert d == {
+        "session": 1, "guest": "10.0.2.15:2000", "path": "boot/vmlinuz", "state": "sending",
+        "size": 5000, "acked_bytes": 1000, "blksize": 1000, "windowsize": 1, "idle_s": 1.0,
+    }
+    text = format_answer("info", {"ok": True, "flows": [], "tftp": [d]})
+    assert "tftp[sending]" in text and "boot/vmlinuz" in text and "5000" in text
+    assert "TFTP" not in format_answer("info", {"ok": True, "flows": [], "tftp": []})
