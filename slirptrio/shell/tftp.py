@@ -226,6 +226,12 @@ class TftpFiles:
     async def _serve(
         self, sid: int, path: str, requests: trio.MemoryReceiveChannel[TftpRead]
     ) -> None:
+        with requests:
+            await self._serve_file(sid, path, requests)
+
+    async def _serve_file(
+        self, sid: int, path: str, requests: trio.MemoryReceiveChannel[TftpRead]
+    ) -> None:
         fd = -1
         try:
             root = self._root_fd
