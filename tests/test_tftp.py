@@ -14,6 +14,8 @@ from pathlib import Path
 
 import dpkt
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from slirptrio.config import parse_user_options
 from slirptrio.core import tftp as ct
@@ -702,3 +704,73 @@ def test_sessions_for_info_and_ctl() -> None:
     text = format_answer("info", {"ok": True, "flows": [], "tftp": [d]})
     assert "tftp[sending]" in text and "boot/vmlinuz" in text and "5000" in text
     assert "TFTP" not in format_answer("info", {"ok": True, "flows": [], "tftp": []})
+
+
+# ------------------------------------------------------------------ a lossy client, fuzzed
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    size=st.integers(0, 3000),
+    blksize=st.sampled_from([8, 13, 512]),
+    window=st.sampled_from([1, 2, 3, 8]),
+    drops=st.lists(st.booleans(), max_size=60),
+    ack_drops=st.lists(st.booleans(), max_size=30),
+    junk=st.lists(st.tuples(st.booleans(), st.integers(0, 60000)), max_size=10),
+)
+def test_lossy_client_gets_the_file_or_nothing(
+    size: int, blksize: int, window: int, drops: list[bool], ack_drops: list[bool],
+    junk: list[tuple[bool, int]],
+) -> None:
+    """A client that loses blocks and ACKs and repeats stale ACKs or sends ones from beyond the
+    window: the server's timers always move forward, its buffer stays bounded, and the
+    transfer ends either with the exact file or by timing out — never with a wrong file."""
+    body = payload(size)
+    rig = Rig({"f": body})
+    pkts = rig.rrq(b"f", [("blksize", str(blksize)), ("windowsize", str(window))])
+    assert pkts and type(pkts[0][1]) is wt.Oack
+    have: dict[int, bytes] = {}  # absolute block -> data
+    expect = 1  # the next block in order
+    now = T0
+    done_at: int | None = None
+    pkts = rig.ack(0, now)
+    for _ in range(5000):
+        if not len(rig.srv):
+            break
+        for _port, p in pkts:
+            assert type(p) is wt.Data
+            if drops and drops.pop(0):
+                continue
+            n = expect + ((p.block - expect) & 0xFFFF)  # the nearest block with those bits
+            if n - expect > 0x8000:
+                n -= 0x10000
+            if n >= expect:
+                have.setdefault(n, p.data)
+            while expect in have:
+                if len(have[expect]) < blksize:
+                    done_at = expect
+                expect += 1
+        s = rig.srv._by_id.get(1)
+        if s is not None:
+            assert len(s.buf) <= (s.window + 1) * s.blksize + 2 * ct.READ_CHUNK
+            assert s.acked <= s.sent <= s.acked + s.window
+            if junk:
+                stale, k = junk.pop(0)
+                bogus = s.acked - k % 4 if stale else s.sent + 1 + k
+                rig.ack(bogus & 0xFFFF, now)
+        if pkts and not (ack_drops and ack_drops.pop(0)):
+            pkts = rig.ack((expect - 1) & 0xFFFF, now)
+        else:
+            pkts = []
+        if not pkts and len(rig.srv):
+            due = rig.srv.poll_at()
+            assert due is not None and due > now
+            now = due
+            pkts = rig.tick(now)
+    else:
+        raise AssertionError("the transfer never ended")
+    if rig.counters["tftp_completed"]:
+        assert done_at is not None
+        assert b"".join(have[k] for k in range(1, done_at + 1)) == body
+    else:
+        assert rig.counters["tftp_timeouts"] == 1
