@@ -49,7 +49,7 @@ _O_PATH = getattr(os, "O_PATH", 0)
 
 
 class _OpenHow(ctypes.Structure):
-    _fields_ = (("flags", ctypes.c_uint64), ("mode", ctypes.c_uint64), ("resolve", ctypes.c_uint64))
+    _fields_ = [("flags", ctypes.c_uint64), ("mode", ctypes.c_uint64), ("resolve", ctypes.c_uint64)]
 
 
 _openat2_state: list[Any] = []  # [libc] once probed, [None] when the kernel lacks openat2
@@ -59,8 +59,9 @@ def _libc() -> Any:
     if not _openat2_state:
         lib: Any = None
         if sys.platform.startswith("linux"):
-            with contextlib.suppress(OSError):
+            with contextlib.suppress(OSError, AttributeError):
                 lib = ctypes.CDLL(None, use_errno=True)
+                lib.syscall.restype = ctypes.c_long
         _openat2_state.append(lib)
     return _openat2_state[0]
 
@@ -71,8 +72,11 @@ def _openat2(dir_fd: int, path: str, flags: int, resolve: int) -> int:
     if lib is None:
         raise OSError(_errno.ENOSYS, "openat2 is not available")
     how = _OpenHow(flags | os.O_CLOEXEC, 0, resolve)
-    fd = int(lib.syscall(_SYS_OPENAT2, dir_fd, os.fsencode(path), ctypes.byref(how),
-                         ctypes.sizeof(how)))
+    # syscall(2) is variadic: every argument gets its exact C type (a size_t stays 64 bits).
+    fd = int(lib.syscall(
+        ctypes.c_long(_SYS_OPENAT2), ctypes.c_int(dir_fd), ctypes.c_char_p(os.fsencode(path)),
+        ctypes.byref(how), ctypes.c_size_t(ctypes.sizeof(how)),
+    ))
     if fd < 0:
         err = ctypes.get_errno()
         if err == _errno.ENOSYS:
