@@ -774,3 +774,69 @@ def test_lossy_client_gets_the_file_or_nothing(
         assert b"".join(have[k] for k in range(1, done_at + 1)) == body
     else:
         assert rig.counters["tftp_timeouts"] == 1
+
+
+# ---------------------------------------------------------------------------------- IPv6
+
+
+def test_tftp_over_ipv6_from_the_ipv6_host_address() -> None:
+    from tests import guestframes6 as g6
+
+    stack = Stack(parse_user_options("tftp=/srv,mtu=1500"), seed=1)
+    # blksize over IPv6 is clamped 20 bytes lower: the IPv6 header is 40 bytes, not 20.
+    rrq = wt.build_request(wt.RRQ, b"f", "octet", [("blksize", "65464")])
+    (opened,) = stack.handle(GuestFrame(g6.udp6("fec0::2", 69, rrq, sport=3000)), T0)
+    assert type(opened) is TftpOpen
+    oack, read = stack.handle(TftpOpened(opened.session, 0, 2000), T0)
+    assert type(oack) is SendFrame and type(read) is TftpRead
+    assert wt.parse_tftp(g6.parse(oack.data).data.data.data) == wt.Oack((("blksize", "1448"),))
+    out = stack.handle(TftpChunk(read.session, 0, payload(2000), 0), T0)
+    assert out == []  # data waits for ACK 0
+    (eth,) = [g6.parse(e.data) for e in stack.handle(
+        GuestFrame(g6.udp6("fec0::2", 69, wt.build_ack(0), sport=3000)), T0
+    ) if type(e) is SendFrame]
+    ip = eth.data
+    assert (ip.src, ip.dst) == (g6.ip6("fec0::2"), g6.ip6(g6.GUEST_IP))
+    assert (ip.data.sport, ip.data.dport) == (69, 3000)
+    blk = wt.parse_tftp(ip.data.data)
+    assert blk == wt.Data(1, payload(1448))
+    (info,) = stack.tftp_sessions(T0)
+    assert info.to_dict()["guest"] == f"[{g6.GUEST_IP}]:3000"
+
+
+def test_tftp_oack_over_ipv6_has_the_ipv6_clamp() -> None:
+    sent: list[bytes] = []
+    srv = TftpServer(
+        send_udp=lambda s, sp, d, dp, p: sent.append(p), alloc_flow=lambda: 1,
+        counters=collections.Counter(), host_ip=HOST, mtu=1500, enabled=True,
+        host_ip6=IPv4Address("10.0.2.2").packed * 4,
+    )
+    srv.guest_datagram(b"\xfe\xc0" + bytes(14), 5, wt.build_request(
+        wt.RRQ, b"f", "octet", [("blksize", "9000")]), T0)
+    srv.host_event(TftpOpened(1, 0, 10), T0)
+    assert wt.parse_tftp(sent[0]) == wt.Oack((("blksize", "1448"),))
+
+
+def test_dhcpv6_boot_file_url() -> None:
+    from slirptrio.core.dhcpv6 import boot_url
+    from slirptrio.wire import dhcpv6 as w6
+    from tests import guestframes6 as g6
+
+    def ask(options: str, oro: bytes) -> bytes | None:
+        stack = Stack(parse_user_options(options), seed=1)
+        frame = g6.dhcpv6(w6.INFORMATION_REQUEST, [
+            (w6.OPT_CLIENTID, g6.CLIENT_DUID), (w6.OPT_ORO, oro),
+        ])
+        (eth,) = [g6.parse(e.data) for e in stack.handle(GuestFrame(frame), 0)
+                  if type(e) is SendFrame]
+        return w6.parse_dhcpv6(eth.data.data.data).option(w6.OPT_BOOTFILE_URL)
+
+    assert ask("tftp=/srv,bootfile=boot.ipxe", b"\x00\x17\x00\x3b") == b"tftp://[fec0::2]/boot.ipxe"
+    assert ask("tftp=/srv,bootfile=boot.ipxe", b"\x00\x17") is None  # not asked for
+    assert ask("", b"\x00\x3b") is None  # no boot file
+    url = "http://[fec0::2]:8080/boot.efi"
+    assert ask(f"bootfile={url}", b"\x00\x3b") == url.encode()
+    assert boot_url(parse_user_options("bootfile=x,ipv6=off")) == ""
+    assert boot_url(parse_user_options("ipv6-net=fd00:1::/64,bootfile=/a/b")) == (
+        "tftp://[fd00:1::2]/a/b"
+    )

@@ -6,9 +6,9 @@ Theory of operation
 (Ethernet → ARP | IPv4 → ICMP | UDP | TCP), answered or translated, and whatever must happen as a
 result comes back as a list of effects: frames for the guest (:class:`SendFrame`) and actions for
 the shell's host sockets. The stack's own services come before the NAT: DHCP, and TFTP on the
-host address port 69 (:mod:`slirptrio.core.tftp`). Host socket results come back in as events
-naming a flow. ``poll_at()`` tells the shell when the next timer is due; the shell then
-delivers :class:`Tick`.
+host address port 69, IPv4 or IPv6 (:mod:`slirptrio.core.tftp`). Host socket results come back
+in as events naming a flow. ``poll_at()`` tells the shell when the next timer is due; the shell
+then delivers :class:`Tick`.
 
 The stack owns the virtual addresses (``host``: gateway and NAT source, ``dns``) and answers ARP
 for them with a MAC derived from the address (52:55:a.b.c.d, as libslirp). It learns the guest's
@@ -160,6 +160,7 @@ class Stack:
             host_ip=self._host_ip,
             mtu=config.mtu,
             enabled=bool(config.tftp),
+            host_ip6=config.ipv6_host.packed if config.ipv6 else b"",
         )
         self.echo = IcmpEcho(
             send_ip=self.send_ip,
@@ -636,6 +637,9 @@ class Stack:
             return
         if dport in (wdhcp6.SERVER_PORT, wdhcp6.CLIENT_PORT):
             self._drop("udp_dhcpv6_elsewhere")
+            return
+        if dport == TFTP_PORT and hdr.dst == self._host6:
+            self._out.extend(self.tftp.guest_datagram(hdr.src, sport, data, now_ns))
             return
         self._out.extend(self.udp.guest_datagram(hdr, sport, dport, data, body, now_ns))
 

@@ -2,8 +2,9 @@
 
 Theory of operation
 -------------------
-A guest's read request (RRQ) to ``host:69`` opens a session keyed by the guest's address and
-port; every reply comes from port 69, as libslirp's do. Only "octet" mode is served (any other
+A guest's read request (RRQ) to ``host:69`` (or ``[ipv6-host]:69``) opens a session keyed by
+the guest's address and port; every reply comes from port 69 of the address asked, as libslirp's
+do. Only "octet" mode is served (any other
 mode gets error 4) and only reads: a write request gets error 2, "Access violation". Without a
 ``tftp=`` root every request gets that same error, as in libslirp.
 
@@ -20,7 +21,7 @@ Options (RFC 2347), answered with an OACK in the order the client gave them; unk
 ones are left out, which tells the client to use the default:
 
 * ``blksize`` (RFC 2348): 8..65464, clamped to what one unfragmented datagram carries at the
-  MTU (MTU - 32: IPv4, UDP and TFTP headers);
+  MTU (MTU - 32: IPv4, UDP and TFTP headers; MTU - 52 over IPv6);
 * ``tsize`` (RFC 2349): answered with the file's size;
 * ``timeout`` (RFC 2349): 1..``MAX_TIMEOUT_S`` seconds becomes the retransmission timeout;
 * ``windowsize`` (RFC 7440): 1..65535, clamped to ``MAX_WINDOWSIZE``: that many blocks are
@@ -53,8 +54,8 @@ import errno as _errno
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
-from ipaddress import IPv4Address
-from typing import Any
+from ipaddress import ip_address
+from typing import Any, ClassVar
 
 from slirptrio.core.events import Effect, TftpChunk, TftpClose, TftpOpen, TftpOpened, TftpRead
 from slirptrio.wire import MalformedFrame
@@ -76,6 +77,7 @@ READ_CHUNK = 65536
 MAX_PATH_DEPTH = 32
 NAME_MAX = 255
 _HEADERS = 20 + 8 + 4  # IPv4, UDP, TFTP DATA
+_HEADERS6 = 40 + 8 + 4
 
 SendUdp = Callable[[bytes, int, bytes, int, bytes], None]
 
@@ -106,6 +108,12 @@ TRANSITIONS: dict[tuple[Phase, Trigger], Phase] = {
     (Phase.OACK, Trigger.ABORTED): Phase.DONE,
     (Phase.SENDING, Trigger.ABORTED): Phase.DONE,
 }
+
+
+def peer_str(ip: bytes, port: int) -> str:
+    """``10.0.2.15:2000`` or ``[fec0::1]:2000``."""
+    addr = ip_address(ip)
+    return f"[{addr}]:{port}" if len(ip) == 16 else f"{addr}:{port}"
 
 
 def check_path(raw: bytes) -> str | None:
@@ -145,7 +153,7 @@ class TftpSessionInfo:
     def to_dict(self) -> dict[str, object]:
         return {
             "session": self.session,
-            "guest": f"{IPv4Address(self.guest_ip)}:{self.guest_port}",
+            "guest": peer_str(self.guest_ip, self.guest_port),
             "path": self.path,
             "state": self.phase,
             "size": self.size,
@@ -207,10 +215,17 @@ class TftpServer:
         guest.
       alloc_flow: returns a new id (sessions share the stack's flow ids).
       counters: where ``tftp_*`` counts go.
-      host_ip: the address TFTP answers from.
+      host_ip, host_ip6: the addresses TFTP answers on (IPv4, IPv6; b"" for none).
       mtu: the link MTU (bounds ``blksize``).
       enabled: whether a ``tftp=`` root is configured.
     """
+
+    # Set from the arguments and never changed (the snapshot convention's "wiring"); ``_out``
+    # is the current call's effect list.
+    _SNAPSHOT_WIRING: ClassVar[frozenset[str]] = frozenset({
+        "_send_udp", "_alloc_flow", "counters", "host_ip", "host_ip6", "enabled", "max_blksize",
+        "max_blksize6", "_out",
+    })  # fmt: skip
 
     def __init__(
         self,
@@ -221,13 +236,16 @@ class TftpServer:
         host_ip: bytes,
         mtu: int,
         enabled: bool,
+        host_ip6: bytes = b"",
     ) -> None:
         self._send_udp = send_udp
         self._alloc_flow = alloc_flow
         self.counters = counters
         self.host_ip = host_ip
+        self.host_ip6 = host_ip6
         self.enabled = enabled
         self.max_blksize = max(MIN_BLKSIZE, min(MAX_BLKSIZE, mtu - _HEADERS))
+        self.max_blksize6 = max(MIN_BLKSIZE, min(MAX_BLKSIZE, mtu - _HEADERS6))
         self._sessions: dict[tuple[bytes, int], _Session] = {}
         self._by_id: dict[int, _Session] = {}
         self._out: list[Effect] = []
@@ -248,7 +266,7 @@ class TftpServer:
             pkt = wt.parse_tftp(data)
         except MalformedFrame as exc:
             c["drop_" + exc.reason] += 1
-            log.debug("dropped TFTP packet from %s:%d: %s", IPv4Address(src_ip), sport, exc)
+            log.debug("dropped TFTP packet from %s: %s", peer_str(src_ip, sport), exc)
             return out
         if sport == 0:
             c["drop_tftp_port_zero"] += 1
@@ -331,9 +349,12 @@ class TftpServer:
 
     # --------------------------------------------------------------------------- requests
 
+    def _src(self, ip: bytes) -> bytes:
+        return self.host_ip6 if len(ip) == 16 else self.host_ip
+
     def _error(self, ip: bytes, port: int, code: int, message: str) -> None:
         self.counters["tftp_errors_sent"] += 1
-        self._send_udp(self.host_ip, TFTP_PORT, ip, port, wt.build_error(code, message))
+        self._send_udp(self._src(ip), TFTP_PORT, ip, port, wt.build_error(code, message))
 
     def _request(self, key: tuple[bytes, int], req: wt.Request, now_ns: int) -> None:
         c = self.counters
@@ -359,7 +380,7 @@ class TftpServer:
             return
         if path is None:
             c["tftp_access_violation"] += 1
-            log.info("tftp: refused %r from %s:%d", req.filename, IPv4Address(ip), port)
+            log.info("tftp: refused %r from %s", req.filename, peer_str(ip, port))
             self._error(ip, port, wt.ERR_ACCESS, "Access violation")
             return
         if len(self._sessions) >= MAX_SESSIONS:
@@ -373,6 +394,7 @@ class TftpServer:
         self._out.append(TftpOpen(s.sid, path))
 
     def _negotiate(self, s: _Session, options: tuple[tuple[str, str], ...]) -> None:
+        largest = self.max_blksize6 if len(s.ip) == 16 else self.max_blksize
         seen: set[str] = set()
         for name, text in options:
             if name in seen:
@@ -380,7 +402,7 @@ class TftpServer:
             seen.add(name)
             value = int(text) if text.isascii() and text.isdecimal() and len(text) < 12 else -1
             if name == "blksize" and value >= MIN_BLKSIZE:
-                s.blksize = min(value, self.max_blksize)
+                s.blksize = min(value, largest)
                 s.oack.append((name, str(s.blksize)))
             elif name == "tsize" and value >= 0:
                 s.want_tsize = True
@@ -399,7 +421,7 @@ class TftpServer:
             code, message = _open_error(ev.errno)
             refused = "tftp_not_found" if code == wt.ERR_NOT_FOUND else "tftp_open_refused"
             self.counters[refused] += 1
-            log.info("tftp: %s for %s:%d: %s", s.path, IPv4Address(s.ip), s.port, message)
+            log.info("tftp: %s for %s: %s", s.path, peer_str(s.ip, s.port), message)
             self._error(s.ip, s.port, code, message)
             self._end(s, Trigger.OPEN_FAILED)
             return
@@ -416,7 +438,7 @@ class TftpServer:
             self._arm(s, now_ns)
 
     def _send_oack(self, s: _Session, now_ns: int) -> None:
-        self._send_udp(self.host_ip, TFTP_PORT, s.ip, s.port, wt.build_oack(s.oack))
+        self._send_udp(self._src(s.ip), TFTP_PORT, s.ip, s.port, wt.build_oack(s.oack))
         s.deadline = min(now_ns + s.rto_ns, s.idle_at)
 
     # ------------------------------------------------------------------------- transfer
@@ -477,7 +499,7 @@ class TftpServer:
                 rel = start - s.buf_off
                 chunk = bytes(s.buf[rel : rel + bs])
                 self._send_udp(
-                    self.host_ip, TFTP_PORT, s.ip, s.port, wt.build_data(k & 0xFFFF, chunk)
+                    self._src(s.ip), TFTP_PORT, s.ip, s.port, wt.build_data(k & 0xFFFF, chunk)
                 )
                 sent_any = True
                 s.sent = k
@@ -530,8 +552,8 @@ class TftpServer:
         c = self.counters
         if now_ns >= s.idle_at or s.retries >= MAX_RETRIES:
             c["tftp_timeouts"] += 1
-            log.info("tftp: %s for %s:%d timed out in phase %s", s.path, IPv4Address(s.ip),
-                     s.port, s.phase.value)
+            log.info("tftp: %s for %s timed out in phase %s", s.path, peer_str(s.ip, s.port),
+                     s.phase.value)
             self._end(s, Trigger.ABORTED)
             return
         s.retries += 1
@@ -550,8 +572,8 @@ class TftpServer:
         c["tftp_completed"] += 1
         took = max(1, now_ns - s.started_ns)
         log.info(
-            "tftp: sent %s to %s:%d: %d bytes in %.3f s (%.0f KB/s), blksize %d, windowsize %d",
-            s.path, IPv4Address(s.ip), s.port, s.bytes_sent, took / 1e9,
+            "tftp: sent %s to %s: %d bytes in %.3f s (%.0f KB/s), blksize %d, windowsize %d",
+            s.path, peer_str(s.ip, s.port), s.bytes_sent, took / 1e9,
             s.bytes_sent / took * 1e6, s.blksize, s.window,
         )  # fmt: skip
         self._end(s, Trigger.LAST_ACKED)

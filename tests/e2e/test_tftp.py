@@ -1,4 +1,4 @@
-"""TFTP from a real Linux guest: busybox's client, and atftp for RFC 7440 windows.
+"""TFTP from a real Linux guest: busybox's client, and atftp for RFC 7440 windows and IPv6.
 
 The guest fetches a multi-megabyte file lock-step with 512-byte blocks and with ``-b``, checks
 its SHA-256, and is refused a traversal, a write and a missing file with TFTP errors. tshark
@@ -110,11 +110,12 @@ def test_atftp_windowsize(topo: Topology) -> None:
     (root / "big.bin").write_bytes(body)
     st, relay = topo.attach("listen", f"tftp={root}")
     topo.udhcpc()
-    for window in (1, 16):
+    topo.slaac()
+    for window, server in ((1, "10.0.2.2"), (16, "10.0.2.2"), (16, "fec0::2")):
         local = topo.dir / f"w{window}.bin"
         r = topo.guest_run(
             ["atftp", "--option", "blksize 1432", "--option", f"windowsize {window}",
-             "--option", "tsize", "-g", "-r", "big.bin", "-l", str(local), "10.0.2.2"],
+             "--option", "tsize", "-g", "-r", "big.bin", "-l", str(local), server],
             120, check=False,
         )  # fmt: skip
         assert r.returncode == 0, r.stdout + r.stderr
@@ -122,7 +123,10 @@ def test_atftp_windowsize(topo: Topology) -> None:
     relay.stop()
     assert st.stop() == 0, st.proc.output()
     sent = [ln for ln in st.proc.lines("err") if "tftp: sent big.bin" in ln]
-    assert len(sent) == 2 and "windowsize 1" in sent[0] and "windowsize 16" in sent[1], sent
+    assert len(sent) == 3, sent
+    assert "windowsize 1" in sent[0] and "windowsize 16" in sent[1], sent
+    # Over IPv6 the block is the 1432 asked for too (the clamp there is MTU - 52 = 1448).
+    assert "to [fec0:" in sent[2] and "blksize 1432, windowsize 16" in sent[2], sent
     oack = pcap_fields(st.pcap, "tftp.opcode == 6", ["tftp.option.name", "tftp.option.value"])
     assert any("windowsize" in row[0] and "16" in row[1] for row in oack), oack
     assert pcap_problems(st.pcap) == []
