@@ -158,7 +158,7 @@ class SmbdEnd:
     @classmethod
     async def spawn(cls, argv: list[str]) -> SmbdEnd:
         """Start smbd on a fresh pair; :exc:`OSError` if it cannot be started."""
-        ours, theirs = _loopback_pair()
+        ours, theirs = await trio.to_thread.run_sync(_loopback_pair)
         try:
             process = await trio.lowlevel.open_process(
                 argv, stdin=theirs.fileno(), stdout=theirs.fileno(), stderr=None,
