@@ -5,8 +5,10 @@ Theory of operation
 ``Stack.handle(event, now_ns)`` is the only way anything happens. A guest frame is parsed
 (Ethernet → ARP | IPv4 → ICMP | UDP | TCP), answered or translated, and whatever must happen as a
 result comes back as a list of effects: frames for the guest (:class:`SendFrame`) and actions for
-the shell's host sockets. Host socket results come back in as events naming a flow. ``poll_at()``
-tells the shell when the next timer is due; the shell then delivers :class:`Tick`.
+the shell's host sockets. The stack's own services come before the NAT: DHCP, and TFTP on the
+host address port 69, IPv4 or IPv6 (:mod:`slirptrio.core.tftp`). Host socket results come back
+in as events naming a flow. ``poll_at()`` tells the shell when the next timer is due; the shell
+then delivers :class:`Tick`.
 
 The stack owns the virtual addresses (``host``: gateway and NAT source, ``dns``) and answers ARP
 for them with a MAC derived from the address (52:55:a.b.c.d, as libslirp). It learns the guest's
@@ -59,6 +61,8 @@ from slirptrio.core.events import (
     TcpInbound,
     TcpReset,
     TcpSent,
+    TftpChunk,
+    TftpOpened,
     Tick,
     UdpError,
     UdpInbound,
@@ -71,6 +75,7 @@ from slirptrio.core.martian6 import classify_ipv6
 from slirptrio.core.ndp import Ndp, link_local, virtual_mac6
 from slirptrio.core.prng import Prng
 from slirptrio.core.tcp import TcpNat
+from slirptrio.core.tftp import TFTP_PORT, TftpServer, TftpSessionInfo
 from slirptrio.core.udp import UdpNat
 from slirptrio.wire import MalformedFrame
 from slirptrio.wire import arp as warp
@@ -157,6 +162,15 @@ class Stack:
             mtu=config.mtu,
             max_flows=config.max_flows,
         )
+        self.tftp = TftpServer(
+            send_udp=self.udp.send_udp,
+            alloc_flow=self.alloc_flow,
+            counters=self.counters,
+            host_ip=self._host_ip,
+            mtu=config.mtu,
+            enabled=bool(config.tftp),
+            host_ip6=config.ipv6_host.packed if config.ipv6 else b"",
+        )
         self.echo = IcmpEcho(
             send_ip=self.send_ip,
             translate=self.translate,
@@ -207,6 +221,8 @@ class Stack:
             self._emit_all(self.udp.host_event(event, now_ns))
         elif t in _ICMP_EVENTS:
             self._emit_all(self.echo.host_event(event, now_ns))
+        elif t in _TFTP_EVENTS:
+            self._emit_all(self.tftp.host_event(event, now_ns))
         elif t is Tick:
             self.counters["ticks"] += 1
             self._reasm.expire(now_ns)
@@ -214,6 +230,7 @@ class Stack:
             self.tcp.tick(now_ns)
             self._emit_all(self.udp.tick(now_ns))
             self._emit_all(self.echo.tick(now_ns))
+            self._emit_all(self.tftp.tick(now_ns))
         elif t is GuestLink:
             self.counters["guest_link_up" if event.up else "guest_link_down"] += 1  # type: ignore[attr-defined]
         elif t is FrameRuns:
@@ -229,7 +246,8 @@ class Stack:
         """The next time (ns) the core wants a :class:`Tick`, or None."""
         d = self.tcp.poll_at()
         for t in (
-            self._reasm.poll_at(), self.udp.poll_at(), self.echo.poll_at(), self._ndp.poll_at()
+            self._reasm.poll_at(), self.udp.poll_at(), self.echo.poll_at(), self._ndp.poll_at(),
+            self.tftp.poll_at(),
         ):
             if t is not None and (d is None or t < d):
                 d = t
@@ -371,6 +389,10 @@ class Stack:
             for f in self.tcp.flows(now_ns)
         ]
         return [*tcp, *self.udp.flows(now_ns), *self.echo.flows(now_ns)]
+
+    def tftp_sessions(self, now_ns: int) -> list[TftpSessionInfo]:
+        """The TFTP transfers in progress, for display (``info``)."""
+        return self.tftp.sessions(now_ns)
 
     # ----------------------------------------------------------------------------- output
     #
@@ -649,6 +671,10 @@ class Stack:
         if dport in (DHCP_SERVER_PORT, DHCP_CLIENT_PORT):
             self._drop("udp_dhcp_elsewhere")
             return
+        if dport == TFTP_PORT and hdr.dst == self._host_ip:
+            # Served here, as libslirp, restrict=on or not; never NATed to the host.
+            self._emit_all(self.tftp.guest_datagram(hdr.src, sport, data, now_ns))
+            return
         self._emit_all(self.udp.guest_datagram(hdr, sport, dport, data, body, now_ns))
 
     def _dhcp_request(self, src_mac: bytes, data: memoryview, now_ns: int) -> None:
@@ -735,6 +761,9 @@ class Stack:
         if dport in (wdhcp6.SERVER_PORT, wdhcp6.CLIENT_PORT):
             self._drop("udp_dhcpv6_elsewhere")
             return
+        if dport == TFTP_PORT and hdr.dst == self._host6:
+            self._emit_all(self.tftp.guest_datagram(hdr.src, sport, data, now_ns))
+            return
         self._emit_all(self.udp.guest_datagram(hdr, sport, dport, data, body, now_ns))
 
     def _icmpv6(self, src_mac: bytes, hdr: wip6.Ipv6Header, body: memoryview, now_ns: int) -> None:
@@ -776,6 +805,7 @@ _FWD_EVENTS = (TcpInbound, UdpInbound, GuestFwdAdd, GuestFwdRemove, HostFwdChang
 _TCP_EVENTS = (TcpConnected, TcpConnectFailed, TcpData, TcpSent, TcpEof, TcpReset)
 _UDP_EVENTS = (UdpReceived, UdpError, DnsUpstreams)
 _ICMP_EVENTS = (IcmpEchoReply, IcmpEchoError, IcmpUnavailable)
+_TFTP_EVENTS = (TftpOpened, TftpChunk)
 
 
 def address_str(ip: bytes) -> str:
