@@ -195,14 +195,15 @@ class Runtime:
         pending = self._pending
         steps = 0
         deadline = None
+        now = self.now_ns()  # one timestamp per burst
         while pending and steps < _MAX_DRAIN:
             while pending and steps < _MAX_DRAIN:
-                self._step(pending.popleft())
+                self._step(pending.popleft(), now)
                 steps += 1
             # Timers are checked once per burst, as the core asks for no more.
             deadline = self.stack.poll_at()
-            if deadline is not None and deadline <= self.now_ns():
-                self._step(Tick())
+            if deadline is not None and deadline <= now:
+                self._step(Tick(), now)
                 deadline = self.stack.poll_at()
             self.port.kick()
             for hook in self.after_burst:
@@ -215,8 +216,8 @@ class Runtime:
             self.recorder.flush()
         self._arm_timer(deadline, bool(pending))
 
-    def _step(self, event: Event) -> None:
-        for effect in self.door.step(event, self.now_ns()):
+    def _step(self, event: Event, now: int) -> None:
+        for effect in self.door.step(event, now):
             t = type(effect)
             if t is SendFrames:
                 self.port.put_run(effect.data)  # type: ignore[attr-defined]
