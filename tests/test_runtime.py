@@ -214,3 +214,35 @@ async def test_dgram_bursts_become_runs(tmp_path: pathlib.Path) -> None:
     assert all(gf.parse(r).data.op == 2 for r in replies)
     assert stack.counters["frames_in"] == 5
     qemu.close()
+
+
+async def test_datagrams_resume_after_a_full_socket() -> None:
+    """A dgram socket that stops taking frames mid-run: the rest of the run leaves later, in
+    order, one datagram per frame."""
+    a, b = socket.socketpair(socket.AF_UNIX, socket.SOCK_DGRAM)
+    a.setblocking(False)
+    b.setblocking(False)
+    port = GuestPort()
+    port.attach()
+    port.dgram = (a, "")  # a connected pair: sendto's address is not used
+    frames = [bytes([i % 256]) * (200 + i) for i in range(300)]
+    for i in range(0, 300, 30):
+        port.put_run(_run(*frames[i : i + 20]))
+        for f in frames[i + 20 : i + 30]:
+            port.put(f)
+    got: list[bytes] = []
+    rounds = 0
+    while len(got) < len(frames):
+        done = port.send_datagrams()
+        while True:
+            try:
+                got.append(b.recv(4096))
+            except BlockingIOError:
+                break
+        rounds += 1
+        assert done or port.queued_bytes > 0
+    assert got == frames
+    assert rounds > 1  # the socket did fill up
+    assert port.queued_bytes == 0 and port.dropped == 0
+    a.close()
+    b.close()

@@ -101,6 +101,9 @@ class GuestPort:
         self.sent = 0  # bytes handed to the transport
         self.foreign = 0  # datagrams from a sender other than the dgram transport's peer
         self.direct_fd = -1  # a stream socket the door loop and the writer write to directly
+        # a datagram socket and its peer, written to directly (a frame per datagram)
+        self.dgram: tuple[_socket.socket, str | tuple[str, int]] | None = None
+        self.dgram_errors: list[OSError] = []  # sends that failed (the writer task logs them)
 
     def put(self, frame: bytes) -> None:
         """Queue one frame."""
@@ -120,7 +123,7 @@ class GuestPort:
             return
         self._queue.append((data, raw))
         self.queued_bytes += len(data)
-        if self.direct_fd < 0:
+        if self.direct_fd < 0 and self.dgram is None:
             self._wakeup.set()
 
     def kick(self) -> None:
@@ -134,7 +137,56 @@ class GuestPort:
                 self.write_some()
             if not self._queue:
                 return
+        elif self.dgram is not None:
+            self.send_datagrams()
+            if not self._queue and not self.dgram_errors:
+                return
         self._wakeup.set()
+
+    def send_datagrams(self) -> bool:
+        """Send queued frames, one datagram each, without waiting; False when the socket is
+        full (the rest stays queued). A frame the peer cannot take (not there yet) is lost
+        and counted, as on a cable with no peer."""
+        assert self.dgram is not None
+        sock, target = self.dgram
+        q = self._queue
+        while q:
+            data, raw = q[0]
+            if raw:
+                mv = memoryview(data)
+                n = len(mv)
+                off = 0
+                while off + 4 <= n:
+                    length = int.from_bytes(mv[off : off + 4], "big")
+                    start = off + 4
+                    if length > n - start:
+                        break
+                    if length and not self._send_datagram(sock, mv[start : start + length],
+                                                          target):
+                        q[0] = (mv[off:], True)  # what is left of a run is a run too
+                        self.queued_bytes -= off
+                        return False
+                    off = start + length
+            elif not self._send_datagram(sock, data, target):
+                return False
+            q.popleft()
+            self.queued_bytes -= len(data)
+        return True
+
+    def _send_datagram(
+        self, sock: _socket.socket, frame: bytes | memoryview, target: str | tuple[str, int]
+    ) -> bool:
+        try:
+            sock.sendto(frame, target)
+        except BlockingIOError:
+            return False
+        except OSError as exc:
+            self.dropped += 1
+            if len(self.dgram_errors) < 8:
+                self.dgram_errors.append(exc)
+            return True
+        self.sent += len(frame)
+        return True
 
     def write_some(self) -> int:
         """One non-blocking ``writev`` of queued items to ``direct_fd``; returns the bytes
@@ -206,6 +258,11 @@ class GuestPort:
             self._wakeup = trio.Event()
             await self._wakeup.wait()
 
+    async def wait_dgram(self) -> None:
+        while not self._queue and not self.dgram_errors:
+            self._wakeup = trio.Event()
+            await self._wakeup.wait()
+
     def attach(self, direct_fd: int = -1) -> None:
         self._queue.clear()
         self.queued_bytes = 0
@@ -215,6 +272,7 @@ class GuestPort:
     def detach(self) -> None:
         self.attached = False
         self.direct_fd = -1
+        self.dgram = None
         self.dropped += sum(len(split_run(d)) if raw else 1 for d, raw in self._queue)
         self._queue.clear()
         self.queued_bytes = 0
@@ -566,24 +624,25 @@ async def run_dgram(
     port.attach()
     await inbox.send(GuestLink(True))
 
+    # A plain socket on a duplicate of the descriptor: non-blocking reads and writes without
+    # trio's wrappers, straight from and into runs. The door loop sends each burst's frames
+    # itself (GuestPort.kick); the writer task only finishes what a full socket left.
+    raw = _socket.socket(fileno=os.dup(sock.fileno()))
+    port.dgram = (raw, target)
+
     async def writer() -> None:
         warned = False
         while True:
-            await port.wait()
-            for frame in port.take_batch(_WRITE_BATCH_BYTES):
-                try:
-                    await sock.sendto(frame, target)
-                    port.sent += len(frame)
-                except OSError as exc:
-                    # QEMU not there (yet): the frame is lost, as on a cable with no peer.
-                    port.dropped += 1
-                    if not warned and exc.errno in (errno.ENOENT, errno.ECONNREFUSED):
-                        log.warning("dgram peer %s not reachable: %s", remote, exc)
-                        warned = True
-
-    # A plain socket on a duplicate of the descriptor: non-blocking reads without trio's
-    # wrappers, straight into the run's buffer.
-    raw = _socket.socket(fileno=os.dup(sock.fileno()))
+            await port.wait_dgram()
+            for exc in port.dgram_errors:
+                # QEMU not there (yet): those frames were lost, as on a cable with no peer.
+                if not warned and exc.errno in (errno.ENOENT, errno.ECONNREFUSED):
+                    log.warning("dgram peer %s not reachable: %s", remote, exc)
+                    warned = True
+            port.dgram_errors.clear()
+            if not port.send_datagrams():
+                await trio.lowlevel.wait_writable(sock)
+            await trio.lowlevel.checkpoint()
     slot = MAX_FRAME + 1  # a longer datagram would be cut: it shows as oversized
     buf = bytearray(_DGRAM_BURST * 4096 + slot + 4)
     try:
@@ -615,4 +674,5 @@ async def run_dgram(
                 if run:
                     await inbox.send(GuestFrames(run))
     finally:
+        port.dgram = None
         raw.close()
