@@ -22,15 +22,16 @@ from slirptrio.journal.writer import Recorder
 ORIGIN_NS = 1_700_000_000_000_000_000
 
 
-class _FlushEachStep:
-    """The door's sink: record, then flush as the runtime does after a burst."""
+class _FlushingDoor(Door):
+    """A door that hands each step to the writer once it is done, as the runtime does after
+    a burst (never inside the step: a new segment's snapshot must fall between steps)."""
 
-    def __init__(self, recorder: Recorder) -> None:
-        self.recorder = recorder
+    recorder: Recorder
 
-    def __call__(self, seq: int, t_ns: int, event: Event, effects: list[Effect]) -> None:
-        self.recorder(seq, t_ns, event, effects)
+    def step(self, event: Event, now_ns: int) -> list[Effect]:
+        effects = super().step(event, now_ns)
         self.recorder.flush()
+        return effects
 
 
 def header_for(config: Config, seed: int, origin_ns: int = ORIGIN_NS) -> Header:
@@ -52,9 +53,9 @@ def recording(
     flushed after every step); the journal is closed on exit."""
     rec = Recorder.open(header_for(config, seed), journal_dir=os.fspath(path), pcap_path=pcap,
                         journal_max=journal_max, pcap_max=None, threaded=False)
-    door = Door(stack if stack is not None else Stack(config, seed))
+    door = _FlushingDoor(stack if stack is not None else Stack(config, seed), rec)
+    door.recorder = rec
     rec.attach(door.snapshot)
-    door.sink = _FlushEachStep(rec)
     try:
         yield door
     finally:

@@ -188,6 +188,9 @@ class Journal:
             return None
         if first == last_seq + 1:
             return None
+        if first <= last_seq:
+            raise JournalError(f"{seg.path}: starts at record {first}, but record {last_seq} "
+                               "came before it")
         reason = (seg.header.segment.gap or {}).get("reason") if seg.header.segment else None
         if not reason:
             if prev_number is not None and seg.number != prev_number + 1:
