@@ -40,7 +40,7 @@ from slirptrio.core.events import TcpClose, TcpRecvCredit, TcpReset
 from slirptrio.core.info import FlowInfo
 from slirptrio.core.stack import Stack
 from slirptrio.journal import Header
-from slirptrio.journal.writer import DEFAULT_JOURNAL_MAX, Recorder
+from slirptrio.journal.writer import DEFAULT_BUDGET, DEFAULT_JOURNAL_MAX, Recorder
 from slirptrio.shell import control
 from slirptrio.shell import transport as tp
 from slirptrio.shell.datagrams import Datagrams
@@ -378,6 +378,7 @@ async def open_stack(
     journal_max: int | None = DEFAULT_JOURNAL_MAX,
     pcap_max: int | None = DEFAULT_JOURNAL_MAX,
     journal_policy: str = "lossy",
+    journal_buffer: int = DEFAULT_BUDGET,
 ) -> AsyncIterator[SlirpStack]:
     """Run a stack for the duration of an ``async with`` block.
 
@@ -394,6 +395,8 @@ async def open_stack(
       pcap_max: the disk the pcap and its one rotated file may use; None: unbounded.
       journal_policy: ``"lossy"`` (records dropped while the disk cannot take them; the
         network never waits) or ``"lossless"`` (the network waits for the disk).
+      journal_buffer: bytes of records and frames that may wait for the writer thread;
+        beyond it the policy applies.
 
     Raises:
       ConfigError: a bad option string.
@@ -414,7 +417,7 @@ async def open_stack(
     )
     recorder = Recorder.open(
         header, journal_dir=journal_path, pcap_path=pcap_path, journal_max=journal_max,
-        pcap_max=pcap_max, policy=journal_policy,
+        pcap_max=pcap_max, policy=journal_policy, budget=journal_buffer,
     )
     port = tp.GuestPort()
     handle: SlirpStack | None = None

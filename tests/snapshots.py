@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import types
 from collections.abc import Iterable
 from ipaddress import IPv4Address, IPv4Network
@@ -10,8 +11,10 @@ from typing import Any
 import msgpack
 
 from slirptrio.config import Config
-from slirptrio.core.events import Event, encode
+from slirptrio.core.events import Event, decode_event, encode
 from slirptrio.core.stack import Stack
+from slirptrio.door import Door
+from slirptrio.journal import Record, SegmentStart, compact, open_journal
 
 _SCALARS = (bool, int, float, str, type(None))
 
@@ -115,3 +118,37 @@ def run(stack: Stack, events: Iterable[tuple[int, Event]]) -> list[Any]:
 
 def fresh(config: Config, seed: int) -> Stack:
     return Stack(config, seed)
+
+
+def check_journal_restores(
+    path: str | os.PathLike[str], window: int = 32, to_end_every: int = 200
+) -> int:
+    """The snapshot property on a recorded session: after every record k, the replaying core's
+    snapshot (through msgpack) restored into a fresh core gives the journal's effects for the
+    next ``window`` records, and every ``to_end_every`` records for all the rest. Returns the
+    number of records checked; raises AssertionError on the first difference."""
+    journal = open_journal(path)
+    first: dict[str, Any] | None = None
+    records: list[Record] = []
+    for item in journal.entries():
+        if isinstance(item, SegmentStart):
+            assert item.gap is None, "a journal with gaps"
+            if first is None:
+                first = item.snapshot
+        else:
+            records.append(item)
+    assert first is not None, "a journal without snapshots"
+    config = Config.from_dict(journal.header.config)
+    events = [decode_event(r.event) for r in records]
+    expected = [[compact(list(e)) for e in r.effects] for r in records]
+    original = Door.from_snapshot(config, first)
+    for k in range(len(records)):
+        copy = Door.from_snapshot(config, plain_roundtrip(original.snapshot()))
+        end = len(records) if k % to_end_every == 0 else min(len(records), k + window)
+        for j in range(k, end):
+            copy.seq = records[j].seq
+            got = [compact(encode(e)) for e in copy.step(events[j], records[j].t_ns)]
+            assert got == expected[j], f"restored after record {k}: record {j} differs"
+        original.seq = records[k].seq
+        original.step(events[k], records[k].t_ns)
+    return len(records)

@@ -14,7 +14,7 @@ from slirptrio.cli._common import Parser, Subparsers, format_size, parse_size, s
 from slirptrio.cli.session import TransportSpec, default_journal_path, run_session
 from slirptrio.config import ConfigError, parse_user_options
 from slirptrio.core.dns import parse_upstream
-from slirptrio.journal.writer import DEFAULT_JOURNAL_MAX
+from slirptrio.journal.writer import DEFAULT_BUDGET, DEFAULT_JOURNAL_MAX
 from slirptrio.shell import transport as tp
 
 
@@ -54,6 +54,11 @@ def add_parser(sub: Subparsers) -> None:
         "--journal-policy", choices=("lossy", "lossless"), default="lossy",
         help="when the disk cannot keep up or fails: drop records and go on (lossy, default), "
              "or make the guest wait (lossless)",
+    )
+    run.add_argument(
+        "--journal-buffer", metavar="SIZE", default=format_size(DEFAULT_BUDGET),
+        help="memory for records and frames waiting for the disk; past it the policy applies "
+             f"(default {format_size(DEFAULT_BUDGET)})",
     )
     run.add_argument("--pcap", metavar="PATH",
                      help="pcap file (default: the journal's path with .pcap)")
@@ -118,6 +123,10 @@ def command(args: argparse.Namespace, parser: Parser) -> int:
         pcap_max = parse_size(args.pcap_max) if args.pcap_max is not None else journal_max
     except ValueError as exc:
         parser.error(f"argument --pcap-max: {exc}")
+    try:
+        buffer = parse_size(args.journal_buffer) or DEFAULT_BUDGET
+    except ValueError as exc:
+        parser.error(f"argument --journal-buffer: {exc}")
     journal = None if args.no_journal else (args.journal or default_journal_path())
     pcap = None
     if not args.no_pcap:
@@ -149,7 +158,7 @@ def command(args: argparse.Namespace, parser: Parser) -> int:
                         config, spec, seed=args.seed, journal_path=journal, pcap_path=pcap,
                         on_ready=ready, dns_upstreams=upstreams, control_path=args.control,
                         journal_max=journal_max, pcap_max=pcap_max,
-                        journal_policy=args.journal_policy,
+                        journal_policy=args.journal_policy, journal_buffer=buffer,
                     )
 
                 nursery.start_soon(session)

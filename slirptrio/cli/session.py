@@ -12,7 +12,7 @@ import trio
 
 from slirptrio.api import SlirpStack, open_stack
 from slirptrio.config import Config
-from slirptrio.journal.writer import DEFAULT_JOURNAL_MAX
+from slirptrio.journal.writer import DEFAULT_BUDGET, DEFAULT_JOURNAL_MAX
 from slirptrio.shell import transport as tp
 
 log = logging.getLogger("slirptrio")
@@ -66,6 +66,7 @@ async def run_session(
     journal_max: int | None = DEFAULT_JOURNAL_MAX,
     pcap_max: int | None = DEFAULT_JOURNAL_MAX,
     journal_policy: str = "lossy",
+    journal_buffer: int = DEFAULT_BUDGET,
 ) -> None:
     """Run the stack until cancelled; journal and pcap are closed on the way out.
 
@@ -76,7 +77,7 @@ async def run_session(
     async with open_stack(
         config, journal=journal_path, pcap=pcap_path, seed=seed,
         dns_upstreams=upstreams or None, meta=dict(meta or {}), journal_max=journal_max,
-        pcap_max=pcap_max, journal_policy=journal_policy,
+        pcap_max=pcap_max, journal_policy=journal_policy, journal_buffer=journal_buffer,
     ) as stack:
         if spec.mode == "listen":
             await stack.listen_qemu(str(spec.addr))
