@@ -4,7 +4,7 @@
 # Needs root, qemu-system-x86, busybox-static, iproute2. Traffic stays inside the namespaces
 # this script creates: the "host" namespace has only lo, and DNS goes to a local test server.
 #
-#   sudo captures/record.sh            # rewrites captures/*.journal and *.pcap
+#   sudo captures/record.sh            # rewrites captures/*.journal (directories) and *.pcap
 set -euo pipefail
 HERE=$(cd "$(dirname "$0")" && pwd)
 ROOT=$(dirname "$HERE")

@@ -25,7 +25,8 @@ from slirptrio.journal import compact, open_journal
 from tests import streams
 from tests.snapshots import plain_roundtrip, restored, run, shape
 
-CAPTURES = sorted((pathlib.Path(__file__).parent.parent / "captures").glob("*.journal"))
+HERE = pathlib.Path(__file__).parent.parent / "captures"
+CAPTURES = sorted([*HERE.glob("*.journal"), *(HERE / "format2").glob("*.journal")])
 
 
 def check_every_prefix(
@@ -48,11 +49,10 @@ def check_every_prefix(
             assert norm(got) == want, f"snapshot after record {k}: record {k + j} differs"
 
 
-@pytest.mark.parametrize("journal", CAPTURES, ids=[p.stem for p in CAPTURES])
+@pytest.mark.parametrize("journal", CAPTURES, ids=[f"{p.parent.name}/{p.stem}" for p in CAPTURES])
 def test_capture_every_prefix(journal: pathlib.Path) -> None:
-    with journal.open("rb") as f:
-        j = open_journal(f)
-        records = list(j.records)
+    j = open_journal(journal)
+    records = list(j.records)
     config = Config.from_dict(j.header.config)
     events = [(r.t_ns, decode_event(r.event)) for r in records]
     expected = [[compact(list(e)) for e in r.effects] for r in records]
