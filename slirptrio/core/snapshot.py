@@ -29,6 +29,7 @@ tests fail until it has one.
 
 from __future__ import annotations
 
+import operator
 from collections.abc import Callable, Iterable
 from dataclasses import fields, is_dataclass
 from typing import Any, TypeVar
@@ -55,20 +56,38 @@ def slot_names(cls: type) -> tuple[str, ...]:
     return tuple(sorted(names))
 
 
+_Plan = tuple[tuple[str, ...], Callable[[Any], Any], tuple[tuple[int, Callable[[Any], Any]], ...]]
+_PLANS: dict[tuple[type, int, frozenset[str]], _Plan] = {}
+
+
+def _plan(cls: type, codecs: dict[str, Codec], skip: frozenset[str]) -> _Plan:
+    # Per class: the slot names, one attrgetter for all of them, and where codecs apply.
+    key = (cls, id(codecs), skip)
+    plan = _PLANS.get(key)
+    if plan is None:
+        names = tuple(n for n in slot_names(cls) if n not in skip)
+        conv = tuple((i, codecs[n][0]) for i, n in enumerate(names) if n in codecs)
+        get = operator.attrgetter(*names) if len(names) > 1 else (
+            lambda o, n=names[0]: (getattr(o, n),)
+        )
+        plan = _PLANS[key] = (names, get, conv)
+    return plan
+
+
+_NO_CODECS: dict[str, Codec] = {}
+
+
 def dump_slots(
     obj: object, codecs: dict[str, Codec] | None = None, skip: Iterable[str] = ()
 ) -> dict[str, Any]:
-    """Every slot of ``obj`` (but ``skip``) as plain data; ``codecs`` convert the others."""
-    codecs = codecs or {}
-    leave = set(skip)
-    out: dict[str, Any] = {}
-    for name in slot_names(type(obj)):
-        if name in leave:
-            continue
-        value = getattr(obj, name)
-        codec = codecs.get(name)
-        out[name] = codec[0](value) if codec is not None else value
-    return out
+    """Every slot of ``obj`` (but ``skip``) as plain data; ``codecs`` convert the others.
+
+    ``codecs`` should be a module-level dict (plans are cached by its identity)."""
+    names, get, conv = _plan(type(obj), codecs or _NO_CODECS, frozenset(skip))
+    values = list(get(obj))
+    for i, to_plain in conv:
+        values[i] = to_plain(values[i])
+    return dict(zip(names, values, strict=True))
 
 
 def load_slots(cls: type[T], state: dict[str, Any], codecs: dict[str, Codec] | None = None) -> T:
