@@ -341,3 +341,21 @@ def test_kill_during_a_segment_start_leaves_a_readable_journal(tmp_path: pathlib
     os.truncate(last, 100)  # cut inside the header or the snapshot
     result = replay_journal(path)
     assert result.identical and result.records > 0
+
+
+def test_a_big_snapshot_makes_its_segment_longer(tmp_path: pathlib.Path) -> None:
+    """Segments hold at least SNAPSHOT_SHARE times their snapshot, so snapshots of a core with
+    many busy flows never crowd the records out of the ring."""
+    disk = jw.DiskFiles(str(tmp_path / "j"), None, None, None)
+    writer = jw.Writer(disk, threaded=False)
+    rec = jw.JournalRecorder(writer, header_for(CONFIG, SEED), segment_bytes=64 << 10)
+    seq = [0]
+    rec.attach(lambda: {"seq": seq[0], "now_ns": 0, "stack": {"big": bytes(100_000)}})
+    for i in range(2000):
+        rec.record(i, i, GuestFrame(bytes(1000)), [])
+        seq[0] = i + 1
+        rec.flush()
+    writer.close()
+    sizes = [p.stat().st_size for p in segments(tmp_path / "j")]
+    assert len(sizes) >= 2
+    assert all(size >= jw.SNAPSHOT_SHARE * 100_000 for size in sizes[:-1]), sizes

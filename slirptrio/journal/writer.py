@@ -27,13 +27,18 @@ is a view and needs no snapshot: its frames are dropped while it cannot be writt
 resumes by itself.
 
 Bounds on disk: the journal is a ring of segments (:mod:`slirptrio.journal.format`): a new
-segment starts once the current one reaches ``journal_max / SEGMENTS_PER_BOUND``, and the
-oldest segments are deleted whenever the ring would otherwise use more than ``journal_max``
-(sizes counted in whole 4 KiB blocks, as the filesystem allocates them). The last
-``journal_max`` of the session is kept, at least 7/8 of it. The pcap rotates: ``NAME`` grows to
-half of ``pcap_max``, then becomes ``NAME.1`` (replacing the older one) and a new ``NAME``
-starts, so the two files stay within ``pcap_max`` and hold at least its last half. Any window
-the journal retains can be exported whole with ``slirptrio replay --pcap``.
+segment starts once the current one reaches ``journal_max / SEGMENTS_PER_BOUND`` (or
+``SNAPSHOT_SHARE`` times its snapshot, so that snapshots of a core with many busy flows never
+crowd out the records), and the oldest segments are deleted whenever the ring would otherwise
+use more than ``journal_max`` (sizes counted in whole 4 KiB blocks, as the filesystem allocates
+them). The last ``journal_max`` of the session is kept, at least 15/16 of it with small
+snapshots. Smaller segments mean more snapshots (each a pause of the door loop: about 1 ms per
+hundred idle flows) but a shorter replay from a snapshot to any record in the segment.
+
+The pcap rotates: ``NAME`` grows to half of ``pcap_max``, then becomes ``NAME.1`` (replacing
+the older one) and a new ``NAME`` starts, so the two files stay within ``pcap_max`` and hold at
+least its last half. Any window the journal retains can be exported whole with ``slirptrio
+replay --pcap``.
 
 A ``kill -9`` loses what was handed to the writer and not yet written: normally the last burst,
 at most the budget.
@@ -69,7 +74,8 @@ log = logging.getLogger("slirptrio.journal")
 
 DEFAULT_JOURNAL_MAX = 1 << 30
 DEFAULT_BUDGET = 32 << 20
-SEGMENTS_PER_BOUND = 8
+SEGMENTS_PER_BOUND = 16
+SNAPSHOT_SHARE = 4  # a segment holds at least this many times its snapshot's size
 MIN_SEGMENT_BYTES = 64 << 10
 RETRY_S = 1.0
 REMOVED_CHECK_S = 1.0
@@ -520,6 +526,7 @@ class JournalRecorder:
         self._snapshot: Callable[[], dict[str, Any]] | None = None
         self._number = 0
         self._seg_bytes = 0
+        self._seg_limit = segment_bytes
         self._pending = 0
         self._writing = False
         self._gap: str | None = None  # why we are not writing
@@ -563,7 +570,7 @@ class JournalRecorder:
                     self._seg_bytes += len(chunk)
             self._packer.reset()
             self._pending = 0
-            if self._writing and self._seg_bytes >= self._segment_bytes:
+            if self._writing and self._seg_bytes >= self._seg_limit:
                 self._start_segment(None)
             return
         if self._overflow:
@@ -602,6 +609,7 @@ class JournalRecorder:
         self._failures_seen = self._writer.failures
         self._writer.put(_Chunk("segment", data, len(data), 0, self._number))
         self._seg_bytes = len(data)
+        self._seg_limit = max(self._segment_bytes, SNAPSHOT_SHARE * len(data))
         self._writing = True
         self._gap = None
         self._overflow = False
