@@ -6,9 +6,11 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import json
 import os
 import pathlib
 import re
+import signal
 import stat
 import subprocess
 import sys
@@ -140,6 +142,26 @@ def test_bounded_journal_over_256_mb(topo: Topology) -> None:
     assert m is not None, summary
     assert int(m.group(2)) > 0, "the oldest segments went"
     assert "gap" not in summary
+
+
+def test_kill_9_loses_at_most_the_batch_in_flight(topo: Topology) -> None:
+    ctl = topo.dir / "ctl.sock"
+    st, relay = start(topo, "--control", str(ctl))
+    download(topo, 4 * MiB)
+    time.sleep(0.5)  # idle: nothing in flight
+    env = dict(os.environ, PYTHONPATH=str(REPO_ROOT))
+    out = run([sys.executable, "-m", "slirptrio", "ctl", str(ctl), "--json", "stats"], 30,
+              env=env)
+    stats = json.loads(out.stdout)
+    frames_in = stats["counters"]["frames_in"]
+    os.kill(st.proc.pid, signal.SIGKILL)
+    st.proc.wait(10)
+    relay.stop()
+    result = replay(st.journal)
+    assert result.returncode == 0 and "identical" in result.stdout, result.stdout + result.stderr
+    journal = open_journal(st.journal)
+    guest_frames = sum(1 for r in journal.records if r.event[0] == 0)
+    assert guest_frames >= frames_in, (guest_frames, frames_in)
 
 
 def test_journal_on_a_tiny_filesystem(topo: Topology) -> None:
