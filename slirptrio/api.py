@@ -422,7 +422,9 @@ async def open_stack(
     port = tp.GuestPort()
     handle: SlirpStack | None = None
     try:
-        runtime = Runtime(stack, port, recorder)
+        # With neither journal nor pcap the door needs no sink at all.
+        active = journal_path is not None or pcap_path is not None
+        runtime = Runtime(stack, port, recorder if active else None)
         tcp = TcpFlows(runtime.inbox, batched=True)
         datagrams = Datagrams(runtime.inbox, dns_upstreams=upstreams)
         forwards = Forwards(runtime.inbox, tcp, cfg)

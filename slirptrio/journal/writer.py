@@ -575,6 +575,8 @@ class JournalRecorder:
             return
         if self._overflow:
             if w.queued <= w.budget // 2:
+                log.warning("journal: the writer caught up; writing again (%d records were "
+                            "dropped)", self.lost_records)
                 self._start_segment(self._gap)
         elif self._clock() >= self._retry_at:
             self._retry_at = self._clock() + RETRY_S
