@@ -2,6 +2,8 @@
 
 ``python -m benchmarks.recorder [--quick] [--output FILE]`` measures, in this process:
 
+* the journal's cost to the door loop: the loop thread's CPU time for a synthetic bulk download
+  with no recording, the journal, and journal + pcap (the writer thread does the disk work);
 * snapshot size and time for 10, 1,000 and 5,000 open TCP flows, idle (empty buffers) and busy
   (each with 16 KiB sent to the guest and not yet acknowledged, and 4 KiB out of order from
   it): ``Door.snapshot()``, its msgpack packing, and restoring a fresh core from it;
@@ -179,6 +181,49 @@ def record_bulk(path: Path, mtu: int, nbytes: int, journal_max: int | None) -> i
     return sum(s.size for s in open_journal(path).segments)
 
 
+def _loop_seconds(tmp: Path, mtu: int, nbytes: int, mode: str) -> float:
+    """CPU seconds of the door loop (this thread) for a bulk download, recorded per ``mode``."""
+    config = parse_user_options(f"mtu={mtu}" if mtu != 1500 else "")
+    rec = None
+    if mode != "off":
+        shutil.rmtree(tmp / "cost", ignore_errors=True)
+        rec = jw.Recorder.open(header_for(config, 1), journal_dir=str(tmp / "cost" / "j"),
+                               pcap_path=str(tmp / "cost" / "p.pcap") if mode == "pcap" else None,
+                               journal_max=None, pcap_max=None)
+    door = Door(Stack(config, 1), rec)
+    if rec is not None:
+        rec.attach(door.snapshot)
+    guest = Guest(door, mtu)
+    guest.open(40000)
+    chunk = bytes(range(256)) * 256
+    t0 = time.thread_time()
+    for _ in range(nbytes // len(chunk)):
+        guest.host_sends(40000, chunk)
+        if rec is not None:
+            rec.flush()
+    spent = time.thread_time() - t0
+    if rec is not None:
+        rec.close()
+    return spent
+
+
+def bench_cost(tmp: Path, nbytes: int) -> list[str]:
+    """The journal's cost in the door loop: CPU time of the loop thread, with the writer
+    thread doing the disk work, against no recording at all."""
+    rows = ["| bulk download, MTU | off | journal only | journal + pcap | cost: journal only "
+            "| cost: journal + pcap |", "|---|---|---|---|---|---|"]
+    for mtu in (1500, 65520):
+        best = {m: min(_loop_seconds(tmp, mtu, nbytes, m) for _ in range(5))
+                for m in ("off", "journal", "pcap")}
+        off = best["off"]
+        rows.append(f"| {nbytes >> 20} MiB, MTU {mtu} | {off:.2f} s | {best['journal']:.2f} s | "
+                    f"{best['pcap']:.2f} s | {best['journal'] / off - 1:.0%} | "
+                    f"{best['pcap'] / off - 1:.0%} |")
+        print(rows[-1], flush=True)
+    shutil.rmtree(tmp / "cost", ignore_errors=True)
+    return rows
+
+
 def bench_replay(tmp: Path, nbytes: int) -> list[str]:
     rows = ["| session | journal | replay | MB of journal/s | records/s |", "|---|---|---|---|---|"]
     for mtu in (1500, 65520):
@@ -244,6 +289,13 @@ def main(argv: list[str] | None = None) -> int:
             "## Snapshots",
             "",
             *bench_snapshots([10, 1000, 5000]),
+            "",
+            "## The journal's cost in the door loop",
+            "",
+            "CPU time of the loop's thread (``time.thread_time``) for a synthetic bulk "
+            "download through the core, best of 5; the writer thread does the disk work.",
+            "",
+            *bench_cost(tmp, (16 if args.quick else 64) << 20),
             "",
             "## Replay speed",
             "",

@@ -405,7 +405,9 @@ def format_summary(result: ReplayResult, path: str) -> list[str]:
             lines.append(f"  records before {first.seq} are not in this window or no longer "
                          "in the journal (its oldest segments go first)")
     w0, w1 = result.window
-    if w0 is not None and w1 is not None and (w0 is not first or w1 is not last):
+    if w0 is None and first is not None:
+        lines.append("  window: no records in it")
+    elif w0 is not None and w1 is not None and (w0 is not first or w1 is not last):
         lines.append(f"  window: records {w0.seq}..{w1.seq} "
                      f"(t={w0.t_ns / 1e9:.3f}s..{w1.t_ns / 1e9:.3f}s), {result.frames} frames")
     for gap in result.gaps:

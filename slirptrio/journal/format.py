@@ -147,11 +147,14 @@ def compact(raw: list[Any]) -> list[Any]:
     """
     out: list[Any] | None = None
     for i, v in enumerate(raw):
-        if type(v) is bytes and len(v) > DIGEST_OVER:
+        if type(v) in _BYTES and len(v) > DIGEST_OVER:
             if out is None:
                 out = list(raw)
-            out[i] = [DIGEST_MARK, len(v), zlib.crc32(v), v[:HEAD_BYTES]]
+            out[i] = [DIGEST_MARK, len(v), zlib.crc32(v), bytes(v[:HEAD_BYTES])]
     return raw if out is None else out
+
+
+_BYTES = (bytes, bytearray, memoryview)
 
 
 def is_digest(value: Any) -> bool:
@@ -159,9 +162,21 @@ def is_digest(value: Any) -> bool:
     return isinstance(value, list) and len(value) == 4 and value[0] == DIGEST_MARK
 
 
+def _effect(e: Effect) -> list[Any]:
+    if type(e) is SendFrame and type(e.data) is bytes:  # most effects: compact() inlined
+        d = e.data
+        if len(d) > DIGEST_OVER:
+            return [_SEND_TAG, [DIGEST_MARK, len(d), zlib.crc32(d), d[:HEAD_BYTES]]]
+        return [_SEND_TAG, d]
+    return compact(encode(e))
+
+
+_SEND_TAG = SendFrame.TAG
+
+
 def encode_record(seq: int, t_ns: int, event: Event, effects: list[Effect]) -> list[Any]:
     """One door step as a journal record (the only place records are encoded)."""
-    return [seq, t_ns, encode(event), [compact(encode(e)) for e in effects]]
+    return [seq, t_ns, encode(event), [_effect(e) for e in effects]]
 
 
 @dataclass
