@@ -283,8 +283,10 @@ def main(argv: list[str] | None = None) -> int:
             "# Flight recorder figures",
             "",
             f"Run {time.strftime('%Y-%m-%d %H:%M', time.localtime(started))}; "
-            f"{platform.machine()}, {os.cpu_count()} CPUs, Python {platform.python_version()}."
-            " CPU-bound, in one process; best of 3 for the snapshot figures.",
+            f"{platform.machine()}, {os.cpu_count()} CPUs, Python {platform.python_version()}, "
+            f"load average {os.getloadavg()[0]:.1f} at the start."
+            " CPU-bound, in one process; best of 3 for the snapshot figures. On a shared machine"
+            " (load above the CPU count) expect the times to be up to 2-4x too long.",
             "",
             "## Snapshots",
             "",

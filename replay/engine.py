@@ -227,10 +227,14 @@ def replay_journal(
     index = 0
     if start is not None:
         index = journal.segment_for(seq=start.seq, t_ns=start.t_ns)
-    with constants.applied(recorded or {}) as applied:
-        result.applied = applied
-        _run(journal.entries(index), config, header, result, pcap_out, context, start, until,
-             progress, lambda: (journal.bytes_read, journal.total_bytes))
+    entries = journal.entries(index)
+    try:
+        with constants.applied(recorded or {}) as applied:
+            result.applied = applied
+            _run(entries, config, header, result, pcap_out, context, start, until, progress,
+                 lambda: (journal.bytes_read, journal.total_bytes))
+    finally:
+        entries.close()  # the segment file open when --until stopped us
     result.gaps = list(journal.gaps)
     if result.divergence is None and journal.truncated:
         result.truncated_bytes = journal.truncated[0]

@@ -11,7 +11,7 @@ and is noted in :attr:`Journal.truncated`.
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator
+from collections.abc import Generator, Iterator
 from dataclasses import dataclass, field
 from typing import IO, Any
 
@@ -124,7 +124,7 @@ class Journal:
                 best = i
         return best
 
-    def entries(self, start: int = 0) -> Iterator[SegmentStart | Record]:
+    def entries(self, start: int = 0) -> Generator[SegmentStart | Record, None, None]:
         """Segment starts and records from segment index ``start`` on."""
         self.gaps.clear()
         self.truncated.clear()
