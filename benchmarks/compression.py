@@ -86,9 +86,9 @@ def main() -> int:
                 print(lines[-1], flush=True)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
-    text = "\n".join(["# Compressing journal segments", "", *lines, ""])
-    print(text)
-    RESULTS.write_text(text + DECISION)
+    table = "\n".join(["# Compressing journal segments", "", *lines, ""])
+    print(table)
+    RESULTS.write_text(table + DECISION)
     return 0
 
 
