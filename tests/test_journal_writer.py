@@ -21,6 +21,7 @@ from slirptrio.core.events import GuestFrame, Tick
 from slirptrio.core.stack import Stack
 from slirptrio.door import Door
 from slirptrio.journal import open_journal
+from slirptrio.journal import files
 from slirptrio.journal import writer as jw
 from slirptrio.journal.files import UnsafePathError
 from slirptrio.wire.pcap import read_pcap
@@ -359,3 +360,32 @@ def test_a_big_snapshot_makes_its_segment_longer(tmp_path: pathlib.Path) -> None
     sizes = [p.stat().st_size for p in segments(tmp_path / "j")]
     assert len(sizes) >= 2
     assert all(size >= jw.SNAPSHOT_SHARE * 100_000 for size in sizes[:-1]), sizes
+
+
+def test_a_full_disk_at_the_start_does_not_stop_the_stack(
+    tmp_path: pathlib.Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    real = files.open_private_dir
+    calls = [0]
+
+    def full_at_first(path: str, *, owned_files: str) -> int:
+        calls[0] += 1
+        if calls[0] <= 2:
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        return real(path, owned_files=owned_files)
+
+    monkeypatch.setattr(files, "open_private_dir", full_at_first)
+    caplog.set_level(logging.WARNING, "slirptrio.journal")
+    now = [0.0]
+    path = tmp_path / "j"
+    rec, door = open_recorder(path, clock=lambda: now[0])
+    for i, ev in enumerate(pings(50)):
+        if i == 20:
+            now[0] += jw.RETRY_S + 0.1
+        assert door.step(ev, i * 1_000_000)
+        rec.flush()
+    rec.close()
+    assert "cannot create" in caplog.text and "journal: writing again" in caplog.text
+    result = replay_journal(path)
+    assert result.identical and result.first is not None and 0 < result.first.seq <= 21
+    assert result.last is not None and result.last.seq == 49

@@ -96,6 +96,10 @@ def segment_bytes_for(journal_max: int) -> int:
     return max(MIN_SEGMENT_BYTES, journal_max // SEGMENTS_PER_BOUND)
 
 
+# Errors that may go away (space freed, the device back): wait them out, never stop the stack.
+_TRANSIENT = {errno.ENOSPC, errno.EDQUOT, errno.EIO, errno.EROFS, errno.ENOENT}
+
+
 def _reason(exc: OSError) -> str:
     return exc.strerror or str(exc)
 
@@ -122,7 +126,14 @@ class DiskFiles:
         self.journal_max = journal_max
         self._dir_fd = -1
         if journal_dir is not None:
-            self._dir_fd = files.open_private_dir(journal_dir, owned_files=SEGMENT_SUFFIX)
+            try:
+                self._dir_fd = files.open_private_dir(journal_dir, owned_files=SEGMENT_SUFFIX)
+            except OSError as exc:
+                if exc.errno not in _TRANSIENT:
+                    raise
+                # A full disk at the start must not keep the network from starting: the
+                # journal begins in a gap and the first segment is retried as usual.
+                log.warning("journal: cannot create %s yet (%s)", journal_dir, _reason(exc))
         self._ring: collections.deque[tuple[str, int]] = collections.deque()  # (name, alloc)
         self._ring_bytes = 0
         self._seg_fd = -1
@@ -135,8 +146,13 @@ class DiskFiles:
         self._pcap_old = 0  # allocated size of NAME.1
         self.pcap_bytes = 0
         if pcap_path is not None:
-            files.ensure_parent(pcap_path)
-            self._open_pcap()
+            try:
+                files.ensure_parent(pcap_path)
+                self._open_pcap()
+            except OSError as exc:
+                if exc.errno not in _TRANSIENT:
+                    raise
+                log.warning("pcap: cannot create %s yet (%s)", pcap_path, _reason(exc))
 
     # ---------------------------------------------------------------------------- journal
 
@@ -145,6 +161,8 @@ class DiskFiles:
         self._close_segment()
         name = segment_name(number)
         self._make_room(allocated(len(data)))
+        if self._dir_fd < 0:
+            self._reopen_dir()
         try:
             fd = files.create_private_file(name, self._dir_fd)
         except FileNotFoundError:
@@ -221,6 +239,7 @@ class DiskFiles:
 
     def _open_pcap(self) -> None:
         assert self.pcap_path is not None
+        files.ensure_parent(self.pcap_path)
         self._pcap_fd = files.create_private_file(self.pcap_path)
         self._pcap_size = 0
         head = wpcap.global_header()
