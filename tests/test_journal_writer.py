@@ -20,8 +20,7 @@ from slirptrio.config import parse_user_options
 from slirptrio.core.events import GuestFrame, Tick
 from slirptrio.core.stack import Stack
 from slirptrio.door import Door
-from slirptrio.journal import open_journal
-from slirptrio.journal import files
+from slirptrio.journal import files, open_journal
 from slirptrio.journal import writer as jw
 from slirptrio.journal.files import UnsafePathError
 from slirptrio.wire.pcap import read_pcap
