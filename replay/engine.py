@@ -161,8 +161,8 @@ class ReplayResult:
 
     @property
     def mismatch(self) -> bool:
-        """The journal's constants differ from this build's."""
-        return self.constants is not None and not self.constants.same
+        """The journal's constants differ from this build's (or it has some this one lacks)."""
+        return self.constants is not None and self.constants.conflict
 
 
 def _normalize(items: list[Any]) -> list[Any]:
@@ -175,21 +175,44 @@ def _plain(data: Any) -> Any:
                            strict_map_key=False)
 
 
+def _restore(config: Config, snap: dict[str, Any], item: SegmentStart) -> Door:
+    try:
+        return Door.from_snapshot(config, snap)
+    except (KeyError, TypeError, ValueError, AttributeError, IndexError) as exc:
+        raise JournalError(
+            f"the snapshot of segment {item.segment.number} does not fit this build "
+            f"({type(exc).__name__}: {exc}); it was taken by slirptrio "
+            f"{item.segment.header.version or '?'}: replay from the session's start, or with "
+            "the build that recorded it"
+        ) from exc
+
+
+def same_state(recorded: Any, replayed: Any) -> bool:
+    """Whether the replayed core's state is the recorded snapshot's. Dicts are compared on the
+    keys both have: a build may keep state another did not have (a new protocol, a new field),
+    which this comparison cannot judge; everything both have must be equal."""
+    if isinstance(recorded, dict) and isinstance(replayed, dict):
+        return all(same_state(recorded[k], replayed[k]) for k in recorded.keys() & replayed.keys())
+    if isinstance(recorded, list) and isinstance(replayed, list):
+        return len(recorded) == len(replayed) and all(
+            same_state(a, b) for a, b in zip(recorded, replayed, strict=True)
+        )
+    return bool(recorded == replayed) and type(recorded) is type(replayed)
+
+
 def first_difference(a: Any, b: Any, path: str = "") -> str:
     """Where two plain structures first differ, as a path with both values."""
     if type(a) is not type(b):
         return f"{path or '.'}: journal {a!r:.80}, replay {b!r:.80}"
     if isinstance(a, dict):
-        for k in a.keys() | b.keys():
-            if k not in a or k not in b:
-                return f"{path}.{k}: only in {'the journal' if k in a else 'the replay'}"
-            if a[k] != b[k]:
+        for k in a.keys() & b.keys():
+            if not same_state(a[k], b[k]):
                 return first_difference(a[k], b[k], f"{path}.{k}")
     if isinstance(a, list):
         if len(a) != len(b):
             return f"{path}: {len(a)} items in the journal, {len(b)} in the replay"
         for i, (x, y) in enumerate(zip(a, b, strict=True)):
-            if x != y:
+            if not same_state(x, y):
                 return first_difference(x, y, f"{path}[{i}]")
     return f"{path or '.'}: journal {a!r:.80}, replay {b!r:.80}"
 
@@ -266,14 +289,19 @@ def _run(
         if isinstance(item, SegmentStart):
             result.segments += 1
             snap = item.snapshot
-            if door is None or item.gap is not None or snap is None:
-                if snap is None:  # formats 1 and 2: a fresh core
-                    door = Door(Stack(config, header.seed), sink)
-                else:
-                    door = Door.from_snapshot(config, snap, sink)
+            if snap is None:  # formats 1 and 2: a fresh core
+                door = Door(Stack(config, header.seed), sink)
+                continue
+            if door is None and snap["seq"] == 0 and snap["now_ns"] == 0:
+                # The session's very start: a fresh core, checked against the snapshot below
+                # (a journal of another build replays so, whatever its snapshots' layout).
+                door = Door(Stack(config, header.seed), sink)
+            elif door is None or item.gap is not None:
+                door = _restore(config, snap, item)
+                door.sink = sink
                 continue
             mine = _plain(door.snapshot())
-            if mine != snap:
+            if not same_state(snap, mine):
                 rec = Record(snap["seq"], snap["now_ns"], [], [])
                 where = first_difference(snap, mine)
                 result.divergence = Divergence(result.records, rec, [], [], list(recent), "state",
@@ -378,11 +406,17 @@ def format_header_notes(result: ReplayResult) -> list[str]:
     if result.constants is None:
         lines.append(f"note: this journal (format {h.format}) does not record the core's "
                      "constants; they cannot be checked")
-    elif not result.constants.same:
-        lines.append("MISMATCH: the journal's core constants differ from this build's:")
-        lines += [f"  {line}" for line in result.constants.describe()]
-        if result.constants.differ:
-            lines.append("  replaying with the journal's values of the constants both know")
+    else:
+        if result.constants.conflict:
+            lines.append("MISMATCH: the journal's core constants differ from this build's:")
+            lines += [f"  {line}" for line in result.constants.describe()]
+            if result.constants.differ:
+                lines.append("  replaying with the journal's values of the constants both know")
+        new = result.constants.new
+        if new:
+            shown = ", ".join(new[:4]) + (f" and {len(new) - 4} more" if len(new) > 4 else "")
+            lines.append(f"note: {len(new)} core constants are new in this build and not in the "
+                         f"journal ({shown})")
     return lines
 
 
@@ -469,7 +503,9 @@ def main(
     except (OSError, JournalError) as exc:
         if bar is not None:
             bar.clear()
-        print(f"slirptrio replay: error: {exc}", file=sys.stderr)
+        text = str(exc)
+        where = "" if text.startswith(path) else f"{path}: "
+        print(f"slirptrio: error: journal {where}{text}", file=sys.stderr)
         return EXIT_UNREADABLE
     if bar is not None:
         bar.clear()

@@ -25,7 +25,8 @@ def test_capture_replays_identical(journal: pathlib.Path) -> None:
     result = replay_journal(journal)
     assert result.divergence is None, result
     assert result.identical and result.records > 5 and result.frames > 5
-    assert result.constants is not None and result.constants.same
+    # recorded by this build or an earlier one: no constant changed or went away
+    assert result.constants is not None and not result.constants.conflict
 
 
 @pytest.mark.parametrize("journal", OLD, ids=[p.stem for p in OLD])

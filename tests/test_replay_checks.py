@@ -115,7 +115,7 @@ def test_unknown_constant_is_named(tmp_path: pathlib.Path, capsys: pytest.Captur
     out = capsys.readouterr().out
     assert "note: recorded by slirptrio 0.0.9" in out
     assert "core.tftp.BLOCK_SIZE: recorded by the journal, unknown to this build" in out
-    assert "core.tcp.DELACK_NS: new in this build" in out
+    assert "core constants are new in this build and not in the journal (core.tcp.DELACK_NS" in out
 
 
 # ---------------------------------------------------------------------------- exceptions

@@ -69,6 +69,10 @@ def uncovered(stack: Stack) -> list[str]:
                 problems.append(f"{path} ({cls.__name__}) declares {name}, which it lacks")
         elif dataclasses.is_dataclass(obj) and cls.__dataclass_params__.frozen:  # type: ignore[attr-defined]
             continue  # an immutable value (a parsed header, the config)
+        elif attrs <= cls.__dict__.get("_SNAPSHOT_WIRING", frozenset()) | getattr(
+            cls, "_SNAPSHOT_DERIVED", frozenset()
+        ) and attrs:
+            continue  # declared stateless: nothing but wiring
         elif hasattr(obj, "__dict__") or not cls.__dict__.get("__slots__"):
             problems.append(
                 f"{path} ({cls.__name__}) has no snapshot method pair and no __slots__: "

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from slirptrio.cli._common import Parser, Subparsers, setup_logging
+from slirptrio.cli._common import Parser, Subparsers, UserError, describe, setup_logging
 
 _WHEN = ("a record number (1234 or #1234), a duration into the session (90s, 5m, 1h2m3.5s, "
          "250ms) or a wall-clock time (14:03:07, 2026-01-31T14:03:07)")
@@ -13,9 +13,13 @@ _WHEN = ("a record number (1234 or #1234), a duration into the session (90s, 5m,
 def add_parser(sub: Subparsers) -> None:
     rep = sub.add_parser(
         "replay", help="replay a journal and check it reproduces every effect",
-        description="Replay every retained segment of a journal (a journal directory, or an "
-        "older single journal file) and compare every effect. Exit 0: identical; 1: diverged; "
-        "2: unreadable; 3: diverged, and the journal was recorded with other core constants.",
+        description="Replay every retained segment of a journal (a journal directory, or an\n"
+        "older single journal file) through a core restored from its snapshots, and check\n"
+        "that every effect is the same. Exit 0: identical; 1: diverged (reported); 2: the\n"
+        "journal cannot be read; 3: diverged, and the journal was recorded with other core\n"
+        "constants (listed first).",
+        epilog="examples:\n  slirptrio replay vm1.journal\n"
+        "  slirptrio replay --from 50m --until 52m --pcap minute50.pcap vm1.journal",
     )
     rep.add_argument("journal", metavar="JOURNAL")
     rep.add_argument("--pcap", metavar="OUT", help="also export the window's frames to OUT")
@@ -31,27 +35,29 @@ def add_parser(sub: Subparsers) -> None:
 
 
 def command(args: argparse.Namespace, parser: Parser) -> int:
-    from replay.engine import EXIT_UNREADABLE, main, parse_target
+    from replay.engine import main, parse_target
     from slirptrio.journal import JournalError, open_journal
 
     setup_logging(args.verbose)
     start = until = None
-    if args.start is not None or args.until is not None:
+    try:
+        origin = open_journal(args.journal).header.origin_ns
+    except OSError as exc:
+        raise UserError(f"journal {describe(exc)}") from exc
+    except JournalError as exc:
+        text = str(exc)
+        raise UserError(f"journal {text}" if text.startswith(args.journal)
+                        else f"journal {args.journal}: {text}") from exc
+    for option, text in (("--from", args.start), ("--until", args.until)):
+        if text is None:
+            continue
         try:
-            origin = open_journal(args.journal).header.origin_ns
-        except (OSError, JournalError) as exc:
-            print(f"slirptrio replay: error: {exc}")
-            return EXIT_UNREADABLE
-        for option, text in (("--from", args.start), ("--until", args.until)):
-            if text is None:
-                continue
-            try:
-                target = parse_target(text, origin)
-            except ValueError as exc:
-                parser.error(f"argument {option}: {exc}")
-            if option == "--from":
-                start = target
-            else:
-                until = target
+            target = parse_target(text, origin)
+        except ValueError as exc:
+            parser.error(f"argument {option}: {exc}")
+        if option == "--from":
+            start = target
+        else:
+            until = target
     return main(args.journal, pcap_out=args.pcap, context=args.context, start=start,
                 until=until, progress=args.progress)

@@ -76,11 +76,16 @@ class Comparison:
     def same(self) -> bool:
         return not (self.differ or self.missing or self.new)
 
+    @property
+    def conflict(self) -> bool:
+        """Constants the journal recorded that this build has otherwise, or not at all.
+        (Constants new in this build are no conflict: the journal's core had no such thing.)"""
+        return bool(self.differ or self.missing)
+
     def describe(self) -> list[str]:
-        """One line per difference, for the replay report."""
+        """One line per conflicting constant, for the replay report."""
         lines = [f"{n}: journal {r!r}, this build {c!r}" for n, r, c in self.differ]
         lines += [f"{n}: recorded by the journal, unknown to this build" for n in self.missing]
-        lines += [f"{n}: new in this build (the journal does not record it)" for n in self.new]
         return lines
 
 
