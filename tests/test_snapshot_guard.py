@@ -109,9 +109,9 @@ def test_guard_catches_an_unslotted_record() -> None:
 
     Transfer.__module__ = "slirptrio.core.tftp"
     stack = rich_stack()
-    stack.tftp = {69: Transfer()}  # type: ignore[attr-defined]
+    stack.nfs = {2049: Transfer()}  # type: ignore[attr-defined]
     problems = uncovered(stack)
-    assert any("stack (Stack).tftp is not in its snapshot" in p for p in problems)
+    assert any("stack (Stack).nfs is not in its snapshot" in p for p in problems)
     assert any("(Transfer) has no snapshot method pair" in p for p in problems)
 
 
