@@ -27,11 +27,14 @@ import time
 
 import trio
 
+from slirptrio import __version__
 from slirptrio.config import parse_user_options
+from slirptrio.core import constants
 from slirptrio.core.stack import Stack
-from slirptrio.journal import Header, JournalWriter
+from slirptrio.journal import Header
+from slirptrio.journal.writer import Recorder
 from slirptrio.shell.flows import TcpFlows
-from slirptrio.shell.runtime import Recorder, Runtime
+from slirptrio.shell.runtime import Runtime
 from slirptrio.shell.transport import GuestPort, serve_stream
 from slirptrio.wire import fast
 from slirptrio.wire.tcp import ACK, FIN, PSH, SYN, build_tcp
@@ -106,10 +109,13 @@ async def main_async(round_trips: int, journal: bool, profile: bool, crr: bool) 
     tmp = tempfile.mkdtemp(prefix="slirptrio-rr-")
     config = parse_user_options("")
     stack = Stack(config, 1)
-    writer = JournalWriter.create(os.path.join(tmp, "j"), Header(1, config.to_dict(), 0)) \
-        if journal else None
-    pcap = open(os.path.join(tmp, "p"), "wb") if journal else None  # noqa: SIM115
-    recorder = Recorder(writer, pcap, 0)
+    header = Header(seed=1, config=config.to_dict(), origin_ns=0, version=__version__,
+                    constants=constants.gather())
+    recorder = Recorder.open(
+        header,
+        journal_dir=os.path.join(tmp, "j") if journal else None,
+        pcap_path=os.path.join(tmp, "p") if journal else None,
+    )
     port = GuestPort()
     runtime = Runtime(stack, port, recorder)
     flows = TcpFlows(runtime.inbox, batched=True)

@@ -29,12 +29,12 @@ from slirptrio.core.events import (
 )
 from slirptrio.core.stack import Stack
 from slirptrio.door import Door
-from slirptrio.journal import Header, JournalWriter
 from slirptrio.wire.ethernet import build_ethernet
 from slirptrio.wire.framing import split_run
 from slirptrio.wire.ipv4 import build_ipv4
 from slirptrio.wire.tcp import ACK, FIN, PSH, SYN, build_tcp, parse_tcp
 from tests import guestframes as gf
+from tests.journals import recording
 
 GUEST = socket.inet_aton("10.0.2.15")
 HOST = socket.inet_aton("10.0.2.2")
@@ -59,10 +59,14 @@ def _frames(effects: list[Effect]) -> list[bytes]:
 
 
 def record(path: str) -> tuple[int, dict[str, int]]:
-    """Record the session to ``path``; returns the number of door steps and the counters."""
+    """Record the session to the journal directory ``path``; returns the number of door steps
+    and the counters."""
     config = parse_user_options("mtu=4000")
-    writer = JournalWriter.create(path, Header(SEED, config.to_dict(), 1_700_000_000 * 10**9))
-    door = Door(Stack(config, SEED), writer.record)
+    with recording(path, config, SEED, stack=Stack(config, SEED)) as door:
+        return _session(door)
+
+
+def _session(door: Door) -> tuple[int, dict[str, int]]:
     now = 0
     credit = 0  # what the core lets the host side read
 
@@ -111,5 +115,4 @@ def record(path: str) -> tuple[int, dict[str, int]]:
     effects = step(GuestFrames(_run([_tcp(seq, rcv + 1, ACK | FIN)])))
     step(Tick())
     step(GuestLink(False))
-    writer.close()
     return door.seq, dict(door.stack.counters)

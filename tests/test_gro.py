@@ -15,6 +15,7 @@ from hypothesis import strategies as st
 
 from slirptrio.config import parse_user_options
 from slirptrio.core.events import (
+    CoreError,
     Effect,
     Event,
     FrameRuns,
@@ -236,3 +237,28 @@ def test_runs_carry_the_frames_single_effects_carry() -> None:
     assert host_effects(runs.out) == host_effects(per_frame.out)
     assert not any(isinstance(e, SendFrame) for e in runs.out)
     assert not any(isinstance(e, SendFrames) for e in per_frame.out)
+
+
+def test_a_bug_on_one_frame_of_a_burst_spares_the_others(monkeypatch: Any) -> None:
+    """A core exception while handling one frame of a burst is that frame's CoreError, in its
+    place; the other frames' effects are kept (the door would lose the whole burst)."""
+    g = Guest(bursts=True, runs=True)
+    original = Stack._arp
+
+    def arp(self: Stack, src_mac: bytes, payload: Any) -> None:
+        raise KeyError("injected")
+
+    monkeypatch.setattr(Stack, "_arp", arp)
+    effects = g.guest([
+        tcp(1001, g.isn[40000], ACK, b"before"),
+        gf.arp_request("10.0.2.2"),
+        tcp(1007, g.isn[40000], ACK, b"after"),
+    ])
+    monkeypatch.setattr(Stack, "_arp", original)
+    errors = [e for e in effects if isinstance(e, CoreError)]
+    assert errors == [CoreError("KeyError", "'injected'")]
+    assert g.to_host() == b"beforeafter"
+    assert g.stack.counters["core_exceptions"] == 1
+    # in its place: after what the first segment caused, before what the last one did
+    kinds = [type(e).__name__ for e in effects]
+    assert kinds.index("CoreError") > kinds.index("TcpSend")

@@ -12,6 +12,7 @@ the host-side socket a host event came from or an effect goes to.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, fields
 from typing import Any, ClassVar
 
@@ -359,6 +360,29 @@ class UdpFwdSend(Effect):
     peer_ip: str
     peer_port: int
     data: bytes
+
+
+# ---- recorder (tags 60-69)
+
+
+@dataclass(frozen=True, slots=True)
+class CoreError(Effect):
+    """The core raised ``type``: ``message`` while handling the event (a bug). It stands in
+    for the event's effects, which are lost (for a burst of guest frames: the effects of the
+    frame that raised, in its place); replay must raise the same at the same record."""
+
+    TAG: ClassVar[int] = 60
+    type: str
+    message: str
+
+
+_ADDRESS = re.compile(r"0x[0-9a-fA-F]{6,}")
+
+
+def error_message(exc: BaseException) -> str:
+    """An exception's message as journaled: object addresses blanked (they differ in replay),
+    at most 500 characters."""
+    return _ADDRESS.sub("0x?", str(exc))[:500]
 
 
 # ---- TFTP (tags 100-119)

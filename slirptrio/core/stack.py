@@ -33,11 +33,15 @@ import collections
 import dataclasses
 import logging
 from ipaddress import IPv4Address, IPv6Address, ip_address
+from typing import Any, ClassVar
 
 from slirptrio.config import Config
+from slirptrio.core import icmp, ipfrag, tcp, udp
+from slirptrio.core import snapshot as snap
 from slirptrio.core.dhcp import DhcpServer, Lease
 from slirptrio.core.dhcpv6 import Dhcpv6Server
 from slirptrio.core.events import (
+    CoreError,
     DnsUpstreams,
     Effect,
     Event,
@@ -67,6 +71,7 @@ from slirptrio.core.events import (
     UdpError,
     UdpInbound,
     UdpReceived,
+    error_message,
 )
 from slirptrio.core.icmp import IcmpEcho
 from slirptrio.core.info import FlowInfo
@@ -137,7 +142,16 @@ class Stack:
         self._loopback = config.hostloopback
         self._mtu = config.mtu
         self._guestfwd: dict[tuple[bytes, int], int] = {}
-        self._reasm = Reassembler(counters=self.counters)
+        # Limits and timeouts are read from the modules' constants here, not bound as default
+        # arguments, so that replay can build a core with a journal's recorded values
+        # (slirptrio.core.constants).
+        self._reasm = Reassembler(
+            max_datagrams=ipfrag.MAX_DATAGRAMS,
+            max_total_bytes=ipfrag.MAX_TOTAL_BYTES,
+            timeout_ns=ipfrag.TIMEOUT_NS,
+            max_fragments=ipfrag.MAX_FRAGMENTS,
+            counters=self.counters,
+        )
         self.udp = UdpNat(
             send_ip=self.send_ip,
             translate=self.translate,
@@ -150,6 +164,9 @@ class Stack:
             restrict=config.restrict,
             idle_timeout_ns=config.udp_timeout * 1_000_000_000,
             dns_idle_timeout_ns=config.dns_timeout * 1_000_000_000,
+            dns_timeout_ns=udp.DNS_QUERY_TIMEOUT_NS,
+            max_flows=udp.MAX_FLOWS,
+            max_dns_pending=udp.MAX_DNS_PENDING,
         )
         self.tcp = TcpNat(
             rng=self._rng,
@@ -161,6 +178,17 @@ class Stack:
             counters=self.counters,
             mtu=config.mtu,
             max_flows=config.max_flows,
+            max_half_open=tcp.MAX_HALF_OPEN,
+            buffer_size=tcp.BUFFER_SIZE,
+            rto_min_ns=tcp.RTO_MIN_NS,
+            delack_ns=tcp.DELACK_NS,
+            give_up_ns=tcp.GIVE_UP_NS,
+            syn_give_up_ns=tcp.SYN_GIVE_UP_NS,
+            fin_give_up_ns=tcp.FIN_GIVE_UP_NS,
+            time_wait_ns=tcp.TIME_WAIT_NS,
+            connect_timeout_ns=tcp.CONNECT_TIMEOUT_NS,
+            drain_timeout_ns=tcp.DRAIN_TIMEOUT_NS,
+            max_ooo_segments=tcp.MAX_OOO_SEGMENTS,
         )
         self.tftp = TftpServer(
             send_udp=self.udp.send_udp,
@@ -178,6 +206,8 @@ class Stack:
             rng=self._rng,
             counters=self.counters,
             restrict=config.restrict,
+            idle_timeout_ns=icmp.ECHO_IDLE_TIMEOUT_NS,
+            max_flows=icmp.MAX_ECHO_FLOWS,
         )
         # IPv6: the prefix, the virtual addresses and the router's link-local address.
         self._ipv4_on = config.ipv4
@@ -200,6 +230,67 @@ class Stack:
         self._dhcp6 = Dhcpv6Server(config, self._mac6, self.counters)
         if config.ipv6:
             self.udp.dns_ip6 = self._dns6
+
+    # --------------------------------------------------------------------------- snapshots
+
+    # The components with state of their own, each snapshotted under its attribute name.
+    # A new protocol module adds its attribute here (one line) and the method pair to its class.
+    _SNAPSHOT_COMPONENTS: ClassVar[tuple[str, ...]] = (
+        "_rng", "_dhcp", "_reasm", "udp", "tcp", "echo", "_ndp", "tftp",
+    )  # fmt: skip
+    _SNAPSHOT_WIRING: ClassVar[frozenset[str]] = frozenset({
+        "config", "seed", "_host_ip", "_dns_ip", "_net", "_netmask", "_net_broadcast",
+        "_our_mac", "_virtual_ips", "_loopback", "_mtu",
+        "_ipv4_on", "_ipv6_on", "_host6", "_dns6", "_ll6", "_net6", "_shift6", "_virtual6",
+        "_mac6", "_dhcp6",  # stateless DHCPv6: only wiring
+    })  # fmt: skip
+    # The effects list of the event being handled and the frames not yet in it: replaced or
+    # emptied at the start of every handle().
+    _SNAPSHOT_DERIVED: ClassVar[frozenset[str]] = frozenset({"_out", "_frames"})
+
+    def snapshot_state(self) -> dict[str, Any]:
+        """The whole core's state as plain data (see :mod:`slirptrio.core.snapshot`)."""
+        state: dict[str, Any] = {
+            "counters": dict(self.counters),
+            "guest_mac": self.guest_mac,
+            "_arp_table": [[ip, mac] for ip, mac in self._arp_table.items()],
+            "_ip_id": self._ip_id,
+            "_ip6_ident": self._ip6_ident,
+            "_next_flow": self._next_flow,
+            "_guestfwd": [[ip, port, fid] for (ip, port), fid in self._guestfwd.items()],
+            "_runs": self._runs,
+        }
+        for name in self._SNAPSHOT_COMPONENTS:
+            state[name] = getattr(self, name).snapshot_state()
+        return state
+
+    def restore_state(self, state: dict[str, Any]) -> None:
+        # The counters object is shared with every component: refill it, never replace it.
+        self.counters.clear()
+        self.counters.update(state["counters"])
+        self.guest_mac = state["guest_mac"]
+        self._arp_table = {ip: mac for ip, mac in state["_arp_table"]}
+        self._ip_id = state["_ip_id"]
+        self._ip6_ident = state["_ip6_ident"]
+        self._next_flow = state["_next_flow"]
+        self._guestfwd = {(ip, port): fid for ip, port, fid in state["_guestfwd"]}
+        self._runs = state.get("_runs", False)  # snapshots from before runs: one frame each
+        for name in self._SNAPSHOT_COMPONENTS:
+            getattr(self, name).restore_state(state[name])
+
+    def snapshot(self) -> dict[str, Any]:
+        """A snapshot of this stack that :meth:`from_snapshot` turns back into one."""
+        return {"version": snap.SNAPSHOT_VERSION, "seed": self.seed, "state": self.snapshot_state()}
+
+    @classmethod
+    def from_snapshot(cls, config: Config, snapshot: dict[str, Any]) -> Stack:
+        """A stack built with ``config`` that behaves as the one :meth:`snapshot` was taken of
+        (which must have had the same config)."""
+        if snapshot.get("version") != snap.SNAPSHOT_VERSION:
+            raise ValueError(f"unknown snapshot version {snapshot.get('version')!r}")
+        stack = cls(config, snapshot["seed"])
+        stack.restore_state(snapshot["state"])
+        return stack
 
     # ------------------------------------------------------------------------ public face
 
@@ -562,27 +653,35 @@ class Stack:
         mv: memoryview | None = None
         for item in wfast.gro_scan(run):
             kind = item[0]
-            if kind == wfast.KIND_TCP:
-                count = item[11]
-                fast_frames += count
-                if count > 1:
-                    counters["tcp_gro_merged"] += count - 1
-                    if item[10]:
-                        counters["tcp_gro_segments"] += count
-                self._learn(item[1], item[2])
-                self.tcp.segment(
-                    (item[2], item[4], item[3], item[5]),
-                    TcpSegment(item[4], item[5], item[6], item[7], item[8], item[9],
-                               payload=item[10]),
-                    now_ns,
-                    item[12],
-                )
-            elif kind == wfast.KIND_TRUNCATED:
-                self._drop("run_truncated", f"{item[2] - item[1]} bytes")
-            else:
-                if mv is None:
-                    mv = memoryview(run)
-                self._guest_frame(mv[item[1] : item[2]], now_ns)
+            try:
+                if kind == wfast.KIND_TCP:
+                    count = item[11]
+                    fast_frames += count
+                    if count > 1:
+                        counters["tcp_gro_merged"] += count - 1
+                        if item[10]:
+                            counters["tcp_gro_segments"] += count
+                    self._learn(item[1], item[2])
+                    self.tcp.segment(
+                        (item[2], item[4], item[3], item[5]),
+                        TcpSegment(item[4], item[5], item[6], item[7], item[8], item[9],
+                                   payload=item[10]),
+                        now_ns,
+                        item[12],
+                    )
+                elif kind == wfast.KIND_TRUNCATED:
+                    self._drop("run_truncated", f"{item[2] - item[1]} bytes")
+                else:
+                    if mv is None:
+                        mv = memoryview(run)
+                    self._guest_frame(mv[item[1] : item[2]], now_ns)
+            except Exception as exc:
+                # A bug, as the door would say, but the burst's other frames go on: their
+                # effects are kept, this frame's is a CoreError in its place.
+                counters["core_exceptions"] += 1
+                log.error("core raised %s on a frame of a burst (GuestFrames)",
+                          type(exc).__name__, exc_info=True)
+                self._emit(CoreError(type(exc).__name__, error_message(exc)))
         counters["frames_in"] += fast_frames
 
     def _guest_frame(self, frame: bytes | memoryview, now_ns: int) -> None:

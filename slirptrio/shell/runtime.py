@@ -8,12 +8,15 @@ step is in progress (a handler reporting ``TcpSent`` at once) is queued and step
 it, so steps never interleave and the journal's order is the order in which the core consumed
 them. After the last queued step the frames for a stream guest are written at once
 (:meth:`GuestPort.kick`), the ``after_burst`` hooks run (host sockets' pending data) and the
-journal and pcap go to the kernel.
+burst's journal records and pcap frames go to the writer thread
+(:mod:`slirptrio.journal.writer`).
 
 There is no queue and no door task to wake: an input costs its producer's own wakeup and
 nothing more. Backpressure is the producers' own pace: each steps what it read before it reads
-again. A handler or hook that raises is logged and counted (``dispatch_errors``); it never
-stops the door or the task that happened to step it.
+again; under the lossless journal policy ``await inbox.send`` also waits while the writer is
+behind its budget, so the guest and the host sockets wait for the disk. A handler or hook that
+raises is logged and counted (``dispatch_errors``); it never stops the door or the task that
+happened to step it.
 """
 
 from __future__ import annotations
@@ -21,116 +24,23 @@ from __future__ import annotations
 import collections
 import logging
 import math
-import os
 from collections.abc import Callable
-from typing import IO, Any
+from typing import Any
 
 import trio
 
-from slirptrio.core.events import (
-    Effect,
-    Event,
-    FrameRuns,
-    GuestFrame,
-    GuestFrames,
-    SendFrame,
-    SendFrames,
-    Tick,
-)
+from slirptrio.core.events import CoreError, Effect, Event, FrameRuns, SendFrame, SendFrames, Tick
 from slirptrio.core.stack import Stack
 from slirptrio.door import Door
-from slirptrio.journal import JournalWriter
+from slirptrio.journal.writer import Recorder
 from slirptrio.shell.inbox import Inbox
 from slirptrio.shell.transport import GuestPort
-from slirptrio.wire.pcap import PcapWriter
+
+__all__ = ["Recorder", "Runtime"]
 
 log = logging.getLogger("slirptrio.runtime")
 
 _MAX_DRAIN = 4096  # steps in one go before the pending queue is left to the timer task
-
-
-_IOV_MAX = 1024
-
-
-def _writev_to(fd: int) -> Callable[[list[bytes]], None]:
-    """Write buffers to ``fd`` with writev: straight from the frames, no joined copy."""
-
-    def write_parts(parts: list[bytes]) -> None:
-        for i in range(0, len(parts), _IOV_MAX):
-            chunk = parts[i : i + _IOV_MAX]
-            n = os.writev(fd, chunk)
-            total = sum(len(p) for p in chunk)
-            if n < total:  # a short write (rare): finish it the plain way
-                rest = memoryview(b"".join(chunk))[n:]
-                while rest:
-                    rest = rest[os.write(fd, rest) :]
-
-    return write_parts
-
-
-class Recorder:
-    """The door's sink: journal records and the pcap view of every frame in and out."""
-
-    def __init__(
-        self, journal: JournalWriter | None, pcap: IO[bytes] | None, origin_ns: int
-    ) -> None:
-        self.journal = journal
-        self._pcap_file = pcap
-        self._pcap: PcapWriter | None = None
-        if pcap is not None:
-            try:
-                write_parts: Callable[[list[bytes]], None] | None = _writev_to(pcap.fileno())
-            except (OSError, ValueError):  # not a real file (a test's BytesIO)
-                write_parts = None
-            self._pcap = PcapWriter(pcap, write_parts=write_parts)
-        self._origin_ns = origin_ns
-
-    def __call__(self, seq: int, t_ns: int, event: Event, effects: list[Effect]) -> None:
-        if self.journal is not None:
-            self.journal.record(seq, t_ns, event, effects)
-        pcap = self._pcap
-        if pcap is not None:
-            ts = self._origin_ns + t_ns
-            if type(event) is GuestFrame:
-                pcap.write(ts, event.data)
-            for eff in effects:
-                if type(eff) is SendFrame:
-                    pcap.write(ts, eff.data)
-
-    def flush(self) -> None:
-        if self.journal is not None:
-            self.journal.flush()
-        if self._pcap is not None:
-            self._pcap.flush()
-
-    def close(self) -> None:
-        if self.journal is not None:
-            self.journal.close()
-        if self._pcap is not None:
-            self._pcap.flush()
-        if self._pcap_file is not None:
-            self._pcap_file.close()
-
-
-def recording_sink(recorder: Recorder) -> Callable[[int, int, Event, list[Effect]], None]:
-    """The door's sink: ``recorder``, and the pcap view of runs, which the recorder only knows
-    as single frames (interim, until the flight recorder's writer takes runs)."""
-    pcap: PcapWriter | None = getattr(recorder, "_pcap", None)
-    origin: int = getattr(recorder, "_origin_ns", 0)
-    if pcap is None:
-        return recorder
-
-    def record(seq: int, t_ns: int, event: Event, effects: list[Effect]) -> None:
-        recorder(seq, t_ns, event, effects)
-        assert pcap is not None
-        ts = origin + t_ns
-        if type(event) is GuestFrames:
-            pcap.write_run(ts, event.data)
-        for eff in effects:
-            if type(eff) is SendFrames:
-                pcap.write_run(ts, eff.data)
-
-    return record
 
 
 class _Inbox:
@@ -143,7 +53,13 @@ class _Inbox:
         self._runtime.submit(event)
 
     async def send(self, event: Event, /) -> None:
-        self._runtime.submit(event)
+        runtime = self._runtime
+        runtime.submit(event)
+        recorder = runtime.recorder
+        if recorder is not None and recorder.backlogged:
+            # Lossless journal behind its budget: this producer reads no more until it catches up.
+            await trio.to_thread.run_sync(recorder.wait_writable, abandon_on_cancel=True)
+            return
         # A cancellation point, as a channel's send is; no schedule point: the caller's next
         # await (its socket read) is one.
         await trio.lowlevel.checkpoint_if_cancelled()
@@ -161,9 +77,12 @@ class Runtime:
         self.stack = stack
         self.port = port
         self.recorder = recorder
-        self.door = Door(stack, None if recorder is None else recording_sink(recorder))
+        self.door = Door(stack, recorder)
+        if recorder is not None:
+            recorder.attach(self.door.snapshot)
         self.inbox: Inbox = _Inbox(self)
-        self.handlers: dict[type[Effect], Callable[[Any], None]] = {}
+        # The door has logged a core exception already; there is nothing to do for it.
+        self.handlers: dict[type[Effect], Callable[[Any], None]] = {CoreError: lambda _e: None}
         self.after_burst: list[Callable[[], None]] = []  # called after each burst of steps
         self.dispatch_errors = 0
         self._pending: collections.deque[Event] = collections.deque()
@@ -213,13 +132,7 @@ class Runtime:
                     self.dispatch_errors += 1
                     log.exception("after-burst hook %r failed", hook)
         if self.recorder is not None:
-            try:
-                self.recorder.flush()
-            except OSError:
-                # Whichever task stepped the burst must not pay for the disk (the guest's
-                # connection, a flow): the journal stays incomplete, as the log says.
-                self.dispatch_errors += 1
-                log.exception("writing the journal or pcap failed")
+            self.recorder.flush()  # to the writer thread; never fails here
         self._arm_timer(deadline, bool(pending))
 
     def _step(self, event: Event, now: int) -> None:
