@@ -562,6 +562,12 @@ class JournalRecorder:
     def writing(self) -> bool:
         return self._writing
 
+    @property
+    def behind(self) -> bool:
+        """Stopped because the writer fell behind (lossy): it resumes, naming the gap, once the
+        writer has caught up."""
+        return not self._writing and self._overflow
+
     def attach(self, snapshot: Callable[[], dict[str, Any]]) -> None:
         """Start the journal: ``snapshot()`` returns the door's state for a segment start."""
         self._snapshot = snapshot
@@ -773,4 +779,10 @@ class Recorder:
 
     def close(self) -> None:
         self.flush()
+        journal = self.journal
+        if journal is not None and journal.behind:
+            # Records were dropped and no burst came after the writer caught up: give it the
+            # time to, so the journal ends with a segment naming the gap, not silently short.
+            self.writer.wait_below(self.writer.budget // 2, timeout=30.0)
+            journal.flush()
         self.writer.close()
