@@ -42,6 +42,18 @@ entry. :class:`TcpReset` from the host closes the host side at once; the guest s
 the host bytes already queued here and then an RST instead of a FIN. A segment for no entry gets
 an RST as RFC 9293 prescribes (never in answer to an RST).
 
+Acceptability (RFC 9293 3.10.7.4)
+---------------------------------
+Every segment that is not acceptable and not a RST gets an ACK: keepalive probes (empty, one
+below ``rcv_nxt``, or one old byte), window probes of every shape (empty below ``rcv_nxt``, one
+new byte into a closed window, empty at ``rcv_nxt`` while our window is closed), old duplicates
+and segments beyond the window. Answers to zero-length segments are rate-limited per entry
+(``OOW_ACK_INTERVAL_NS``, as Linux does) so a desynchronised peer cannot start an ACK storm.
+SYN together with FIN or RST comes from no real TCP: dropped unanswered (``tcp_bad_flags``).
+The urgent pointer is ignored (urgent bytes are ordinary data), so no value of it matters;
+option lists that lie about lengths end option parsing (:mod:`slirptrio.wire.tcp`); the guest's
+MSS is raised to ``MIN_SND_MSS`` and its window shift clamped to 14.
+
 Flow control and credit
 -----------------------
 Guest → host: we accept data inside the window we advertised; in-order bytes are passed on
@@ -118,6 +130,11 @@ _SEC = 1_000_000_000
 RTO_INITIAL_NS = _SEC
 RTO_MAX_NS = 60 * _SEC
 DEFAULT_MSS = 536  # RFC 9293: assumed when the SYN carries no MSS option
+MIN_SND_MSS = 48  # a smaller MSS from the guest is raised to this (Linux's tcp_min_snd_mss)
+OOW_ACK_INTERVAL_NS = 200 * _MS
+"""Least time between two ACKs answering unacceptable zero-length segments of one entry
+(keepalive and window probes, old duplicates): no ACK ping-pong with a desynchronised peer,
+and still an answer to every probe (a probe timer never runs below 200 ms)."""
 
 # Entry phases.
 _SYN_SENT = -1  # our SYN to the guest is out (a forward into the guest)
@@ -173,6 +190,7 @@ class _Conn:
         "iss",
         "key",
         "last_ns",
+        "last_oow_ack_ns",
         "ooo",
         "ooo_bytes",
         "persist_at",
@@ -213,6 +231,7 @@ class _Conn:
         self.phase = _PENDING
         self.host_open = True
         self.last_ns = 0
+        self.last_oow_ack_ns = -OOW_ACK_INTERVAL_NS  # when we last answered an unacceptable segment
         # guest -> host
         self.rcv_nxt = 0
         self.rcv_adv = 0  # highest right edge ever advertised
@@ -358,6 +377,11 @@ class TcpNat:
         """A TCP segment from the guest; raises MalformedFrame if it does not parse."""
         seg = parse_tcp(tcp, src4, dst4)
         self._now = now_ns
+        if seg.flags & SYN and seg.flags & (FIN | RST):
+            # No TCP sends these (scanners and fuzzers do); answering would only help them.
+            self.counters["tcp_bad_flags"] += 1
+            log.debug("dropped TCP segment with flags %#x", seg.flags)
+            return
         key = (src4, seg.sport, dst4, seg.dport)
         c = self._by_key.get(key)
         if c is None:
@@ -429,6 +453,12 @@ class TcpNat:
         self._rearm(c)
         return True
 
+    def _snd_mss(self, seg: TcpSegment) -> int:
+        """The segment size toward the guest: its MSS option (RFC 9293's 536 without one),
+        at most ours, and at least MIN_SND_MSS (an MSS of 1 would cost a frame per byte)."""
+        mss = seg.mss if seg.mss else DEFAULT_MSS
+        return min(max(mss, MIN_SND_MSS), self.mss)
+
     def _send_syn(self, c: _Conn) -> None:
         win = min(self.buffer_size, 0xFFFF)
         seg = build_tcp(
@@ -458,10 +488,7 @@ class TcpNat:
         c.rcv_nxt = c.rcv_acked = seg.seq + 1
         c.rcv_adv = c.rcv_nxt + min(self.buffer_size, 0xFFFF)
         c.snd_una = c.iss + 1
-        if seg.mss:
-            c.snd_mss = min(seg.mss, self.mss)
-        else:
-            c.snd_mss = min(DEFAULT_MSS, self.mss)
+        c.snd_mss = self._snd_mss(seg)
         if seg.wscale is not None:
             c.wscale_ok = True
             c.snd_wscale = seg.wscale
@@ -823,10 +850,7 @@ class TcpNat:
         c.snd_nxt = c.snd_max = iss
         c.buf_seq = iss + 1
         c.snd_right = iss + 1 + seg.window
-        if seg.mss:
-            c.snd_mss = min(seg.mss, self.mss)
-        else:
-            c.snd_mss = min(DEFAULT_MSS, self.mss)
+        c.snd_mss = self._snd_mss(seg)
         if seg.wscale is not None:
             c.wscale_ok = True
             c.snd_wscale = seg.wscale
@@ -932,6 +956,20 @@ class TcpNat:
         if not flags & ACK:
             counters["tcp_no_ack"] += 1
             return
+        plen = len(seg.payload)
+        if not plen and not flags & FIN:
+            # RFC 9293 3.10.7.4: a zero-length segment is acceptable at rcv_nxt, or inside a
+            # non-empty window; any other gets an ACK and is dropped. Keepalive probes (one
+            # below rcv_nxt) and Linux's window probes have this shape. While our window is
+            # closed, a zero-length segment at rcv_nxt may be a window probe too: answered.
+            wnd = c.rcv_adv - rcv_nxt
+            if seq != rcv_nxt and not (wnd > 0 and rcv_nxt < seq < rcv_nxt + wnd):
+                counters["tcp_unacceptable"] += 1
+                self._answer_probe(c, now_ns)
+                return
+            if wnd <= 0:
+                counters["tcp_window_probe"] += 1
+                self._answer_probe(c, now_ns)
         # --- ACK
         una = c.snd_una
         ack = una + (((seg.ack - una + _HALF) & _M) - _HALF)
@@ -939,7 +977,6 @@ class TcpNat:
             counters["tcp_ack_unsent"] += 1
             self._ack_now(c)
             return
-        plen = len(seg.payload)
         right = ack + (seg.window << c.snd_wscale)
         if ack > una:
             if not self._acked(c, ack, now_ns):
@@ -971,6 +1008,14 @@ class TcpNat:
             or c.snd_right <= nxt
         ):
             self._output(c, now_ns)
+
+    def _answer_probe(self, c: _Conn, now_ns: int) -> None:
+        """ACK a probe-shaped segment, at most once per OOW_ACK_INTERVAL_NS."""
+        if now_ns - c.last_oow_ack_ns < OOW_ACK_INTERVAL_NS:
+            self.counters["tcp_probe_ack_limited"] += 1
+            return
+        c.last_oow_ack_ns = now_ns
+        self._ack_now(c)
 
     def _acked(self, c: _Conn, ack: int, now_ns: int) -> bool:
         """New data acknowledged; False if the entry is gone as a result."""
