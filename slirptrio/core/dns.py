@@ -36,6 +36,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from slirptrio.core.events import Effect, UdpClose, UdpOpen, UdpSend
+from slirptrio.core.martian import is_loopback_host
 from slirptrio.core.prng import Prng
 from slirptrio.wire import MalformedFrame
 
@@ -234,6 +235,9 @@ class DnsRelay:
       counters: where ``dns_*`` counts go.
       dns_ip: the virtual DNS address (packed).
       enabled: False under restrict=on (queries are dropped, as libslirp does).
+      loopback_ok: False under hostloopback=off: upstreams on the host's own loopback
+        (127.0.0.53, ::1, 0.0.0.0) are left out, UDP and TCP alike, so the relay is no way
+        around the option; with none left the guest gets SERVFAIL.
       timeout_ns: how long a query may wait for its answer before the guest gets SERVFAIL.
       idle_timeout_ns: an upstream socket idle this long is closed.
       max_pending: queries in flight at once.
@@ -248,6 +252,7 @@ class DnsRelay:
         counters: collections.Counter[str],
         dns_ip: bytes,
         enabled: bool = True,
+        loopback_ok: bool = True,
         timeout_ns: int = 5_000_000_000,
         idle_timeout_ns: int = 10_000_000_000,
         max_pending: int = 256,
@@ -258,10 +263,12 @@ class DnsRelay:
         self.counters = counters
         self.dns_ip = dns_ip
         self.enabled = enabled
+        self.loopback_ok = loopback_ok
         self.timeout_ns = timeout_ns
         self.idle_timeout_ns = idle_timeout_ns
         self.max_pending = min(max_pending, 0x8000)
         self.upstreams: list[tuple[str, int]] | None = None  # None: not reported yet
+        self._reported: list[tuple[str, int]] | None = None  # as reported, before filtering
         self._open: dict[int, _Upstream] = {}  # upstream index -> its relay flow
         self._flow_index: dict[int, int] = {}  # relay flow -> upstream index
         self._pending: dict[int, _Pending] = {}  # upstream id -> query, oldest first
@@ -329,6 +336,17 @@ class DnsRelay:
     def set_upstreams(self, text: str, now_ns: int) -> list[Effect]:
         """A :class:`DnsUpstreams` report: switch to the new list if it differs."""
         servers = parse_upstreams(text)
+        if not self.loopback_ok:
+            kept = [(h, p) for h, p in servers if not is_loopback_host(h)]
+            if len(kept) < len(servers) and servers != self._reported:
+                self.counters["dns_upstream_loopback_skipped"] += 1
+                log.warning(
+                    "hostloopback=off: not using DNS upstream %s on the host's loopback%s",
+                    format_upstreams([s for s in servers if s not in kept]),
+                    "" if kept else "; give a reachable one with --dns-upstream",
+                )
+            self._reported = servers
+            servers = kept
         if servers == self.upstreams:
             return []
         log.info("DNS upstreams: %s", format_upstreams(servers) or "(none)")

@@ -44,6 +44,7 @@ from slirptrio.core.events import (
     IcmpUnavailable,
 )
 from slirptrio.core.info import FlowInfo
+from slirptrio.core.martian import BROADCAST, MULTICAST, classify_ipv4
 from slirptrio.core.prng import Prng
 from slirptrio.wire import icmp as wicmp
 from slirptrio.wire.checksum import internet_checksum
@@ -294,7 +295,7 @@ class IcmpEcho:
             c["icmp_echo_unavailable"] += 1
             return []
         dst = hdr.dst
-        if dst[0] >= 224 or dst[0] == 0 or dst == b"\xff\xff\xff\xff":
+        if classify_ipv4(dst) in (MULTICAST, BROADCAST):  # other martians: translate says no
             c["icmp_echo_bad_destination"] += 1
             return []
         key = (hdr.src, ident, dst)

@@ -24,6 +24,7 @@ import logging
 from ipaddress import IPv4Address
 
 from slirptrio.config import Config
+from slirptrio.core import icmp as cicmp
 from slirptrio.core.dhcp import DhcpServer, Lease
 from slirptrio.core.events import (
     DnsUpstreams,
@@ -54,6 +55,7 @@ from slirptrio.core.events import (
 from slirptrio.core.icmp import IcmpEcho
 from slirptrio.core.info import FlowInfo
 from slirptrio.core.ipfrag import Reassembler, fragment
+from slirptrio.core.martian import ANSWERED, classify_ipv4
 from slirptrio.core.prng import Prng
 from slirptrio.core.tcp import TcpNat
 from slirptrio.core.udp import UdpNat
@@ -117,6 +119,7 @@ class Stack:
             dns_ip=self._dns_ip,
             net_broadcast=self._net_broadcast,
             restrict=config.restrict,
+            loopback_ok=bool(config.hostloopback),
             idle_timeout_ns=config.udp_timeout * 1_000_000_000,
             dns_idle_timeout_ns=config.dns_timeout * 1_000_000_000,
         )
@@ -246,11 +249,11 @@ class Stack:
         """Where a guest's connection to ``ip:port`` goes on the host, or None if nowhere.
 
         Addresses inside the virtual network are aliases of the host (libslirp): they lead to
-        ``hostloopback`` (127.0.0.1); TCP to ``dns:53`` goes to the DNS upstream.
+        ``hostloopback`` (127.0.0.1), or nowhere with ``hostloopback=off``; TCP to ``dns:53``
+        goes to the DNS upstream. Martian addresses (:mod:`slirptrio.core.martian`) lead
+        nowhere: no guest destination reaches the host's loopback except through the aliases.
         """
         if self.config.restrict:
-            return None
-        if ip[0] == 0 or ip[0] >= 224 or ip == _LIMITED_BROADCAST:
             return None
         if self._in_net(ip):
             if ip == self._net_broadcast:
@@ -260,6 +263,8 @@ class Stack:
             if not self._loopback:
                 return None
             return self._loopback, port
+        if classify_ipv4(ip):
+            return None  # never the host's loopback, "this host", multicast or broadcast
         return address_str(ip), port
 
     def leases(self, now_ns: int) -> list[Lease]:
@@ -364,7 +369,17 @@ class Stack:
 
     def _ipv4(self, src_mac: bytes, payload: memoryview, now_ns: int) -> None:
         hdr, body = wip.parse_ipv4(payload)
-        self._learn(src_mac, hdr.src)
+        src, dst = hdr.src, hdr.dst
+        if classify_ipv4(src) and not self._in_net(src) and not (
+            src == _ZERO_IP and hdr.proto == wip.IPPROTO_UDP
+        ):
+            self._drop("martian_source", address_str(src))  # 0.0.0.0 only for DHCP
+            return
+        self._learn(src_mac, src)
+        reason = classify_ipv4(dst)
+        if reason and not self._in_net(dst) and not self._serves(hdr, body):
+            self._martian(hdr, body, reason)
+            return
         if hdr.mf or hdr.frag_offset:
             whole = self._reasm.add(hdr, body, now_ns)
             if whole is None:
@@ -380,6 +395,34 @@ class Stack:
             self.tcp.guest_segment(hdr.src, hdr.dst, body, now_ns)
         else:
             self._drop("ipv4_unknown_protocol", str(proto))
+
+    def _serves(self, hdr: wip.Ipv4Header, body: memoryview) -> bool:
+        """Whether a datagram to a martian address is for the stack itself: DHCP to the
+        limited broadcast (unfragmented; the UDP parser checks the rest)."""
+        return (
+            hdr.dst == _LIMITED_BROADCAST
+            and hdr.proto == wip.IPPROTO_UDP
+            and not (hdr.mf or hdr.frag_offset)
+            and len(body) >= 4
+            and (body[2] << 8 | body[3]) == DHCP_SERVER_PORT
+        )
+
+    def _martian(self, hdr: wip.Ipv4Header, body: memoryview, reason: str) -> None:
+        """Drop a datagram to a martian destination; answer "administratively prohibited"
+        where the guest expects an answer (unicast-looking destinations; not for fragments
+        past the first, ICMP other than echo requests, RSTs or a source of 0.0.0.0)."""
+        self._drop("martian_" + reason, address_str(hdr.dst))
+        if reason not in ANSWERED or hdr.frag_offset or hdr.src == _ZERO_IP:
+            return
+        proto = hdr.proto
+        if proto == wip.IPPROTO_ICMP and (not body or body[0] != wicmp.ECHO_REQUEST):
+            return
+        if proto == wip.IPPROTO_TCP and len(body) >= 14 and body[13] & 0x04:
+            return
+        self.counters["icmp_martian_unreachable"] += 1
+        quoted = cicmp.quote(hdr, len(body), body)
+        msg = cicmp.error_message(cicmp.DEST_UNREACH, cicmp.UNREACH_ADMIN, quoted)
+        self.send_ip(self._host_ip, hdr.src, wip.IPPROTO_ICMP, msg)
 
     def _udp(self, src_mac: bytes, hdr: wip.Ipv4Header, body: memoryview, now_ns: int) -> None:
         sport, dport, data = wudp.parse_udp(body, hdr.src, hdr.dst)

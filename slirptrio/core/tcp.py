@@ -117,6 +117,7 @@ from slirptrio.core.events import (
     TcpSent,
     TcpShutdown,
 )
+from slirptrio.core.martian import LOOPBACK, classify_ipv4
 from slirptrio.core.prng import Prng
 from slirptrio.wire.tcp import ACK, FIN, PSH, RST, SYN, TcpSegment, build_tcp, parse_tcp
 
@@ -824,8 +825,8 @@ class TcpNat:
     def _new(self, key: _Key, seg: TcpSegment, now_ns: int) -> None:
         counters = self.counters
         _, gport, dst_ip, dport = key
-        if gport == 0 or dport == 0 or dst_ip[0] == 0 or dst_ip[0] >= 224:
-            counters["tcp_bad_address"] += 1
+        if gport == 0 or dport == 0 or classify_ipv4(dst_ip) not in ("", LOOPBACK):
+            counters["tcp_bad_address"] += 1  # (loopback: translate refuses it, RST)
             return
         if len(self._by_flow) >= self.max_flows:
             counters["tcp_table_full"] += 1

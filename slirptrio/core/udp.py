@@ -48,6 +48,7 @@ from slirptrio.core.events import (
     UdpSend,
 )
 from slirptrio.core.info import FlowInfo
+from slirptrio.core.martian import classify_ipv4
 from slirptrio.core.prng import Prng
 from slirptrio.wire import udp as wudp
 
@@ -55,7 +56,6 @@ log = logging.getLogger("slirptrio.core.udp")
 
 IPPROTO_UDP = 17
 UDP_MAX_PAYLOAD = 65535 - 20 - 8
-_LIMITED_BROADCAST = b"\xff\xff\xff\xff"
 _NORMAL = 0
 _FAST = 1
 
@@ -107,6 +107,7 @@ class UdpNat:
       counters: where ``udp_*`` and ``dns_*`` counts go.
       host_ip, dns_ip, net_broadcast: the virtual addresses (packed).
       restrict: restrict=on: nothing is forwarded, not even DNS (libslirp drops it too).
+      loopback_ok: False under hostloopback=off (see :class:`DnsRelay`).
       idle_timeout_ns, dns_idle_timeout_ns: flow idle timeouts (port 53: the second).
       dns_timeout_ns: how long a relayed query waits before the guest gets SERVFAIL.
       max_flows, max_dns_pending: table bounds.
@@ -124,6 +125,7 @@ class UdpNat:
         dns_ip: bytes,
         net_broadcast: bytes,
         restrict: bool = False,
+        loopback_ok: bool = True,
         idle_timeout_ns: int = 240_000_000_000,
         dns_idle_timeout_ns: int = 10_000_000_000,
         dns_timeout_ns: int = 5_000_000_000,
@@ -153,6 +155,7 @@ class UdpNat:
             counters=counters,
             dns_ip=dns_ip,
             enabled=not restrict,
+            loopback_ok=loopback_ok,
             timeout_ns=dns_timeout_ns,
             idle_timeout_ns=dns_idle_timeout_ns,
             max_pending=max_dns_pending,
@@ -206,7 +209,7 @@ class UdpNat:
         if src[0] == 0 or src[0] >= 224 or src == self.net_broadcast:
             c["udp_bad_source"] += 1
             return []
-        if dst == _LIMITED_BROADCAST or 224 <= dst[0] < 240 or dst[0] == 0:
+        if classify_ipv4(dst) and not self._is_alias(dst):
             c["udp_not_forwarded"] += 1
             return []
         if sport == 0 or dport == 0:
@@ -218,6 +221,8 @@ class UdpNat:
         if f is None:
             f = self._open(key, out)
             if f is None:
+                if dst != self.net_broadcast:
+                    self._prohibited(hdr, segment)
                 return out
         else:
             self._lru[f.timer].move_to_end(f.flow)
@@ -351,6 +356,20 @@ class UdpNat:
         self.counters["udp_flows_opened"] += 1
         out.append(UdpOpen(f.flow, target[0], target[1]))
         return f
+
+    def _is_alias(self, ip: bytes) -> bool:
+        # Only the virtual addresses are known here; the Stack has already dropped every
+        # martian outside the virtual network, so this is the fallback for direct users.
+        return ip in (self.host_ip, self.dns_ip, self.net_broadcast)
+
+    def _prohibited(self, hdr: icmp.QuotedHeader, segment: bytes | memoryview) -> None:
+        """ICMP "administratively prohibited" for a datagram nothing may carry (the host
+        address under ``hostloopback=off``), from the address the guest wrote to."""
+        self.counters["udp_prohibited_icmp"] += 1
+        msg = icmp.error_message(
+            icmp.DEST_UNREACH, icmp.UNREACH_ADMIN, icmp.quote(hdr, len(segment), segment)
+        )
+        self._send_ip(hdr.dst, hdr.src, icmp.IPPROTO_ICMP, msg)
 
     def _closest_to_expiry(self) -> _Flow:
         heads = [next(iter(lru.values())) for lru in self._lru if lru]
