@@ -396,7 +396,7 @@ async def open_stack(
         os.makedirs(os.path.dirname(os.path.abspath(pcap_path)), exist_ok=True)
         pcap_file = open(pcap_path, "wb")  # noqa: SIM115 - closed by the recorder
     recorder = Recorder(writer, pcap_file, origin_ns)
-    port = tp.GuestPort()
+    port = tp.GuestPort(max_bytes=cfg.guest_queue_bytes())
     handle: SlirpStack | None = None
     try:
         runtime = Runtime(stack, port, recorder)

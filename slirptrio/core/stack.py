@@ -132,6 +132,7 @@ class Stack:
             counters=self.counters,
             mtu=config.mtu,
             max_flows=config.max_flows,
+            mem_budget=config.tcp_mem_budget(),
         )
         self.echo = IcmpEcho(
             send_ip=self.send_ip,
