@@ -14,6 +14,11 @@ whose lease expired or was released. An exhausted pool answers nothing (the clie
 * RELEASE frees the lease; DECLINE blocks the address for a lease time (someone else uses it);
 * INFORM   → ACK with the options and no address or lease time.
 
+Bounded bookkeeping: leases exist only for pool addresses, and the memory of each MAC's last
+address keeps the ``MAX_REMEMBERED_MACS`` most recently bound MACs. After an ACK,
+``last_bound`` tells the Stack which address was bound to which MAC and who held it before,
+so the flows of a guest whose address went to another MAC can be reset.
+
 Options (in this order): 53 type, 54 server id, 51 lease time, 1 mask, 3 router, 6 DNS,
 12 hostname, 15 domain, 26 MTU, 28 broadcast, 119 search list. Under ``restrict=on`` router and
 DNS are left out, as QEMU does. Replies go to ``ciaddr`` when the client has one, to the
@@ -36,6 +41,8 @@ _BROADCAST_MAC = b"\xff" * 6
 _ZERO = b"\x00\x00\x00\x00"
 _NS = 1_000_000_000
 _DECLINED = b""
+MAX_REMEMBERED_MACS = 4 * NUM_DHCP_CLIENTS
+"""MACs whose last address is remembered (to give it back); the least recently bound go first."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -71,8 +78,10 @@ class DhcpServer:
         ]
         self._leases: dict[bytes, Lease] = {}  # by address
         self._ever: set[bytes] = set()  # addresses ever bound (membership tests only)
-        self._last: dict[bytes, bytes] = {}  # each MAC's last address
+        self._last: dict[bytes, bytes] = {}  # each MAC's last address, least recent first
         self.counters: dict[str, int] = {}
+        # (address, MAC, previous holder's MAC or None) of the latest bind; the Stack takes it.
+        self.last_bound: tuple[bytes, bytes, bytes | None] | None = None
 
     def leases(self, now_ns: int) -> list[Lease]:
         """Leases held by a client and not expired, in pool order."""
@@ -114,9 +123,15 @@ class DhcpServer:
         for other, lease in list(self._leases.items()):
             if lease.mac == mac and other != ip:
                 del self._leases[other]
+        old = self._leases.get(ip)
+        previous = old.mac if old is not None and old.mac != _DECLINED else None
+        self.last_bound = (ip, mac, previous)
         self._leases[ip] = Lease(ip, mac, now_ns + DHCP_LEASE_TIME * _NS)
         self._ever.add(ip)
+        self._last.pop(mac, None)
         self._last[mac] = ip
+        if len(self._last) > MAX_REMEMBERED_MACS:
+            del self._last[next(iter(self._last))]
 
     # --------------------------------------------------------------------------- messages
 

@@ -363,6 +363,12 @@ class IcmpEcho:
         c["icmp_unknown_event"] += 1
         return []
 
+    def forget_guest(self, guest_ip: bytes | None) -> list[Effect]:
+        """Close the echo flows of the guest at ``guest_ip`` (None: of every guest)."""
+        gone = [f for f in self._lru.values() if guest_ip is None or f.guest_ip == guest_ip]
+        self.counters["icmp_guest_departed"] += len(gone)
+        return [self._close(f) for f in gone]
+
     def poll_at(self) -> int | None:
         """When the least recently used flow goes idle, or None."""
         for f in self._lru.values():

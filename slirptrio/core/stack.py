@@ -72,6 +72,10 @@ DHCP_SERVER_PORT = 67
 DHCP_CLIENT_PORT = 68
 _LIMITED_BROADCAST = b"\xff\xff\xff\xff"
 _ZERO_IP = b"\x00\x00\x00\x00"
+GUEST_GONE_TIMEOUT_NS = 60 * 1_000_000_000
+"""A guest whose link has been down this long without a frame is gone: its flows are reset."""
+ARP_TABLE_MAX = 256
+"""Guest addresses whose MAC is remembered (one guest uses one or a few)."""
 
 
 def virtual_mac(ip: bytes) -> bytes:
@@ -101,7 +105,8 @@ class Stack:
         self._virtual_ips = {self._host_ip, self._dns_ip}
         self._dhcp = DhcpServer(config)
         self.guest_mac: bytes | None = None
-        self._arp_table: dict[bytes, bytes] = {}
+        self._arp_table: dict[bytes, bytes] = {}  # guest address -> MAC, first seen first
+        self._link_down_at: int | None = None  # since when the guest's link is down
         self._ip_id = self._rng.next_u32() & 0xFFFF
         self._out: list[Effect] = []
         self._next_flow = 0
@@ -150,6 +155,7 @@ class Stack:
         out: list[Effect] = []
         self._out = out
         if type(event) is GuestFrame:
+            self._link_down_at = None
             self._guest_frame(event.data, now_ns)
         elif type(event) in _TCP_EVENTS:
             self.tcp.host_event(event, now_ns)
@@ -161,12 +167,22 @@ class Stack:
             out.extend(self.echo.host_event(event, now_ns))
         elif type(event) is Tick:
             self.counters["ticks"] += 1
+            if self._link_down_at is not None and (
+                now_ns >= self._link_down_at + GUEST_GONE_TIMEOUT_NS
+            ):
+                self._link_down_at = None
+                self._forget_guest(None, "the guest's link has been down too long")
             self._reasm.expire(now_ns)
             self.tcp.tick(now_ns)
             out.extend(self.udp.tick(now_ns))
             out.extend(self.echo.tick(now_ns))
         elif type(event) is GuestLink:
+            assert isinstance(event, GuestLink)
             self.counters["guest_link_up" if event.up else "guest_link_down"] += 1
+            if event.up:
+                self._link_down_at = None
+            elif self._link_down_at is None:
+                self._link_down_at = now_ns
         else:
             self.counters["unknown_event"] += 1
             log.warning("unhandled event %r", event)
@@ -174,10 +190,14 @@ class Stack:
 
     def poll_at(self) -> int | None:
         """The next time (ns) the core wants a :class:`Tick`, or None."""
+        gone_at = None
+        if self._link_down_at is not None:
+            gone_at = self._link_down_at + GUEST_GONE_TIMEOUT_NS
         times = [
             t
             for t in (
-                self.tcp.poll_at(), self._reasm.poll_at(), self.udp.poll_at(), self.echo.poll_at()
+                self.tcp.poll_at(), self._reasm.poll_at(), self.udp.poll_at(), self.echo.poll_at(),
+                gone_at,
             )
             if t is not None
         ]
@@ -344,7 +364,22 @@ class Stack:
     def _learn(self, mac: bytes, ip: bytes) -> None:
         self.guest_mac = mac
         if ip != _ZERO_IP and self._in_net(ip) and ip not in self._virtual_ips:
-            self._arp_table[ip] = mac
+            table = self._arp_table
+            if ip not in table and len(table) >= ARP_TABLE_MAX:
+                del table[next(iter(table))]
+                self.counters["arp_table_evicted"] += 1
+            table[ip] = mac
+
+    def _forget_guest(self, ip: bytes | None, why: str) -> None:
+        """Reset and free every flow of the guest at ``ip`` (None: all flows)."""
+        n = self.tcp.forget_guest(ip)
+        closes = self.udp.forget_guest(ip) + self.echo.forget_guest(ip)
+        self._out.extend(closes)
+        if n or closes:
+            log.info(
+                "%s: reset %d TCP and closed %d other flows of %s", why, n, len(closes),
+                "the guest" if ip is None else address_str(ip),
+            )
 
     def _arp(self, src_mac: bytes, payload: memoryview) -> None:
         pkt = warp.parse_arp(payload)
@@ -439,6 +474,16 @@ class Stack:
 
     def _dhcp_request(self, src_mac: bytes, data: memoryview, now_ns: int) -> None:
         reply = self._dhcp.handle(data, src_mac, now_ns)
+        bound = self._dhcp.last_bound
+        if bound is not None:
+            self._dhcp.last_bound = None
+            ip, mac, previous = bound
+            if previous is None:
+                previous = self._arp_table.get(ip)
+            if previous is not None and previous != mac:
+                self.counters["dhcp_address_moved"] += 1
+                self._forget_guest(ip, f"{address_str(ip)} leased to {mac.hex(':')}")
+                self._arp_table.pop(ip, None)
         if reply is None:
             self.counters["dhcp_no_reply"] += 1
             return

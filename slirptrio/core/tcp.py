@@ -591,6 +591,19 @@ class TcpNat:
             self._commit(c)
             self._rearm(c)
 
+    def forget_guest(self, guest_ip: bytes | None) -> int:
+        """The guest at ``guest_ip`` (None: every guest) is gone: abort the host side of its
+        entries and free them, without a word to the guest (it is not there). DRAINING
+        entries keep delivering what the guest sent before it left. Returns how many."""
+        gone = [
+            c for c in self._by_flow.values()
+            if c.phase != _DRAINING and (guest_ip is None or c.guest_ip == guest_ip)
+        ]
+        for c in gone:
+            self._remove(c, abort=True)
+        self.counters["tcp_guest_departed"] += len(gone)
+        return len(gone)
+
     def owns(self, flow: int) -> bool:
         """Whether ``flow`` is one of our entries."""
         return flow in self._by_flow

@@ -303,6 +303,12 @@ class UdpNat:
         c["udp_unknown_event"] += 1
         return []
 
+    def forget_guest(self, guest_ip: bytes | None) -> list[Effect]:
+        """Close the flows of the guest at ``guest_ip`` (None: of every guest): it is gone."""
+        gone = [f for f in self._by_id.values() if guest_ip is None or f.guest_ip == guest_ip]
+        self.counters["udp_guest_departed"] += len(gone)
+        return [self._close(f) for f in gone]
+
     def poll_at(self) -> int | None:
         """The next flow expiry or DNS deadline, or None."""
         t = self.dns.poll_at()
