@@ -221,6 +221,12 @@ def test_hostloopback_off_refuses_every_alias() -> None:
     assert stack.handle(GuestFrame(udp_frame("10.0.2.255", 9)), 0) == []
 
 
+def test_tcp_to_the_network_broadcast_is_dropped_unanswered() -> None:
+    stack = make()
+    assert stack.handle(GuestFrame(tcp_frame("10.0.2.255")), 0) == []
+    assert stack.counters["drop_tcp_broadcast"] == 1 and len(stack.tcp) == 0
+
+
 def test_default_hostloopback_is_the_one_way_to_the_host_loopback() -> None:
     stack = make()
     effects = stack.handle(GuestFrame(tcp_frame("10.0.2.2", 22)), 0)

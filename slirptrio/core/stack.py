@@ -428,6 +428,9 @@ class Stack:
         elif proto == wip.IPPROTO_ICMP:
             self._icmp(hdr, body, now_ns)
         elif proto == wip.IPPROTO_TCP:
+            if hdr.dst == self._net_broadcast:
+                self._drop("tcp_broadcast")  # no connection to a broadcast, and no RST from one
+                return
             self.tcp.guest_segment(hdr.src, hdr.dst, body, now_ns)
         else:
             self._drop("ipv4_unknown_protocol", str(proto))
