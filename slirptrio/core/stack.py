@@ -476,6 +476,7 @@ class Stack:
         self._out.extend(self.udp.guest_datagram(hdr, sport, dport, data, body, now_ns))
 
     def _dhcp_request(self, src_mac: bytes, data: memoryview, now_ns: int) -> None:
+        self._dhcp.last_bound = None
         reply = self._dhcp.handle(data, src_mac, now_ns)
         bound = self._dhcp.last_bound
         if bound is not None:
