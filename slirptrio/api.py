@@ -26,7 +26,7 @@ import os
 import secrets
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
-from ipaddress import IPv4Address
+from ipaddress import IPv4Address, IPv6Address, ip_address
 from typing import Any
 
 import trio
@@ -42,6 +42,7 @@ from slirptrio.journal import Header, JournalWriter
 from slirptrio.shell import control
 from slirptrio.shell import transport as tp
 from slirptrio.shell.datagrams import Datagrams
+from slirptrio.shell.descriptors import fit_max_flows
 from slirptrio.shell.flows import TcpFlows
 from slirptrio.shell.forwards import ForwardError, Forwards
 from slirptrio.shell.runtime import Recorder, Runtime
@@ -72,6 +73,8 @@ class StackStatistics:
     journal_records: int
     frames_dropped_toward_guest: int
     guest_attached: bool
+    frames_from_strangers: int = 0
+    """Datagrams to a ``-netdev dgram`` transport from anybody but its peer (dropped)."""
 
 
 class SlirpStack:
@@ -117,7 +120,9 @@ class SlirpStack:
         """Listen for QEMU's ``-netdev stream`` client at ``unix:PATH`` or ``tcp:HOST:PORT``.
 
         Returns once listening, with the ``-netdev`` argument QEMU needs. One guest at a time;
-        after a disconnect the next connection is accepted and the stack's state kept.
+        after a disconnect the next connection is accepted and the stack's state kept. A unix
+        socket is created 0600; a stale socket file is replaced, a live one (another stack's)
+        is not. Raises :exc:`OSError` (naming the address) when it cannot listen.
         """
         self._claim_transport()
         addr = tp.Address.parse(address, ("unix", "tcp"))
@@ -138,15 +143,22 @@ class SlirpStack:
 
     async def dgram_qemu(self, local: str, remote: str) -> str:
         """Exchange frames with QEMU's ``-netdev dgram``: bind ``local``, send to ``remote``
-        (each ``unix:PATH`` or ``udp:HOST:PORT``). Returns the ``-netdev`` argument."""
+        (each ``unix:PATH`` or ``udp:HOST:PORT``). Returns the ``-netdev`` argument.
+
+        Only datagrams from ``remote`` are taken; others are dropped and counted
+        (``statistics().frames_from_strangers``). A unix ``local`` is created 0600."""
         self._claim_transport()
         kinds = ("unix", "udp")
         laddr, raddr = tp.Address.parse(local, kinds), tp.Address.parse(remote, kinds)
+        try:
+            peer = await tp.PeerFilter.resolve(raddr)
+        except OSError as exc:
+            raise OSError(exc.errno, f"cannot resolve {raddr}: {exc.strerror or exc}") from exc
         sock = await tp.open_dgram(laddr)
         if laddr.kind == "unix":
             self._cleanup.append(laddr.path)
         self._nursery.start_soon(
-            tp.run_dgram, sock, raddr, self._runtime.inbox, self._runtime.port
+            tp.run_dgram, sock, raddr, self._runtime.inbox, self._runtime.port, peer
         )
         return f"-netdev dgram,id=n0,{raddr.qemu('local')},{laddr.qemu('remote')}"
 
@@ -180,6 +192,7 @@ class SlirpStack:
             journal_records=journal.records if journal is not None else 0,
             frames_dropped_toward_guest=self._runtime.port.dropped,
             guest_attached=self._runtime.port.attached,
+            frames_from_strangers=self._runtime.port.foreign,
         )
 
     # ---------------------------------------------------------------------- control socket
@@ -202,6 +215,12 @@ class SlirpStack:
         """Active host forwards: rule → bound host port."""
         return self._forwards.host_rules()
 
+    def listeners(self) -> list[dict[str, Any]]:
+        """Every host forward's listener: ``rule``, ``proto``, bound ``addr`` and ``port``,
+        and ``state``: ``"listening"``, or ``"backing-off: EMFILE"`` (the errno) while it
+        cannot accept for want of file descriptors and retries."""
+        return self._forwards.listeners()
+
     async def add_guestfwd(self, rule: str) -> int:
         """Add a QEMU ``guestfwd`` rule (``tcp:10.0.2.100:80-tcp:127.0.0.1:8080``,
         ``...-unix:/path``, ``...-cmd:COMMAND``); return its id."""
@@ -217,15 +236,22 @@ class SlirpStack:
         DNS address. Returns the forward's id (for :meth:`remove_guestfwd`)."""
         addr, sep, port = address.rpartition(":")
         try:
-            ip = IPv4Address(addr)
+            ip = ip_address(addr[1:-1] if addr.startswith("[") else addr)
             nport = int(port)
         except ValueError:
-            raise ForwardError(f"{address!r}: expected ADDR:PORT") from None
+            raise ForwardError(f"{address!r}: expected ADDR:PORT or [IPV6]:PORT") from None
         cfg = self.config
-        if not sep or ip not in cfg.net or ip in (cfg.host, cfg.dns) or not 0 < nport < 65536:
-            raise ForwardError(f"{address!r}: must be an address:port inside {cfg.net}")
+        if isinstance(ip, IPv6Address):
+            inside = cfg.ipv6 and ip in cfg.ipv6_net and ip not in (cfg.ipv6_host, cfg.ipv6_dns)
+            net: object = cfg.ipv6_net
+            text = f"[{ip}]:{nport}"
+        else:
+            inside = ip in cfg.net and ip not in (cfg.host, cfg.dns)
+            net, text = cfg.net, f"{ip}:{nport}"
+        if not sep or not inside or not 0 < nport < 65536:
+            raise ForwardError(f"{address!r}: must be an address:port inside {net}")
         opener = self._forwards.handler_opener(handler)
-        return await self._forwards.add_guestfwd(f"{ip}:{nport}-handler", opener)
+        return await self._forwards.add_guestfwd(f"{text}-handler", opener)
 
     async def remove_guestfwd(self, fid: int) -> None:
         """Stop serving guest forward ``fid``; its open connections go on."""
@@ -288,9 +314,13 @@ class SlirpStack:
     async def serve_control(self, path: str) -> None:
         """Serve the JSON-lines control socket (:mod:`slirptrio.shell.control`) at ``path``.
 
-        Returns once listening; the socket file is removed when the stack closes.
+        Returns once listening; the socket file (0600) is removed when the stack closes. Only
+        clients of this process's uid, or root, are served (SO_PEERCRED).
         """
-        listener = await tp.open_listener(tp.Address("unix", path=path))
+        try:
+            listener = await tp.open_listener(tp.Address("unix", path=path))
+        except OSError as exc:
+            raise OSError(exc.errno, f"control socket: {exc.strerror or exc}") from exc
         self._cleanup.append(path)
         await self._nursery.start(control.serve_control, listener, self._control_handlers())
 
@@ -299,6 +329,7 @@ class SlirpStack:
             return {
                 "flows": [f.to_dict() for f in self.flows()],
                 "hostfwd": self.hostfwds(),
+                "forwards": self.listeners(),
             }
 
         async def leases(_req: dict[str, Any]) -> dict[str, Any]:
@@ -371,11 +402,16 @@ async def open_stack(
         /etc/resolv.conf.
       meta: extra JSON-able data for the journal header.
 
+    ``max-flows`` is lowered to what the process's RLIMIT_NOFILE allows (with a log line);
+    the command line raises the soft limit to the hard one first, an embedding program may
+    do the same (``slirptrio.shell.descriptors.raise_nofile_limit``).
+
     Raises:
       ConfigError: a bad option string.
       ValueError: a bad DNS upstream.
     """
     cfg = parse_user_options(config) if isinstance(config, str) else config
+    cfg = fit_max_flows(cfg)
     upstreams = [parse_upstream(u) for u in dns_upstreams] if dns_upstreams else None
     if seed is None:
         seed = secrets.randbits(63)

@@ -347,7 +347,8 @@ class TcpNat:
       translate: ``translate(dst4, dport) -> (host, port) | None`` (None: refused, RST).
       alloc_flow: returns a new flow id (shared with every other host flow).
       counters: where ``tcp_*`` counts go.
-      mtu: the guest link MTU; our MSS is ``mtu - 40``.
+      mtu: the guest link MTU; our MSS is ``mtu - 40`` (``mtu - 60`` over IPv6: addresses of
+        16 bytes make an IPv6 entry; everything else is the same).
       max_flows, max_half_open: table bounds.
       buffer_size: per direction and entry: receive window and send buffer.
       mem_budget: bytes all entries together may commit (None: no limit); see "Memory".
@@ -385,6 +386,7 @@ class TcpNat:
         self._alloc_flow = alloc_flow
         self.counters = counters
         self.mss = max(64, mtu - 40)
+        self.mss6 = max(64, mtu - 60)  # IPv6's fixed header is 20 bytes longer
         self.max_flows = max(1, max_flows)
         self.max_half_open = max(1, max_half_open)
         self.buffer_size = max(1, buffer_size)
@@ -503,17 +505,20 @@ class TcpNat:
         self._rearm(c)
         return True
 
-    def _snd_mss(self, seg: TcpSegment) -> int:
+    def _mss(self, c: _Conn) -> int:
+        return self.mss if len(c.guest_ip) == 4 else self.mss6
+
+    def _snd_mss(self, c: _Conn, seg: TcpSegment) -> int:
         """The segment size toward the guest: its MSS option (RFC 9293's 536 without one),
         at most ours, and at least MIN_SND_MSS (an MSS of 1 would cost a frame per byte)."""
         mss = seg.mss if seg.mss else DEFAULT_MSS
-        return min(max(mss, MIN_SND_MSS), self.mss)
+        return min(max(mss, MIN_SND_MSS), self._mss(c))
 
     def _send_syn(self, c: _Conn) -> None:
         win = min(self.buffer_size, 0xFFFF)
         seg = build_tcp(
             c.dst_ip, c.guest_ip, c.dst_port, c.guest_port, c.iss & _M, 0, SYN, win,
-            mss=self.mss, wscale=self.wscale,
+            mss=self._mss(c), wscale=self.wscale,
         )
         self._send_ip(c.dst_ip, c.guest_ip, IPPROTO_TCP, seg)
 
@@ -538,7 +543,7 @@ class TcpNat:
         c.rcv_nxt = c.rcv_acked = seg.seq + 1
         c.rcv_adv = c.rcv_nxt + min(self.buffer_size, 0xFFFF)
         c.snd_una = c.iss + 1
-        c.snd_mss = self._snd_mss(seg)
+        c.snd_mss = self._snd_mss(c, seg)
         if seg.wscale is not None:
             c.wscale_ok = True
             c.snd_wscale = seg.wscale
@@ -725,7 +730,7 @@ class TcpNat:
             c.rcv_nxt & _M,
             SYN | ACK,
             win,
-            mss=self.mss,
+            mss=self._mss(c),
             wscale=c.rcv_wscale if c.wscale_ok else None,
         )
         c.rcv_acked = c.rcv_nxt
@@ -893,8 +898,10 @@ class TcpNat:
     def _new(self, key: _Key, seg: TcpSegment, now_ns: int) -> None:
         counters = self.counters
         _, gport, dst_ip, dport = key
-        if gport == 0 or dport == 0 or classify_ipv4(dst_ip) not in ("", LOOPBACK):
-            counters["tcp_bad_address"] += 1  # (loopback: translate refuses it, RST)
+        if gport == 0 or dport == 0 or (
+            dst_ip[0] == 0xFF if len(dst_ip) == 16 else classify_ipv4(dst_ip) not in ("", LOOPBACK)
+        ):
+            counters["tcp_bad_address"] += 1  # (other martians: translate refuses them, RST)
             return
         if len(self._by_flow) >= self.max_flows:
             counters["tcp_table_full"] += 1
@@ -923,7 +930,7 @@ class TcpNat:
         c.snd_nxt = c.snd_max = iss
         c.buf_seq = iss + 1
         c.snd_right = iss + 1 + seg.window
-        c.snd_mss = self._snd_mss(seg)
+        c.snd_mss = self._snd_mss(c, seg)
         if seg.wscale is not None:
             c.wscale_ok = True
             c.snd_wscale = seg.wscale

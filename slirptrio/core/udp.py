@@ -14,8 +14,11 @@ address's mapping (host loopback) and the replies come from the host address. Th
 broadcast 255.255.255.255 and multicast are not forwarded (they would leak onto the host's
 networks) and are counted. Port 0 and non-unicast guest sources are dropped.
 
-``dns:53`` is the DNS relay (:class:`slirptrio.core.dns.DnsRelay`, owned here) rather than a
-NAT flow; other ports of ``dns`` go to ``translate`` like any address.
+``dns:53`` (and ``ipv6-dns`` port 53) is the DNS relay (:class:`slirptrio.core.dns.DnsRelay`,
+owned here) rather than a NAT flow; other ports of ``dns`` go to ``translate`` like any address.
+
+IPv6 flows work the same way with 16-byte addresses; there is no broadcast, multicast
+destinations stay on the link, and martian destinations are refused by ``translate``.
 
 Timers: a flow idle for ``idle_timeout_ns`` (libslirp's 240 s) is closed with
 :class:`UdpClose`; flows to port 53 anywhere use ``dns_idle_timeout_ns`` (libslirp's 10 s).
@@ -56,6 +59,8 @@ log = logging.getLogger("slirptrio.core.udp")
 
 IPPROTO_UDP = 17
 UDP_MAX_PAYLOAD = 65535 - 20 - 8
+UDP6_MAX_PAYLOAD = 65535 - 8  # the IPv6 payload length counts no fixed header
+_UNSPECIFIED6 = bytes(16)
 _NORMAL = 0
 _FAST = 1
 
@@ -106,6 +111,7 @@ class UdpNat:
       rng: the stack's PRNG.
       counters: where ``udp_*`` and ``dns_*`` counts go.
       host_ip, dns_ip, net_broadcast: the virtual addresses (packed).
+      dns_ip6: the virtual IPv6 DNS address (b"" without IPv6); its port 53 is the relay too.
       restrict: restrict=on: nothing is forwarded, not even DNS (libslirp drops it too).
       loopback_ok: False under hostloopback=off (see :class:`DnsRelay`).
       idle_timeout_ns, dns_idle_timeout_ns: flow idle timeouts (port 53: the second).
@@ -124,6 +130,7 @@ class UdpNat:
         host_ip: bytes,
         dns_ip: bytes,
         net_broadcast: bytes,
+        dns_ip6: bytes = b"",
         restrict: bool = False,
         loopback_ok: bool = True,
         idle_timeout_ns: int = 240_000_000_000,
@@ -139,6 +146,7 @@ class UdpNat:
         self.host_ip = host_ip
         self.dns_ip = dns_ip
         self.net_broadcast = net_broadcast
+        self.dns_ip6 = dns_ip6
         self.restrict = restrict
         self._timeouts = (idle_timeout_ns, dns_idle_timeout_ns)
         self.max_flows = max(1, max_flows)
@@ -192,8 +200,8 @@ class UdpNat:
         kept in part to quote in ICMP errors.
         """
         dst = hdr.dst
-        if dport == DNS_PORT and dst == self.dns_ip:
-            return self.dns.guest_query(hdr.src, sport, data, now_ns)
+        if dport == DNS_PORT and (dst == self.dns_ip or dst == self.dns_ip6):
+            return self.dns.guest_query(hdr.src, sport, data, now_ns, server_ip=dst)
         c = self.counters
         fwd = self._flows.get((hdr.src, sport, dst, dport))
         if fwd is not None and fwd.fwd is not None:
@@ -206,10 +214,19 @@ class UdpNat:
             c["udp_restricted"] += 1
             return []
         src = hdr.src
-        if src[0] == 0 or src[0] >= 224 or src == self.net_broadcast:
+        if len(src) == 16:
+            # IPv6: the guest's own unicast sources only; multicast stays on the link (other
+            # martian destinations are refused by translate).
+            if src[0] == 0xFF or src == _UNSPECIFIED6:
+                c["udp_bad_source"] += 1
+                return []
+            if dst[0] == 0xFF:
+                c["udp_not_forwarded"] += 1
+                return []
+        elif src[0] == 0 or src[0] >= 224 or src == self.net_broadcast:
             c["udp_bad_source"] += 1
             return []
-        if classify_ipv4(dst) and not self._is_alias(dst):
+        elif classify_ipv4(dst) and not self._is_alias(dst):
             c["udp_not_forwarded"] += 1
             return []
         if sport == 0 or dport == 0:
@@ -281,7 +298,7 @@ class UdpNat:
                     return self.dns.received(ev.flow, ev.data, now_ns)
                 c["udp_stale_event"] += 1
                 return []
-            if len(ev.data) > UDP_MAX_PAYLOAD:
+            if len(ev.data) > (UDP_MAX_PAYLOAD if len(f.guest_ip) == 4 else UDP6_MAX_PAYLOAD):
                 c["udp_too_big"] += 1
                 return []
             self._lru[f.timer].move_to_end(f.flow)
@@ -389,12 +406,11 @@ class UdpNat:
 
     def _error_to_guest(self, f: _Flow, ev: UdpError) -> None:
         c = self.counters
-        mapped = icmp.host_error(ev.errno, ev.origin, ev.icmp_type, ev.icmp_code, ev.info)
-        if mapped is None or f.hdr is None:
+        err = None
+        if f.hdr is not None:
+            err = icmp.error_for_guest(f.hdr, f.l4_len, f.head, ev, f.host, f.reply_src)
+        if err is None:
             c["udp_error_ignored"] += 1
             return
         c["udp_icmp_errors"] += 1
-        src = icmp.error_source(ev.offender, f.host, f.reply_src)
-        quoted = icmp.quote(f.hdr, f.l4_len, f.head)
-        msg = icmp.error_message(mapped[0], mapped[1], quoted, mapped[2])
-        self._send_ip(src, f.guest_ip, icmp.IPPROTO_ICMP, msg)
+        self._send_ip(err[0], f.guest_ip, err[1], err[2])

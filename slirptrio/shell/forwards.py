@@ -13,6 +13,12 @@ connections there with ``TcpConnect(flow, "guestfwd:FID", port)``; the flows mod
 registered target instead of a socket.
 
 Flows started here take ids from ``2**32`` up, a range the core never allocates.
+
+A host listener never ends by itself: when accepting fails (no descriptors left: EMFILE) it
+backs off and retries, and :meth:`Forwards.listeners` reports its state truthfully
+(``"listening"`` or ``"backing-off: EMFILE"``). A rule without a host address listens on every
+address of the host, as in QEMU; that is said in one log line, since it exposes the guest's
+port to the network. A unix socket forward is created 0600, like every socket of the stack.
 """
 
 from __future__ import annotations
@@ -42,12 +48,15 @@ from slirptrio.forward import (
     GuestFwd,
     HostFwd,
     RuleError,
+    fwd_key,
     hostfwd_key,
     parse_guestfwd,
     parse_hostfwd,
 )
 from slirptrio.shell import flows as fl
+from slirptrio.shell.descriptors import AcceptLoop
 from slirptrio.shell.pipe import PipeStream, pipe_pair
+from slirptrio.shell.transport import bind_unix
 
 log = logging.getLogger("slirptrio.forwards")
 
@@ -65,6 +74,17 @@ class _HostRule:
     port: int
     scope: trio.CancelScope
     raw: _socket.socket | None = None  # UDP rules: replies go out here, without waiting
+    acceptor: AcceptLoop | None = None  # TCP and unix rules
+
+    def info(self) -> dict[str, Any]:
+        rule = self.rule
+        return {
+            "rule": rule.text,
+            "proto": rule.proto,
+            "addr": rule.path if rule.proto == "unix" else rule.host_addr or "0.0.0.0",
+            "port": self.port,
+            "state": self.acceptor.state if self.acceptor is not None else "listening",
+        }
 
 
 class Forwards:
@@ -111,6 +131,11 @@ class Forwards:
         """Active host forwards: rule text → bound host port (0 for unix)."""
         return {r.rule.text: r.port for r in self._host.values()}
 
+    def listeners(self) -> list[dict[str, Any]]:
+        """Every host forward's listener: ``rule``, ``proto``, bound ``addr`` and ``port``,
+        and ``state`` (``"listening"``, or ``"backing-off: EMFILE"`` while it cannot accept)."""
+        return [r.info() for r in self._host.values()]
+
     async def add_hostfwd(self, text: str) -> int:
         """Bind and serve one ``hostfwd`` rule; return the bound host port (0 for unix)."""
         assert self._nursery is not None, "Forwards.run() is not running"
@@ -121,27 +146,39 @@ class Forwards:
         key = rule.key
         if rule.host_port and key in self._host:
             raise ForwardError(f"{key} is already forwarded")
+        # An IPv6 host address binds IPv6 only ("[::]" is every IPv6 address, "" every IPv4
+        # one, as QEMU), so the two can forward the same port side by side.
+        family = _socket.AF_INET6 if ":" in rule.host_addr else _socket.AF_INET
         try:
             raw: _socket.socket | None = None
             if rule.proto == "udp":
-                raw = _socket.socket(_socket.AF_INET, _socket.SOCK_DGRAM)
+                raw = _socket.socket(family, _socket.SOCK_DGRAM)
                 sock = trio.socket.from_stdlib_socket(raw)
+                if family == _socket.AF_INET6:
+                    sock.setsockopt(_socket.IPPROTO_IPV6, _socket.IPV6_V6ONLY, 1)
                 await sock.bind((rule.host_addr or "0.0.0.0", rule.host_port))
                 port = int(sock.getsockname()[1])
             elif rule.proto == "tcp":
-                sock = trio.socket.socket(_socket.AF_INET, _socket.SOCK_STREAM)
+                sock = trio.socket.socket(family, _socket.SOCK_STREAM)
                 sock.setsockopt(_socket.SOL_SOCKET, _socket.SO_REUSEADDR, 1)
+                if family == _socket.AF_INET6:
+                    sock.setsockopt(_socket.IPPROTO_IPV6, _socket.IPV6_V6ONLY, 1)
                 await sock.bind((rule.host_addr or "0.0.0.0", rule.host_port))
                 sock.listen(128)
                 port = int(sock.getsockname()[1])
             else:
-                sock = trio.socket.socket(_socket.AF_UNIX, _socket.SOCK_STREAM)
-                await sock.bind(rule.path)
+                sock = await bind_unix(rule.path, _socket.SOCK_STREAM)
                 sock.listen(128)
                 port = 0
         except OSError as exc:
             raise ForwardError(f"cannot bind {key}: {exc.strerror or exc}") from None
-        key = f"{rule.proto}:{rule.host_addr}:{port}" if rule.proto != "unix" else key
+        if rule.proto != "unix" and rule.host_addr in ("", "0.0.0.0", "::"):
+            log.warning(
+                "hostfwd %s: listening on every address of this host, so other machines can "
+                "reach the guest's port %d (give %s as the host address to keep it local)",
+                text, rule.guest_port, "[::1]" if rule.host_addr == "::" else "127.0.0.1",
+            )
+        key = fwd_key(rule.proto, rule.host_addr, port) if rule.proto != "unix" else key
         entry = _HostRule(rule, port, trio.CancelScope())
         self._host[key] = entry
         if rule.proto == "udp":
@@ -150,6 +187,7 @@ class Forwards:
             self._udp_by_fid[fid] = entry
             self._nursery.start_soon(self._serve_udp, entry, sock, fid)
         else:
+            entry.acceptor = AcceptLoop(sock, f"hostfwd {text}")
             self._nursery.start_soon(self._serve_stream, entry, sock)
         await self._inbox.send(HostFwdChange(text, port, True))
         log.info("hostfwd %s: listening on %s", text, key)
@@ -172,10 +210,12 @@ class Forwards:
 
     async def _serve_stream(self, entry: _HostRule, sock: trio.socket.SocketType) -> None:
         rule = entry.rule
+        acceptor = entry.acceptor
+        assert acceptor is not None
         with entry.scope, sock:
             try:
                 while True:
-                    conn, addr = await sock.accept()
+                    conn, addr = await acceptor.accept()
                     if rule.proto == "tcp":
                         conn.setsockopt(_socket.IPPROTO_TCP, _socket.TCP_NODELAY, 1)
                         peer_ip, peer_port = addr[0], addr[1]
@@ -186,8 +226,9 @@ class Forwards:
                     await self._inbox.send(
                         TcpInbound(flow, self._guest_ip(rule), rule.guest_port, peer_ip, peer_port)
                     )
-            except OSError as exc:
+            except OSError as exc:  # the socket itself is broken (EBADF and the like)
                 log.error("hostfwd %s: listener failed: %s", rule.text, exc)
+                acceptor.state = f"failed: {exc.strerror or exc}"
             finally:
                 if rule.proto == "unix":
                     with contextlib.suppress(OSError):
@@ -235,7 +276,7 @@ class Forwards:
             opener = _device_opener(rule.target)
         else:
             addr, _, port = text.partition("-")[0].rpartition(":")
-            rule = GuestFwd(addr, int(port), "handler", text)
+            rule = GuestFwd(addr.strip("[]"), int(port), "handler", text)
         fid = next(self._fids)
         self._guest[fid] = rule
         self._tcp.register_target(f"guestfwd:{fid}", opener)
@@ -271,7 +312,7 @@ def _device_opener(target: str) -> Callable[[], Awaitable[fl.HostEnd]]:
     if target.startswith("unix:"):
         return fl.unix_opener(target[5:])
     host, _, port = target[4:].rpartition(":")
-    return fl.tcp_opener(host, int(port))
+    return fl.tcp_opener(host.strip("[]"), int(port))
 
 
 __all__ = ["SHELL_FLOW_BASE", "ForwardError", "Forwards"]
