@@ -127,6 +127,7 @@ DESTS = [ip4(a) for a in (
     "239.255.255.250", "240.0.0.1", "255.255.255.255",
 )]
 COMMON = DESTS[:7]  # the ones that go somewhere
+TCP_DESTS = [d for d in COMMON if d != ip4("10.0.2.255")]
 
 
 # ----------------------------------------------------------------------------- frame building
@@ -747,12 +748,13 @@ class Session:
         conns = self.conns
         r = rng.random()
         if r < 0.12 or not conns:
-            dst = rng.choice([*COMMON, rng.choice(DESTS)])
+            dst = rng.choice(DESTS) if rng.random() < 0.1 else rng.choice(TCP_DESTS)
             c = GuestConn(self.mac(), self.guest_ip(), rng.randrange(1024, 65536), dst,
                           rng.choice((80, 22, 53, 8080, 0, 443)), rng.randrange(1 << 32), 0)
             c.nxt = c.iss + 1
-            if len(conns) < 64:
-                conns.append(c)
+            if len(conns) >= 64:  # make room: connections that went nowhere must not pile up
+                conns.pop(rng.randrange(len(conns)))
+            conns.append(c)
             flags = SYN if rng.random() < 0.9 else rng.choice((SYN | FIN, SYN | RST, SYN | ACK,
                                                                FIN, 0, 0xFF))
             seg = tcp(c.sport, c.dport, c.iss, 0, flags, rng.choice((64240, 0, 65535, 1)),
