@@ -38,9 +38,9 @@ import argparse
 import collections
 import errno as _errno
 import logging
-import os
 import random
 import resource
+import shutil
 import struct
 import sys
 import tempfile
@@ -88,8 +88,11 @@ from slirptrio.core.events import (
     decode_event,
 )
 from slirptrio.core.stack import Stack
-from slirptrio.journal import Header, JournalWriter, open_journal
+from slirptrio.door import Door
+from slirptrio.journal import open_journal
+from slirptrio.journal.writer import Recorder
 from slirptrio.wire.checksum import internet_checksum, pseudo_header_sum
+from tests.journals import header_for
 
 REPO = Path(__file__).resolve().parents[1]
 CAPTURES = REPO / "captures"
@@ -293,6 +296,7 @@ class Stats:
     counters: collections.Counter[str] = field(default_factory=collections.Counter)
     sessions: int = 0
     replayed: int = 0
+    segments: int = 0  # journal segments replayed, each from a snapshot after the first
     max_tcp: int = 0
     max_udp: int = 0
     max_mem_used: int = 0
@@ -322,19 +326,36 @@ def check_bounds(stack: Stack) -> None:
 # ----------------------------------------------------------------------------- the fuzzer
 
 
+class StrictDoor(Door):
+    """The door, except that an exception from the core is a finding: it propagates."""
+
+    def step(self, event: Event, now_ns: int) -> list[Effect]:
+        if now_ns < self.now_ns:
+            now_ns = self.now_ns
+        self.now_ns = now_ns
+        effects = self.stack.handle(event, now_ns)
+        if self.sink is not None:
+            self.sink(self.seq, now_ns, event, effects)
+        self.seq += 1
+        return effects
+
+
 class Session:
-    """One Stack, journaled as the door journals, driven by one protocol's generator."""
+    """One Stack behind a door that journals as the runtime's does (segments with snapshots
+    when ``journal_max`` bounds it), driven by one protocol's generator."""
 
     def __init__(self, rng: random.Random, protocol: str, config: str, journal: Path,
-                 seed: int) -> None:
+                 seed: int, journal_max: int | None = None) -> None:
         self.rng = rng
         self.protocol = protocol
         cfg = parse_user_options(config)
         self.stack = Stack(cfg, seed)
-        self.writer = JournalWriter.create(
-            str(journal), Header(seed=seed, config=cfg.to_dict(), origin_ns=0,
-                                 meta={"fuzz": protocol})
+        self.recorder = Recorder.open(
+            header_for(cfg, seed), journal_dir=str(journal), pcap_path=None,
+            journal_max=journal_max, pcap_max=None, threaded=False,
         )
+        self.door = StrictDoor(self.stack, self.recorder)
+        self.recorder.attach(self.door.snapshot)
         self.journal = journal
         self.now = 0
         self.seq = 0
@@ -350,14 +371,15 @@ class Session:
     # --- the door
     def step(self, event: Event) -> list[Effect]:
         try:
-            effects = self.stack.handle(event, self.now)
+            effects = self.door.step(event, self.now)
         except Exception:
-            self.writer.close()
+            self.recorder.close()
             print(f"fuzz: exception in Stack.handle; journal kept: {self.journal}",
                   file=sys.stderr)
             raise
-        self.writer.record(self.seq, self.now, event, effects)
         self.seq += 1
+        if self.seq % 64 == 0:
+            self.recorder.flush()  # between steps, as the runtime flushes after a burst
         self.observe(effects)
         return effects
 
@@ -876,14 +898,13 @@ class Session:
     # --- a whole session
     def play_capture(self, path: Path) -> None:
         """A recorded real session, verbatim: realistic state to fuzz from."""
-        with path.open("rb") as f:
-            for rec in open_journal(f).records:
-                ev = decode_event(rec.event)
-                self.now = max(self.now, rec.t_ns)
-                if isinstance(ev, GuestFrame):
-                    self.frame(ev.data)
-                else:
-                    self.step(ev)
+        for rec in open_journal(path).records:
+            ev = decode_event(rec.event)
+            self.now = max(self.now, rec.t_ns)
+            if isinstance(ev, GuestFrame):
+                self.frame(ev.data)
+            else:
+                self.step(ev)
 
     def run(self, frames: int, capture: Path | None) -> None:
         rng = self.rng
@@ -906,7 +927,7 @@ class Session:
         for _ in range(20):  # let timers run out
             self.advance()
         check_bounds(self.stack)
-        self.writer.close()
+        self.recorder.close()
 
 
 def cve_frames() -> dict[str, list[bytes]]:
@@ -974,9 +995,10 @@ def captures() -> list[Path]:
 
 
 def fuzz(protocol: str, frames: int, *, seed: int, session_frames: int = 5000,
-         replay_every: int = 1, stats: Stats | None = None, workdir: Path | None = None
-         ) -> Stats:
-    """Run ``frames`` guest frames of ``protocol`` in sessions of ``session_frames``."""
+         replay_every: int = 1, stats: Stats | None = None, workdir: Path | None = None,
+         ring_bytes: int = 4 << 20) -> Stats:
+    """Run ``frames`` guest frames of ``protocol`` in sessions of ``session_frames``; every
+    other session journals into a ring of ``ring_bytes`` (segments with snapshots)."""
     stats = stats if stats is not None else Stats()
     rng = random.Random(f"{seed}-{protocol}")
     caps = captures()
@@ -988,7 +1010,10 @@ def fuzz(protocol: str, frames: int, *, seed: int, session_frames: int = 5000,
             config = CONFIGS[index % len(CONFIGS)]
             path = Path(tmp) / f"{protocol}-{index}.journal"
             t0 = time.perf_counter()
-            s = Session(rng, protocol, config, path, seed=rng.randrange(1 << 62))
+            # Every other session in a bounded ring of segments, each starting with a snapshot:
+            # replay then starts from a restored core and checks the state at each boundary.
+            s = Session(rng, protocol, config, path, seed=rng.randrange(1 << 62),
+                        journal_max=ring_bytes if index % 2 else None)
             s.run(n, caps[index % len(caps)] if caps and index % 2 == 0 else None)
             stats.seconds[protocol] += time.perf_counter() - t0
             stats.frames[protocol] += s.frames
@@ -1001,17 +1026,17 @@ def fuzz(protocol: str, frames: int, *, seed: int, session_frames: int = 5000,
             stats.max_mem_used = max(stats.max_mem_used, s.stack.tcp.mem_used)
             stats.max_reasm_bytes = max(stats.max_reasm_bytes, s.stack._reasm.total_bytes)
             if index % replay_every == 0:
-                with path.open("rb") as f:
-                    result = replay_journal(f)
+                result = replay_journal(path)
                 if result.divergence is not None:
                     keep = Path(tempfile.gettempdir()) / path.name
-                    os.replace(path, keep)
+                    shutil.move(path, keep)
                     raise AssertionError(
                         f"fuzz session {protocol}#{index} ({config!r}) did not replay "
                         f"identical; journal kept at {keep}:\n{format_divergence(result)}"
                     )
                 stats.replayed += 1
-            path.unlink()
+                stats.segments += result.segments
+            shutil.rmtree(path)
             done += n
             index += 1
     return stats
@@ -1024,7 +1049,8 @@ def report(stats: Stats) -> Iterator[str]:
             yield (f"{p:6} {stats.frames[p]:>10} frames {stats.seconds[p]:8.1f} s "
                    f"{stats.frames[p] / max(stats.seconds[p], 1e-9):9.0f} frames/s")
     yield (f"total  {sum(stats.frames.values()):>10} frames, {stats.events} events, "
-           f"{stats.sessions} sessions ({stats.replayed} replayed identical), {total_s:.1f} s")
+           f"{stats.sessions} sessions ({stats.replayed} replayed identical, "
+           f"{stats.segments} segments), {total_s:.1f} s")
     rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     yield (f"peak RSS {rss / 1024:.1f} MiB; max TCP entries {stats.max_tcp}, UDP flows "
            f"{stats.max_udp}, TCP mem_used {stats.max_mem_used}, reassembly bytes "

@@ -5,8 +5,10 @@ Theory of operation
 ``Stack.handle(event, now_ns)`` is the only way anything happens. A guest frame is parsed
 (Ethernet → ARP | IPv4 → ICMP | UDP | TCP), answered or translated, and whatever must happen as a
 result comes back as a list of effects: frames for the guest (:class:`SendFrame`) and actions for
-the shell's host sockets. Host socket results come back in as events naming a flow. ``poll_at()``
-tells the shell when the next timer is due; the shell then delivers :class:`Tick`.
+the shell's host sockets. The stack's own services come before the NAT: DHCP, and TFTP on the
+host address port 69, IPv4 or IPv6 (:mod:`slirptrio.core.tftp`). Host socket results come back
+in as events naming a flow. ``poll_at()`` tells the shell when the next timer is due; the shell
+then delivers :class:`Tick`.
 
 The stack owns the virtual addresses (``host``: gateway and NAT source, ``dns``) and answers ARP
 for them with a MAC derived from the address (52:55:a.b.c.d, as libslirp). It learns the guest's
@@ -31,9 +33,11 @@ import collections
 import dataclasses
 import logging
 from ipaddress import IPv4Address, IPv6Address, ip_address
+from typing import Any, ClassVar
 
 from slirptrio.config import Config
-from slirptrio.core import icmp as cicmp
+from slirptrio.core import icmp, ipfrag, tcp, udp
+from slirptrio.core import snapshot as snap
 from slirptrio.core.dhcp import DhcpServer, Lease
 from slirptrio.core.dhcpv6 import Dhcpv6Server
 from slirptrio.core.events import (
@@ -57,6 +61,8 @@ from slirptrio.core.events import (
     TcpInbound,
     TcpReset,
     TcpSent,
+    TftpChunk,
+    TftpOpened,
     Tick,
     UdpError,
     UdpInbound,
@@ -70,6 +76,7 @@ from slirptrio.core.martian6 import classify_ipv6
 from slirptrio.core.ndp import Ndp, link_local, virtual_mac6
 from slirptrio.core.prng import Prng
 from slirptrio.core.tcp import TcpNat
+from slirptrio.core.tftp import TFTP_PORT, TftpServer, TftpSessionInfo
 from slirptrio.core.udp import UdpNat
 from slirptrio.wire import MalformedFrame
 from slirptrio.wire import arp as warp
@@ -131,7 +138,16 @@ class Stack:
         self._loopback = config.hostloopback
         self._mtu = config.mtu
         self._guestfwd: dict[tuple[bytes, int], int] = {}
-        self._reasm = Reassembler(counters=self.counters)
+        # Limits and timeouts are read from the modules' constants here, not bound as default
+        # arguments, so that replay can build a core with a journal's recorded values
+        # (slirptrio.core.constants).
+        self._reasm = Reassembler(
+            max_datagrams=ipfrag.MAX_DATAGRAMS,
+            max_total_bytes=ipfrag.MAX_TOTAL_BYTES,
+            timeout_ns=ipfrag.TIMEOUT_NS,
+            max_fragments=ipfrag.MAX_FRAGMENTS,
+            counters=self.counters,
+        )
         self.udp = UdpNat(
             send_ip=self.send_ip,
             translate=self.translate,
@@ -145,6 +161,9 @@ class Stack:
             loopback_ok=bool(config.hostloopback),
             idle_timeout_ns=config.udp_timeout * 1_000_000_000,
             dns_idle_timeout_ns=config.dns_timeout * 1_000_000_000,
+            dns_timeout_ns=udp.DNS_QUERY_TIMEOUT_NS,
+            max_flows=udp.MAX_FLOWS,
+            max_dns_pending=udp.MAX_DNS_PENDING,
         )
         self.tcp = TcpNat(
             rng=self._rng,
@@ -156,6 +175,26 @@ class Stack:
             mtu=config.mtu,
             max_flows=config.max_flows,
             mem_budget=config.tcp_mem_budget(),
+            max_half_open=tcp.MAX_HALF_OPEN,
+            buffer_size=tcp.BUFFER_SIZE,
+            rto_min_ns=tcp.RTO_MIN_NS,
+            delack_ns=tcp.DELACK_NS,
+            give_up_ns=tcp.GIVE_UP_NS,
+            syn_give_up_ns=tcp.SYN_GIVE_UP_NS,
+            fin_give_up_ns=tcp.FIN_GIVE_UP_NS,
+            time_wait_ns=tcp.TIME_WAIT_NS,
+            connect_timeout_ns=tcp.CONNECT_TIMEOUT_NS,
+            drain_timeout_ns=tcp.DRAIN_TIMEOUT_NS,
+            max_ooo_segments=tcp.MAX_OOO_SEGMENTS,
+        )
+        self.tftp = TftpServer(
+            send_udp=self.udp.send_udp,
+            alloc_flow=self.alloc_flow,
+            counters=self.counters,
+            host_ip=self._host_ip,
+            mtu=config.mtu,
+            enabled=bool(config.tftp),
+            host_ip6=config.ipv6_host.packed if config.ipv6 else b"",
         )
         self.echo = IcmpEcho(
             send_ip=self.send_ip,
@@ -164,6 +203,8 @@ class Stack:
             rng=self._rng,
             counters=self.counters,
             restrict=config.restrict,
+            idle_timeout_ns=icmp.ECHO_IDLE_TIMEOUT_NS,
+            max_flows=icmp.MAX_ECHO_FLOWS,
         )
         # IPv6: the prefix, the virtual addresses and the router's link-local address.
         self._ipv4_on = config.ipv4
@@ -187,6 +228,66 @@ class Stack:
         if config.ipv6:
             self.udp.dns_ip6 = self._dns6
 
+    # --------------------------------------------------------------------------- snapshots
+
+    # The components with state of their own, each snapshotted under its attribute name.
+    # A new protocol module adds its attribute here (one line) and the method pair to its class.
+    _SNAPSHOT_COMPONENTS: ClassVar[tuple[str, ...]] = (
+        "_rng", "_dhcp", "_reasm", "udp", "tcp", "echo", "_ndp", "tftp",
+    )  # fmt: skip
+    _SNAPSHOT_WIRING: ClassVar[frozenset[str]] = frozenset({
+        "config", "seed", "_host_ip", "_dns_ip", "_net", "_netmask", "_net_broadcast",
+        "_our_mac", "_virtual_ips", "_loopback", "_mtu",
+        "_ipv4_on", "_ipv6_on", "_host6", "_dns6", "_ll6", "_net6", "_shift6", "_virtual6",
+        "_mac6", "_dhcp6",  # stateless DHCPv6: only wiring
+    })  # fmt: skip
+    # The effects list of the event being handled: replaced at the start of every handle().
+    _SNAPSHOT_DERIVED: ClassVar[frozenset[str]] = frozenset({"_out"})
+
+    def snapshot_state(self) -> dict[str, Any]:
+        """The whole core's state as plain data (see :mod:`slirptrio.core.snapshot`)."""
+        state: dict[str, Any] = {
+            "counters": dict(self.counters),
+            "guest_mac": self.guest_mac,
+            "_arp_table": [[ip, mac] for ip, mac in self._arp_table.items()],
+            "_ip_id": self._ip_id,
+            "_ip6_ident": self._ip6_ident,
+            "_next_flow": self._next_flow,
+            "_guestfwd": [[ip, port, fid] for (ip, port), fid in self._guestfwd.items()],
+            "_link_down_at": self._link_down_at,
+        }
+        for name in self._SNAPSHOT_COMPONENTS:
+            state[name] = getattr(self, name).snapshot_state()
+        return state
+
+    def restore_state(self, state: dict[str, Any]) -> None:
+        # The counters object is shared with every component: refill it, never replace it.
+        self.counters.clear()
+        self.counters.update(state["counters"])
+        self.guest_mac = state["guest_mac"]
+        self._arp_table = {ip: mac for ip, mac in state["_arp_table"]}
+        self._ip_id = state["_ip_id"]
+        self._ip6_ident = state["_ip6_ident"]
+        self._next_flow = state["_next_flow"]
+        self._guestfwd = {(ip, port): fid for ip, port, fid in state["_guestfwd"]}
+        self._link_down_at = state["_link_down_at"]
+        for name in self._SNAPSHOT_COMPONENTS:
+            getattr(self, name).restore_state(state[name])
+
+    def snapshot(self) -> dict[str, Any]:
+        """A snapshot of this stack that :meth:`from_snapshot` turns back into one."""
+        return {"version": snap.SNAPSHOT_VERSION, "seed": self.seed, "state": self.snapshot_state()}
+
+    @classmethod
+    def from_snapshot(cls, config: Config, snapshot: dict[str, Any]) -> Stack:
+        """A stack built with ``config`` that behaves as the one :meth:`snapshot` was taken of
+        (which must have had the same config)."""
+        if snapshot.get("version") != snap.SNAPSHOT_VERSION:
+            raise ValueError(f"unknown snapshot version {snapshot.get('version')!r}")
+        stack = cls(config, snapshot["seed"])
+        stack.restore_state(snapshot["state"])
+        return stack
+
     # ------------------------------------------------------------------------ public face
 
     def handle(self, event: Event, now_ns: int) -> list[Effect]:
@@ -204,6 +305,8 @@ class Stack:
             out.extend(self.udp.host_event(event, now_ns))
         elif type(event) in _ICMP_EVENTS:
             out.extend(self.echo.host_event(event, now_ns))
+        elif type(event) in _TFTP_EVENTS:
+            out.extend(self.tftp.host_event(event, now_ns))
         elif type(event) is Tick:
             self.counters["ticks"] += 1
             if self._link_down_at is not None and (
@@ -216,6 +319,7 @@ class Stack:
             self.tcp.tick(now_ns)
             out.extend(self.udp.tick(now_ns))
             out.extend(self.echo.tick(now_ns))
+            out.extend(self.tftp.tick(now_ns))
         elif type(event) is GuestLink:
             assert isinstance(event, GuestLink)
             self.counters["guest_link_up" if event.up else "guest_link_down"] += 1
@@ -237,7 +341,7 @@ class Stack:
             t
             for t in (
                 self.tcp.poll_at(), self._reasm.poll_at(), self.udp.poll_at(), self.echo.poll_at(),
-                self._ndp.poll_at(), gone_at,
+                self._ndp.poll_at(), self.tftp.poll_at(), gone_at,
             )
             if t is not None
         ]
@@ -381,6 +485,10 @@ class Stack:
             for f in self.tcp.flows(now_ns)
         ]
         return [*tcp, *self.udp.flows(now_ns), *self.echo.flows(now_ns)]
+
+    def tftp_sessions(self, now_ns: int) -> list[TftpSessionInfo]:
+        """The TFTP transfers in progress, for display (``info``)."""
+        return self.tftp.sessions(now_ns)
 
     def _emit(self, effect: Effect) -> None:
         self._out.append(effect)
@@ -594,8 +702,8 @@ class Stack:
         if proto == wip.IPPROTO_TCP and len(body) >= 14 and body[13] & 0x04:
             return
         self.counters["icmp_martian_unreachable"] += 1
-        quoted = cicmp.quote(hdr, len(body), body)
-        msg = cicmp.error_message(cicmp.DEST_UNREACH, cicmp.UNREACH_ADMIN, quoted)
+        quoted = icmp.quote(hdr, len(body), body)
+        msg = icmp.error_message(icmp.DEST_UNREACH, icmp.UNREACH_ADMIN, quoted)
         self.send_ip(self._host_ip, hdr.src, wip.IPPROTO_ICMP, msg)
 
     def _udp(self, src_mac: bytes, hdr: wip.Ipv4Header, body: memoryview, now_ns: int) -> None:
@@ -607,6 +715,10 @@ class Stack:
             return
         if dport in (DHCP_SERVER_PORT, DHCP_CLIENT_PORT):
             self._drop("udp_dhcp_elsewhere")
+            return
+        if dport == TFTP_PORT and hdr.dst == self._host_ip:
+            # Served here, as libslirp, restrict=on or not; never NATed to the host.
+            self._out.extend(self.tftp.guest_datagram(hdr.src, sport, data, now_ns))
             return
         self._out.extend(self.udp.guest_datagram(hdr, sport, dport, data, body, now_ns))
 
@@ -705,6 +817,9 @@ class Stack:
         if dport in (wdhcp6.SERVER_PORT, wdhcp6.CLIENT_PORT):
             self._drop("udp_dhcpv6_elsewhere")
             return
+        if dport == TFTP_PORT and hdr.dst == self._host6:
+            self._out.extend(self.tftp.guest_datagram(hdr.src, sport, data, now_ns))
+            return
         self._out.extend(self.udp.guest_datagram(hdr, sport, dport, data, body, now_ns))
 
     def _icmpv6(self, src_mac: bytes, hdr: wip6.Ipv6Header, body: memoryview, now_ns: int) -> None:
@@ -742,6 +857,7 @@ _FWD_EVENTS = (TcpInbound, UdpInbound, GuestFwdAdd, GuestFwdRemove, HostFwdChang
 _TCP_EVENTS = (TcpConnected, TcpConnectFailed, TcpData, TcpSent, TcpEof, TcpReset)
 _UDP_EVENTS = (UdpReceived, UdpError, DnsUpstreams)
 _ICMP_EVENTS = (IcmpEchoReply, IcmpEchoError, IcmpUnavailable)
+_TFTP_EVENTS = (TftpOpened, TftpChunk)
 
 
 def address_str(ip: bytes) -> str:
