@@ -105,6 +105,7 @@ CONFIGS = (
     "restrict=on,hostfwd=tcp::2222-:22",
     "mtu=576,guestfwd=tcp:10.0.2.100:80-cmd:cat",
     "mtu=65520,dnssearch=example.test,hostname=fuzz",
+    "tftp=/nonexistent-fuzz-root,bootfile=pxelinux.0,ipv6=off",
 )
 
 SEC = 1_000_000_000

@@ -62,15 +62,14 @@ def stop_and_replay(st: Slirptrio, relay: Relay) -> None:
 def host_targets(journal: Path) -> list[tuple[str, str]]:
     """Every host address the core asked the shell to reach: (effect, host)."""
     out = []
-    with journal.open("rb") as f:
-        for rec in open_journal(f).records:
-            for raw in rec.effects:
-                try:
-                    eff = decode_effect(raw)
-                except (ValueError, TypeError):
-                    continue
-                if isinstance(eff, TcpConnect | UdpOpen | IcmpEchoOpen):
-                    out.append((type(eff).__name__, eff.host))
+    for rec in open_journal(journal).records:
+        for raw in rec.effects:
+            try:
+                eff = decode_effect(raw)
+            except (ValueError, TypeError):
+                continue
+            if isinstance(eff, TcpConnect | UdpOpen | IcmpEchoOpen):
+                out.append((type(eff).__name__, eff.host))
     return out
 
 
