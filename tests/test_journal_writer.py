@@ -178,12 +178,16 @@ def test_slow_disk_lossy_drops_records_never_blocks(
         if i == 1500:
             disk.stall.set()  # and catches up
             assert rec.writer.wait_below(0, timeout=10)
-    assert time.monotonic() - t0 < 5, "the loop never waited for the disk"
+    # A hang detector, not a speed target: the disk took no write until record 1500, so a
+    # loop that waited for it would never have got there.
+    assert time.monotonic() - t0 < 60, "the loop never waited for the disk"
     rec.close()
     assert any("cannot keep up" in r.getMessage() for r in caplog.records)
     result = replay_journal(path)
-    assert result.identical and len(result.gaps) == 1
-    assert "could not keep up" in result.gaps[0].reason
+    # On a loaded machine the writer may fall behind again after the stall: more gaps are
+    # lossy behaviour too; the first one must cover the stall.
+    assert result.identical and result.gaps
+    assert result.gaps[0].after_seq < 1500 and "could not keep up" in result.gaps[0].reason
     assert result.last is not None and result.last.seq == 1999
 
 
