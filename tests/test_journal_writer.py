@@ -175,6 +175,10 @@ def test_slow_disk_lossy_drops_records_never_blocks(
         if i % 10 == 9:
             rec.flush()
             assert not rec.backlogged
+            if i > 1500:
+                # A disk that keeps up from now on: let the writer thread (which the GIL may
+                # starve on a loaded machine) drain every batch.
+                assert rec.writer.wait_below(0, timeout=10)
         if i == 1500:
             disk.stall.set()  # and catches up
             assert rec.writer.wait_below(0, timeout=10)
@@ -184,10 +188,8 @@ def test_slow_disk_lossy_drops_records_never_blocks(
     rec.close()
     assert any("cannot keep up" in r.getMessage() for r in caplog.records)
     result = replay_journal(path)
-    # On a loaded machine the writer may fall behind again after the stall: more gaps are
-    # lossy behaviour too; the first one must cover the stall.
-    assert result.identical and result.gaps
-    assert result.gaps[0].after_seq < 1500 and "could not keep up" in result.gaps[0].reason
+    assert result.identical and len(result.gaps) == 1
+    assert "could not keep up" in result.gaps[0].reason
     assert result.last is not None and result.last.seq == 1999
 
 
