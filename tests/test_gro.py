@@ -10,6 +10,7 @@ from __future__ import annotations
 import socket
 from typing import Any
 
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -262,3 +263,38 @@ def test_a_bug_on_one_frame_of_a_burst_spares_the_others(monkeypatch: Any) -> No
     # in its place: after what the first segment caused, before what the last one did
     kinds = [type(e).__name__ for e in effects]
     assert kinds.index("CoreError") > kinds.index("TcpSend")
+
+
+def _seg(dst: str, seq: int = 7, flags: int = SYN, payload: bytes = b"",
+         src: str = "10.0.2.15") -> bytes:
+    """A TCP segment without options (what the GRO path takes) between any two addresses."""
+    s, d = socket.inet_aton(src), socket.inet_aton(dst)
+    seg = build_tcp(s, d, 40001, 80, seq, 0 if flags == SYN else 5, flags, 0xFFFF, payload)
+    return build_ethernet(GW_MAC, gf.GUEST_MAC, 0x0800, build_ipv4(s, d, 6, seg, ident=9))
+
+
+@pytest.mark.parametrize(
+    ("options", "frames"),
+    [
+        ("", [_seg("127.0.0.1")]),
+        ("", [_seg("0.1.2.3"), _seg("0.1.2.3", 8, ACK, b"x" * 9),
+              _seg("0.1.2.3", 17, ACK | PSH, b"y" * 9)]),
+        ("", [_seg("224.0.0.9"), _seg("255.255.255.255"), _seg("240.0.0.1", 8, ACK, b"z")]),
+        ("", [_seg("10.0.2.255"), _seg("203.0.113.1", src="127.0.0.1")]),
+        ("", [_seg("203.0.113.1"), _seg("203.0.113.1", 8, ACK, b"a"), _seg("127.0.0.1")]),
+        ("ipv4=off,ipv6=on", [_seg("203.0.113.1")]),
+    ],
+)
+def test_a_burst_keeps_the_checks_before_tcp(options: str, frames: list[bytes]) -> None:
+    """Martian sources and destinations, the network's broadcast and ipv4=off hold for segments
+    that arrive in a burst exactly as for single frames: dropped, counted, answered alike."""
+    single = Stack(parse_user_options(options), 5)
+    burst = Stack(parse_user_options(options), 5)
+    one = [e for f in frames for e in single.handle(GuestFrame(f), 1000)]
+    many = burst.handle(GuestFrames(run_of(frames)), 1000)
+    assert frames_of(many) == frames_of(one)
+    assert host_effects(many) == host_effects(one)
+    assert len(burst.tcp) == len(single.tcp)
+    drops = {k: v for k, v in single.counters.items() if k.startswith("drop_")}
+    assert drops and drops == {k: v for k, v in burst.counters.items() if k.startswith("drop_")}
+    assert burst.counters["frames_in"] == single.counters["frames_in"] == len(frames)

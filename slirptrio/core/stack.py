@@ -76,6 +76,7 @@ from slirptrio.core.events import (
 from slirptrio.core.icmp import IcmpEcho
 from slirptrio.core.info import FlowInfo
 from slirptrio.core.ipfrag import Reassembler, fragment
+from slirptrio.core.martian import ANSWERED, classify_ipv4
 from slirptrio.core.martian6 import classify_ipv6
 from slirptrio.core.ndp import Ndp, link_local, virtual_mac6
 from slirptrio.core.prng import Prng
@@ -104,6 +105,10 @@ _ZERO_IP = b"\x00\x00\x00\x00"
 _UNSPECIFIED6 = bytes(16)
 _IP6_IDENT_SALT = 0x1D6F_7A3B_55C2_0E49  # a PRNG of its own: IPv6 must not shift IPv4's draws
 _MLD = (wicmp6.MLD_QUERY, wicmp6.MLD_REPORT, wicmp6.MLD_DONE, wicmp6.MLD2_REPORT)
+GUEST_GONE_TIMEOUT_NS = 60 * 1_000_000_000
+"""A guest whose link has been down this long without a frame is gone: its flows are reset."""
+ARP_TABLE_MAX = 256
+"""Guest addresses whose MAC is remembered (one guest uses one or a few)."""
 
 
 def virtual_mac(ip: bytes) -> bytes:
@@ -133,7 +138,8 @@ class Stack:
         self._virtual_ips = {self._host_ip, self._dns_ip}
         self._dhcp = DhcpServer(config)
         self.guest_mac: bytes | None = None
-        self._arp_table: dict[bytes, bytes] = {}
+        self._arp_table: dict[bytes, bytes] = {}  # guest address -> MAC, first seen first
+        self._link_down_at: int | None = None  # since when the guest's link is down
         self._ip_id = self._rng.next_u32() & 0xFFFF
         self._out: list[Effect] = []
         self._frames = bytearray()  # frames to the guest not yet turned into effects (a run)
@@ -162,6 +168,7 @@ class Stack:
             dns_ip=self._dns_ip,
             net_broadcast=self._net_broadcast,
             restrict=config.restrict,
+            loopback_ok=bool(config.hostloopback),
             idle_timeout_ns=config.udp_timeout * 1_000_000_000,
             dns_idle_timeout_ns=config.dns_timeout * 1_000_000_000,
             dns_timeout_ns=udp.DNS_QUERY_TIMEOUT_NS,
@@ -178,6 +185,7 @@ class Stack:
             counters=self.counters,
             mtu=config.mtu,
             max_flows=config.max_flows,
+            mem_budget=config.tcp_mem_budget(),
             max_half_open=tcp.MAX_HALF_OPEN,
             buffer_size=tcp.BUFFER_SIZE,
             rto_min_ns=tcp.RTO_MIN_NS,
@@ -259,6 +267,7 @@ class Stack:
             "_next_flow": self._next_flow,
             "_guestfwd": [[ip, port, fid] for (ip, port), fid in self._guestfwd.items()],
             "_runs": self._runs,
+            "_link_down_at": self._link_down_at,
         }
         for name in self._SNAPSHOT_COMPONENTS:
             state[name] = getattr(self, name).snapshot_state()
@@ -275,6 +284,7 @@ class Stack:
         self._next_flow = state["_next_flow"]
         self._guestfwd = {(ip, port): fid for ip, port, fid in state["_guestfwd"]}
         self._runs = state.get("_runs", False)  # snapshots from before runs: one frame each
+        self._link_down_at = state["_link_down_at"]
         for name in self._SNAPSHOT_COMPONENTS:
             getattr(self, name).restore_state(state[name])
 
@@ -301,8 +311,10 @@ class Stack:
         self._frames.clear()
         t = type(event)
         if t is GuestFrames:
+            self._link_down_at = None
             self._guest_frames(event.data, now_ns)  # type: ignore[attr-defined]
         elif t is GuestFrame:
+            self._link_down_at = None
             self._guest_frame(event.data, now_ns)  # type: ignore[attr-defined]
         elif t in _TCP_EVENTS:
             self.tcp.host_event(event, now_ns)
@@ -316,6 +328,11 @@ class Stack:
             self._emit_all(self.tftp.host_event(event, now_ns))
         elif t is Tick:
             self.counters["ticks"] += 1
+            if self._link_down_at is not None and (
+                now_ns >= self._link_down_at + GUEST_GONE_TIMEOUT_NS
+            ):
+                self._link_down_at = None
+                self._forget_guest(None, "the guest's link has been down too long")
             self._reasm.expire(now_ns)
             self._ndp.tick(now_ns)
             self.tcp.tick(now_ns)
@@ -323,7 +340,12 @@ class Stack:
             self._emit_all(self.echo.tick(now_ns))
             self._emit_all(self.tftp.tick(now_ns))
         elif t is GuestLink:
-            self.counters["guest_link_up" if event.up else "guest_link_down"] += 1  # type: ignore[attr-defined]
+            assert isinstance(event, GuestLink)
+            self.counters["guest_link_up" if event.up else "guest_link_down"] += 1
+            if event.up:
+                self._link_down_at = None
+            elif self._link_down_at is None:
+                self._link_down_at = now_ns
         elif t is FrameRuns:
             self._runs = event.on  # type: ignore[attr-defined]
         else:
@@ -336,9 +358,12 @@ class Stack:
     def poll_at(self) -> int | None:
         """The next time (ns) the core wants a :class:`Tick`, or None."""
         d = self.tcp.poll_at()
+        gone_at = None
+        if self._link_down_at is not None:
+            gone_at = self._link_down_at + GUEST_GONE_TIMEOUT_NS
         for t in (
             self._reasm.poll_at(), self.udp.poll_at(), self.echo.poll_at(), self._ndp.poll_at(),
-            self.tftp.poll_at(),
+            self.tftp.poll_at(), gone_at,
         ):
             if t is not None and (d is None or t < d):
                 d = t
@@ -427,15 +452,15 @@ class Stack:
         """Where a guest's connection to ``ip:port`` goes on the host, or None if nowhere.
 
         Addresses inside the virtual network are aliases of the host (libslirp): they lead to
-        ``hostloopback`` (127.0.0.1); TCP to ``dns:53`` goes to the DNS upstream. IPv6: see
-        :meth:`_translate6`.
+        ``hostloopback`` (127.0.0.1), or nowhere with ``hostloopback=off``; TCP to ``dns:53``
+        goes to the DNS upstream. Martian addresses (:mod:`slirptrio.core.martian`) lead
+        nowhere: no guest destination reaches the host's loopback except through the aliases.
+        IPv6: see :meth:`_translate6`.
         """
         if self.config.restrict:
             return None
         if len(ip) == 16:
             return self._translate6(ip, port)
-        if ip[0] == 0 or ip[0] >= 224 or ip == _LIMITED_BROADCAST:
-            return None
         if self._in_net(ip):
             if ip == self._net_broadcast:
                 return None
@@ -444,6 +469,8 @@ class Stack:
             if not self._loopback:
                 return None
             return self._loopback, port
+        if classify_ipv4(ip):
+            return None  # never the host's loopback, "this host", multicast or broadcast
         return address_str(ip), port
 
     def _translate6(self, ip: bytes, port: int) -> tuple[str, int] | None:
@@ -647,11 +674,21 @@ class Stack:
         (and a row of advancing pure ACKs into its last one), so a burst costs one TCP step,
         one ACK decision and one host send per flow. Other frames take the general path, in
         their place. All of it depends only on the run, so replay decides the same.
+
+        The general path's checks before TCP (IPv4 enabled, martian source or destination,
+        the network's broadcast) hold for a whole item only when its addresses pass them; a
+        run with any TCP item whose addresses do not is taken frame by frame, as without GRO.
         """
+        items = wfast.gro_scan(run)
+        for item in items:
+            if item[0] == wfast.KIND_TCP and not self._tcp_addresses_plain(item[2], item[3]):
+                self.counters["gro_runs_declined"] += 1
+                self._frames_one_by_one(run, now_ns)
+                return
         counters = self.counters
         fast_frames = 0
         mv: memoryview | None = None
-        for item in wfast.gro_scan(run):
+        for item in items:
             kind = item[0]
             try:
                 if kind == wfast.KIND_TCP:
@@ -683,6 +720,39 @@ class Stack:
                           type(exc).__name__, exc_info=True)
                 self._emit(CoreError(type(exc).__name__, error_message(exc)))
         counters["frames_in"] += fast_frames
+
+    def _tcp_addresses_plain(self, src: bytes, dst: bytes) -> bool:
+        """Whether :meth:`_ipv4` hands a TCP segment from ``src`` to ``dst`` to the TCP NAT
+        without a word (so the GRO path may too)."""
+        return (
+            self._ipv4_on
+            and (not classify_ipv4(src) or self._in_net(src))
+            and (not classify_ipv4(dst) or self._in_net(dst))
+            and dst != self._net_broadcast
+        )
+
+    def _frames_one_by_one(self, run: bytes, now_ns: int) -> None:
+        """Each frame of a run through the general path (a core exception is that frame's
+        CoreError, as in :meth:`_guest_frames`)."""
+        mv = memoryview(run)
+        n = len(mv)
+        off = 0
+        while off + 4 <= n:
+            length = int.from_bytes(mv[off : off + 4], "big")
+            start = off + 4
+            if length > n - start:
+                break
+            if length:
+                try:
+                    self._guest_frame(mv[start : start + length], now_ns)
+                except Exception as exc:
+                    self.counters["core_exceptions"] += 1
+                    log.error("core raised %s on a frame of a burst (GuestFrames)",
+                              type(exc).__name__, exc_info=True)
+                    self._emit(CoreError(type(exc).__name__, error_message(exc)))
+            off = start + length
+        if off < n:
+            self._drop("run_truncated", f"{n - off} bytes")
 
     def _guest_frame(self, frame: bytes | memoryview, now_ns: int) -> None:
         self.counters["frames_in"] += 1
@@ -717,7 +787,22 @@ class Stack:
     def _learn(self, mac: bytes, ip: bytes) -> None:
         self.guest_mac = mac
         if ip != _ZERO_IP and self._in_net(ip) and ip not in self._virtual_ips:
-            self._arp_table[ip] = mac
+            table = self._arp_table
+            if ip not in table and len(table) >= ARP_TABLE_MAX:
+                del table[next(iter(table))]
+                self.counters["arp_table_evicted"] += 1
+            table[ip] = mac
+
+    def _forget_guest(self, ip: bytes | None, why: str) -> None:
+        """Reset and free every flow of the guest at ``ip`` (None: all flows)."""
+        n = self.tcp.forget_guest(ip)
+        closes = self.udp.forget_guest(ip) + self.echo.forget_guest(ip)
+        self._emit_all(closes)
+        if n or closes:
+            log.info(
+                "%s: reset %d TCP and closed %d other flows of %s", why, n, len(closes),
+                "the guest" if ip is None else address_str(ip),
+            )
 
     def _arp(self, src_mac: bytes, payload: memoryview) -> None:
         pkt = warp.parse_arp(payload)
@@ -743,7 +828,17 @@ class Stack:
 
     def _ipv4(self, src_mac: bytes, payload: memoryview, now_ns: int) -> None:
         hdr, body = wip.parse_ipv4(payload)
-        self._learn(src_mac, hdr.src)
+        src, dst = hdr.src, hdr.dst
+        if classify_ipv4(src) and not self._in_net(src) and not (
+            src == _ZERO_IP and hdr.proto == wip.IPPROTO_UDP
+        ):
+            self._drop("martian_source", address_str(src))  # 0.0.0.0 only for DHCP
+            return
+        self._learn(src_mac, src)
+        reason = classify_ipv4(dst)
+        if reason and not self._in_net(dst) and not self._serves(hdr, body):
+            self._martian(hdr, body, reason)
+            return
         if hdr.mf or hdr.frag_offset:
             whole = self._reasm.add(hdr, body, now_ns)
             if whole is None:
@@ -756,9 +851,40 @@ class Stack:
         elif proto == wip.IPPROTO_ICMP:
             self._icmp(hdr, body, now_ns)
         elif proto == wip.IPPROTO_TCP:
+            if hdr.dst == self._net_broadcast:
+                self._drop("tcp_broadcast")  # no connection to a broadcast, and no RST from one
+                return
             self.tcp.guest_segment(hdr.src, hdr.dst, body, now_ns)
         else:
             self._drop("ipv4_unknown_protocol", str(proto))
+
+    def _serves(self, hdr: wip.Ipv4Header, body: memoryview) -> bool:
+        """Whether a datagram to a martian address is for the stack itself: DHCP to the
+        limited broadcast (unfragmented; the UDP parser checks the rest)."""
+        return (
+            hdr.dst == _LIMITED_BROADCAST
+            and hdr.proto == wip.IPPROTO_UDP
+            and not (hdr.mf or hdr.frag_offset)
+            and len(body) >= 4
+            and (body[2] << 8 | body[3]) == DHCP_SERVER_PORT
+        )
+
+    def _martian(self, hdr: wip.Ipv4Header, body: memoryview, reason: str) -> None:
+        """Drop a datagram to a martian destination; answer "administratively prohibited"
+        where the guest expects an answer (unicast-looking destinations; not for fragments
+        past the first, ICMP other than echo requests, RSTs or a source of 0.0.0.0)."""
+        self._drop("martian_" + reason, address_str(hdr.dst))
+        if reason not in ANSWERED or hdr.frag_offset or hdr.src == _ZERO_IP:
+            return
+        proto = hdr.proto
+        if proto == wip.IPPROTO_ICMP and (not body or body[0] != wicmp.ECHO_REQUEST):
+            return
+        if proto == wip.IPPROTO_TCP and len(body) >= 14 and body[13] & 0x04:
+            return
+        self.counters["icmp_martian_unreachable"] += 1
+        quoted = icmp.quote(hdr, len(body), body)
+        msg = icmp.error_message(icmp.DEST_UNREACH, icmp.UNREACH_ADMIN, quoted)
+        self.send_ip(self._host_ip, hdr.src, wip.IPPROTO_ICMP, msg)
 
     def _udp(self, src_mac: bytes, hdr: wip.Ipv4Header, body: memoryview, now_ns: int) -> None:
         sport, dport, data = wudp.parse_udp(body, hdr.src, hdr.dst)
@@ -777,7 +903,18 @@ class Stack:
         self._emit_all(self.udp.guest_datagram(hdr, sport, dport, data, body, now_ns))
 
     def _dhcp_request(self, src_mac: bytes, data: memoryview, now_ns: int) -> None:
+        self._dhcp.last_bound = None
         reply = self._dhcp.handle(data, src_mac, now_ns)
+        bound = self._dhcp.last_bound
+        if bound is not None:
+            self._dhcp.last_bound = None
+            ip, mac, previous = bound
+            if previous is None:
+                previous = self._arp_table.get(ip)
+            if previous is not None and previous != mac:
+                self.counters["dhcp_address_moved"] += 1
+                self._forget_guest(ip, f"{address_str(ip)} leased to {mac.hex(':')}")
+                self._arp_table.pop(ip, None)
         if reply is None:
             self.counters["dhcp_no_reply"] += 1
             return

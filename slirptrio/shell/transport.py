@@ -80,7 +80,8 @@ class Address:
 
 
 class GuestPort:
-    """Frames on their way to the guest: bounded in items and bytes, never blocking the producer.
+    """Frames on their way to the guest: bounded in items and in bytes (``max_bytes``, from the
+    ``mem-budget`` option), never blocking the producer.
 
     Items are single frames (:meth:`put`) or runs (:meth:`put_run`: length-prefixed frames,
     which is the stream transport's own framing). On a stream socket the door loop writes each
