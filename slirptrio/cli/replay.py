@@ -1,4 +1,5 @@
-"""``slirptrio replay``: re-run a journal and check that it reproduces every effect."""
+"""``slirptrio replay``: re-run a journal and check that it reproduces every effect; or
+summarize the session (``--summary``, ``--json``) and draw it (``--timeline OUT.svg``)."""
 
 from __future__ import annotations
 
@@ -12,6 +13,10 @@ def add_parser(sub: Subparsers) -> None:
     rep.add_argument("journal", metavar="JOURNAL")
     rep.add_argument("--pcap", metavar="OUT", help="also export the capture to OUT")
     rep.add_argument("--context", type=int, default=5, help="records of context on divergence")
+    rep.add_argument("--summary", action="store_true",
+                     help="print what happened: leases, flows, DNS, ICMP errors, drops")
+    rep.add_argument("--json", action="store_true", help="the summary as JSON")
+    rep.add_argument("--timeline", metavar="OUT.svg", help="draw the session, one lane per flow")
     rep.add_argument("-v", "--verbose", action="count", default=0)
 
 
@@ -19,4 +24,12 @@ def command(args: argparse.Namespace, parser: Parser) -> int:
     from replay.engine import main as replay_main
 
     setup_logging(args.verbose)
+    if args.summary or args.json or args.timeline:
+        if args.pcap:
+            parser.error("argument --pcap: not with --summary, --json or --timeline")
+        from replay.summary import main as summary_main
+
+        return summary_main(
+            args.journal, text=args.summary, as_json=args.json, timeline=args.timeline
+        )
     return replay_main(args.journal, pcap_out=args.pcap, context=args.context)

@@ -1,0 +1,170 @@
+"""The session summary: recorded sessions in captures/ and scripted sessions with known
+outcomes (FIN, refused, timed out, RST either way, retransmissions, DNS, ICMP errors)."""
+
+from __future__ import annotations
+
+import errno
+import json
+import pathlib
+
+import pytest
+
+from replay.summary import FAILED_ENDS, Activity, format_summary, summarize_file
+from slirptrio.cli import main as cli_main
+from tests.sessionbuilder import Session
+
+CAPTURES = pathlib.Path(__file__).parent.parent / "captures"
+
+
+def summary_of(name: str):  # type: ignore[no-untyped-def]
+    with (CAPTURES / f"{name}.journal").open("rb") as f:
+        return summarize_file(f)
+
+
+def test_tcp_http_capture_names_each_flow() -> None:
+    s = summary_of("tcp-http")
+    assert s.replay == "identical"
+    by_port = {f.remote.rsplit(":", 1)[1]: f for f in s.flows if f.direction == "out"}
+    http, refused = by_port["8080"], by_port["8081"]
+    assert (http.proto, http.guest.startswith("10.0.2.15:"), http.remote) == (
+        "tcp", True, "10.0.2.2:8080"
+    )
+    assert http.host == "127.0.0.1:8080" and http.end == "FIN" and not http.failed
+    assert http.bytes_to_guest > 300_000 and 0 < http.bytes_to_host < 200
+    assert refused.end == "refused" and refused.end_detail == "ECONNREFUSED" and refused.failed
+    assert refused.bytes_to_guest == refused.bytes_to_host == 0
+    (inbound,) = [f for f in s.flows if f.direction == "in"]
+    assert inbound.guest == "10.0.2.15:8000" and inbound.host.startswith("127.0.0.1:")
+    assert inbound.end == "FIN" and inbound.bytes_to_host > 100  # busybox httpd's answer
+    assert [(n.data["rule"], n.data["port"]) for n in s.events if n.kind == "hostfwd"] == [
+        ("tcp:127.0.0.1:2280-:8000", 2280)
+    ]
+    (lease,) = s.leases()
+    assert lease["ip"] == "10.0.2.15" and lease["lease_s"] == 86400
+    assert s.counters is not None and s.drops == {"ipv6_not_supported": 2}
+    text = format_summary(s, "tcp-http")
+    assert "refused (ECONNREFUSED)" in text and "10.0.2.2:8081" in text
+
+
+def test_dns_capture_names_the_names_asked() -> None:
+    s = summary_of("dns-udp")
+    asked = {(lk.name, lk.qtype) for lk in s.lookups}
+    assert asked == {("vm.example.test", "A"), ("vm.example.test", "AAAA"),
+                     ("other.example.test", "A"), ("other.example.test", "AAAA")}
+    a = [lk for lk in s.lookups if lk.qtype == "A"]
+    assert all(lk.answers == ["203.0.113.77"] and lk.rcode == "NOERROR" for lk in a)
+    assert "vm.example.test A -> 203.0.113.77" in format_summary(s)
+
+
+def test_ping_and_release_captures() -> None:
+    s = summary_of("dhcp-ping")
+    pings = [(f.remote, f.end, f.end_detail) for f in s.flows]
+    assert pings == [("10.0.2.2", "answered", "3/3 replies"), ("10.0.2.3", "answered",
+                                                                "3/3 replies")]
+    s = summary_of("release-renew")
+    (lease,) = s.leases()
+    assert lease["acks"] == 3 and lease["released_s"] is not None
+    assert [n.data["type"] for n in s.dhcp].count("RELEASE") == 1
+
+
+@pytest.mark.parametrize("journal", sorted(CAPTURES.glob("*.journal")), ids=lambda p: p.stem)
+def test_every_capture_summarizes_and_serializes(journal: pathlib.Path) -> None:
+    with journal.open("rb") as f:
+        s = summarize_file(f)
+    assert s.replay == "identical" and s.records > 5
+    data = json.loads(json.dumps(s.to_dict()))
+    assert data["span"]["duration_s"] > 0 and data["records"] == s.records
+
+
+def scripted() -> Session:
+    s = Session()
+    s.lease()
+    s.connection("203.0.113.1", 40001, 80)
+    s.refused("203.0.113.1", 40002, 81)
+    s.refused("203.0.113.9", 40003, 80, errno.ETIMEDOUT)
+    s.refused("198.51.100.1", 40004, 80, errno.EHOSTUNREACH)
+    s.connection("203.0.113.1", 40005, 80, ending="host-reset")
+    s.connection("203.0.113.1", 40006, 80, ending="guest-reset", retransmit=True)
+    s.dns("vm.example.test", 5000, "203.0.113.77")
+    s.dns("nothing.example.test", 5001, None)
+    s.udp_unreachable("203.0.113.1", 6000, 9999)
+    s.tick_until(5000)
+    return s
+
+
+def test_scripted_session_outcomes() -> None:
+    s = summarize_file(scripted().journal_file())
+    assert s.replay == "identical"
+    ends = {int(f.guest.rsplit(":", 1)[1]): (f.end, f.end_detail) for f in s.flows}
+    assert ends[40001] == ("FIN", "")
+    assert ends[40002] == ("refused", "ECONNREFUSED")
+    assert ends[40003] == ("timed out", "ETIMEDOUT")
+    assert ends[40004] == ("unreachable", "EHOSTUNREACH")
+    assert ends[40005] == ("RST", "by the host, ECONNRESET")
+    assert ends[40006] == ("RST", "by the guest")
+    flows = {int(f.guest.rsplit(":", 1)[1]): f for f in s.flows}
+    assert flows[40006].retransmits == 1
+    assert any(k == "retransmit" for _t, k in flows[40006].marks)
+    assert flows[40001].bytes_to_host == len(b"GET /\r\n")
+    assert flows[40001].bytes_to_guest == len(b"HTTP/1.0 200 OK\r\n\r\nhello")
+    assert flows[40001].established_ns is not None
+    kinds = [k for _t, k in flows[40001].marks]
+    assert kinds[:2] == ["syn", "established"] and kinds.count("fin") == 2
+    udp = flows[6000]
+    assert udp.proto == "udp" and udp.icmp_errors == ["unreachable (port)"] and udp.failed
+    (err,) = s.icmp_errors
+    assert "about udp 10.0.2.15:6000 > 203.0.113.1:9999" in err.text
+    lookups = {lk.name: lk for lk in s.lookups}
+    assert lookups["vm.example.test"].answers == ["203.0.113.77"]
+    assert lookups["nothing.example.test"].rcode == "NXDOMAIN"
+    assert lookups["nothing.example.test"].failed
+    assert {f.end for f in s.flows if f.failed} <= FAILED_ENDS | {"open"}
+
+
+def test_summary_from_the_journal_alone_after_a_divergence() -> None:
+    """A journal whose effects the core no longer produces: the summary says so and reads the
+    journal's own effects from there on."""
+    import io
+
+    import msgpack
+
+    raw = scripted().journal()
+    unpacker = msgpack.Unpacker(io.BytesIO(raw), raw=False)
+    items = list(unpacker)
+    # Make one early record's effects differ: drop its effects.
+    for rec in items[1:]:
+        if rec[3]:
+            rec[3] = rec[3][:-1]
+            break
+    bent = b"".join(msgpack.packb(x, use_bin_type=True) for x in items)
+    s = summarize_file(io.BytesIO(bent))
+    assert s.replay.startswith("diverged at record")
+    ends = {int(f.guest.rsplit(":", 1)[1]): f.end for f in s.flows}
+    assert ends[40002] == "refused" and ends[40001] == "FIN"
+
+
+def test_activity_stays_bounded() -> None:
+    a = Activity()
+    for i in range(100_000):
+        a.add(i * 3_000_000, 10)
+    bins = a.bins()
+    assert len(bins) <= 512 and sum(n for _t, n in bins) == 1_000_000
+
+
+def test_cli_summary_and_json(tmp_path: pathlib.Path, capsys: pytest.CaptureFixture[str]) -> None:
+    path = tmp_path / "s.journal"
+    path.write_bytes(scripted().journal())
+    assert cli_main(["replay", str(path), "--summary"]) == 0
+    out = capsys.readouterr().out
+    assert "refused (ECONNREFUSED)" in out and "nothing.example.test A -> NXDOMAIN" in out
+    assert cli_main(["replay", str(path), "--json"]) == 0
+    data = json.loads(capsys.readouterr().out)
+    assert {f["end"] for f in data["flows"]} >= {"FIN", "refused", "timed out", "RST"}
+    assert data["replay"] == "identical" and data["leases"][0]["ip"] == "10.0.2.15"
+
+
+def test_cli_summary_unreadable(tmp_path: pathlib.Path, capsys: pytest.CaptureFixture[str]) -> None:
+    path = tmp_path / "bad.journal"
+    path.write_bytes(b"not a journal")
+    assert cli_main(["replay", str(path), "--summary"]) == 2
+    assert "slirptrio replay: error" in capsys.readouterr().err
