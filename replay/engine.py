@@ -9,11 +9,13 @@ records before it.
 from __future__ import annotations
 
 import collections
+import os
 import sys
 from dataclasses import dataclass, field
 from typing import IO, Any
 
 from replay import describe
+from replay.progress import Progress
 from slirptrio.config import Config, ConfigError
 from slirptrio.core.events import Effect, Event, decode_event, encode
 from slirptrio.core.stack import Stack
@@ -59,9 +61,14 @@ def _normalize(items: list[Any]) -> list[Any]:
 
 
 def replay_journal(
-    f: IO[bytes], *, pcap_out: IO[bytes] | None = None, context: int = 5
+    f: IO[bytes],
+    *,
+    pcap_out: IO[bytes] | None = None,
+    context: int = 5,
+    progress: Progress | None = None,
 ) -> ReplayResult:
-    """Replay a journal read from ``f``; stop at the first divergence."""
+    """Replay a journal read from ``f``; stop at the first divergence. ``progress`` is
+    updated with the file offset as records are read."""
     journal = open_journal(f)
     header = journal.header
     try:
@@ -97,6 +104,8 @@ def replay_journal(
             break
         recent.append(rec)
         result.records = index + 1
+        if progress is not None and not index & 1023:
+            progress.update(f.tell())
     if pcap is not None:
         pcap.flush()
     if result.divergence is None and journal.truncated:
@@ -147,12 +156,15 @@ def format_divergence(result: ReplayResult) -> str:
 def main(path: str, *, pcap_out: str | None = None, context: int = 5) -> int:
     """CLI entry: 0 when identical, 1 on divergence, 2 when the journal cannot be read."""
     try:
-        with open(path, "rb") as f:
+        with (
+            open(path, "rb") as f,
+            Progress("replaying", total=os.fstat(f.fileno()).st_size) as progress,
+        ):
             if pcap_out is not None:
                 with open(pcap_out, "wb") as out:
-                    result = replay_journal(f, pcap_out=out, context=context)
+                    result = replay_journal(f, pcap_out=out, context=context, progress=progress)
             else:
-                result = replay_journal(f, context=context)
+                result = replay_journal(f, context=context, progress=progress)
     except (OSError, JournalError) as exc:
         print(f"slirptrio replay: error: {exc}", file=sys.stderr)
         return 2
