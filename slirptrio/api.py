@@ -41,6 +41,7 @@ from slirptrio.core.stack import Stack
 from slirptrio.journal import Header, JournalWriter
 from slirptrio.shell import control
 from slirptrio.shell import transport as tp
+from slirptrio.shell.capture import CaptureError, Captures, Endpoint, filter_from_request
 from slirptrio.shell.datagrams import Datagrams
 from slirptrio.shell.flows import TcpFlows
 from slirptrio.shell.forwards import ForwardError, Forwards
@@ -72,6 +73,8 @@ class StackStatistics:
     journal_records: int
     frames_dropped_toward_guest: int
     guest_attached: bool
+    captures: list[dict[str, Any]] = dataclasses.field(default_factory=list)
+    """Live captures: id, frames, lost (the reader was too slow), filter."""
 
 
 class SlirpStack:
@@ -85,8 +88,10 @@ class SlirpStack:
         forwards: Forwards,
         journal_path: str | None,
         pcap_path: str | None,
+        captures: Captures,
     ) -> None:
         self._nursery = nursery
+        self._captures = captures
         self._runtime = runtime
         self._forwards = forwards
         self._opening: dict[int, _Opening] = {}
@@ -180,6 +185,7 @@ class SlirpStack:
             journal_records=journal.records if journal is not None else 0,
             frames_dropped_toward_guest=self._runtime.port.dropped,
             guest_attached=self._runtime.port.attached,
+            captures=[c.stats() for c in self._captures.active.values()],
         )
 
     # ---------------------------------------------------------------------- control socket
@@ -336,13 +342,35 @@ class SlirpStack:
                 raise control.ControlError(str(exc)) from None
             return {}
 
+        async def capture(req: dict[str, Any]) -> dict[str, Any]:
+            try:
+                cap = self._captures.open(filter_from_request(req, self._flow_endpoints))
+            except CaptureError as exc:
+                raise control.ControlError(str(exc)) from None
+
+            async def run(stream: trio.abc.Stream) -> None:
+                await self._captures.serve(cap, stream)
+
+            return {
+                "capture": cap.id,
+                "filter": cap.filter.describe(),
+                "_takeover": control.Takeover(run, lambda: self._captures.close(cap)),
+            }
+
         return {
             "info": info,
             "leases": leases,
             "stats": stats,
             "hostfwd-add": hostfwd_add,
             "hostfwd-remove": hostfwd_remove,
+            "capture": capture,
         }
+
+    def _flow_endpoints(self, flow: int) -> tuple[Endpoint, Endpoint] | None:
+        for f in self.flows():
+            if f.flow == flow:
+                return Endpoint(f.guest_ip, f.guest_port), Endpoint(f.dst_ip, f.dst_port)
+        return None
 
     def _remove_files(self) -> None:
         for path in self._cleanup:
@@ -412,7 +440,10 @@ async def open_stack(
             await nursery.start(tcp.run)
             await nursery.start(datagrams.run)
             await nursery.start(forwards.run)
-            handle = SlirpStack(nursery, runtime, recorder, forwards, journal_path, pcap_path)
+            captures = Captures(origin_ns, runtime.taps)
+            handle = SlirpStack(
+                nursery, runtime, recorder, forwards, journal_path, pcap_path, captures
+            )
             handle._watch_opening()
             for rule in cfg.guestfwd:
                 await forwards.add_guestfwd(rule)

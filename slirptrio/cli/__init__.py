@@ -1,7 +1,9 @@
 """Command line: one module per subcommand.
 
-``slirptrio run`` starts a stack (:mod:`.run`), ``slirptrio replay`` re-runs a journal
-(:mod:`.replay`), ``slirptrio ctl`` talks to a running stack's control socket (:mod:`.ctl`).
+``slirptrio qemu`` runs QEMU with its user-mode netdevs replaced by stacks (:mod:`.qemu`),
+``slirptrio run`` starts a stack (:mod:`.run`), ``slirptrio replay`` re-runs, summarizes or
+draws a journal (:mod:`.replay`), ``slirptrio ctl`` talks to a running stack's control socket
+(:mod:`.ctl`), ``slirptrio capture`` streams its frames live as pcap (:mod:`.capture`).
 Each subcommand module has ``add_parser(sub)`` and ``command(args, parser) -> int``.
 """
 
@@ -11,10 +13,12 @@ import argparse
 from collections.abc import Callable, Sequence
 from types import ModuleType
 
-from slirptrio.cli import ctl, replay, run
+from slirptrio.cli import capture, ctl, replay, run
 from slirptrio.cli._common import Parser
 
-_COMMANDS: dict[str, ModuleType] = {"run": run, "replay": replay, "ctl": ctl}
+_COMMANDS: dict[str, ModuleType] = {
+    "run": run, "replay": replay, "ctl": ctl, "capture": capture,
+}
 
 
 def build_parser() -> Parser:

@@ -116,6 +116,8 @@ class Runtime:
         self.inbox, self._receive = trio.open_memory_channel[Event](inbox_size)
         self.handlers: dict[type[Effect], Callable[[Any], None]] = {}
         self.after_burst: list[Callable[[], None]] = []  # called after each burst of steps
+        # Called with (t_ns, event, effects) after every step (live captures); must not block.
+        self.taps: list[Callable[[int, Event, list[Effect]], None]] = []
         self._t0 = trio.current_time()
 
     def now_ns(self) -> int:
@@ -125,7 +127,10 @@ class Runtime:
         return self._t0 + t_ns / 1e9
 
     def _step(self, event: Event) -> None:
-        for effect in self.door.step(event, self.now_ns()):
+        effects = self.door.step(event, self.now_ns())
+        for tap in self.taps:
+            tap(self.door.now_ns, event, effects)
+        for effect in effects:
             if type(effect) is SendFrame:
                 self.port.put(effect.data)
             else:
