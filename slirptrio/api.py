@@ -38,6 +38,7 @@ from slirptrio.core.dns import parse_upstream
 from slirptrio.core.events import TcpClose, TcpRecvCredit, TcpReset
 from slirptrio.core.info import FlowInfo
 from slirptrio.core.stack import Stack
+from slirptrio.forward import ForwardInfo
 from slirptrio.journal import Header, JournalWriter
 from slirptrio.shell import control
 from slirptrio.shell import transport as tp
@@ -208,6 +209,11 @@ class SlirpStack:
         """Active host forwards: rule → bound host port."""
         return self._forwards.host_rules()
 
+    def forwards(self) -> list[ForwardInfo]:
+        """Every active forward, as QEMU's ``info usernet`` lists them: host forwards with
+        their bound address and port (static or added at runtime), then guest forwards."""
+        return self._forwards.describe()
+
     async def add_guestfwd(self, rule: str) -> int:
         """Add a QEMU ``guestfwd`` rule (``tcp:10.0.2.100:80-tcp:127.0.0.1:8080``,
         ``...-unix:/path``, ``...-cmd:COMMAND``); return its id."""
@@ -303,6 +309,7 @@ class SlirpStack:
     def _control_handlers(self) -> dict[str, control.Handler]:
         async def info(_req: dict[str, Any]) -> dict[str, Any]:
             return {
+                "forwards": [f.to_dict() for f in self.forwards()],
                 "flows": [f.to_dict() for f in self.flows()],
                 "hostfwd": self.hostfwds(),
             }
@@ -446,9 +453,9 @@ async def open_stack(
             )
             handle._watch_opening()
             for rule in cfg.guestfwd:
-                await forwards.add_guestfwd(rule)
+                await forwards.add_guestfwd(rule, static=True)
             for rule in cfg.hostfwd:
-                bound = await forwards.add_hostfwd(rule)
+                bound = await forwards.add_hostfwd(rule, static=True)
                 log.info("hostfwd %s: host port %d", rule, bound)
             try:
                 yield handle

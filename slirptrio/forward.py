@@ -15,6 +15,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from ipaddress import AddressValueError, IPv4Address
+from typing import Any
 
 
 class RuleError(ValueError):
@@ -49,6 +50,40 @@ class GuestFwd:
     port: int
     target: str  # "tcp:HOST:PORT" | "unix:PATH" | "cmd:COMMAND"
     text: str
+
+
+@dataclass(frozen=True)
+class ForwardInfo:
+    """One active forward, for display (``ctl info``, :meth:`SlirpStack.forwards`).
+
+    Host forwards: ``host_addr:host_port`` is what the listener is bound to (the ephemeral
+    port for port 0; ``0.0.0.0`` for every address; for unix, ``host_addr`` is the path and
+    the port 0), ``guest_addr:guest_port`` where connections go. Guest forwards:
+    ``guest_addr:guest_port`` is the address the guest connects to, ``target`` where it
+    leads. ``static``: from the option string, not added at runtime. ``state``: the
+    listener's state when the shell reports one ("listening", ...), else "".
+    """
+
+    kind: str  # "hostfwd" | "guestfwd"
+    proto: str  # "tcp" | "udp" | "unix"
+    rule: str
+    host_addr: str
+    host_port: int
+    guest_addr: str
+    guest_port: int
+    target: str = ""
+    static: bool = False
+    state: str = ""
+    id: int = 0  # guest forwards: the id remove_guestfwd takes
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready form."""
+        return {
+            "kind": self.kind, "proto": self.proto, "rule": self.rule,
+            "host_addr": self.host_addr, "host_port": self.host_port,
+            "guest_addr": self.guest_addr, "guest_port": self.guest_port,
+            "target": self.target, "static": self.static, "state": self.state, "id": self.id,
+        }
 
 
 def _port(text: str, what: str, *, zero: bool) -> int:

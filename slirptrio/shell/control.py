@@ -3,7 +3,9 @@
 Each request is one JSON object on one line, ``{"cmd": NAME, ...}``; each answer is one JSON
 object on one line, ``{"ok": true, ...}`` or ``{"ok": false, "error": MESSAGE}``. Commands:
 
-* ``info`` → ``flows``: the NAT table (proto, state, guest, dest, host, recv_q, send_q, idle_s);
+* ``info`` → ``forwards`` (kind, proto, rule, host_addr, host_port, guest_addr, guest_port,
+  target, static, state, id) and ``flows``, the NAT table (proto, state, guest, dest, host,
+  recv_q, send_q, idle_s); ``hostfwd`` maps each host forward's rule to its bound port;
 * ``leases`` → ``leases``: ip, mac, expires_in_s;
 * ``stats`` → ``counters``, ``flows_by_state``, ``leases``, ``journal_bytes``, ...;
 * ``hostfwd-add`` ``{"rule": "tcp::8022-:22"}`` → ``port`` (the bound host port);

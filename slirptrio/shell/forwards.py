@@ -39,6 +39,7 @@ from slirptrio.core.events import (
     UdpInbound,
 )
 from slirptrio.forward import (
+    ForwardInfo,
     GuestFwd,
     HostFwd,
     RuleError,
@@ -65,6 +66,7 @@ class _HostRule:
     port: int
     scope: trio.CancelScope
     raw: _socket.socket | None = None  # UDP rules: replies go out here, without waiting
+    static: bool = False  # from the option string
 
 
 class Forwards:
@@ -83,6 +85,7 @@ class Forwards:
         self._host: dict[str, _HostRule] = {}
         self._udp_by_fid: dict[int, _HostRule] = {}
         self._guest: dict[int, GuestFwd] = {}
+        self._static_guest: set[int] = set()
 
     def handlers(self) -> dict[type[Any], Callable[[Any], None]]:
         return {UdpFwdSend: self._udp_send}
@@ -111,8 +114,27 @@ class Forwards:
         """Active host forwards: rule text → bound host port (0 for unix)."""
         return {r.rule.text: r.port for r in self._host.values()}
 
-    async def add_hostfwd(self, text: str) -> int:
-        """Bind and serve one ``hostfwd`` rule; return the bound host port (0 for unix)."""
+    def describe(self) -> list[ForwardInfo]:
+        """Every active forward: host forwards with their bound address and port, then
+        guest forwards."""
+        out = []
+        for e in self._host.values():
+            r = e.rule
+            out.append(ForwardInfo(
+                "hostfwd", r.proto, r.text,
+                r.path if r.proto == "unix" else r.host_addr or "0.0.0.0",
+                e.port, self._guest_ip(r), r.guest_port, static=e.static,
+            ))
+        for fid, g in self._guest.items():
+            out.append(ForwardInfo(
+                "guestfwd", "tcp", g.text, "", 0, g.addr, g.port, target=g.target,
+                static=fid in self._static_guest, id=fid,
+            ))
+        return out
+
+    async def add_hostfwd(self, text: str, *, static: bool = False) -> int:
+        """Bind and serve one ``hostfwd`` rule; return the bound host port (0 for unix).
+        ``static``: the rule comes from the option string (shown as such by ``info``)."""
         assert self._nursery is not None, "Forwards.run() is not running"
         try:
             rule = parse_hostfwd(text)
@@ -142,7 +164,7 @@ class Forwards:
         except OSError as exc:
             raise ForwardError(f"cannot bind {key}: {exc.strerror or exc}") from None
         key = f"{rule.proto}:{rule.host_addr}:{port}" if rule.proto != "unix" else key
-        entry = _HostRule(rule, port, trio.CancelScope())
+        entry = _HostRule(rule, port, trio.CancelScope(), static=static)
         self._host[key] = entry
         if rule.proto == "udp":
             fid = next(self._fids)
@@ -220,7 +242,11 @@ class Forwards:
     # --------------------------------------------------------------------- guest forwards
 
     async def add_guestfwd(
-        self, text: str, opener: Callable[[], Awaitable[fl.HostEnd]] | None = None
+        self,
+        text: str,
+        opener: Callable[[], Awaitable[fl.HostEnd]] | None = None,
+        *,
+        static: bool = False,
     ) -> int:
         """Serve guest connections to a ``guestfwd`` rule's address; return its id.
 
@@ -238,6 +264,8 @@ class Forwards:
             rule = GuestFwd(addr, int(port), "handler", text)
         fid = next(self._fids)
         self._guest[fid] = rule
+        if static:
+            self._static_guest.add(fid)
         self._tcp.register_target(f"guestfwd:{fid}", opener)
         await self._inbox.send(GuestFwdAdd(fid, rule.addr, rule.port))
         return fid
@@ -246,6 +274,7 @@ class Forwards:
         """Stop serving guest forward ``fid`` (its open connections go on)."""
         if self._guest.pop(fid, None) is None:
             raise ForwardError(f"no guest forward {fid}")
+        self._static_guest.discard(fid)
         self._tcp.unregister_target(f"guestfwd:{fid}")
         await self._inbox.send(GuestFwdRemove(fid))
 
