@@ -13,11 +13,11 @@ import argparse
 from collections.abc import Callable, Sequence
 from types import ModuleType
 
-from slirptrio.cli import capture, ctl, replay, run
+from slirptrio.cli import capture, ctl, qemu, replay, run
 from slirptrio.cli._common import Parser
 
 _COMMANDS: dict[str, ModuleType] = {
-    "run": run, "replay": replay, "ctl": ctl, "capture": capture,
+    "qemu": qemu, "run": run, "replay": replay, "ctl": ctl, "capture": capture,
 }
 
 
