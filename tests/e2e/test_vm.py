@@ -80,8 +80,9 @@ def _kernel() -> tuple[Path, Path] | None:
     return None
 
 
-def build_initramfs(dest: Path, moddir: Path) -> Path:
-    """A gzipped newc cpio with static busybox, the virtio_net modules and our /init."""
+def build_initramfs(dest: Path, moddir: Path, init: str = INIT) -> Path:
+    """A gzipped newc cpio with static busybox, the virtio_net modules and ``init`` as /init
+    (``{modules}`` in it becomes the module files to load, in order)."""
     root = dest / "root"
     for d in ("bin", "lib", "proc", "sys", "dev", "etc"):
         (root / d).mkdir(parents=True, exist_ok=True)
@@ -90,7 +91,7 @@ def build_initramfs(dest: Path, moddir: Path) -> Path:
     for m in load_order(moddir, MODULES):
         shutil.copy(moddir / m, root / "lib" / Path(m).name)
         names.append(Path(m).name)
-    (root / "init").write_text(INIT.format(modules=" ".join(names)))
+    (root / "init").write_text(init.replace("{modules}", " ".join(names)))
     (root / "udhcpc.sh").write_text(UDHCPC)
     for f in ("init", "udhcpc.sh", "bin/busybox"):
         (root / f).chmod(0o755)
