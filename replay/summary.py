@@ -691,6 +691,7 @@ class _Analyzer:
             self.echo[key] = f
         f.packets_to_host += 1
         f.bytes_to_host += p.plen
+        f.activity.add(t, p.plen)
         f.last_ns = t
 
     # -- forwards into the guest -----------------------------------------------------------
@@ -995,6 +996,8 @@ class _Analyzer:
                 f.end = "no reply"
             elif f.flow_id is None:
                 f.end = "answered"
+            if f.flow_id is None and f.end_ns is None:
+                f.end_ns = f.last_ns  # nothing to close: the stack answered by itself
         return self.s
 
 
