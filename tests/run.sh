@@ -18,6 +18,7 @@ need iperf3 iperf3
 need slirp4netns slirp4netns
 need curl curl
 need cpio cpio
+need rsvg-convert librsvg2-bin  # renders the timeline SVG to PNG in its tests
 # A real VM test boots Debian's kernel under TCG (tests/e2e/test_vm.py).
 compgen -G "/boot/vmlinuz-*" >/dev/null || missing+=(linux-image-amd64)
 if ((${#missing[@]})); then
