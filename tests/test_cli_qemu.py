@@ -103,6 +103,7 @@ def test_generated_ids_avoid_the_users() -> None:
     (["-nic", "user,hostfwd=tcp::99999-:22"], "option 'hostfwd'"),
     (["-netdev", "user,id=a,,b"], "Parameter 'id' expects an identifier"),
     (["-netdev", "user,id=a,restrict=maybe"], "option 'restrict': expects on or off"),
+    (["-daemonize"], "QEMU must stay slirptrio's child"),
 ])
 def test_rejected_like_qemu(argv: list[str], needle: str) -> None:
     with pytest.raises(QemuArgError) as exc:

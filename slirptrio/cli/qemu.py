@@ -245,6 +245,9 @@ def rewrite(argv: Sequence[str], socket_for: Callable[[int, str], str]) -> Rewri
         name = _option_name(arg)
         if name == "-nodefaults":
             nodefaults = True
+        if name == "-daemonize":
+            raise QemuArgError("-daemonize: QEMU must stay slirptrio's child (its networks "
+                               "stop with it); put slirptrio qemu in the background instead")
         if name not in ("-netdev", "-nic", "-net") or i + 1 >= len(argv):
             out.append(arg)
             i += 1
