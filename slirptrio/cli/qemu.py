@@ -40,7 +40,7 @@ import signal
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -434,7 +434,37 @@ def _run(args: argparse.Namespace, plan: Rewrite, private: str, upstreams: list[
     files = [_files(args, n, i, several, private) for i, n in enumerate(plan.nets)]
     status: list[int] = []
 
+    early: list[int] = []  # a signal that came before QEMU started
+
     async def main() -> None:
+        # Our signals are caught from the start: one that comes while the stacks start stops
+        # us cleanly and QEMU is never run; once QEMU runs, they are passed on to it.
+        with trio.open_signal_receiver(*FORWARDED_SIGNALS) as signals:
+            async with trio.open_nursery() as nursery:
+                watcher = trio.CancelScope()
+                watcher_done = trio.Event()
+
+                async def watch() -> None:
+                    try:
+                        with watcher:
+                            async for sig in signals:
+                                early.append(int(sig))
+                                nursery.cancel_scope.cancel()
+                                return
+                    finally:
+                        watcher_done.set()
+
+                async def stop_watching() -> None:
+                    watcher.cancel()
+                    await watcher_done.wait()
+
+                nursery.start_soon(watch)
+                await _stacks_and_qemu(signals, stop_watching)
+                nursery.cancel_scope.cancel()
+
+    async def _stacks_and_qemu(
+        signals: AsyncIterator[int], stop_watching: Callable[[], Awaitable[None]]
+    ) -> None:
         async with contextlib.AsyncExitStack() as stacks:
             for i, (net, f) in enumerate(zip(plan.nets, files, strict=True)):
                 stack = await stacks.enter_async_context(open_stack(
@@ -448,7 +478,9 @@ def _run(args: argparse.Namespace, plan: Rewrite, private: str, upstreams: list[
                 fwd = "".join(f"; hostfwd {rule} on port {port}"
                               for rule, port in stack.hostfwds().items())
                 _say(args.quiet, f"netdev {net.name}: control socket {f.control}{fwd}")
-            status.append(await _run_qemu(plan.argv, inherited))
+            await stop_watching()
+            if not early:
+                status.append(await _run_qemu(plan.argv, inherited, signals))
         for net, f in zip(plan.nets, files, strict=True):
             where = ", ".join(f"{k} {v}" for k, v in (("journal", f.journal), ("pcap", f.pcap))
                               if v) or "no journal, no pcap"
@@ -456,34 +488,33 @@ def _run(args: argparse.Namespace, plan: Rewrite, private: str, upstreams: list[
 
     try:
         trio.run(main)
-    except KeyboardInterrupt:  # before QEMU started (then its signals are QEMU's)
-        return 130
     except OSError as exc:
         print(f"slirptrio: error: {exc}", file=sys.stderr)
         return status[0] if status else 1
+    if early:
+        return 128 + early[0]
     return status[0] if status else 1
 
 
-async def _run_qemu(argv: list[str], inherited: list[int]) -> int:
-    """Run QEMU (stdin, stdout, stderr and ``inherited`` fds are its too), passing our
-    signals on; return its exit status (128+N for signal N)."""
+async def _run_qemu(argv: list[str], inherited: list[int], signals: AsyncIterator[int]) -> int:
+    """Run QEMU (stdin, stdout, stderr and ``inherited`` fds are its too), passing the
+    ``signals`` we receive on; return its exit status (128+N for signal N)."""
     try:
         proc = await trio.lowlevel.open_process(argv, pass_fds=inherited)
     except OSError as exc:
         print(f"slirptrio: error: cannot run {argv[0]}: {exc.strerror or exc}", file=sys.stderr)
         return 127 if isinstance(exc, FileNotFoundError) else 126
     try:
-        with trio.open_signal_receiver(*FORWARDED_SIGNALS) as signals:
-            async with trio.open_nursery() as nursery:
+        async with trio.open_nursery() as nursery:
 
-                async def forward() -> None:
-                    async for sig in signals:
-                        with contextlib.suppress(ProcessLookupError, OSError):
-                            proc.send_signal(sig)
+            async def forward() -> None:
+                async for sig in signals:
+                    with contextlib.suppress(ProcessLookupError, OSError):
+                        proc.send_signal(sig)
 
-                nursery.start_soon(forward)
-                await proc.wait()
-                nursery.cancel_scope.cancel()
+            nursery.start_soon(forward)
+            await proc.wait()
+            nursery.cancel_scope.cancel()
     finally:
         if proc.returncode is None:  # we are stopping for another reason: so does QEMU
             with trio.CancelScope(shield=True):
