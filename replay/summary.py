@@ -632,6 +632,8 @@ class _Analyzer:
                 f._hi_guest = end
                 if p.plen:
                     f.activity.add(t, p.plen)
+                    if p.dport == 53 and p.dst in self.dns_ips:
+                        self._dns_over_tcp(t, p.src, p.sport, p.payload, query=True)
         if flags & _SYN and flags & _ACK and f.direction == "in" and f.established_ns is None:
             f.established_ns = t
             f.mark(t, "established")
@@ -653,7 +655,7 @@ class _Analyzer:
             self._dhcp(t, p.payload, from_guest=True)
             return
         if p.dport == 53 and p.dst in self.dns_ips:
-            self._dns_query(t, p)
+            self._dns_query(t, p.src, p.sport, p.payload)
             for e in effects:
                 if e[0] == UdpOpen.TAG:
                     self.relay_flows[e[1]] = f"{e[2]}:{e[3]}"
@@ -804,7 +806,7 @@ class _Analyzer:
             if pkt.sport == 67:
                 self._dhcp(t, pkt.payload, from_guest=False)
             elif pkt.sport == 53 and pkt.src in self.dns_ips:
-                self._dns_answer(t, pkt)
+                self._dns_answer(t, pkt.dst, pkt.dport, pkt.payload)
             else:
                 pending = self._pending_udp_in
                 if pending is not None and pending[0] == (pkt.dst, pkt.dport):
@@ -852,6 +854,8 @@ class _Analyzer:
                 f._hi_ours = end
                 if p.plen:
                     f.activity.add(t, p.plen)
+                    if p.sport == 53 and p.src in self.dns_ips:
+                        self._dns_over_tcp(t, p.dst, p.dport, p.payload, query=False)
         if flags & _RST:
             if f.end_ns is None:
                 tag = ev[0]
@@ -875,12 +879,14 @@ class _Analyzer:
 
     # -- DNS, DHCP, ICMP errors ------------------------------------------------------------
 
-    def _dns_query(self, t: int, p: _Pkt) -> None:
+    def _dns_query(self, t: int, src: bytes, sport: int, payload: bytes) -> None:
         try:
-            msg = dpkt.dns.DNS(p.payload)
+            msg = dpkt.dns.DNS(payload)
         except (dpkt.UnpackError, ValueError, IndexError, struct.error):
             return
-        key = (p.src, p.sport, msg.id)
+        if msg.qr:
+            return
+        key = (src, sport, msg.id)
         old = self.pending_dns.get(key)
         if old is not None and old.answered_ns is None:
             old.retries += 1
@@ -889,7 +895,7 @@ class _Analyzer:
         lookup = Lookup(
             t, (q.name if q is not None else "") or ".",
             _DNS_TYPES.get(q.type, str(q.type)) if q is not None else "?",
-            _ep(p.src, p.sport),
+            _ep(src, sport),
         )
         self.pending_dns[key] = lookup
         if len(self.s.lookups) < MAX_LOOKUPS:
@@ -899,17 +905,17 @@ class _Analyzer:
         if len(self.pending_dns) > MAX_LOOKUPS:
             self.pending_dns.pop(next(iter(self.pending_dns)))
 
-    def _dns_answer(self, t: int, p: _Pkt) -> None:
-        if len(p.payload) < 12:
+    def _dns_answer(self, t: int, dst: bytes, dport: int, payload: bytes) -> None:
+        if len(payload) < 12:
             return
-        ident = (p.payload[0] << 8) | p.payload[1]
-        lookup = self.pending_dns.pop((p.dst, p.dport, ident), None)
+        ident = (payload[0] << 8) | payload[1]
+        lookup = self.pending_dns.pop((dst, dport, ident), None)
         if lookup is None:
             return
         lookup.answered_ns = t
-        lookup.rcode = _DNS_RCODES.get(p.payload[3] & 15, str(p.payload[3] & 15))
+        lookup.rcode = _DNS_RCODES.get(payload[3] & 15, str(payload[3] & 15))
         try:
-            msg = dpkt.dns.DNS(p.payload)
+            msg = dpkt.dns.DNS(payload)
         except (dpkt.UnpackError, ValueError, IndexError, struct.error):
             return
         for rr in msg.an:
@@ -919,6 +925,21 @@ class _Analyzer:
                 lookup.answers.append(f"CNAME {getattr(rr, 'cname', '?')}")
             else:
                 lookup.answers.append(_DNS_TYPES.get(rr.type, f"type {rr.type}"))
+
+    def _dns_over_tcp(
+        self, t: int, ip: bytes, port: int, payload: bytes, *, query: bool
+    ) -> None:
+        """A DNS message over TCP (RFC 1035 4.2.2: a 2-byte length first), when a segment
+        starts with one; an answer split across segments still gives its id and rcode."""
+        if len(payload) < 14:
+            return
+        n = (payload[0] << 8) | payload[1]
+        msg = payload[2 : 2 + n]
+        if query:
+            if len(msg) == n:
+                self._dns_query(t, ip, port, msg)
+        else:
+            self._dns_answer(t, ip, port, msg)
 
     def _dhcp(self, t: int, payload: bytes, *, from_guest: bool) -> None:
         try:

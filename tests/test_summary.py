@@ -168,3 +168,26 @@ def test_cli_summary_unreadable(tmp_path: pathlib.Path, capsys: pytest.CaptureFi
     path.write_bytes(b"not a journal")
     assert cli_main(["replay", str(path), "--summary"]) == 2
     assert "slirptrio replay: error" in capsys.readouterr().err
+
+
+def test_dns_over_tcp_is_a_lookup_too() -> None:
+    import socket
+    import struct
+
+    import dpkt
+
+    s = Session()
+    s.lease()
+    q = bytes(dpkt.dns.DNS(id=0x1111, qd=[dpkt.dns.DNS.Q(name="tcp.example.test", type=1)]))
+    a = dpkt.dns.DNS(id=0x1111, qd=dpkt.dns.DNS(q).qd,
+                     an=[dpkt.dns.DNS.RR(name="tcp.example.test", type=1, cls=1, ttl=5,
+                                         rdata=socket.inet_aton("203.0.113.5"))])
+    a.op = 0x8180
+    s.connection("10.0.2.3", 40100, 53, request=struct.pack("!H", len(q)) + q,
+                 response=struct.pack("!H", len(bytes(a))) + bytes(a))
+    summary = summarize_file(s.journal_file())
+    (lookup,) = summary.lookups
+    assert (lookup.name, lookup.qtype, lookup.answers) == ("tcp.example.test", "A",
+                                                           ["203.0.113.5"])
+    (flow,) = summary.flows
+    assert flow.remote == "10.0.2.3:53" and flow.host == "127.0.0.1:5353" and flow.end == "FIN"
