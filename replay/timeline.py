@@ -36,6 +36,7 @@ LABEL_W = 470
 PLOT_X0 = LABEL_W + 10
 PLOT_X1 = WIDTH - 20
 LANE_H = 14
+LABEL_CHARS = 76  # what fits in LABEL_W at 10 px monospace
 AXIS_H = 24
 
 FAILED_BG = "#fbd5d5"
@@ -99,7 +100,11 @@ def _label(f: Flow) -> str:
     end = f.end
     if f.icmp_errors and end not in ("refused", "timed out", "unreachable"):
         end += ", ICMP error"
-    return f"{f.index:>4} {f.proto:<4} {f.guest} {arrow} {f.remote}  {end}"
+    text = f"{f.index:>4} {f.proto:<4} {f.guest} {arrow} {f.remote}  {end}"
+    if len(text) > LABEL_CHARS:  # long (IPv6) endpoints: keep the end, which matters most
+        keep = LABEL_CHARS - len(end) - 3
+        text = text[: max(keep, 10)] + "…  " + end
+    return text
 
 
 def _tooltip(f: Flow) -> str:
