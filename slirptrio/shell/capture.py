@@ -79,71 +79,86 @@ class FrameFilter:
     hosts: frozenset[bytes] = frozenset()
     flows: tuple[tuple[Endpoint, Endpoint], ...] = ()
 
-    @property
-    def everything(self) -> bool:
-        return not (self.protos or self.ports or self.hosts or self.flows)
+    def __post_init__(self) -> None:
+        # matches() runs for every frame of the session while a capture is attached.
+        object.__setattr__(self, "everything",
+                           not (self.protos or self.ports or self.hosts or self.flows))
+        object.__setattr__(self, "_need_addrs", bool(self.hosts or self.flows))
+        object.__setattr__(self, "_need_ports", bool(self.ports or self.flows or
+                                                     {"dns", "dhcp"} & self.protos))
+        p = self.protos
+        etypes = {0x0806} if "arp" in p else set()
+        etypes |= {0x0800} if "ipv4" in p else set()
+        etypes |= {0x86DD} if "ipv6" in p else set()
+        ipprotos = {6} if "tcp" in p else set()
+        ipprotos |= {17} if "udp" in p else set()
+        ipprotos |= {1, 58} if "icmp" in p else set()
+        object.__setattr__(self, "_etypes", frozenset(etypes))
+        object.__setattr__(self, "_ipprotos", frozenset(ipprotos))
+        object.__setattr__(self, "_dns", "dns" in p)
+        object.__setattr__(self, "_dhcp", "dhcp" in p)
+
+    everything: bool = field(init=False, repr=False, compare=False)
+    _need_addrs: bool = field(init=False, repr=False, compare=False)
+    _need_ports: bool = field(init=False, repr=False, compare=False)
+    _etypes: frozenset[int] = field(init=False, repr=False, compare=False)
+    _ipprotos: frozenset[int] = field(init=False, repr=False, compare=False)
+    _dns: bool = field(init=False, repr=False, compare=False)
+    _dhcp: bool = field(init=False, repr=False, compare=False)
 
     def matches(self, frame: bytes) -> bool:
         """Whether ``frame`` (an Ethernet frame) passes; short or odd frames pass only an
         empty filter."""
         if self.everything:
             return True
-        if len(frame) < 14:
+        n = len(frame)
+        if n < 14:
             return False
         etype = (frame[12] << 8) | frame[13]
-        src = dst = b""
         proto = -1
-        sport = dport = -1
-        if etype == 0x0800 and len(frame) >= 34 and frame[14] >> 4 == 4:
-            ihl = (frame[14] & 15) * 4
+        l4 = 0
+        first = False
+        if etype == 0x0800 and n >= 34:
             proto = frame[23]
-            src, dst = frame[26:30], frame[30:34]
-            l4 = 14 + ihl
+            l4 = 14 + (frame[14] & 15) * 4
             first = not (((frame[20] & 0x1F) << 8) | frame[21])
-        elif etype == 0x86DD and len(frame) >= 54:
+        elif etype == 0x86DD and n >= 54:
             proto = frame[20]
-            src, dst = frame[22:38], frame[38:54]
             l4 = 54
             first = True
-        elif etype == 0x0806 and len(frame) >= 42:
-            src, dst = frame[28:32], frame[38:42]
-            l4 = 0
-            first = False
-        else:
-            l4 = 0
-            first = False
-        if first and proto in (6, 17) and len(frame) >= l4 + 4:
+        sport = dport = -1
+        if self._need_ports and first and proto in (6, 17) and n >= l4 + 4:
             sport = (frame[l4] << 8) | frame[l4 + 1]
             dport = (frame[l4 + 2] << 8) | frame[l4 + 3]
         if self.protos and not self._proto_ok(etype, proto, sport, dport):
             return False
         if self.ports and sport not in self.ports and dport not in self.ports:
             return False
-        if self.hosts and src not in self.hosts and dst not in self.hosts:
-            return False
-        if self.flows:
-            a, b = Endpoint(src, sport), Endpoint(dst, dport)
-            if not any((a, b) in ((x, y), (y, x)) for x, y in self.flows):
+        if self._need_addrs:
+            if etype == 0x0800 and n >= 34:
+                src, dst = frame[26:30], frame[30:34]
+            elif etype == 0x86DD and n >= 54:
+                src, dst = frame[22:38], frame[38:54]
+            elif etype == 0x0806 and n >= 42:
+                src, dst = frame[28:32], frame[38:42]
+            else:
                 return False
+            if self.hosts and src not in self.hosts and dst not in self.hosts:
+                return False
+            if self.flows:
+                a, b = Endpoint(src, sport), Endpoint(dst, dport)
+                if not any((a, b) in ((x, y), (y, x)) for x, y in self.flows):
+                    return False
         return True
 
     def _proto_ok(self, etype: int, proto: int, sport: int, dport: int) -> bool:
-        p = self.protos
-        if "arp" in p and etype == 0x0806:
+        if etype in self._etypes or proto in self._ipprotos:
             return True
-        if "ipv4" in p and etype == 0x0800:
+        if proto != 6 and proto != 17:
+            return False
+        if self._dns and (sport == 53 or dport == 53):
             return True
-        if "ipv6" in p and etype == 0x86DD:
-            return True
-        if "tcp" in p and proto == 6:
-            return True
-        if "udp" in p and proto == 17:
-            return True
-        if "icmp" in p and proto in (1, 58):
-            return True
-        if "dns" in p and proto in (6, 17) and 53 in (sport, dport):
-            return True
-        return "dhcp" in p and proto == 17 and bool({sport, dport} & {67, 68})
+        return self._dhcp and proto == 17 and (sport in (67, 68) or dport in (67, 68))
 
     def describe(self) -> dict[str, Any]:
         return {
