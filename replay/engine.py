@@ -166,7 +166,7 @@ def main(path: str, *, pcap_out: str | None = None, context: int = 5) -> int:
             else:
                 result = replay_journal(f, context=context, progress=progress)
     except (OSError, JournalError) as exc:
-        print(f"slirptrio replay: error: {exc}", file=sys.stderr)
+        print(f"slirptrio: error: journal {path}: {exc}", file=sys.stderr)
         return 2
     if result.divergence is not None:
         print(format_divergence(result))

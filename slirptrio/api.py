@@ -44,6 +44,7 @@ from slirptrio.shell import control
 from slirptrio.shell import transport as tp
 from slirptrio.shell.capture import CaptureError, Captures, Endpoint, filter_from_request
 from slirptrio.shell.datagrams import Datagrams
+from slirptrio.shell.descriptors import fit_max_flows
 from slirptrio.shell.flows import TcpFlows
 from slirptrio.shell.forwards import ForwardError, Forwards
 from slirptrio.shell.runtime import Recorder, Runtime
@@ -74,6 +75,8 @@ class StackStatistics:
     journal_records: int
     frames_dropped_toward_guest: int
     guest_attached: bool
+    frames_from_strangers: int = 0
+    """Datagrams to a ``-netdev dgram`` transport from anybody but its peer (dropped)."""
     captures: list[dict[str, Any]] = dataclasses.field(default_factory=list)
     """Live captures: id, frames, lost (the reader was too slow), filter."""
 
@@ -123,7 +126,9 @@ class SlirpStack:
         """Listen for QEMU's ``-netdev stream`` client at ``unix:PATH`` or ``tcp:HOST:PORT``.
 
         Returns once listening, with the ``-netdev`` argument QEMU needs. One guest at a time;
-        after a disconnect the next connection is accepted and the stack's state kept.
+        after a disconnect the next connection is accepted and the stack's state kept. A unix
+        socket is created 0600; a stale socket file is replaced, a live one (another stack's)
+        is not. Raises :exc:`OSError` (naming the address) when it cannot listen.
         """
         self._claim_transport()
         addr = tp.Address.parse(address, ("unix", "tcp"))
@@ -144,15 +149,22 @@ class SlirpStack:
 
     async def dgram_qemu(self, local: str, remote: str) -> str:
         """Exchange frames with QEMU's ``-netdev dgram``: bind ``local``, send to ``remote``
-        (each ``unix:PATH`` or ``udp:HOST:PORT``). Returns the ``-netdev`` argument."""
+        (each ``unix:PATH`` or ``udp:HOST:PORT``). Returns the ``-netdev`` argument.
+
+        Only datagrams from ``remote`` are taken; others are dropped and counted
+        (``statistics().frames_from_strangers``). A unix ``local`` is created 0600."""
         self._claim_transport()
         kinds = ("unix", "udp")
         laddr, raddr = tp.Address.parse(local, kinds), tp.Address.parse(remote, kinds)
+        try:
+            peer = await tp.PeerFilter.resolve(raddr)
+        except OSError as exc:
+            raise OSError(exc.errno, f"cannot resolve {raddr}: {exc.strerror or exc}") from exc
         sock = await tp.open_dgram(laddr)
         if laddr.kind == "unix":
             self._cleanup.append(laddr.path)
         self._nursery.start_soon(
-            tp.run_dgram, sock, raddr, self._runtime.inbox, self._runtime.port
+            tp.run_dgram, sock, raddr, self._runtime.inbox, self._runtime.port, peer
         )
         return f"-netdev dgram,id=n0,{raddr.qemu('local')},{laddr.qemu('remote')}"
 
@@ -186,6 +198,7 @@ class SlirpStack:
             journal_records=journal.records if journal is not None else 0,
             frames_dropped_toward_guest=self._runtime.port.dropped,
             guest_attached=self._runtime.port.attached,
+            frames_from_strangers=self._runtime.port.foreign,
             captures=[c.stats() for c in self._captures.active.values()],
         )
 
@@ -211,8 +224,15 @@ class SlirpStack:
 
     def forwards(self) -> list[ForwardInfo]:
         """Every active forward, as QEMU's ``info usernet`` lists them: host forwards with
-        their bound address and port (static or added at runtime), then guest forwards."""
+        their bound address and port (static or added at runtime) and listener state, then
+        guest forwards."""
         return self._forwards.describe()
+
+    def listeners(self) -> list[dict[str, Any]]:
+        """Every host forward's listener: ``rule``, ``proto``, bound ``addr`` and ``port``,
+        and ``state``: ``"listening"``, or ``"backing-off: EMFILE"`` (the errno) while it
+        cannot accept for want of file descriptors and retries."""
+        return self._forwards.listeners()
 
     async def add_guestfwd(self, rule: str) -> int:
         """Add a QEMU ``guestfwd`` rule (``tcp:10.0.2.100:80-tcp:127.0.0.1:8080``,
@@ -300,9 +320,13 @@ class SlirpStack:
     async def serve_control(self, path: str) -> None:
         """Serve the JSON-lines control socket (:mod:`slirptrio.shell.control`) at ``path``.
 
-        Returns once listening; the socket file is removed when the stack closes.
+        Returns once listening; the socket file (0600) is removed when the stack closes. Only
+        clients of this process's uid, or root, are served (SO_PEERCRED).
         """
-        listener = await tp.open_listener(tp.Address("unix", path=path))
+        try:
+            listener = await tp.open_listener(tp.Address("unix", path=path))
+        except OSError as exc:
+            raise OSError(exc.errno, f"control socket: {exc.strerror or exc}") from exc
         self._cleanup.append(path)
         await self._nursery.start(control.serve_control, listener, self._control_handlers())
 
@@ -406,11 +430,16 @@ async def open_stack(
         /etc/resolv.conf.
       meta: extra JSON-able data for the journal header.
 
+    ``max-flows`` is lowered to what the process's RLIMIT_NOFILE allows (with a log line);
+    the command line raises the soft limit to the hard one first, an embedding program may
+    do the same (``slirptrio.shell.descriptors.raise_nofile_limit``).
+
     Raises:
       ConfigError: a bad option string.
       ValueError: a bad DNS upstream.
     """
     cfg = parse_user_options(config) if isinstance(config, str) else config
+    cfg = fit_max_flows(cfg)
     upstreams = [parse_upstream(u) for u in dns_upstreams] if dns_upstreams else None
     if seed is None:
         seed = secrets.randbits(63)

@@ -56,19 +56,20 @@ class GuestFwd:
 class ForwardInfo:
     """One active forward, for display (``ctl info``, :meth:`SlirpStack.forwards`).
 
-    Host forwards: ``host_addr:host_port`` is what the listener is bound to (the ephemeral
-    port for port 0; ``0.0.0.0`` for every address; for unix, ``host_addr`` is the path and
-    the port 0), ``guest_addr:guest_port`` where connections go. Guest forwards:
-    ``guest_addr:guest_port`` is the address the guest connects to, ``target`` where it
-    leads. ``static``: from the option string, not added at runtime. ``state``: the
-    listener's state when the shell reports one ("listening", ...), else "".
+    ``addr:port`` is where the forward listens: for a host forward, the host address and port
+    its listener is bound to (the ephemeral port for port 0; ``0.0.0.0`` for every address;
+    for unix, ``addr`` is the socket's path and ``port`` 0), and ``guest_addr:guest_port``
+    where its connections go; for a guest forward, the address in the guest's network that
+    it serves, and ``target`` where its connections go. ``static``: it came with the option
+    string rather than being added at runtime. ``state``: a host forward listener's state
+    ("listening", or "backing-off: EMFILE" while it waits for file descriptors).
     """
 
     kind: str  # "hostfwd" | "guestfwd"
     proto: str  # "tcp" | "udp" | "unix"
     rule: str
-    host_addr: str
-    host_port: int
+    addr: str
+    port: int
     guest_addr: str
     guest_port: int
     target: str = ""
@@ -79,8 +80,8 @@ class ForwardInfo:
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready form."""
         return {
-            "kind": self.kind, "proto": self.proto, "rule": self.rule,
-            "host_addr": self.host_addr, "host_port": self.host_port,
+            "kind": self.kind, "rule": self.rule, "proto": self.proto,
+            "addr": self.addr, "port": self.port,
             "guest_addr": self.guest_addr, "guest_port": self.guest_port,
             "target": self.target, "static": self.static, "state": self.state, "id": self.id,
         }

@@ -256,5 +256,7 @@ def test_cli_refuses_a_terminal_and_bad_filters(capsys: pytest.CaptureFixture[st
             main(argv)
         assert exc.value.code == 2
         assert needle in capsys.readouterr().err
-    assert main(["capture", "/nonexistent/ctl.sock", "-w", os.devnull, "-q"]) == 1
-    assert "slirptrio capture: error" in capsys.readouterr().err
+    assert main(["capture", "/nonexistent/ctl.sock", "-w", os.devnull, "-q"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("slirptrio: error: control socket /nonexistent/ctl.sock: ")
+    assert err.count("\n") == 1

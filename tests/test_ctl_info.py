@@ -29,14 +29,14 @@ async def test_info_lists_static_and_runtime_forwards(tmp_path: pathlib.Path) ->
         assert answer["ok"]
         fws = {f["rule"]: f for f in answer["forwards"]}
         tcp = fws["tcp:127.0.0.1:0-:8080"]
-        assert (tcp["kind"], tcp["proto"], tcp["host_addr"], tcp["host_port"], tcp["static"]) \
+        assert (tcp["kind"], tcp["proto"], tcp["addr"], tcp["port"], tcp["static"]) \
             == ("hostfwd", "tcp", "127.0.0.1", static_port, True)
         assert (tcp["guest_addr"], tcp["guest_port"]) == ("10.0.2.15", 8080)
         udp = fws["udp:127.0.0.1:0-:53"]
-        assert udp["host_port"] == added["port"] and not udp["static"]
-        assert fws[f"unix:{unix}-10.0.2.16:22"]["host_addr"] == unix
+        assert udp["port"] == added["port"] and not udp["static"]
+        assert fws[f"unix:{unix}-10.0.2.16:22"]["addr"] == unix
         guest = fws["tcp:10.0.2.100:80-tcp:127.0.0.1:9"]
-        assert (guest["kind"], guest["guest_addr"], guest["guest_port"], guest["target"]) == (
+        assert (guest["kind"], guest["addr"], guest["port"], guest["target"]) == (
             "guestfwd", "10.0.2.100", 80, "tcp:127.0.0.1:9"
         )
         # The bound ports are real listeners.
@@ -61,8 +61,8 @@ async def test_info_lists_static_and_runtime_forwards(tmp_path: pathlib.Path) ->
 
 def test_format_any_address_and_listener_state() -> None:
     answer = {"ok": True, "flows": [], "forwards": [
-        {"kind": "hostfwd", "proto": "tcp", "rule": "tcp::2222-:22", "host_addr": "0.0.0.0",
-         "host_port": 2222, "guest_addr": "10.0.2.15", "guest_port": 22, "static": True,
+        {"kind": "hostfwd", "proto": "tcp", "rule": "tcp::2222-:22", "addr": "0.0.0.0",
+         "port": 2222, "guest_addr": "10.0.2.15", "guest_port": 22, "static": True,
          "state": "backing-off"},
     ]}
     (row,) = format_answer("info", answer).splitlines()[1:]
@@ -82,7 +82,7 @@ async def test_cli_ctl_info_json(tmp_path: pathlib.Path) -> None:
         done = await trio.run_process([sys.executable, "-m", "slirptrio", "ctl", ctl, "--json",
                                        "info"], capture_stdout=True, env=env)
         data = json.loads(done.stdout)
-        assert data["forwards"][0]["host_port"] == port
+        assert data["forwards"][0]["port"] == port
         done = await trio.run_process([sys.executable, "-m", "slirptrio", "ctl", ctl, "info"],
                                       capture_stdout=True, env=env)
         assert "TCP[HOST_FORWARD]" in done.stdout.decode()

@@ -4,7 +4,8 @@
 ``slirptrio run`` starts a stack (:mod:`.run`), ``slirptrio replay`` re-runs, summarizes or
 draws a journal (:mod:`.replay`), ``slirptrio ctl`` talks to a running stack's control socket
 (:mod:`.ctl`), ``slirptrio capture`` streams its frames live as pcap (:mod:`.capture`).
-Each subcommand module has ``add_parser(sub)`` and ``command(args, parser) -> int``.
+Each subcommand module has ``add_parser(sub)`` and ``command(args, parser) -> int``; a user's
+mistake in any of them ends with one line and exit status 2 (:func:`._common.run_command`).
 """
 
 from __future__ import annotations
@@ -13,20 +14,39 @@ import argparse
 from collections.abc import Callable, Sequence
 from types import ModuleType
 
+from slirptrio import __version__
 from slirptrio.cli import capture, ctl, qemu, replay, run
-from slirptrio.cli._common import Parser
+from slirptrio.cli._common import Parser, run_command
 
 _COMMANDS: dict[str, ModuleType] = {
     "qemu": qemu, "run": run, "replay": replay, "ctl": ctl, "capture": capture,
 }
 
+_DESCRIPTION = """\
+A user-mode network stack for QEMU guests (like -netdev user), with a journal of every
+session that replays byte for byte."""
+
+_EPILOG = """\
+examples:
+  slirptrio qemu -- qemu-system-x86_64 ... -netdev user,id=n0,hostfwd=tcp::2222-:22 \\
+      -device virtio-net-pci,netdev=n0      (QEMU as it was, its user network served by us)
+  slirptrio run --control /tmp/vm1.ctl 'hostfwd=tcp:127.0.0.1:2222-:22'
+  qemu-system-x86_64 ... -netdev stream,id=n0,server=off,addr.type=unix,addr.path=SOCKET \\
+      -device virtio-net-pci,netdev=n0      (slirptrio run prints the exact line)
+  slirptrio ctl /tmp/vm1.ctl info
+  slirptrio capture /tmp/vm1.ctl | wireshark -k -i -
+  slirptrio replay ~/.local/state/slirptrio/session-*.journal [--summary|--timeline OUT.svg]
+
+'slirptrio COMMAND --help' describes each command."""
+
 
 def build_parser() -> Parser:
-    parser = Parser(
-        prog="slirptrio",
-        description="A user-mode network stack for QEMU guests, with deterministic replay.",
+    parser = Parser(prog="slirptrio", description=_DESCRIPTION, epilog=_EPILOG)
+    parser.add_argument("--version", action="version", version=f"slirptrio {__version__}")
+    sub = parser.add_subparsers(
+        dest="command", required=True, parser_class=Parser, metavar="COMMAND",
+        title="commands",
     )
-    sub = parser.add_subparsers(dest="command", required=True, parser_class=Parser)
     for module in _COMMANDS.values():
         module.add_parser(sub)
     return parser
@@ -36,4 +56,4 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     command: Callable[[argparse.Namespace, Parser], int] = _COMMANDS[args.command].command
-    return command(args, parser)
+    return run_command(lambda: command(args, parser), getattr(args, "verbose", 0))

@@ -1,10 +1,19 @@
-"""What the subcommands share: the argument parser and logging set-up."""
+"""What the subcommands share: the argument parser, logging set-up, and how errors end a run.
+
+A user's mistake (a bad path, a port in use, a duplicate forward, permission denied, a bad
+option string, an unreadable journal) ends the command with one line on stderr,
+``slirptrio: error: ...``, and exit status 2; the traceback is printed only under ``-v``.
+trio reports failures inside a nursery as exception groups, so :func:`run_command` looks
+through them for the error that ended the run. Anything else is a bug: its traceback is shown.
+"""
 
 from __future__ import annotations
 
 import argparse
 import logging
 import sys
+import traceback
+from collections.abc import Callable
 from typing import Any, NoReturn
 
 EXIT_USAGE = 2
@@ -12,8 +21,17 @@ EXIT_USAGE = 2
 Subparsers = Any  # argparse's _SubParsersAction is private
 
 
+class UserError(Exception):
+    """A mistake of the user's, reported as one line (the message) and exit status 2."""
+
+
 class Parser(argparse.ArgumentParser):
-    """argparse, but a usage error is one line naming the option, and exit code 2."""
+    """argparse, but a usage error is one line naming the option, and exit code 2; help text
+    keeps the line breaks of descriptions and epilogs (examples)."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        kwargs.setdefault("formatter_class", argparse.RawDescriptionHelpFormatter)
+        super().__init__(*args, **kwargs)
 
     def error(self, message: str) -> NoReturn:
         self.exit(EXIT_USAGE, f"slirptrio: error: {message}\n")
@@ -22,3 +40,61 @@ class Parser(argparse.ArgumentParser):
 def setup_logging(verbose: int) -> None:
     level = logging.WARNING if verbose == 0 else logging.INFO if verbose == 1 else logging.DEBUG
     logging.basicConfig(level=level, format="%(name)s: %(message)s", stream=sys.stderr)
+
+
+def _user_error_types() -> tuple[type[BaseException], ...]:
+    # Imported here: `slirptrio --help` should not pay for trio and the stack.
+    from slirptrio.config import ConfigError
+    from slirptrio.journal import JournalError
+    from slirptrio.shell.control import ControlError
+    from slirptrio.shell.forwards import ForwardError
+    from slirptrio.shell.transport import AddressError
+
+    return (UserError, OSError, ConfigError, ForwardError, AddressError, ControlError,
+            JournalError)
+
+
+def leaf_error(exc: BaseException) -> BaseException:
+    """The error that ended a run: ``exc`` itself, or the first leaf of an exception group
+    that is not a cancellation (nurseries cancel the other tasks when one fails)."""
+    import trio
+
+    while isinstance(exc, BaseExceptionGroup):
+        leaves = [e for e in exc.exceptions if not isinstance(e, trio.Cancelled)]
+        if not leaves:
+            return exc
+        exc = leaves[0]
+    return exc
+
+
+def describe(exc: BaseException) -> str:
+    """One line naming the problem."""
+    if isinstance(exc, OSError):
+        text = exc.strerror or str(exc) or type(exc).__name__
+        if exc.filename is not None:
+            text = f"{exc.filename}: {text}"
+        if exc.filename2 is not None:
+            text += f" (and {exc.filename2})"
+    else:
+        text = str(exc) or type(exc).__name__
+    return " ".join(text.split())  # one line, whatever the message held
+
+
+def run_command(command: Callable[[], int], verbose: int) -> int:
+    """Run ``command``; a user error becomes one line on stderr and exit status 2."""
+    try:
+        return command()
+    except KeyboardInterrupt:
+        return 130
+    except BaseException as exc:
+        leaf = leaf_error(exc)
+        if isinstance(leaf, SystemExit):
+            raise leaf from None
+        if isinstance(leaf, KeyboardInterrupt):
+            return 130
+        if not isinstance(leaf, _user_error_types()):
+            raise  # a bug: the whole traceback is the useful report
+        if verbose:
+            traceback.print_exception(exc)
+        print(f"slirptrio: error: {describe(leaf)}", file=sys.stderr, flush=True)
+        return EXIT_USAGE

@@ -17,7 +17,7 @@ import struct
 import sys
 from typing import IO, Any
 
-from slirptrio.cli._common import Parser, Subparsers
+from slirptrio.cli._common import Parser, Subparsers, UserError, describe
 from slirptrio.shell.capture import PROTOCOLS, CaptureError, parse_flow
 
 _MSG = struct.Struct(">cI")
@@ -44,6 +44,8 @@ def add_parser(sub: Subparsers) -> None:
     cap.add_argument("-w", "--write", metavar="FILE",
                      help="write to FILE instead of stdout ('-': stdout)")
     cap.add_argument("-q", "--quiet", action="store_true", help="no counts on stderr at the end")
+    cap.add_argument("-v", "--verbose", action="count", default=0,
+                     help="show the traceback of an error")
 
 
 def _request(args: argparse.Namespace, parser: Parser) -> dict[str, Any]:
@@ -121,21 +123,22 @@ def command(args: argparse.Namespace, parser: Parser) -> int:
     try:
         out: IO[bytes] = sys.stdout.buffer if to_stdout else open(args.write, "wb")  # noqa: SIM115
     except OSError as exc:
-        print(f"slirptrio capture: error: {exc}", file=sys.stderr)
-        return 1
+        raise UserError(f"-w: {describe(exc)}") from exc
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     frames = lost = 0
     ended = False
     try:
-        sock.settimeout(_CONNECT_TIMEOUT_S)
-        sock.connect(args.socket)
-        sock.sendall(json.dumps(request).encode() + b"\n")
-        reader = _Reader(sock)
-        answer = json.loads(reader.line())
+        try:
+            sock.settimeout(_CONNECT_TIMEOUT_S)
+            sock.connect(args.socket)
+            sock.sendall(json.dumps(request).encode() + b"\n")
+            reader = _Reader(sock)
+            answer = json.loads(reader.line())
+        except (OSError, ValueError, ConnectionError) as exc:
+            raise UserError(f"control socket {args.socket}: {describe(exc)}") from exc
         if not isinstance(answer, dict) or not answer.get("ok"):
             err = answer.get("error") if isinstance(answer, dict) else answer
-            print(f"slirptrio capture: error: {err}", file=sys.stderr)
-            return 1
+            raise UserError(f"control socket {args.socket}: {err}")
         sock.settimeout(None)
         while args.count is None or frames < args.count:
             msg = reader.message()
@@ -161,8 +164,8 @@ def command(args: argparse.Namespace, parser: Parser) -> int:
             devnull = os.open(os.devnull, os.O_WRONLY)
             os.dup2(devnull, sys.stdout.fileno())
     except (OSError, ValueError, ConnectionError) as exc:
-        print(f"slirptrio capture: error: {args.socket}: {exc}", file=sys.stderr)
-        return 1
+        # The stack went away mid-capture: what arrived is written; say why it ended.
+        print(f"slirptrio capture: {args.socket}: {describe(exc)}", file=sys.stderr)
     finally:
         sock.close()
         if not to_stdout:

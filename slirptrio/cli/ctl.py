@@ -4,20 +4,36 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 from typing import Any
 
 import trio
 
-from slirptrio.cli._common import Parser, Subparsers
+from slirptrio.cli._common import Parser, Subparsers, UserError, describe
 
 _CTL_ARGS = {"info": 0, "leases": 0, "stats": 0, "hostfwd-add": 1, "hostfwd-remove": 1}
 
 
+_EPILOG = """\
+examples:
+  slirptrio ctl /tmp/vm1.ctl info
+  slirptrio ctl /tmp/vm1.ctl hostfwd-add tcp:127.0.0.1:0-:22
+  slirptrio ctl /tmp/vm1.ctl hostfwd-remove tcp:127.0.0.1:40113
+  slirptrio ctl /tmp/vm1.ctl --json stats
+
+Only the stack's own user, and root, may use its control socket."""
+
+
 def add_parser(sub: Subparsers) -> None:
-    ctl = sub.add_parser("ctl", help="query or change a running stack (--control socket)")
+    ctl = sub.add_parser(
+        "ctl", help="query or change a running stack (--control socket)",
+        description="Query or change a running stack through its control socket\n"
+        "('slirptrio run --control PATH').",
+        epilog=_EPILOG,
+    )
     ctl.add_argument("socket", metavar="PATH", help="the stack's --control socket")
     ctl.add_argument("--json", action="store_true", help="print the raw JSON answer")
+    ctl.add_argument("-v", "--verbose", action="count", default=0,
+                     help="show the traceback of an error")
     ctl.add_argument(
         "request", nargs="+", metavar="COMMAND",
         help="info | leases | stats | hostfwd-add RULE | hostfwd-remove RULE",
@@ -37,12 +53,16 @@ def command(args: argparse.Namespace, parser: Parser) -> int:
         message["rule"] = rest[0]
     try:
         answer = trio.run(request, args.socket, message)
-    except (OSError, ControlError, trio.TooSlowError, ValueError) as exc:
-        print(f"slirptrio: error: control socket {args.socket}: {exc!r}", file=sys.stderr)
-        return 1
-    if args.json or not answer.get("ok"):
-        print(json.dumps(answer, indent=None if not args.json else 2))
+    except OSError as exc:
+        raise UserError(f"control socket {args.socket}: {describe(exc)}") from exc
+    except (ControlError, trio.TooSlowError, ValueError) as exc:
+        reason = str(exc) or "no answer in time"
+        raise UserError(f"control socket {args.socket}: {reason}") from exc
+    if args.json:
+        print(json.dumps(answer, indent=2))
         return 0 if answer.get("ok") else 1
+    if not answer.get("ok"):
+        raise UserError(str(answer.get("error", "refused")))
     print(format_answer(cmd, answer))
     return 0
 
@@ -86,14 +106,14 @@ def _forward_row(fw: dict[str, Any]) -> str:
     if fw.get("kind") == "hostfwd":
         label = f"{proto}[HOST_FORWARD{',' + state if state and state != 'listening' else ''}]"
         if proto == "UNIX":
-            host = str(fw["host_addr"])
+            host = str(fw["addr"])
         else:
-            addr = str(fw["host_addr"])
-            host = _endpoint("*" if addr in ("", "0.0.0.0") else addr, int(fw["host_port"]))
+            addr = str(fw["addr"])
+            host = _endpoint("*" if addr in ("", "0.0.0.0") else addr, int(fw["port"]))
         guest, dest = _endpoint(str(fw["guest_addr"]), int(fw["guest_port"])), "-"
     else:
         label = f"{proto}[GUEST_FORWARD]"
-        guest, dest = "*", _endpoint(str(fw["guest_addr"]), int(fw["guest_port"]))
+        guest, dest = "*", _endpoint(str(fw["addr"]), int(fw["port"]))
         host = str(fw.get("target", ""))
     origin = "static" if fw.get("static") else "runtime"
     return (f"{label:<22} {guest:<22} {dest:<22} {host:<24} {'-':>5} {'-':>5} {'-':>5}  "

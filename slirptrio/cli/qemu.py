@@ -486,11 +486,7 @@ def _run(args: argparse.Namespace, plan: Rewrite, private: str, upstreams: list[
                               if v) or "no journal, no pcap"
             _say(args.quiet, f"netdev {net.name}: {where}")
 
-    try:
-        trio.run(main)
-    except OSError as exc:
-        print(f"slirptrio: error: {exc}", file=sys.stderr)
-        return status[0] if status else 1
+    trio.run(main)  # a stack that cannot start (a port in use ...) is the user's: exit 2
     if early:
         return 128 + early[0]
     return status[0] if status else 1

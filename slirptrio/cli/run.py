@@ -3,33 +3,65 @@
 from __future__ import annotations
 
 import argparse
+import logging
 import os
 import signal
-import sys
 
 import trio
 
 from slirptrio.api import SlirpStack
-from slirptrio.cli._common import Parser, Subparsers, setup_logging
+from slirptrio.cli._common import Parser, Subparsers, UserError, describe, setup_logging
 from slirptrio.cli.session import TransportSpec, default_journal_path, run_session
 from slirptrio.config import ConfigError, parse_user_options
 from slirptrio.core.dns import parse_upstream
 from slirptrio.shell import transport as tp
+from slirptrio.shell.descriptors import raise_nofile_limit
+
+log = logging.getLogger("slirptrio")
+
+
+def default_socket_dir() -> str:
+    """The private directory (0700) of the default guest socket: ``$XDG_RUNTIME_DIR/slirptrio``,
+    else ``/tmp/slirptrio-UID`` (checked to be ours and closed to others before use)."""
+    run_dir = os.environ.get("XDG_RUNTIME_DIR")
+    if run_dir:
+        return os.path.join(run_dir, "slirptrio")
+    return os.path.join("/tmp", f"slirptrio-{os.geteuid()}")
 
 
 def default_socket() -> str:
-    run_dir = os.environ.get("XDG_RUNTIME_DIR") or "/tmp"
-    return os.path.join(run_dir, f"slirptrio-{os.getuid()}.sock")
+    """The default ``--listen`` path (nothing is created here)."""
+    return os.path.join(default_socket_dir(), "guest.sock")
+
+
+_EPILOG = """examples:
+  slirptrio run
+      listen on the default socket and print the -netdev argument QEMU needs
+  slirptrio run --listen unix:/tmp/vm1.sock 'net=192.168.76.0/24,hostfwd=tcp:127.0.0.1:2222-:22'
+  slirptrio run --connect tcp:127.0.0.1:5555 --control /tmp/vm1.ctl --no-pcap
+
+OPTIONS is QEMU's -netdev user option string, what follows 'user,': net=, host=,
+dhcpstart=, dns=, hostname=, domainname=, dnssearch=, restrict=, hostfwd=, guestfwd=, id=;
+and slirptrio's own mtu=, hostloopback=, udp-timeout=, dns-timeout=, max-flows=.
+
+Sockets the stack creates are 0600. The default guest socket is SOCKDIR/guest.sock, in a
+private directory: $XDG_RUNTIME_DIR/slirptrio, else /tmp/slirptrio-UID. The soft limit on
+open files is raised to the hard one, and max-flows lowered to what it allows."""
 
 
 def add_parser(sub: Subparsers) -> None:
-    run = sub.add_parser("run", help="run the stack and wait for a QEMU guest")
+    run = sub.add_parser(
+        "run", help="run the stack and wait for a QEMU guest",
+        description="Run the stack and wait for a QEMU guest; a journal of the session is\n"
+        "written for 'slirptrio replay'.",
+        epilog=_EPILOG,
+    )
     where = run.add_mutually_exclusive_group()
     where.add_argument(
         "--listen",
         metavar="unix:PATH|tcp:HOST:PORT",
         help="listen for QEMU's -netdev stream client (server=off); default unix:"
-        + default_socket(),
+        "SOCKDIR/guest.sock (below)",
     )
     where.add_argument(
         "--connect",
@@ -58,7 +90,7 @@ def add_parser(sub: Subparsers) -> None:
     )
     run.add_argument("--seed", type=int, help="PRNG seed (default: random; always journaled)")
     run.add_argument("-v", "--verbose", action="count", default=0, help="more logging")
-    run.add_argument("options", nargs="?", default="",
+    run.add_argument("options", nargs="?", default="", metavar="OPTIONS",
                      help="QEMU -netdev user options, e.g. 'net=192.168.76.0/24,hostname=vm1'")
 
 
@@ -74,9 +106,15 @@ def _transport(args: argparse.Namespace, parser: Parser) -> TransportSpec:
             return TransportSpec(
                 "dgram", tp.Address.parse(local, kinds), tp.Address.parse(remote, kinds)
             )
-        return TransportSpec(
-            "listen", tp.Address.parse(args.listen or "unix:" + default_socket(), ("unix", "tcp"))
-        )
+        if args.listen:
+            return TransportSpec("listen", tp.Address.parse(args.listen, ("unix", "tcp")))
+        try:
+            tp.private_dir(default_socket_dir())
+        except OSError as exc:
+            raise UserError(
+                f"default socket directory {describe(exc)} (set XDG_RUNTIME_DIR, or give --listen)"
+            ) from exc
+        return TransportSpec("listen", tp.Address("unix", path=default_socket()))
     except tp.AddressError as exc:
         option = "--connect" if args.connect else "--dgram" if args.dgram else "--listen"
         parser.error(f"argument {option}: {exc}")
@@ -102,6 +140,9 @@ def command(args: argparse.Namespace, parser: Parser) -> int:
         elif journal is not None:
             pcap = os.path.splitext(journal)[0] + ".pcap"
     setup_logging(max(args.verbose, 1) if args.verbose else 0)
+    before, after = raise_nofile_limit()
+    if after != before:
+        log.info("raised the open files limit (RLIMIT_NOFILE) from %d to %d", before, after)
 
     def ready(stack: SlirpStack) -> None:
         print("slirptrio: attach a QEMU guest with:")
@@ -131,9 +172,5 @@ def command(args: argparse.Namespace, parser: Parser) -> int:
                     nursery.cancel_scope.cancel()
                     break
 
-    try:
-        trio.run(main)
-    except OSError as exc:
-        print(f"slirptrio: error: {exc}", file=sys.stderr)
-        return 1
+    trio.run(main)
     return 0

@@ -3,9 +3,10 @@
 Each request is one JSON object on one line, ``{"cmd": NAME, ...}``; each answer is one JSON
 object on one line, ``{"ok": true, ...}`` or ``{"ok": false, "error": MESSAGE}``. Commands:
 
-* ``info`` → ``forwards`` (kind, proto, rule, host_addr, host_port, guest_addr, guest_port,
-  target, static, state, id) and ``flows``, the NAT table (proto, state, guest, dest, host,
-  recv_q, send_q, idle_s); ``hostfwd`` maps each host forward's rule to its bound port;
+* ``info`` → ``forwards`` (kind, rule, proto, addr, port, guest_addr, guest_port, target,
+  static, state, id: see :class:`slirptrio.forward.ForwardInfo`) and ``flows``, the NAT
+  table (proto, state, guest, dest, host, recv_q, send_q, idle_s); ``hostfwd`` maps each host
+  forward's rule to its bound port;
 * ``leases`` → ``leases``: ip, mac, expires_in_s;
 * ``stats`` → ``counters``, ``flows_by_state``, ``leases``, ``journal_bytes``, ...;
 * ``hostfwd-add`` ``{"rule": "tcp::8022-:22"}`` → ``port`` (the bound host port);
@@ -15,17 +16,27 @@ object on one line, ``{"ok": true, ...}`` or ``{"ok": false, "error": MESSAGE}``
 
 A bad request gets an error answer and changes nothing; a line longer than 64 KiB closes the
 connection. Several clients may be connected at once.
+
+Who may connect: the socket file is created 0600, and every client's uid is checked
+(SO_PEERCRED): only the stack's own user, and root, are served; anyone else gets one error
+answer and is disconnected (root is allowed because it can reach the stack anyway). A spare
+descriptor is kept so that a client is served even when the stack has run out of them.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import os
+import socket as _socket
+import struct
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
 import trio
+
+from slirptrio.shell.descriptors import AcceptLoop, Spare
 
 log = logging.getLogger("slirptrio.control")
 
@@ -49,32 +60,31 @@ class ControlError(Exception):
 
 async def _serve_client(stream: trio.SocketStream, handlers: dict[str, Handler]) -> None:
     buf = bytearray()
-    async with stream:
-        while True:
-            data = await stream.receive_some(65536)
-            if not data:
-                return
-            buf += data
-            while (nl := buf.find(b"\n")) >= 0:
-                line = bytes(buf[:nl])
-                del buf[: nl + 1]
-                answer = await _answer(line, handlers)
-                takeover = answer.pop("_takeover", None)
-                if takeover is None:
-                    await stream.send_all(json.dumps(answer).encode() + b"\n")
-                    continue
-                try:
-                    await stream.send_all(json.dumps(answer).encode() + b"\n")
-                except BaseException:
-                    takeover.abandon()
-                    raise
-                await takeover.run(stream)
-                return
-            if len(buf) > MAX_LINE:
-                await stream.send_all(
-                    json.dumps({"ok": False, "error": "request line too long"}).encode() + b"\n"
-                )
-                return
+    while True:
+        data = await stream.receive_some(65536)
+        if not data:
+            return
+        buf += data
+        while (nl := buf.find(b"\n")) >= 0:
+            line = bytes(buf[:nl])
+            del buf[: nl + 1]
+            answer = await _answer(line, handlers)
+            takeover = answer.pop("_takeover", None)
+            if takeover is None:
+                await stream.send_all(json.dumps(answer).encode() + b"\n")
+                continue
+            try:
+                await stream.send_all(json.dumps(answer).encode() + b"\n")
+            except BaseException:
+                takeover.abandon()
+                raise
+            await takeover.run(stream)
+            return
+        if len(buf) > MAX_LINE:
+            await stream.send_all(
+                json.dumps({"ok": False, "error": "request line too long"}).encode() + b"\n"
+            )
+            return
 
 
 async def _answer(line: bytes, handlers: dict[str, Handler]) -> dict[str, Any]:
@@ -100,26 +110,76 @@ async def _answer(line: bytes, handlers: dict[str, Handler]) -> dict[str, Any]:
     return {"ok": True, **result}
 
 
+def peer_uid(sock: trio.socket.SocketType) -> int | None:
+    """The uid of a unix socket's peer (SO_PEERCRED), or None if the kernel does not say."""
+    try:
+        creds = sock.getsockopt(_socket.SOL_SOCKET, _socket.SO_PEERCRED, struct.calcsize("3i"))
+    except (OSError, AttributeError):
+        return None
+    _pid, uid, _gid = struct.unpack("3i", creds)
+    return int(uid)
+
+
+def allowed_uids() -> frozenset[int]:
+    """The uids the control socket serves: ours and root's."""
+    return frozenset({os.geteuid(), 0})
+
+
 async def serve_control(
     listener: trio.SocketListener,
     handlers: dict[str, Handler],
     *,
     task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
 ) -> None:
-    """Accept control clients on ``listener`` until cancelled."""
-    async with trio.open_nursery() as nursery:
-        task_status.started()
-        async with listener:
+    """Accept control clients on ``listener`` until cancelled (clients of another uid are
+    refused)."""
+    spare = Spare()
+    acceptor = AcceptLoop(listener.socket, "control socket", spare)
+    allowed = allowed_uids()
+    try:
+        async with trio.open_nursery() as nursery:
+            task_status.started()
             while True:
-                stream = await listener.accept()
-                nursery.start_soon(_guarded, stream, handlers)
+                conn, _addr = await acceptor.accept()
+                uid = peer_uid(conn)
+                if uid not in allowed:
+                    nursery.start_soon(_refuse, trio.SocketStream(conn), uid, spare)
+                    continue
+                nursery.start_soon(_guarded, trio.SocketStream(conn), handlers, spare)
+    finally:
+        spare.close()
+        listener.socket.close()
 
 
-async def _guarded(stream: trio.SocketStream, handlers: dict[str, Handler]) -> None:
+async def _refuse(stream: trio.SocketStream, uid: int | None, spare: Spare) -> None:
+    log.warning("control socket: refused a client of uid %s (only %d and root)", uid,
+                os.geteuid())
+    answer = {"ok": False, "error": f"permission denied: uid {uid} may not control this stack"}
+    try:
+        with trio.move_on_after(1.0):
+            # Take the request first: closing on unread bytes would reset the connection and
+            # the client would never see why.
+            await stream.receive_some(MAX_LINE)
+            await stream.send_all(json.dumps(answer).encode() + b"\n")
+    except (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
+        pass
+    finally:
+        _close(stream, spare)
+
+
+async def _guarded(stream: trio.SocketStream, handlers: dict[str, Handler], spare: Spare) -> None:
     try:
         await _serve_client(stream, handlers)
     except (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as exc:
         log.debug("control client gone: %r", exc)
+    finally:
+        _close(stream, spare)
+
+
+def _close(stream: trio.SocketStream, spare: Spare) -> None:
+    # The spare takes the client's descriptor back at once, before any other task can.
+    stream.socket.close()
+    spare.take()
 
 
 async def request(path: str, message: dict[str, Any], timeout: float = 10.0) -> dict[str, Any]:

@@ -53,6 +53,7 @@ from slirptrio.core.events import (
     UdpReceived,
     UdpSend,
 )
+from slirptrio.shell.descriptors import exhausted
 from slirptrio.wire import icmp as wicmp
 
 log = logging.getLogger("slirptrio.datagrams")
@@ -110,7 +111,11 @@ def _offender(sa: bytes) -> str:
 
 
 def read_resolv_conf(path: str = RESOLV_CONF) -> list[tuple[str, int]]:
-    """The first usable ``nameserver`` of a resolv.conf, or 127.0.0.1 (libslirp's fallback)."""
+    """The first usable ``nameserver`` of a resolv.conf, or 127.0.0.1 (libslirp's fallback).
+
+    Raises:
+      OSError: out of file descriptors (EMFILE and the like): the file says nothing then.
+    """
     try:
         with open(path, encoding="utf-8", errors="replace") as f:
             for line in f:
@@ -121,6 +126,8 @@ def read_resolv_conf(path: str = RESOLV_CONF) -> list[tuple[str, int]]:
                     except ValueError:
                         log.warning("%s: ignoring nameserver %r", path, words[1])
     except OSError as exc:
+        if exhausted(exc):
+            raise
         log.warning("cannot read %s: %s; using %s", path, exc, FALLBACK_UPSTREAM[0])
     return [FALLBACK_UPSTREAM]
 
@@ -475,8 +482,13 @@ class Datagrams:
         while True:
             now = _file_signature(self._resolv_conf)
             if now != signature:
+                try:
+                    new = format_upstreams(read_resolv_conf(self._resolv_conf))
+                except OSError as exc:  # no descriptors now: keep the upstream, look again
+                    log.info("cannot read %s now: %s", self._resolv_conf, exc)
+                    await trio.sleep(self._resolv_check_s)
+                    continue
                 signature = now
-                new = format_upstreams(read_resolv_conf(self._resolv_conf))
                 if new != text:
                     text = new
                     log.info("DNS upstream from %s: %s", self._resolv_conf, new)

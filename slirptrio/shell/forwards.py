@@ -13,6 +13,12 @@ connections there with ``TcpConnect(flow, "guestfwd:FID", port)``; the flows mod
 registered target instead of a socket.
 
 Flows started here take ids from ``2**32`` up, a range the core never allocates.
+
+A host listener never ends by itself: when accepting fails (no descriptors left: EMFILE) it
+backs off and retries, and :meth:`Forwards.listeners` reports its state truthfully
+(``"listening"`` or ``"backing-off: EMFILE"``). A rule without a host address listens on every
+address of the host, as in QEMU; that is said in one log line, since it exposes the guest's
+port to the network. A unix socket forward is created 0600, like every socket of the stack.
 """
 
 from __future__ import annotations
@@ -48,7 +54,9 @@ from slirptrio.forward import (
     parse_hostfwd,
 )
 from slirptrio.shell import flows as fl
+from slirptrio.shell.descriptors import AcceptLoop
 from slirptrio.shell.pipe import PipeStream, pipe_pair
+from slirptrio.shell.transport import bind_unix
 
 log = logging.getLogger("slirptrio.forwards")
 
@@ -67,6 +75,21 @@ class _HostRule:
     scope: trio.CancelScope
     raw: _socket.socket | None = None  # UDP rules: replies go out here, without waiting
     static: bool = False  # from the option string
+    acceptor: AcceptLoop | None = None  # TCP and unix rules
+
+    @property
+    def state(self) -> str:
+        return self.acceptor.state if self.acceptor is not None else "listening"
+
+    def info(self) -> dict[str, Any]:
+        rule = self.rule
+        return {
+            "rule": rule.text,
+            "proto": rule.proto,
+            "addr": rule.path if rule.proto == "unix" else rule.host_addr or "0.0.0.0",
+            "port": self.port,
+            "state": self.state,
+        }
 
 
 class Forwards:
@@ -114,6 +137,11 @@ class Forwards:
         """Active host forwards: rule text → bound host port (0 for unix)."""
         return {r.rule.text: r.port for r in self._host.values()}
 
+    def listeners(self) -> list[dict[str, Any]]:
+        """Every host forward's listener: ``rule``, ``proto``, bound ``addr`` and ``port``,
+        and ``state`` (``"listening"``, or ``"backing-off: EMFILE"`` while it cannot accept)."""
+        return [r.info() for r in self._host.values()]
+
     def describe(self) -> list[ForwardInfo]:
         """Every active forward: host forwards with their bound address and port, then
         guest forwards."""
@@ -123,11 +151,11 @@ class Forwards:
             out.append(ForwardInfo(
                 "hostfwd", r.proto, r.text,
                 r.path if r.proto == "unix" else r.host_addr or "0.0.0.0",
-                e.port, self._guest_ip(r), r.guest_port, static=e.static,
+                e.port, self._guest_ip(r), r.guest_port, static=e.static, state=e.state,
             ))
         for fid, g in self._guest.items():
             out.append(ForwardInfo(
-                "guestfwd", "tcp", g.text, "", 0, g.addr, g.port, target=g.target,
+                "guestfwd", "tcp", g.text, g.addr, g.port, "", 0, target=g.target,
                 static=fid in self._static_guest, id=fid,
             ))
         return out
@@ -157,12 +185,17 @@ class Forwards:
                 sock.listen(128)
                 port = int(sock.getsockname()[1])
             else:
-                sock = trio.socket.socket(_socket.AF_UNIX, _socket.SOCK_STREAM)
-                await sock.bind(rule.path)
+                sock = await bind_unix(rule.path, _socket.SOCK_STREAM)
                 sock.listen(128)
                 port = 0
         except OSError as exc:
             raise ForwardError(f"cannot bind {key}: {exc.strerror or exc}") from None
+        if rule.proto != "unix" and rule.host_addr in ("", "0.0.0.0"):
+            log.warning(
+                "hostfwd %s: listening on every address of this host, so other machines can "
+                "reach the guest's port %d (give 127.0.0.1 as the host address to keep it local)",
+                text, rule.guest_port,
+            )
         key = f"{rule.proto}:{rule.host_addr}:{port}" if rule.proto != "unix" else key
         entry = _HostRule(rule, port, trio.CancelScope(), static=static)
         self._host[key] = entry
@@ -172,6 +205,7 @@ class Forwards:
             self._udp_by_fid[fid] = entry
             self._nursery.start_soon(self._serve_udp, entry, sock, fid)
         else:
+            entry.acceptor = AcceptLoop(sock, f"hostfwd {text}")
             self._nursery.start_soon(self._serve_stream, entry, sock)
         await self._inbox.send(HostFwdChange(text, port, True))
         log.info("hostfwd %s: listening on %s", text, key)
@@ -194,10 +228,12 @@ class Forwards:
 
     async def _serve_stream(self, entry: _HostRule, sock: trio.socket.SocketType) -> None:
         rule = entry.rule
+        acceptor = entry.acceptor
+        assert acceptor is not None
         with entry.scope, sock:
             try:
                 while True:
-                    conn, addr = await sock.accept()
+                    conn, addr = await acceptor.accept()
                     if rule.proto == "tcp":
                         conn.setsockopt(_socket.IPPROTO_TCP, _socket.TCP_NODELAY, 1)
                         peer_ip, peer_port = addr[0], addr[1]
@@ -208,8 +244,9 @@ class Forwards:
                     await self._inbox.send(
                         TcpInbound(flow, self._guest_ip(rule), rule.guest_port, peer_ip, peer_port)
                     )
-            except OSError as exc:
+            except OSError as exc:  # the socket itself is broken (EBADF and the like)
                 log.error("hostfwd %s: listener failed: %s", rule.text, exc)
+                acceptor.state = f"failed: {exc.strerror or exc}"
             finally:
                 if rule.proto == "unix":
                     with contextlib.suppress(OSError):

@@ -13,6 +13,7 @@ the stack keeps its state and the transport waits for (listen) or retries (conne
 from __future__ import annotations
 
 import collections
+import contextlib
 import errno
 import logging
 import os
@@ -23,6 +24,7 @@ from dataclasses import dataclass
 import trio
 
 from slirptrio.core.events import Event, GuestFrame, GuestLink
+from slirptrio.shell.descriptors import AcceptLoop, Spare
 from slirptrio.wire import MalformedFrame
 from slirptrio.wire.framing import StreamDecoder, encode_frame
 
@@ -87,6 +89,7 @@ class GuestPort:
         self.attached = False
         self.dropped = 0
         self.sent = 0
+        self.foreign = 0  # datagrams from a sender other than the dgram transport's peer
         self.direct_fd = -1  # a stream socket the door loop may write to directly
         self.partial = b""  # bytes of a direct write the socket did not take
         self.writer_busy = False
@@ -206,32 +209,111 @@ async def serve_stream(
             await inbox.send(GuestLink(False))
 
 
-def _remove_stale_socket(path: str) -> None:
+def _remove_stale_socket(path: str, kind: int) -> None:
+    """Remove a socket file nobody listens on any more; refuse one that is in use."""
     try:
-        st = os.stat(path)
+        st = os.lstat(path)
     except FileNotFoundError:
         return
     if not stat.S_ISSOCK(st.st_mode):
-        raise AddressError(f"{path}: exists and is not a socket")
+        raise OSError(errno.EEXIST, "exists and is not a socket", path)
+    probe = _socket.socket(_socket.AF_UNIX, kind)
+    try:
+        probe.setblocking(False)
+        probe.connect(path)
+    except (ConnectionRefusedError, FileNotFoundError):
+        pass  # stale: nobody listens there any more
+    except BlockingIOError:
+        raise OSError(errno.EADDRINUSE, "in use by another program", path) from None
+    except OSError as exc:
+        raise OSError(exc.errno, exc.strerror, path) from None
+    else:
+        raise OSError(errno.EADDRINUSE, "in use by another program", path)
+    finally:
+        probe.close()
     os.unlink(path)
 
 
+PRIVATE_MODE = 0o600
+"""Mode of every unix socket the stack creates (guest, control, hostfwd): owner only."""
+
+
+async def bind_unix(path: str, kind: int) -> trio.socket.SocketType:
+    """A unix socket of ``kind`` bound at ``path``, mode 0600 whatever the umask.
+
+    A stale socket file is replaced; a live one (another stack's) is an EADDRINUSE error. The
+    mode is set on the socket before ``bind`` (Linux creates the file with the socket inode's
+    mode less the umask), so there is no moment at which others may connect; a chmod after
+    ``bind`` covers systems that ignore it.
+    """
+    _remove_stale_socket(path, kind)
+    sock = trio.socket.socket(_socket.AF_UNIX, kind)
+    try:
+        with contextlib.suppress(OSError):  # if unsupported, the chmod below still applies
+            os.fchmod(sock.fileno(), PRIVATE_MODE)
+        await sock.bind(path)
+        os.chmod(path, PRIVATE_MODE)
+    except BaseException:
+        sock.close()
+        raise
+    return sock
+
+
+def private_dir(path: str) -> str:
+    """Make sure ``path`` is a directory of ours that nobody else may enter (0700): create it
+    if missing, refuse one that another user owns, that others may enter, or a symlink."""
+    with contextlib.suppress(FileExistsError):
+        os.mkdir(path, 0o700)
+    st = os.lstat(path)
+    if not stat.S_ISDIR(st.st_mode):
+        raise OSError(errno.ENOTDIR, "exists and is not a directory", path)
+    if st.st_uid != os.geteuid():
+        raise OSError(errno.EPERM, f"owned by uid {st.st_uid}, not by us", path)
+    if st.st_mode & 0o077:
+        raise OSError(
+            errno.EPERM, f"mode {stat.S_IMODE(st.st_mode):04o} lets others in (want 0700)", path
+        )
+    return path
+
+
+def _context(exc: OSError, what: str, path: str = "") -> OSError:
+    """``exc`` with ``what`` in its message (the errno kept); for a unix socket ``path``
+    whose directory is missing, the message says so."""
+    reason = exc.strerror or str(exc)
+    parent = os.path.dirname(os.path.abspath(path)) if path else ""
+    if exc.errno == errno.ENOENT and parent and not os.path.isdir(parent):
+        reason = f"no such directory {parent}"
+    elif exc.filename and exc.filename not in what:
+        reason = f"{exc.filename}: {reason}"
+    return OSError(exc.errno, f"{what}: {reason}")
+
+
 async def open_listener(addr: Address) -> trio.SocketListener:
-    """Bind and listen on ``addr`` (a stale unix socket file is replaced)."""
-    if addr.kind == "unix":
-        _remove_stale_socket(addr.path)
-        sock = trio.socket.socket(_socket.AF_UNIX, _socket.SOCK_STREAM)
-        await sock.bind(addr.path)
-        sock.listen(4)
-        return trio.SocketListener(sock)
-    listeners = await trio.open_tcp_listeners(addr.port, host=addr.host)
+    """Bind and listen on ``addr`` (a stale unix socket file is replaced; a unix socket is
+    created 0600). Raises OSError naming the address."""
+    try:
+        if addr.kind == "unix":
+            sock = await bind_unix(addr.path, _socket.SOCK_STREAM)
+            sock.listen(4)
+            return trio.SocketListener(sock)
+        listeners = await trio.open_tcp_listeners(addr.port, host=addr.host)
+    except OSError as exc:
+        raise _context(exc, f"cannot listen on {addr}", addr.path) from exc
+    for extra in listeners[1:]:
+        await extra.aclose()
     return listeners[0]
 
 
 async def run_listen(
     listener: trio.SocketListener, inbox: trio.MemorySendChannel[Event], port: GuestPort
 ) -> None:
-    """Accept QEMU stream clients, one at a time; a second concurrent client is refused."""
+    """Accept QEMU stream clients, one at a time; a second concurrent client is refused.
+
+    Running out of descriptors never ends this: a spare one is kept for the guest's
+    connection, and past that the accept backs off and retries.
+    """
+    spare = Spare()
+    acceptor = AcceptLoop(listener.socket, "guest listener", spare)
     async with trio.open_nursery() as nursery:
         busy = False
 
@@ -241,15 +323,21 @@ async def run_listen(
                 await serve_stream(stream, inbox, port, _peer_name(stream))
             finally:
                 busy = False
+                spare.take()  # if the guest's connection had it: the next one may need it
 
-        while True:
-            stream = await listener.accept()
-            if busy:
-                log.warning("refusing a second guest connection while one is attached")
-                await stream.aclose()
-                continue
-            busy = True
-            nursery.start_soon(handle, stream)
+        try:
+            while True:
+                conn, _addr = await acceptor.accept()
+                stream = trio.SocketStream(conn)
+                if busy:
+                    log.warning("refusing a second guest connection while one is attached")
+                    await stream.aclose()
+                    continue
+                busy = True
+                nursery.start_soon(handle, stream)
+        finally:
+            spare.close()
+            listener.socket.close()
 
 
 def _peer_name(stream: trio.SocketStream) -> str:
@@ -284,17 +372,67 @@ async def run_connect(
 
 
 async def open_dgram(local: Address) -> trio.socket.SocketType:
-    """Bind the local end of a ``-netdev dgram`` pair."""
-    if local.kind == "unix":
-        _remove_stale_socket(local.path)
-        sock = trio.socket.socket(_socket.AF_UNIX, _socket.SOCK_DGRAM)
-        await sock.bind(local.path)
-    else:
-        sock = trio.socket.socket(_socket.AF_INET, _socket.SOCK_DGRAM)
-        await sock.bind((local.host, local.port))
+    """Bind the local end of a ``-netdev dgram`` pair (a unix one 0600)."""
+    try:
+        if local.kind == "unix":
+            sock = await bind_unix(local.path, _socket.SOCK_DGRAM)
+        else:
+            sock = trio.socket.socket(_socket.AF_INET, _socket.SOCK_DGRAM)
+            try:
+                await sock.bind((local.host, local.port))
+            except BaseException:
+                sock.close()
+                raise
+    except OSError as exc:
+        raise _context(exc, f"cannot bind {local}", local.path) from exc
     sock.setsockopt(_socket.SOL_SOCKET, _socket.SO_RCVBUF, 1 << 22)
     sock.setsockopt(_socket.SOL_SOCKET, _socket.SO_SNDBUF, 1 << 22)
     return sock
+
+
+class PeerFilter:
+    """Tells datagrams from the configured dgram peer from everybody else's.
+
+    A unix peer is known by its bound path (the same path, or one naming the same socket
+    file: QEMU may have been given it relative to another directory); a UDP peer by its
+    address and port, the host name resolved once.
+    """
+
+    def __init__(self, remote: Address, udp_peer: tuple[str, int] | None = None) -> None:
+        self.remote = remote
+        self._udp_peer = udp_peer
+        self._known: set[object] = set()
+
+    @classmethod
+    async def resolve(cls, remote: Address) -> PeerFilter:
+        if remote.kind != "udp":
+            return cls(remote)
+        infos = await trio.socket.getaddrinfo(
+            remote.host, remote.port, _socket.AF_INET, _socket.SOCK_DGRAM
+        )
+        ip = str(infos[0][4][0]) if infos else remote.host
+        return cls(remote, (ip, remote.port))
+
+    def accepts(self, sender: object) -> bool:
+        if sender in self._known:
+            return True
+        if self.remote.kind == "udp":
+            ok = isinstance(sender, tuple) and tuple(sender[:2]) == self._udp_peer
+        else:
+            ok = isinstance(sender, str) and bool(sender) and (
+                sender == self.remote.path or _same_file(sender, self.remote.path)
+            )
+        if ok and len(self._known) < 4:
+            self._known.add(sender)
+        return ok
+
+
+def _same_file(a: str, b: str) -> bool:
+    try:
+        sa, sb = os.stat(a), os.stat(b)
+    except OSError:
+        return False
+    return (sa.st_dev, sa.st_ino) == (sb.st_dev, sb.st_ino)
 
 
 async def run_dgram(
@@ -302,12 +440,17 @@ async def run_dgram(
     remote: Address,
     inbox: trio.MemorySendChannel[Event],
     port: GuestPort,
+    peer: PeerFilter | None = None,
 ) -> None:
-    """One frame per datagram, both ways (QEMU ``-netdev dgram``)."""
+    """One frame per datagram, both ways (QEMU ``-netdev dgram``). Datagrams from anybody but
+    ``remote`` (``peer``: its filter, made here if not given) are dropped and counted
+    (``GuestPort.foreign``)."""
     target: str | tuple[str, int] = remote.path if remote.kind == "unix" else (
         remote.host,
         remote.port,
     )
+    if peer is None:
+        peer = await PeerFilter.resolve(remote)
     port.attach()
     await inbox.send(GuestLink(True))
 
@@ -329,6 +472,14 @@ async def run_dgram(
     async with trio.open_nursery() as nursery:
         nursery.start_soon(writer)
         while True:
-            data = await sock.recv(1 << 17)
+            data, sender = await sock.recvfrom(1 << 17)
+            if not peer.accepts(sender):
+                if not port.foreign:
+                    log.warning("dgram: dropping datagrams from %r (not the peer %s)",
+                                sender, remote)
+                else:
+                    log.debug("dgram: dropping a datagram from %r", sender)
+                port.foreign += 1
+                continue
             if data:
                 await inbox.send(GuestFrame(data))

@@ -542,14 +542,19 @@ class Topology:
         extra_args: Sequence[str] = (),
         verbose: int = 1,
         ready_timeout: float = 30.0,
+        prefix: Sequence[str] = (),
     ) -> Slirptrio:
-        """Start ``python -m slirptrio run`` in the host namespace and wait for ``ready``."""
+        """Start ``python -m slirptrio run`` in the host namespace and wait for ``ready``.
+
+        ``prefix`` runs it through a command that execs the rest in place (``prlimit
+        --nofile=64 --``, ``sh -c 'umask 000 && exec "$@"' sh``): the PID stays slirptrio's.
+        """
         transport = mode if isinstance(mode, Transport) else self.transport(mode)
         n = next(self._seq)
         journal = self.dir / f"slirptrio-{n}.journal"
         pcap = self.dir / f"slirptrio-{n}.pcap"
         argv = [
-            sys.executable, "-m", "slirptrio", "run", *transport.slirptrio_args(),
+            *prefix, sys.executable, "-m", "slirptrio", "run", *transport.slirptrio_args(),
             "--journal", str(journal), "--pcap", str(pcap),
         ]  # fmt: skip
         if seed is not None:

@@ -191,9 +191,9 @@ def test_qemu_netdev_user_forwards_captures_summary_timeline(topo: Topology) -> 
     go_port = int(str(_ctl(ctl, "hostfwd-add", "tcp:127.0.0.1:0-:8081")["port"]))
     info = _ctl(ctl, "info")
     forwards = {str(f["rule"]): f for f in info["forwards"]}  # type: ignore[attr-defined]
-    assert forwards[rule]["host_port"] == web_port and forwards[rule]["static"] is True
+    assert forwards[rule]["port"] == web_port and forwards[rule]["static"] is True
     go = forwards["tcp:127.0.0.1:0-:8081"]
-    assert go["host_port"] == go_port and go["static"] is False and go["guest_port"] == 8081
+    assert go["port"] == go_port and go["static"] is False and go["guest_port"] == 8081
     text = _slirptrio("ctl", str(ctl), "info").stdout
     assert re.search(rf"TCP\[HOST_FORWARD\]\s+10\.0\.2\.15:8080\s+-\s+127\.0\.0\.1:{web_port}\b",
                      text), text
