@@ -5,7 +5,10 @@
 # this script creates: the "host" namespace has only lo, and DNS goes to a local test server.
 #
 #   sudo captures/record.sh            # rewrites captures/*.journal and *.pcap
+#   sudo captures/record.sh ipv6       # only the sessions named
 set -euo pipefail
+SESSIONS=" ${*:-dhcp-ping release-renew dns-udp tcp-http ipv6} "
+want() { [[ "$SESSIONS" == *" $1 "* ]]; }
 HERE=$(cd "$(dirname "$0")" && pwd)
 ROOT=$(dirname "$HERE")
 cd "$ROOT"
@@ -89,13 +92,16 @@ stop_stack() {
 
 guest() { ip netns exec "$G" timeout 30 "$@"; }
 
+if want dhcp-ping; then
 echo "recording dhcp-ping"
 start_stack dhcp-ping
 guest busybox udhcpc -i tap0 -n -q -f -t 5 -T 1 -s "$TMP/udhcpc.sh"
 guest busybox ping -c 3 -W 2 10.0.2.2
 guest busybox ping -c 3 -W 2 10.0.2.3
 stop_stack
+fi
 
+if want release-renew; then
 echo "recording release-renew"
 start_stack release-renew
 # udhcpc in the background: SIGUSR1 renews (unicast REQUEST), SIGUSR2 releases.
@@ -111,14 +117,18 @@ guest busybox ping -c 1 -W 2 10.0.2.2
 kill "$DH"; wait "$DH" 2>/dev/null || true
 cat "$TMP/udhcpc.out"
 stop_stack
+fi
 
+if want dns-udp; then
 echo "recording dns-udp"
 start_stack dns-udp
 guest busybox udhcpc -i tap0 -n -q -f -t 5 -T 1 -s "$TMP/udhcpc.sh"
 guest busybox nslookup vm.example.test 10.0.2.3
 guest busybox nslookup other.example.test 10.0.2.3
 stop_stack
+fi
 
+if want tcp-http; then
 echo "recording tcp-http"
 mkdir -p "$TMP/www-host" "$TMP/www-guest"
 head -c 300000 /dev/urandom > "$TMP/www-host/blob"
@@ -134,5 +144,30 @@ cmp "$TMP/got" "$TMP/www-host/blob"
 guest curl -sS -o /dev/null http://10.0.2.2:8081/ || echo "refused, as expected"
 ip netns exec "$H" timeout 30 curl -sS http://127.0.0.1:2280/index.html   # host -> guest
 stop_stack
+fi
 
-for j in "$HERE"/*.journal; do python3 -m slirptrio replay "$j"; done
+if want ipv6; then
+echo "recording ipv6"
+mkdir -p "$TMP/www6"
+head -c 100000 /dev/urandom > "$TMP/www6/blob"
+ip netns exec "$H" python3 -m http.server 8082 --bind ::1 --directory "$TMP/www6" \
+    > /dev/null 2>&1 & PIDS+=($!)
+ip netns exec "$G" sysctl -q -w net.ipv6.conf.tap0.disable_ipv6=1
+start_stack ipv6
+# IPv6 comes up only now: router solicitation, SLAAC from our advertisement, DAD.
+ip netns exec "$G" sysctl -q -w net.ipv6.conf.tap0.disable_ipv6=0 net.ipv6.conf.tap0.accept_ra=1
+for _ in $(seq 100); do
+    ip -n "$G" -6 addr show dev tap0 scope site | grep -v tentative | grep -q 'inet6 fec0:' \
+        && ip -n "$G" -6 route show default | grep -q fe80::2 && break
+    sleep 0.1
+done
+guest busybox ping6 -c 2 -W 2 fec0::2
+guest busybox ping6 -c 1 -W 2 -s 3000 fec0::3                 # fragments both ways
+guest busybox nslookup -type=AAAA vm.example.test fec0::3     # AAAA through the relay
+guest curl -sS -g -o "$TMP/got6" "http://[fec0::2]:8082/blob"  # to the host's ::1
+cmp "$TMP/got6" "$TMP/www6/blob"
+stop_stack
+ip netns exec "$G" sysctl -q -w net.ipv6.conf.tap0.disable_ipv6=1
+fi
+
+for name in $SESSIONS; do python3 -m slirptrio replay "$HERE/$name.journal"; done

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from ipaddress import IPv4Address
+from ipaddress import IPv4Address, ip_address
 from typing import Any
 
 import dpkt
@@ -25,9 +25,10 @@ def frame(data: bytes) -> str:
             f"{mac} ARP {op} who-has {IPv4Address(ip.tpa)} tell {IPv4Address(ip.spa)}"
             f" (sender {':'.join(f'{b:02x}' for b in ip.sha)})"
         )
-    if not isinstance(ip, dpkt.ip.IP):
+    if not isinstance(ip, dpkt.ip.IP | dpkt.ip6.IP6):
         return f"{mac} ethertype 0x{eth.type:04x} len {len(data)}"
-    src, dst = IPv4Address(ip.src), IPv4Address(ip.dst)
+    src, dst = _ep(ip_address(ip.src)), _ep(ip_address(ip.dst))
+    plain = f"{ip_address(ip.src)} > {ip_address(ip.dst)}"
     l4 = ip.data
     if isinstance(l4, dpkt.tcp.TCP):
         flags = "".join(c for c, bit in zip("FSRPAU", (1, 2, 4, 8, 16, 32), strict=True)
@@ -49,8 +50,18 @@ def frame(data: bytes) -> str:
                 extra = " DHCP (undecodable)"
         return f"{mac} {src}:{l4.sport} > {dst}:{l4.dport} UDP len {len(l4.data)}{extra}"
     if isinstance(l4, dpkt.icmp.ICMP):
-        return f"{mac} {src} > {dst} ICMP type {l4.type} code {l4.code} len {len(ip.data)}"
-    return f"{mac} {src} > {dst} proto {ip.p} len {ip.len}"
+        return f"{mac} {plain} ICMP type {l4.type} code {l4.code} len {len(ip.data)}"
+    if isinstance(l4, dpkt.icmp6.ICMP6):
+        return f"{mac} {plain} ICMPv6 type {l4.type} code {l4.code} len {len(bytes(l4))}"
+    if isinstance(ip, dpkt.ip6.IP6):
+        return f"{mac} {plain} next header {ip.nxt} len {ip.plen}"
+    return f"{mac} {plain} proto {ip.p} len {ip.len}"
+
+
+def _ep(addr: object) -> str:
+    """An address as it goes before ``:port`` (IPv6 in brackets)."""
+    text = str(addr)
+    return f"[{text}]" if ":" in text else text
 
 
 def event(raw: list[Any]) -> str:
@@ -104,14 +115,16 @@ def flow_of(raw_event: list[Any], raw_effects: list[list[Any]]) -> str:
         return "-"
     try:
         ip = dpkt.ethernet.Ethernet(data).data
-        if isinstance(ip, dpkt.ip.IP):
+        if isinstance(ip, dpkt.ip.IP | dpkt.ip6.IP6):
             l4 = ip.data
-            proto = {1: "icmp", 6: "tcp", 17: "udp"}.get(ip.p, str(ip.p))
+            p = ip.p if isinstance(ip, dpkt.ip.IP) else ip.nxt
+            proto = {1: "icmp", 6: "tcp", 17: "udp", 58: "icmpv6"}.get(p, str(p))
             sport = getattr(l4, "sport", None)
             dport = getattr(l4, "dport", None)
+            src, dst = _ep(ip_address(ip.src)), _ep(ip_address(ip.dst))
             if sport is not None:
-                return f"{proto} {IPv4Address(ip.src)}:{sport} > {IPv4Address(ip.dst)}:{dport}"
-            return f"{proto} {IPv4Address(ip.src)} > {IPv4Address(ip.dst)}"
+                return f"{proto} {src}:{sport} > {dst}:{dport}"
+            return f"{proto} {ip_address(ip.src)} > {ip_address(ip.dst)}"
     except (dpkt.UnpackError, ValueError):
         pass
     return "-"

@@ -277,6 +277,7 @@ class Summary:
     flows_not_kept: int = 0
     lookups: list[Lookup] = field(default_factory=list)
     lookups_not_kept: int = 0
+    ipv6_addresses: dict[bytes, int] = field(default_factory=dict)  # the guest's, first seen
     dhcp: list[Note] = field(default_factory=list)
     icmp_errors: list[Note] = field(default_factory=list)
     events: list[Note] = field(default_factory=list)  # link, forwards, DNS upstreams
@@ -334,6 +335,9 @@ class Summary:
             "replay": self.replay,
             "truncated_bytes": self.truncated_bytes,
             "leases": self.leases(),
+            "ipv6_addresses": [
+                {"address": _ip_text(a), "first_s": _s(t)} for a, t in self.ipv6_addresses.items()
+            ],
             "dhcp": [n.to_dict() for n in self.dhcp],
             "flows": [f.to_dict() for f in self.flows],
             "flows_not_kept": self.flows_not_kept,
@@ -411,12 +415,31 @@ def _parse_ip(buf: bytes, off: int) -> _Pkt | None:
     return pkt
 
 
+_IP6_EXT = (0, 43, 60)  # hop-by-hop, routing, destination options: (len + 1) * 8 bytes
+_IP6_FRAG = 44
+
+
 def _parse_ip6(buf: bytes, off: int) -> _Pkt | None:
     if len(buf) < off + 40 or buf[off] >> 4 != 6:
         return None
     plen = (buf[off + 4] << 8) | buf[off + 5]
-    pkt = _Pkt(buf[off + 8 : off + 24], buf[off + 24 : off + 40], buf[off + 6])
-    _transport(pkt, buf, off + 40, plen)
+    nh = buf[off + 6]
+    pkt = _Pkt(buf[off + 8 : off + 24], buf[off + 24 : off + 40], nh)
+    l4, rest = off + 40, plen
+    for _ in range(8):  # a bounded walk of the extension headers
+        if nh in _IP6_EXT and len(buf) >= l4 + 2:
+            n = (buf[l4 + 1] + 1) * 8
+        elif nh == _IP6_FRAG and len(buf) >= l4 + 8:
+            if ((buf[l4 + 2] << 8) | buf[l4 + 3]) & 0xFFF8:
+                pkt.proto = -1  # a later fragment: no transport header here
+                return pkt
+            n = 8
+        else:
+            break
+        nh = buf[l4]
+        l4, rest = l4 + n, rest - n
+    pkt.proto = nh
+    _transport(pkt, buf, l4, rest)
     return pkt
 
 
@@ -436,6 +459,11 @@ def _transport(pkt: _Pkt, buf: bytes, l4: int, l4_len: int) -> None:
         pkt.sport = (buf[l4 + 4] << 8) | buf[l4 + 5]  # echo id
         pkt.plen = max(0, l4_len - 8)
         pkt.inner = buf[l4 + 8 : l4 + l4_len]
+
+
+def _host_port(host: str, port: int) -> str:
+    """``HOST:PORT`` with an IPv6 host in brackets (as the effects name hosts)."""
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
 def _field_bytes(value: Any) -> tuple[bytes, int]:
@@ -469,7 +497,11 @@ class _Analyzer:
             self.stack = Stack(self.config, header.seed)
             self.door = Door(self.stack, self._sink)
         cfg = self.config
-        self.dns_ips: set[bytes] = {cfg.dns.packed} if cfg is not None else set()
+        self.dns_ips: set[bytes] = set()
+        if cfg is not None:
+            self.dns_ips.add(cfg.dns.packed)
+            if getattr(cfg, "ipv6", False) and hasattr(cfg, "ipv6_dns"):
+                self.dns_ips.add(cfg.ipv6_dns.packed)
         self.tcp: dict[tuple[bytes, int, bytes, int], Flow] = {}  # live, by guest 4-tuple
         self.udp: dict[tuple[bytes, int, bytes, int], Flow] = {}
         self.echo: dict[tuple[bytes, bytes, int], Flow] = {}
@@ -591,6 +623,11 @@ class _Analyzer:
         pkt = _parse(frame)
         if pkt is None:
             return
+        if (len(pkt.src) == 16 and pkt.src not in self.s.ipv6_addresses
+                and len(self.s.ipv6_addresses) < MAX_LOOKUPS):
+            a = ipaddress.IPv6Address(pkt.src)
+            if not (a.is_unspecified or a.is_link_local or a.is_multicast):
+                self.s.ipv6_addresses[pkt.src] = t
         if pkt.proto == 6:
             self._guest_tcp(t, pkt, effects)
         elif pkt.proto == 17:
@@ -615,7 +652,7 @@ class _Analyzer:
             connect = next((e for e in effects if e[0] == TcpConnect.TAG), None)
             if connect is not None:
                 f.flow_id = connect[1]
-                f.host = f"{connect[2]}:{connect[3]}"
+                f.host = _host_port(connect[2], connect[3])
                 self.by_id[connect[1]] = f
             return
         if f is None:
@@ -658,7 +695,7 @@ class _Analyzer:
             self._dns_query(t, p.src, p.sport, p.payload)
             for e in effects:
                 if e[0] == UdpOpen.TAG:
-                    self.relay_flows[e[1]] = f"{e[2]}:{e[3]}"
+                    self.relay_flows[e[1]] = _host_port(e[2], e[3])
             return
         key = (p.src, p.sport, p.dst, p.dport)
         f = self.udp.get(key)
@@ -670,7 +707,7 @@ class _Analyzer:
             if opened is not None:
                 f = self._new_flow("udp", "out", _ep(p.src, p.sport), _ep(p.dst, p.dport), t)
                 f.flow_id = opened[1]
-                f.host = f"{opened[2]}:{opened[3]}"
+                f.host = _host_port(opened[2], opened[3])
                 self.by_id[opened[1]] = f
                 self.udp[key] = f
         assert f is not None
@@ -706,10 +743,10 @@ class _Analyzer:
                 pkt = _parse(_field_bytes(e[1])[0])
                 if pkt is not None and pkt.proto == 6 and pkt.flags & _SYN:
                     syn = pkt
-        remote = _ep(syn.src, syn.sport) if syn is not None else f"{peer_ip}:{peer_port}"
-        f = self._new_flow("tcp", "in", f"{guest_ip}:{guest_port}", remote, t)
+        remote = _ep(syn.src, syn.sport) if syn is not None else _host_port(peer_ip, peer_port)
+        f = self._new_flow("tcp", "in", _host_port(guest_ip, guest_port), remote, t)
         f.flow_id = flow_id
-        f.host = f"{peer_ip}:{peer_port}"
+        f.host = _host_port(peer_ip, peer_port)
         self.by_id[flow_id] = f
         if syn is None:
             f.finish(t, "refused", "by slirptrio (no such guest address, or table full)")
@@ -723,8 +760,9 @@ class _Analyzer:
         key = (fid, peer_ip, peer_port)
         f = self.udp_fwd.get(key)
         if f is None:
-            f = self._new_flow("udp", "in", f"{guest_ip}:{guest_port}", f"{peer_ip}:{peer_port}", t)
-            f.host = f"{peer_ip}:{peer_port}"
+            f = self._new_flow("udp", "in", _host_port(guest_ip, guest_port),
+                               _host_port(peer_ip, peer_port), t)
+            f.host = f.remote
             self.udp_fwd[key] = f
             try:
                 gkey = (ipaddress.ip_address(guest_ip).packed, int(guest_port))
@@ -1109,6 +1147,10 @@ def format_summary(s: Summary, name: str = "") -> str:
             f" ({lease['acks']} ACK{'s' if lease['acks'] != 1 else ''}, lease "
             f"{lease['lease_s']} s{extra})"
         )
+    if s.ipv6_addresses:
+        lines.append(f"\nGuest IPv6 addresses ({len(s.ipv6_addresses)}):")
+        lines += [f"  {_ip_text(a):<15} first used at {t / 1e9:.3f}s"
+                  for a, t in s.ipv6_addresses.items()]
     failed = [f for f in s.flows if f.failed]
     lines.append(
         f"\nFlows ({len(s.flows) + s.flows_not_kept}"

@@ -26,7 +26,7 @@ import os
 import secrets
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
-from ipaddress import IPv4Address
+from ipaddress import IPv4Address, IPv6Address, ip_address
 from typing import Any
 
 import trio
@@ -249,15 +249,22 @@ class SlirpStack:
         DNS address. Returns the forward's id (for :meth:`remove_guestfwd`)."""
         addr, sep, port = address.rpartition(":")
         try:
-            ip = IPv4Address(addr)
+            ip = ip_address(addr[1:-1] if addr.startswith("[") else addr)
             nport = int(port)
         except ValueError:
-            raise ForwardError(f"{address!r}: expected ADDR:PORT") from None
+            raise ForwardError(f"{address!r}: expected ADDR:PORT or [IPV6]:PORT") from None
         cfg = self.config
-        if not sep or ip not in cfg.net or ip in (cfg.host, cfg.dns) or not 0 < nport < 65536:
-            raise ForwardError(f"{address!r}: must be an address:port inside {cfg.net}")
+        if isinstance(ip, IPv6Address):
+            inside = cfg.ipv6 and ip in cfg.ipv6_net and ip not in (cfg.ipv6_host, cfg.ipv6_dns)
+            net: object = cfg.ipv6_net
+            text = f"[{ip}]:{nport}"
+        else:
+            inside = ip in cfg.net and ip not in (cfg.host, cfg.dns)
+            net, text = cfg.net, f"{ip}:{nport}"
+        if not sep or not inside or not 0 < nport < 65536:
+            raise ForwardError(f"{address!r}: must be an address:port inside {net}")
         opener = self._forwards.handler_opener(handler)
-        return await self._forwards.add_guestfwd(f"{ip}:{nport}-handler", opener)
+        return await self._forwards.add_guestfwd(f"{text}-handler", opener)
 
     async def remove_guestfwd(self, fid: int) -> None:
         """Stop serving guest forward ``fid``; its open connections go on."""

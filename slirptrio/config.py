@@ -11,12 +11,20 @@ Extensions to QEMU's syntax (absent from QEMU, so a QEMU option string never set
 ``mtu=`` (68..65521, offered to the guest with DHCP option 26), ``hostloopback=on|off|ADDR``
 (where the ``host`` address leads: the host's loopback 127.0.0.1 by default, as libslirp),
 ``udp-timeout=`` and ``dns-timeout=`` (seconds), ``max-flows=`` (TCP NAT entries, 8192).
+
+IPv6 (on by default, as QEMU): ``ipv6-net=PREFIX[/LEN]`` or the legacy ``ipv6-prefix`` and
+``ipv6-prefixlen`` (default fec0::/64, length 0..126), ``ipv6-host`` (prefix + 2) and
+``ipv6-dns`` (prefix + 3), both inside the prefix and distinct. ``ipv6=off`` with an IPv6
+option given is an error, as is ``ipv4=off`` with an IPv4 one, and turning both families off.
+Unlike QEMU, host bits in the prefix are cleared (QEMU keeps them and ORs the host number into
+them). IPv6 needs a link MTU of at least 1280: with a smaller ``mtu=``, ``ipv6=on`` is an
+error and the default becomes off.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field, fields
-from ipaddress import AddressValueError, IPv4Address, IPv4Network
+from ipaddress import AddressValueError, IPv4Address, IPv4Network, IPv6Address, IPv6Network
 from typing import Any
 
 from slirptrio.forward import RuleError, parse_guestfwd, parse_hostfwd
@@ -26,14 +34,10 @@ DHCP_LEASE_TIME = 86400
 MIN_MTU = 68
 MAX_MTU = 65521
 DEFAULT_MTU = 1500
+IPV6_MIN_MTU = 1280
 
 # QEMU's option names whose feature is not built yet: refused, naming the option.
 _NOT_BUILT = {
-    "ipv6-net": "IPv6",
-    "ipv6-prefix": "IPv6",
-    "ipv6-prefixlen": "IPv6",
-    "ipv6-host": "IPv6",
-    "ipv6-dns": "IPv6",
     "tftp": "TFTP",
     "tftp-server-name": "TFTP",
     "bootfile": "TFTP boot",
@@ -41,6 +45,9 @@ _NOT_BUILT = {
     "smbserver": "SMB",
 }
 _DEFAULT_NET = IPv4Network("10.0.2.0/24")
+_DEFAULT_NET6 = IPv6Network("fec0::/64")
+_IPV6_OPTIONS = ("ipv6-net", "ipv6-prefix", "ipv6-prefixlen", "ipv6-host", "ipv6-dns")
+_IPV4_OPTIONS = ("net", "ip", "host", "dns", "dhcpstart")
 _TRUE = {"on", "yes", "true", "y"}
 _FALSE = {"off", "no", "false", "n"}
 
@@ -62,7 +69,10 @@ class Config:
     dns: IPv4Address = _DEFAULT_NET[3]
     dhcpstart: IPv4Address = _DEFAULT_NET[15]
     ipv4: bool = True
-    ipv6: bool = False
+    ipv6: bool = True
+    ipv6_net: IPv6Network = _DEFAULT_NET6
+    ipv6_host: IPv6Address = _DEFAULT_NET6[2]
+    ipv6_dns: IPv6Address = _DEFAULT_NET6[3]
     restrict: bool = False
     hostname: str = ""
     domainname: str = ""
@@ -85,7 +95,7 @@ class Config:
         out: dict[str, Any] = {}
         for f in fields(self):
             value = getattr(self, f.name)
-            if isinstance(value, IPv4Address | IPv4Network):
+            if isinstance(value, IPv4Address | IPv4Network | IPv6Address | IPv6Network):
                 value = str(value)
             elif isinstance(value, tuple):
                 value = list(value)
@@ -103,6 +113,9 @@ class Config:
                 dhcpstart=IPv4Address(data["dhcpstart"]),
                 ipv4=bool(data["ipv4"]),
                 ipv6=bool(data["ipv6"]),
+                ipv6_net=IPv6Network(data.get("ipv6_net", str(_DEFAULT_NET6))),
+                ipv6_host=IPv6Address(data.get("ipv6_host", str(_DEFAULT_NET6[2]))),
+                ipv6_dns=IPv6Address(data.get("ipv6_dns", str(_DEFAULT_NET6[3]))),
                 restrict=bool(data["restrict"]),
                 hostname=str(data["hostname"]),
                 domainname=str(data["domainname"]),
@@ -127,6 +140,16 @@ class Config:
             f"dns={self.dns}",
             f"dhcpstart={self.dhcpstart}",
         ]
+        if not self.ipv4:
+            parts = ["ipv4=off"]
+        if self.ipv6:
+            parts += [
+                f"ipv6-net={self.ipv6_net}",
+                f"ipv6-host={self.ipv6_host}",
+                f"ipv6-dns={self.ipv6_dns}",
+            ]
+        else:
+            parts.append("ipv6=off")
         if self.restrict:
             parts.append("restrict=on")
         if self.hostname:
@@ -248,6 +271,50 @@ def _domain(key: str, value: str) -> str:
     return name
 
 
+def _addr6(key: str, value: str) -> IPv6Address:
+    try:
+        return IPv6Address(value)
+    except AddressValueError:
+        raise ConfigError(key, f"'{value}' is not an IPv6 address") from None
+
+
+def _ipv6_addresses(seen: dict[str, str]) -> tuple[IPv6Network, IPv6Address, IPv6Address]:
+    """QEMU's IPv6 addressing: ``ipv6-net=ADDR[/LEN]`` (or ``ipv6-prefix`` and
+    ``ipv6-prefixlen``), then ``ipv6-host`` and ``ipv6-dns`` inside it."""
+    if "ipv6-net" in seen and ("ipv6-prefix" in seen or "ipv6-prefixlen" in seen):
+        raise ConfigError("ipv6-net", "give either ipv6-net= or ipv6-prefix/ipv6-prefixlen")
+    if "ipv6-net" in seen:
+        prefix_text, slash, len_text = seen["ipv6-net"].partition("/")
+        key_len = "ipv6-net"
+        if not slash:
+            len_text = "64"
+        key_prefix = "ipv6-net"
+    else:
+        prefix_text = seen.get("ipv6-prefix", str(_DEFAULT_NET6.network_address))
+        len_text = seen.get("ipv6-prefixlen", "64")
+        key_prefix, key_len = "ipv6-prefix", "ipv6-prefixlen"
+    prefix = _addr6(key_prefix, prefix_text)
+    length = _int(key_len, len_text, 0, 126)
+    net = IPv6Network(f"{prefix}/{length}", strict=False)
+    base = int(net.network_address)
+
+    def inside(key: str, default_host: int) -> IPv6Address:
+        addr = _addr6(key, seen[key]) if key in seen else IPv6Address(base | default_host)
+        if addr not in net:
+            raise ConfigError(key, f"{addr} is not inside {net}")
+        if addr == net.network_address:
+            raise ConfigError(key, f"{addr} is the subnet-router anycast address of {net}")
+        if addr.is_multicast:
+            raise ConfigError(key, f"{addr} is a multicast address")
+        return addr
+
+    host = inside("ipv6-host", 2)
+    dns = inside("ipv6-dns", 3)
+    if dns == host:
+        raise ConfigError("ipv6-dns", f"{dns} must differ from ipv6-host")
+    return net, host, dns
+
+
 def parse_user_options(text: str) -> Config:
     """Parse and validate the text after ``user,`` in ``-netdev user,...``."""
     seen: dict[str, str] = {}
@@ -270,11 +337,24 @@ def parse_user_options(text: str) -> Config:
         seen[key] = value
 
     ipv4 = _bool("ipv4", seen["ipv4"]) if "ipv4" in seen else True
-    ipv6 = _bool("ipv6", seen["ipv6"]) if "ipv6" in seen else False
-    if ipv6:
-        raise ConfigError("ipv6", "IPv6 is not supported by slirptrio yet")
+    mtu = _int("mtu", seen["mtu"], MIN_MTU, MAX_MTU) if "mtu" in seen else DEFAULT_MTU
+    if "ipv6" in seen:
+        ipv6 = _bool("ipv6", seen["ipv6"])
+        if ipv6 and mtu < IPV6_MIN_MTU:
+            raise ConfigError("ipv6", f"IPv6 needs mtu of at least {IPV6_MIN_MTU}, not {mtu}")
+    else:
+        ipv6 = mtu >= IPV6_MIN_MTU
+    if not ipv4 and not ipv6:
+        raise ConfigError("ipv4", "IPv4 and IPv6 are both off")
     if not ipv4:
-        raise ConfigError("ipv4", "ipv4=off leaves no network (IPv6 is not supported yet)")
+        for key in _IPV4_OPTIONS:
+            if key in seen:
+                raise ConfigError(key, "IPv4 is off (ipv4=off) but an IPv4 address is given")
+    if not ipv6:
+        for key in _IPV6_OPTIONS:
+            if key in seen:
+                raise ConfigError(key, "IPv6 is off but an IPv6 option is given")
+    net6, host6, dns6 = _ipv6_addresses(seen)
     if "ip" in seen and "net" in seen:
         raise ConfigError("ip", "give either ip= (legacy) or net=, not both")
     if "ip" in seen:
@@ -304,13 +384,28 @@ def parse_user_options(text: str) -> Config:
             hf = parse_hostfwd(rule)
         except RuleError as exc:
             raise ConfigError("hostfwd", str(exc)) from None
-        if hf.guest_addr and IPv4Address(hf.guest_addr) not in net:
+        if ":" in hf.guest_addr:
+            if not ipv6 or IPv6Address(hf.guest_addr) not in net6:
+                raise ConfigError(
+                    "hostfwd", f"guest address {hf.guest_addr} is not inside {net6}"
+                )
+        elif hf.guest_addr and IPv4Address(hf.guest_addr) not in net:
             raise ConfigError("hostfwd", f"guest address {hf.guest_addr} is not inside {net}")
+        elif not hf.guest_addr and not ipv4:
+            raise ConfigError("hostfwd", "ipv4=off: give the guest's IPv6 address")
     for rule in fwds["guestfwd"]:
         try:
             gf = parse_guestfwd(rule)
         except RuleError as exc:
             raise ConfigError("guestfwd", str(exc)) from None
+        if ":" in gf.addr:
+            gaddr6 = IPv6Address(gf.addr)
+            if not ipv6 or gaddr6 not in net6 or gaddr6 in (host6, dns6):
+                raise ConfigError(
+                    "guestfwd",
+                    f"{gaddr6} must be inside {net6} and differ from ipv6-host and ipv6-dns",
+                )
+            continue
         gaddr = IPv4Address(gf.addr)
         if gaddr not in net or gaddr in (host, dns):
             raise ConfigError(
@@ -332,6 +427,9 @@ def parse_user_options(text: str) -> Config:
         dhcpstart=dhcpstart,
         ipv4=ipv4,
         ipv6=ipv6,
+        ipv6_net=net6,
+        ipv6_host=host6,
+        ipv6_dns=dns6,
         restrict=_bool("restrict", seen["restrict"]) if "restrict" in seen else False,
         hostname=_name("hostname", seen.get("hostname", ""), allow_empty=True),
         domainname=(
@@ -339,7 +437,7 @@ def parse_user_options(text: str) -> Config:
             else ""
         ),
         dnssearch=tuple(dnssearch),
-        mtu=_int("mtu", seen["mtu"], MIN_MTU, MAX_MTU) if "mtu" in seen else DEFAULT_MTU,
+        mtu=mtu,
         hostloopback=hostloopback,
         udp_timeout=(
             _int("udp-timeout", seen["udp-timeout"], 1, 86400) if "udp-timeout" in seen else 240
@@ -360,6 +458,11 @@ _KNOWN = {
     "id",
     "ipv4",
     "ipv6",
+    "ipv6-net",
+    "ipv6-prefix",
+    "ipv6-prefixlen",
+    "ipv6-host",
+    "ipv6-dns",
     "net",
     "ip",
     "host",

@@ -9,12 +9,16 @@ first DHCP address. Host port 0 binds an ephemeral port (the bound port is repor
 ``cmd:COMMAND`` (spawned once per connection, its stdin/stdout being the stream).
 
 ``hostfwd_remove``-style keys: ``[tcp|udp]:[hostaddr]:hostport`` (or ``unix:/path``).
+
+IPv6 addresses go in brackets, anywhere an address goes (QEMU never merged this):
+``hostfwd=tcp:[::1]:2222-:22``, ``hostfwd=tcp:[::]:2222-[fec0::15]:22``,
+``guestfwd=tcp:[fec0::100]:80-tcp:[::1]:8080``. Addresses are kept without brackets.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from ipaddress import AddressValueError, IPv4Address
+from ipaddress import AddressValueError, IPv4Address, IPv6Address
 from typing import Any
 
 
@@ -39,7 +43,7 @@ class HostFwd:
         """What ``hostfwd-remove`` names this forward by."""
         if self.proto == "unix":
             return f"unix:{self.path}"
-        return f"{self.proto}:{self.host_addr}:{self.host_port}"
+        return fwd_key(self.proto, self.host_addr, self.host_port)
 
 
 @dataclass(frozen=True)
@@ -96,18 +100,36 @@ def _port(text: str, what: str, *, zero: bool) -> int:
     return n
 
 
-def _ipv4(text: str, what: str) -> str:
+def bracket(addr: str) -> str:
+    """``addr`` as it goes before ``:port``: IPv6 in brackets."""
+    return f"[{addr}]" if ":" in addr else addr
+
+
+def fwd_key(proto: str, addr: str, port: int) -> str:
+    """The key a host forward is named by: ``proto:[addr]:port``."""
+    return f"{proto}:{bracket(addr)}:{port}"
+
+
+def _addr(text: str, what: str) -> str:
+    """An IPv4 address, or an IPv6 one in brackets; returned normalized, without brackets."""
+    if text.startswith("[") and text.endswith("]"):
+        try:
+            return str(IPv6Address(text[1:-1]))
+        except AddressValueError:
+            raise RuleError(f"{what} {text!r} is not an IPv6 address") from None
     try:
         return str(IPv4Address(text))
     except AddressValueError:
-        raise RuleError(f"{what} {text!r} is not an IPv4 address") from None
+        raise RuleError(
+            f"{what} {text!r} is not an IPv4 address (or an IPv6 one in brackets)"
+        ) from None
 
 
 def _guest_part(text: str) -> tuple[str, int]:
     addr, sep, port = text.rpartition(":")
     if not sep:
         raise RuleError(f"guest part {text!r}: expected [guestaddr]:guestport")
-    return (_ipv4(addr, "guest address") if addr else ""), _port(port, "guest port", zero=False)
+    return (_addr(addr, "guest address") if addr else ""), _port(port, "guest port", zero=False)
 
 
 def parse_hostfwd(rule: str) -> HostFwd:
@@ -131,7 +153,7 @@ def parse_hostfwd(rule: str) -> HostFwd:
     haddr, sep, hport = host.rpartition(":")
     if not sep:
         raise RuleError(f"{rule!r}: expected [hostaddr]:hostport before '-'")
-    haddr = _ipv4(haddr, "host address") if haddr else ""
+    haddr = _addr(haddr, "host address") if haddr else ""
     gaddr, gport = _guest_part(guest)
     return HostFwd(proto, haddr, _port(hport, "host port", zero=True), "", gaddr, gport, rule)
 
@@ -156,8 +178,8 @@ def hostfwd_key(text: str) -> str:
     haddr, sep, hport = rest.rpartition(":")
     if not sep:
         raise RuleError(f"{text!r}: expected [tcp|udp]:[hostaddr]:hostport")
-    haddr = _ipv4(haddr, "host address") if haddr else ""
-    return f"{proto}:{haddr}:{_port(hport, 'host port', zero=True)}"
+    haddr = _addr(haddr, "host address") if haddr else ""
+    return fwd_key(proto, haddr, _port(hport, "host port", zero=True))
 
 
 def parse_guestfwd(rule: str) -> GuestFwd:
@@ -171,7 +193,7 @@ def parse_guestfwd(rule: str) -> GuestFwd:
     addr, sep, port = server.rpartition(":")
     if not sep or not addr:
         raise RuleError(f"{rule!r}: expected server:port before '-'")
-    addr = _ipv4(addr, "guestfwd server")
+    addr = _addr(addr, "guestfwd server")
     nport = _port(port, "guestfwd port", zero=False)
     if dev.startswith("cmd:"):
         if not dev[4:].strip():
@@ -183,7 +205,7 @@ def parse_guestfwd(rule: str) -> GuestFwd:
         host, sep, tport = dev[4:].rpartition(":")
         if not sep:
             raise RuleError(f"{rule!r}: expected tcp:HOST:PORT")
-        _ipv4(host, "guestfwd target")  # a literal address: no name lookups
+        _addr(host, "guestfwd target")  # a literal address: no name lookups
         _port(tport, "guestfwd target port", zero=False)
     else:
         raise RuleError(f"{rule!r}: the device must be tcp:HOST:PORT, unix:PATH or cmd:COMMAND")

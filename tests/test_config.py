@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-from ipaddress import IPv4Address, IPv4Network
+from ipaddress import IPv4Address, IPv4Network, IPv6Address, IPv6Network
 from pathlib import Path
 
 import pytest
@@ -49,7 +49,10 @@ def test_defaults() -> None:
     assert c.dns == addr("10.0.2.3")
     assert c.dhcpstart == addr("10.0.2.15")
     assert c.mtu == DEFAULT_MTU == 1500
-    assert (c.ipv4, c.ipv6, c.restrict) == (True, False, False)
+    assert (c.ipv4, c.ipv6, c.restrict) == (True, True, False)
+    assert (c.ipv6_net, c.ipv6_host, c.ipv6_dns) == (
+        IPv6Network("fec0::/64"), IPv6Address("fec0::2"), IPv6Address("fec0::3")
+    )
     assert (c.hostname, c.domainname, c.dnssearch) == ("", "", ())
     assert c.hostloopback == "127.0.0.1"
     assert c == Config()
@@ -210,9 +213,67 @@ def test_bad_booleans(option: str, word: str) -> None:
 
 
 def test_family_switches() -> None:
-    assert refused("ipv4=off").option == "ipv4"
-    assert refused("ipv6=on").option == "ipv6"
-    assert refused("ipv4=off,ipv6=on").option == "ipv6"
+    # Both off is an error, as in QEMU; either alone is fine.
+    assert refused("ipv4=off,ipv6=off").option == "ipv4"
+    c = parse_user_options("ipv4=off")
+    assert (c.ipv4, c.ipv6) == (False, True)
+    assert parse_user_options("ipv4=off,ipv6=on") == c
+    assert parse_user_options("ipv6=off").ipv6 is False
+    # An address of a family that is off is an error (QEMU: "... disabled but ... specified").
+    assert refused("ipv4=off,net=10.0.3.0/24").option == "net"
+    assert refused("ipv4=off,dns=10.0.2.9").option == "dns"
+    assert refused("ipv6=off,ipv6-host=fec0::9").option == "ipv6-host"
+    assert refused("ipv6=off,ipv6-net=fd00::/64").option == "ipv6-net"
+
+
+def test_ipv6_addressing() -> None:
+    c = parse_user_options("ipv6-net=fd00:1:2:3::/64")
+    assert c.ipv6_net == IPv6Network("fd00:1:2:3::/64")
+    assert (c.ipv6_host, c.ipv6_dns) == (IPv6Address("fd00:1:2:3::2"), IPv6Address("fd00:1:2:3::3"))
+    # The legacy pair, and a length of its own; host bits of the prefix are cleared.
+    c = parse_user_options("ipv6-prefix=fd00::1,ipv6-prefixlen=48")
+    assert c.ipv6_net == IPv6Network("fd00::/48")
+    assert parse_user_options("ipv6-net=fd00::").ipv6_net == IPv6Network("fd00::/64")
+    c = parse_user_options("ipv6-net=fd00::/64,ipv6-host=fd00::99,ipv6-dns=fd00::53")
+    assert (c.ipv6_host, c.ipv6_dns) == (IPv6Address("fd00::99"), IPv6Address("fd00::53"))
+
+
+@pytest.mark.parametrize(
+    ("text", "option"),
+    [
+        ("ipv6-net=fec0::/127", "ipv6-net"),
+        ("ipv6-net=fec0::/x", "ipv6-net"),
+        ("ipv6-net=10.0.2.0/24", "ipv6-net"),
+        ("ipv6-prefixlen=127", "ipv6-prefixlen"),
+        ("ipv6-prefix=nonsense", "ipv6-prefix"),
+        ("ipv6-net=fec0::/64,ipv6-prefix=fec0::", "ipv6-net"),
+        ("ipv6-host=fec1::2", "ipv6-host"),
+        ("ipv6-dns=2001:db8::3", "ipv6-dns"),
+        ("ipv6-dns=fec0::2", "ipv6-dns"),
+        ("ipv6-host=fec0::", "ipv6-host"),
+        ("ipv6-host=10.0.2.2", "ipv6-host"),
+        ("mtu=1000,ipv6=on", "ipv6"),
+        ("hostfwd=tcp::2222-[fec1::15]:22", "hostfwd"),
+        ("guestfwd=tcp:[fec0::2]:80-cmd:cat", "guestfwd"),
+        ("guestfwd=tcp:[2001:db8::1]:80-cmd:cat", "guestfwd"),
+        ("ipv6=off,hostfwd=tcp::2222-[fec0::15]:22", "hostfwd"),
+    ],
+)
+def test_ipv6_refusals(text: str, option: str) -> None:
+    assert refused(text).option == option
+
+
+def test_small_mtu_turns_ipv6_off_by_default() -> None:
+    assert parse_user_options("mtu=1000").ipv6 is False
+    assert parse_user_options("mtu=1280").ipv6 is True
+
+
+def test_ipv6_forward_rules() -> None:
+    c = parse_user_options(
+        "hostfwd=tcp:[::1]:2222-:22,hostfwd=tcp:[::]:2223-[fec0::15]:22,"
+        "guestfwd=tcp:[fec0::100]:80-tcp:[::1]:8080"
+    )
+    assert len(c.hostfwd) == 2 and len(c.guestfwd) == 1
 
 
 def test_comma_escaping() -> None:
@@ -303,11 +364,6 @@ def test_unknown_option() -> None:
         "bootfile=pxelinux.0",
         "smb=/srv/share",
         "smbserver=10.0.2.4",
-        "ipv6-net=fec0::/64",
-        "ipv6-prefix=fec0::",
-        "ipv6-prefixlen=64",
-        "ipv6-host=fec0::2",
-        "ipv6-dns=fec0::3",
     ],
 )
 def test_not_built_options_are_refused_by_name(text: str) -> None:

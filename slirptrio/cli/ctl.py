@@ -109,7 +109,7 @@ def _forward_row(fw: dict[str, Any]) -> str:
             host = str(fw["addr"])
         else:
             addr = str(fw["addr"])
-            host = _endpoint("*" if addr in ("", "0.0.0.0") else addr, int(fw["port"]))
+            host = _endpoint("*" if addr in ("", "0.0.0.0", "::") else addr, int(fw["port"]))
         guest, dest = _endpoint(str(fw["guest_addr"]), int(fw["guest_port"])), "-"
     else:
         label = f"{proto}[GUEST_FORWARD]"

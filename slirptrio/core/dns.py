@@ -189,6 +189,7 @@ class _Pending:
         "guest_id",
         "query",
         "question",
+        "server",
         "tried",
         "upstream_id",
     )
@@ -208,6 +209,7 @@ class _Pending:
         self.query = query
         self.question = qsec
         self.deadline_ns = deadline_ns
+        self.server = b""  # the address the guest asked (the answer's source)
         self.tried: list[int] = []  # upstream indexes, in order
         self.flows: list[int] = []  # relay flows the query went out on
 
@@ -281,9 +283,17 @@ class DnsRelay:
         return len(self._pending)
 
     def guest_query(
-        self, guest_ip: bytes, guest_port: int, data: bytes | memoryview, now_ns: int
+        self,
+        guest_ip: bytes,
+        guest_port: int,
+        data: bytes | memoryview,
+        now_ns: int,
+        *,
+        server_ip: bytes | None = None,
     ) -> list[Effect]:
-        """A UDP datagram from the guest to ``dns:53``."""
+        """A UDP datagram from the guest to ``dns:53`` (or to ``server_ip``:53, the address
+        the answers then come from: the IPv6 DNS address)."""
+        server = self.dns_ip if server_ip is None else server_ip
         c = self.counters
         if not self.enabled:
             c["dns_restricted"] += 1
@@ -306,11 +316,11 @@ class DnsRelay:
             return out
         if self.upstreams == []:
             c["dns_no_upstream"] += 1
-            self._send_udp(self.dns_ip, DNS_PORT, guest_ip, guest_port, servfail(query))
+            self._send_udp(server, DNS_PORT, guest_ip, guest_port, servfail(query))
             return out
         if len(self._pending) >= self.max_pending:
             c["dns_pending_full"] += 1
-            self._send_udp(self.dns_ip, DNS_PORT, guest_ip, guest_port, servfail(query))
+            self._send_udp(server, DNS_PORT, guest_ip, guest_port, servfail(query))
             return out
         try:
             qsec = question(query)
@@ -320,6 +330,7 @@ class DnsRelay:
         while uid in self._pending:
             uid = self._rng.below(0x10000)
         p = _Pending(uid, (guest_ip, guest_port), hdr.id, query, qsec, now_ns + self.timeout_ns)
+        p.server = server
         self._pending[uid] = p
         self._by_guest[(guest_ip, guest_port, hdr.id)] = uid
         if self.upstreams is not None:
@@ -368,7 +379,7 @@ class DnsRelay:
                 return []
         self._forget(p)
         c["dns_answers"] += 1
-        self._send_udp(self.dns_ip, DNS_PORT, p.guest[0], p.guest[1], with_id(data, p.guest_id))
+        self._send_udp(p.server, DNS_PORT, p.guest[0], p.guest[1], with_id(data, p.guest_id))
         return []
 
     def error(self, flow: int, errno: int, now_ns: int) -> list[Effect]:
@@ -445,7 +456,7 @@ class DnsRelay:
     def _fail(self, p: _Pending) -> None:
         self._forget(p)
         self.counters["dns_servfail"] += 1
-        self._send_udp(self.dns_ip, DNS_PORT, p.guest[0], p.guest[1], servfail(p.query))
+        self._send_udp(p.server, DNS_PORT, p.guest[0], p.guest[1], servfail(p.query))
 
     def _forget(self, p: _Pending) -> None:
         del self._pending[p.upstream_id]

@@ -23,12 +23,19 @@ unreachable with the same code, time exceeded, "fragmentation needed" with the M
 errors translated; a failed send mapped from its errno as libslirp does) — or to nothing when
 the error is about the host's own packet only. :func:`error_message` then builds it, quoting
 the guest's datagram as :func:`quote` rebuilds it from the saved header fields and first bytes.
+
+IPv6 flows (addresses of 16 bytes) get ICMPv6 instead, from the same kernel fields:
+:func:`host_error6` maps them (unreachable with its code, packet too big with the path MTU,
+time exceeded; a failed send by its errno), :func:`quote6` rebuilds the guest's packet (fixed
+header only), and :func:`error_for_guest` picks the family for the callers. Echo flows to
+IPv6 destinations answer with ICMPv6 echo replies.
 """
 
 from __future__ import annotations
 
 import collections
 import errno as _errno
+import ipaddress
 import logging
 import struct
 from collections.abc import Callable
@@ -46,11 +53,13 @@ from slirptrio.core.events import (
 from slirptrio.core.info import FlowInfo
 from slirptrio.core.prng import Prng
 from slirptrio.wire import icmp as wicmp
+from slirptrio.wire import icmpv6 as wicmp6
 from slirptrio.wire.checksum import internet_checksum
 
 log = logging.getLogger("slirptrio.core.icmp")
 
 IPPROTO_ICMP = 1
+IPPROTO_ICMPV6 = 58
 
 ECHO_REPLY = 0
 DEST_UNREACH = 3
@@ -72,12 +81,31 @@ QUOTE_L4_BYTES = 128
 """How much of a guest datagram's transport part is kept for quoting in an ICMP error."""
 
 _IPV4_HEADER = struct.Struct(">BBHHHBBH4s4s")
+_IPV6_HEADER = struct.Struct(">IHBB16s16s")
+_IPV6_MIN_MTU = 1280
 _ID_SEQ = struct.Struct(">HH")
 _UNUSED_MTU = struct.Struct(">HH")
 _MIN_MTU = 68
 
 SendIp = Callable[[bytes, bytes, int, bytes], None]
 Translate = Callable[[bytes, int], tuple[str, int] | None]
+
+
+class HostError(Protocol):
+    """The kernel's report of a host socket error (:class:`UdpError`, :class:`IcmpEchoError`)."""
+
+    @property
+    def errno(self) -> int: ...
+    @property
+    def origin(self) -> int: ...
+    @property
+    def icmp_type(self) -> int: ...
+    @property
+    def icmp_code(self) -> int: ...
+    @property
+    def info(self) -> int: ...
+    @property
+    def offender(self) -> str: ...
 
 
 class QuotedHeader(Protocol):
@@ -182,6 +210,96 @@ def error_source(offender: str, host: str, default: bytes) -> bytes:
     if packed[0] in (0, 127) or packed[0] >= 224:
         return default
     return packed
+
+
+def quote6(hdr: QuotedHeader, l4_len: int, l4_head: bytes | memoryview) -> bytes:
+    """The guest's IPv6 packet as an ICMPv6 error quotes it: its fixed header (extension
+    headers dropped, payload length of the upper-layer part) and the first bytes after it."""
+    header = _IPV6_HEADER.pack(
+        (6 << 28) | (hdr.tos << 20), min(l4_len, 0xFFFF), hdr.proto, hdr.ttl, hdr.src, hdr.dst
+    )
+    return header + bytes(l4_head[:QUOTE_L4_BYTES])
+
+
+_ERRNO_UNREACH6 = {
+    _errno.ECONNREFUSED: wicmp6.UNREACH_PORT,
+    _errno.EHOSTUNREACH: wicmp6.UNREACH_ADDR,
+    _errno.ENETUNREACH: wicmp6.UNREACH_NOROUTE,
+    _errno.EACCES: wicmp6.UNREACH_ADMIN,
+    _errno.EPERM: wicmp6.UNREACH_ADMIN,
+}
+_ICMP4_UNREACH6 = {UNREACH_PORT: wicmp6.UNREACH_PORT, UNREACH_NET: wicmp6.UNREACH_NOROUTE}
+
+
+def host_error6(
+    errno: int, origin: int, icmp_type: int, icmp_code: int, info: int
+) -> tuple[int, int, int] | None:
+    """The ICMPv6 (type, code, info) to give the guest for a host socket error, or None."""
+    if origin == SO_EE_ORIGIN_ICMP6:
+        if icmp_type == wicmp6.DEST_UNREACH and 0 <= icmp_code <= 6:
+            return wicmp6.DEST_UNREACH, icmp_code, 0
+        if icmp_type == wicmp6.PACKET_TOO_BIG:
+            return wicmp6.PACKET_TOO_BIG, 0, max(_IPV6_MIN_MTU, info)
+        if icmp_type == wicmp6.TIME_EXCEEDED and icmp_code in (0, 1):
+            return wicmp6.TIME_EXCEEDED, icmp_code, 0
+        return None
+    if origin == SO_EE_ORIGIN_ICMP:  # an IPv4 error on a dual-stack socket
+        if icmp_type == DEST_UNREACH:
+            if icmp_code == UNREACH_NEEDFRAG:
+                return wicmp6.PACKET_TOO_BIG, 0, max(_IPV6_MIN_MTU, info + 20)
+            return wicmp6.DEST_UNREACH, _ICMP4_UNREACH6.get(icmp_code, wicmp6.UNREACH_ADDR), 0
+        if icmp_type == TIME_EXCEEDED and icmp_code in (0, 1):
+            return wicmp6.TIME_EXCEEDED, icmp_code, 0
+        return None
+    if origin == SO_EE_ORIGIN_LOCAL:
+        if errno == _errno.EMSGSIZE and info:
+            return wicmp6.PACKET_TOO_BIG, 0, max(_IPV6_MIN_MTU, info)
+        return None
+    if origin == SO_EE_ORIGIN_NONE:
+        return wicmp6.DEST_UNREACH, _ERRNO_UNREACH6.get(errno, wicmp6.UNREACH_NOROUTE), 0
+    return None
+
+
+def error_source6(offender: str, host: str, default: bytes) -> bytes:
+    """As :func:`error_source`, for IPv6: a global unicast offender, else ``default``."""
+    if not offender or offender == host or ":" not in offender:
+        return default
+    try:
+        addr = ipaddress.IPv6Address(offender)
+    except ValueError:
+        return default
+    if (not addr.is_global and not addr.is_private) or addr.is_loopback or addr.is_link_local:
+        return default
+    if addr.is_multicast or addr.ipv4_mapped is not None or addr.is_unspecified:
+        return default
+    return addr.packed
+
+
+def error_for_guest(
+    hdr: QuotedHeader,
+    l4_len: int,
+    l4_head: bytes,
+    ev: HostError,
+    host: str,
+    default_src: bytes,
+) -> tuple[bytes, int, bytes] | None:
+    """The (source, protocol, message) of the ICMP or ICMPv6 error that tells the guest of
+    host error ``ev`` on its flow (sent to ``hdr.src``), or None when there is none to send."""
+    if len(hdr.src) == 16:
+        mapped = host_error6(ev.errno, ev.origin, ev.icmp_type, ev.icmp_code, ev.info)
+        if mapped is None:
+            return None
+        src = error_source6(ev.offender, host, default_src)
+        quoted = quote6(hdr, l4_len, l4_head)
+        body = mapped[2].to_bytes(4, "big") + quoted
+        msg = wicmp6.build_icmpv6(src, hdr.src, mapped[0], mapped[1], body)
+        return src, IPPROTO_ICMPV6, msg
+    mapped = host_error(ev.errno, ev.origin, ev.icmp_type, ev.icmp_code, ev.info)
+    if mapped is None:
+        return None
+    src = error_source(ev.offender, host, default_src)
+    msg = error_message(mapped[0], mapped[1], quote(hdr, l4_len, l4_head), mapped[2])
+    return src, IPPROTO_ICMP, msg
 
 
 # ---------------------------------------------------------------------------- echo flows
@@ -294,9 +412,9 @@ class IcmpEcho:
             c["icmp_echo_unavailable"] += 1
             return []
         dst = hdr.dst
-        if dst[0] >= 224 or dst[0] == 0 or dst == b"\xff\xff\xff\xff":
+        if len(dst) == 4 and (dst[0] >= 224 or dst[0] == 0 or dst == b"\xff\xff\xff\xff"):
             c["icmp_echo_bad_destination"] += 1
-            return []
+            return []  # IPv6 destinations are vetted by translate
         key = (hdr.src, ident, dst)
         out: list[Effect] = []
         f = self._flows.get(key)
@@ -340,24 +458,27 @@ class IcmpEcho:
             self._lru.move_to_end(f.flow)
             f.expires_ns = now_ns + self.idle_timeout_ns
             c["icmp_echo_replies_forwarded"] += 1
-            reply = wicmp.build_icmp(
-                ECHO_REPLY, 0, _ID_SEQ.pack(f.guest_ident, ev.seq & 0xFFFF), ev.data
-            )
-            self._send_ip(f.dst_ip, f.guest_ip, IPPROTO_ICMP, reply)
+            id_seq = _ID_SEQ.pack(f.guest_ident, ev.seq & 0xFFFF)
+            if len(f.dst_ip) == 16:
+                reply = wicmp6.build_icmpv6(
+                    f.dst_ip, f.guest_ip, wicmp6.ECHO_REPLY, 0, id_seq + ev.data
+                )
+                self._send_ip(f.dst_ip, f.guest_ip, IPPROTO_ICMPV6, reply)
+            else:
+                reply = wicmp.build_icmp(ECHO_REPLY, 0, id_seq, ev.data)
+                self._send_ip(f.dst_ip, f.guest_ip, IPPROTO_ICMP, reply)
             return []
         if type(ev) is IcmpEchoError:
             f = self._lru.get(ev.flow)
             if f is None:
                 c["icmp_stale_event"] += 1
                 return []
-            mapped = host_error(ev.errno, ev.origin, ev.icmp_type, ev.icmp_code, ev.info)
-            if mapped is None:
+            err = error_for_guest(f.hdr, f.l4_len, f.head, ev, f.host, f.dst_ip)
+            if err is None:
                 c["icmp_error_ignored"] += 1
                 return []
             c["icmp_errors_to_guest"] += 1
-            src = error_source(ev.offender, f.host, f.dst_ip)
-            msg = error_message(mapped[0], mapped[1], quote(f.hdr, f.l4_len, f.head), mapped[2])
-            self._send_ip(src, f.guest_ip, IPPROTO_ICMP, msg)
+            self._send_ip(err[0], f.guest_ip, err[1], err[2])
             return []
         c["icmp_unknown_event"] += 1
         return []

@@ -1,8 +1,13 @@
-"""IPv4 fragments: bounded reassembly of the guest's fragments, fragmentation toward the guest.
+"""IP fragments: bounded reassembly of the guest's fragments, fragmentation toward the guest.
 
 Theory of operation
 -------------------
-A fragment belongs to the datagram named by (source, destination, protocol, identification).
+A fragment belongs to the datagram named by (source, destination, protocol, identification);
+IPv4 and IPv6 fragments (libslirp has no IPv6 reassembly) share one table and its bounds, told
+apart by their address lengths. For IPv6 the reassembled payload is the fragmentable part
+(any extension headers after the Fragment header, then the upper layer), which the caller walks
+again; the "protocol" of the key is the Fragment header's next header, so fragments of one
+packet that disagree on it (RFC 8200 lets them; no stack in use does) never complete.
 Each datagram in flight keeps its received bytes as sorted, non-overlapping pieces
 ``(start, end, data)`` and, once the last fragment (MF=0) has arrived, its total length. It is
 complete when the pieces cover ``[0, total)``; the joined payload is returned and the entry
@@ -120,8 +125,19 @@ class Reassembler:
 
     # ------------------------------------------------------------------------ public face
 
-    def add(self, hdr: FragmentHeader, payload: bytes | memoryview, now_ns: int) -> bytes | None:
-        """Take one fragment; return the whole payload when this one completes its datagram."""
+    def add(
+        self,
+        hdr: FragmentHeader,
+        payload: bytes | memoryview,
+        now_ns: int,
+        *,
+        max_end: int | None = None,
+    ) -> bytes | None:
+        """Take one fragment; return the whole payload when this one completes its datagram.
+
+        ``max_end`` caps the reassembled length instead of IPv4's 65535 minus the header (an
+        IPv6 caller passes 65535 minus its unfragmentable extension headers). IPv6 fragments
+        (16-byte addresses, 32-bit identifications) share the tables and bounds."""
         c = self.counters
         c["frag_in"] += 1
         start = hdr.frag_offset
@@ -131,7 +147,9 @@ class Reassembler:
             c["frag_bad_length"] += 1
             return None
         key = (hdr.src, hdr.dst, hdr.proto, hdr.ident)
-        limit = min(self.max_bytes_per_datagram, IP_MAX - max(hdr.header_len, IPV4_MIN_HEADER))
+        if max_end is None:
+            max_end = IP_MAX - max(hdr.header_len, IPV4_MIN_HEADER)
+        limit = min(self.max_bytes_per_datagram, max_end)
         if end > limit:
             c["frag_too_big"] += 1
             self._discard(key)

@@ -13,6 +13,14 @@ for them with a MAC derived from the address (52:55:a.b.c.d, as libslirp). It le
 MAC from its frames. A malformed frame raises :class:`MalformedFrame` inside the parsers; it is
 counted under its reason, logged at debug level and dropped here — never raised to the caller.
 
+IPv6 (``ipv6=on``, the default) runs beside IPv4 on the same link: Ethernet → IPv6 (extension
+headers walked, fragments reassembled) → ICMPv6 | UDP | TCP. Neighbor Discovery and router
+advertisements are :class:`~slirptrio.core.ndp.Ndp`'s, stateless DHCPv6 is
+:class:`~slirptrio.core.dhcpv6.Dhcpv6Server`'s; UDP, TCP and echo flows are the same NAT
+machines as IPv4's, fed 16-byte addresses, and :meth:`Stack.translate` decides for both
+families where a flow goes. IPv6 frames leave from the router MAC (52:56 + the last four bytes
+of ``ipv6-host``), fragmented with a Fragment header when larger than the MTU.
+
 Nothing here reads a clock or draws randomness except through ``now_ns`` and the seeded PRNG, so
 the same events at the same times give the same effects, byte for byte.
 """
@@ -20,11 +28,13 @@ the same events at the same times give the same effects, byte for byte.
 from __future__ import annotations
 
 import collections
+import dataclasses
 import logging
-from ipaddress import IPv4Address
+from ipaddress import IPv4Address, IPv6Address, ip_address
 
 from slirptrio.config import Config
 from slirptrio.core.dhcp import DhcpServer, Lease
+from slirptrio.core.dhcpv6 import Dhcpv6Server
 from slirptrio.core.events import (
     DnsUpstreams,
     Effect,
@@ -54,14 +64,19 @@ from slirptrio.core.events import (
 from slirptrio.core.icmp import IcmpEcho
 from slirptrio.core.info import FlowInfo
 from slirptrio.core.ipfrag import Reassembler, fragment
+from slirptrio.core.martian6 import classify_ipv6
+from slirptrio.core.ndp import Ndp, link_local, virtual_mac6
 from slirptrio.core.prng import Prng
 from slirptrio.core.tcp import TcpNat
 from slirptrio.core.udp import UdpNat
 from slirptrio.wire import MalformedFrame
 from slirptrio.wire import arp as warp
+from slirptrio.wire import dhcpv6 as wdhcp6
 from slirptrio.wire import ethernet as weth
 from slirptrio.wire import icmp as wicmp
+from slirptrio.wire import icmpv6 as wicmp6
 from slirptrio.wire import ipv4 as wip
+from slirptrio.wire import ipv6 as wip6
 from slirptrio.wire import udp as wudp
 
 log = logging.getLogger("slirptrio.core")
@@ -70,6 +85,9 @@ DHCP_SERVER_PORT = 67
 DHCP_CLIENT_PORT = 68
 _LIMITED_BROADCAST = b"\xff\xff\xff\xff"
 _ZERO_IP = b"\x00\x00\x00\x00"
+_UNSPECIFIED6 = bytes(16)
+_IP6_IDENT_SALT = 0x1D6F_7A3B_55C2_0E49  # a PRNG of its own: IPv6 must not shift IPv4's draws
+_MLD = (wicmp6.MLD_QUERY, wicmp6.MLD_REPORT, wicmp6.MLD_DONE, wicmp6.MLD2_REPORT)
 
 
 def virtual_mac(ip: bytes) -> bytes:
@@ -138,6 +156,27 @@ class Stack:
             counters=self.counters,
             restrict=config.restrict,
         )
+        # IPv6: the prefix, the virtual addresses and the router's link-local address.
+        self._ipv4_on = config.ipv4
+        self._ipv6_on = config.ipv6
+        self._host6 = config.ipv6_host.packed
+        self._dns6 = config.ipv6_dns.packed
+        self._ll6 = link_local(self._host6)
+        self._net6 = int(config.ipv6_net.network_address)
+        self._shift6 = 128 - config.ipv6_net.prefixlen
+        self._virtual6 = {self._host6, self._dns6, self._ll6}
+        self._ip6_ident = Prng(seed ^ _IP6_IDENT_SALT).next_u32()
+        self._ndp = Ndp(
+            config=config,
+            send=self._send_ndp,
+            owned_mac=self._owned_mac6,
+            rng=self._rng,
+            counters=self.counters,
+        )
+        self._mac6 = self._ndp.router_mac
+        self._dhcp6 = Dhcpv6Server(config, self._mac6, self.counters)
+        if config.ipv6:
+            self.udp.dns_ip6 = self._dns6
 
     # ------------------------------------------------------------------------ public face
 
@@ -158,6 +197,7 @@ class Stack:
         elif type(event) is Tick:
             self.counters["ticks"] += 1
             self._reasm.expire(now_ns)
+            self._ndp.tick(now_ns)
             self.tcp.tick(now_ns)
             out.extend(self.udp.tick(now_ns))
             out.extend(self.echo.tick(now_ns))
@@ -173,7 +213,8 @@ class Stack:
         times = [
             t
             for t in (
-                self.tcp.poll_at(), self._reasm.poll_at(), self.udp.poll_at(), self.echo.poll_at()
+                self.tcp.poll_at(), self._reasm.poll_at(), self.udp.poll_at(), self.echo.poll_at(),
+                self._ndp.poll_at(),
             )
             if t is not None
         ]
@@ -212,7 +253,7 @@ class Stack:
             ))
         elif type(event) is GuestFwdAdd:
             try:
-                ip = IPv4Address(event.ip).packed
+                ip = ip_address(event.ip).packed
             except ValueError:
                 self.counters["fwd_bad_guestfwd"] += 1
                 return
@@ -227,16 +268,32 @@ class Stack:
 
     def _inbound_addrs(self, peer_ip: str, guest_ip: str) -> tuple[bytes, bytes | None]:
         """The source a forwarded host peer has in the guest's eyes (libslirp: the host
-        address for loopback or non-IPv4 peers, else the peer's own), and the guest address."""
+        address for local peers or peers of the other family, else the peer's own), and the
+        guest address (None if it is no guest address)."""
         try:
-            guest = IPv4Address(guest_ip).packed
+            gaddr = ip_address(guest_ip)
         except ValueError:
             return self._host_ip, None
-        if not self._in_net(guest) or guest in self._virtual_ips:
-            return self._host_ip, None
         try:
-            peer = IPv4Address(peer_ip)
+            peer: IPv4Address | IPv6Address | None = ip_address(peer_ip)
         except ValueError:
+            peer = None  # not an IP peer: it comes from the host address
+        if isinstance(peer, IPv6Address) and peer.ipv4_mapped is not None:
+            peer = peer.ipv4_mapped
+        if isinstance(gaddr, IPv6Address):
+            guest6 = gaddr.packed
+            if not self._ipv6_on or not self._in_net6(guest6) or guest6 in self._virtual6:
+                return self._host6, None
+            if (
+                isinstance(peer, IPv6Address) and not peer.is_loopback and not peer.is_unspecified
+                and not peer.is_link_local and not self._in_net6(peer.packed)
+            ):
+                return peer.packed, guest6
+            return self._host6, guest6
+        guest = gaddr.packed
+        if not self._ipv4_on or not self._in_net(guest) or guest in self._virtual_ips:
+            return self._host_ip, None
+        if not isinstance(peer, IPv4Address):
             return self._host_ip, guest
         if peer.is_loopback or peer.is_unspecified or self._in_net(peer.packed):
             return self._host_ip, guest
@@ -246,10 +303,13 @@ class Stack:
         """Where a guest's connection to ``ip:port`` goes on the host, or None if nowhere.
 
         Addresses inside the virtual network are aliases of the host (libslirp): they lead to
-        ``hostloopback`` (127.0.0.1); TCP to ``dns:53`` goes to the DNS upstream.
+        ``hostloopback`` (127.0.0.1); TCP to ``dns:53`` goes to the DNS upstream. IPv6: see
+        :meth:`_translate6`.
         """
         if self.config.restrict:
             return None
+        if len(ip) == 16:
+            return self._translate6(ip, port)
         if ip[0] == 0 or ip[0] >= 224 or ip == _LIMITED_BROADCAST:
             return None
         if self._in_net(ip):
@@ -261,6 +321,26 @@ class Stack:
                 return None
             return self._loopback, port
         return address_str(ip), port
+
+    def _translate6(self, ip: bytes, port: int) -> tuple[str, int] | None:
+        """IPv6: ``ipv6-host`` (and ``ipv6-dns`` and the router's link-local address, its
+        aliases) lead to the host's ::1 (``hostloopback``), TCP to ``ipv6-dns`` port 53 to the
+        DNS upstream; other addresses of the prefix lead nowhere. Martians never leave:
+        unspecified, loopback, IPv4-compatible and IPv4-mapped, multicast, link-local."""
+        if self._in_net6(ip) or ip == self._ll6:
+            if ip not in self._virtual6:
+                return None
+            if ip == self._dns6 and port == 53:
+                return self.udp.dns.tcp_upstream()
+            loop = self._loopback
+            if not loop:
+                return None
+            return ("::1" if loop == "127.0.0.1" else loop), port
+        reason = classify_ipv6(ip)
+        if reason:
+            self.counters["martian6_" + reason] += 1
+            return None
+        return str(IPv6Address(ip)), port
 
     def leases(self, now_ns: int) -> list[Lease]:
         """The DHCP leases currently held."""
@@ -283,7 +363,11 @@ class Stack:
     # ----------------------------------------------------------------------------- output
 
     def send_ip(self, src: bytes, dst: bytes, proto: int, payload: bytes) -> None:
-        """Queue one IPv4 datagram from a virtual or NATed address to the guest."""
+        """Queue one IPv4 datagram (or IPv6 packet, for 16-byte addresses) from a virtual or
+        NATed address to the guest."""
+        if len(dst) == 16:
+            self._send_ip6(src, dst, proto, payload)
+            return
         self._ip_id = (self._ip_id + 1) & 0xFFFF
         mac = self._mac_for(dst)
         if len(payload) + wip.MIN_HEADER <= self._mtu:
@@ -297,9 +381,52 @@ class Stack:
             )
             self._send_eth(mac, weth.ETH_P_IP, packet)
 
-    def _send_eth(self, dst_mac: bytes, ethertype: int, payload: bytes) -> None:
+    def _send_eth(
+        self, dst_mac: bytes, ethertype: int, payload: bytes, src_mac: bytes | None = None
+    ) -> None:
         self.counters["frames_out"] += 1
-        self._out.append(SendFrame(weth.build_ethernet(dst_mac, self._our_mac, ethertype, payload)))
+        self._out.append(SendFrame(weth.build_ethernet(
+            dst_mac, self._our_mac if src_mac is None else src_mac, ethertype, payload
+        )))
+
+    def _send_ip6(
+        self, src: bytes, dst: bytes, proto: int, payload: bytes, hop_limit: int = 64
+    ) -> None:
+        mac = self._mac6_for(dst)
+        if wip6.HEADER_LEN + len(payload) <= self._mtu:
+            packet = wip6.build_ipv6(src, dst, proto, payload, hop_limit=hop_limit)
+            self._send_eth(mac, weth.ETH_P_IPV6, packet, self._mac6)
+            return
+        # Fragment (RFC 8200 4.5): every piece but the last a multiple of 8 bytes.
+        self.counters["ipv6_fragmented"] += 1
+        self._ip6_ident = (self._ip6_ident + 1) & 0xFFFFFFFF
+        step = (self._mtu - wip6.HEADER_LEN - wip6.FRAG_HEADER_LEN) & ~7
+        view = memoryview(payload)
+        for off in range(0, len(view), step):
+            more = off + step < len(view)
+            chunk = wip6.fragment_header(proto, off, more, self._ip6_ident) + bytes(
+                view[off : off + step]
+            )
+            packet = wip6.build_ipv6(src, dst, wip6.IPPROTO_FRAGMENT, chunk, hop_limit=hop_limit)
+            self._send_eth(mac, weth.ETH_P_IPV6, packet, self._mac6)
+
+    def _send_ndp(self, src: bytes, dst: bytes, dst_mac: bytes, msg: bytes) -> None:
+        packet = wip6.build_ipv6(src, dst, wip6.IPPROTO_ICMPV6, msg, hop_limit=255)
+        self._send_eth(dst_mac, weth.ETH_P_IPV6, packet, self._mac6)
+
+    def _mac6_for(self, ip: bytes) -> bytes:
+        if ip[0] == 0xFF:
+            return wip6.multicast_mac(ip)
+        mac = self._ndp.mac_for(ip)
+        if mac is not None:
+            return mac
+        return self.guest_mac if self.guest_mac is not None else weth.BROADCAST_MAC
+
+    def _owned_mac6(self, ip: bytes) -> bytes | None:
+        """The MAC the stack answers for its IPv6 address ``ip``; None if not its own."""
+        if ip in self._virtual6 or any(a == ip for a, _port in self._guestfwd):
+            return virtual_mac6(ip)
+        return None
 
     def _mac_for(self, ip: bytes) -> bytes:
         mac = self._arp_table.get(ip)
@@ -322,11 +449,20 @@ class Stack:
                 self._drop("eth_multicast_source")
                 return
             if ethertype == weth.ETH_P_IP:
-                self._ipv4(src, payload, now_ns)
+                if self._ipv4_on:
+                    self._ipv4(src, payload, now_ns)
+                else:
+                    self._drop("ipv4_disabled")
             elif ethertype == weth.ETH_P_ARP:
-                self._arp(src, payload)
+                if self._ipv4_on:
+                    self._arp(src, payload)
+                else:
+                    self._drop("ipv4_disabled")
             elif ethertype == weth.ETH_P_IPV6:
-                self._drop("ipv6_not_supported")
+                if self._ipv6_on:
+                    self._ipv6(src, payload, now_ns)
+                else:
+                    self._drop("ipv6_disabled")
             else:
                 self._drop("unknown_ethertype", hex(ethertype))
         except MalformedFrame as exc:
@@ -424,6 +560,91 @@ class Stack:
         reply = wicmp.build_icmp(wicmp.ECHO_REPLY, 0, rest, bytes(data))
         self.send_ip(hdr.dst, hdr.src, wip.IPPROTO_ICMP, reply)
 
+    # ------------------------------------------------------------------------------- IPv6
+
+    def _in_net6(self, ip: bytes) -> bool:
+        return (int.from_bytes(ip, "big") >> self._shift6) == (self._net6 >> self._shift6)
+
+    def _ipv6(self, src_mac: bytes, payload: memoryview, now_ns: int) -> None:
+        hdr, body = wip6.parse_ipv6(payload)
+        if hdr.src[0] == 0xFF:
+            self._drop("ipv6_multicast_source")
+            return
+        self.guest_mac = src_mac
+        self._ndp.learn(hdr.src, src_mac, now_ns)
+        if hdr.fragment:
+            if hdr.mf or hdr.frag_offset:
+                # The reassembled payload may be at most 65535 less the unfragmentable
+                # extension headers (RFC 8200 4.5).
+                unfrag = hdr.header_len - wip6.HEADER_LEN - wip6.FRAG_HEADER_LEN
+                whole = self._reasm.add(hdr, body, now_ns, max_end=0xFFFF - unfrag)
+                if whole is None:
+                    return
+                self.counters["ipv6_reassembled"] += 1
+                body = memoryview(whole)
+            else:
+                self.counters["ipv6_atomic_fragment"] += 1
+            proto, off = wip6.walk_extensions(hdr.proto, body)
+            body = body[off:]
+            hdr = dataclasses.replace(hdr, proto=proto)
+        proto = hdr.proto
+        if proto == wip6.IPPROTO_ICMPV6:
+            self._icmpv6(src_mac, hdr, body, now_ns)
+        elif hdr.src == _UNSPECIFIED6:  # only NDP and MLD may come from ::
+            self._drop("ipv6_unspecified_source")
+        elif proto == wip6.IPPROTO_UDP:
+            self._udp6(src_mac, hdr, body, now_ns)
+        elif proto == wip6.IPPROTO_TCP:
+            self.tcp.guest_segment(hdr.src, hdr.dst, body, now_ns)
+        elif proto == wip6.IPPROTO_NONE:
+            self.counters["ipv6_no_next_header"] += 1
+        else:
+            self._drop("ipv6_unknown_protocol", str(proto))
+
+    def _udp6(self, src_mac: bytes, hdr: wip6.Ipv6Header, body: memoryview, now_ns: int) -> None:
+        sport, dport, data = wudp.parse_udp(body, hdr.src, hdr.dst)
+        if dport == wdhcp6.SERVER_PORT and hdr.dst in (wdhcp6.ALL_SERVERS, self._ll6):
+            reply = self._dhcp6.handle(data)
+            if reply is None:
+                return
+            udp = wudp.build_udp(self._ll6, hdr.src, wdhcp6.SERVER_PORT, sport, reply)
+            self._send_ip6(self._ll6, hdr.src, wip6.IPPROTO_UDP, udp)
+            return
+        if dport in (wdhcp6.SERVER_PORT, wdhcp6.CLIENT_PORT):
+            self._drop("udp_dhcpv6_elsewhere")
+            return
+        self._out.extend(self.udp.guest_datagram(hdr, sport, dport, data, body, now_ns))
+
+    def _icmpv6(self, src_mac: bytes, hdr: wip6.Ipv6Header, body: memoryview, now_ns: int) -> None:
+        type_, _code, msg = wicmp6.parse_icmpv6(body, hdr.src, hdr.dst)
+        if wicmp6.ROUTER_SOLICIT <= type_ <= wicmp6.REDIRECT:
+            if type_ in (wicmp6.ROUTER_ADVERT, wicmp6.REDIRECT):
+                self._drop("icmpv6_not_from_guest", f"type {type_}")
+                return
+            self._ndp.guest_message(type_, hdr, msg, src_mac, now_ns)
+            return
+        if type_ in _MLD:
+            self.counters["icmpv6_mld"] += 1  # one router on the link: nothing to listen for
+            return
+        if type_ != wicmp6.ECHO_REQUEST:
+            self._drop("icmpv6_not_supported", f"type {type_}")
+            return
+        dst = hdr.dst
+        if self._owned_mac6(dst) is not None:
+            self.counters["icmpv6_echo_replies"] += 1
+            reply = wicmp6.build_icmpv6(dst, hdr.src, wicmp6.ECHO_REPLY, 0, msg)
+            self._send_ip6(dst, hdr.src, wip6.IPPROTO_ICMPV6, reply)
+            return
+        if len(msg) < 4:
+            self._drop("icmpv6_short_echo")
+            return
+        if dst[0] == 0xFF or self._in_net6(dst) or wip6.is_link_local(dst):
+            self._drop("icmpv6_echo_no_host")
+            return
+        ident = int.from_bytes(msg[:2], "big")
+        seq = int.from_bytes(msg[2:4], "big")
+        self._out.extend(self.echo.guest_echo(hdr, ident, seq, msg[4:], body, now_ns))
+
 
 _FWD_EVENTS = (TcpInbound, UdpInbound, GuestFwdAdd, GuestFwdRemove, HostFwdChange)
 _TCP_EVENTS = (TcpConnected, TcpConnectFailed, TcpData, TcpSent, TcpEof, TcpReset)
@@ -432,5 +653,5 @@ _ICMP_EVENTS = (IcmpEchoReply, IcmpEchoError, IcmpUnavailable)
 
 
 def address_str(ip: bytes) -> str:
-    """Dotted-quad text of a packed IPv4 address."""
-    return str(IPv4Address(ip))
+    """Text of a packed IPv4 or IPv6 address."""
+    return str(ip_address(ip))

@@ -292,7 +292,8 @@ class TcpNat:
       translate: ``translate(dst4, dport) -> (host, port) | None`` (None: refused, RST).
       alloc_flow: returns a new flow id (shared with every other host flow).
       counters: where ``tcp_*`` counts go.
-      mtu: the guest link MTU; our MSS is ``mtu - 40``.
+      mtu: the guest link MTU; our MSS is ``mtu - 40`` (``mtu - 60`` over IPv6: addresses of
+        16 bytes make an IPv6 entry; everything else is the same).
       max_flows, max_half_open: table bounds.
       buffer_size: per direction and entry: receive window and send buffer.
     """
@@ -327,6 +328,7 @@ class TcpNat:
         self._alloc_flow = alloc_flow
         self.counters = counters
         self.mss = max(64, mtu - 40)
+        self.mss6 = max(64, mtu - 60)  # IPv6's fixed header is 20 bytes longer
         self.max_flows = max(1, max_flows)
         self.max_half_open = max(1, max_half_open)
         self.buffer_size = max(1, buffer_size)
@@ -429,11 +431,14 @@ class TcpNat:
         self._rearm(c)
         return True
 
+    def _mss(self, c: _Conn) -> int:
+        return self.mss if len(c.guest_ip) == 4 else self.mss6
+
     def _send_syn(self, c: _Conn) -> None:
         win = min(self.buffer_size, 0xFFFF)
         seg = build_tcp(
             c.dst_ip, c.guest_ip, c.dst_port, c.guest_port, c.iss & _M, 0, SYN, win,
-            mss=self.mss, wscale=self.wscale,
+            mss=self._mss(c), wscale=self.wscale,
         )
         self._send_ip(c.dst_ip, c.guest_ip, IPPROTO_TCP, seg)
 
@@ -459,9 +464,9 @@ class TcpNat:
         c.rcv_adv = c.rcv_nxt + min(self.buffer_size, 0xFFFF)
         c.snd_una = c.iss + 1
         if seg.mss:
-            c.snd_mss = min(seg.mss, self.mss)
+            c.snd_mss = min(seg.mss, self._mss(c))
         else:
-            c.snd_mss = min(DEFAULT_MSS, self.mss)
+            c.snd_mss = min(DEFAULT_MSS, self._mss(c))
         if seg.wscale is not None:
             c.wscale_ok = True
             c.snd_wscale = seg.wscale
@@ -633,7 +638,7 @@ class TcpNat:
             c.rcv_nxt & _M,
             SYN | ACK,
             win,
-            mss=self.mss,
+            mss=self._mss(c),
             wscale=c.rcv_wscale if c.wscale_ok else None,
         )
         c.rcv_acked = c.rcv_nxt
@@ -797,7 +802,9 @@ class TcpNat:
     def _new(self, key: _Key, seg: TcpSegment, now_ns: int) -> None:
         counters = self.counters
         _, gport, dst_ip, dport = key
-        if gport == 0 or dport == 0 or dst_ip[0] == 0 or dst_ip[0] >= 224:
+        if gport == 0 or dport == 0 or (
+            dst_ip[0] == 0xFF if len(dst_ip) == 16 else dst_ip[0] == 0 or dst_ip[0] >= 224
+        ):
             counters["tcp_bad_address"] += 1
             return
         if len(self._by_flow) >= self.max_flows:
@@ -824,9 +831,9 @@ class TcpNat:
         c.buf_seq = iss + 1
         c.snd_right = iss + 1 + seg.window
         if seg.mss:
-            c.snd_mss = min(seg.mss, self.mss)
+            c.snd_mss = min(seg.mss, self._mss(c))
         else:
-            c.snd_mss = min(DEFAULT_MSS, self.mss)
+            c.snd_mss = min(DEFAULT_MSS, self._mss(c))
         if seg.wscale is not None:
             c.wscale_ok = True
             c.snd_wscale = seg.wscale

@@ -14,8 +14,11 @@ address's mapping (host loopback) and the replies come from the host address. Th
 broadcast 255.255.255.255 and multicast are not forwarded (they would leak onto the host's
 networks) and are counted. Port 0 and non-unicast guest sources are dropped.
 
-``dns:53`` is the DNS relay (:class:`slirptrio.core.dns.DnsRelay`, owned here) rather than a
-NAT flow; other ports of ``dns`` go to ``translate`` like any address.
+``dns:53`` (and ``ipv6-dns`` port 53) is the DNS relay (:class:`slirptrio.core.dns.DnsRelay`,
+owned here) rather than a NAT flow; other ports of ``dns`` go to ``translate`` like any address.
+
+IPv6 flows work the same way with 16-byte addresses; there is no broadcast, multicast
+destinations stay on the link, and martian destinations are refused by ``translate``.
 
 Timers: a flow idle for ``idle_timeout_ns`` (libslirp's 240 s) is closed with
 :class:`UdpClose`; flows to port 53 anywhere use ``dns_idle_timeout_ns`` (libslirp's 10 s).
@@ -55,7 +58,9 @@ log = logging.getLogger("slirptrio.core.udp")
 
 IPPROTO_UDP = 17
 UDP_MAX_PAYLOAD = 65535 - 20 - 8
+UDP6_MAX_PAYLOAD = 65535 - 8  # the IPv6 payload length counts no fixed header
 _LIMITED_BROADCAST = b"\xff\xff\xff\xff"
+_UNSPECIFIED6 = bytes(16)
 _NORMAL = 0
 _FAST = 1
 
@@ -106,6 +111,7 @@ class UdpNat:
       rng: the stack's PRNG.
       counters: where ``udp_*`` and ``dns_*`` counts go.
       host_ip, dns_ip, net_broadcast: the virtual addresses (packed).
+      dns_ip6: the virtual IPv6 DNS address (b"" without IPv6); its port 53 is the relay too.
       restrict: restrict=on: nothing is forwarded, not even DNS (libslirp drops it too).
       idle_timeout_ns, dns_idle_timeout_ns: flow idle timeouts (port 53: the second).
       dns_timeout_ns: how long a relayed query waits before the guest gets SERVFAIL.
@@ -123,6 +129,7 @@ class UdpNat:
         host_ip: bytes,
         dns_ip: bytes,
         net_broadcast: bytes,
+        dns_ip6: bytes = b"",
         restrict: bool = False,
         idle_timeout_ns: int = 240_000_000_000,
         dns_idle_timeout_ns: int = 10_000_000_000,
@@ -137,6 +144,7 @@ class UdpNat:
         self.host_ip = host_ip
         self.dns_ip = dns_ip
         self.net_broadcast = net_broadcast
+        self.dns_ip6 = dns_ip6
         self.restrict = restrict
         self._timeouts = (idle_timeout_ns, dns_idle_timeout_ns)
         self.max_flows = max(1, max_flows)
@@ -189,8 +197,8 @@ class UdpNat:
         kept in part to quote in ICMP errors.
         """
         dst = hdr.dst
-        if dport == DNS_PORT and dst == self.dns_ip:
-            return self.dns.guest_query(hdr.src, sport, data, now_ns)
+        if dport == DNS_PORT and (dst == self.dns_ip or dst == self.dns_ip6):
+            return self.dns.guest_query(hdr.src, sport, data, now_ns, server_ip=dst)
         c = self.counters
         fwd = self._flows.get((hdr.src, sport, dst, dport))
         if fwd is not None and fwd.fwd is not None:
@@ -203,10 +211,19 @@ class UdpNat:
             c["udp_restricted"] += 1
             return []
         src = hdr.src
-        if src[0] == 0 or src[0] >= 224 or src == self.net_broadcast:
+        if len(src) == 16:
+            # IPv6: the guest's own unicast sources only; multicast stays on the link (other
+            # martian destinations are refused by translate).
+            if src[0] == 0xFF or src == _UNSPECIFIED6:
+                c["udp_bad_source"] += 1
+                return []
+            if dst[0] == 0xFF:
+                c["udp_not_forwarded"] += 1
+                return []
+        elif src[0] == 0 or src[0] >= 224 or src == self.net_broadcast:
             c["udp_bad_source"] += 1
             return []
-        if dst == _LIMITED_BROADCAST or 224 <= dst[0] < 240 or dst[0] == 0:
+        elif dst == _LIMITED_BROADCAST or 224 <= dst[0] < 240 or dst[0] == 0:
             c["udp_not_forwarded"] += 1
             return []
         if sport == 0 or dport == 0:
@@ -276,7 +293,7 @@ class UdpNat:
                     return self.dns.received(ev.flow, ev.data, now_ns)
                 c["udp_stale_event"] += 1
                 return []
-            if len(ev.data) > UDP_MAX_PAYLOAD:
+            if len(ev.data) > (UDP_MAX_PAYLOAD if len(f.guest_ip) == 4 else UDP6_MAX_PAYLOAD):
                 c["udp_too_big"] += 1
                 return []
             self._lru[f.timer].move_to_end(f.flow)
@@ -364,12 +381,11 @@ class UdpNat:
 
     def _error_to_guest(self, f: _Flow, ev: UdpError) -> None:
         c = self.counters
-        mapped = icmp.host_error(ev.errno, ev.origin, ev.icmp_type, ev.icmp_code, ev.info)
-        if mapped is None or f.hdr is None:
+        err = None
+        if f.hdr is not None:
+            err = icmp.error_for_guest(f.hdr, f.l4_len, f.head, ev, f.host, f.reply_src)
+        if err is None:
             c["udp_error_ignored"] += 1
             return
         c["udp_icmp_errors"] += 1
-        src = icmp.error_source(ev.offender, f.host, f.reply_src)
-        quoted = icmp.quote(f.hdr, f.l4_len, f.head)
-        msg = icmp.error_message(mapped[0], mapped[1], quoted, mapped[2])
-        self._send_ip(src, f.guest_ip, icmp.IPPROTO_ICMP, msg)
+        self._send_ip(err[0], f.guest_ip, err[1], err[2])

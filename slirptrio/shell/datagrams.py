@@ -8,11 +8,11 @@ The core decides; this module does what its effects say and reports what the soc
   read becomes ``UdpReceived``; every entry of the socket's error queue (MSG_ERRQUEUE: ICMP
   errors such as port unreachable, with the kernel's ``sock_extended_err``) becomes
   ``UdpError``; a send that fails becomes ``UdpError`` with origin 0 and the errno.
-* ``IcmpEchoOpen`` opens an unprivileged ping socket (SOCK_DGRAM, IPPROTO_ICMP; allowed by
-  ``net.ipv4.ping_group_range``) or, failing that, a raw ICMP socket (root or CAP_NET_RAW),
-  connected to the destination. Echo replies become ``IcmpEchoReply`` (seq, data; a raw socket
-  also checks the id), errors ``IcmpEchoError``; when neither socket kind may be opened the
-  flow reports ``IcmpUnavailable`` and ends.
+* ``IcmpEchoOpen`` opens an unprivileged ping socket (SOCK_DGRAM, IPPROTO_ICMP or, for an IPv6
+  destination, IPPROTO_ICMPV6; both allowed by ``net.ipv4.ping_group_range``) or, failing
+  that, a raw socket (root or CAP_NET_RAW), connected to the destination. Echo replies become
+  ``IcmpEchoReply`` (seq, data; a raw socket also checks the id), errors ``IcmpEchoError``;
+  when neither socket kind may be opened the flow reports ``IcmpUnavailable`` and ends.
 * ``UdpClose`` / ``IcmpEchoClose`` cancel the flow's task group and close its socket.
 * The DNS upstream list — ``--dns-upstream`` values, or else the first ``nameserver`` of
   ``/etc/resolv.conf`` (127.0.0.1 when there is none, as libslirp), its signature (mtime, size,
@@ -69,6 +69,14 @@ SOL_IP = getattr(_socket, "SOL_IP", 0)
 SOL_IPV6 = getattr(_socket, "SOL_IPV6", 41)
 SOL_RAW = 255
 ICMP_FILTER = 1
+_IPPROTO_ICMPV6 = getattr(_socket, "IPPROTO_ICMPV6", 58)
+ICMP6_FILTER = 1
+ICMP6_ECHO_REQUEST = 128
+ICMP6_ECHO_REPLY = 129
+# struct icmp6_filter: a bit set per type blocks it; all blocked but echo reply (129).
+_ICMP6_ONLY_ECHO_REPLY = bytes(
+    0xFF if i != ICMP6_ECHO_REPLY // 8 else 0xFF ^ (1 << (ICMP6_ECHO_REPLY % 8)) for i in range(32)
+)
 
 _EXTENDED_ERR = struct.Struct("=IBBBBII")
 _SOCKADDR_FAMILY = struct.Struct("=H")
@@ -157,6 +165,7 @@ class _Flow:
         "raw",
         "scope",
         "sock",
+        "v6",
         "wake",
     )
 
@@ -164,6 +173,7 @@ class _Flow:
         self.flow = flow
         self.icmp = icmp
         self.raw = False
+        self.v6 = False
         self.ident = -1
         self.scope = trio.CancelScope()
         self.sock: _socket.socket | None = None
@@ -262,6 +272,7 @@ class Datagrams:
 
     def icmp_open(self, eff: IcmpEchoOpen) -> None:
         st = _Flow(eff.flow, icmp=True)
+        st.v6 = ":" in eff.host
         try:
             st.sock, st.raw = self._icmp_socket(eff.host)
         except _Unavailable as exc:
@@ -276,9 +287,13 @@ class Datagrams:
         st = self._flows.get(eff.flow)
         if st is not None:
             st.ident = eff.ident
-        msg = wicmp.build_icmp(
-            wicmp.ECHO_REQUEST, 0, struct.pack(">HH", eff.ident, eff.seq), eff.data
-        )
+        if st is not None and st.v6:
+            # The kernel fills in the ICMPv6 checksum (it covers the pseudo-header).
+            msg = struct.pack(">BBHHH", ICMP6_ECHO_REQUEST, 0, 0, eff.ident, eff.seq) + eff.data
+        else:
+            msg = wicmp.build_icmp(
+                wicmp.ECHO_REQUEST, 0, struct.pack(">HH", eff.ident, eff.seq), eff.data
+            )
         self._send(eff.flow, msg)
 
     def close(self, eff: UdpClose | IcmpEchoClose) -> None:
@@ -290,13 +305,14 @@ class Datagrams:
 
     def _icmp_socket(self, host: str) -> tuple[_socket.socket, bool]:
         _require_ip(host)
-        if ":" in host:
-            raise OSError(_errno.EAFNOSUPPORT, "IPv6 echo destinations are not supported")
+        v6 = ":" in host
+        family = _socket.AF_INET6 if v6 else _socket.AF_INET
+        proto = _IPPROTO_ICMPV6 if v6 else _socket.IPPROTO_ICMP
         sock: _socket.socket | None = None
         raw = False
         if not self._ping_denied:
             try:
-                sock = _socket.socket(_socket.AF_INET, _socket.SOCK_DGRAM, _socket.IPPROTO_ICMP)
+                sock = _socket.socket(family, _socket.SOCK_DGRAM, proto)
             except OSError as exc:
                 if exc.errno not in _NO_PING:
                     raise
@@ -304,17 +320,22 @@ class Datagrams:
                 log.info("ping sockets not permitted (%s); trying raw sockets", exc)
         if sock is None:
             try:
-                sock = _socket.socket(_socket.AF_INET, _socket.SOCK_RAW, _socket.IPPROTO_ICMP)
+                sock = _socket.socket(family, _socket.SOCK_RAW, proto)
             except OSError as exc:
                 if exc.errno in _DENIED:
                     raise _Unavailable(exc.errno) from exc
                 raise
             raw = True
         try:
-            if raw:
+            if raw and not v6:
                 # Only echo replies: the raw socket would see every ICMP message otherwise.
                 sock.setsockopt(SOL_RAW, ICMP_FILTER, struct.pack("=I", 0xFFFFFFFF ^ 1))
-            sock.setsockopt(SOL_IP, IP_RECVERR, 1)
+            if raw and v6:
+                sock.setsockopt(_IPPROTO_ICMPV6, ICMP6_FILTER, _ICMP6_ONLY_ECHO_REPLY)
+            if v6:
+                sock.setsockopt(SOL_IPV6, IPV6_RECVERR, 1)
+            else:
+                sock.setsockopt(SOL_IP, IP_RECVERR, 1)
             sock.setblocking(False)
             sock.connect((host, 0))
         except OSError:
@@ -449,14 +470,15 @@ class Datagrams:
                 await self._report(event)
 
     def _echo_reply(self, st: _Flow, data: bytes) -> Event | None:
-        if st.raw:
+        if st.raw and not st.v6:  # raw ICMPv6 sockets deliver no IP header
             if len(data) < 20:
                 return None
             data = data[(data[0] & 0x0F) * 4 :]
         if len(data) < _ECHO.size:
             return None
         type_, code, _sum, ident, seq = _ECHO.unpack_from(data)
-        if type_ != wicmp.ECHO_REPLY or code != 0 or (st.raw and ident != st.ident):
+        want = ICMP6_ECHO_REPLY if st.v6 else wicmp.ECHO_REPLY
+        if type_ != want or code != 0 or (st.raw and ident != st.ident):
             return None
         return IcmpEchoReply(st.flow, seq, data[_ECHO.size :])
 

@@ -49,6 +49,7 @@ from slirptrio.forward import (
     GuestFwd,
     HostFwd,
     RuleError,
+    fwd_key,
     hostfwd_key,
     parse_guestfwd,
     parse_hostfwd,
@@ -171,16 +172,23 @@ class Forwards:
         key = rule.key
         if rule.host_port and key in self._host:
             raise ForwardError(f"{key} is already forwarded")
+        # An IPv6 host address binds IPv6 only ("[::]" is every IPv6 address, "" every IPv4
+        # one, as QEMU), so the two can forward the same port side by side.
+        family = _socket.AF_INET6 if ":" in rule.host_addr else _socket.AF_INET
         try:
             raw: _socket.socket | None = None
             if rule.proto == "udp":
-                raw = _socket.socket(_socket.AF_INET, _socket.SOCK_DGRAM)
+                raw = _socket.socket(family, _socket.SOCK_DGRAM)
                 sock = trio.socket.from_stdlib_socket(raw)
+                if family == _socket.AF_INET6:
+                    sock.setsockopt(_socket.IPPROTO_IPV6, _socket.IPV6_V6ONLY, 1)
                 await sock.bind((rule.host_addr or "0.0.0.0", rule.host_port))
                 port = int(sock.getsockname()[1])
             elif rule.proto == "tcp":
-                sock = trio.socket.socket(_socket.AF_INET, _socket.SOCK_STREAM)
+                sock = trio.socket.socket(family, _socket.SOCK_STREAM)
                 sock.setsockopt(_socket.SOL_SOCKET, _socket.SO_REUSEADDR, 1)
+                if family == _socket.AF_INET6:
+                    sock.setsockopt(_socket.IPPROTO_IPV6, _socket.IPV6_V6ONLY, 1)
                 await sock.bind((rule.host_addr or "0.0.0.0", rule.host_port))
                 sock.listen(128)
                 port = int(sock.getsockname()[1])
@@ -190,13 +198,13 @@ class Forwards:
                 port = 0
         except OSError as exc:
             raise ForwardError(f"cannot bind {key}: {exc.strerror or exc}") from None
-        if rule.proto != "unix" and rule.host_addr in ("", "0.0.0.0"):
+        if rule.proto != "unix" and rule.host_addr in ("", "0.0.0.0", "::"):
             log.warning(
                 "hostfwd %s: listening on every address of this host, so other machines can "
-                "reach the guest's port %d (give 127.0.0.1 as the host address to keep it local)",
-                text, rule.guest_port,
+                "reach the guest's port %d (give %s as the host address to keep it local)",
+                text, rule.guest_port, "[::1]" if rule.host_addr == "::" else "127.0.0.1",
             )
-        key = f"{rule.proto}:{rule.host_addr}:{port}" if rule.proto != "unix" else key
+        key = fwd_key(rule.proto, rule.host_addr, port) if rule.proto != "unix" else key
         entry = _HostRule(rule, port, trio.CancelScope(), static=static)
         self._host[key] = entry
         if rule.proto == "udp":
@@ -298,7 +306,7 @@ class Forwards:
             opener = _device_opener(rule.target)
         else:
             addr, _, port = text.partition("-")[0].rpartition(":")
-            rule = GuestFwd(addr, int(port), "handler", text)
+            rule = GuestFwd(addr.strip("[]"), int(port), "handler", text)
         fid = next(self._fids)
         self._guest[fid] = rule
         if static:
@@ -337,7 +345,7 @@ def _device_opener(target: str) -> Callable[[], Awaitable[fl.HostEnd]]:
     if target.startswith("unix:"):
         return fl.unix_opener(target[5:])
     host, _, port = target[4:].rpartition(":")
-    return fl.tcp_opener(host, int(port))
+    return fl.tcp_opener(host.strip("[]"), int(port))
 
 
 __all__ = ["SHELL_FLOW_BASE", "ForwardError", "Forwards"]

@@ -1,4 +1,4 @@
-"""The Internet checksum (RFC 1071) and the IPv4 pseudo-header sum."""
+"""The Internet checksum (RFC 1071) and the IPv4 and IPv6 pseudo-header sums."""
 
 from __future__ import annotations
 
@@ -36,5 +36,9 @@ def internet_checksum(data: bytes | bytearray | memoryview, initial: int = 0) ->
 
 
 def pseudo_header_sum(src: bytes, dst: bytes, proto: int, length: int) -> int:
-    """The one's-complement sum of the IPv4 pseudo-header, for TCP and UDP checksums."""
+    """The one's-complement sum of the pseudo-header, for TCP, UDP and ICMPv6 checksums.
+
+    With 16-byte addresses this is the IPv6 pseudo-header (RFC 8200 8.1): its 32-bit length
+    and 24 zero bits sum the same as IPv4's zero byte and 16-bit length while ``length`` fits
+    16 bits, which every non-jumbogram's does."""
     return ones_sum(src + dst + bytes((0, proto)) + length.to_bytes(2, "big"))

@@ -8,13 +8,15 @@ so concurrent or crashed runs never collide::
     guest ns                         host ns                               deadend ns
     lo, tap0 <-> QEMU relay ==unix==> slirptrio, test servers
                                       lo, veth0 203.0.113.1/24 <--veth--> veth1 203.0.113.2/24
-                                      default via 203.0.113.2
+                                                2001:db8::1/64                  2001:db8::2/64
+                                      default via 203.0.113.2 and 2001:db8::2
 
 * The guest is the kernel's own TCP/IP stack on ``tap0``; QEMU (``-machine none``, a hub joining
   ``-netdev tap`` and ``-netdev stream|dgram``) relays its frames to slirptrio over a unix socket,
   which reaches across namespaces.
-* slirptrio and test servers run in the host namespace. Its only route out leads into the dead
-  end, so NAT toward any "outside" address can reach only servers on 203.0.113.1 or nothing.
+* slirptrio and test servers run in the host namespace. Its only routes out (IPv4 and IPv6)
+  lead into the dead end, so NAT toward any "outside" address can reach only servers on
+  203.0.113.1 (2001:db8::1) or nothing.
   They also run in a private mount namespace whose ``/etc/resolv.conf`` names 127.0.0.1, so no
   lookup reaches the machine's real resolver.
 * Every process is tracked by PID and stopped on :meth:`Topology.close`; every wait is bounded;
@@ -47,6 +49,9 @@ REPO_ROOT = Path(__file__).resolve().parents[2]
 HOST_ADDR = "203.0.113.1"
 DEADEND_ADDR = "203.0.113.2"
 PREFIX_LEN = 24
+HOST_ADDR6 = "2001:db8::1"
+DEADEND_ADDR6 = "2001:db8::2"
+PREFIX_LEN6 = 64
 
 NS_PREFIX = "ste2e"
 TMP_ROOT = "/tmp"
@@ -448,6 +453,12 @@ class Topology:
         run(["ip", "-n", h, "link", "set", "veth0", "up"], 10)
         run(["ip", "-n", d, "link", "set", "veth1", "up"], 10)
         run(["ip", "-n", h, "route", "add", "default", "via", DEADEND_ADDR], 10)
+        # IPv6 the same way; nodad: usable at once (no tentative phase for servers to trip on).
+        run(["ip", "-n", h, "addr", "add", f"{HOST_ADDR6}/{PREFIX_LEN6}", "dev", "veth0",
+             "nodad"], 10)
+        run(["ip", "-n", d, "addr", "add", f"{DEADEND_ADDR6}/{PREFIX_LEN6}", "dev", "veth1",
+             "nodad"], 10)
+        run(["ip", "-n", h, "-6", "route", "add", "default", "via", DEADEND_ADDR6], 10)
         run(["ip", "netns", "exec", g, "ip", "tuntap", "add", "dev", TAP, "mode", "tap"], 10)
         run(["ip", "-n", g, "link", "set", TAP, "up"], 10)
         for ns in (h, g):
@@ -456,6 +467,8 @@ class Topology:
         # Neither the guest nor the dead end may pass anything on.
         for ns in (g, d):
             run(["ip", "netns", "exec", ns, "sysctl", "-q", "-w", "net.ipv4.ip_forward=0"], 10)
+            run(["ip", "netns", "exec", ns, "sysctl", "-q", "-w",
+                 "net.ipv6.conf.all.forwarding=0"], 10)
 
     # -- running commands --------------------------------------------------------------------
 
@@ -650,6 +663,46 @@ class Topology:
     ) -> subprocess.CompletedProcess[str]:
         """``busybox ping -c COUNT -W WAIT ADDR`` from the guest."""
         argv = ["busybox", "ping", "-c", str(count), "-W", str(wait), addr]
+        return self.guest_run(argv, timeout, check=check)
+
+    def slaac(
+        self, prefix: str = "fec0:", timeout: float = 30.0, *, default_route: bool = True
+    ) -> tuple[str, str]:
+        """Turn IPv6 on for the guest's tap (router advertisements accepted) and wait until
+        it holds a SLAAC address starting with ``prefix`` past duplicate address detection,
+        and (if ``default_route``) a default route; return (the address, the default router,
+        "" if none).
+
+        Raises:
+            HarnessError: if either is missing after ``timeout`` seconds.
+        """
+        for key, value in (("disable_ipv6", "0"), ("accept_ra", "1"), ("autoconf", "1")):
+            run(["ip", "netns", "exec", self.guest_ns, "sysctl", "-q", "-w",
+                 f"net.ipv6.conf.{TAP}.{key}={value}"], 10)
+        deadline = time.monotonic() + timeout
+        addr = router = ""
+        while True:
+            out = run(["ip", "-n", self.guest_ns, "-6", "-o", "addr", "show", "dev", TAP], 10)
+            for line in out.stdout.splitlines():
+                m = re.search(r"inet6 (\S+)/\d+", line)
+                if m and m.group(1).startswith(prefix) and "tentative" not in line:
+                    addr = m.group(1)
+            route = run(["ip", "-n", self.guest_ns, "-6", "route", "show", "default"], 10)
+            m = re.search(r"default via (\S+)", route.stdout)
+            router = m.group(1) if m else ""
+            if addr and (router or not default_route):
+                return addr, router
+            if time.monotonic() > deadline:
+                raise HarnessError(f"no SLAAC address/default route in {timeout}s:\n"
+                                   f"{out.stdout}{route.stdout}")
+            time.sleep(0.1)
+
+    def ping6(
+        self, addr: str, count: int = 3, wait: int = 2, timeout: float = 30.0,
+        check: bool = True,
+    ) -> subprocess.CompletedProcess[str]:
+        """``busybox ping6 -c COUNT -W WAIT ADDR`` from the guest."""
+        argv = ["busybox", "ping6", "-c", str(count), "-W", str(wait), addr]
         return self.guest_run(argv, timeout, check=check)
 
     # -- teardown ----------------------------------------------------------------------------

@@ -1,11 +1,13 @@
 """Small test servers and clients run inside the e2e namespaces (``python -m tests.e2e.servers``).
 
-* ``dns PORT``: a DNS server on 127.0.0.1 (UDP and TCP) answering every A query with
-  203.0.113.77, except names starting with ``silent`` (never answered).
+* ``dns PORT [ADDR]``: a DNS server on 127.0.0.1 (or ADDR; UDP and TCP) answering every A
+  query with 203.0.113.77 and every AAAA query with 2001:db8::77, except names starting with
+  ``silent`` (never answered).
 * ``udp-echo ADDR PORT``: echoes every datagram.
 * ``udp-client ADDR PORT SIZE``: sends SIZE patterned bytes, prints ``ok FROM`` if the same
   bytes come back, ``refused`` on ICMP port unreachable, ``timeout`` otherwise.
-* ``dns-query SERVER NAME [tcp]``: prints the response code and the first A record.
+* ``dns-query SERVER NAME [tcp] [aaaa]``: prints the response code and the first A (or AAAA)
+  record.
 * ``http ADDR PORT``: HTTP/1.1 server; ``GET /N`` answers N patterned bytes, ``PUT``/``POST``
   answers the sha256 of the body it read.
 * ``tcp-echo ADDR PORT``: echoes each connection's bytes; after the client's EOF it sends
@@ -15,6 +17,9 @@
 * ``udp-echo-any PORT``: UDP echo on 0.0.0.0 (for the guest side of forwards).
 * ``tcp-many ADDR PORT N SIZE``: N concurrent connections to a tcp-echo server, each sends
   SIZE random bytes, shuts down its write side, and checks the echo and the digest.
+
+Addresses may be IPv6 everywhere (the socket family follows the address); a server on ``::``
+also accepts IPv4.
 """
 
 from __future__ import annotations
@@ -28,6 +33,16 @@ import threading
 import time
 
 ANSWER = bytes([203, 0, 113, 77])
+ANSWER6 = socket.inet_pton(socket.AF_INET6, "2001:db8::77")
+
+
+def family(addr: str) -> socket.AddressFamily:
+    return socket.AF_INET6 if ":" in addr else socket.AF_INET
+
+
+def _v6_dual(s: socket.socket, addr: str) -> None:
+    if addr == "::":
+        s.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
 
 
 def _question_end(q: bytes) -> int:
@@ -44,9 +59,12 @@ def dns_answer(q: bytes) -> bytes | None:
     if name_first.startswith(b"silent"):
         return None
     qtype = struct.unpack("!H", q[end - 4 : end - 2])[0]
-    n = 1 if qtype == 1 else 0
+    n = 1 if qtype in (1, 28) else 0
     head = q[:2] + b"\x81\x80" + struct.pack("!HHHH", 1, n, 0, 0)
-    rr = b"\xc0\x0c\x00\x01\x00\x01\x00\x00\x00\x3c\x00\x04" + ANSWER
+    if qtype == 28:
+        rr = b"\xc0\x0c\x00\x1c\x00\x01\x00\x00\x00\x3c\x00\x10" + ANSWER6
+    else:
+        rr = b"\xc0\x0c\x00\x01\x00\x01\x00\x00\x00\x3c\x00\x04" + ANSWER
     return head + q[12:end] + (rr if n else b"")
 
 
@@ -60,12 +78,12 @@ def _recv_exact(c: socket.socket, n: int) -> bytes:
     return buf
 
 
-def serve_dns(port: int) -> None:
-    u = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-    u.bind(("127.0.0.1", port))
-    t = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+def serve_dns(port: int, addr: str = "127.0.0.1") -> None:
+    u = socket.socket(family(addr), socket.SOCK_DGRAM)
+    u.bind((addr, port))
+    t = socket.socket(family(addr), socket.SOCK_STREAM)
     t.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    t.bind(("127.0.0.1", port))
+    t.bind((addr, port))
     t.listen(16)
 
     def tcp_loop() -> None:
@@ -91,7 +109,8 @@ def serve_dns(port: int) -> None:
 
 
 def serve_udp_echo(addr: str, port: int) -> None:
-    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    s = socket.socket(family(addr), socket.SOCK_DGRAM)
+    _v6_dual(s, addr)
     s.bind((addr, port))
     print("listening", flush=True)
     while True:
@@ -101,7 +120,7 @@ def serve_udp_echo(addr: str, port: int) -> None:
 
 def udp_client(addr: str, port: int, size: int) -> str:
     msg = bytes(i % 251 for i in range(size))
-    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    s = socket.socket(family(addr), socket.SOCK_DGRAM)
     s.settimeout(5)
     s.connect((addr, port))  # connected: ICMP errors are reported to us
     try:
@@ -114,22 +133,26 @@ def udp_client(addr: str, port: int, size: int) -> str:
     return f"ok {frm[0]}" if data == msg else f"mismatch {len(data)}"
 
 
-def dns_query(server: str, name: str, tcp: bool) -> str:
+def dns_query(server: str, name: str, tcp: bool, aaaa: bool = False) -> str:
     qname = b"".join(bytes([len(p)]) + p.encode() for p in name.split(".")) + b"\x00"
-    q = struct.pack("!HHHHHH", 0x4242, 0x0100, 1, 0, 0, 0) + qname + b"\x00\x01\x00\x01"
+    qtype = b"\x00\x1c" if aaaa else b"\x00\x01"
+    q = struct.pack("!HHHHHH", 0x4242, 0x0100, 1, 0, 0, 0) + qname + qtype + b"\x00\x01"
     if tcp:
         with socket.create_connection((server, 53), timeout=10) as c:
             c.sendall(struct.pack("!H", len(q)) + q)
             (n,) = struct.unpack("!H", _recv_exact(c, 2))
             r = _recv_exact(c, n)
     else:
-        s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        s = socket.socket(family(server), socket.SOCK_DGRAM)
         s.settimeout(15)
         s.sendto(q, (server, 53))
         r, _ = s.recvfrom(4096)
     rcode = r[3] & 0x0F
     ident = struct.unpack("!H", r[:2])[0]
     ancount = struct.unpack("!H", r[6:8])[0]
+    if aaaa:
+        addr = socket.inet_ntop(socket.AF_INET6, r[-16:]) if ancount else "-"
+        return f"id={ident:#x} rcode={rcode} answers={ancount} aaaa={addr}"
     addr = socket.inet_ntoa(r[-4:]) if ancount else "-"
     return f"id={ident:#x} rcode={rcode} answers={ancount} a={addr}"
 
@@ -177,14 +200,18 @@ def serve_http(addr: str, port: int) -> None:
 
         do_POST = do_PUT
 
-    server = http.server.ThreadingHTTPServer((addr, port), Handler)
+    class Server(http.server.ThreadingHTTPServer):
+        address_family = family(addr)
+
+    server = Server((addr, port), Handler)
     print("listening", flush=True)
     server.serve_forever()
 
 
 def serve_tcp_echo(addr: str, port: int) -> None:
-    srv = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    srv = socket.socket(family(addr), socket.SOCK_STREAM)
     srv.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    _v6_dual(srv, addr)
     srv.bind((addr, port))
     srv.listen(1024)
 
@@ -269,7 +296,7 @@ def tcp_client(addr: str, port: int, size: int, hold: float) -> str:
 def main(argv: list[str]) -> None:
     cmd = argv[0]
     if cmd == "dns":
-        serve_dns(int(argv[1]))
+        serve_dns(int(argv[1]), *argv[2:3])
     elif cmd == "udp-echo":
         serve_udp_echo(argv[1], int(argv[2]))
     elif cmd == "udp-client":
@@ -286,7 +313,7 @@ def main(argv: list[str]) -> None:
     elif cmd == "tcp-many":
         print(tcp_many(argv[1], int(argv[2]), int(argv[3]), int(argv[4])), flush=True)
     elif cmd == "dns-query":
-        print(dns_query(argv[1], argv[2], len(argv) > 3 and argv[3] == "tcp"), flush=True)
+        print(dns_query(argv[1], argv[2], "tcp" in argv[3:], "aaaa" in argv[3:]), flush=True)
     else:
         raise SystemExit(f"unknown command {cmd}")
 

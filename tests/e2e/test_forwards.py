@@ -102,7 +102,8 @@ def test_hostfwd_guestfwd_ctl(topo: Topology, restrict: str) -> None:
     assert isinstance(port2, int) and port2 not in (0, tport)
     assert host_py(topo, "tcp-client", "127.0.0.1", str(port2), "1000") == "ok"
     # `info` lists a flow that is open right now.
-    holder = topo.host_spawn("holder", py("tcp-client", "127.0.0.1", str(port2), "10", "3"))
+    # Held 8 s: long enough for both ctl calls below even on a loaded machine.
+    holder = topo.host_spawn("holder", py("tcp-client", "127.0.0.1", str(port2), "10", "8"))
     for _ in range(50):
         info = ctl(topo, control, "info")
         flows = info["flows"]

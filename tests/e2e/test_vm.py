@@ -1,6 +1,8 @@
 """A real VM: Debian's kernel on QEMU (TCG) with a busybox initramfs and virtio-net, attached
 to slirptrio over ``-netdev stream``. It takes a DHCP lease, pings, resolves a name and fetches a
-page over HTTP from the host's loopback via 10.0.2.2; the session replays identical."""
+page over HTTP from the host's loopback via 10.0.2.2; with IPv6 it forms a SLAAC address from
+our router advertisement, pings fec0::2 and fetches a page from the host's ::1 via [fec0::2];
+the session replays identical."""
 
 from __future__ import annotations
 
@@ -56,6 +58,15 @@ ping -c 3 -W 2 10.0.2.2 && echo VM-PING-OK
 nslookup vm.example.test 10.0.2.3
 printf 'GET /1000 HTTP/1.0\\r\\n\\r\\n' | nc 10.0.2.2 8080 > /http.out
 echo "VM-HTTP-BYTES $(wc -c < /http.out)"
+for i in $(seq 1 100); do
+    ip -6 addr show dev eth0 scope site | grep -v tentative | grep -q 'inet6 fec0:' && break
+    sleep 0.2
+done
+ip -6 addr show dev eth0 scope site
+ip -6 route show default
+ping6 -c 3 -W 2 fec0::2 && echo VM-PING6-OK
+printf 'GET /2000 HTTP/1.0\\r\\n\\r\\n' | nc fec0::2 8081 > /http6.out
+echo "VM-HTTP6-BYTES $(wc -c < /http6.out)"
 echo VM-DONE
 poweroff -f
 """
@@ -115,6 +126,9 @@ def test_tcg_vm_dhcp_ping_dns_http(topo: Topology) -> None:
         "listening", 10
     )
     topo.host_spawn("dns", [sys.executable, SERVERS, "dns", "5353"]).wait_line("listening", 10)
+    topo.host_spawn("http6", [sys.executable, SERVERS, "http", "::1", "8081"]).wait_line(
+        "listening", 10
+    )
     st = topo.start_slirptrio("listen", "hostname=vm1",
                               extra_args=["--dns-upstream", "127.0.0.1:5353"])
     qemu = [
@@ -136,6 +150,10 @@ def test_tcg_vm_dhcp_ping_dns_http(topo: Topology) -> None:
     assert "203.0.113.77" in console, console  # the name resolved through 10.0.2.3
     http = [ln for ln in console.splitlines() if ln.startswith("VM-HTTP-BYTES")]
     assert http and int(http[-1].split()[1]) > 1000, console  # headers + 1000 bytes
+    assert "inet6 fec0:" in console and "default via fe80::2" in console, console
+    assert "VM-PING6-OK" in console, console
+    http6 = [ln for ln in console.splitlines() if ln.startswith("VM-HTTP6-BYTES")]
+    assert http6 and int(http6[-1].split()[1]) > 2000, console
     assert st.stop() == 0, st.proc.output()
     assert pcap_problems(st.pcap) == []
     result = replay(st.journal)
