@@ -46,7 +46,7 @@ from typing import Any
 
 import trio
 
-from slirptrio.cli._common import EXIT_USAGE, Parser, Subparsers, setup_logging
+from slirptrio.cli._common import Parser, Subparsers, UserError, setup_logging
 from slirptrio.cli.session import default_state_dir
 from slirptrio.config import Config, ConfigError, parse_user_options
 from slirptrio.core.dns import parse_upstream
@@ -389,8 +389,7 @@ def command(args: argparse.Namespace, parser: Parser) -> int:
         try:
             plan = rewrite(qemu, lambda i, name: os.path.join(private, f"{i}.sock"))
         except QemuArgError as exc:
-            print(f"slirptrio: error: {exc}", file=sys.stderr)
-            return EXIT_USAGE
+            raise UserError(str(exc)) from None
         setup_logging(args.verbose)
         return _run(args, plan, private, upstreams, inherited)
     finally:
@@ -433,7 +432,6 @@ def _run(args: argparse.Namespace, plan: Rewrite, private: str, upstreams: list[
     several = len(plan.nets) > 1
     files = [_files(args, n, i, several, private) for i, n in enumerate(plan.nets)]
     status: list[int] = []
-
     early: list[int] = []  # a signal that came before QEMU started
 
     async def main() -> None:
