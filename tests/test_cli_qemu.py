@@ -192,3 +192,19 @@ def test_missing_command(tmp_path: pathlib.Path) -> None:
     p = run_cli([], tmp_path)
     _, err = p.communicate(timeout=60)
     assert p.returncode == 2 and "QEMU_COMMAND" in err
+
+
+def test_a_stack_that_cannot_start_is_one_line_and_qemu_never_runs(tmp_path: pathlib.Path) -> None:
+    import socket
+
+    marker = tmp_path / "ran"
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        p = run_cli(["--no-journal", "--", "sh", "-c", f"touch {marker}", "-netdev",
+                     f"user,id=n0,hostfwd=tcp:127.0.0.1:{port}-:22"], tmp_path)
+        _, err = p.communicate(timeout=60)
+    assert p.returncode == 2 and err.count("\n") == 1, err
+    assert f"cannot bind tcp:127.0.0.1:{port}" in err
+    assert not marker.exists()
