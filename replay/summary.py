@@ -64,6 +64,10 @@ from slirptrio.core.events import (
     TcpInbound,
     TcpReset,
     TcpSend,
+    TftpChunk,
+    TftpClose,
+    TftpOpen,
+    TftpOpened,
     Tick,
     UdpClose,
     UdpError,
@@ -144,7 +148,7 @@ class Flow:
     """One connection or datagram flow, as the guest saw it."""
 
     index: int
-    proto: str  # "tcp" | "udp" | "icmp"
+    proto: str  # "tcp" | "udp" | "icmp" | "tftp" (a transfer from the stack's own server)
     direction: str  # "out": the guest started it; "in": a host forward carried it in
     guest: str  # the guest's end, "10.0.2.15:40012"
     remote: str  # the far end as the guest sees it, "10.0.2.2:8080"
@@ -498,10 +502,15 @@ class _Analyzer:
             self.door = Door(self.stack, self._sink)
         cfg = self.config
         self.dns_ips: set[bytes] = set()
+        self.host_ips: set[bytes] = set()  # where the stack's own TFTP server answers
         if cfg is not None:
             self.dns_ips.add(cfg.dns.packed)
+            self.host_ips.add(cfg.host.packed)
             if getattr(cfg, "ipv6", False) and hasattr(cfg, "ipv6_dns"):
                 self.dns_ips.add(cfg.ipv6_dns.packed)
+                self.host_ips.add(cfg.ipv6_host.packed)
+        self.tftp: dict[int, Flow] = {}  # by session
+        self.tftp_sizes: dict[int, int] = {}
         self.tcp: dict[tuple[bytes, int, bytes, int], Flow] = {}  # live, by guest 4-tuple
         self.udp: dict[tuple[bytes, int, bytes, int], Flow] = {}
         self.echo: dict[tuple[bytes, bytes, int], Flow] = {}
@@ -602,6 +611,25 @@ class _Analyzer:
             f = self.by_id.get(ev[1])
             if f is not None:
                 f.finish(t, "unavailable", f"no ping or raw socket ({_errno_name(ev[2])})")
+        elif tag == TftpOpened.TAG:
+            f = self.tftp.get(ev[1])
+            if f is not None:
+                if ev[2]:
+                    f.finish(t, "refused", f"file: {_errno_name(ev[2])}")
+                    f.mark(t, "fail")
+                else:
+                    self.tftp_sizes[ev[1]] = ev[3]
+                    f.established_ns = t
+                    f.mark(t, "established")
+        elif tag == TftpChunk.TAG:
+            f = self.tftp.get(ev[1])
+            if f is not None:
+                f.bytes_to_guest += len(ev[3])
+                f.activity.add(t, len(ev[3]))
+                f.last_ns = t
+                if ev[4]:
+                    f.finish(t, "RST", f"read failed: {_errno_name(ev[4])}")
+                    f.mark(t, "rst")
         elif tag == GuestLink.TAG:
             self._note(self.s.events, Note(t, "link", "guest attached" if ev[1] else
                                            "guest detached", {"up": bool(ev[1])}))
@@ -691,6 +719,9 @@ class _Analyzer:
         if p.dport == 67 or p.sport == 68:
             self._dhcp(t, p.payload, from_guest=True)
             return
+        if p.dport == 69 and p.dst in self.host_ips:
+            self._tftp_request(t, p, effects)
+            return
         if p.dport == 53 and p.dst in self.dns_ips:
             self._dns_query(t, p.src, p.sport, p.payload)
             for e in effects:
@@ -716,6 +747,29 @@ class _Analyzer:
             f.packets_to_host += 1
             f.bytes_to_host += p.plen
             f.activity.add(t, p.plen)
+
+    def _tftp_request(self, t: int, p: _Pkt, effects: list[Any]) -> None:
+        """A guest's TFTP packet to the stack's server: a read request starts a transfer."""
+        op = (p.payload[0] << 8) | p.payload[1] if len(p.payload) >= 2 else 0
+        if op not in (1, 2):  # ACKs and errors belong to a transfer already listed
+            return
+        name = p.payload[2:].split(b"\0", 1)[0].decode("utf-8", "replace")
+        key = (p.src, p.sport, p.dst, p.dport)
+        old = self.udp.get(key)
+        if old is not None and old.proto == "tftp" and old.end_ns is None:
+            old.retransmits += 1
+            old.mark(t, "retransmit")
+            return
+        f = self._new_flow("tftp", "out", _ep(p.src, p.sport), _ep(p.dst, p.dport), t)
+        f.host = name if op == 1 else f"{name} (write)"
+        f.mark(t, "syn")
+        self.udp[key] = f
+        opened = next((e for e in effects if e[0] == TftpOpen.TAG), None)
+        if opened is None:
+            f.finish(t, "refused", "write" if op == 2 else "no tftp= root, or a path outside it")
+            f.mark(t, "fail")
+        else:
+            self.tftp[opened[1]] = f
 
     def _guest_echo(self, t: int, p: _Pkt, effects: list[Any]) -> None:
         key = (p.src, p.dst, p.sport)
@@ -815,6 +869,17 @@ class _Analyzer:
                 self.relay_flows.pop(e[1], None)
             elif tag == IcmpEchoSend.TAG:
                 pass  # counted from the guest's request
+            elif tag == TftpClose.TAG:
+                f = self.tftp.pop(e[1], None)
+                if f is not None:
+                    size = self.tftp_sizes.pop(e[1], None)
+                    if size is not None and f.bytes_to_guest >= size:
+                        f.finish(t, "done", f"{size} bytes")
+                    elif ev[0] == Tick.TAG:
+                        f.finish(t, "timed out", "the guest stopped acknowledging")
+                        f.mark(t, "fail")
+                    else:
+                        f.finish(t, "closed")
             elif tag == IcmpEchoClose.TAG:
                 f = self.by_id.get(e[1])
                 if f is not None:

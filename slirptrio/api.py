@@ -32,12 +32,13 @@ from typing import Any
 import trio
 
 from slirptrio import __version__
-from slirptrio.config import Config, parse_user_options
+from slirptrio.config import Config, ConfigError, parse_user_options
 from slirptrio.core.dhcp import Lease
 from slirptrio.core.dns import parse_upstream
 from slirptrio.core.events import TcpClose, TcpRecvCredit, TcpReset
 from slirptrio.core.info import FlowInfo
 from slirptrio.core.stack import Stack
+from slirptrio.core.tftp import TftpSessionInfo
 from slirptrio.forward import ForwardInfo
 from slirptrio.journal import Header, JournalWriter
 from slirptrio.shell import control
@@ -48,6 +49,8 @@ from slirptrio.shell.descriptors import fit_max_flows
 from slirptrio.shell.flows import TcpFlows
 from slirptrio.shell.forwards import ForwardError, Forwards
 from slirptrio.shell.runtime import Recorder, Runtime
+from slirptrio.shell.smb import SMB_PORTS, SmbError, SmbShare, check_share
+from slirptrio.shell.tftp import TftpFiles, open_root
 
 log = logging.getLogger("slirptrio")
 
@@ -181,6 +184,10 @@ class SlirpStack:
     def leases(self) -> list[Lease]:
         """DHCP leases held now."""
         return self._runtime.stack.leases(self.now_ns())
+
+    def tftp_sessions(self) -> list[TftpSessionInfo]:
+        """TFTP transfers in progress."""
+        return self._runtime.stack.tftp_sessions(self.now_ns())
 
     def statistics(self) -> StackStatistics:
         """Counters and sizes, as of now."""
@@ -343,6 +350,7 @@ class SlirpStack:
                 "forwards": [f.to_dict() for f in self.forwards()],
                 "flows": [f.to_dict() for f in self.flows()],
                 "hostfwd": self.hostfwds(),
+                "tftp": [t.to_dict() for t in self.tftp_sessions()],
             }
 
         async def leases(_req: dict[str, Any]) -> dict[str, Any]:
@@ -416,6 +424,19 @@ class SlirpStack:
                 os.unlink(path)
 
 
+def check_host_side(config: Config) -> str | None:
+    """What the host must provide for ``config`` and does not, as one line: a ``tftp=`` or
+    ``smb=`` directory that is not one, a missing smbd. None when all is there."""
+    if config.tftp and not os.path.isdir(config.tftp):
+        return f"tftp={config.tftp}: not a directory"
+    if config.smb:
+        try:
+            check_share(config.smb)
+        except SmbError as exc:
+            return str(exc)
+    return None
+
+
 @contextlib.asynccontextmanager
 async def open_stack(
     config: Config | str = "",
@@ -442,12 +463,16 @@ async def open_stack(
     do the same (``slirptrio.shell.descriptors.raise_nofile_limit``).
 
     Raises:
-      ConfigError: a bad option string.
+      ConfigError: a bad option string, or what it names is missing on the host (a ``tftp=``
+        or ``smb=`` directory, smbd: see :func:`check_host_side`).
       ValueError: a bad DNS upstream.
     """
     cfg = parse_user_options(config) if isinstance(config, str) else config
     cfg = fit_max_flows(cfg)
     upstreams = [parse_upstream(u) for u in dns_upstreams] if dns_upstreams else None
+    problem = check_host_side(cfg)
+    if problem is not None:
+        raise ConfigError("smb" if problem.startswith("smb=") else "tftp", problem)
     if seed is None:
         seed = secrets.randbits(63)
     stack = Stack(cfg, seed)
@@ -469,6 +494,7 @@ async def open_stack(
     recorder = Recorder(writer, pcap_file, origin_ns)
     port = tp.GuestPort()
     handle: SlirpStack | None = None
+    smb: SmbShare | None = None
     try:
         runtime = Runtime(stack, port, recorder)
         tcp = TcpFlows(runtime.inbox, batched=True)
@@ -478,11 +504,18 @@ async def open_stack(
         runtime.after_burst.append(tcp.kick)
         runtime.handlers.update(datagrams.handlers())
         runtime.handlers.update(forwards.handlers())
+        tftp = TftpFiles(runtime.inbox, None)
+        runtime.handlers.update(tftp.handlers())
+        if cfg.smb:
+            smb = SmbShare(cfg.smb, check_share(cfg.smb))
         async with trio.open_nursery() as nursery:
             nursery.start_soon(runtime.run)
             await nursery.start(tcp.run)
             await nursery.start(datagrams.run)
             await nursery.start(forwards.run)
+            await nursery.start(tftp.run)
+            if cfg.tftp:
+                tftp.set_root(open_root(cfg.tftp))
             captures = Captures(origin_ns, runtime.taps)
             handle = SlirpStack(
                 nursery, runtime, recorder, forwards, journal_path, pcap_path, captures
@@ -490,6 +523,11 @@ async def open_stack(
             handle._watch_opening()
             for rule in cfg.guestfwd:
                 await forwards.add_guestfwd(rule, static=True)
+            if smb is not None:
+                for smb_port in SMB_PORTS:
+                    await forwards.add_guestfwd(
+                        f"{cfg.smbserver}:{smb_port}-smbd", smb.opener(), static=True
+                    )
             for rule in cfg.hostfwd:
                 bound = await forwards.add_hostfwd(rule, static=True)
                 log.info("hostfwd %s: host port %d", rule, bound)
@@ -500,6 +538,8 @@ async def open_stack(
     finally:
         if handle is not None:
             handle._remove_files()
+        if smb is not None:
+            smb.close()
         recorder.close()
         log.info(
             "session ended: %d records, frames in %d out %d, dropped toward guest %d",

@@ -1,11 +1,16 @@
 """The ``-netdev user`` option string, parsed and validated as QEMU does, into a frozen Config.
 
 ``parse_user_options("net=192.168.76.0/24,dhcpstart=192.168.76.9,hostname=vm1")`` takes what
-follows ``user,`` on QEMU's command line. Every option name QEMU knows is recognised; one whose
-feature slirptrio has not built yet is refused with a :class:`ConfigError` naming it, never
-silently ignored. Values follow QEMU's rules: ``,,`` is a literal comma, booleans are
-on/off (yes/no, true/false, y/n), a network mask is ``a.b.c.d`` or ``/bits`` (classful when
-absent), ``host``, ``dns`` and ``dhcpstart`` must lie inside ``net`` and differ.
+follows ``user,`` on QEMU's command line. Every option name QEMU knows is recognised and
+honoured; an unknown one is refused with a :class:`ConfigError` naming it. Values follow QEMU's
+rules: ``,,`` is a literal comma, booleans are on/off (yes/no, true/false, y/n), a network mask
+is ``a.b.c.d`` or ``/bits`` (classful when absent), ``host``, ``dns`` and ``dhcpstart`` must lie
+inside ``net`` and differ.
+
+Boot and share: ``tftp=DIR`` (the TFTP root), ``tftp-server-name=`` (DHCP option 66) and
+``bootfile=`` (BOOTP file field and option 67) are at most 255 bytes where QEMU bounds them;
+``smb=DIR`` shares a directory through smbd at ``smbserver=`` (default x.x.x.4, inside ``net``,
+not ``host`` or ``dns``). Directories are checked when the stack starts, not here.
 
 Extensions to QEMU's syntax (absent from QEMU, so a QEMU option string never sets them):
 ``mtu=`` (68..65521, offered to the guest with DHCP option 26), ``hostloopback=on|off|ADDR``
@@ -36,14 +41,6 @@ MAX_MTU = 65521
 DEFAULT_MTU = 1500
 IPV6_MIN_MTU = 1280
 
-# QEMU's option names whose feature is not built yet: refused, naming the option.
-_NOT_BUILT = {
-    "tftp": "TFTP",
-    "tftp-server-name": "TFTP",
-    "bootfile": "TFTP boot",
-    "smb": "SMB",
-    "smbserver": "SMB",
-}
 _DEFAULT_NET = IPv4Network("10.0.2.0/24")
 _DEFAULT_NET6 = IPv6Network("fec0::/64")
 _IPV6_OPTIONS = ("ipv6-net", "ipv6-prefix", "ipv6-prefixlen", "ipv6-host", "ipv6-dns")
@@ -85,6 +82,11 @@ class Config:
     id: str = ""
     hostfwd: tuple[str, ...] = field(default_factory=tuple)
     guestfwd: tuple[str, ...] = field(default_factory=tuple)
+    tftp: str = ""  # the TFTP root ("" = no TFTP service)
+    tftp_server_name: str = ""
+    bootfile: str = ""
+    smb: str = ""  # the directory shared over SMB ("" = none)
+    smbserver: IPv4Address | None = None  # set whenever smb is
 
     def dhcp_pool(self) -> list[IPv4Address]:
         """The addresses DHCP hands out, in order."""
@@ -99,6 +101,8 @@ class Config:
                 value = str(value)
             elif isinstance(value, tuple):
                 value = list(value)
+            elif value is None:
+                value = ""
             out[f.name] = value
         return out
 
@@ -128,6 +132,11 @@ class Config:
                 id=str(data.get("id", "")),
                 hostfwd=tuple(str(s) for s in data.get("hostfwd", ())),
                 guestfwd=tuple(str(s) for s in data.get("guestfwd", ())),
+                tftp=str(data.get("tftp", "")),
+                tftp_server_name=str(data.get("tftp_server_name", "")),
+                bootfile=str(data.get("bootfile", "")),
+                smb=str(data.get("smb", "")),
+                smbserver=IPv4Address(data["smbserver"]) if data.get("smbserver") else None,
             )
         except (KeyError, TypeError, ValueError) as exc:
             raise ConfigError("config", f"bad configuration in journal: {exc}") from None
@@ -171,6 +180,14 @@ class Config:
             parts.append(f"udp-timeout={self.udp_timeout}")
         if self.dns_timeout != 10:
             parts.append(f"dns-timeout={self.dns_timeout}")
+        for key, value in (
+            ("tftp", self.tftp), ("tftp-server-name", self.tftp_server_name),
+            ("bootfile", self.bootfile), ("smb", self.smb),
+        ):
+            if value:
+                parts.append(f"{key}=" + value.replace(",", ",,"))
+        if self.smbserver is not None:
+            parts.append(f"smbserver={self.smbserver}")
         return ",".join(parts)
 
 
@@ -262,6 +279,14 @@ def _name(key: str, value: str, *, allow_empty: bool) -> str:
     return value
 
 
+def _path(key: str, value: str) -> str:
+    if not value:
+        raise ConfigError(key, "expects a directory")
+    if "\x00" in value:
+        raise ConfigError(key, "contains a NUL character")
+    return value
+
+
 def _domain(key: str, value: str) -> str:
     name = _name(key, value, allow_empty=False)
     labels = name[:-1].split(".") if name.endswith(".") else name.split(".")
@@ -322,8 +347,6 @@ def parse_user_options(text: str) -> Config:
     fwds: dict[str, list[str]] = {"hostfwd": [], "guestfwd": []}
     # Whitespace-only means no options; otherwise spaces belong to the values, as in QEMU.
     for key, value in split_options(text if text.strip() else ""):
-        if key in _NOT_BUILT:
-            raise ConfigError(key, f"{_NOT_BUILT[key]} is not supported by slirptrio yet")
         if key == "dnssearch":
             dnssearch.append(_domain(key, value))
             continue
@@ -412,6 +435,12 @@ def parse_user_options(text: str) -> Config:
                 "guestfwd", f"{gaddr} must be inside {net} and differ from host and dns"
             )
 
+    smbserver = None
+    if "smbserver" in seen or "smb" in seen:
+        smbserver = inside("smbserver", 4)
+        if smbserver in (host, dns):
+            raise ConfigError("smbserver", f"{smbserver} must differ from host and dns")
+
     loop = seen.get("hostloopback", "on")
     if loop.lower() in _TRUE:
         hostloopback = "127.0.0.1"
@@ -451,6 +480,16 @@ def parse_user_options(text: str) -> Config:
         id=seen.get("id", ""),
         hostfwd=tuple(fwds["hostfwd"]),
         guestfwd=tuple(fwds["guestfwd"]),
+        tftp=_path("tftp", seen["tftp"]) if "tftp" in seen else "",
+        tftp_server_name=(
+            _name("tftp-server-name", seen["tftp-server-name"], allow_empty=False)
+            if "tftp-server-name" in seen else ""
+        ),
+        bootfile=(
+            _name("bootfile", seen["bootfile"], allow_empty=False) if "bootfile" in seen else ""
+        ),
+        smb=_path("smb", seen["smb"]) if "smb" in seen else "",
+        smbserver=smbserver,
     )
 
 
@@ -476,4 +515,9 @@ _KNOWN = {
     "udp-timeout",
     "dns-timeout",
     "max-flows",
+    "tftp",
+    "tftp-server-name",
+    "bootfile",
+    "smb",
+    "smbserver",
 }

@@ -19,6 +19,11 @@ need slirp4netns slirp4netns
 need curl curl
 need cpio cpio
 need rsvg-convert librsvg2-bin  # renders the timeline SVG to PNG in its tests
+# TFTP, PXE and SMB (tests/e2e/test_tftp.py, test_pxe.py, test_smb.py).
+need atftp atftp
+need smbclient smbclient
+[[ -x /usr/sbin/smbd ]] || command -v smbd >/dev/null 2>&1 || missing+=(samba)
+[[ -e /usr/lib/ipxe/qemu/efi-virtio.rom ]] || missing+=(ipxe-qemu)
 # A real VM test boots Debian's kernel under TCG (tests/e2e/test_vm.py).
 compgen -G "/boot/vmlinuz-*" >/dev/null || missing+=(linux-image-amd64)
 if ((${#missing[@]})); then

@@ -188,3 +188,37 @@ class Session:
         effects = self.udp(dst, sport, dport, b"hello?")
         opened = next(e for e in effects if isinstance(e, UdpOpen))
         self.step(UdpError(opened.flow, errno.ECONNREFUSED, 2, 3, 3, 0, dst), 1)
+
+
+def tftp_get(s: Session, name: str, content: bytes | None, sport: int = 2000) -> None:
+    """The guest reads ``name`` from the stack's TFTP server (``content`` None: the file is
+    not there), acknowledging every block; the test plays the shell's file reads."""
+    from slirptrio.core.events import TftpChunk, TftpClose, TftpOpen, TftpOpened, TftpRead
+
+    effects = s.udp("10.0.2.2", sport, 69, b"\x00\x01" + name.encode() + b"\x00octet\x00")
+    opened = [e for e in effects if isinstance(e, TftpOpen)]
+    if not opened:
+        return
+    session = opened[0].session
+    if content is None:
+        s.step(TftpOpened(session, errno.ENOENT, 0))
+        return
+    effects = s.step(TftpOpened(session, 0, len(content)))
+    for _ in range(10_000):
+        reads = [e for e in effects if isinstance(e, TftpRead)]
+        if reads:
+            r = reads[0]
+            effects = s.step(TftpChunk(session, r.offset, content[r.offset : r.offset + r.size],
+                                       0))
+        if any(isinstance(e, TftpClose) for e in effects):
+            return
+        blocks = [f.data.data for f in s.frames() if isinstance(f.data, dpkt.ip.IP)
+                  and isinstance(f.data.data, dpkt.udp.UDP) and f.data.data.sport == 69]
+        if not blocks and not reads:
+            return
+        for b in blocks:
+            data = bytes(b.data)
+            if data[:2] == b"\x00\x03":
+                effects = s.udp("10.0.2.2", sport, 69, b"\x00\x04" + data[2:4])
+                if any(isinstance(e, TftpClose) for e in effects):
+                    return

@@ -53,7 +53,7 @@ async def test_open_stack_dhcp_control_and_replay(tmp_path: pathlib.Path) -> Non
         answer = await request(ctl, {"cmd": "stats"})
         assert answer["counters"]["frames_in"] == 2
         info = await request(ctl, {"cmd": "info"})
-        assert info == {"ok": True, "flows": [], "hostfwd": {}, "forwards": []}
+        assert info == {"ok": True, "flows": [], "hostfwd": {}, "forwards": [], "tftp": []}
         bad = await request(ctl, {"cmd": "nope"})
         assert not bad["ok"] and "unknown command" in bad["error"]
         # Garbage on the socket gets an error line and leaves the stack running.

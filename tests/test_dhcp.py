@@ -355,6 +355,44 @@ def test_names_mtu_and_search_list() -> None:
     assert decode_names(opts[119]) == ["example.org", "corp.example.com"]
 
 
+def test_boot_fields() -> None:
+    srv = server("tftp=/srv/tftp,bootfile=pxelinux.0,tftp-server-name=boot.example")
+    for reply in (discover(srv, mac(1)), srv.handle(
+        client(REQUEST, mac(1), opts=[(50, ip("10.0.2.15")), (54, HOST)]), mac(1), T0
+    )):
+        assert reply is not None
+        d, opts = parse(reply)
+        assert d.file.rstrip(b"\x00") == b"pxelinux.0"
+        assert d.siaddr == ip_int("10.0.2.2")  # the next server: our TFTP
+        assert opts[66] == b"boot.example" and opts[67] == b"pxelinux.0"
+        assert 60 not in opts
+        assert [code for code, _ in d.opts] == [53, 54, 51, 1, 3, 6, 66, 67, 26, 28]
+    # Without boot options: an empty file field, no 66/67.
+    plain = discover(server(), mac(2))
+    assert plain is not None
+    d, opts = parse(plain)
+    assert d.file.rstrip(b"\x00") == b"" and 66 not in opts and 67 not in opts
+
+
+def test_http_bootfile_sets_httpclient_and_ip_server_name_sets_siaddr() -> None:
+    url = "http://10.0.2.2:8080/boot.efi"
+    srv = server(f"bootfile={url},tftp-server-name=10.0.2.9")
+    reply = discover(srv, mac(1))
+    assert reply is not None
+    d, opts = parse(reply)
+    assert opts[60] == b"HTTPClient" and opts[67] == url.encode()
+    assert d.file.rstrip(b"\x00") == url.encode()
+    assert d.siaddr == ip_int("10.0.2.9")
+
+
+def test_bootfile_too_long_for_the_file_field_goes_in_option_67_only() -> None:
+    name = "d/" * 70 + "f"
+    reply = discover(server(f"bootfile={name}"), mac(1))
+    assert reply is not None
+    d, opts = parse(reply)
+    assert d.file.rstrip(b"\x00") == b"" and opts[67] == name.encode()
+
+
 def test_wide_net_mask_and_broadcast() -> None:
     reply = discover(server("net=10.0.0.0/8"), mac(1))
     assert reply is not None

@@ -208,3 +208,19 @@ def test_ipv6_capture() -> None:
     assert [(lk.name, lk.qtype, lk.rcode) for lk in s.lookups] == [
         ("vm.example.test", "AAAA", "NOERROR")
     ]
+
+
+def test_tftp_transfers() -> None:
+    from tests.sessionbuilder import tftp_get
+
+    s = Session("tftp=/srv/tftp")
+    s.lease()
+    tftp_get(s, "pxelinux.0", b"x" * 1500, sport=2000)
+    tftp_get(s, "missing.cfg", None, sport=2001)
+    tftp_get(s, "../etc/passwd", b"secret", sport=2002)
+    summary = summarize_file(s.journal_file())
+    got = {f.host: (f.proto, f.end, f.bytes_to_guest) for f in summary.flows}
+    assert got["pxelinux.0"] == ("tftp", "done", 1500)
+    assert got["missing.cfg"][:2] == ("tftp", "refused")
+    assert got["../etc/passwd"][:2] == ("tftp", "refused")
+    assert {f.remote for f in summary.flows} == {"10.0.2.2:69"}

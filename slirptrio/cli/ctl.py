@@ -81,6 +81,18 @@ def format_answer(cmd: str, answer: dict[str, object]) -> str:
             f"{f['host']:<24} {f['recv_q']:>5} {f['send_q']:>5} {f['idle_s']:>5.0f}s"
             for f in flows
         ]
+        tftp = answer.get("tftp") or []
+        assert isinstance(tftp, list)
+        if tftp:
+            rows.append("")
+            rows.append(f"{'TFTP[State]':<22} {'Guest':<22} {'File':<24} {'Sent':>12} "
+                        f"{'Size':>12}  Blk Win")
+            rows += [
+                f"{'tftp[' + t['state'] + ']':<22} {t['guest']:<22} {t['path']:<24} "
+                f"{t['acked_bytes']:>12} {t['size'] if t['size'] is not None else '?':>12} "
+                f"{t['blksize']:>5} {t['windowsize']:>3}"
+                for t in tftp
+            ]
         return "\n".join([head, *rows])
     if cmd == "leases":
         leases = answer.get("leases")

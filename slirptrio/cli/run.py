@@ -9,7 +9,7 @@ import signal
 
 import trio
 
-from slirptrio.api import SlirpStack
+from slirptrio.api import SlirpStack, check_host_side
 from slirptrio.cli._common import Parser, Subparsers, UserError, describe, setup_logging
 from slirptrio.cli.session import TransportSpec, default_journal_path, run_session
 from slirptrio.config import ConfigError, parse_user_options
@@ -125,6 +125,9 @@ def command(args: argparse.Namespace, parser: Parser) -> int:
         config = parse_user_options(args.options)
     except ConfigError as exc:
         parser.error(str(exc))
+    problem = check_host_side(config)
+    if problem is not None:
+        parser.error(problem)
     spec = _transport(args, parser)
     upstreams: list[tuple[str, int]] | None = None
     if args.dns_upstream:
@@ -149,6 +152,10 @@ def command(args: argparse.Namespace, parser: Parser) -> int:
         print(f"  {spec.qemu_args()} -device virtio-net-pci,netdev=n0")
         for rule, port in stack.hostfwds().items():
             print(f"slirptrio: hostfwd {rule}: host port {port}")
+        if config.tftp:
+            print(f"slirptrio: tftp {config.tftp} on {config.host}:69")
+        if config.smb:
+            print(f"slirptrio: smb {config.smb} as //{config.smbserver}/qemu")
         if args.control:
             print(f"slirptrio: control socket {args.control}")
         if journal:

@@ -15,16 +15,25 @@ whose lease expired or was released. An exhausted pool answers nothing (the clie
 * INFORM   → ACK with the options and no address or lease time.
 
 Options (in this order): 53 type, 54 server id, 51 lease time, 1 mask, 3 router, 6 DNS,
-12 hostname, 15 domain, 26 MTU, 28 broadcast, 119 search list. Under ``restrict=on`` router and
-DNS are left out, as QEMU does. Replies go to ``ciaddr`` when the client has one, to the
-broadcast address when it asks (flag) or is refused, and otherwise unicast to the offered
-address at the client's MAC (RFC 2131 §4.1).
+12 hostname, 15 domain, 66 TFTP server name, 67 boot file, 60 "HTTPClient" (an ``http://``
+boot file: UEFI HTTP boot, as libslirp), 26 MTU, 28 broadcast, 119 search list. Under
+``restrict=on`` router and DNS are left out, as QEMU does.
+
+Boot: ``siaddr`` (the "next server" PXE firmware fetches the boot file from) is the host
+address, where TFTP is served — or ``tftp-server-name`` when that is an IPv4 literal. The boot
+file also goes in the BOOTP ``file`` field when it fits (127 bytes).
+
+Replies go to ``ciaddr`` when the client has one, to the broadcast address when it asks (flag)
+or is refused, and otherwise unicast to the offered address at the client's MAC (RFC 2131
+§4.1).
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from dataclasses import dataclass
+from ipaddress import IPv4Address
 
 from slirptrio.config import DHCP_LEASE_TIME, NUM_DHCP_CLIENTS, Config
 from slirptrio.wire import dhcp as wd
@@ -63,6 +72,11 @@ class DhcpServer:
     def __init__(self, config: Config) -> None:
         self._config = config
         self._server_id = config.host.packed
+        self._next_server = config.host.packed
+        with contextlib.suppress(ValueError):  # a name: only option 66 carries it
+            self._next_server = IPv4Address(config.tftp_server_name).packed
+        boot = config.bootfile.encode()
+        self._file = boot if len(boot) <= 127 else b""
         # Never hand out the virtual addresses or anything outside the network (libslirp does).
         reserved = {config.host, config.dns, config.net.network_address,
                     config.net.broadcast_address}
@@ -192,6 +206,12 @@ class DhcpServer:
             opts.append((wd.OPT_HOSTNAME, c.hostname.encode()))
         if c.domainname:
             opts.append((wd.OPT_DOMAIN, c.domainname.encode()))
+        if c.tftp_server_name:
+            opts.append((wd.OPT_TFTP_SERVER, c.tftp_server_name.encode()))
+        if c.bootfile:
+            opts.append((wd.OPT_BOOTFILE, c.bootfile.encode()))
+            if c.bootfile.startswith("http://"):
+                opts.append((wd.OPT_VENDOR_CLASS, b"HTTPClient"))
         opts.append((wd.OPT_MTU, c.mtu.to_bytes(2, "big")))
         opts.append((wd.OPT_BROADCAST, c.net.broadcast_address.packed))
         if c.dnssearch:
@@ -203,9 +223,10 @@ class DhcpServer:
         payload = wd.build_reply(
             msg,
             yiaddr=ip if ip is not None else _ZERO,
-            siaddr=self._server_id,
+            siaddr=self._next_server,
             ciaddr=msg.ciaddr,
             options=self._options(kind, ip is not None),
+            file=self._file,
         )
         if msg.ciaddr != _ZERO:
             return DhcpReply(payload, msg.ciaddr, msg.chaddr, kind)

@@ -361,6 +361,65 @@ class UdpFwdSend(Effect):
     data: bytes
 
 
+# ---- TFTP (tags 100-119)
+#
+# The file a TFTP session serves is a host input like any socket's bytes: the core asks the
+# shell to open and read it (effects) and the answers come back as events, so a boot replays
+# from the journal whether or not the files are still there.
+
+
+@dataclass(frozen=True, slots=True)
+class TftpOpened(Event):
+    """The shell's answer to :class:`TftpOpen`: ``errno`` 0 and the file's ``size``, or the
+    errno of the failure (ENOENT, EACCES for anything the jail refuses, ...)."""
+
+    TAG: ClassVar[int] = 100
+    session: int
+    errno: int
+    size: int
+
+
+@dataclass(frozen=True, slots=True)
+class TftpChunk(Event):
+    """Bytes read at ``offset`` for a :class:`TftpRead`: fewer than asked means the file
+    ends there; ``errno`` non-zero means the read failed (``data`` is then empty)."""
+
+    TAG: ClassVar[int] = 101
+    session: int
+    offset: int
+    data: bytes
+    errno: int
+
+
+@dataclass(frozen=True, slots=True)
+class TftpOpen(Effect):
+    """Open ``path`` (components joined by "/", already checked by the core) beneath the TFTP
+    root for ``session``; answer with :class:`TftpOpened`."""
+
+    TAG: ClassVar[int] = 100
+    session: int
+    path: str
+
+
+@dataclass(frozen=True, slots=True)
+class TftpRead(Effect):
+    """Read up to ``size`` bytes at ``offset`` from ``session``'s file; answer with
+    :class:`TftpChunk`. At most one read per session is outstanding."""
+
+    TAG: ClassVar[int] = 101
+    session: int
+    offset: int
+    size: int
+
+
+@dataclass(frozen=True, slots=True)
+class TftpClose(Effect):
+    """``session`` is over: close its file."""
+
+    TAG: ClassVar[int] = 102
+    session: int
+
+
 # -------------------------------------------------------------------------------- encoding
 
 _EVENTS: dict[int, type[Event]] = {}

@@ -5,8 +5,10 @@ Theory of operation
 ``Stack.handle(event, now_ns)`` is the only way anything happens. A guest frame is parsed
 (Ethernet → ARP | IPv4 → ICMP | UDP | TCP), answered or translated, and whatever must happen as a
 result comes back as a list of effects: frames for the guest (:class:`SendFrame`) and actions for
-the shell's host sockets. Host socket results come back in as events naming a flow. ``poll_at()``
-tells the shell when the next timer is due; the shell then delivers :class:`Tick`.
+the shell's host sockets. The stack's own services come before the NAT: DHCP, and TFTP on the
+host address port 69, IPv4 or IPv6 (:mod:`slirptrio.core.tftp`). Host socket results come back
+in as events naming a flow. ``poll_at()`` tells the shell when the next timer is due; the shell
+then delivers :class:`Tick`.
 
 The stack owns the virtual addresses (``host``: gateway and NAT source, ``dns``) and answers ARP
 for them with a MAC derived from the address (52:55:a.b.c.d, as libslirp). It learns the guest's
@@ -56,6 +58,8 @@ from slirptrio.core.events import (
     TcpInbound,
     TcpReset,
     TcpSent,
+    TftpChunk,
+    TftpOpened,
     Tick,
     UdpError,
     UdpInbound,
@@ -68,6 +72,7 @@ from slirptrio.core.martian6 import classify_ipv6
 from slirptrio.core.ndp import Ndp, link_local, virtual_mac6
 from slirptrio.core.prng import Prng
 from slirptrio.core.tcp import TcpNat
+from slirptrio.core.tftp import TFTP_PORT, TftpServer, TftpSessionInfo
 from slirptrio.core.udp import UdpNat
 from slirptrio.wire import MalformedFrame
 from slirptrio.wire import arp as warp
@@ -148,6 +153,15 @@ class Stack:
             mtu=config.mtu,
             max_flows=config.max_flows,
         )
+        self.tftp = TftpServer(
+            send_udp=self.udp.send_udp,
+            alloc_flow=self.alloc_flow,
+            counters=self.counters,
+            host_ip=self._host_ip,
+            mtu=config.mtu,
+            enabled=bool(config.tftp),
+            host_ip6=config.ipv6_host.packed if config.ipv6 else b"",
+        )
         self.echo = IcmpEcho(
             send_ip=self.send_ip,
             translate=self.translate,
@@ -194,6 +208,8 @@ class Stack:
             out.extend(self.udp.host_event(event, now_ns))
         elif type(event) in _ICMP_EVENTS:
             out.extend(self.echo.host_event(event, now_ns))
+        elif type(event) in _TFTP_EVENTS:
+            out.extend(self.tftp.host_event(event, now_ns))
         elif type(event) is Tick:
             self.counters["ticks"] += 1
             self._reasm.expire(now_ns)
@@ -201,6 +217,7 @@ class Stack:
             self.tcp.tick(now_ns)
             out.extend(self.udp.tick(now_ns))
             out.extend(self.echo.tick(now_ns))
+            out.extend(self.tftp.tick(now_ns))
         elif type(event) is GuestLink:
             self.counters["guest_link_up" if event.up else "guest_link_down"] += 1
         else:
@@ -214,7 +231,7 @@ class Stack:
             t
             for t in (
                 self.tcp.poll_at(), self._reasm.poll_at(), self.udp.poll_at(), self.echo.poll_at(),
-                self._ndp.poll_at(),
+                self._ndp.poll_at(), self.tftp.poll_at(),
             )
             if t is not None
         ]
@@ -356,6 +373,10 @@ class Stack:
             for f in self.tcp.flows(now_ns)
         ]
         return [*tcp, *self.udp.flows(now_ns), *self.echo.flows(now_ns)]
+
+    def tftp_sessions(self, now_ns: int) -> list[TftpSessionInfo]:
+        """The TFTP transfers in progress, for display (``info``)."""
+        return self.tftp.sessions(now_ns)
 
     def _emit(self, effect: Effect) -> None:
         self._out.append(effect)
@@ -527,6 +548,10 @@ class Stack:
         if dport in (DHCP_SERVER_PORT, DHCP_CLIENT_PORT):
             self._drop("udp_dhcp_elsewhere")
             return
+        if dport == TFTP_PORT and hdr.dst == self._host_ip:
+            # Served here, as libslirp, restrict=on or not; never NATed to the host.
+            self._out.extend(self.tftp.guest_datagram(hdr.src, sport, data, now_ns))
+            return
         self._out.extend(self.udp.guest_datagram(hdr, sport, dport, data, body, now_ns))
 
     def _dhcp_request(self, src_mac: bytes, data: memoryview, now_ns: int) -> None:
@@ -613,6 +638,9 @@ class Stack:
         if dport in (wdhcp6.SERVER_PORT, wdhcp6.CLIENT_PORT):
             self._drop("udp_dhcpv6_elsewhere")
             return
+        if dport == TFTP_PORT and hdr.dst == self._host6:
+            self._out.extend(self.tftp.guest_datagram(hdr.src, sport, data, now_ns))
+            return
         self._out.extend(self.udp.guest_datagram(hdr, sport, dport, data, body, now_ns))
 
     def _icmpv6(self, src_mac: bytes, hdr: wip6.Ipv6Header, body: memoryview, now_ns: int) -> None:
@@ -650,6 +678,7 @@ _FWD_EVENTS = (TcpInbound, UdpInbound, GuestFwdAdd, GuestFwdRemove, HostFwdChang
 _TCP_EVENTS = (TcpConnected, TcpConnectFailed, TcpData, TcpSent, TcpEof, TcpReset)
 _UDP_EVENTS = (UdpReceived, UdpError, DnsUpstreams)
 _ICMP_EVENTS = (IcmpEchoReply, IcmpEchoError, IcmpUnavailable)
+_TFTP_EVENTS = (TftpOpened, TftpChunk)
 
 
 def address_str(ip: bytes) -> str:

@@ -32,7 +32,10 @@ OPT_MSG_TYPE = 53
 OPT_SERVER_ID = 54
 OPT_PARAM_REQ = 55
 OPT_MESSAGE = 56
+OPT_VENDOR_CLASS = 60
 OPT_CLIENT_ID = 61
+OPT_TFTP_SERVER = 66
+OPT_BOOTFILE = 67
 OPT_SEARCH = 119
 OPT_END = 255
 
@@ -111,11 +114,15 @@ def build_reply(
     siaddr: bytes,
     options: list[tuple[int, bytes]],
     ciaddr: bytes = b"\x00\x00\x00\x00",
+    file: bytes = b"",
 ) -> bytes:
-    """A BOOTREPLY answering ``request``, padded to BOOTP's 300-byte minimum."""
+    """A BOOTREPLY answering ``request``, padded to BOOTP's 300-byte minimum; ``file`` (the
+    boot file name, at most 127 bytes) goes in the BOOTP ``file`` field."""
+    if len(file) > 127:
+        raise ValueError("the BOOTP file field holds at most 127 bytes")
     fixed = _FIXED.pack(
         BOOTREPLY, 1, 6, 0, request.xid, 0, request.flags, ciaddr, yiaddr, siaddr,
-        request.giaddr, request.chaddr.ljust(16, b"\x00"), b"", b"",
+        request.giaddr, request.chaddr.ljust(16, b"\x00"), b"", file,
     )
     msg = fixed + MAGIC_COOKIE + encode_options(options)
     if len(msg) < MIN_REPLY:

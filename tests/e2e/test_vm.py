@@ -93,7 +93,7 @@ def _kernel() -> tuple[Path, Path] | None:
 
 def build_initramfs(dest: Path, moddir: Path, init: str = INIT) -> Path:
     """A gzipped newc cpio with static busybox, the virtio_net modules and ``init`` as /init
-    (``{modules}`` in it becomes the module files to load, in order)."""
+    (``{modules}`` in it becomes the module files, in load order)."""
     root = dest / "root"
     for d in ("bin", "lib", "proc", "sys", "dev", "etc"):
         (root / d).mkdir(parents=True, exist_ok=True)
