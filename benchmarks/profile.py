@@ -54,7 +54,7 @@ _IDLE_LEAVES = ("WorkerThread._work", "EpollIOManager.get_events")
 def category(frame: str) -> str:
     """Where a frame's code lives: trio, slirptrio's core/wire/shell, recording, other."""
     path = frame.rsplit("(", 1)[-1]
-    if path.startswith(("slirptrio/journal.py", "slirptrio/wire/pcap.py")):
+    if path.startswith(("slirptrio/journal/", "slirptrio/wire/pcap.py")):
         return "recording (journal, pcap)"
     for prefix in ("slirptrio/core/", "slirptrio/wire/", "slirptrio/shell/"):
         if path.startswith(prefix):

@@ -4,7 +4,7 @@
 # Needs root, qemu-system-x86, busybox-static, iproute2. Traffic stays inside the namespaces
 # this script creates: the "host" namespace has only lo, and DNS goes to a local test server.
 #
-#   sudo captures/record.sh            # rewrites captures/*.journal and *.pcap
+#   sudo captures/record.sh            # rewrites captures/*.journal (directories) and *.pcap
 #   sudo captures/record.sh ipv6       # only the sessions named
 set -euo pipefail
 SESSIONS=" ${*:-dhcp-ping release-renew dns-udp tcp-http ipv6} "

@@ -18,7 +18,7 @@ from __future__ import annotations
 import sys
 import time
 from types import TracebackType
-from typing import TextIO
+from typing import IO
 
 DELAY_S = 1.0
 INTERVAL_S = 0.25
@@ -32,7 +32,7 @@ class Progress:
         label: str,
         total: int | None = None,
         *,
-        stream: TextIO | None = None,
+        stream: IO[str] | None = None,
         enabled: bool | None = None,
         delay: float = DELAY_S,
         interval: float = INTERVAL_S,

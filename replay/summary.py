@@ -37,7 +37,7 @@ import json
 import os
 import struct
 import sys
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import IO, Any
 
@@ -45,6 +45,7 @@ import dpkt
 
 from replay.progress import Progress
 from slirptrio.config import Config, ConfigError
+from slirptrio.core import constants
 from slirptrio.core.events import (
     DnsUpstreams,
     GuestFrame,
@@ -81,7 +82,14 @@ from slirptrio.core.events import (
 )
 from slirptrio.core.stack import Stack
 from slirptrio.door import Door
-from slirptrio.journal import Header, JournalError, compact, is_digest, open_journal
+from slirptrio.journal import (
+    Header,
+    JournalError,
+    SegmentStart,
+    compact,
+    is_digest,
+    open_journal,
+)
 
 MAX_BINS = 512
 """Data-activity bins kept per flow (their width doubles when more would be needed)."""
@@ -281,6 +289,8 @@ class Summary:
     flows_not_kept: int = 0
     lookups: list[Lookup] = field(default_factory=list)
     lookups_not_kept: int = 0
+    starts_at: int = 0  # the first record the journal still holds (a ring drops old ones)
+    gaps: int = 0
     ipv6_addresses: dict[bytes, int] = field(default_factory=dict)  # the guest's, first seen
     dhcp: list[Note] = field(default_factory=list)
     icmp_errors: list[Note] = field(default_factory=list)
@@ -337,6 +347,7 @@ class Summary:
                 "start_wall_ns": h.origin_ns + (self.first_ns or 0),
             },
             "replay": self.replay,
+            "starts_at_record": self.starts_at,
             "truncated_bytes": self.truncated_bytes,
             "leases": self.leases(),
             "ipv6_addresses": [
@@ -523,6 +534,33 @@ class _Analyzer:
 
     def _sink(self, seq: int, t_ns: int, event: Any, effects: list[Any]) -> None:
         self._actual = effects
+
+    def segment(self, item: SegmentStart, first: bool) -> None:
+        """A segment begins (formats 3+): after a gap, or when the journal no longer holds
+        the session's start, the core is restored from the segment's snapshot."""
+        snap = item.snapshot
+        if item.gap is not None:
+            g = item.gap
+            self._note(self.s.events, Note(g.t_ns, "gap", f"gap: {g.lost} records lost "
+                                           f"({g.reason}); flows open then may have ended "
+                                           "unseen", {"lost": g.lost, "reason": g.reason}))
+        if snap is None or self.config is None:
+            return
+        starts_session = first and snap.get("seq") == 0 and snap.get("now_ns") == 0
+        if starts_session or not (first or item.gap is not None):
+            return  # the fresh core (or the one replayed so far) is already there
+        if first:
+            self.s.starts_at = int(snap.get("seq", 0))
+        if self.door is None and not first:
+            return  # diverged earlier: reading the journal's own effects
+        try:
+            self.door = Door.from_snapshot(self.config, snap, self._sink)
+        except (KeyError, TypeError, ValueError, AttributeError, IndexError) as exc:
+            self.door = None
+            self.s.replay = (f"not replayed from segment {item.segment.number}: its snapshot "
+                             f"does not fit this build ({type(exc).__name__})")
+            return
+        self.stack = self.door.stack
 
     # -- bookkeeping -----------------------------------------------------------------------
 
@@ -1127,31 +1165,50 @@ class _Analyzer:
 
 def summarize(
     header: Header,
-    records: Iterable[Any],
+    entries: Iterable[Any],
     *,
-    progress: Progress | None = None,
-    position: Any = None,
+    progress: Callable[[int], None] | None = None,
 ) -> Summary:
-    """Summarize a session from its journal header and records (objects with ``seq``,
-    ``t_ns``, ``event`` and ``effects``, as :func:`slirptrio.journal.open_journal` yields).
-
-    ``progress`` is updated with ``position()`` (e.g. the file offset) every 1024 records.
-    """
+    """Summarize a session from its journal header and entries: records (``seq``, ``t_ns``,
+    ``event``, ``effects``) and, in formats 3 and later, segment starts, as
+    :meth:`slirptrio.journal.Journal.entries` gives them. ``progress(records)`` is called
+    every 1024 records."""
     a = _Analyzer(header)
-    for i, rec in enumerate(records):
-        a.record(rec.seq, rec.t_ns, rec.event, rec.effects)
-        if progress is not None and not i & 1023:
-            progress.update(position() if position is not None else i)
+    first = True
+    with constants.applied(header.constants or {}):
+        for item in entries:
+            if isinstance(item, SegmentStart):
+                a.segment(item, first)
+                first = False
+                continue
+            first = False
+            a.record(item.seq, item.t_ns, item.event, item.effects)
+            if progress is not None and not a.s.records & 1023:
+                progress(a.s.records)
     return a.finish()
 
 
-def summarize_file(f: IO[bytes], *, progress: Progress | None = None) -> Summary:
-    """Summarize the journal read from the binary file ``f``."""
-    journal = open_journal(f)
-    summary = summarize(journal.header, journal.records, progress=progress, position=f.tell)
+def summarize_journal(
+    source: str | os.PathLike[str] | IO[bytes], *, progress: Progress | None = None
+) -> Summary:
+    """Summarize the journal at ``source`` (a journal directory, an older single journal
+    file, or an open binary file of one)."""
+    journal = open_journal(source)
+    if progress is not None:
+        progress.total = journal.total_bytes or None
+
+    def moved(_records: int) -> None:
+        if progress is not None:
+            progress.update(journal.bytes_read, f"{_records} records")
+
+    summary = summarize(journal.header, journal.entries(), progress=moved)
+    summary.gaps = len(journal.gaps)
     if journal.truncated:
         summary.truncated_bytes = journal.truncated[0]
     return summary
+
+
+summarize_file = summarize_journal
 
 
 # ------------------------------------------------------------------------------ the text
@@ -1199,6 +1256,8 @@ def format_summary(s: Summary, name: str = "") -> str:
         f"  {_wall(h.origin_ns + first)} to {_wall(h.origin_ns + last)} "
         f"({_dur(s.span_ns)}); {s.records} records, {s.frames_in} frames from the guest, "
         f"{s.frames_out} to it",
+        *([f"  the journal starts at record {s.starts_at}: earlier segments are gone (a "
+           "bounded journal); flows open then are not listed"] if s.starts_at else []),
         f"  replay: {s.replay}"
         + (f" (a truncated last record of {s.truncated_bytes} bytes ignored)"
            if s.truncated_bytes else ""),
@@ -1266,20 +1325,25 @@ def format_summary(s: Summary, name: str = "") -> str:
 
 
 def main(
-    path: str, *, text: bool = True, as_json: bool = False, timeline: str | None = None
+    path: str,
+    *,
+    text: bool = True,
+    as_json: bool = False,
+    timeline: str | None = None,
+    progress: bool | None = None,
 ) -> int:
     """CLI entry for ``slirptrio replay --summary/--json/--timeline``: prints the summary
-    (``text``), its JSON (``as_json``), writes the timeline SVG to ``timeline``. Returns 0
-    when the replay was identical, 1 when it diverged (the summary is still printed), 2 when
-    the journal cannot be read."""
+    (``text``), its JSON (``as_json``), writes the timeline SVG to ``timeline``; a progress
+    line on stderr when it is a terminal (or ``progress`` says so). Returns 0 when the replay
+    was identical, 1 when it diverged (the summary is still printed), 2 when the journal
+    cannot be read."""
     try:
-        with (
-            open(path, "rb") as f,
-            Progress("summarizing", total=os.fstat(f.fileno()).st_size) as progress,
-        ):
-            summary = summarize_file(f, progress=progress)
+        with Progress("summarizing", enabled=progress) as line:
+            summary = summarize_journal(path, progress=line)
     except (OSError, JournalError) as exc:
-        print(f"slirptrio replay: error: {exc}", file=sys.stderr)
+        text_ = str(exc)
+        where = "" if text_.startswith(path) else f"{path}: "
+        print(f"slirptrio: error: journal {where}{text_}", file=sys.stderr)
         return 2
     if timeline is not None:
         from replay.timeline import render_svg
@@ -1288,7 +1352,7 @@ def main(
             with open(timeline, "w", encoding="utf-8") as out:
                 out.write(render_svg(summary, title=path))
         except OSError as exc:
-            print(f"slirptrio replay: error: {exc}", file=sys.stderr)
+            print(f"slirptrio: error: {timeline}: {exc.strerror or exc}", file=sys.stderr)
             return 2
     if as_json:
         print(json.dumps(summary.to_dict(), indent=2))
@@ -1313,5 +1377,6 @@ def flows_by_state(summary: Summary) -> Iterator[tuple[str, int]]:
 
 
 __all__ = [
-    "Flow", "Lookup", "Note", "Summary", "format_summary", "main", "summarize", "summarize_file",
+    "Flow", "Lookup", "Note", "Summary", "format_summary", "main", "summarize",
+    "summarize_file", "summarize_journal",
 ]

@@ -33,6 +33,7 @@ import trio
 
 from slirptrio import __version__
 from slirptrio.config import Config, ConfigError, parse_user_options
+from slirptrio.core import constants
 from slirptrio.core.dhcp import Lease
 from slirptrio.core.dns import parse_upstream
 from slirptrio.core.events import TcpClose, TcpRecvCredit, TcpReset
@@ -40,7 +41,8 @@ from slirptrio.core.info import FlowInfo
 from slirptrio.core.stack import Stack
 from slirptrio.core.tftp import TftpSessionInfo
 from slirptrio.forward import ForwardInfo
-from slirptrio.journal import Header, JournalWriter
+from slirptrio.journal import Header
+from slirptrio.journal.writer import DEFAULT_BUDGET, DEFAULT_JOURNAL_MAX, Recorder
 from slirptrio.shell import control
 from slirptrio.shell import transport as tp
 from slirptrio.shell.capture import CaptureError, Captures, Endpoint, filter_from_request
@@ -48,7 +50,7 @@ from slirptrio.shell.datagrams import Datagrams
 from slirptrio.shell.descriptors import fit_max_flows
 from slirptrio.shell.flows import TcpFlows
 from slirptrio.shell.forwards import ForwardError, Forwards
-from slirptrio.shell.runtime import Recorder, Runtime
+from slirptrio.shell.runtime import Runtime
 from slirptrio.shell.smb import SMB_PORTS, SmbError, SmbShare, check_share
 from slirptrio.shell.tftp import TftpFiles, open_root
 
@@ -69,6 +71,9 @@ class StackStatistics:
 
     ``counters`` holds every core counter: ``frames_in``, ``frames_out``, and one
     ``drop_<reason>`` per kind of malformed or refused frame, plus per-protocol counts.
+    ``journal_bytes`` is what the writer has written (old segments deleted by the ring
+    included); ``journal_gaps`` counts the times the journal stopped, ``journal_lost_records``
+    the records it lost then; ``journal_queued_bytes`` waits for the writer thread.
     """
 
     counters: dict[str, int]
@@ -76,6 +81,10 @@ class StackStatistics:
     leases: int
     journal_bytes: int
     journal_records: int
+    journal_gaps: int
+    journal_lost_records: int
+    journal_queued_bytes: int
+    pcap_lost_frames: int
     frames_dropped_toward_guest: int
     guest_attached: bool
     frames_from_strangers: int = 0
@@ -196,13 +205,20 @@ class SlirpStack:
         for f in self.flows():
             key = f"{f.proto}:{f.state}"
             by_state[key] = by_state.get(key, 0) + 1
-        journal = self._recorder.journal
+        rec = self._recorder
+        journal, writer, pcap = rec.journal, rec.writer, rec.pcap
         return StackStatistics(
             counters=dict(sorted(stack.counters.items())),
             flows_by_state=by_state,
             leases=len(self.leases()),
-            journal_bytes=journal.bytes_written if journal is not None else 0,
-            journal_records=journal.records if journal is not None else 0,
+            journal_bytes=writer.disk.journal_bytes,
+            journal_records=writer.records_written,
+            journal_gaps=journal.gaps if journal is not None else 0,
+            journal_lost_records=(
+                journal.lost_records + writer.lost_records if journal is not None else 0
+            ),
+            journal_queued_bytes=writer.queued,
+            pcap_lost_frames=(pcap.lost_frames + writer.lost_frames) if pcap is not None else 0,
             frames_dropped_toward_guest=self._runtime.port.dropped,
             guest_attached=self._runtime.port.attached,
             frames_from_strangers=self._runtime.port.foreign,
@@ -446,17 +462,28 @@ async def open_stack(
     seed: int | None = None,
     dns_upstreams: Sequence[str] | None = None,
     meta: dict[str, Any] | None = None,
+    journal_max: int | None = DEFAULT_JOURNAL_MAX,
+    pcap_max: int | None = DEFAULT_JOURNAL_MAX,
+    journal_policy: str = "lossy",
+    journal_buffer: int = DEFAULT_BUDGET,
 ) -> AsyncIterator[SlirpStack]:
     """Run a stack for the duration of an ``async with`` block.
 
     Args:
       config: a :class:`Config` or a QEMU ``-netdev user`` option string.
-      journal: where to write the journal (None: no journal).
+      journal: the journal directory to create (None: no journal).
       pcap: where to write the pcap (None: no pcap).
       seed: the PRNG seed (default: random; recorded in the journal either way).
       dns_upstreams: ``HOST[:PORT]`` resolvers for the DNS relay; None follows
         /etc/resolv.conf.
       meta: extra JSON-able data for the journal header.
+      journal_max: the disk the journal may use (its oldest segments go first); None:
+        unbounded.
+      pcap_max: the disk the pcap and its one rotated file may use; None: unbounded.
+      journal_policy: ``"lossy"`` (records dropped while the disk cannot take them; the
+        network never waits) or ``"lossless"`` (the network waits for the disk).
+      journal_buffer: bytes of records and frames that may wait for the writer thread;
+        beyond it the policy applies.
 
     ``max-flows`` is lowered to what the process's RLIMIT_NOFILE allows (with a log line);
     the command line raises the soft limit to the hard one first, an embedding program may
@@ -465,7 +492,8 @@ async def open_stack(
     Raises:
       ConfigError: a bad option string, or what it names is missing on the host (a ``tftp=``
         or ``smb=`` directory, smbd: see :func:`check_host_side`).
-      ValueError: a bad DNS upstream.
+      ValueError: a bad DNS upstream or journal policy.
+      OSError: the journal or pcap cannot be created (e.g. a symlink in the way).
     """
     cfg = parse_user_options(config) if isinstance(config, str) else config
     cfg = fit_max_flows(cfg)
@@ -477,26 +505,23 @@ async def open_stack(
         seed = secrets.randbits(63)
     stack = Stack(cfg, seed)
     origin_ns = time.time_ns()
-    writer = None
     journal_path = os.fspath(journal) if journal is not None else None
     pcap_path = os.fspath(pcap) if pcap is not None else None
-    if journal_path is not None:
-        os.makedirs(os.path.dirname(os.path.abspath(journal_path)), exist_ok=True)
-        header = Header(
-            seed=seed, config=cfg.to_dict(), origin_ns=origin_ns, version=__version__,
-            meta=dict(meta or {}),
-        )
-        writer = JournalWriter.create(journal_path, header)
-    pcap_file = None
-    if pcap_path is not None:
-        os.makedirs(os.path.dirname(os.path.abspath(pcap_path)), exist_ok=True)
-        pcap_file = open(pcap_path, "wb")  # noqa: SIM115 - closed by the recorder
-    recorder = Recorder(writer, pcap_file, origin_ns)
+    header = Header(
+        seed=seed, config=cfg.to_dict(), origin_ns=origin_ns, version=__version__,
+        meta=dict(meta or {}), constants=constants.gather(),
+    )
+    recorder = Recorder.open(
+        header, journal_dir=journal_path, pcap_path=pcap_path, journal_max=journal_max,
+        pcap_max=pcap_max, policy=journal_policy, budget=journal_buffer,
+    )
     port = tp.GuestPort()
     handle: SlirpStack | None = None
     smb: SmbShare | None = None
     try:
-        runtime = Runtime(stack, port, recorder)
+        # With neither journal nor pcap the door needs no sink at all.
+        active = journal_path is not None or pcap_path is not None
+        runtime = Runtime(stack, port, recorder if active else None)
         tcp = TcpFlows(runtime.inbox, batched=True)
         datagrams = Datagrams(runtime.inbox, dns_upstreams=upstreams)
         forwards = Forwards(runtime.inbox, tcp, cfg)
@@ -543,7 +568,7 @@ async def open_stack(
         recorder.close()
         log.info(
             "session ended: %d records, frames in %d out %d, dropped toward guest %d",
-            writer.records if writer is not None else 0,
+            recorder.writer.records_written,
             stack.counters["frames_in"],
             stack.counters["frames_out"],
             port.dropped,

@@ -2,21 +2,38 @@
 
 Both the live runtime and replay call :meth:`Door.step`, so replay goes through exactly the code
 the session went through. The door stamps every input with a sequence number and the time the
-core was given, runs the core, and hands the record to a sink (the journal writer live, a
-comparator in replay).
+core was given, runs the core, and hands the record to a sink (the journal live, a comparator
+in replay).
+
+An exception raised by the core is a bug, but must not stop the stack: the door logs it with its
+traceback, counts it (``core_exceptions``) and returns a single :class:`CoreError` effect in
+place of the event's effects. The journal keeps that effect like any other, so replay reports
+the exception at the same record and compares it: a journal that recorded one and replays
+without it, or the reverse, diverges.
 """
 
 from __future__ import annotations
 
 import logging
+import re
 from collections.abc import Callable
+from typing import Any
 
-from slirptrio.core.events import Effect, Event
+from slirptrio.config import Config
+from slirptrio.core.events import CoreError, Effect, Event
 from slirptrio.core.stack import Stack
 
 log = logging.getLogger("slirptrio.door")
 
 Sink = Callable[[int, int, Event, list[Effect]], None]
+
+_ADDRESS = re.compile(r"0x[0-9a-fA-F]{6,}")
+
+
+def error_message(exc: BaseException) -> str:
+    """An exception's message as journaled: object addresses blanked (they differ in replay),
+    at most 500 characters."""
+    return _ADDRESS.sub("0x?", str(exc))[:500]
 
 
 class Door:
@@ -35,12 +52,26 @@ class Door:
         self.now_ns = now_ns
         try:
             effects = self.stack.handle(event, now_ns)
-        except Exception:
-            # A core bug must not stop the stack; replay reproduces it identically.
+        except Exception as exc:
+            # A core bug must not stop the stack; the journal keeps it, replay reproduces it.
             self.stack.counters["core_exceptions"] += 1
-            log.exception("core raised on event %d (%s)", self.seq, type(event).__name__)
-            effects = []
+            log.error("core raised %s on record %d (%s)", type(exc).__name__, self.seq,
+                      type(event).__name__, exc_info=True)
+            effects = [CoreError(type(exc).__name__, error_message(exc))]
         if self.sink is not None:
             self.sink(self.seq, now_ns, event, effects)
         self.seq += 1
         return effects
+
+    def snapshot(self) -> dict[str, Any]:
+        """The door's state (next sequence number, clock) and its core's, as plain data."""
+        return {"seq": self.seq, "now_ns": self.now_ns, "stack": self.stack.snapshot()}
+
+    @classmethod
+    def from_snapshot(cls, config: Config, snapshot: dict[str, Any], sink: Sink | None = None
+                      ) -> Door:
+        """A door over a core restored from :meth:`snapshot` (taken with the same config)."""
+        door = cls(Stack.from_snapshot(config, snapshot["stack"]), sink)
+        door.seq = snapshot["seq"]
+        door.now_ns = snapshot["now_ns"]
+        return door

@@ -9,10 +9,11 @@ lookups; a UDP datagram answered with "port unreachable"; a DHCP lease.
 from __future__ import annotations
 
 import errno
-import io
 import os
+import shutil
 import socket
 import tempfile
+import weakref
 from typing import Any
 
 import dpkt
@@ -41,12 +42,13 @@ from slirptrio.core.events import (
 )
 from slirptrio.core.stack import Stack
 from slirptrio.door import Door
-from slirptrio.journal import Header, JournalWriter
+from slirptrio.journal.writer import Recorder
 from slirptrio.wire import ethernet as weth
 from slirptrio.wire import ipv4 as wip
 from slirptrio.wire import tcp as wtcp
 from slirptrio.wire import udp as wudp
 from tests import guestframes as gf
+from tests.journals import header_for
 
 MS = 1_000_000
 GUEST = socket.inet_aton("10.0.2.15")
@@ -54,15 +56,24 @@ HOST_MAC = bytes.fromhex("52550a000202")
 
 
 class Session:
-    """Drives a :class:`Stack` through a :class:`Door` into an in-memory journal."""
+    """Drives a :class:`Stack` through a door that writes a real journal (format 3, a
+    directory under ``path``, or a temporary one removed with the session)."""
 
-    def __init__(self, options: str = "", seed: int = 5) -> None:
+    def __init__(self, options: str = "", seed: int = 5, path: str | None = None,
+                 journal_max: int | None = None) -> None:
         self.config = parse_user_options(options)
         self.stack = Stack(self.config, seed)
-        self._file = tempfile.TemporaryFile()  # noqa: SIM115 - lives as long as the session
-        self._fd = self._file.fileno()
-        self.writer = JournalWriter(os.dup(self._fd), Header(seed, self.config.to_dict(), 10**18))
-        self.door = Door(self.stack, self.writer.record)
+        if path is None:
+            tmp = tempfile.mkdtemp(prefix="st-session-")
+            weakref.finalize(self, shutil.rmtree, tmp, True)
+            path = os.path.join(tmp, "session.journal")
+        self.path = path
+        self.recorder = Recorder.open(
+            header_for(self.config, seed, 10**18), journal_dir=path, pcap_path=None,
+            journal_max=journal_max, pcap_max=None, threaded=False,
+        )
+        self.door = Door(self.stack, self.recorder)
+        self.recorder.attach(self.door.snapshot)
         self.now = 0
         self.out: list[Effect] = []
         self._ip_id = 1
@@ -72,19 +83,17 @@ class Session:
     def step(self, event: Event, dt_ms: float = 1.0) -> list[Effect]:
         self.now += int(dt_ms * MS)
         effects = self.door.step(event, self.now)
+        self.recorder.flush()  # between steps, as the runtime does after a burst
         self.out = effects
         return effects
 
     def frames(self) -> list[dpkt.ethernet.Ethernet]:
         return [gf.parse(e.data) for e in self.out if isinstance(e, SendFrame)]
 
-    def journal(self) -> bytes:
-        """Everything journaled so far (the session can go on afterwards)."""
-        self.writer.flush()
-        return os.pread(self._fd, os.fstat(self._fd).st_size, 0)
-
-    def journal_file(self) -> io.BytesIO:
-        return io.BytesIO(self.journal())
+    def journal(self) -> str:
+        """The journal directory, with every step so far (the session can go on)."""
+        self.recorder.flush()
+        return self.path
 
     def tick_until(self, ms: float) -> None:
         """Deliver Ticks at the core's deadlines until ``ms`` later."""
@@ -95,6 +104,7 @@ class Session:
                 break
             self.now = max(self.now, due)
             self.out = self.door.step(Tick(), self.now)
+            self.recorder.flush()
         self.now = end
 
     # -- the guest ---------------------------------------------------------------------------

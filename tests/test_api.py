@@ -70,8 +70,7 @@ async def test_open_stack_dhcp_control_and_replay(tmp_path: pathlib.Path) -> Non
 
 
 def _replay(path: pathlib.Path) -> ReplayResult:
-    with path.open("rb") as f:
-        return replay_journal(f)
+    return replay_journal(path)
 
 
 async def test_one_transport_per_stack(tmp_path: pathlib.Path) -> None:

@@ -171,7 +171,8 @@ def test_unreadable_journals(tmp_path: Path) -> None:
     garbage = tmp_path / "garbage.journal"
     garbage.write_bytes(b"\x00" * 100)
     one_line_error(slirptrio(["replay", str(garbage)]), f"journal {garbage}", "not a")
-    one_line_error(slirptrio(["replay", str(tmp_path)]), "Is a directory")
+    # a directory is a journal (format 3) only when it holds segments
+    one_line_error(slirptrio(["replay", str(tmp_path)]), "no journal segments")
 
 
 def test_ctl_mistakes(tmp_path: Path) -> None:

@@ -141,5 +141,4 @@ async def test_hostfwd_on_ipv6_and_guestfwd_on_virtual_ipv6(tmp_path: pathlib.Pa
 
 
 def _replay(path: pathlib.Path) -> ReplayResult:
-    with path.open("rb") as f:
-        return replay_journal(f)
+    return replay_journal(path)

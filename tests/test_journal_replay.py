@@ -5,19 +5,19 @@ from __future__ import annotations
 import io
 import os
 import pathlib
+from collections.abc import Callable
+from typing import Any
 
 import dpkt
-import msgpack
 import pytest
 
 from replay.engine import format_divergence, replay_journal
 from replay.engine import main as replay_main
 from slirptrio.config import parse_user_options
 from slirptrio.core.events import GuestFrame, GuestLink, SendFrame, Tick
-from slirptrio.core.stack import Stack
-from slirptrio.door import Door
-from slirptrio.journal import FORMAT_VERSION, Header, JournalError, JournalWriter, open_journal
+from slirptrio.journal import FORMAT_VERSION, JournalError, open_journal
 from tests import guestframes as gf
+from tests.journals import recording, rewrite, segments
 
 SESSION = [
     GuestLink(True),
@@ -34,21 +34,17 @@ SESSION = [
 
 def record(path: pathlib.Path, options: str = "hostname=vm1", seed: int = 7) -> int:
     config = parse_user_options(options)
-    header = Header(seed=seed, config=config.to_dict(), origin_ns=1_700_000_000_000_000_000)
-    writer = JournalWriter.create(str(path), header)
-    door = Door(Stack(config, seed), writer.record)
     frames = 0
-    for i, ev in enumerate(SESSION):
-        frames += sum(isinstance(e, SendFrame) for e in door.step(ev, i * 1_000_000))
-    writer.close()
+    with recording(path, config, seed) as door:
+        for i, ev in enumerate(SESSION):
+            frames += sum(isinstance(e, SendFrame) for e in door.step(ev, i * 1_000_000))
     return frames
 
 
 def test_record_and_replay_identical(tmp_path: pathlib.Path) -> None:
     path = tmp_path / "s.journal"
     assert record(path) >= 5
-    with path.open("rb") as f:
-        result = replay_journal(f)
+    result = replay_journal(path)
     assert result.identical
     assert result.records == len(SESSION)
 
@@ -62,29 +58,24 @@ def test_replay_cli_prints_identical(
     assert capsys.readouterr().out.startswith(f"identical: {len(SESSION)} records")
 
 
-def _rewrite(path: pathlib.Path, change: object) -> None:
-    with path.open("rb") as f:
-        items = list(msgpack.Unpacker(f, raw=False))
-    change(items)  # type: ignore[operator]
-    with path.open("wb") as f:
-        for item in items:
-            f.write(msgpack.packb(item, use_bin_type=True))
+def _rewrite(path: pathlib.Path, change: Callable[[list[Any]], None]) -> None:
+    """Change the objects of the journal's (only) segment: header, snapshot, records."""
+    rewrite(path, lambda _seg, items: change(items))
 
 
 def test_changed_input_is_reported_as_divergence(tmp_path: pathlib.Path) -> None:
     path = tmp_path / "s.journal"
     record(path)
 
-    def bump_ping_seq(items: list[object]) -> None:
-        rec = items[1 + 4]  # the first ping
+    def bump_ping_seq(items: list[Any]) -> None:
+        rec = items[2 + 4]  # the first ping
         assert isinstance(rec, list)
         frame = bytearray(rec[2][1])
         frame[14 + 20 + 7] ^= 1  # ICMP sequence number; checksum now wrong -> dropped
         rec[2][1] = bytes(frame)
 
     _rewrite(path, bump_ping_seq)
-    with path.open("rb") as f:
-        result = replay_journal(f)
+    result = replay_journal(path)
     assert result.divergence is not None
     assert result.divergence.index == 4
     report = format_divergence(result)
@@ -94,30 +85,26 @@ def test_changed_input_is_reported_as_divergence(tmp_path: pathlib.Path) -> None
     assert "context" in report
 
 
-def test_changed_seed_diverges_on_first_frame(tmp_path: pathlib.Path) -> None:
+def test_changed_first_snapshot_is_a_state_divergence(tmp_path: pathlib.Path) -> None:
     path = tmp_path / "s.journal"
     record(path)
 
-    def change_seed(items: list[object]) -> None:
-        header = items[0]
-        assert isinstance(header, dict)
-        header["seed"] = 8
+    def change_ip_id(items: list[Any]) -> None:
+        items[1]["stack"]["state"]["_ip_id"] += 1
 
-    _rewrite(path, change_seed)
-    with path.open("rb") as f:
-        result = replay_journal(f)
-    # IP ids come from the seed: the first IP frame out differs
-    assert result.divergence is not None
-    assert "first differing byte" in format_divergence(result)
+    _rewrite(path, change_ip_id)
+    result = replay_journal(path)
+    # The session's first snapshot must be a fresh core's: replay checks it before record 0.
+    assert result.divergence is not None and result.divergence.kind == "state"
+    assert "_ip_id" in format_divergence(result)
 
 
 def test_truncated_tail_is_tolerated(tmp_path: pathlib.Path) -> None:
     path = tmp_path / "s.journal"
     record(path)
-    size = path.stat().st_size
-    os.truncate(path, size - 7)
-    with path.open("rb") as f:
-        result = replay_journal(f)
+    (seg,) = segments(path)
+    os.truncate(seg, seg.stat().st_size - 7)
+    result = replay_journal(path)
     assert result.identical
     assert result.records == len(SESSION) - 1
     assert result.truncated_bytes > 0
@@ -127,14 +114,14 @@ def test_newer_format_refused(tmp_path: pathlib.Path, capsys: pytest.CaptureFixt
     path = tmp_path / "s.journal"
     record(path)
 
-    def newer(items: list[object]) -> None:
+    def newer(items: list[Any]) -> None:
         header = items[0]
         assert isinstance(header, dict)
         header["format"] = FORMAT_VERSION + 1
 
     _rewrite(path, newer)
-    with path.open("rb") as f, pytest.raises(JournalError, match="newer"):
-        open_journal(f)
+    with pytest.raises(JournalError, match="newer"):
+        open_journal(path)
     assert replay_main(str(path)) == 2
     assert "newer than this slirptrio" in capsys.readouterr().err
 
@@ -150,8 +137,7 @@ def test_pcap_export(tmp_path: pathlib.Path) -> None:
     path = tmp_path / "s.journal"
     out_frames = record(path)
     pcap = io.BytesIO()
-    with path.open("rb") as f:
-        result = replay_journal(f, pcap_out=pcap)
+    result = replay_journal(path, pcap_out=pcap)
     assert result.identical
     pcap.seek(0)
     packets = list(dpkt.pcap.Reader(pcap))

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import io
 import os
 import pathlib
 
@@ -12,20 +11,21 @@ import trio.testing
 from replay.engine import replay_journal
 from slirptrio.config import parse_user_options
 from slirptrio.core.stack import Stack
-from slirptrio.journal import Header, JournalWriter
-from slirptrio.shell.runtime import Recorder, Runtime
+from slirptrio.journal.writer import Recorder
+from slirptrio.shell.runtime import Runtime
 from slirptrio.shell.transport import GuestPort, serve_stream
 from slirptrio.wire.framing import StreamDecoder, encode_frame
+from slirptrio.wire.pcap import read_pcap
 from tests import guestframes as gf
+from tests.journals import header_for
 
 
 async def test_fake_guest_dhcp_and_ping_then_replay(tmp_path: pathlib.Path) -> None:
     config = parse_user_options("")
     stack = Stack(config, 99)
     jpath = tmp_path / "j.journal"
-    journal = JournalWriter.create(str(jpath), Header(99, config.to_dict(), 0))
-    pcap = io.BytesIO()
-    recorder = Recorder(journal, pcap, 0)
+    ppath = tmp_path / "j.pcap"
+    recorder = Recorder.open(header_for(config, 99), journal_dir=str(jpath), pcap_path=str(ppath))
     port = GuestPort()
     runtime = Runtime(stack, port, recorder)
     guest, ours = trio.testing.memory_stream_pair()
@@ -58,12 +58,13 @@ async def test_fake_guest_dhcp_and_ping_then_replay(tmp_path: pathlib.Path) -> N
         await trio.testing.wait_all_tasks_blocked()
         nursery.cancel_scope.cancel()
     recorder.close()
-    assert os.path.getsize(jpath) > 0
-    with jpath.open("rb") as f:
-        result = replay_journal(f)
+    assert os.path.getsize(ppath) > 24
+    result = replay_journal(jpath)
     assert result.identical
     # GuestLink up, 3 frames, GuestLink down
     assert result.records == 5
+    with ppath.open("rb") as f:
+        assert len(list(read_pcap(f))) == 6  # three frames each way
 
 
 async def test_oversized_length_drops_connection_not_stack() -> None:

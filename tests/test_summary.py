@@ -6,19 +6,19 @@ from __future__ import annotations
 import errno
 import json
 import pathlib
+from typing import Any
 
 import pytest
 
-from replay.summary import FAILED_ENDS, Activity, format_summary, summarize_file
+from replay.summary import FAILED_ENDS, Activity, Summary, format_summary, summarize_journal
 from slirptrio.cli import main as cli_main
 from tests.sessionbuilder import Session
 
 CAPTURES = pathlib.Path(__file__).parent.parent / "captures"
 
 
-def summary_of(name: str):  # type: ignore[no-untyped-def]
-    with (CAPTURES / f"{name}.journal").open("rb") as f:
-        return summarize_file(f)
+def summary_of(name: str) -> Summary:
+    return summarize_journal(CAPTURES / f"{name}.journal")
 
 
 def test_tcp_http_capture_names_each_flow() -> None:
@@ -63,7 +63,8 @@ def test_ping_and_release_captures() -> None:
     pings = [(f.remote, f.end, f.end_detail) for f in s.flows]
     assert pings == [("10.0.2.2", "answered", "3/3 replies"), ("10.0.2.3", "answered",
                                                                 "3/3 replies")]
-    s = summary_of("release-renew")
+    # The format-2 recording has the guest's RELEASE (the format-3 one lost it).
+    s = summarize_journal(CAPTURES / "format2" / "release-renew.journal")
     (lease,) = s.leases()
     assert lease["acks"] == 3 and lease["released_s"] is not None
     assert [n.data["type"] for n in s.dhcp].count("RELEASE") == 1
@@ -71,8 +72,7 @@ def test_ping_and_release_captures() -> None:
 
 @pytest.mark.parametrize("journal", sorted(CAPTURES.glob("*.journal")), ids=lambda p: p.stem)
 def test_every_capture_summarizes_and_serializes(journal: pathlib.Path) -> None:
-    with journal.open("rb") as f:
-        s = summarize_file(f)
+    s = summarize_journal(journal)
     assert s.replay == "identical" and s.records > 5
     data = json.loads(json.dumps(s.to_dict()))
     assert data["span"]["duration_s"] > 0 and data["records"] == s.records
@@ -95,7 +95,8 @@ def scripted() -> Session:
 
 
 def test_scripted_session_outcomes() -> None:
-    s = summarize_file(scripted().journal_file())
+    session = scripted()
+    s = summarize_journal(session.journal())
     assert s.replay == "identical"
     ends = {int(f.guest.rsplit(":", 1)[1]): (f.end, f.end_detail) for f in s.flows}
     assert ends[40001] == ("FIN", "")
@@ -126,20 +127,19 @@ def test_scripted_session_outcomes() -> None:
 def test_summary_from_the_journal_alone_after_a_divergence() -> None:
     """A journal whose effects the core no longer produces: the summary says so and reads the
     journal's own effects from there on."""
-    import io
+    from tests.journals import rewrite
 
-    import msgpack
+    session = scripted()
+    path = pathlib.Path(session.journal())
 
-    raw = scripted().journal()
-    unpacker = msgpack.Unpacker(io.BytesIO(raw), raw=False)
-    items = list(unpacker)
-    # Make one early record's effects differ: drop its effects.
-    for rec in items[1:]:
-        if rec[3]:
-            rec[3] = rec[3][:-1]
-            break
-    bent = b"".join(msgpack.packb(x, use_bin_type=True) for x in items)
-    s = summarize_file(io.BytesIO(bent))
+    def bend(_seg: pathlib.Path, items: list[Any]) -> None:
+        for rec in items[2:]:  # after the header and the snapshot
+            if rec[3]:
+                rec[3] = rec[3][:-1]  # one early record's effects differ: drop one
+                return
+
+    rewrite(path, bend)
+    s = summarize_journal(path)
     assert s.replay.startswith("diverged at record")
     ends = {int(f.guest.rsplit(":", 1)[1]): f.end for f in s.flows}
     assert ends[40002] == "refused" and ends[40001] == "FIN"
@@ -154,8 +154,8 @@ def test_activity_stays_bounded() -> None:
 
 
 def test_cli_summary_and_json(tmp_path: pathlib.Path, capsys: pytest.CaptureFixture[str]) -> None:
-    path = tmp_path / "s.journal"
-    path.write_bytes(scripted().journal())
+    session = scripted()
+    path = session.journal()
     assert cli_main(["replay", str(path), "--summary"]) == 0
     out = capsys.readouterr().out
     assert "refused (ECONNREFUSED)" in out and "nothing.example.test A -> NXDOMAIN" in out
@@ -167,9 +167,10 @@ def test_cli_summary_and_json(tmp_path: pathlib.Path, capsys: pytest.CaptureFixt
 
 def test_cli_summary_unreadable(tmp_path: pathlib.Path, capsys: pytest.CaptureFixture[str]) -> None:
     path = tmp_path / "bad.journal"
-    path.write_bytes(b"not a journal")
+    path.write_bytes(b"not a journal")  # an old-style single file that is no journal
     assert cli_main(["replay", str(path), "--summary"]) == 2
-    assert "slirptrio replay: error" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert err.startswith("slirptrio: error: journal ") and "bad magic" in err
 
 
 def test_dns_over_tcp_is_a_lookup_too() -> None:
@@ -187,7 +188,7 @@ def test_dns_over_tcp_is_a_lookup_too() -> None:
     a.op = 0x8180
     s.connection("10.0.2.3", 40100, 53, request=struct.pack("!H", len(q)) + q,
                  response=struct.pack("!H", len(bytes(a))) + bytes(a))
-    summary = summarize_file(s.journal_file())
+    summary = summarize_journal(s.journal())
     (lookup,) = summary.lookups
     assert (lookup.name, lookup.qtype, lookup.answers) == ("tcp.example.test", "A",
                                                            ["203.0.113.5"])
@@ -218,9 +219,29 @@ def test_tftp_transfers() -> None:
     tftp_get(s, "pxelinux.0", b"x" * 1500, sport=2000)
     tftp_get(s, "missing.cfg", None, sport=2001)
     tftp_get(s, "../etc/passwd", b"secret", sport=2002)
-    summary = summarize_file(s.journal_file())
+    summary = summarize_journal(s.journal())
     got = {f.host: (f.proto, f.end, f.bytes_to_guest) for f in summary.flows}
     assert got["pxelinux.0"] == ("tftp", "done", 1500)
     assert got["missing.cfg"][:2] == ("tftp", "refused")
     assert got["../etc/passwd"][:2] == ("tftp", "refused")
     assert {f.remote for f in summary.flows} == {"10.0.2.2:69"}
+
+
+def test_a_ring_journal_that_lost_its_start() -> None:
+    """A bounded journal whose first segments are gone: the summary starts from the first
+    snapshot it has, replays identical from there, and lists what it saw."""
+    s = Session(journal_max=512 << 10)
+    s.lease()
+    for i in range(400):
+        s.connection("203.0.113.1", 20000 + i, 80, response=b"r" * 2000)
+        if i % 20 == 19:
+            s.tick_until(3000)  # TIME_WAIT ends: the snapshots stay small
+    path = pathlib.Path(s.journal())
+    assert not (path / "00000001.seg").exists()  # the ring dropped the start
+    summary = summarize_journal(path)
+    assert summary.replay == "identical" and summary.starts_at > 0
+    assert summary.leases() == []  # the lease was in a lost segment
+    ports = [int(f.guest.rsplit(":", 1)[1]) for f in summary.flows]
+    assert ports and ports == sorted(ports) and ports[-1] == 20399
+    assert all(f.end == "FIN" for f in summary.flows if f.established_ns is not None)
+    assert "starts_at_record" in summary.to_dict()

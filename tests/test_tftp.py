@@ -649,14 +649,15 @@ def test_fuzz_seeds_go_through_the_stack_without_raising() -> None:
 
 
 def test_journal_of_a_transfer_replays_identical(tmp_path: Path) -> None:
+    import contextlib
+
     from replay.engine import replay_journal
-    from slirptrio.door import Door
-    from slirptrio.journal import Header, JournalWriter
+    from tests.journals import recording
 
     config = parse_user_options("tftp=/gone")
     path = tmp_path / "tftp.journal"
-    writer = JournalWriter.create(str(path), Header(seed=11, config=config.to_dict(), origin_ns=0))
-    door = Door(Stack(config, 11), writer.record)
+    journal = contextlib.ExitStack()
+    door = journal.enter_context(recording(path, config, 11))
     body = payload(512 * 40 + 17)
     now = T0
     request = wt.build_request(wt.RRQ, b"k", "octet", [("windowsize", "4"), ("tsize", "0")])
@@ -680,10 +681,9 @@ def test_journal_of_a_transfer_replays_identical(tmp_path: Path) -> None:
                     if pkt.block % 4 == 0 or len(pkt.data) < 512:  # one ACK per window
                         nxt += door.step(GuestFrame(tftp_frame(wt.build_ack(pkt.block))), now)
         pending = nxt
-    writer.close()
+    journal.close()
     assert bytes(got) == body
-    with path.open("rb") as f:
-        result = replay_journal(f)
+    result = replay_journal(path)
     assert result.identical, result.divergence
     assert result.records > 10 and result.frames > 40
 

@@ -11,7 +11,7 @@ import xml.etree.ElementTree as ET
 
 import pytest
 
-from replay.summary import Summary, summarize_file
+from replay.summary import Summary, summarize_journal
 from replay.timeline import FAILED_BG, render_svg
 from slirptrio.cli import main as cli_main
 from tests.pngread import read_png
@@ -35,7 +35,7 @@ def session(n: int) -> Summary:
             s.dns(f"host{i}.example.test", 5000 + i, "203.0.113.77" if i % 8 else None)
         s.now += 20_000_000
     s.tick_until(3000)
-    return summarize_file(s.journal_file())
+    return summarize_journal(s.journal())
 
 
 def lanes(root: ET.Element) -> list[ET.Element]:
@@ -126,6 +126,6 @@ def test_refused_attempt_is_one_failed_lane() -> None:
     s = Session()
     s.lease()
     s.refused("203.0.113.1", 40002, 81, errno.ECONNREFUSED)
-    root = ET.fromstring(render_svg(summarize_file(s.journal_file())))
+    root = ET.fromstring(render_svg(summarize_journal(s.journal())))
     (g,) = lanes(root)
     assert g.get("class") == "lane failed" and marks(g) == ["syn", "fail"]

@@ -42,6 +42,43 @@ def setup_logging(verbose: int) -> None:
     logging.basicConfig(level=level, format="%(name)s: %(message)s", stream=sys.stderr)
 
 
+_UNITS = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
+
+
+def parse_size(text: str) -> int | None:
+    """``64M``, ``1G``, ``512K``, ``100000`` (bytes; K/M/G/T are powers of 1024, an optional
+    trailing B or iB is allowed); ``0`` or ``unlimited``: None (no bound).
+
+    Raises:
+      ValueError: anything else.
+    """
+    t = text.strip().upper()
+    if t in ("0", "UNLIMITED", "NONE"):
+        return None
+    for suffix in ("IB", "B"):
+        if t.endswith(suffix) and len(t) > len(suffix):
+            t = t[: -len(suffix)]
+            break
+    unit = t[-1:] if t[-1:] in _UNITS and not t[-1:].isdigit() else ""
+    number = t[: len(t) - len(unit)]
+    try:
+        value = float(number)
+    except ValueError:
+        raise ValueError(f"{text!r}: expected a size such as 64M, 1G or 500K") from None
+    size = int(value * _UNITS[unit])
+    if size <= 0:
+        raise ValueError(f"{text!r}: a size must be positive (0 means unlimited)")
+    return size
+
+
+def format_size(size: int) -> str:
+    """The shortest exact K/M/G form of ``size`` bytes (the inverse of :func:`parse_size`)."""
+    for unit in ("T", "G", "M", "K"):
+        if size % _UNITS[unit] == 0:
+            return f"{size // _UNITS[unit]}{unit}"
+    return str(size)
+
+
 def _user_error_types() -> tuple[type[BaseException], ...]:
     # Imported here: `slirptrio --help` should not pay for trio and the stack.
     from slirptrio.config import ConfigError

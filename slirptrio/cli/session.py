@@ -12,6 +12,7 @@ import trio
 
 from slirptrio.api import SlirpStack, open_stack
 from slirptrio.config import Config
+from slirptrio.journal.writer import DEFAULT_BUDGET, DEFAULT_JOURNAL_MAX
 from slirptrio.shell import transport as tp
 
 log = logging.getLogger("slirptrio")
@@ -62,6 +63,10 @@ async def run_session(
     meta: dict[str, object] | None = None,
     dns_upstreams: list[tuple[str, int]] | None = None,
     control_path: str | None = None,
+    journal_max: int | None = DEFAULT_JOURNAL_MAX,
+    pcap_max: int | None = DEFAULT_JOURNAL_MAX,
+    journal_policy: str = "lossy",
+    journal_buffer: int = DEFAULT_BUDGET,
 ) -> None:
     """Run the stack until cancelled; journal and pcap are closed on the way out.
 
@@ -71,7 +76,8 @@ async def run_session(
     upstreams = [f"[{h}]:{p}" if ":" in h else f"{h}:{p}" for h, p in dns_upstreams or []]
     async with open_stack(
         config, journal=journal_path, pcap=pcap_path, seed=seed,
-        dns_upstreams=upstreams or None, meta=dict(meta or {}),
+        dns_upstreams=upstreams or None, meta=dict(meta or {}), journal_max=journal_max,
+        pcap_max=pcap_max, journal_policy=journal_policy, journal_buffer=journal_buffer,
     ) as stack:
         if spec.mode == "listen":
             await stack.listen_qemu(str(spec.addr))

@@ -34,8 +34,10 @@ import contextlib
 import logging
 from dataclasses import dataclass
 from ipaddress import IPv4Address
+from typing import Any, ClassVar
 
 from slirptrio.config import DHCP_LEASE_TIME, NUM_DHCP_CLIENTS, Config
+from slirptrio.core import snapshot as snap
 from slirptrio.wire import dhcp as wd
 
 log = logging.getLogger("slirptrio.core.dhcp")
@@ -87,6 +89,27 @@ class DhcpServer:
         self._ever: set[bytes] = set()  # addresses ever bound (membership tests only)
         self._last: dict[bytes, bytes] = {}  # each MAC's last address
         self.counters: dict[str, int] = {}
+
+    _SNAPSHOT_WIRING: ClassVar[frozenset[str]] = frozenset(
+        {"_config", "_server_id", "_pool", "_next_server", "_file"}
+    )
+    _SNAPSHOT_DERIVED: ClassVar[frozenset[str]] = frozenset()
+
+    def snapshot_state(self) -> dict[str, Any]:
+        """Leases (declined addresses included), addresses ever bound, each MAC's last one."""
+        return {
+            "_leases": [snap.dump_slots(lease) for lease in self._leases.values()],
+            "_ever": sorted(self._ever),
+            "_last": [[mac, ip] for mac, ip in self._last.items()],
+            "counters": dict(self.counters),
+        }
+
+    def restore_state(self, state: dict[str, Any]) -> None:
+        leases = [snap.load_slots(Lease, raw) for raw in state["_leases"]]
+        self._leases = {lease.ip: lease for lease in leases}
+        self._ever = set(state["_ever"])
+        self._last = {mac: ip for mac, ip in state["_last"]}
+        self.counters = dict(state["counters"])
 
     def leases(self, now_ns: int) -> list[Lease]:
         """Leases held by a client and not expired, in pool order."""

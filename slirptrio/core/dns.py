@@ -34,7 +34,9 @@ import logging
 import struct
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any, ClassVar
 
+from slirptrio.core import snapshot as snap
 from slirptrio.core.events import Effect, UdpClose, UdpOpen, UdpSend
 from slirptrio.core.prng import Prng
 from slirptrio.wire import MalformedFrame
@@ -214,6 +216,9 @@ class _Pending:
         self.flows: list[int] = []  # relay flows the query went out on
 
 
+_PENDING_CODECS: dict[str, snap.Codec] = {"guest": snap.TUPLE}
+
+
 class _Upstream:
     __slots__ = ("busy_until_ns", "flow", "last_used_ns")
 
@@ -268,6 +273,33 @@ class DnsRelay:
         self._flow_index: dict[int, int] = {}  # relay flow -> upstream index
         self._pending: dict[int, _Pending] = {}  # upstream id -> query, oldest first
         self._by_guest: dict[tuple[bytes, int, int], int] = {}  # (ip, port, id) -> upstream id
+
+    _SNAPSHOT_WIRING: ClassVar[frozenset[str]] = frozenset({
+        "_send_udp", "_alloc_flow", "_rng", "counters", "dns_ip", "enabled", "timeout_ns",
+        "idle_timeout_ns", "max_pending",
+    })  # fmt: skip
+    _SNAPSHOT_DERIVED: ClassVar[frozenset[str]] = frozenset({"_flow_index", "_by_guest"})
+
+    def snapshot_state(self) -> dict[str, Any]:
+        """Upstreams, their open relay flows and the queries in flight (oldest first)."""
+        ups = self.upstreams
+        return {
+            "upstreams": None if ups is None else [[h, p] for h, p in ups],
+            "_open": [[i, snap.dump_slots(u)] for i, u in self._open.items()],
+            "_pending": [snap.dump_slots(p, _PENDING_CODECS) for p in self._pending.values()],
+        }
+
+    def restore_state(self, state: dict[str, Any]) -> None:
+        ups = state["upstreams"]
+        self.upstreams = None if ups is None else [(h, p) for h, p in ups]
+        self._open = {i: snap.load_slots(_Upstream, raw) for i, raw in state["_open"]}
+        self._flow_index = {u.flow: i for i, u in self._open.items()}
+        self._pending = {}
+        self._by_guest = {}
+        for raw in state["_pending"]:
+            p = snap.load_slots(_Pending, raw, _PENDING_CODECS)
+            self._pending[p.upstream_id] = p
+            self._by_guest[(p.guest[0], p.guest[1], p.guest_id)] = p.upstream_id
 
     # ------------------------------------------------------------------------ public face
 

@@ -361,6 +361,19 @@ class UdpFwdSend(Effect):
     data: bytes
 
 
+# ---- recorder (tags 60-69)
+
+
+@dataclass(frozen=True, slots=True)
+class CoreError(Effect):
+    """The core raised ``type``: ``message`` while handling the event (a bug). It stands in
+    for the event's effects, which are lost; replay must raise the same at the same record."""
+
+    TAG: ClassVar[int] = 60
+    type: str
+    message: str
+
+
 # ---- TFTP (tags 100-119)
 #
 # The file a TFTP session serves is a host input like any socket's bytes: the core asks the

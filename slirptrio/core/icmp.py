@@ -39,8 +39,9 @@ import ipaddress
 import logging
 import struct
 from collections.abc import Callable
-from typing import Protocol
+from typing import Any, ClassVar, Protocol
 
+from slirptrio.core import snapshot as snap
 from slirptrio.core.events import (
     Effect,
     IcmpEchoClose,
@@ -77,6 +78,8 @@ SO_EE_ORIGIN_LOCAL = 1
 SO_EE_ORIGIN_ICMP = 2
 SO_EE_ORIGIN_ICMP6 = 3
 
+ECHO_IDLE_TIMEOUT_NS = 60_000_000_000
+MAX_ECHO_FLOWS = 256
 QUOTE_L4_BYTES = 128
 """How much of a guest datagram's transport part is kept for quoting in an ICMP error."""
 
@@ -319,6 +322,7 @@ class _EchoFlow:
         "key",
         "l4_len",
     )
+    _SNAPSHOT_DERIVED: ClassVar[frozenset[str]] = frozenset({"key"})
 
     def __init__(
         self,
@@ -337,6 +341,9 @@ class _EchoFlow:
         self.l4_len = 0
         self.head = b""
         self.expires_ns = 0
+
+
+_ECHO_CODECS: dict[str, snap.Codec] = {"hdr": snap.HEADER}
 
 
 class IcmpEcho:
@@ -362,8 +369,8 @@ class IcmpEcho:
         rng: Prng,
         counters: collections.Counter[str],
         restrict: bool = False,
-        idle_timeout_ns: int = 60_000_000_000,
-        max_flows: int = 256,
+        idle_timeout_ns: int = ECHO_IDLE_TIMEOUT_NS,
+        max_flows: int = MAX_ECHO_FLOWS,
     ) -> None:
         self._send_ip = send_ip
         self._translate = translate
@@ -378,8 +385,33 @@ class IcmpEcho:
         self._lru: collections.OrderedDict[int, _EchoFlow] = collections.OrderedDict()
         self._host_idents: set[int] = set()
 
+    _SNAPSHOT_WIRING: ClassVar[frozenset[str]] = frozenset({
+        "_send_ip", "_translate", "_alloc_flow", "_rng", "counters", "restrict",
+        "idle_timeout_ns", "max_flows",
+    })  # fmt: skip
+    _SNAPSHOT_DERIVED: ClassVar[frozenset[str]] = frozenset({"_host_idents"})
+
     def __len__(self) -> int:
         return len(self._lru)
+
+    def snapshot_state(self) -> dict[str, Any]:
+        """The echo flows in LRU order, their creation order, and whether echo works."""
+        skip = _EchoFlow._SNAPSHOT_DERIVED
+        return {
+            "unavailable": self.unavailable,
+            "_lru": [snap.dump_slots(f, _ECHO_CODECS, skip) for f in self._lru.values()],
+            "_flows": [f.flow for f in self._flows.values()],
+        }
+
+    def restore_state(self, state: dict[str, Any]) -> None:
+        self.unavailable = bool(state["unavailable"])
+        self._lru = collections.OrderedDict()
+        for raw in state["_lru"]:
+            f = snap.load_slots(_EchoFlow, raw, _ECHO_CODECS)
+            f.key = (f.guest_ip, f.guest_ident, f.dst_ip)
+            self._lru[f.flow] = f
+        self._flows = {self._lru[fid].key: self._lru[fid] for fid in state["_flows"]}
+        self._host_idents = {f.host_ident for f in self._lru.values()}
 
     def flows(self, now_ns: int) -> list[FlowInfo]:
         """The echo flows; the ports shown are the guest's and the host's echo ids."""

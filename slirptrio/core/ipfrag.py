@@ -44,13 +44,19 @@ import bisect
 import collections
 import logging
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Any, ClassVar, Protocol
+
+from slirptrio.core import snapshot as snap
 
 log = logging.getLogger("slirptrio.core.ipfrag")
 
 IP_MAX = 65535
 IPV4_MIN_HEADER = 20
 MIN_MTU = 68
+MAX_DATAGRAMS = 64
+MAX_TOTAL_BYTES = 1 << 20
+TIMEOUT_NS = 30_000_000_000
+MAX_FRAGMENTS = 1024
 
 _Key = tuple[bytes, bytes, int, int]
 
@@ -99,12 +105,12 @@ class Reassembler:
 
     def __init__(
         self,
-        max_datagrams: int = 64,
+        max_datagrams: int = MAX_DATAGRAMS,
         max_bytes_per_datagram: int = IP_MAX,
-        max_total_bytes: int = 1 << 20,
-        timeout_ns: int = 30_000_000_000,
+        max_total_bytes: int = MAX_TOTAL_BYTES,
+        timeout_ns: int = TIMEOUT_NS,
         *,
-        max_fragments: int = 1024,
+        max_fragments: int = MAX_FRAGMENTS,
         counters: collections.Counter[str] | None = None,
     ) -> None:
         if min(max_datagrams, max_bytes_per_datagram, max_total_bytes, max_fragments) < 1:
@@ -120,8 +126,27 @@ class Reassembler:
         self._queues: dict[_Key, _Datagram] = {}
         self.total_bytes = 0
 
+    _SNAPSHOT_WIRING: ClassVar[frozenset[str]] = frozenset({
+        "max_datagrams", "max_bytes_per_datagram", "max_total_bytes", "timeout_ns",
+        "max_fragments", "counters",
+    })  # fmt: skip
+    _SNAPSHOT_DERIVED: ClassVar[frozenset[str]] = frozenset()
+
     def __len__(self) -> int:
         return len(self._queues)
+
+    def snapshot_state(self) -> dict[str, Any]:
+        """The datagrams in flight, oldest first, with their pieces."""
+        return {
+            "_queues": [[list(k), snap.dump_slots(d)] for k, d in self._queues.items()],
+            "total_bytes": self.total_bytes,
+        }
+
+    def restore_state(self, state: dict[str, Any]) -> None:
+        self._queues = {
+            (k[0], k[1], k[2], k[3]): snap.load_slots(_Datagram, d) for k, d in state["_queues"]
+        }
+        self.total_bytes = state["total_bytes"]
 
     # ------------------------------------------------------------------------ public face
 

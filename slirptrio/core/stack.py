@@ -33,8 +33,11 @@ import collections
 import dataclasses
 import logging
 from ipaddress import IPv4Address, IPv6Address, ip_address
+from typing import Any, ClassVar
 
 from slirptrio.config import Config
+from slirptrio.core import icmp, ipfrag, tcp, udp
+from slirptrio.core import snapshot as snap
 from slirptrio.core.dhcp import DhcpServer, Lease
 from slirptrio.core.dhcpv6 import Dhcpv6Server
 from slirptrio.core.events import (
@@ -129,7 +132,16 @@ class Stack:
         self._loopback = config.hostloopback
         self._mtu = config.mtu
         self._guestfwd: dict[tuple[bytes, int], int] = {}
-        self._reasm = Reassembler(counters=self.counters)
+        # Limits and timeouts are read from the modules' constants here, not bound as default
+        # arguments, so that replay can build a core with a journal's recorded values
+        # (slirptrio.core.constants).
+        self._reasm = Reassembler(
+            max_datagrams=ipfrag.MAX_DATAGRAMS,
+            max_total_bytes=ipfrag.MAX_TOTAL_BYTES,
+            timeout_ns=ipfrag.TIMEOUT_NS,
+            max_fragments=ipfrag.MAX_FRAGMENTS,
+            counters=self.counters,
+        )
         self.udp = UdpNat(
             send_ip=self.send_ip,
             translate=self.translate,
@@ -142,6 +154,9 @@ class Stack:
             restrict=config.restrict,
             idle_timeout_ns=config.udp_timeout * 1_000_000_000,
             dns_idle_timeout_ns=config.dns_timeout * 1_000_000_000,
+            dns_timeout_ns=udp.DNS_QUERY_TIMEOUT_NS,
+            max_flows=udp.MAX_FLOWS,
+            max_dns_pending=udp.MAX_DNS_PENDING,
         )
         self.tcp = TcpNat(
             rng=self._rng,
@@ -152,6 +167,17 @@ class Stack:
             counters=self.counters,
             mtu=config.mtu,
             max_flows=config.max_flows,
+            max_half_open=tcp.MAX_HALF_OPEN,
+            buffer_size=tcp.BUFFER_SIZE,
+            rto_min_ns=tcp.RTO_MIN_NS,
+            delack_ns=tcp.DELACK_NS,
+            give_up_ns=tcp.GIVE_UP_NS,
+            syn_give_up_ns=tcp.SYN_GIVE_UP_NS,
+            fin_give_up_ns=tcp.FIN_GIVE_UP_NS,
+            time_wait_ns=tcp.TIME_WAIT_NS,
+            connect_timeout_ns=tcp.CONNECT_TIMEOUT_NS,
+            drain_timeout_ns=tcp.DRAIN_TIMEOUT_NS,
+            max_ooo_segments=tcp.MAX_OOO_SEGMENTS,
         )
         self.tftp = TftpServer(
             send_udp=self.udp.send_udp,
@@ -169,6 +195,8 @@ class Stack:
             rng=self._rng,
             counters=self.counters,
             restrict=config.restrict,
+            idle_timeout_ns=icmp.ECHO_IDLE_TIMEOUT_NS,
+            max_flows=icmp.MAX_ECHO_FLOWS,
         )
         # IPv6: the prefix, the virtual addresses and the router's link-local address.
         self._ipv4_on = config.ipv4
@@ -191,6 +219,64 @@ class Stack:
         self._dhcp6 = Dhcpv6Server(config, self._mac6, self.counters)
         if config.ipv6:
             self.udp.dns_ip6 = self._dns6
+
+    # --------------------------------------------------------------------------- snapshots
+
+    # The components with state of their own, each snapshotted under its attribute name.
+    # A new protocol module adds its attribute here (one line) and the method pair to its class.
+    _SNAPSHOT_COMPONENTS: ClassVar[tuple[str, ...]] = (
+        "_rng", "_dhcp", "_reasm", "udp", "tcp", "echo", "_ndp", "tftp",
+    )  # fmt: skip
+    _SNAPSHOT_WIRING: ClassVar[frozenset[str]] = frozenset({
+        "config", "seed", "_host_ip", "_dns_ip", "_net", "_netmask", "_net_broadcast",
+        "_our_mac", "_virtual_ips", "_loopback", "_mtu",
+        "_ipv4_on", "_ipv6_on", "_host6", "_dns6", "_ll6", "_net6", "_shift6", "_virtual6",
+        "_mac6", "_dhcp6",  # stateless DHCPv6: only wiring
+    })  # fmt: skip
+    # The effects list of the event being handled: replaced at the start of every handle().
+    _SNAPSHOT_DERIVED: ClassVar[frozenset[str]] = frozenset({"_out"})
+
+    def snapshot_state(self) -> dict[str, Any]:
+        """The whole core's state as plain data (see :mod:`slirptrio.core.snapshot`)."""
+        state: dict[str, Any] = {
+            "counters": dict(self.counters),
+            "guest_mac": self.guest_mac,
+            "_arp_table": [[ip, mac] for ip, mac in self._arp_table.items()],
+            "_ip_id": self._ip_id,
+            "_ip6_ident": self._ip6_ident,
+            "_next_flow": self._next_flow,
+            "_guestfwd": [[ip, port, fid] for (ip, port), fid in self._guestfwd.items()],
+        }
+        for name in self._SNAPSHOT_COMPONENTS:
+            state[name] = getattr(self, name).snapshot_state()
+        return state
+
+    def restore_state(self, state: dict[str, Any]) -> None:
+        # The counters object is shared with every component: refill it, never replace it.
+        self.counters.clear()
+        self.counters.update(state["counters"])
+        self.guest_mac = state["guest_mac"]
+        self._arp_table = {ip: mac for ip, mac in state["_arp_table"]}
+        self._ip_id = state["_ip_id"]
+        self._ip6_ident = state["_ip6_ident"]
+        self._next_flow = state["_next_flow"]
+        self._guestfwd = {(ip, port): fid for ip, port, fid in state["_guestfwd"]}
+        for name in self._SNAPSHOT_COMPONENTS:
+            getattr(self, name).restore_state(state[name])
+
+    def snapshot(self) -> dict[str, Any]:
+        """A snapshot of this stack that :meth:`from_snapshot` turns back into one."""
+        return {"version": snap.SNAPSHOT_VERSION, "seed": self.seed, "state": self.snapshot_state()}
+
+    @classmethod
+    def from_snapshot(cls, config: Config, snapshot: dict[str, Any]) -> Stack:
+        """A stack built with ``config`` that behaves as the one :meth:`snapshot` was taken of
+        (which must have had the same config)."""
+        if snapshot.get("version") != snap.SNAPSHOT_VERSION:
+            raise ValueError(f"unknown snapshot version {snapshot.get('version')!r}")
+        stack = cls(config, snapshot["seed"])
+        stack.restore_state(snapshot["state"])
+        return stack
 
     # ------------------------------------------------------------------------ public face
 

@@ -89,7 +89,9 @@ import heapq
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any, ClassVar
 
+from slirptrio.core import snapshot as snap
 from slirptrio.core.events import (
     Effect,
     Event,
@@ -118,6 +120,18 @@ _SEC = 1_000_000_000
 RTO_INITIAL_NS = _SEC
 RTO_MAX_NS = 60 * _SEC
 DEFAULT_MSS = 536  # RFC 9293: assumed when the SYN carries no MSS option
+MAX_FLOWS = 4096
+MAX_HALF_OPEN = 256
+BUFFER_SIZE = 256 * 1024  # per direction and entry: receive window and send buffer
+RTO_MIN_NS = 200 * _MS
+DELACK_NS = 5 * _MS
+GIVE_UP_NS = 180 * _SEC
+SYN_GIVE_UP_NS = 60 * _SEC
+FIN_GIVE_UP_NS = 30 * _SEC
+TIME_WAIT_NS = 2 * _SEC
+CONNECT_TIMEOUT_NS = 75 * _SEC
+DRAIN_TIMEOUT_NS = 60 * _SEC
+MAX_OOO_SEGMENTS = 512
 
 # Entry phases.
 _SYN_SENT = -1  # our SYN to the guest is out (a forward into the guest)
@@ -203,6 +217,8 @@ class _Conn:
         "srtt",
         "wscale_ok",
     )
+    # The timer heap is rebuilt on restore, each entry armed for its true deadline.
+    _SNAPSHOT_DERIVED: ClassVar[frozenset[str]] = frozenset({"key", "armed_at"})
 
     def __init__(self, flow: int, key: _Key, host: str, host_port: int) -> None:
         self.flow = flow
@@ -258,6 +274,17 @@ class _Conn:
         self.armed_at: int | None = None
 
 
+def _dump_ooo(ooo: list[tuple[int, bytes]]) -> list[list[Any]]:
+    return [[seq, bytes(data)] for seq, data in ooo]
+
+
+def _load_ooo(raw: list[list[Any]]) -> list[tuple[int, bytes]]:
+    return [(seq, data) for seq, data in raw]
+
+
+_CONN_CODECS: dict[str, snap.Codec] = {"sndbuf": snap.BYTEARRAY, "ooo": (_dump_ooo, _load_ooo)}
+
+
 def _state_name(c: _Conn) -> str:
     p = c.phase
     if p == _SYN_SENT:
@@ -308,18 +335,18 @@ class TcpNat:
         alloc_flow: Callable[[], int],
         counters: collections.Counter[str],
         mtu: int = 1500,
-        max_flows: int = 4096,
-        max_half_open: int = 256,
-        buffer_size: int = 256 * 1024,
-        rto_min_ns: int = 200 * _MS,
-        delack_ns: int = 5 * _MS,
-        give_up_ns: int = 180 * _SEC,
-        syn_give_up_ns: int = 60 * _SEC,
-        fin_give_up_ns: int = 30 * _SEC,
-        time_wait_ns: int = 2 * _SEC,
-        connect_timeout_ns: int = 75 * _SEC,
-        drain_timeout_ns: int = 60 * _SEC,
-        max_ooo_segments: int = 512,
+        max_flows: int = MAX_FLOWS,
+        max_half_open: int = MAX_HALF_OPEN,
+        buffer_size: int = BUFFER_SIZE,
+        rto_min_ns: int = RTO_MIN_NS,
+        delack_ns: int = DELACK_NS,
+        give_up_ns: int = GIVE_UP_NS,
+        syn_give_up_ns: int = SYN_GIVE_UP_NS,
+        fin_give_up_ns: int = FIN_GIVE_UP_NS,
+        time_wait_ns: int = TIME_WAIT_NS,
+        connect_timeout_ns: int = CONNECT_TIMEOUT_NS,
+        drain_timeout_ns: int = DRAIN_TIMEOUT_NS,
+        max_ooo_segments: int = MAX_OOO_SEGMENTS,
     ) -> None:
         self._rng = rng
         self._send_ip = send_ip
@@ -351,8 +378,43 @@ class TcpNat:
         self._timers: list[tuple[int, int]] = []
         self._now = 0
 
+    _SNAPSHOT_WIRING: ClassVar[frozenset[str]] = frozenset({
+        "_rng", "_send_ip", "_emit", "_translate", "_alloc_flow", "counters", "mss", "mss6",
+        "max_flows", "max_half_open", "buffer_size", "rto_min_ns", "delack_ns", "give_up_ns",
+        "syn_give_up_ns", "fin_give_up_ns", "time_wait_ns", "connect_timeout_ns",
+        "drain_timeout_ns", "max_ooo_segments", "wscale",
+    })  # fmt: skip
+    _SNAPSHOT_DERIVED: ClassVar[frozenset[str]] = frozenset({"_timers"})
+
     def __len__(self) -> int:
         return len(self._by_flow)
+
+    def snapshot_state(self) -> dict[str, Any]:
+        """Every entry (in table order) with its buffers, sequence numbers and timers."""
+        skip = _Conn._SNAPSHOT_DERIVED
+        return {
+            "_by_flow": [snap.dump_slots(c, _CONN_CODECS, skip) for c in self._by_flow.values()],
+            "_by_key": [c.flow for c in self._by_key.values()],
+            "_half_open": self._half_open,
+            "_now": self._now,
+        }
+
+    def restore_state(self, state: dict[str, Any]) -> None:
+        by_flow: dict[int, _Conn] = {}
+        for raw in state["_by_flow"]:
+            c = snap.load_slots(_Conn, raw, _CONN_CODECS)
+            c.key = (c.guest_ip, c.guest_port, c.dst_ip, c.dst_port)
+            c.armed_at = None
+            by_flow[c.flow] = c
+        self._by_flow = by_flow
+        self._by_key = {by_flow[f].key: by_flow[f] for f in state["_by_key"]}
+        self._half_open = state["_half_open"]
+        self._now = state["_now"]
+        # Stale heap keys (deadlines since moved) only ever fire an entry with nothing due, so
+        # a heap holding each entry once, at its true deadline, gives the same effects.
+        self._timers = []
+        for c in by_flow.values():
+            self._rearm(c)
 
     # ------------------------------------------------------------------------ public face
 

@@ -57,6 +57,7 @@ from dataclasses import dataclass
 from ipaddress import ip_address
 from typing import Any, ClassVar
 
+from slirptrio.core import snapshot as snap
 from slirptrio.core.events import Effect, TftpChunk, TftpClose, TftpOpen, TftpOpened, TftpRead
 from slirptrio.wire import MalformedFrame
 from slirptrio.wire import tftp as wt
@@ -200,11 +201,20 @@ class _Session:
         self.bytes_sent = 0
 
 
-_SNAP_FIELDS = (
-    "sid", "ip", "port", "path", "blksize", "window", "rto_ns", "want_tsize", "size", "buf_off",
-    "eof", "reading", "read_size", "acked", "sent", "high", "last", "retries", "deadline",
-    "idle_at", "progress_ns", "started_ns", "bytes_sent",
-)  # fmt: skip
+def _dump_oack(oack: list[tuple[str, str]]) -> list[list[str]]:
+    return [list(kv) for kv in oack]
+
+
+def _load_oack(raw: list[list[str]]) -> list[tuple[str, str]]:
+    return [(str(k), str(v)) for k, v in raw]
+
+
+# Sessions are dumped slot by slot, so a new slot is in the snapshot without a change here.
+_SESSION_CODECS: dict[str, snap.Codec] = {
+    "phase": (lambda p: p.value, Phase),
+    "buf": snap.BYTEARRAY,
+    "oack": (_dump_oack, _load_oack),
+}
 
 
 class TftpServer:
@@ -226,6 +236,7 @@ class TftpServer:
         "_send_udp", "_alloc_flow", "counters", "host_ip", "host_ip6", "enabled", "max_blksize",
         "max_blksize6", "_out",
     })  # fmt: skip
+    _SNAPSHOT_DERIVED: ClassVar[frozenset[str]] = frozenset({"_by_id"})
 
     def __init__(
         self,
@@ -581,27 +592,15 @@ class TftpServer:
     # --------------------------------------------------------------------------- snapshot
 
     def snapshot_state(self) -> dict[str, Any]:
-        """Every session as plain data (see :meth:`restore_state`)."""
-        sessions = []
-        for s in self._sessions.values():
-            d: dict[str, Any] = {name: getattr(s, name) for name in _SNAP_FIELDS}
-            d["phase"] = s.phase.value
-            d["buf"] = bytes(s.buf)
-            d["oack"] = [list(kv) for kv in s.oack]
-            sessions.append(d)
-        return {"sessions": sessions}
+        """Every session as plain data, in table order (see :meth:`restore_state`)."""
+        return {"_sessions": [snap.dump_slots(s, _SESSION_CODECS) for s in self._sessions.values()]}
 
     def restore_state(self, state: dict[str, Any]) -> None:
         """Take the sessions of :meth:`snapshot_state` (on a freshly built server)."""
         self._sessions.clear()
         self._by_id.clear()
-        for d in state["sessions"]:
-            s = _Session(d["sid"], d["ip"], d["port"], d["path"], 0)
-            for name in _SNAP_FIELDS:
-                setattr(s, name, d[name])
-            s.phase = Phase(d["phase"])
-            s.buf = bytearray(d["buf"])
-            s.oack = [(str(k), str(v)) for k, v in d["oack"]]
+        for raw in state["_sessions"]:
+            s = snap.load_slots(_Session, raw, _SESSION_CODECS)
             self._sessions[(s.ip, s.port)] = s
             self._by_id[s.sid] = s
 

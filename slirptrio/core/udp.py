@@ -37,8 +37,10 @@ from __future__ import annotations
 import collections
 import logging
 from collections.abc import Callable
+from typing import Any, ClassVar
 
 from slirptrio.core import icmp
+from slirptrio.core import snapshot as snap
 from slirptrio.core.dns import DNS_PORT, DnsRelay
 from slirptrio.core.events import (
     DnsUpstreams,
@@ -59,6 +61,9 @@ log = logging.getLogger("slirptrio.core.udp")
 IPPROTO_UDP = 17
 UDP_MAX_PAYLOAD = 65535 - 20 - 8
 UDP6_MAX_PAYLOAD = 65535 - 8  # the IPv6 payload length counts no fixed header
+MAX_FLOWS = 1024
+DNS_QUERY_TIMEOUT_NS = 5_000_000_000  # a relayed query unanswered this long: SERVFAIL
+MAX_DNS_PENDING = 256
 _LIMITED_BROADCAST = b"\xff\xff\xff\xff"
 _UNSPECIFIED6 = bytes(16)
 _NORMAL = 0
@@ -85,6 +90,7 @@ class _Flow:
         "reply_src",
         "timer",
     )
+    _SNAPSHOT_DERIVED: ClassVar[frozenset[str]] = frozenset({"key"})
 
     def __init__(self, flow: int, key: _Key, host: str, reply_src: bytes, timer: int) -> None:
         self.flow = flow
@@ -99,6 +105,9 @@ class _Flow:
         self.hdr: icmp.QuotedHeader | None = None
         self.l4_len = 0
         self.head = b""
+
+
+_FLOW_CODECS: dict[str, snap.Codec] = {"fwd": snap.TUPLE, "hdr": snap.HEADER}
 
 
 class UdpNat:
@@ -133,9 +142,9 @@ class UdpNat:
         restrict: bool = False,
         idle_timeout_ns: int = 240_000_000_000,
         dns_idle_timeout_ns: int = 10_000_000_000,
-        dns_timeout_ns: int = 5_000_000_000,
-        max_flows: int = 1024,
-        max_dns_pending: int = 256,
+        dns_timeout_ns: int = DNS_QUERY_TIMEOUT_NS,
+        max_flows: int = MAX_FLOWS,
+        max_dns_pending: int = MAX_DNS_PENDING,
     ) -> None:
         self._send_ip = send_ip
         self._translate = translate
@@ -166,8 +175,38 @@ class UdpNat:
             max_pending=max_dns_pending,
         )
 
+    _SNAPSHOT_WIRING: ClassVar[frozenset[str]] = frozenset({
+        "_send_ip", "_translate", "_alloc_flow", "counters", "host_ip", "dns_ip",
+        "net_broadcast", "restrict", "_timeouts", "max_flows",
+        "dns_ip6",  # set by the Stack from the config, right after construction
+    })  # fmt: skip
+    _SNAPSHOT_DERIVED: ClassVar[frozenset[str]] = frozenset({"_flows"})
+
     def __len__(self) -> int:
         return len(self._by_id)
+
+    def snapshot_state(self) -> dict[str, Any]:
+        """The flows (in creation order), each timeout class's LRU order, the DNS relay."""
+        skip = _Flow._SNAPSHOT_DERIVED
+        return {
+            "_by_id": [snap.dump_slots(f, _FLOW_CODECS, skip) for f in self._by_id.values()],
+            "_lru": [list(lru) for lru in self._lru],
+            "dns": self.dns.snapshot_state(),
+        }
+
+    def restore_state(self, state: dict[str, Any]) -> None:
+        by_id: dict[int, _Flow] = {}
+        for raw in state["_by_id"]:
+            f = snap.load_slots(_Flow, raw, _FLOW_CODECS)
+            f.key = (f.guest_ip, f.guest_port, f.dst_ip, f.dst_port)
+            by_id[f.flow] = f
+        self._by_id = by_id
+        self._flows = {f.key: f for f in by_id.values()}
+        for lru, order in zip(self._lru, state["_lru"], strict=True):
+            lru.clear()
+            for fid in order:
+                lru[fid] = by_id[fid]
+        self.dns.restore_state(state["dns"])
 
     def flows(self, now_ns: int) -> list[FlowInfo]:
         """The open NAT flows (the DNS relay's upstream sockets are not listed)."""

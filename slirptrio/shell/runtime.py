@@ -5,7 +5,9 @@ deadline passes), stamps it with the clock, steps the core through the :class:`D
 the step and dispatches the effects without blocking. It takes a burst of up to 256 inputs per
 wakeup without a checkpoint; after the burst it writes the frames for a stream guest itself
 (:meth:`GuestPort.kick`), runs the ``after_burst`` hooks (host sockets' pending data), and hands
-the journal and pcap to the kernel. Everything else — the transport, each flow's socket tasks —
+the burst's journal records and pcap frames to the writer thread (:mod:`slirptrio.journal.writer`);
+under the lossless journal policy it then takes no input while the writer is behind its budget.
+Everything else — the transport, each flow's socket tasks —
 only ever puts events into the bounded inbox; a full inbox makes producers wait, which is the
 backpressure toward a guest or host peer that sends faster than we process.
 """
@@ -13,86 +15,23 @@ backpressure toward a guest or host peer that sends faster than we process.
 from __future__ import annotations
 
 import logging
-import os
 from collections.abc import Callable
-from typing import IO, Any
+from typing import Any
 
 import trio
 
-from slirptrio.core.events import Effect, Event, GuestFrame, SendFrame, Tick
+from slirptrio.core.events import CoreError, Effect, Event, SendFrame, Tick
 from slirptrio.core.stack import Stack
 from slirptrio.door import Door
-from slirptrio.journal import JournalWriter
+from slirptrio.journal.writer import Recorder
 from slirptrio.shell.transport import GuestPort
-from slirptrio.wire.pcap import PcapWriter
+
+__all__ = ["INBOX_SIZE", "Recorder", "Runtime"]
 
 log = logging.getLogger("slirptrio.runtime")
 
 INBOX_SIZE = 1024
 _BATCH = 256
-
-
-_IOV_MAX = 1024
-
-
-def _writev_to(fd: int) -> Callable[[list[bytes]], None]:
-    """Write buffers to ``fd`` with writev: straight from the frames, no joined copy."""
-
-    def write_parts(parts: list[bytes]) -> None:
-        for i in range(0, len(parts), _IOV_MAX):
-            chunk = parts[i : i + _IOV_MAX]
-            n = os.writev(fd, chunk)
-            total = sum(len(p) for p in chunk)
-            if n < total:  # a short write (rare): finish it the plain way
-                rest = memoryview(b"".join(chunk))[n:]
-                while rest:
-                    rest = rest[os.write(fd, rest) :]
-
-    return write_parts
-
-
-class Recorder:
-    """The door's sink: journal records and the pcap view of every frame in and out."""
-
-    def __init__(
-        self, journal: JournalWriter | None, pcap: IO[bytes] | None, origin_ns: int
-    ) -> None:
-        self.journal = journal
-        self._pcap_file = pcap
-        self._pcap: PcapWriter | None = None
-        if pcap is not None:
-            try:
-                write_parts: Callable[[list[bytes]], None] | None = _writev_to(pcap.fileno())
-            except (OSError, ValueError):  # not a real file (a test's BytesIO)
-                write_parts = None
-            self._pcap = PcapWriter(pcap, write_parts=write_parts)
-        self._origin_ns = origin_ns
-
-    def __call__(self, seq: int, t_ns: int, event: Event, effects: list[Effect]) -> None:
-        if self.journal is not None:
-            self.journal.record(seq, t_ns, event, effects)
-        pcap = self._pcap
-        if pcap is not None:
-            ts = self._origin_ns + t_ns
-            if type(event) is GuestFrame:
-                pcap.write(ts, event.data)
-            for eff in effects:
-                if type(eff) is SendFrame:
-                    pcap.write(ts, eff.data)
-
-    def flush(self) -> None:
-        if self.journal is not None:
-            self.journal.flush()
-        if self._pcap is not None:
-            self._pcap.flush()
-
-    def close(self) -> None:
-        if self.journal is not None:
-            self.journal.close()
-        if self._pcap is not None:
-            self._pcap.flush()
-        if self._pcap_file is not None:
-            self._pcap_file.close()
 
 
 class Runtime:
@@ -113,8 +52,11 @@ class Runtime:
         self.port = port
         self.recorder = recorder
         self.door = Door(stack, recorder)
+        if recorder is not None:
+            recorder.attach(self.door.snapshot)
         self.inbox, self._receive = trio.open_memory_channel[Event](inbox_size)
-        self.handlers: dict[type[Effect], Callable[[Any], None]] = {}
+        # The door has logged a core exception already; there is nothing to do for it.
+        self.handlers: dict[type[Effect], Callable[[Any], None]] = {CoreError: lambda _e: None}
         self.after_burst: list[Callable[[], None]] = []  # called after each burst of steps
         # Called with (t_ns, event, effects) after every step (live captures); must not block.
         self.taps: list[Callable[[int, Event, list[Effect]], None]] = []
@@ -178,5 +120,9 @@ class Runtime:
             self.port.kick()
             for hook in self.after_burst:
                 hook()
-            if self.recorder is not None:
-                self.recorder.flush()
+            recorder = self.recorder
+            if recorder is not None:
+                recorder.flush()
+                if recorder.backlogged:
+                    # Lossless journal behind its budget: take no input until it catches up.
+                    await trio.to_thread.run_sync(recorder.wait_writable, abandon_on_cancel=True)

@@ -16,6 +16,21 @@ _GLOBAL = struct.Struct("<IHHiIII")
 _RECORD = struct.Struct("<IIII")
 
 
+def global_header(snaplen: int = SNAPLEN) -> bytes:
+    """The file header of a nanosecond pcap with Ethernet frames."""
+    return _GLOBAL.pack(MAGIC_NS, 2, 4, 0, 0, snaplen, LINKTYPE_ETHERNET)
+
+
+def record_parts(ts_ns: int, frame: bytes, snaplen: int = SNAPLEN) -> tuple[bytes, bytes]:
+    """One frame's record: its header and the (possibly cut) frame, to write one after the
+    other. ``ts_ns`` is Unix time in nanoseconds."""
+    sec, ns = divmod(ts_ns, 1_000_000_000)
+    n = len(frame)
+    if n > snaplen:
+        frame = frame[:snaplen]
+    return _RECORD.pack(sec, ns, len(frame), n), frame
+
+
 class PcapWriter:
     """Writes frames with integer nanosecond timestamps to a binary file object."""
 
@@ -31,18 +46,15 @@ class PcapWriter:
         self._f = fileobj
         self._snaplen = snaplen
         self._parts: list[bytes] = []
-        fileobj.write(_GLOBAL.pack(MAGIC_NS, 2, 4, 0, 0, snaplen, LINKTYPE_ETHERNET))
+        fileobj.write(global_header(snaplen))
         self._write_parts = write_parts
 
     def write(self, ts_ns: int, frame: bytes) -> None:
         """Append one frame captured at ``ts_ns`` (Unix time in nanoseconds); it reaches the
         file object at the next :meth:`flush` (or after 256 frames)."""
-        sec, ns = divmod(ts_ns, 1_000_000_000)
         parts = self._parts
-        n = len(frame)
-        if n > self._snaplen:
-            frame = frame[: self._snaplen]
-        parts.append(_RECORD.pack(sec, ns, len(frame), n))
+        head, frame = record_parts(ts_ns, frame, self._snaplen)
+        parts.append(head)
         parts.append(frame)
         if len(parts) >= 512:
             self._drain()

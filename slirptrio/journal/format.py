@@ -1,0 +1,204 @@
+"""The journal's on-disk format: header, segment header, records, and their encoding.
+
+Format 3 (this one) is a directory of segment files, each a msgpack stream::
+
+    header    = {"magic": "slirptrio-journal", "format": 3, "version": str, "seed": int,
+                 "config": Config.to_dict(), "origin_ns": int, "meta": {...},
+                 "constants": {"core.tcp.RTO_MAX_NS": ..., ...},
+                 "segment": {"number": int, "first_seq": int, "t_ns": int,
+                             "gap": None | {"reason": str, "lost_records": int}}}
+    snapshot  = {"seq": int, "now_ns": int, "stack": Stack.snapshot()}   # the door's state
+    record    = [seq: int, t_ns: int, event: [TAG, ...], effects: [[TAG, ...], ...]]  # ...
+
+Every segment repeats the session's header (seed, config, constants) and starts with a
+snapshot of the core as it was before the segment's first record (``first_seq``), so any
+segment replays on its own. ``gap`` says why records before this segment are missing (the
+disk was full, or too slow) when they are; a ring deleting old segments leaves no gap note:
+the journal then simply starts later.
+
+Events are kept whole: they are what replay feeds back. In effects, a bytes field longer than
+``DIGEST_OVER`` bytes is kept as ``["#", length, crc32, first HEAD_BYTES bytes]``
+(:func:`compact`). ``t_ns`` is the monotonic time the core was given, in integer nanoseconds
+since the session started; ``origin_ns + t_ns`` is its wall-clock time.
+
+Formats 1 and 2 were one file: the header (without constants or segment) and the records,
+with no snapshot (replay starts from a fresh core). Format 1 kept effects whole. Both still
+replay.
+"""
+
+from __future__ import annotations
+
+import zlib
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+from slirptrio.core.events import Effect, Event, GuestFrame, SendFrame, encode
+
+MAGIC = "slirptrio-journal"
+FORMAT_VERSION = 3
+DIGEST_OVER = 256
+HEAD_BYTES = 128  # Ethernet + IPv4 + TCP headers with options fit
+DIGEST_MARK = "#"
+SEGMENT_SUFFIX = ".seg"
+
+
+class JournalError(Exception):
+    """The journal cannot be read (not a journal, or a newer format)."""
+
+
+def segment_name(number: int) -> str:
+    """The file name of segment ``number`` inside the journal directory."""
+    return f"{number:08d}{SEGMENT_SUFFIX}"
+
+
+def segment_number(name: str) -> int | None:
+    """The number in a segment file's name, or None if ``name`` is not one."""
+    stem, dot, ext = name.partition(".")
+    if "." + ext != SEGMENT_SUFFIX or not dot or len(stem) != 8 or not stem.isdigit():
+        return None
+    return int(stem)
+
+
+@dataclass
+class SegmentHeader:
+    """What a segment's header says about the segment itself."""
+
+    number: int
+    first_seq: int
+    t_ns: int
+    gap: dict[str, Any] | None = None
+
+    def to_raw(self) -> dict[str, Any]:
+        return {"number": self.number, "first_seq": self.first_seq, "t_ns": self.t_ns,
+                "gap": self.gap}
+
+
+@dataclass
+class Header:
+    """The session's header: what replay needs to build the same core."""
+
+    seed: int
+    config: dict[str, Any]
+    origin_ns: int
+    version: str = ""
+    format: int = FORMAT_VERSION
+    meta: dict[str, Any] = field(default_factory=dict)
+    constants: dict[str, Any] | None = None
+    """Every core constant (:mod:`slirptrio.core.constants`); None in formats 1 and 2."""
+    segment: SegmentHeader | None = None
+
+    def to_raw(self) -> dict[str, Any]:
+        raw: dict[str, Any] = {
+            "magic": MAGIC,
+            "format": self.format,
+            "version": self.version,
+            "seed": self.seed,
+            "config": self.config,
+            "origin_ns": self.origin_ns,
+            "meta": self.meta,
+        }
+        if self.constants is not None:
+            raw["constants"] = self.constants
+        if self.segment is not None:
+            raw["segment"] = self.segment.to_raw()
+        return raw
+
+
+def read_header(raw: Any) -> Header:
+    """Validate a header read from a journal file."""
+    if not isinstance(raw, dict) or raw.get("magic") != MAGIC:
+        raise JournalError("not a slirptrio journal (bad magic)")
+    fmt = raw.get("format")
+    if not isinstance(fmt, int) or fmt > FORMAT_VERSION:
+        raise JournalError(
+            f"journal format {fmt!r} is newer than this slirptrio understands "
+            f"(up to {FORMAT_VERSION}); upgrade slirptrio to replay it"
+        )
+    try:
+        seg = raw.get("segment")
+        segment = None
+        if seg is not None:
+            gap = seg.get("gap")
+            segment = SegmentHeader(int(seg["number"]), int(seg["first_seq"]), int(seg["t_ns"]),
+                                    dict(gap) if gap is not None else None)
+        constants = raw.get("constants")
+        return Header(
+            seed=int(raw["seed"]),
+            config=dict(raw["config"]),
+            origin_ns=int(raw["origin_ns"]),
+            version=str(raw.get("version", "")),
+            format=fmt,
+            meta=dict(raw.get("meta", {})),
+            constants=dict(constants) if constants is not None else None,
+            segment=segment,
+        )
+    except (KeyError, TypeError, ValueError, AttributeError) as exc:
+        raise JournalError(f"bad journal header: {exc}") from exc
+
+
+def compact(raw: list[Any]) -> list[Any]:
+    """An encoded effect as the journal keeps it: every bytes field longer than
+    ``DIGEST_OVER`` becomes ``["#", length, crc32, first HEAD_BYTES bytes]``.
+
+    Effects are outputs: replay recomputes them from the inputs, so the journal needs only
+    enough to compare them (length and CRC) and to describe them (the headers). This keeps
+    bulk data from being journaled twice (once as input, once as output). Idempotent.
+    """
+    out: list[Any] | None = None
+    for i, v in enumerate(raw):
+        if type(v) in _BYTES and len(v) > DIGEST_OVER:
+            if out is None:
+                out = list(raw)
+            out[i] = [DIGEST_MARK, len(v), zlib.crc32(v), bytes(v[:HEAD_BYTES])]
+    return raw if out is None else out
+
+
+_BYTES = (bytes, bytearray, memoryview)
+
+
+def is_digest(value: Any) -> bool:
+    """Whether a journaled effect field is a :func:`compact` digest."""
+    return isinstance(value, list) and len(value) == 4 and value[0] == DIGEST_MARK
+
+
+def _effect(e: Effect) -> list[Any]:
+    if type(e) is SendFrame and type(e.data) is bytes:  # most effects: compact() inlined
+        d = e.data
+        if len(d) > DIGEST_OVER:
+            return [_SEND_TAG, [DIGEST_MARK, len(d), zlib.crc32(d), d[:HEAD_BYTES]]]
+        return [_SEND_TAG, d]
+    return compact(encode(e))
+
+
+_SEND_TAG = SendFrame.TAG
+
+
+def encode_record(seq: int, t_ns: int, event: Event, effects: list[Effect]) -> list[Any]:
+    """One door step as a journal record (the only place records are encoded)."""
+    return [seq, t_ns, encode(event), [_effect(e) for e in effects]]
+
+
+@dataclass
+class Record:
+    """One door step read back: the input (whole) and the effects (compacted)."""
+
+    seq: int
+    t_ns: int
+    event: list[Any]
+    effects: list[list[Any]]
+
+
+def frames_of(
+    event: Event | list[Any], effects: list[Effect] | list[list[Any]]
+) -> Iterator[tuple[str, bytes]]:
+    """The Ethernet frames of one record, ("in"|"out", frame), for the pcap view."""
+    if isinstance(event, GuestFrame):
+        yield "in", event.data
+    elif isinstance(event, list) and event and event[0] == GuestFrame.TAG:
+        yield "in", event[1]
+    for eff in effects:
+        if isinstance(eff, SendFrame):
+            yield "out", eff.data
+        elif isinstance(eff, list) and eff and eff[0] == SendFrame.TAG:
+            yield "out", eff[1]

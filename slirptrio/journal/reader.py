@@ -1,0 +1,267 @@
+"""Reading a journal: every retained segment in order, with its snapshot, gaps and windows.
+
+``open_journal(PATH)`` takes a journal directory (format 3) or a single journal file (formats 1
+and 2, or one segment file on its own). :attr:`Journal.records` iterates the records of every
+segment in order; :meth:`Journal.entries` also yields a :class:`SegmentStart` before each
+segment's records, with its snapshot and, when records are missing before it, the
+:class:`Gap`. A truncated last record (a ``kill -9`` in the middle of a write) ends its segment
+and is noted in :attr:`Journal.truncated`.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Generator, Iterator
+from dataclasses import dataclass, field
+from typing import IO, Any
+
+import msgpack
+
+from slirptrio.journal.format import (
+    SEGMENT_SUFFIX,
+    Header,
+    JournalError,
+    Record,
+    read_header,
+    segment_number,
+)
+
+_READ_SIZE = 1 << 20
+_MAX_BUFFER = 1 << 30
+
+
+@dataclass
+class Segment:
+    """One segment file (or a whole old-format journal file)."""
+
+    path: str
+    header: Header
+    size: int
+
+    @property
+    def number(self) -> int:
+        return self.header.segment.number if self.header.segment is not None else 0
+
+    @property
+    def first_seq(self) -> int | None:
+        """The sequence number of the first record after the snapshot (None: no snapshot)."""
+        return self.header.segment.first_seq if self.header.segment is not None else None
+
+    @property
+    def t_ns(self) -> int:
+        """The session time of the snapshot (0 for a journal without segments)."""
+        return self.header.segment.t_ns if self.header.segment is not None else 0
+
+
+@dataclass
+class Gap:
+    """Records missing between two segments."""
+
+    after_seq: int | None  # the last record before the gap
+    next_seq: int  # the first record after it
+    reason: str
+    t_ns: int  # session time where the journal resumed
+
+    @property
+    def lost(self) -> int:
+        return self.next_seq - (self.after_seq + 1 if self.after_seq is not None else 0)
+
+
+@dataclass
+class SegmentStart:
+    """A segment begins: its snapshot (None in formats 1 and 2) and any gap before it."""
+
+    segment: Segment
+    snapshot: dict[str, Any] | None
+    gap: Gap | None
+
+
+@dataclass
+class Truncated:
+    path: str
+    nbytes: int
+
+
+@dataclass
+class Journal:
+    """An opened journal. ``header`` is its first retained segment's."""
+
+    path: str
+    header: Header
+    segments: list[Segment]
+    gaps: list[Gap] = field(default_factory=list)
+    """Filled while iterating."""
+    truncated: list[int] = field(default_factory=list)
+    """Sizes of cut-off last records, filled while iterating."""
+    bytes_read: int = 0
+    """Progress of the current iteration, in bytes of journal."""
+    _fileobj: IO[bytes] | None = None
+
+    @property
+    def format(self) -> int:
+        return self.header.format
+
+    @property
+    def total_bytes(self) -> int:
+        return sum(s.size for s in self.segments)
+
+    @property
+    def records(self) -> Iterator[Record]:
+        """Every record of every segment, in order (gaps and truncation noted on the way)."""
+        for item in self.entries():
+            if isinstance(item, Record):
+                yield item
+
+    def segment_for(self, *, seq: int | None = None, t_ns: int | None = None) -> int:
+        """The index of the segment to start from to reach record ``seq`` (or session time
+        ``t_ns``): the last one whose snapshot comes at or before it (0 if none does)."""
+        best = 0
+        for i, seg in enumerate(self.segments):
+            first = seg.first_seq
+            if first is None:
+                break
+            if (seq is not None and first <= seq) or (t_ns is not None and seg.t_ns <= t_ns):
+                best = i
+        return best
+
+    def entries(self, start: int = 0) -> Generator[SegmentStart | Record, None, None]:
+        """Segment starts and records from segment index ``start`` on."""
+        self.gaps.clear()
+        self.truncated.clear()
+        self.bytes_read = sum(s.size for s in self.segments[:start])
+        last_seq: int | None = None
+        prev_number: int | None = None
+        for seg in self.segments[start:]:
+            f = self._open(seg)
+            try:
+                unpacker = msgpack.Unpacker(
+                    f, raw=False, max_buffer_size=_MAX_BUFFER, read_size=_READ_SIZE,
+                    strict_map_key=False,
+                )
+                unpacker.unpack()  # the header, read already
+                snapshot = None
+                if seg.header.segment is not None:
+                    try:
+                        snapshot = _unpack(unpacker, seg.path, "snapshot")
+                    except _CutOff:
+                        if seg is not self.segments[-1]:
+                            raise
+                        # The session was killed while starting its last segment.
+                        self.truncated.append(seg.size - unpacker.tell())
+                        return
+                    if not isinstance(snapshot, dict):
+                        raise JournalError(f"{seg.path}: bad snapshot")
+                gap = self._gap(seg, last_seq, prev_number)
+                if gap is not None:
+                    self.gaps.append(gap)
+                if seg.first_seq is not None:
+                    last_seq = seg.first_seq - 1
+                prev_number = seg.number
+                yield SegmentStart(seg, snapshot, gap)
+                base = self.bytes_read
+                n = 0
+                while True:
+                    try:
+                        raw = unpacker.unpack()
+                    except msgpack.OutOfData:
+                        tail = seg.size - unpacker.tell()
+                        if tail > 0:
+                            self.truncated.append(tail)
+                        break
+                    except (msgpack.UnpackException, ValueError) as exc:
+                        raise JournalError(f"{seg.path}: unreadable record: {exc}") from exc
+                    if not (isinstance(raw, list) and len(raw) == 4):
+                        raise JournalError(f"{seg.path}: bad record {raw!r:.80}")
+                    last_seq = raw[0]
+                    n += 1
+                    if n & 255 == 0:
+                        self.bytes_read = base + unpacker.tell()
+                    yield Record(raw[0], raw[1], raw[2], raw[3])
+                self.bytes_read = base + seg.size
+            finally:
+                if f is not self._fileobj:
+                    f.close()
+
+    def _gap(self, seg: Segment, last_seq: int | None, prev_number: int | None) -> Gap | None:
+        first = seg.first_seq
+        if first is None or last_seq is None:
+            return None
+        if first == last_seq + 1:
+            return None
+        if first <= last_seq:
+            raise JournalError(f"{seg.path}: starts at record {first}, but record {last_seq} "
+                               "came before it")
+        reason = (seg.header.segment.gap or {}).get("reason") if seg.header.segment else None
+        if not reason:
+            if prev_number is not None and seg.number != prev_number + 1:
+                reason = f"segment files {prev_number + 1}..{seg.number - 1} are missing"
+            else:
+                reason = "records are missing"
+        return Gap(last_seq, first, str(reason), seg.t_ns)
+
+    def _open(self, seg: Segment) -> IO[bytes]:
+        if self._fileobj is not None:
+            self._fileobj.seek(0)
+            return self._fileobj
+        return open(seg.path, "rb")
+
+
+class _CutOff(JournalError):
+    """The file ends inside its header or snapshot."""
+
+
+def _unpack(unpacker: msgpack.Unpacker, path: str, what: str) -> Any:
+    try:
+        return unpacker.unpack()
+    except msgpack.OutOfData as exc:
+        raise _CutOff(f"{path}: empty or truncated {what}") from exc
+    except (msgpack.UnpackException, ValueError) as exc:
+        raise JournalError(f"{path}: not a slirptrio journal: {exc}") from exc
+
+
+def _read_header_of(f: IO[bytes], path: str) -> Header:
+    unpacker = msgpack.Unpacker(f, raw=False, max_buffer_size=_MAX_BUFFER, read_size=65536,
+                                strict_map_key=False)
+    return read_header(_unpack(unpacker, path, "header"))
+
+
+def open_journal(source: str | os.PathLike[str] | IO[bytes]) -> Journal:
+    """Open a journal: a directory of segments, a single journal file, or a binary file object
+    (one old-format journal or one segment)."""
+    if not isinstance(source, str | os.PathLike):
+        f = source
+        name = getattr(f, "name", "<journal>")
+        f.seek(0, os.SEEK_END)
+        size = f.tell()
+        f.seek(0)
+        header = _read_header_of(f, str(name))
+        f.seek(0)
+        return Journal(str(name), header, [Segment(str(name), header, size)], _fileobj=f)
+    path = os.fspath(source)
+    if not os.path.isdir(path):
+        with open(path, "rb") as f:
+            header = _read_header_of(f, path)
+            size = os.fstat(f.fileno()).st_size
+        return Journal(path, header, [Segment(path, header, size)])
+    segments: list[Segment] = []
+    names = sorted(n for n in os.listdir(path) if segment_number(n) is not None)
+    for name in names:
+        seg_path = os.path.join(path, name)
+        try:
+            with open(seg_path, "rb") as f:
+                size = os.fstat(f.fileno()).st_size
+                if size == 0:
+                    continue  # created, never written (the disk was full)
+                header = _read_header_of(f, seg_path)
+        except FileNotFoundError:
+            continue  # the ring deleted it just now
+        except _CutOff:
+            if name == names[-1]:
+                continue  # the last segment was cut off before its header was whole
+            raise
+        if header.segment is None:
+            raise JournalError(f"{seg_path}: a segment without segment header")
+        segments.append(Segment(seg_path, header, size))
+    if not segments:
+        raise JournalError(f"{path}: no journal segments ({SEGMENT_SUFFIX} files) in it")
+    return Journal(path, segments[0].header, segments)

@@ -1,0 +1,760 @@
+"""Writing the journal and the pcap: off the event loop, bounded, never fatal.
+
+Theory of operation
+-------------------
+The door loop packs each record (:class:`JournalRecorder`) and each pcap frame header
+(:class:`PcapRecorder`) in memory; after every burst of inputs it hands the packed bytes to a
+:class:`Writer`, whose thread writes them to disk (:class:`DiskFiles`). The loop never touches
+a file descriptor, so a slow disk slows nothing but the writer.
+
+The bytes handed over and not yet written are bounded by the *budget*. When a burst would go
+over it, the policy decides:
+
+* ``lossy`` (the default): the burst's records are dropped and the journal is in a *gap*; one
+  log line says so. Once the writer has caught up (below half the budget), the journal resumes
+  with a new segment that starts with a fresh snapshot of the core, its header naming the gap.
+  The network never waits for the disk.
+* ``lossless``: nothing is dropped; the door loop stops taking inputs until the writer is below
+  the budget again (:meth:`Writer.wait_below`). The guest and the host sockets wait, through
+  the bounded inbox: backpressure instead of loss.
+
+A write that fails (disk full, I/O error), or a segment file that was removed, stops the journal
+the same way: in ``lossy`` mode one log line, records dropped, and every ``RETRY_S`` a new
+segment with a snapshot is tried until one can be written ("writing again"); in ``lossless``
+mode the writer retries the same bytes every ``RETRY_S`` and the guest waits. A failed write is
+cut back (``ftruncate``) to the last whole record, so every segment stays readable. The pcap
+is a view and needs no snapshot: its frames are dropped while it cannot be written and it
+resumes by itself.
+
+Bounds on disk: the journal is a ring of segments (:mod:`slirptrio.journal.format`): a new
+segment starts once the current one reaches ``journal_max / SEGMENTS_PER_BOUND`` (or
+``SNAPSHOT_SHARE`` times its snapshot, so that snapshots of a core with many busy flows never
+crowd out the records), and the oldest segments are deleted whenever the ring would otherwise
+use more than ``journal_max`` (sizes counted in whole 4 KiB blocks, as the filesystem allocates
+them). The last ``journal_max`` of the session is kept, at least 15/16 of it with small
+snapshots. Smaller segments mean more snapshots (each a pause of the door loop: about 0.2 s for
+5,000 idle TCP flows, see ``benchmarks/recorder-results.md``) but a shorter replay from a
+snapshot to any record in the segment.
+
+The pcap rotates: ``NAME`` grows to half of ``pcap_max``, then becomes ``NAME.1`` (replacing
+the older one) and a new ``NAME`` starts, so the two files stay within ``pcap_max`` and hold at
+least its last half. Any window the journal retains can be exported whole with ``slirptrio
+replay --pcap``.
+
+A ``kill -9`` loses what was handed to the writer and not yet written: normally the last burst,
+at most the budget.
+"""
+
+from __future__ import annotations
+
+import collections
+import contextlib
+import errno
+import logging
+import os
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import msgpack
+
+from slirptrio.core.events import Effect, Event, GuestFrame, SendFrame
+from slirptrio.journal import files
+from slirptrio.journal.format import (
+    SEGMENT_SUFFIX,
+    Header,
+    SegmentHeader,
+    encode_record,
+    segment_name,
+)
+from slirptrio.wire import pcap as wpcap
+
+log = logging.getLogger("slirptrio.journal")
+
+DEFAULT_JOURNAL_MAX = 1 << 30
+DEFAULT_BUDGET = 32 << 20
+SEGMENTS_PER_BOUND = 16
+SNAPSHOT_SHARE = 4  # a segment holds at least this many times its snapshot's size
+MIN_SEGMENT_BYTES = 64 << 10
+RETRY_S = 1.0
+REMOVED_CHECK_S = 1.0
+BLOCK = 4096
+POLICIES = ("lossy", "lossless")
+THROTTLE_ENV = "SLIRPTRIO_JOURNAL_THROTTLE"
+"""Test aid: limit the writer thread to this many bytes per second (a slow disk)."""
+
+
+def allocated(size: int) -> int:
+    """Disk space a file of ``size`` bytes takes, counted in whole blocks."""
+    return -(-size // BLOCK) * BLOCK
+
+
+def segment_bytes_for(journal_max: int) -> int:
+    """The size at which a new segment starts, for a ring bounded by ``journal_max``."""
+    return max(MIN_SEGMENT_BYTES, journal_max // SEGMENTS_PER_BOUND)
+
+
+# Errors that may go away (space freed, the device back): wait them out, never stop the stack.
+_TRANSIENT = {errno.ENOSPC, errno.EDQUOT, errno.EIO, errno.EROFS, errno.ENOENT}
+
+
+def _reason(exc: OSError) -> str:
+    return exc.strerror or str(exc)
+
+
+class BoundTooSmall(OSError):
+    """One segment alone does not fit in the journal's bound."""
+
+
+# ------------------------------------------------------------------------------ the files
+
+
+class DiskFiles:
+    """The journal's segment ring and the rotating pcap. Methods raise OSError; one thread
+    (the writer's) calls them."""
+
+    def __init__(
+        self,
+        journal_dir: str | None,
+        journal_max: int | None,
+        pcap_path: str | None,
+        pcap_max: int | None,
+    ) -> None:
+        self.journal_dir = journal_dir
+        self.journal_max = journal_max
+        self._dir_fd = -1
+        if journal_dir is not None:
+            try:
+                self._dir_fd = files.open_private_dir(journal_dir, owned_files=SEGMENT_SUFFIX)
+            except OSError as exc:
+                if exc.errno not in _TRANSIENT:
+                    raise
+                # A full disk at the start must not keep the network from starting: the
+                # journal begins in a gap and the first segment is retried as usual.
+                log.warning("journal: cannot create %s yet (%s)", journal_dir, _reason(exc))
+        self._ring: collections.deque[tuple[str, int]] = collections.deque()  # (name, alloc)
+        self._ring_bytes = 0
+        self._seg_fd = -1
+        self._seg_size = 0
+        self.journal_bytes = 0
+        self.pcap_path = pcap_path
+        self.pcap_max = pcap_max
+        self._pcap_fd = -1
+        self._pcap_size = 0
+        self._pcap_old = 0  # allocated size of NAME.1
+        self.pcap_bytes = 0
+        if pcap_path is not None:
+            try:
+                files.ensure_parent(pcap_path)
+                self._open_pcap()
+            except OSError as exc:
+                if exc.errno not in _TRANSIENT:
+                    raise
+                log.warning("pcap: cannot create %s yet (%s)", pcap_path, _reason(exc))
+
+    # ---------------------------------------------------------------------------- journal
+
+    def new_segment(self, number: int, data: bytes) -> None:
+        """Close the current segment and start segment ``number`` with ``data``."""
+        self._close_segment()
+        name = segment_name(number)
+        self._make_room(allocated(len(data)))
+        if self._dir_fd < 0:
+            self._reopen_dir()
+        try:
+            fd = files.create_private_file(name, self._dir_fd)
+        except FileNotFoundError:
+            self._reopen_dir()  # the directory itself was removed
+            fd = files.create_private_file(name, self._dir_fd)
+        self._seg_fd = fd
+        self._seg_size = 0
+        self._ring.append((name, 0))
+        try:
+            self.append(data)
+        except OSError:
+            # Nothing of it is usable: leave no empty segment behind.
+            self._close_segment()
+            self._ring.pop()
+            with contextlib.suppress(OSError):
+                os.unlink(name, dir_fd=self._dir_fd)
+            raise
+
+    def append(self, data: bytes | memoryview) -> None:
+        """Append to the current segment; on failure it is cut back to where it was."""
+        if self._seg_fd < 0:
+            raise OSError(errno.EBADF, "no journal segment open")
+        before = self._seg_size
+        grow = allocated(before + len(data)) - allocated(before)
+        if grow:
+            self._make_room(grow)
+        try:
+            _write_all(self._seg_fd, data)
+        except OSError:
+            with contextlib.suppress(OSError):
+                os.ftruncate(self._seg_fd, before)
+            raise
+        self._seg_size = before + len(data)
+        self.journal_bytes += len(data)
+        name, alloc = self._ring[-1]
+        new_alloc = allocated(self._seg_size)
+        self._ring[-1] = (name, new_alloc)
+        self._ring_bytes += new_alloc - alloc
+
+    def segment_removed(self) -> bool:
+        """Whether the current segment file was deleted under us."""
+        return self._seg_fd >= 0 and os.fstat(self._seg_fd).st_nlink == 0
+
+    def ring_bytes(self) -> int:
+        return self._ring_bytes
+
+    def _make_room(self, extra: int) -> None:
+        limit = self.journal_max
+        if limit is None:
+            return
+        while self._ring_bytes + extra > limit and len(self._ring) > 1:
+            name, alloc = self._ring.popleft()
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(name, dir_fd=self._dir_fd)
+            self._ring_bytes -= alloc
+        if self._ring_bytes + extra > limit:
+            raise BoundTooSmall(errno.EFBIG, "a journal segment does not fit in --journal-max")
+
+    def _reopen_dir(self) -> None:
+        assert self.journal_dir is not None
+        if self._dir_fd >= 0:
+            os.close(self._dir_fd)
+            self._dir_fd = -1
+        self._ring.clear()
+        self._ring_bytes = 0
+        self._dir_fd = files.open_private_dir(self.journal_dir, owned_files=SEGMENT_SUFFIX)
+
+    def _close_segment(self) -> None:
+        if self._seg_fd >= 0:
+            os.close(self._seg_fd)
+            self._seg_fd = -1
+
+    # ------------------------------------------------------------------------------- pcap
+
+    def _open_pcap(self) -> None:
+        assert self.pcap_path is not None
+        files.ensure_parent(self.pcap_path)
+        self._pcap_fd = files.create_private_file(self.pcap_path)
+        self._pcap_size = 0
+        head = wpcap.global_header()
+        _write_all(self._pcap_fd, head)
+        self._pcap_size = len(head)
+
+    def pcap_write(self, parts: list[bytes], nbytes: int) -> None:
+        """Append pcap records; rotate first when the file would pass half the bound."""
+        if self._pcap_fd < 0:
+            self._open_pcap()
+        limit = self.pcap_max
+        if limit is not None and allocated(self._pcap_size + nbytes) > limit // 2 and (
+            self._pcap_size > len(wpcap.global_header())
+        ):
+            self._rotate_pcap()
+        before = self._pcap_size
+        try:
+            _writev_all(self._pcap_fd, parts, nbytes)
+        except OSError:
+            with contextlib.suppress(OSError):
+                os.ftruncate(self._pcap_fd, before)
+            raise
+        self._pcap_size = before + nbytes
+        self.pcap_bytes += nbytes
+
+    def pcap_removed(self) -> bool:
+        return self._pcap_fd >= 0 and os.fstat(self._pcap_fd).st_nlink == 0
+
+    def reopen_pcap(self) -> None:
+        if self._pcap_fd >= 0:
+            os.close(self._pcap_fd)
+            self._pcap_fd = -1
+        self._open_pcap()
+
+    def _rotate_pcap(self) -> None:
+        assert self.pcap_path is not None
+        os.close(self._pcap_fd)
+        self._pcap_fd = -1
+        os.rename(self.pcap_path, self.pcap_path + ".1")
+        self._open_pcap()
+
+    def close(self) -> None:
+        self._close_segment()
+        if self._dir_fd >= 0:
+            os.close(self._dir_fd)
+            self._dir_fd = -1
+        if self._pcap_fd >= 0:
+            os.close(self._pcap_fd)
+            self._pcap_fd = -1
+
+
+def _write_all(fd: int, data: bytes | memoryview) -> None:
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view) :]
+
+
+_IOV_MAX = 1024
+
+
+def _writev_all(fd: int, parts: list[bytes], nbytes: int) -> None:
+    for i in range(0, len(parts), _IOV_MAX):
+        chunk = parts[i : i + _IOV_MAX]
+        n = os.writev(fd, chunk)
+        total = sum(len(p) for p in chunk)
+        if n < total:  # a short write (rare): finish it the plain way
+            _write_all(fd, memoryview(b"".join(chunk))[n:])
+
+
+# ----------------------------------------------------------------------------- the thread
+
+
+@dataclass
+class _Chunk:
+    kind: str  # "segment" | "journal" | "pcap" | "close"
+    data: Any
+    nbytes: int
+    count: int = 0  # records or frames
+    number: int = 0  # segment number
+
+
+class Writer:
+    """A thread writing chunks to :class:`DiskFiles`, with a byte budget and a policy.
+
+    With ``threaded=False`` chunks are written at once by the caller (tools and tests).
+    """
+
+    def __init__(
+        self,
+        disk: DiskFiles,
+        *,
+        budget: int = DEFAULT_BUDGET,
+        policy: str = "lossy",
+        threaded: bool = True,
+        throttle: float | None = None,
+    ) -> None:
+        if policy not in POLICIES:
+            raise ValueError(f"journal policy must be one of {', '.join(POLICIES)}")
+        self.disk = disk
+        self.budget = budget
+        self.policy = policy
+        if throttle is None:
+            env = os.environ.get(THROTTLE_ENV)
+            throttle = float(env) if env else 0.0
+        self._throttle = throttle
+        self._free_at = 0.0
+        self._cond = threading.Condition()
+        self._queue: collections.deque[_Chunk] = collections.deque()
+        self.queued = 0
+        self.journal_error: str | None = None  # the journal stopped (needs a new segment)
+        self.journal_waiting: str | None = None  # lossless: retrying a failed write
+        self.pcap_error: str | None = None
+        self._pcap_retry_at = 0.0
+        self.lost_records = 0  # dropped here, after the loop handed them over
+        self.lost_frames = 0
+        self.records_written = 0
+        self.failures = 0  # journal writes that failed and stopped the journal
+        self._closing = False
+        self._next_check = 0.0
+        self._thread: threading.Thread | None = None
+        if threaded:
+            self._thread = threading.Thread(target=self._run, name="slirptrio-writer", daemon=True)
+            self._thread.start()
+
+    # ------------------------------------------------------------------------ loop side
+
+    def put(self, chunk: _Chunk) -> None:
+        if self._thread is None:
+            self._do(chunk)
+            return
+        with self._cond:
+            self._queue.append(chunk)
+            self.queued += chunk.nbytes
+            self._cond.notify_all()
+
+    def over_budget(self, extra: int = 0) -> bool:
+        return self.queued + extra > self.budget
+
+    def wait_below(self, limit: int, timeout: float | None = None) -> bool:
+        """Block until fewer than ``limit`` bytes are queued (True), or ``timeout`` passes."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        with self._cond:
+            while self.queued > limit and self._thread is not None and self._thread.is_alive():
+                left = None if deadline is None else deadline - time.monotonic()
+                if left is not None and left <= 0:
+                    return False
+                self._cond.wait(left if left is not None else 1.0)
+        return True
+
+    def close(self, timeout: float = 30.0) -> None:
+        """Write what is queued (giving up on a failing disk after ``timeout``), then stop."""
+        if self._thread is None:
+            self.disk.close()
+            return
+        with self._cond:
+            self._queue.append(_Chunk("close", None, 0))
+            self._cond.notify_all()
+        self._thread.join(timeout)
+        if self._thread.is_alive():
+            with self._cond:
+                self._closing = True
+                self._cond.notify_all()
+            self._thread.join(5.0)
+        if self._thread.is_alive():
+            log.error("journal writer did not stop; %d bytes were not written", self.queued)
+        else:
+            self.disk.close()
+
+    # ---------------------------------------------------------------------- thread side
+
+    def _run(self) -> None:
+        while True:
+            with self._cond:
+                while not self._queue:
+                    self._cond.wait()
+                chunk = self._queue[0]
+            if chunk.kind == "close":
+                return
+            try:
+                self._do(chunk)
+            except Exception:  # a bug here must not stop the thread: the loop would block
+                log.exception("journal writer failed on a %s chunk", chunk.kind)
+            with self._cond:
+                self._queue.popleft()
+                self.queued -= chunk.nbytes
+                self._cond.notify_all()
+
+    def _do(self, chunk: _Chunk) -> None:
+        if chunk.kind == "pcap":
+            self._pcap(chunk)
+        else:
+            self._journal(chunk)
+        if self._throttle > 0:
+            now = time.monotonic()
+            self._free_at = max(self._free_at, now) + chunk.nbytes / self._throttle
+            if self._free_at > now:
+                time.sleep(self._free_at - now)
+
+    def _journal(self, chunk: _Chunk) -> None:
+        disk = self.disk
+        if chunk.kind == "journal":
+            now = time.monotonic()
+            if self.journal_error is None and now >= self._next_check:
+                self._next_check = now + REMOVED_CHECK_S
+                try:
+                    removed = disk.segment_removed()
+                except OSError as exc:
+                    removed = True
+                    self._journal_failed(_reason(exc))
+                if removed and self.journal_error is None:
+                    self._journal_failed("the journal file was removed")
+            if self.journal_error is not None:
+                self.lost_records += chunk.count
+                return
+        while True:
+            try:
+                if chunk.kind == "segment":
+                    disk.new_segment(chunk.number, chunk.data)
+                else:
+                    disk.append(chunk.data)
+                    self.records_written += chunk.count
+            except OSError as exc:
+                lossless = self.policy == "lossless" and not isinstance(exc, BoundTooSmall)
+                if lossless and not self._closing:
+                    if self.journal_waiting is None:
+                        log.warning("journal: writing failed (%s); lossless policy: the "
+                                    "network waits until the journal can be written",
+                                    _reason(exc))
+                    self.journal_waiting = _reason(exc)
+                    with self._cond:
+                        self._cond.wait(RETRY_S)
+                    continue
+                self._journal_failed(_reason(exc))
+                if chunk.kind == "journal":
+                    self.lost_records += chunk.count
+                return
+            break
+        if self.journal_error is not None or self.journal_waiting is not None:
+            where = f" (segment {chunk.number})" if chunk.kind == "segment" else ""
+            log.warning("journal: writing again%s", where)
+            self.journal_error = self.journal_waiting = None
+
+    def _journal_failed(self, reason: str) -> None:
+        """The journal stops: chunks are dropped until a new segment can be written."""
+        self.failures += 1
+        if self.journal_error is None:
+            log.warning("journal: stopped (%s); the network goes on, records are dropped "
+                        "until the journal can be written again", reason)
+        self.journal_error = reason
+
+    def _pcap(self, chunk: _Chunk) -> None:
+        disk = self.disk
+        lossless = self.policy == "lossless"
+        if self.pcap_error is not None and not lossless and time.monotonic() < self._pcap_retry_at:
+            self.lost_frames += chunk.count
+            return
+        while True:
+            try:
+                if disk.pcap_removed():
+                    disk.reopen_pcap()
+                disk.pcap_write(chunk.data, chunk.nbytes)
+            except OSError as exc:
+                if self.pcap_error is None:
+                    log.warning("pcap: stopped (%s); frames are dropped until it can be "
+                                "written again", _reason(exc))
+                self.pcap_error = _reason(exc)
+                if lossless and not self._closing:
+                    with self._cond:
+                        self._cond.wait(RETRY_S)
+                    continue
+                self._pcap_retry_at = time.monotonic() + RETRY_S
+                self.lost_frames += chunk.count
+                return
+            break
+        if self.pcap_error is not None:
+            log.warning("pcap: writing again (%d frames were lost)", self.lost_frames)
+            self.pcap_error = None
+
+
+# ------------------------------------------------------------------------- the loop side
+
+
+class JournalRecorder:
+    """Packs the door's records on the event loop and hands them to a :class:`Writer`.
+
+    Call :meth:`attach` with the door's ``snapshot`` function before the first record: it
+    starts segment 1. :meth:`flush` after every burst hands the burst over and starts a new
+    segment when the current one is full (or resumes after a gap).
+    """
+
+    def __init__(
+        self,
+        writer: Writer,
+        header: Header,
+        *,
+        segment_bytes: int,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._writer = writer
+        self._header = header
+        self._segment_bytes = segment_bytes
+        self._clock = clock
+        self._packer = msgpack.Packer(use_bin_type=True, autoreset=False)
+        self._snapshot: Callable[[], dict[str, Any]] | None = None
+        self._number = 0
+        self._seg_bytes = 0
+        self._seg_limit = segment_bytes
+        self._pending = 0
+        self._writing = False
+        self._gap: str | None = None  # why we are not writing
+        self._overflow = False  # the gap is the budget's, not a failure
+        self._retry_at = 0.0
+        self._failures_seen = 0
+        self.records = 0  # handed to the writer
+        self.lost_records = 0  # never handed over (in a gap)
+        self.gaps = 0
+
+    @property
+    def writing(self) -> bool:
+        return self._writing
+
+    def attach(self, snapshot: Callable[[], dict[str, Any]]) -> None:
+        """Start the journal: ``snapshot()`` returns the door's state for a segment start."""
+        self._snapshot = snapshot
+        self._start_segment(None)
+
+    def record(self, seq: int, t_ns: int, event: Event, effects: list[Effect]) -> None:
+        if not self._writing:
+            self.lost_records += 1
+            return
+        self._packer.pack(encode_record(seq, t_ns, event, effects))
+        self._pending += 1
+
+    def flush(self) -> None:
+        """Hand the records packed since the last flush to the writer."""
+        w = self._writer
+        if self._writing and w.failures != self._failures_seen:
+            self._stop(w.journal_error or "a write failed", overflow=False)
+        if self._writing:
+            if self._pending:
+                packer = self._packer
+                chunk = packer.bytes()
+                if w.policy == "lossy" and w.over_budget(len(chunk)):
+                    self._stop("the disk could not keep up", overflow=True)
+                else:
+                    w.put(_Chunk("journal", chunk, len(chunk), self._pending))
+                    self.records += self._pending
+                    self._seg_bytes += len(chunk)
+            self._packer.reset()
+            self._pending = 0
+            if self._writing and self._seg_bytes >= self._seg_limit:
+                self._start_segment(None)
+            return
+        if self._overflow:
+            if w.queued <= w.budget // 2:
+                log.warning("journal: the writer caught up; writing again (%d records were "
+                            "dropped)", self.lost_records)
+                self._start_segment(self._gap)
+        elif self._clock() >= self._retry_at:
+            self._retry_at = self._clock() + RETRY_S
+            self._start_segment(self._gap)
+
+    def _stop(self, reason: str, *, overflow: bool) -> None:
+        self.lost_records += self._pending
+        self._packer.reset()
+        self._pending = 0
+        self._writing = False
+        self._gap = reason
+        self._overflow = overflow
+        self._retry_at = self._clock() + RETRY_S
+        self.gaps += 1
+        if overflow:
+            log.warning("journal: the disk cannot keep up (%d bytes queued); records are "
+                        "dropped until the writer catches up", self._writer.queued)
+
+    def _start_segment(self, gap: str | None) -> None:
+        assert self._snapshot is not None, "attach() first"
+        snap = self._snapshot()
+        self._number += 1
+        header = Header(
+            seed=self._header.seed, config=self._header.config,
+            origin_ns=self._header.origin_ns, version=self._header.version,
+            meta=self._header.meta, constants=self._header.constants,
+            segment=SegmentHeader(self._number, snap["seq"], snap["now_ns"],
+                                  None if gap is None else {"reason": gap}),
+        )  # fmt: skip
+        packer = msgpack.Packer(use_bin_type=True)
+        data = packer.pack(header.to_raw()) + packer.pack(snap)
+        self._failures_seen = self._writer.failures
+        self._writer.put(_Chunk("segment", data, len(data), 0, self._number))
+        self._seg_bytes = len(data)
+        self._seg_limit = max(self._segment_bytes, SNAPSHOT_SHARE * len(data))
+        self._writing = True
+        self._gap = None
+        self._overflow = False
+
+
+class PcapRecorder:
+    """Collects the pcap view of each burst on the event loop for the :class:`Writer`."""
+
+    def __init__(self, writer: Writer, snaplen: int = wpcap.SNAPLEN) -> None:
+        self._writer = writer
+        self._snaplen = snaplen
+        self._parts: list[bytes] = []
+        self._nbytes = 0
+        self._frames = 0
+        self._dropping = False
+        self.frames = 0
+        self.lost_frames = 0
+
+    def add(self, ts_ns: int, frame: bytes) -> None:
+        head, frame = wpcap.record_parts(ts_ns, frame, self._snaplen)
+        self._parts.append(head)
+        self._parts.append(frame)
+        self._nbytes += len(head) + len(frame)
+        self._frames += 1
+
+    def flush(self) -> None:
+        if not self._parts:
+            return
+        w = self._writer
+        if w.policy == "lossy" and w.over_budget(self._nbytes):
+            if not self._dropping:
+                log.warning("pcap: the disk cannot keep up; frames are dropped until the "
+                            "writer catches up")
+                self._dropping = True
+            self.lost_frames += self._frames
+        else:
+            self._dropping = False
+            w.put(_Chunk("pcap", self._parts, self._nbytes, self._frames))
+            self.frames += self._frames
+        self._parts = []
+        self._nbytes = 0
+        self._frames = 0
+
+
+class Recorder:
+    """The door's sink: journal records and the pcap view of every frame in and out.
+
+    Build one with :meth:`open`; the runtime calls :meth:`attach` with its door, then the door
+    calls the recorder for every step, and the runtime calls :meth:`flush` after every burst.
+    """
+
+    def __init__(
+        self,
+        writer: Writer,
+        journal: JournalRecorder | None,
+        pcap: PcapRecorder | None,
+        origin_ns: int,
+    ) -> None:
+        self.writer = writer
+        self.journal = journal
+        self.pcap = pcap
+        self._origin_ns = origin_ns
+
+    @classmethod
+    def open(
+        cls,
+        header: Header,
+        *,
+        journal_dir: str | None,
+        pcap_path: str | None,
+        journal_max: int | None = DEFAULT_JOURNAL_MAX,
+        pcap_max: int | None = DEFAULT_JOURNAL_MAX,
+        policy: str = "lossy",
+        budget: int = DEFAULT_BUDGET,
+        threaded: bool = True,
+    ) -> Recorder:
+        """Create the journal directory and the pcap (private files) and start the writer.
+
+        ``journal_max``/``pcap_max`` None: unbounded. Raises OSError if a file cannot be made.
+        """
+        disk = DiskFiles(journal_dir, journal_max, pcap_path, pcap_max)
+        active = journal_dir is not None or pcap_path is not None
+        writer = Writer(disk, budget=budget, policy=policy, threaded=threaded and active)
+        journal = None
+        if journal_dir is not None:
+            seg = segment_bytes_for(journal_max) if journal_max else 1 << 62
+            journal = JournalRecorder(writer, header, segment_bytes=seg)
+        pcap = PcapRecorder(writer) if pcap_path is not None else None
+        return cls(writer, journal, pcap, header.origin_ns)
+
+    def attach(self, snapshot: Callable[[], dict[str, Any]]) -> None:
+        if self.journal is not None:
+            self.journal.attach(snapshot)
+
+    def __call__(self, seq: int, t_ns: int, event: Event, effects: list[Effect]) -> None:
+        if self.journal is not None:
+            self.journal.record(seq, t_ns, event, effects)
+        pcap = self.pcap
+        if pcap is not None:
+            ts = self._origin_ns + t_ns
+            if type(event) is GuestFrame:
+                pcap.add(ts, event.data)
+            for eff in effects:
+                if type(eff) is SendFrame:
+                    pcap.add(ts, eff.data)
+
+    def flush(self) -> None:
+        """Hand everything recorded since the last flush to the writer thread."""
+        if self.journal is not None:
+            self.journal.flush()
+        if self.pcap is not None:
+            self.pcap.flush()
+
+    @property
+    def backlogged(self) -> bool:
+        """Lossless policy and more than the budget queued: the door loop must wait."""
+        w = self.writer
+        return w.policy == "lossless" and w.queued > w.budget
+
+    def wait_writable(self) -> None:
+        """Block until the writer is within its budget again (call from a worker thread)."""
+        self.writer.wait_below(self.writer.budget)
+
+    def close(self) -> None:
+        self.flush()
+        self.writer.close()
