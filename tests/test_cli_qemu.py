@@ -209,3 +209,20 @@ def test_a_stack_that_cannot_start_is_one_line_and_qemu_never_runs(tmp_path: pat
     assert p.returncode == 2 and err.count("\n") == 1, err
     assert f"cannot bind tcp:127.0.0.1:{port}" in err
     assert not marker.exists()
+
+
+def test_host_side_checks_and_journal_options(tmp_path: pathlib.Path) -> None:
+    p = run_cli(["--no-journal", "--", QEMU, "-netdev", "user,id=n0,tftp=/nonexistent/tftp"],
+                tmp_path)
+    _, err = p.communicate(timeout=60)
+    assert p.returncode == 2 and err == ("slirptrio: error: -netdev user,id=n0,tftp=/nonexistent"
+                                         "/tftp: tftp=/nonexistent/tftp: not a directory\n")
+    p = run_cli(["--journal-max", "lots", "--", QEMU], tmp_path)
+    _, err = p.communicate(timeout=60)
+    assert p.returncode == 2 and "argument --journal-max" in err
+    # A bounded journal: the stack writes segments there, and the session replays.
+    p = run_cli(["--journal", str(tmp_path / "j.journal"), "--journal-max", "1M", "--", "sh",
+                 "-c", "exit 0", "-netdev", "user,id=n0"], tmp_path)
+    _, err = p.communicate(timeout=60)
+    assert p.returncode == 0, err
+    assert list((tmp_path / "j.journal").glob("*.seg"))

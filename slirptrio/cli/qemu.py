@@ -46,10 +46,18 @@ from typing import Any
 
 import trio
 
-from slirptrio.cli._common import Parser, Subparsers, UserError, setup_logging
+from slirptrio.cli._common import (
+    Parser,
+    Subparsers,
+    UserError,
+    format_size,
+    parse_size,
+    setup_logging,
+)
 from slirptrio.cli.session import default_state_dir
 from slirptrio.config import Config, ConfigError, parse_user_options
 from slirptrio.core.dns import parse_upstream
+from slirptrio.journal.writer import DEFAULT_BUDGET, DEFAULT_JOURNAL_MAX
 
 FORWARDED_SIGNALS = (
     signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT, signal.SIGUSR1, signal.SIGUSR2,
@@ -314,9 +322,26 @@ def add_parser(sub: Subparsers) -> None:
                    help="journal file; {id} is replaced by the netdev id (default: under "
                    "$XDG_STATE_HOME/slirptrio, one per netdev)")
     q.add_argument("--no-journal", action="store_true", help="do not write journals")
+    q.add_argument(
+        "--journal-max", metavar="SIZE", default=format_size(DEFAULT_JOURNAL_MAX),
+        help="disk each journal may use; its oldest segments go first (K/M/G; 0: unlimited; "
+             f"default {format_size(DEFAULT_JOURNAL_MAX)})",
+    )
+    q.add_argument(
+        "--journal-policy", choices=("lossy", "lossless"), default="lossy",
+        help="when the disk cannot keep up: drop records (lossy, default) or make the guest "
+             "wait (lossless)",
+    )
+    q.add_argument(
+        "--journal-buffer", metavar="SIZE", default=format_size(DEFAULT_BUDGET),
+        help=f"memory for records waiting for the disk (default {format_size(DEFAULT_BUDGET)})",
+    )
     q.add_argument("--pcap", metavar="PATH",
                    help="pcap file, {id} as for --journal (default: beside the journal)")
     q.add_argument("--no-pcap", action="store_true", help="do not write pcaps")
+    q.add_argument("--pcap-max", metavar="SIZE",
+                   help="disk each pcap may use, rotating at half of it (default: as "
+                   "--journal-max)")
     q.add_argument("--control", metavar="PATH",
                    help="control socket, {id} as for --journal (default: in the private "
                    "directory; printed at start)")
@@ -381,6 +406,18 @@ def command(args: argparse.Namespace, parser: Parser) -> int:
         except ValueError as exc:
             parser.error(f"argument --dns-upstream: {exc}")
         upstreams = list(args.dns_upstream)
+    sizes: dict[str, int | None] = {}
+    for option, text in (("--journal-max", args.journal_max), ("--pcap-max", args.pcap_max),
+                         ("--journal-buffer", args.journal_buffer)):
+        if text is None:
+            continue
+        try:
+            sizes[option] = parse_size(text)
+        except ValueError as exc:
+            parser.error(f"argument {option}: {exc}")
+    args.journal_max = sizes["--journal-max"]
+    args.pcap_max = sizes.get("--pcap-max", args.journal_max)
+    args.journal_buffer = sizes["--journal-buffer"] or DEFAULT_BUDGET
     run_dir = os.environ.get("XDG_RUNTIME_DIR") or tempfile.gettempdir()
     if not os.path.isdir(run_dir):
         run_dir = tempfile.gettempdir()
@@ -390,7 +427,15 @@ def command(args: argparse.Namespace, parser: Parser) -> int:
             plan = rewrite(qemu, lambda i, name: os.path.join(private, f"{i}.sock"))
         except QemuArgError as exc:
             raise UserError(str(exc)) from None
+        from slirptrio.api import check_host_side
+        from slirptrio.shell.descriptors import raise_nofile_limit
+
+        for net in plan.nets:
+            problem = check_host_side(net.config)
+            if problem is not None:
+                raise UserError(f"{net.origin}: {problem}")
         setup_logging(args.verbose)
+        raise_nofile_limit()
         return _run(args, plan, private, upstreams, inherited)
     finally:
         shutil.rmtree(private, ignore_errors=True)
@@ -470,6 +515,8 @@ def _run(args: argparse.Namespace, plan: Rewrite, private: str, upstreams: list[
                     seed=None if args.seed is None else args.seed + i,
                     dns_upstreams=upstreams,
                     meta={"qemu_netdev": net.id, "qemu_option": net.origin},
+                    journal_max=args.journal_max, pcap_max=args.pcap_max,
+                    journal_policy=args.journal_policy, journal_buffer=args.journal_buffer,
                 ))
                 await stack.listen_qemu("unix:" + net.socket)
                 await stack.serve_control(f.control)
