@@ -515,7 +515,7 @@ async def open_stack(
         header, journal_dir=journal_path, pcap_path=pcap_path, journal_max=journal_max,
         pcap_max=pcap_max, policy=journal_policy, budget=journal_buffer,
     )
-    port = tp.GuestPort()
+    port = tp.GuestPort(max_bytes=cfg.guest_queue_bytes())
     handle: SlirpStack | None = None
     smb: SmbShare | None = None
     try:

@@ -15,7 +15,9 @@ not ``host`` or ``dns``). Directories are checked when the stack starts, not her
 Extensions to QEMU's syntax (absent from QEMU, so a QEMU option string never sets them):
 ``mtu=`` (68..65521, offered to the guest with DHCP option 26), ``hostloopback=on|off|ADDR``
 (where the ``host`` address leads: the host's loopback 127.0.0.1 by default, as libslirp),
-``udp-timeout=`` and ``dns-timeout=`` (seconds), ``max-flows=`` (TCP NAT entries, 8192).
+``udp-timeout=`` and ``dns-timeout=`` (seconds), ``max-flows=`` (TCP NAT entries, 8192),
+``mem-budget=SIZE`` (bytes for TCP flow buffers and the queue toward the guest; a number with
+an optional K, M, G or T suffix, powers of 1024 as in QEMU's sizes).
 
 IPv6 (on by default, as QEMU): ``ipv6-net=PREFIX[/LEN]`` or the legacy ``ipv6-prefix`` and
 ``ipv6-prefixlen`` (default fec0::/64, length 0..126), ``ipv6-host`` (prefix + 2) and
@@ -39,6 +41,15 @@ DHCP_LEASE_TIME = 86400
 MIN_MTU = 68
 MAX_MTU = 65521
 DEFAULT_MTU = 1500
+DEFAULT_MEM_BUDGET = 256 << 20
+"""256 MiB: 512 TCP flows with full 256 KiB buffers both ways, or seconds of this stack's
+throughput on a 2-core machine; small beside the RAM of a machine that runs a VM."""
+MIN_MEM_BUDGET = 1 << 20
+MAX_MEM_BUDGET = 1 << 40
+GUEST_QUEUE_SHARE = 8
+"""The queue of frames toward the guest may hold 1/GUEST_QUEUE_SHARE of ``mem-budget``; the
+TCP flow buffers share the rest."""
+_SIZE_SUFFIX = {"": 0, "k": 10, "m": 20, "g": 30, "t": 40}
 IPV6_MIN_MTU = 1280
 
 _DEFAULT_NET = IPv4Network("10.0.2.0/24")
@@ -79,6 +90,7 @@ class Config:
     udp_timeout: int = 240
     dns_timeout: int = 10
     max_flows: int = 8192
+    mem_budget: int = DEFAULT_MEM_BUDGET
     id: str = ""
     hostfwd: tuple[str, ...] = field(default_factory=tuple)
     guestfwd: tuple[str, ...] = field(default_factory=tuple)
@@ -87,6 +99,14 @@ class Config:
     bootfile: str = ""
     smb: str = ""  # the directory shared over SMB ("" = none)
     smbserver: IPv4Address | None = None  # set whenever smb is
+
+    def guest_queue_bytes(self) -> int:
+        """The bound, in bytes, of the shell's queue of frames toward the guest."""
+        return self.mem_budget // GUEST_QUEUE_SHARE
+
+    def tcp_mem_budget(self) -> int:
+        """The bytes the TCP NAT's flows may commit together (the rest of ``mem_budget``)."""
+        return self.mem_budget - self.guest_queue_bytes()
 
     def dhcp_pool(self) -> list[IPv4Address]:
         """The addresses DHCP hands out, in order."""
@@ -129,6 +149,7 @@ class Config:
                 udp_timeout=int(data.get("udp_timeout", 240)),
                 dns_timeout=int(data.get("dns_timeout", 10)),
                 max_flows=int(data.get("max_flows", 8192)),
+                mem_budget=int(data.get("mem_budget", DEFAULT_MEM_BUDGET)),
                 id=str(data.get("id", "")),
                 hostfwd=tuple(str(s) for s in data.get("hostfwd", ())),
                 guestfwd=tuple(str(s) for s in data.get("guestfwd", ())),
@@ -172,6 +193,8 @@ class Config:
             parts.append("hostloopback=" + (self.hostloopback or "off"))
         if self.max_flows != 8192:
             parts.append(f"max-flows={self.max_flows}")
+        if self.mem_budget != DEFAULT_MEM_BUDGET:
+            parts.append(f"mem-budget={self.mem_budget}")
         if self.id:
             parts.append("id=" + self.id.replace(",", ",,"))
         parts += ["hostfwd=" + s.replace(",", ",,") for s in self.hostfwd]
@@ -268,6 +291,21 @@ def _int(key: str, value: str, lo: int, hi: int) -> int:
     n = int(value, 10)
     if not lo <= n <= hi:
         raise ConfigError(key, f"{n} outside {lo}..{hi}")
+    return n
+
+
+def _size(key: str, value: str, lo: int, hi: int) -> int:
+    """A byte count: digits and an optional K, M, G or T (powers of 1024), as QEMU's sizes."""
+    text = value.strip().lower()
+    if text.endswith("b"):
+        text = text[:-1]
+    digits = text.rstrip("kmgt")
+    suffix = text[len(digits):]
+    if not (digits.isascii() and digits.isdecimal()) or suffix not in _SIZE_SUFFIX:
+        raise ConfigError(key, f"'{value}' is not a size (a number, optionally K, M, G or T)")
+    n = int(digits, 10) << _SIZE_SUFFIX[suffix]
+    if not lo <= n <= hi:
+        raise ConfigError(key, f"{value} outside {lo >> 20}M..{hi >> 40}T")
     return n
 
 
@@ -477,6 +515,10 @@ def parse_user_options(text: str) -> Config:
         max_flows=(
             _int("max-flows", seen["max-flows"], 1, 1 << 20) if "max-flows" in seen else 8192
         ),
+        mem_budget=(
+            _size("mem-budget", seen["mem-budget"], MIN_MEM_BUDGET, MAX_MEM_BUDGET)
+            if "mem-budget" in seen else DEFAULT_MEM_BUDGET
+        ),
         id=seen.get("id", ""),
         hostfwd=tuple(fwds["hostfwd"]),
         guestfwd=tuple(fwds["guestfwd"]),
@@ -515,6 +557,7 @@ _KNOWN = {
     "udp-timeout",
     "dns-timeout",
     "max-flows",
+    "mem-budget",
     "tftp",
     "tftp-server-name",
     "bootfile",

@@ -466,6 +466,8 @@ def valid_option_strings(draw: st.DrawFn) -> str:
         parts.append(f"udp-timeout={draw(st.integers(1, 86400))}")
     if draw(st.booleans()):
         parts.append(f"dns-timeout={draw(st.integers(1, 3600))}")
+    if draw(st.booleans()):
+        parts.append(f"mem-budget={draw(st.integers(1, 1024))}" + draw(st.sampled_from("MmGg")))
     return ",".join(draw(st.permutations(parts)))
 
 
@@ -547,3 +549,24 @@ def test_cli_rejects_bad_listen(tmp_path: Path) -> None:
     r = run_cli(tmp_path, "--listen", "nonsense:x")
     assert r.returncode == 2
     assert "--listen" in one_line(r.stderr)
+
+
+@pytest.mark.parametrize(
+    ("text", "size"),
+    [("1M", 1 << 20), ("1m", 1 << 20), ("512M", 512 << 20), ("2G", 2 << 30), ("1T", 1 << 40),
+     ("1048576", 1 << 20), ("64MB", 64 << 20), ("3g", 3 << 30)],
+)
+def test_mem_budget_sizes(text: str, size: int) -> None:
+    c = parse_user_options(f"mem-budget={text}")
+    assert c.mem_budget == size
+    assert c.guest_queue_bytes() + c.tcp_mem_budget() == size
+    assert c.guest_queue_bytes() == size // 8
+
+
+@pytest.mark.parametrize("text", ["", "1.5G", "-1M", "1P", "1048575", "2T", "M", "1 M", "0x10M"])
+def test_mem_budget_refused(text: str) -> None:
+    assert refused(f"mem-budget={text}").option == "mem-budget"
+
+
+def test_mem_budget_default() -> None:
+    assert parse_user_options("").mem_budget == 256 << 20

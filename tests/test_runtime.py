@@ -98,3 +98,19 @@ async def test_frames_toward_absent_guest_are_dropped_not_queued() -> None:
         port.put(b"b" * 60)
     assert port.dropped == 2
     assert port.take_batch(1 << 20) == [b"b" * 60] * 2
+
+
+async def test_guest_queue_is_bounded_in_bytes() -> None:
+    port = GuestPort(max_bytes=1000)
+    port.attach()
+    for _ in range(3):
+        port.put(b"c" * 400)
+    assert port.dropped == 1 and port.queued_bytes == 800
+    port.put(b"d" * 200)  # still fits
+    assert port.queued_bytes == 1000
+    assert len(port.take_batch(500)) == 2
+    assert port.queued_bytes == 200
+    port.put(b"e" * 800)
+    assert port.dropped == 1
+    port.detach()
+    assert port.queued_bytes == 0 and port.dropped == 3

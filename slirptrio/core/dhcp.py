@@ -14,6 +14,11 @@ whose lease expired or was released. An exhausted pool answers nothing (the clie
 * RELEASE frees the lease; DECLINE blocks the address for a lease time (someone else uses it);
 * INFORM   → ACK with the options and no address or lease time.
 
+Bounded bookkeeping: leases exist only for pool addresses, and the memory of each MAC's last
+address keeps the ``MAX_REMEMBERED_MACS`` most recently bound MACs. After an ACK,
+``last_bound`` tells the Stack which address was bound to which MAC and who held it before,
+so the flows of a guest whose address went to another MAC can be reset.
+
 Options (in this order): 53 type, 54 server id, 51 lease time, 1 mask, 3 router, 6 DNS,
 12 hostname, 15 domain, 66 TFTP server name, 67 boot file, 60 "HTTPClient" (an ``http://``
 boot file: UEFI HTTP boot, as libslirp), 26 MTU, 28 broadcast, 119 search list. Under
@@ -47,6 +52,8 @@ _BROADCAST_MAC = b"\xff" * 6
 _ZERO = b"\x00\x00\x00\x00"
 _NS = 1_000_000_000
 _DECLINED = b""
+MAX_REMEMBERED_MACS = 4 * NUM_DHCP_CLIENTS
+"""MACs whose last address is remembered (to give it back); the least recently bound go first."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -87,13 +94,16 @@ class DhcpServer:
         ]
         self._leases: dict[bytes, Lease] = {}  # by address
         self._ever: set[bytes] = set()  # addresses ever bound (membership tests only)
-        self._last: dict[bytes, bytes] = {}  # each MAC's last address
+        self._last: dict[bytes, bytes] = {}  # each MAC's last address, least recent first
         self.counters: dict[str, int] = {}
+        # (address, MAC, previous holder's MAC or None) of the latest bind; the Stack takes it.
+        self.last_bound: tuple[bytes, bytes, bytes | None] | None = None
 
     _SNAPSHOT_WIRING: ClassVar[frozenset[str]] = frozenset(
         {"_config", "_server_id", "_pool", "_next_server", "_file"}
     )
-    _SNAPSHOT_DERIVED: ClassVar[frozenset[str]] = frozenset()
+    # The report of the latest bind: set and taken by the Stack within one message.
+    _SNAPSHOT_DERIVED: ClassVar[frozenset[str]] = frozenset({"last_bound"})
 
     def snapshot_state(self) -> dict[str, Any]:
         """Leases (declined addresses included), addresses ever bound, each MAC's last one."""
@@ -110,6 +120,7 @@ class DhcpServer:
         self._ever = set(state["_ever"])
         self._last = {mac: ip for mac, ip in state["_last"]}
         self.counters = dict(state["counters"])
+        self.last_bound = None
 
     def leases(self, now_ns: int) -> list[Lease]:
         """Leases held by a client and not expired, in pool order."""
@@ -151,9 +162,15 @@ class DhcpServer:
         for other, lease in list(self._leases.items()):
             if lease.mac == mac and other != ip:
                 del self._leases[other]
+        old = self._leases.get(ip)
+        previous = old.mac if old is not None and old.mac != _DECLINED else None
+        self.last_bound = (ip, mac, previous)
         self._leases[ip] = Lease(ip, mac, now_ns + DHCP_LEASE_TIME * _NS)
         self._ever.add(ip)
+        self._last.pop(mac, None)
         self._last[mac] = ip
+        if len(self._last) > MAX_REMEMBERED_MACS:
+            del self._last[next(iter(self._last))]
 
     # --------------------------------------------------------------------------- messages
 

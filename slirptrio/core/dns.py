@@ -38,6 +38,7 @@ from typing import Any, ClassVar
 
 from slirptrio.core import snapshot as snap
 from slirptrio.core.events import Effect, UdpClose, UdpOpen, UdpSend
+from slirptrio.core.martian import is_loopback_host
 from slirptrio.core.prng import Prng
 from slirptrio.wire import MalformedFrame
 
@@ -241,6 +242,9 @@ class DnsRelay:
       counters: where ``dns_*`` counts go.
       dns_ip: the virtual DNS address (packed).
       enabled: False under restrict=on (queries are dropped, as libslirp does).
+      loopback_ok: False under hostloopback=off: upstreams on the host's own loopback
+        (127.0.0.53, ::1, 0.0.0.0) are left out, UDP and TCP alike, so the relay is no way
+        around the option; with none left the guest gets SERVFAIL.
       timeout_ns: how long a query may wait for its answer before the guest gets SERVFAIL.
       idle_timeout_ns: an upstream socket idle this long is closed.
       max_pending: queries in flight at once.
@@ -255,6 +259,7 @@ class DnsRelay:
         counters: collections.Counter[str],
         dns_ip: bytes,
         enabled: bool = True,
+        loopback_ok: bool = True,
         timeout_ns: int = 5_000_000_000,
         idle_timeout_ns: int = 10_000_000_000,
         max_pending: int = 256,
@@ -265,10 +270,12 @@ class DnsRelay:
         self.counters = counters
         self.dns_ip = dns_ip
         self.enabled = enabled
+        self.loopback_ok = loopback_ok
         self.timeout_ns = timeout_ns
         self.idle_timeout_ns = idle_timeout_ns
         self.max_pending = min(max_pending, 0x8000)
         self.upstreams: list[tuple[str, int]] | None = None  # None: not reported yet
+        self._reported: list[tuple[str, int]] | None = None  # as reported, before filtering
         self._open: dict[int, _Upstream] = {}  # upstream index -> its relay flow
         self._flow_index: dict[int, int] = {}  # relay flow -> upstream index
         self._pending: dict[int, _Pending] = {}  # upstream id -> query, oldest first
@@ -276,7 +283,7 @@ class DnsRelay:
 
     _SNAPSHOT_WIRING: ClassVar[frozenset[str]] = frozenset({
         "_send_udp", "_alloc_flow", "_rng", "counters", "dns_ip", "enabled", "timeout_ns",
-        "idle_timeout_ns", "max_pending",
+        "idle_timeout_ns", "max_pending", "loopback_ok",
     })  # fmt: skip
     _SNAPSHOT_DERIVED: ClassVar[frozenset[str]] = frozenset({"_flow_index", "_by_guest"})
 
@@ -285,6 +292,7 @@ class DnsRelay:
         ups = self.upstreams
         return {
             "upstreams": None if ups is None else [[h, p] for h, p in ups],
+            "_reported": None if self._reported is None else [[h, p] for h, p in self._reported],
             "_open": [[i, snap.dump_slots(u)] for i, u in self._open.items()],
             "_pending": [snap.dump_slots(p, _PENDING_CODECS) for p in self._pending.values()],
         }
@@ -292,6 +300,8 @@ class DnsRelay:
     def restore_state(self, state: dict[str, Any]) -> None:
         ups = state["upstreams"]
         self.upstreams = None if ups is None else [(h, p) for h, p in ups]
+        rep = state["_reported"]
+        self._reported = None if rep is None else [(h, p) for h, p in rep]
         self._open = {i: snap.load_slots(_Upstream, raw) for i, raw in state["_open"]}
         self._flow_index = {u.flow: i for i, u in self._open.items()}
         self._pending = {}
@@ -372,6 +382,17 @@ class DnsRelay:
     def set_upstreams(self, text: str, now_ns: int) -> list[Effect]:
         """A :class:`DnsUpstreams` report: switch to the new list if it differs."""
         servers = parse_upstreams(text)
+        if not self.loopback_ok:
+            kept = [(h, p) for h, p in servers if not is_loopback_host(h)]
+            if len(kept) < len(servers) and servers != self._reported:
+                self.counters["dns_upstream_loopback_skipped"] += 1
+                log.warning(
+                    "hostloopback=off: not using DNS upstream %s on the host's loopback%s",
+                    format_upstreams([s for s in servers if s not in kept]),
+                    "" if kept else "; give a reachable one with --dns-upstream",
+                )
+            self._reported = servers
+            servers = kept
         if servers == self.upstreams:
             return []
         log.info("DNS upstreams: %s", format_upstreams(servers) or "(none)")

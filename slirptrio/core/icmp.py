@@ -52,6 +52,7 @@ from slirptrio.core.events import (
     IcmpUnavailable,
 )
 from slirptrio.core.info import FlowInfo
+from slirptrio.core.martian import BROADCAST, MULTICAST, classify_ipv4
 from slirptrio.core.prng import Prng
 from slirptrio.wire import icmp as wicmp
 from slirptrio.wire import icmpv6 as wicmp6
@@ -444,9 +445,9 @@ class IcmpEcho:
             c["icmp_echo_unavailable"] += 1
             return []
         dst = hdr.dst
-        if len(dst) == 4 and (dst[0] >= 224 or dst[0] == 0 or dst == b"\xff\xff\xff\xff"):
+        if len(dst) == 4 and classify_ipv4(dst) in (MULTICAST, BROADCAST):
             c["icmp_echo_bad_destination"] += 1
-            return []  # IPv6 destinations are vetted by translate
+            return []  # other martians, and IPv6 destinations, are vetted by translate
         key = (hdr.src, ident, dst)
         out: list[Effect] = []
         f = self._flows.get(key)
@@ -514,6 +515,12 @@ class IcmpEcho:
             return []
         c["icmp_unknown_event"] += 1
         return []
+
+    def forget_guest(self, guest_ip: bytes | None) -> list[Effect]:
+        """Close the echo flows of the guest at ``guest_ip`` (None: of every guest)."""
+        gone = [f for f in self._lru.values() if guest_ip is None or f.guest_ip == guest_ip]
+        self.counters["icmp_guest_departed"] += len(gone)
+        return [self._close(f) for f in gone]
 
     def poll_at(self) -> int | None:
         """When the least recently used flow goes idle, or None."""

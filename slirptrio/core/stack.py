@@ -71,6 +71,7 @@ from slirptrio.core.events import (
 from slirptrio.core.icmp import IcmpEcho
 from slirptrio.core.info import FlowInfo
 from slirptrio.core.ipfrag import Reassembler, fragment
+from slirptrio.core.martian import ANSWERED, classify_ipv4
 from slirptrio.core.martian6 import classify_ipv6
 from slirptrio.core.ndp import Ndp, link_local, virtual_mac6
 from slirptrio.core.prng import Prng
@@ -96,6 +97,10 @@ _ZERO_IP = b"\x00\x00\x00\x00"
 _UNSPECIFIED6 = bytes(16)
 _IP6_IDENT_SALT = 0x1D6F_7A3B_55C2_0E49  # a PRNG of its own: IPv6 must not shift IPv4's draws
 _MLD = (wicmp6.MLD_QUERY, wicmp6.MLD_REPORT, wicmp6.MLD_DONE, wicmp6.MLD2_REPORT)
+GUEST_GONE_TIMEOUT_NS = 60 * 1_000_000_000
+"""A guest whose link has been down this long without a frame is gone: its flows are reset."""
+ARP_TABLE_MAX = 256
+"""Guest addresses whose MAC is remembered (one guest uses one or a few)."""
 
 
 def virtual_mac(ip: bytes) -> bytes:
@@ -125,7 +130,8 @@ class Stack:
         self._virtual_ips = {self._host_ip, self._dns_ip}
         self._dhcp = DhcpServer(config)
         self.guest_mac: bytes | None = None
-        self._arp_table: dict[bytes, bytes] = {}
+        self._arp_table: dict[bytes, bytes] = {}  # guest address -> MAC, first seen first
+        self._link_down_at: int | None = None  # since when the guest's link is down
         self._ip_id = self._rng.next_u32() & 0xFFFF
         self._out: list[Effect] = []
         self._next_flow = 0
@@ -152,6 +158,7 @@ class Stack:
             dns_ip=self._dns_ip,
             net_broadcast=self._net_broadcast,
             restrict=config.restrict,
+            loopback_ok=bool(config.hostloopback),
             idle_timeout_ns=config.udp_timeout * 1_000_000_000,
             dns_idle_timeout_ns=config.dns_timeout * 1_000_000_000,
             dns_timeout_ns=udp.DNS_QUERY_TIMEOUT_NS,
@@ -167,6 +174,7 @@ class Stack:
             counters=self.counters,
             mtu=config.mtu,
             max_flows=config.max_flows,
+            mem_budget=config.tcp_mem_budget(),
             max_half_open=tcp.MAX_HALF_OPEN,
             buffer_size=tcp.BUFFER_SIZE,
             rto_min_ns=tcp.RTO_MIN_NS,
@@ -246,6 +254,7 @@ class Stack:
             "_ip6_ident": self._ip6_ident,
             "_next_flow": self._next_flow,
             "_guestfwd": [[ip, port, fid] for (ip, port), fid in self._guestfwd.items()],
+            "_link_down_at": self._link_down_at,
         }
         for name in self._SNAPSHOT_COMPONENTS:
             state[name] = getattr(self, name).snapshot_state()
@@ -261,6 +270,7 @@ class Stack:
         self._ip6_ident = state["_ip6_ident"]
         self._next_flow = state["_next_flow"]
         self._guestfwd = {(ip, port): fid for ip, port, fid in state["_guestfwd"]}
+        self._link_down_at = state["_link_down_at"]
         for name in self._SNAPSHOT_COMPONENTS:
             getattr(self, name).restore_state(state[name])
 
@@ -285,6 +295,7 @@ class Stack:
         out: list[Effect] = []
         self._out = out
         if type(event) is GuestFrame:
+            self._link_down_at = None
             self._guest_frame(event.data, now_ns)
         elif type(event) in _TCP_EVENTS:
             self.tcp.host_event(event, now_ns)
@@ -298,6 +309,11 @@ class Stack:
             out.extend(self.tftp.host_event(event, now_ns))
         elif type(event) is Tick:
             self.counters["ticks"] += 1
+            if self._link_down_at is not None and (
+                now_ns >= self._link_down_at + GUEST_GONE_TIMEOUT_NS
+            ):
+                self._link_down_at = None
+                self._forget_guest(None, "the guest's link has been down too long")
             self._reasm.expire(now_ns)
             self._ndp.tick(now_ns)
             self.tcp.tick(now_ns)
@@ -305,7 +321,12 @@ class Stack:
             out.extend(self.echo.tick(now_ns))
             out.extend(self.tftp.tick(now_ns))
         elif type(event) is GuestLink:
+            assert isinstance(event, GuestLink)
             self.counters["guest_link_up" if event.up else "guest_link_down"] += 1
+            if event.up:
+                self._link_down_at = None
+            elif self._link_down_at is None:
+                self._link_down_at = now_ns
         else:
             self.counters["unknown_event"] += 1
             log.warning("unhandled event %r", event)
@@ -313,11 +334,14 @@ class Stack:
 
     def poll_at(self) -> int | None:
         """The next time (ns) the core wants a :class:`Tick`, or None."""
+        gone_at = None
+        if self._link_down_at is not None:
+            gone_at = self._link_down_at + GUEST_GONE_TIMEOUT_NS
         times = [
             t
             for t in (
                 self.tcp.poll_at(), self._reasm.poll_at(), self.udp.poll_at(), self.echo.poll_at(),
-                self._ndp.poll_at(), self.tftp.poll_at(),
+                self._ndp.poll_at(), self.tftp.poll_at(), gone_at,
             )
             if t is not None
         ]
@@ -406,15 +430,15 @@ class Stack:
         """Where a guest's connection to ``ip:port`` goes on the host, or None if nowhere.
 
         Addresses inside the virtual network are aliases of the host (libslirp): they lead to
-        ``hostloopback`` (127.0.0.1); TCP to ``dns:53`` goes to the DNS upstream. IPv6: see
-        :meth:`_translate6`.
+        ``hostloopback`` (127.0.0.1), or nowhere with ``hostloopback=off``; TCP to ``dns:53``
+        goes to the DNS upstream. Martian addresses (:mod:`slirptrio.core.martian`) lead
+        nowhere: no guest destination reaches the host's loopback except through the aliases.
+        IPv6: see :meth:`_translate6`.
         """
         if self.config.restrict:
             return None
         if len(ip) == 16:
             return self._translate6(ip, port)
-        if ip[0] == 0 or ip[0] >= 224 or ip == _LIMITED_BROADCAST:
-            return None
         if self._in_net(ip):
             if ip == self._net_broadcast:
                 return None
@@ -423,6 +447,8 @@ class Stack:
             if not self._loopback:
                 return None
             return self._loopback, port
+        if classify_ipv4(ip):
+            return None  # never the host's loopback, "this host", multicast or broadcast
         return address_str(ip), port
 
     def _translate6(self, ip: bytes, port: int) -> tuple[str, int] | None:
@@ -581,7 +607,22 @@ class Stack:
     def _learn(self, mac: bytes, ip: bytes) -> None:
         self.guest_mac = mac
         if ip != _ZERO_IP and self._in_net(ip) and ip not in self._virtual_ips:
-            self._arp_table[ip] = mac
+            table = self._arp_table
+            if ip not in table and len(table) >= ARP_TABLE_MAX:
+                del table[next(iter(table))]
+                self.counters["arp_table_evicted"] += 1
+            table[ip] = mac
+
+    def _forget_guest(self, ip: bytes | None, why: str) -> None:
+        """Reset and free every flow of the guest at ``ip`` (None: all flows)."""
+        n = self.tcp.forget_guest(ip)
+        closes = self.udp.forget_guest(ip) + self.echo.forget_guest(ip)
+        self._out.extend(closes)
+        if n or closes:
+            log.info(
+                "%s: reset %d TCP and closed %d other flows of %s", why, n, len(closes),
+                "the guest" if ip is None else address_str(ip),
+            )
 
     def _arp(self, src_mac: bytes, payload: memoryview) -> None:
         pkt = warp.parse_arp(payload)
@@ -607,7 +648,17 @@ class Stack:
 
     def _ipv4(self, src_mac: bytes, payload: memoryview, now_ns: int) -> None:
         hdr, body = wip.parse_ipv4(payload)
-        self._learn(src_mac, hdr.src)
+        src, dst = hdr.src, hdr.dst
+        if classify_ipv4(src) and not self._in_net(src) and not (
+            src == _ZERO_IP and hdr.proto == wip.IPPROTO_UDP
+        ):
+            self._drop("martian_source", address_str(src))  # 0.0.0.0 only for DHCP
+            return
+        self._learn(src_mac, src)
+        reason = classify_ipv4(dst)
+        if reason and not self._in_net(dst) and not self._serves(hdr, body):
+            self._martian(hdr, body, reason)
+            return
         if hdr.mf or hdr.frag_offset:
             whole = self._reasm.add(hdr, body, now_ns)
             if whole is None:
@@ -620,9 +671,40 @@ class Stack:
         elif proto == wip.IPPROTO_ICMP:
             self._icmp(hdr, body, now_ns)
         elif proto == wip.IPPROTO_TCP:
+            if hdr.dst == self._net_broadcast:
+                self._drop("tcp_broadcast")  # no connection to a broadcast, and no RST from one
+                return
             self.tcp.guest_segment(hdr.src, hdr.dst, body, now_ns)
         else:
             self._drop("ipv4_unknown_protocol", str(proto))
+
+    def _serves(self, hdr: wip.Ipv4Header, body: memoryview) -> bool:
+        """Whether a datagram to a martian address is for the stack itself: DHCP to the
+        limited broadcast (unfragmented; the UDP parser checks the rest)."""
+        return (
+            hdr.dst == _LIMITED_BROADCAST
+            and hdr.proto == wip.IPPROTO_UDP
+            and not (hdr.mf or hdr.frag_offset)
+            and len(body) >= 4
+            and (body[2] << 8 | body[3]) == DHCP_SERVER_PORT
+        )
+
+    def _martian(self, hdr: wip.Ipv4Header, body: memoryview, reason: str) -> None:
+        """Drop a datagram to a martian destination; answer "administratively prohibited"
+        where the guest expects an answer (unicast-looking destinations; not for fragments
+        past the first, ICMP other than echo requests, RSTs or a source of 0.0.0.0)."""
+        self._drop("martian_" + reason, address_str(hdr.dst))
+        if reason not in ANSWERED or hdr.frag_offset or hdr.src == _ZERO_IP:
+            return
+        proto = hdr.proto
+        if proto == wip.IPPROTO_ICMP and (not body or body[0] != wicmp.ECHO_REQUEST):
+            return
+        if proto == wip.IPPROTO_TCP and len(body) >= 14 and body[13] & 0x04:
+            return
+        self.counters["icmp_martian_unreachable"] += 1
+        quoted = icmp.quote(hdr, len(body), body)
+        msg = icmp.error_message(icmp.DEST_UNREACH, icmp.UNREACH_ADMIN, quoted)
+        self.send_ip(self._host_ip, hdr.src, wip.IPPROTO_ICMP, msg)
 
     def _udp(self, src_mac: bytes, hdr: wip.Ipv4Header, body: memoryview, now_ns: int) -> None:
         sport, dport, data = wudp.parse_udp(body, hdr.src, hdr.dst)
@@ -641,7 +723,18 @@ class Stack:
         self._out.extend(self.udp.guest_datagram(hdr, sport, dport, data, body, now_ns))
 
     def _dhcp_request(self, src_mac: bytes, data: memoryview, now_ns: int) -> None:
+        self._dhcp.last_bound = None
         reply = self._dhcp.handle(data, src_mac, now_ns)
+        bound = self._dhcp.last_bound
+        if bound is not None:
+            self._dhcp.last_bound = None
+            ip, mac, previous = bound
+            if previous is None:
+                previous = self._arp_table.get(ip)
+            if previous is not None and previous != mac:
+                self.counters["dhcp_address_moved"] += 1
+                self._forget_guest(ip, f"{address_str(ip)} leased to {mac.hex(':')}")
+                self._arp_table.pop(ip, None)
         if reply is None:
             self.counters["dhcp_no_reply"] += 1
             return

@@ -42,6 +42,19 @@ entry. :class:`TcpReset` from the host closes the host side at once; the guest s
 the host bytes already queued here and then an RST instead of a FIN. A segment for no entry gets
 an RST as RFC 9293 prescribes (never in answer to an RST).
 
+Acceptability (RFC 9293 3.10.7.4)
+---------------------------------
+Every segment that is not acceptable and not a RST gets an ACK: keepalive probes (empty, one
+below ``rcv_nxt``, or one old byte), window probes of every shape (empty below ``rcv_nxt``, one
+new byte into a closed window, empty with URG at ``rcv_nxt`` while our window is closed), old
+duplicates and segments beyond the window. Answers to zero-length segments are rate-limited
+per entry (``OOW_ACK_INTERVAL_NS``, as Linux does) so a desynchronised peer cannot start an
+ACK storm.
+SYN together with FIN or RST comes from no real TCP: dropped unanswered (``tcp_bad_flags``).
+The urgent pointer is ignored (urgent bytes are ordinary data), so no value of it matters;
+option lists that lie about lengths end option parsing (:mod:`slirptrio.wire.tcp`); the guest's
+MSS is raised to ``MIN_SND_MSS`` and its window shift clamped to 14.
+
 Flow control and credit
 -----------------------
 Guest → host: we accept data inside the window we advertised; in-order bytes are passed on
@@ -79,6 +92,22 @@ Bounds
 ``max_half_open`` in SYN_PENDING/SYN_RECEIVED (RST, ``tcp_half_open_full``); per entry the send
 buffer stays within ``buffer_size``, out-of-order data within the advertised window. Every
 dropped segment is counted under a ``tcp_*`` counter.
+
+Half-open fairness: one destination address holds at most a share of the half-open slots
+(``HALF_OPEN_DEST_SHARE``; beyond: RST, ``tcp_half_open_dest_full``), so SYNs to one
+unreachable address cannot lock the guest out of the rest. Once half the slots are taken
+(``HALF_OPEN_PRESSURE``) every half-open entry has ``PRESSURE_CONNECT_TIMEOUT_NS`` left at most
+(the connect safety net, shortened); when it fires the guest gets RST and the host side
+``TcpClose``.
+
+Memory: ``mem_used`` is what all entries hold (bytes handed to the host and not confirmed,
+out-of-order data, send buffers) plus the credit their host readers may still use; each entry
+re-counts its part after every event (``_commit``). Up to half of ``mem_budget`` nothing
+changes. Past it, an entry may grow in a direction (new window, new credit) only up to what the
+budget has left, or its share (``MEM_SHARE_DIVISOR``) when that is more: the largest entries
+stop first, every entry keeps its share. Past the whole budget, data arriving inside windows
+advertised earlier is kept only up to the entry's share (the rest is dropped, the guest
+retransmits), so ``mem_used`` stays below one and a half budgets.
 """
 
 from __future__ import annotations
@@ -107,8 +136,9 @@ from slirptrio.core.events import (
     TcpSent,
     TcpShutdown,
 )
+from slirptrio.core.martian import LOOPBACK, classify_ipv4
 from slirptrio.core.prng import Prng
-from slirptrio.wire.tcp import ACK, FIN, PSH, RST, SYN, TcpSegment, build_tcp, parse_tcp
+from slirptrio.wire.tcp import ACK, FIN, PSH, RST, SYN, URG, TcpSegment, build_tcp, parse_tcp
 
 log = logging.getLogger("slirptrio.core.tcp")
 
@@ -132,6 +162,27 @@ TIME_WAIT_NS = 2 * _SEC
 CONNECT_TIMEOUT_NS = 75 * _SEC
 DRAIN_TIMEOUT_NS = 60 * _SEC
 MAX_OOO_SEGMENTS = 512
+MIN_SND_MSS = 48  # a smaller MSS from the guest is raised to this (Linux's tcp_min_snd_mss)
+HALF_OPEN_DEST_SHARE = 4
+"""One destination address may hold at most ``max_half_open // HALF_OPEN_DEST_SHARE`` (and at
+least 8) of the half-open entries, so connects to one unreachable address cannot lock the
+guest out of every other."""
+HALF_OPEN_PRESSURE = 2
+"""Past ``max_half_open // HALF_OPEN_PRESSURE`` half-open entries, the table is under pressure:
+every half-open entry gets at most ``PRESSURE_CONNECT_TIMEOUT_NS`` to complete."""
+PRESSURE_CONNECT_TIMEOUT_NS = 5 * _SEC
+"""Connect (and handshake) deadline of half-open entries under pressure: room for two SYN
+retransmissions; past it the guest gets RST and the host connect is abandoned."""
+MEM_SHARE_DIVISOR = 4
+"""Under memory pressure each entry may always hold ``mem_budget / (MEM_SHARE_DIVISOR * n)``
+bytes per direction (n entries; at least ``MEM_MIN_SHARE``): all these shares together are
+half the budget, so a guaranteed share never starves a flow and the total stays below one and
+a half budgets."""
+MEM_MIN_SHARE = 4096
+OOW_ACK_INTERVAL_NS = 200 * _MS
+"""Least time between two ACKs answering unacceptable zero-length segments of one entry
+(keepalive and window probes, old duplicates): no ACK ping-pong with a desynchronised peer,
+and still an answer to every probe (a probe timer never runs below 200 ms)."""
 
 # Entry phases.
 _SYN_SENT = -1  # our SYN to the guest is out (a forward into the guest)
@@ -168,6 +219,7 @@ class _Conn:
         "active_close",
         "armed_at",
         "buf_seq",
+        "charged",
         "close_at",
         "credit_out",
         "delack_at",
@@ -187,6 +239,7 @@ class _Conn:
         "iss",
         "key",
         "last_ns",
+        "last_oow_ack_ns",
         "ooo",
         "ooo_bytes",
         "persist_at",
@@ -229,6 +282,8 @@ class _Conn:
         self.phase = _PENDING
         self.host_open = True
         self.last_ns = 0
+        self.charged = 0  # this entry's part of TcpNat.mem_used
+        self.last_oow_ack_ns = -OOW_ACK_INTERVAL_NS  # when we last answered an unacceptable segment
         # guest -> host
         self.rcv_nxt = 0
         self.rcv_adv = 0  # highest right edge ever advertised
@@ -323,6 +378,7 @@ class TcpNat:
         16 bytes make an IPv6 entry; everything else is the same).
       max_flows, max_half_open: table bounds.
       buffer_size: per direction and entry: receive window and send buffer.
+      mem_budget: bytes all entries together may commit (None: no limit); see "Memory".
     """
 
     def __init__(
@@ -345,8 +401,10 @@ class TcpNat:
         fin_give_up_ns: int = FIN_GIVE_UP_NS,
         time_wait_ns: int = TIME_WAIT_NS,
         connect_timeout_ns: int = CONNECT_TIMEOUT_NS,
+        pressure_connect_timeout_ns: int = PRESSURE_CONNECT_TIMEOUT_NS,
         drain_timeout_ns: int = DRAIN_TIMEOUT_NS,
         max_ooo_segments: int = MAX_OOO_SEGMENTS,
+        mem_budget: int | None = None,
     ) -> None:
         self._rng = rng
         self._send_ip = send_ip
@@ -366,8 +424,12 @@ class TcpNat:
         self.fin_give_up_ns = fin_give_up_ns
         self.time_wait_ns = time_wait_ns
         self.connect_timeout_ns = connect_timeout_ns
+        self.pressure_connect_timeout_ns = pressure_connect_timeout_ns
         self.drain_timeout_ns = drain_timeout_ns
         self.max_ooo_segments = max_ooo_segments
+        self.mem_budget = max(1, mem_budget) if mem_budget is not None else 1 << 62
+        self._mem_soft = self.mem_budget // 2
+        self.mem_used = 0  # bytes committed by every entry (see _commit)
         shift = 0
         while (self.buffer_size >> shift) > 0xFFFF and shift < 14:
             shift += 1
@@ -375,6 +437,12 @@ class TcpNat:
         self._by_key: dict[_Key, _Conn] = {}
         self._by_flow: dict[int, _Conn] = {}
         self._half_open = 0
+        # Guest-initiated half-open entries (SYN_PENDING, SYN_RECEIVED), oldest first, and
+        # their count per destination address.
+        self._embryos: dict[int, _Conn] = {}
+        self._embryos_to: dict[bytes, int] = {}
+        self.max_half_open_per_dest = max(8, self.max_half_open // HALF_OPEN_DEST_SHARE)
+        self._pressure_mark = max(1, self.max_half_open // HALF_OPEN_PRESSURE)
         self._timers: list[tuple[int, int]] = []
         self._now = 0
 
@@ -382,9 +450,12 @@ class TcpNat:
         "_rng", "_send_ip", "_emit", "_translate", "_alloc_flow", "counters", "mss", "mss6",
         "max_flows", "max_half_open", "buffer_size", "rto_min_ns", "delack_ns", "give_up_ns",
         "syn_give_up_ns", "fin_give_up_ns", "time_wait_ns", "connect_timeout_ns",
-        "drain_timeout_ns", "max_ooo_segments", "wscale",
+        "drain_timeout_ns", "max_ooo_segments", "wscale", "pressure_connect_timeout_ns",
+        "mem_budget", "_mem_soft", "max_half_open_per_dest", "_pressure_mark",
     })  # fmt: skip
-    _SNAPSHOT_DERIVED: ClassVar[frozenset[str]] = frozenset({"_timers"})
+    _SNAPSHOT_DERIVED: ClassVar[frozenset[str]] = frozenset({
+        "_timers", "_embryos_to", "mem_used",
+    })  # fmt: skip
 
     def __len__(self) -> int:
         return len(self._by_flow)
@@ -396,6 +467,7 @@ class TcpNat:
             "_by_flow": [snap.dump_slots(c, _CONN_CODECS, skip) for c in self._by_flow.values()],
             "_by_key": [c.flow for c in self._by_key.values()],
             "_half_open": self._half_open,
+            "_embryos": list(self._embryos),
             "_now": self._now,
         }
 
@@ -409,6 +481,11 @@ class TcpNat:
         self._by_flow = by_flow
         self._by_key = {by_flow[f].key: by_flow[f] for f in state["_by_key"]}
         self._half_open = state["_half_open"]
+        self._embryos = {f: by_flow[f] for f in state["_embryos"]}
+        self._embryos_to = {}
+        for c in self._embryos.values():
+            self._embryos_to[c.dst_ip] = self._embryos_to.get(c.dst_ip, 0) + 1
+        self.mem_used = sum(c.charged for c in by_flow.values())
         self._now = state["_now"]
         # Stale heap keys (deadlines since moved) only ever fire an entry with nothing due, so
         # a heap holding each entry once, at its true deadline, gives the same effects.
@@ -422,6 +499,11 @@ class TcpNat:
         """A TCP segment from the guest; raises MalformedFrame if it does not parse."""
         seg = parse_tcp(tcp, src4, dst4)
         self._now = now_ns
+        if seg.flags & SYN and seg.flags & (FIN | RST):
+            # No TCP sends these (scanners and fuzzers do); answering would only help them.
+            self.counters["tcp_bad_flags"] += 1
+            log.debug("dropped TCP segment with flags %#x", seg.flags)
+            return
         key = (src4, seg.sport, dst4, seg.dport)
         c = self._by_key.get(key)
         if c is None:
@@ -440,6 +522,7 @@ class TcpNat:
         else:  # TIME_WAIT
             self._time_wait(c, key, seg, now_ns)
         if c.phase != _GONE:
+            self._commit(c)
             self._rearm(c)
 
     def open_to_guest(
@@ -496,6 +579,12 @@ class TcpNat:
     def _mss(self, c: _Conn) -> int:
         return self.mss if len(c.guest_ip) == 4 else self.mss6
 
+    def _snd_mss(self, c: _Conn, seg: TcpSegment) -> int:
+        """The segment size toward the guest: its MSS option (RFC 9293's 536 without one),
+        at most ours, and at least MIN_SND_MSS (an MSS of 1 would cost a frame per byte)."""
+        mss = seg.mss if seg.mss else DEFAULT_MSS
+        return min(max(mss, MIN_SND_MSS), self._mss(c))
+
     def _send_syn(self, c: _Conn) -> None:
         win = min(self.buffer_size, 0xFFFF)
         seg = build_tcp(
@@ -525,10 +614,7 @@ class TcpNat:
         c.rcv_nxt = c.rcv_acked = seg.seq + 1
         c.rcv_adv = c.rcv_nxt + min(self.buffer_size, 0xFFFF)
         c.snd_una = c.iss + 1
-        if seg.mss:
-            c.snd_mss = min(seg.mss, self._mss(c))
-        else:
-            c.snd_mss = min(DEFAULT_MSS, self._mss(c))
+        c.snd_mss = self._snd_mss(c, seg)
         if seg.wscale is not None:
             c.wscale_ok = True
             c.snd_wscale = seg.wscale
@@ -578,7 +664,21 @@ class TcpNat:
             self.counters["tcp_unknown_event"] += 1
             return
         if c.phase != _GONE:
+            self._commit(c)
             self._rearm(c)
+
+    def forget_guest(self, guest_ip: bytes | None) -> int:
+        """The guest at ``guest_ip`` (None: every guest) is gone: abort the host side of its
+        entries and free them, without a word to the guest (it is not there). DRAINING
+        entries keep delivering what the guest sent before it left. Returns how many."""
+        gone = [
+            c for c in self._by_flow.values()
+            if c.phase != _DRAINING and (guest_ip is None or c.guest_ip == guest_ip)
+        ]
+        for c in gone:
+            self._remove(c, abort=True)
+        self.counters["tcp_guest_departed"] += len(gone)
+        return len(gone)
 
     def owns(self, flow: int) -> bool:
         """Whether ``flow`` is one of our entries."""
@@ -628,6 +728,7 @@ class TcpNat:
                 continue
             self._fire(c, now_ns)
             if c.phase != _GONE:
+                self._commit(c)
                 self._rearm(c)
 
     def flows(self, now_ns: int | None = None) -> list[TcpFlowInfo]:
@@ -654,7 +755,7 @@ class TcpNat:
     # ------------------------------------------------------------------- segment output
 
     def _window_field(self, c: _Conn) -> int:
-        win = self.buffer_size - c.host_unsent
+        win = self._cap_in(c) - c.host_unsent
         old = c.rcv_adv - c.rcv_nxt
         if old > win:
             win = old  # never move the right edge left (RFC 9293 3.8.6.2.2)
@@ -689,7 +790,7 @@ class TcpNat:
         self._out(c, c.snd_nxt, ACK)
 
     def _send_synack(self, c: _Conn) -> None:
-        win = min(self.buffer_size - c.host_unsent, 0xFFFF)  # never scaled in a SYN
+        win = max(0, min(self._cap_in(c) - c.host_unsent, 0xFFFF))  # never scaled in a SYN
         c.rcv_adv = max(c.rcv_adv, c.rcv_nxt + win)
         seg = build_tcp(
             c.dst_ip,
@@ -831,12 +932,16 @@ class TcpNat:
         if c.host_eof or not c.host_open or c.phase > _SYNCED:
             return
         limit = c.snd_right - c.buf_seq
-        if limit > self.buffer_size:
-            limit = self.buffer_size
+        cap = self.buffer_size
+        if self.mem_used > self._mem_soft:
+            cap = self._cap(c, len(c.sndbuf) + c.credit_out)
+        if limit > cap:
+            limit = cap
         room = limit - len(c.sndbuf) - c.credit_out
         if room <= 0 or room < (limit >> 2):
             return
         c.credit_out += room
+        self._commit(c)
         self._emit(TcpRecvCredit(c.flow, room))
 
     # -------------------------------------------------------------------- guest segments
@@ -865,9 +970,9 @@ class TcpNat:
         counters = self.counters
         _, gport, dst_ip, dport = key
         if gport == 0 or dport == 0 or (
-            dst_ip[0] == 0xFF if len(dst_ip) == 16 else dst_ip[0] == 0 or dst_ip[0] >= 224
+            dst_ip[0] == 0xFF if len(dst_ip) == 16 else classify_ipv4(dst_ip) not in ("", LOOPBACK)
         ):
-            counters["tcp_bad_address"] += 1
+            counters["tcp_bad_address"] += 1  # (other martians: translate refuses them, RST)
             return
         if len(self._by_flow) >= self.max_flows:
             counters["tcp_table_full"] += 1
@@ -875,6 +980,10 @@ class TcpNat:
             return
         if self._half_open >= self.max_half_open:
             counters["tcp_half_open_full"] += 1
+            self._rst_reply(key, seg)
+            return
+        if self._embryos_to.get(dst_ip, 0) >= self.max_half_open_per_dest:
+            counters["tcp_half_open_dest_full"] += 1
             self._rst_reply(key, seg)
             return
         target = self._translate(dst_ip, dport)
@@ -892,10 +1001,7 @@ class TcpNat:
         c.snd_nxt = c.snd_max = iss
         c.buf_seq = iss + 1
         c.snd_right = iss + 1 + seg.window
-        if seg.mss:
-            c.snd_mss = min(seg.mss, self._mss(c))
-        else:
-            c.snd_mss = min(DEFAULT_MSS, self._mss(c))
+        c.snd_mss = self._snd_mss(c, seg)
         if seg.wscale is not None:
             c.wscale_ok = True
             c.snd_wscale = seg.wscale
@@ -904,6 +1010,10 @@ class TcpNat:
         self._by_key[key] = c
         self._by_flow[c.flow] = c
         self._half_open += 1
+        self._embryos[c.flow] = c
+        self._embryos_to[dst_ip] = self._embryos_to.get(dst_ip, 0) + 1
+        if self._half_open >= self._pressure_mark:
+            self._hurry(c, now_ns)
         counters["tcp_syn"] += 1
         if seg.payload:
             counters["tcp_syn_data_ignored"] += 1
@@ -947,8 +1057,10 @@ class TcpNat:
             return
         c.phase = _SYNCED
         self._half_open -= 1
+        self._embryo_done(c)
         counters["tcp_established"] += 1
         c.snd_una = c.iss + 1
+        c.close_at = None
         if c.snd_nxt < c.snd_una:
             c.snd_nxt = c.snd_una
         if c.rtt_seq is not None:
@@ -1001,6 +1113,21 @@ class TcpNat:
         if not flags & ACK:
             counters["tcp_no_ack"] += 1
             return
+        plen = len(seg.payload)
+        if not plen and not flags & FIN:
+            # RFC 9293 3.10.7.4: a zero-length segment is acceptable at rcv_nxt, or inside a
+            # non-empty window; any other gets an ACK and is dropped. Keepalive probes (one
+            # below rcv_nxt) and Linux's window probes have this shape. Linux in urgent mode
+            # probes a closed window at rcv_nxt with URG set: answered too. (Plain ACKs at
+            # rcv_nxt are not: they carry nothing to answer, and an answer would be chatter.)
+            wnd = c.rcv_adv - rcv_nxt
+            if seq != rcv_nxt and not (wnd > 0 and rcv_nxt < seq < rcv_nxt + wnd):
+                counters["tcp_unacceptable"] += 1
+                self._answer_probe(c, now_ns)
+                return
+            if wnd <= 0 and flags & URG:
+                counters["tcp_window_probe"] += 1
+                self._answer_probe(c, now_ns)
         # --- ACK
         una = c.snd_una
         ack = una + (((seg.ack - una + _HALF) & _M) - _HALF)
@@ -1008,7 +1135,6 @@ class TcpNat:
             counters["tcp_ack_unsent"] += 1
             self._ack_now(c)
             return
-        plen = len(seg.payload)
         right = ack + (seg.window << c.snd_wscale)
         if ack > una:
             if not self._acked(c, ack, now_ns):
@@ -1040,6 +1166,85 @@ class TcpNat:
             or c.snd_right <= nxt
         ):
             self._output(c, now_ns)
+
+    # ----------------------------------------------------------------------------- memory
+
+    def _commit(self, c: _Conn) -> None:
+        """Bring ``c``'s part of ``mem_used`` up to date: the bytes it holds (handed to the
+        host and not confirmed, out of order, in the send buffer) and the credit the host
+        reader may still turn into send buffer."""
+        new = c.host_unsent + c.ooo_bytes + len(c.sndbuf) + c.credit_out
+        self.mem_used += new - c.charged
+        c.charged = new
+
+    def _share(self) -> int:
+        """Under memory pressure, what one entry may always hold in one direction."""
+        share = self.mem_budget // (MEM_SHARE_DIVISOR * max(1, len(self._by_flow)))
+        return share if share > MEM_MIN_SHARE else MEM_MIN_SHARE
+
+    def _cap(self, c: _Conn, used_dir: int) -> int:
+        """Under memory pressure, how many bytes ``c`` may hold in one direction where it
+        now holds ``used_dir``: its share, or more while the budget has room. So the largest
+        entries stop growing first; the others keep their share."""
+        self._commit(c)
+        free = self.mem_budget - self.mem_used
+        cap = used_dir + free if free > 0 else used_dir
+        share = self._share()
+        if cap < share:
+            cap = share
+        if cap < self.buffer_size:
+            self.counters["tcp_mem_limited"] += 1
+            return cap
+        return self.buffer_size
+
+    def _cap_in(self, c: _Conn) -> int:
+        """The receive buffer ``c`` may have: what the host has not confirmed plus the window
+        we offer."""
+        if self.mem_used <= self._mem_soft:
+            return self.buffer_size
+        return self._cap(c, c.host_unsent + c.ooo_bytes)
+
+    def _mem_edge(self, c: _Conn, edge: int) -> int:
+        """Past the whole budget, data already inside an advertised window is taken only up
+        to the entry's share; the rest is dropped as a full receiver drops it (the guest
+        retransmits). Windows advertised before the pressure therefore cost the budget at
+        most one share per entry."""
+        self._commit(c)
+        room = self._share() - c.host_unsent - c.ooo_bytes
+        limit = c.rcv_nxt + (room if room > 0 else 0)
+        if limit < edge:
+            self.counters["tcp_mem_trimmed"] += 1
+            return limit
+        return edge
+
+    def _embryo_done(self, c: _Conn) -> None:
+        """``c`` (guest-initiated) is no longer half-open."""
+        if self._embryos.pop(c.flow, None) is None:
+            return
+        n = self._embryos_to[c.dst_ip] - 1
+        if n:
+            self._embryos_to[c.dst_ip] = n
+        else:
+            del self._embryos_to[c.dst_ip]
+
+    def _hurry(self, new: _Conn, now_ns: int) -> None:
+        """Under half-open pressure: give ``new`` the short deadline and, when the mark has
+        just been reached, every older half-open entry too (a bounded walk, oldest first)."""
+        deadline = now_ns + self.pressure_connect_timeout_ns
+        todo = self._embryos.values() if self._half_open == self._pressure_mark else (new,)
+        for c in todo:
+            if c.close_at is None or c.close_at > deadline:
+                c.close_at = deadline
+                self._rearm(c)
+        self.counters["tcp_half_open_pressure"] += 1
+
+    def _answer_probe(self, c: _Conn, now_ns: int) -> None:
+        """ACK a probe-shaped segment, at most once per OOW_ACK_INTERVAL_NS."""
+        if now_ns - c.last_oow_ack_ns < OOW_ACK_INTERVAL_NS:
+            self.counters["tcp_probe_ack_limited"] += 1
+            return
+        c.last_oow_ack_ns = now_ns
+        self._ack_now(c)
 
     def _acked(self, c: _Conn, ack: int, now_ns: int) -> bool:
         """New data acknowledged; False if the entry is gone as a result."""
@@ -1101,6 +1306,8 @@ class TcpNat:
             self._remove(c, abort=True)
             return False
         edge = c.rcv_adv
+        if self.mem_used >= self.mem_budget:
+            edge = self._mem_edge(c, edge)
         end = seq + plen
         if seq > rcv_nxt:
             self._out_of_order(c, payload, seq, end, fin, edge)
@@ -1206,6 +1413,8 @@ class TcpNat:
         self.counters["tcp_connected"] += 1
         c.phase = _SYN_RCVD
         c.close_at = None
+        if self._half_open >= self._pressure_mark:
+            c.close_at = now_ns + self.pressure_connect_timeout_ns
         self._send_synack(c)
         c.rtt_seq = c.iss + 1
         c.rtt_start = now_ns
@@ -1250,12 +1459,15 @@ class TcpNat:
             return
         if c.phase != _SYNCED or c.rcv_fin:
             return
-        free = self.buffer_size - c.host_unsent
+        self._window_update(c)
+
+    def _window_update(self, c: _Conn) -> None:
+        """ACK with the new window when the window the guest knows has fallen below half the
+        buffer and would grow by two segments (or half the buffer, if smaller). A healthy
+        window needs none: the ACKs of the guest's data carry it."""
+        free = self._cap_in(c) - c.host_unsent
         cap = 0xFFFF << c.rcv_wscale
         new_edge = c.rcv_nxt + (free if free < cap else cap)
-        # Window update when the window the guest knows has fallen below half the buffer and
-        # would grow by two segments (or half the buffer, if smaller). A healthy window needs
-        # none: the ACKs of the guest's data carry it.
         if c.rcv_adv - c.rcv_nxt < (self.buffer_size >> 1) and new_edge - c.rcv_adv >= min(
             self.buffer_size >> 1, 2 * self.mss
         ):
@@ -1338,6 +1550,10 @@ class TcpNat:
         if c.phase == _PENDING:
             counters["tcp_connect_timeout"] += 1
             self._rst_raw(c.dst_ip, c.guest_ip, c.dst_port, c.guest_port, 0, c.rcv_nxt, RST | ACK)
+            self._remove(c, abort=True)
+        elif c.phase == _SYN_RCVD:  # under pressure, the guest never completed the handshake
+            counters["tcp_handshake_timeout"] += 1
+            self._rst_entry(c)
             self._remove(c, abort=True)
         elif c.phase == _TIME_WAIT:
             self._finish(c, now_ns)
@@ -1451,8 +1667,12 @@ class TcpNat:
         self._remove(c, abort=False)
 
     def _remove(self, c: _Conn, *, abort: bool) -> None:
+        self.mem_used -= c.charged
+        c.charged = 0
         if c.phase in (_SYN_SENT, _PENDING, _SYN_RCVD):
             self._half_open -= 1
+            if c.phase != _SYN_SENT:
+                self._embryo_done(c)
         c.phase = _GONE
         if self._by_key.get(c.key) is c:
             del self._by_key[c.key]

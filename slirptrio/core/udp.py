@@ -53,6 +53,7 @@ from slirptrio.core.events import (
     UdpSend,
 )
 from slirptrio.core.info import FlowInfo
+from slirptrio.core.martian import classify_ipv4
 from slirptrio.core.prng import Prng
 from slirptrio.wire import udp as wudp
 
@@ -64,7 +65,6 @@ UDP6_MAX_PAYLOAD = 65535 - 8  # the IPv6 payload length counts no fixed header
 MAX_FLOWS = 1024
 DNS_QUERY_TIMEOUT_NS = 5_000_000_000  # a relayed query unanswered this long: SERVFAIL
 MAX_DNS_PENDING = 256
-_LIMITED_BROADCAST = b"\xff\xff\xff\xff"
 _UNSPECIFIED6 = bytes(16)
 _NORMAL = 0
 _FAST = 1
@@ -122,6 +122,7 @@ class UdpNat:
       host_ip, dns_ip, net_broadcast: the virtual addresses (packed).
       dns_ip6: the virtual IPv6 DNS address (b"" without IPv6); its port 53 is the relay too.
       restrict: restrict=on: nothing is forwarded, not even DNS (libslirp drops it too).
+      loopback_ok: False under hostloopback=off (see :class:`DnsRelay`).
       idle_timeout_ns, dns_idle_timeout_ns: flow idle timeouts (port 53: the second).
       dns_timeout_ns: how long a relayed query waits before the guest gets SERVFAIL.
       max_flows, max_dns_pending: table bounds.
@@ -140,6 +141,7 @@ class UdpNat:
         net_broadcast: bytes,
         dns_ip6: bytes = b"",
         restrict: bool = False,
+        loopback_ok: bool = True,
         idle_timeout_ns: int = 240_000_000_000,
         dns_idle_timeout_ns: int = 10_000_000_000,
         dns_timeout_ns: int = DNS_QUERY_TIMEOUT_NS,
@@ -170,6 +172,7 @@ class UdpNat:
             counters=counters,
             dns_ip=dns_ip,
             enabled=not restrict,
+            loopback_ok=loopback_ok,
             timeout_ns=dns_timeout_ns,
             idle_timeout_ns=dns_idle_timeout_ns,
             max_pending=max_dns_pending,
@@ -262,7 +265,7 @@ class UdpNat:
         elif src[0] == 0 or src[0] >= 224 or src == self.net_broadcast:
             c["udp_bad_source"] += 1
             return []
-        elif dst == _LIMITED_BROADCAST or 224 <= dst[0] < 240 or dst[0] == 0:
+        elif classify_ipv4(dst) and not self._is_alias(dst):
             c["udp_not_forwarded"] += 1
             return []
         if sport == 0 or dport == 0:
@@ -274,6 +277,8 @@ class UdpNat:
         if f is None:
             f = self._open(key, out)
             if f is None:
+                if dst != self.net_broadcast:
+                    self._prohibited(hdr, segment)
                 return out
         else:
             self._lru[f.timer].move_to_end(f.flow)
@@ -354,6 +359,12 @@ class UdpNat:
         c["udp_unknown_event"] += 1
         return []
 
+    def forget_guest(self, guest_ip: bytes | None) -> list[Effect]:
+        """Close the flows of the guest at ``guest_ip`` (None: of every guest): it is gone."""
+        gone = [f for f in self._by_id.values() if guest_ip is None or f.guest_ip == guest_ip]
+        self.counters["udp_guest_departed"] += len(gone)
+        return [self._close(f) for f in gone]
+
     def poll_at(self) -> int | None:
         """The next flow expiry or DNS deadline, or None."""
         t = self.dns.poll_at()
@@ -407,6 +418,20 @@ class UdpNat:
         self.counters["udp_flows_opened"] += 1
         out.append(UdpOpen(f.flow, target[0], target[1]))
         return f
+
+    def _is_alias(self, ip: bytes) -> bool:
+        # Only the virtual addresses are known here; the Stack has already dropped every
+        # martian outside the virtual network, so this is the fallback for direct users.
+        return ip in (self.host_ip, self.dns_ip, self.net_broadcast)
+
+    def _prohibited(self, hdr: icmp.QuotedHeader, segment: bytes | memoryview) -> None:
+        """ICMP "administratively prohibited" for a datagram nothing may carry (the host
+        address under ``hostloopback=off``), from the address the guest wrote to."""
+        self.counters["udp_prohibited_icmp"] += 1
+        msg = icmp.error_message(
+            icmp.DEST_UNREACH, icmp.UNREACH_ADMIN, icmp.quote(hdr, len(segment), segment)
+        )
+        self._send_ip(hdr.dst, hdr.src, icmp.IPPROTO_ICMP, msg)
 
     def _closest_to_expiry(self) -> _Flow:
         heads = [next(iter(lru.values())) for lru in self._lru if lru]

@@ -77,6 +77,14 @@ PROCESS_GRACE_S = 0.5
 """How long a command may take to exit by itself after its pipes are closed."""
 PROCESS_KILL_WAIT_S = 5.0
 """How long to wait for a SIGKILLed command to be reaped."""
+KEEPALIVE_IDLE_S = 60
+"""Host TCP sockets probe an idle peer after this long (SO_KEEPALIVE, TCP_KEEPIDLE)..."""
+KEEPALIVE_INTERVAL_S = 15
+"""...then every this many seconds (TCP_KEEPINTVL)..."""
+KEEPALIVE_COUNT = 4
+"""...and give up after this many unanswered probes (TCP_KEEPCNT): a dead host peer is noticed
+after about two minutes and reported as ``TcpReset(ETIMEDOUT)``, so the guest gets RST and the
+entry is freed instead of living forever."""
 _READ_MAX = 1 << 18
 _WRITE_MAX = 1 << 18
 _STREAM_CHUNK = 1 << 16
@@ -127,8 +135,24 @@ def _reset_error(exc: trio.BrokenResourceError) -> OSError:
     return ConnectionResetError(_errno.ECONNRESET, str(exc) or "connection reset")
 
 
+def set_keepalive(sock: trio.socket.SocketType | _socket.socket) -> None:
+    """Turn on TCP keepalive probes for ``sock`` with the KEEPALIVE_* settings of this module
+    (best effort: options this OS lacks are skipped)."""
+    with contextlib.suppress(OSError):
+        sock.setsockopt(_socket.SOL_SOCKET, _socket.SO_KEEPALIVE, 1)
+    for name, value in (
+        ("TCP_KEEPIDLE", KEEPALIVE_IDLE_S),
+        ("TCP_KEEPINTVL", KEEPALIVE_INTERVAL_S),
+        ("TCP_KEEPCNT", KEEPALIVE_COUNT),
+    ):
+        opt = getattr(_socket, name, None)
+        if opt is not None:
+            with contextlib.suppress(OSError):
+                sock.setsockopt(_socket.IPPROTO_TCP, opt, value)
+
+
 class SocketEnd:
-    """A connected trio stream socket (TCP with TCP_NODELAY, or AF_UNIX).
+    """A connected trio stream socket (TCP with TCP_NODELAY and keepalive probes, or AF_UNIX).
 
     ``abort`` sets SO_LINGER 0, so closing a TCP socket sends RST. A unix socket has no reset:
     its peer sees ECONNRESET only if it left bytes unread, EOF otherwise.
@@ -139,6 +163,7 @@ class SocketEnd:
         if sock.family in (_socket.AF_INET, _socket.AF_INET6):
             with contextlib.suppress(OSError):
                 sock.setsockopt(_socket.IPPROTO_TCP, _socket.TCP_NODELAY, 1)
+            set_keepalive(sock)
 
     async def recv(self, max_bytes: int) -> bytes:
         return await self.sock.recv(max_bytes)

@@ -75,16 +75,19 @@ class Address:
 
 
 class GuestPort:
-    """Frames on their way to the guest: bounded, never blocking the producer.
+    """Frames on their way to the guest: bounded in frames and in bytes (``max_bytes``, from
+    the ``mem-budget`` option), never blocking the producer.
 
     On a stream socket the door loop writes each burst's frames itself (:meth:`kick`, one
     non-blocking write, no task switch); the writer task only finishes what the socket did not
     take at once. Other transports always go through their writer task.
     """
 
-    def __init__(self, max_frames: int = 8192) -> None:
+    def __init__(self, max_frames: int = 8192, max_bytes: int = 32 << 20) -> None:
         self._queue: collections.deque[bytes] = collections.deque()
         self._max = max_frames
+        self._max_bytes = max_bytes
+        self.queued_bytes = 0
         self._wakeup = trio.Event()
         self.attached = False
         self.dropped = 0
@@ -95,10 +98,15 @@ class GuestPort:
         self.writer_busy = False
 
     def put(self, frame: bytes) -> None:
-        if not self.attached or len(self._queue) >= self._max:
+        if (
+            not self.attached
+            or len(self._queue) >= self._max
+            or self.queued_bytes + len(frame) > self._max_bytes
+        ):
             self.dropped += 1
             return
         self._queue.append(frame)
+        self.queued_bytes += len(frame)
         if self.direct_fd < 0:
             self._wakeup.set()
 
@@ -131,6 +139,7 @@ class GuestPort:
             frame = q.popleft()
             batch.append(frame)
             size += len(frame)
+        self.queued_bytes -= size
         return batch
 
     async def wait(self) -> None:
@@ -140,6 +149,7 @@ class GuestPort:
 
     def attach(self, direct_fd: int = -1) -> None:
         self._queue.clear()
+        self.queued_bytes = 0
         self.partial = b""
         self.writer_busy = False
         self.direct_fd = direct_fd
@@ -151,6 +161,7 @@ class GuestPort:
         self.partial = b""
         self.dropped += len(self._queue)
         self._queue.clear()
+        self.queued_bytes = 0
 
 
 async def _stream_writer(

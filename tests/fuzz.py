@@ -1,0 +1,1087 @@
+"""Stack-level fuzzer: guest frames that reach the protocols, mixed with host events.
+
+Theory of operation
+-------------------
+Mutating finished frames stops at the first checksum: almost every case is dropped as
+``ipv4_bad_checksum`` and the protocol code never runs. Here every generated frame is
+*guided* (built from the state the fuzzer has seen: the DHCP lease offered, the sequence
+numbers of the stack's SYN-ACK, the DNS query the relay sent upstream), then *mutated* at the
+level of its fields (flags, lengths, options, offsets, truncation, garbage), and then *fixed
+up*: the IPv4 header checksum and the TCP, UDP (or a UDP checksum of 0) and ICMP checksums are
+recomputed over whatever the mutation left, lying lengths included. So a lying UDP length or a
+TCP option list that runs off its header reaches the parser that must reject it.
+
+Each protocol (:data:`PROTOCOLS`) has its generator; a session starts from the guest frames and
+host events of a recorded real session (``captures/*.journal``, played back verbatim), then
+runs the generator, and between frames the fuzzer plays the shell: it answers the core's effects
+with host events (``TcpConnected``, ``TcpData`` within the credit granted or beyond it,
+``TcpSent``, ``TcpEof``, ``TcpReset``, ``UdpReceived`` with DNS answers built from the
+forwarded query, ICMP echo replies and errors, upstream lists, forwards, link changes) and
+advances time to the core's own deadlines or past them.
+
+libslirp's CVE shapes are among the generators' cases (``../shared/PEERS.md``): short and
+lying UDP to ports 67, 53 and 69 (CVE-2021-3592..3595), NC-SI frames (ethertype 0x88F8) and
+ARP cut short (CVE-2020-29129/29130), overlapping and overrunning fragments (CVE-2019-14378,
+-15890, CVE-2020-1983), urgent pointers and bad TCP option lengths.
+
+Checked: no exception escapes ``Stack.handle``; every table and buffer stays within its bound
+(:func:`check_bounds`); every session is journaled exactly as the door does and its journal
+replays identical.
+
+``python -m tests.fuzz --frames N`` runs N guest frames per protocol and prints frames/s, the
+core's counters and the peak memory; ``tests/test_fuzz.py`` runs a CI-sized slice.
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import errno as _errno
+import logging
+import random
+import resource
+import shutil
+import struct
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from replay.engine import format_divergence, replay_journal
+from slirptrio.config import parse_user_options
+from slirptrio.core.events import (
+    DnsUpstreams,
+    Effect,
+    Event,
+    GuestFrame,
+    GuestFwdAdd,
+    GuestFwdRemove,
+    GuestLink,
+    HostFwdChange,
+    IcmpEchoClose,
+    IcmpEchoError,
+    IcmpEchoOpen,
+    IcmpEchoReply,
+    IcmpEchoSend,
+    IcmpUnavailable,
+    SendFrame,
+    TcpClose,
+    TcpConnect,
+    TcpConnected,
+    TcpConnectFailed,
+    TcpData,
+    TcpEof,
+    TcpInbound,
+    TcpRecvCredit,
+    TcpReset,
+    TcpSend,
+    TcpSent,
+    Tick,
+    UdpClose,
+    UdpError,
+    UdpInbound,
+    UdpOpen,
+    UdpReceived,
+    UdpSend,
+    decode_event,
+)
+from slirptrio.core.stack import Stack
+from slirptrio.door import Door
+from slirptrio.journal import open_journal
+from slirptrio.journal.writer import Recorder
+from slirptrio.wire.checksum import internet_checksum, pseudo_header_sum
+from tests.journals import header_for
+
+REPO = Path(__file__).resolve().parents[1]
+CAPTURES = REPO / "captures"
+
+PROTOCOLS = ("arp", "dhcp", "dns", "icmp", "tcp", "udp", "frag", "l2")
+
+CONFIGS = (
+    "",
+    "hostloopback=off,mem-budget=1M,max-flows=64",
+    "restrict=on,hostfwd=tcp::2222-:22",
+    "mtu=576,guestfwd=tcp:10.0.2.100:80-cmd:cat",
+    "mtu=65520,dnssearch=example.test,hostname=fuzz",
+    "tftp=/nonexistent-fuzz-root,bootfile=pxelinux.0,ipv6=off",
+)
+
+SEC = 1_000_000_000
+MS = 1_000_000
+
+GUEST_MACS = [bytes.fromhex(h) for h in ("525400123456", "525400abcdef", "5254000000ff")]
+GW_MAC = bytes.fromhex("52550a000202")
+BCAST_MAC = b"\xff" * 6
+
+ETH_IP, ETH_ARP, ETH_IP6, ETH_NCSI, ETH_VLAN = 0x0800, 0x0806, 0x86DD, 0x88F8, 0x8100
+TCP, UDP, ICMP = 6, 17, 1
+FIN, SYN, RST, PSH, ACK, URG = 0x01, 0x02, 0x04, 0x08, 0x10, 0x20
+
+
+def ip4(text: str) -> bytes:
+    return bytes(int(p) for p in text.split("."))
+
+
+GUEST_IPS = [ip4(a) for a in ("10.0.2.15", "10.0.2.16", "10.0.2.30")]
+DESTS = [ip4(a) for a in (
+    "10.0.2.2", "10.0.2.3", "10.0.2.100", "10.0.2.77", "10.0.2.255", "203.0.113.1",
+    "203.0.113.200", "198.51.100.7", "127.0.0.1", "127.0.0.2", "0.0.0.0", "224.0.0.251",
+    "239.255.255.250", "240.0.0.1", "255.255.255.255",
+)]
+COMMON = DESTS[:7]  # the ones that go somewhere
+TCP_DESTS = [d for d in COMMON if d != ip4("10.0.2.255")]
+
+
+# ----------------------------------------------------------------------------- frame building
+
+
+def eth(dst: bytes, src: bytes, ethertype: int, payload: bytes) -> bytes:
+    return dst + src + struct.pack("!H", ethertype) + payload
+
+
+def ipv4(src: bytes, dst: bytes, proto: int, payload: bytes, *, ident: int = 1, ttl: int = 64,
+         frag: int = 0, options: bytes = b"") -> bytes:
+    hlen = 20 + len(options)
+    hdr = struct.pack("!BBHHHBBH4s4s", 0x40 | (hlen // 4), 0, hlen + len(payload), ident & 0xFFFF,
+                      frag, ttl, proto, 0, src, dst) + options
+    return hdr + payload
+
+
+def udp(sport: int, dport: int, payload: bytes) -> bytes:
+    return struct.pack("!HHHH", sport, dport, 8 + len(payload), 0) + payload
+
+
+def tcp(sport: int, dport: int, seq: int, ack: int, flags: int, window: int,
+        payload: bytes = b"", *, options: bytes = b"", urgent: int = 0) -> bytes:
+    options += b"\x01" * (-len(options) % 4)
+    off = (20 + len(options)) // 4
+    return struct.pack("!HHIIBBHHH", sport, dport, seq & 0xFFFFFFFF, ack & 0xFFFFFFFF,
+                       (off & 0xF) << 4, flags & 0xFF, window & 0xFFFF, 0, urgent & 0xFFFF
+                       ) + options + payload
+
+
+def icmp(type_: int, code: int, rest: bytes, data: bytes) -> bytes:
+    return struct.pack("!BBH", type_, code, 0) + rest[:4].ljust(4, b"\0") + data
+
+
+def fixup(frame: bytes, rng: random.Random, *, keep_lengths: bool = False) -> bytes:
+    """Recompute the IPv4 header checksum and the L4 checksum over whatever ``frame`` holds
+    (a UDP checksum may become 0 instead); with ``keep_lengths`` lying lengths stay lies."""
+    b = bytearray(frame)
+    if len(b) < 34 or b[12:14] != b"\x08\x00" or b[14] >> 4 != 4:
+        return bytes(b)
+    ihl = (b[14] & 0xF) * 4
+    if ihl < 20 or 14 + ihl > len(b):
+        return bytes(b)
+    if not keep_lengths:
+        struct.pack_into("!H", b, 16, min(len(b) - 14, 0xFFFF))
+    total = struct.unpack_from("!H", b, 16)[0]
+    b[24:26] = b"\0\0"
+    struct.pack_into("!H", b, 24, internet_checksum(b[14 : 14 + ihl]))
+    frag = struct.unpack_from("!H", b, 20)[0]
+    if frag & 0x3FFF:  # a fragment: its L4 checksum belongs to the whole datagram
+        return bytes(b)
+    start = 14 + ihl
+    end = min(len(b), 14 + max(total, ihl))
+    l4 = b[start:end]
+    src, dst, proto = bytes(b[26:30]), bytes(b[30:34]), b[23]
+    if proto == TCP and len(l4) >= 20:
+        l4[16:18] = b"\0\0"
+        struct.pack_into("!H", l4, 16, internet_checksum(l4, pseudo_header_sum(src, dst, TCP,
+                                                                                 len(l4))))
+    elif proto == UDP and len(l4) >= 8:
+        l4[6:8] = b"\0\0"
+        if rng.random() < 0.7:
+            ulen = struct.unpack_from("!H", l4, 4)[0]
+            n = ulen if 8 <= ulen <= len(l4) else len(l4)
+            csum = internet_checksum(l4[:n], pseudo_header_sum(src, dst, UDP, n))
+            struct.pack_into("!H", l4, 6, csum or 0xFFFF)
+    elif proto == ICMP and len(l4) >= 4:
+        l4[2:4] = b"\0\0"
+        struct.pack_into("!H", l4, 2, internet_checksum(l4))
+    b[start:end] = l4
+    return bytes(b)
+
+
+INTERESTING16 = (0, 1, 2, 7, 8, 19, 20, 21, 0x7F, 0x80, 0xFF, 0x100, 0x7FFF, 0x8000, 0xFFFE,
+                 0xFFFF)
+
+
+def mutate_bytes(data: bytes, rng: random.Random, start: int = 0) -> bytes:
+    """A few random edits at or after ``start``: flips, interesting values, cuts, garbage."""
+    b = bytearray(data)
+    for _ in range(rng.randint(1, 4)):
+        if len(b) <= start:
+            b += rng.randbytes(rng.randint(1, 16))
+            continue
+        i = rng.randrange(start, len(b))
+        op = rng.random()
+        if op < 0.35:
+            b[i] ^= 1 << rng.randrange(8)
+        elif op < 0.55:
+            b[i] = rng.choice((0, 1, 0x7F, 0x80, 0xFF, rng.randrange(256)))
+        elif op < 0.7 and i + 1 < len(b):
+            struct.pack_into("!H", b, i, rng.choice(INTERESTING16))
+        elif op < 0.8:
+            del b[rng.randrange(start, len(b)) :]
+        elif op < 0.9:
+            b[i:i] = rng.randbytes(rng.randint(1, 40))
+        else:
+            j = rng.randrange(start, len(b))
+            b[i], b[j] = b[j], b[i]
+    return bytes(b)
+
+
+def mutate_ip(frame: bytes, rng: random.Random) -> tuple[bytes, bool]:
+    """Mutate an IPv4 frame's header or payload; True when a length lie must stay."""
+    b = bytearray(frame)
+    if len(b) < 34:
+        return bytes(b), False
+    op = rng.random()
+    if op < 0.5:  # the transport header and payload
+        return mutate_bytes(bytes(b), rng, 34), False
+    if op < 0.6:  # IPv4 options (the header grows; garbage options)
+        opts = rng.choice((b"\x01\x01\x01\x00", b"\x07\x03\x04\x00", b"\x44\x02\x00\x00",
+                           rng.randbytes(4 * rng.randint(1, 10))))
+        b[14] = 0x40 | ((20 + len(opts)) // 4)
+        b[34:34] = opts
+        return bytes(b), False
+    if op < 0.7:  # total length lie
+        struct.pack_into("!H", b, 16, rng.choice((20, len(b) - 15, len(b) - 13, 0xFFFF,
+                                                  rng.randrange(0x10000))))
+        return bytes(b), True
+    if op < 0.8:  # flags and fragment offset
+        struct.pack_into("!H", b, 20, rng.choice((0x2000, 0x4000, 0x8000, 0x1FFF, 0x2001,
+                                                  rng.randrange(0x10000))))
+        return bytes(b), False
+    if op < 0.9:  # protocol, TTL, TOS, header length
+        field_ = rng.choice((23, 22, 15, 14))
+        b[field_] = rng.randrange(256) if field_ != 14 else 0x40 | rng.randrange(16)
+        return bytes(b), field_ == 14
+    return mutate_bytes(bytes(b), rng, 14), rng.random() < 0.5
+
+
+# ------------------------------------------------------------------------ the shell's view
+
+
+@dataclass
+class TcpFlowView:
+    credit: int = 0
+    unsent: int = 0
+    connected: bool = False
+    inbound: bool = False
+
+
+@dataclass
+class GuestConn:
+    """The guided guest's side of one TCP connection."""
+
+    mac: bytes
+    src: bytes
+    sport: int
+    dst: bytes
+    dport: int
+    iss: int
+    nxt: int  # next sequence number we send
+    peer_nxt: int | None = None  # what we acknowledge (from the stack's segments)
+    peer_ack: int = 0  # the highest ack the stack sent us
+
+
+@dataclass
+class Stats:
+    frames: collections.Counter[str] = field(default_factory=collections.Counter)
+    events: int = 0
+    seconds: dict[str, float] = field(default_factory=lambda: collections.defaultdict(float))
+    counters: collections.Counter[str] = field(default_factory=collections.Counter)
+    sessions: int = 0
+    replayed: int = 0
+    segments: int = 0  # journal segments replayed, each from a snapshot after the first
+    max_tcp: int = 0
+    max_udp: int = 0
+    max_mem_used: int = 0
+    max_reasm_bytes: int = 0
+
+
+def check_bounds(stack: Stack) -> None:
+    """Every table and buffer of the core within its bound."""
+    t = stack.tcp
+    assert len(t) <= t.max_flows, len(t)
+    assert t._half_open <= t.max_half_open
+    assert t.mem_used <= t.mem_budget + t.mem_budget // 2 + 2 * t.buffer_size, t.mem_used
+    assert t.mem_used == sum(c.charged for c in t._by_flow.values())
+    for c in t._by_flow.values():
+        assert c.ooo_bytes <= t.buffer_size + t.mss and len(c.ooo) <= t.max_ooo_segments
+        assert len(c.sndbuf) <= t.buffer_size + (1 << 18), len(c.sndbuf)  # + one overrun read
+    assert len(stack.udp) <= stack.udp.max_flows
+    assert len(stack.echo) <= stack.echo.max_flows
+    assert stack.udp.dns.pending() <= stack.udp.dns.max_pending
+    r = stack._reasm
+    assert len(r) <= r.max_datagrams and r.total_bytes <= r.max_total_bytes
+    assert len(stack._arp_table) <= 256
+    assert len(stack._dhcp._last) <= 64 and len(stack._dhcp._leases) <= 16
+    assert len(stack.counters) < 600, sorted(stack.counters)
+
+
+# ----------------------------------------------------------------------------- the fuzzer
+
+
+class StrictDoor(Door):
+    """The door, except that an exception from the core is a finding: it propagates."""
+
+    def step(self, event: Event, now_ns: int) -> list[Effect]:
+        if now_ns < self.now_ns:
+            now_ns = self.now_ns
+        self.now_ns = now_ns
+        effects = self.stack.handle(event, now_ns)
+        if self.sink is not None:
+            self.sink(self.seq, now_ns, event, effects)
+        self.seq += 1
+        return effects
+
+
+class Session:
+    """One Stack behind a door that journals as the runtime's does (segments with snapshots
+    when ``journal_max`` bounds it), driven by one protocol's generator."""
+
+    def __init__(self, rng: random.Random, protocol: str, config: str, journal: Path,
+                 seed: int, journal_max: int | None = None) -> None:
+        self.rng = rng
+        self.protocol = protocol
+        cfg = parse_user_options(config)
+        self.stack = Stack(cfg, seed)
+        self.recorder = Recorder.open(
+            header_for(cfg, seed), journal_dir=str(journal), pcap_path=None,
+            journal_max=journal_max, pcap_max=None, threaded=False,
+        )
+        self.door = StrictDoor(self.stack, self.recorder)
+        self.recorder.attach(self.door.snapshot)
+        self.journal = journal
+        self.now = 0
+        self.seq = 0
+        self.tcp: dict[int, TcpFlowView] = {}
+        self.udp: set[int] = set()
+        self.dns_flows: dict[int, list[bytes]] = {}  # relay flows and the queries sent there
+        self.echo: dict[int, list[int]] = {}
+        self.conns: list[GuestConn] = []
+        self.lease: bytes = GUEST_IPS[0]
+        self.next_inbound = 1 << 32
+        self.frames = 0
+
+    # --- the door
+    def step(self, event: Event) -> list[Effect]:
+        try:
+            effects = self.door.step(event, self.now)
+        except Exception:
+            self.recorder.close()
+            print(f"fuzz: exception in Stack.handle; journal kept: {self.journal}",
+                  file=sys.stderr)
+            raise
+        self.seq += 1
+        if self.seq % 64 == 0:
+            self.recorder.flush()  # between steps, as the runtime flushes after a burst
+        self.observe(effects)
+        return effects
+
+    def frame(self, data: bytes) -> None:
+        self.frames += 1
+        self.step(GuestFrame(data))
+
+    def advance(self) -> None:
+        rng = self.rng
+        due = self.stack.poll_at()
+        if due is not None and rng.random() < 0.6:
+            self.now = max(self.now, due + rng.choice((0, 0, 1, rng.randrange(50 * MS))))
+        else:
+            self.now += rng.choice((1, MS, 10 * MS, 200 * MS, SEC, 5 * SEC, 70 * SEC))
+        self.step(Tick())
+
+    # --- the shell's view of effects
+    def observe(self, effects: list[Effect]) -> None:
+        for e in effects:
+            t = type(e)
+            if t is SendFrame:
+                assert isinstance(e, SendFrame)
+                self.observe_frame(e.data)
+            elif t is TcpConnect:
+                assert isinstance(e, TcpConnect)
+                self.tcp[e.flow] = TcpFlowView()
+            elif t is TcpRecvCredit:
+                assert isinstance(e, TcpRecvCredit)
+                if e.flow in self.tcp:
+                    self.tcp[e.flow].credit += e.n
+            elif t is TcpSend:
+                assert isinstance(e, TcpSend)
+                if e.flow in self.tcp:
+                    self.tcp[e.flow].unsent += len(e.data)
+            elif t is TcpClose:
+                assert isinstance(e, TcpClose)
+                self.tcp.pop(e.flow, None)
+            elif t is UdpOpen:
+                assert isinstance(e, UdpOpen)
+                if e.port == 53 and e.host in self.upstream_hosts():
+                    self.dns_flows[e.flow] = []
+                else:
+                    self.udp.add(e.flow)
+            elif t is UdpSend:
+                assert isinstance(e, UdpSend)
+                if e.flow in self.dns_flows:
+                    q = self.dns_flows[e.flow]
+                    q.append(e.data)
+                    del q[:-8]
+            elif t is UdpClose:
+                assert isinstance(e, UdpClose)
+                self.udp.discard(e.flow)
+                self.dns_flows.pop(e.flow, None)
+            elif t is IcmpEchoOpen:
+                assert isinstance(e, IcmpEchoOpen)
+                self.echo[e.flow] = []
+            elif t is IcmpEchoSend:
+                assert isinstance(e, IcmpEchoSend)
+                if e.flow in self.echo:
+                    self.echo[e.flow] = [*self.echo[e.flow][-4:], e.seq]
+            elif t is IcmpEchoClose:
+                assert isinstance(e, IcmpEchoClose)
+                self.echo.pop(e.flow, None)
+
+    upstreams = "127.0.0.1:53 203.0.113.53:53"
+
+    def upstream_hosts(self) -> set[str]:
+        return {u.rpartition(":")[0].strip("[]") for u in self.upstreams.split()}
+
+    def observe_frame(self, f: bytes) -> None:
+        if len(f) < 54 or f[12:14] != b"\x08\x00":
+            return
+        ihl = (f[14] & 0xF) * 4
+        proto, src, dst = f[23], f[26:30], f[30:34]
+        l4 = f[14 + ihl : 14 + struct.unpack_from("!H", f, 16)[0]]  # frames come padded
+        if proto == UDP and len(l4) >= 8 + 240 and l4[0:2] == b"\x00\x43":
+            yiaddr = l4[8 + 16 : 8 + 20]
+            if yiaddr != b"\0\0\0\0":
+                self.lease = yiaddr
+        elif proto == TCP and len(l4) >= 20:
+            sport, dport, seq, ack, off, flags = struct.unpack_from("!HHIIBB", l4)
+            for c in self.conns:
+                if c.dport == sport and c.sport == dport and c.dst == src and c.src == dst:
+                    plen = max(0, len(l4) - (off >> 4) * 4)
+                    end = (seq + plen + (1 if flags & (SYN | FIN) else 0)) & 0xFFFFFFFF
+                    ahead = c.peer_nxt is None or 0 < ((end - c.peer_nxt) & 0xFFFFFFFF) < 1 << 31
+                    if ahead or flags & SYN:
+                        c.peer_nxt = end
+                    if flags & ACK:
+                        c.peer_ack = ack
+                    if flags & RST:
+                        self.conns.remove(c)
+                    break
+
+    # --- host events, answering the core as the shell would
+    def host_event(self) -> None:
+        rng = self.rng
+        choices: list[Callable[[], Event | None]] = [self.tcp_event] * 6
+        if self.udp:
+            choices += [self.udp_event] * 2
+        if self.dns_flows:
+            choices += [self.dns_event] * 3
+        if self.echo:
+            choices += [self.echo_event] * 2
+        choices += [self.misc_event]
+        ev = rng.choice(choices)()
+        if ev is not None:
+            self.step(ev)
+
+    def tcp_event(self) -> Event | None:
+        rng = self.rng
+        if not self.tcp:
+            return None
+        pending = [f for f, v in self.tcp.items() if not v.connected and not v.inbound]
+        flow = rng.choice(pending if pending and rng.random() < 0.5 else list(self.tcp))
+        v = self.tcp[flow]
+        r = rng.random()
+        if not v.connected and not v.inbound:
+            if r < 0.85:
+                v.connected = True
+                return TcpConnected(flow)
+            self.tcp.pop(flow)
+            return TcpConnectFailed(flow, rng.choice((_errno.ECONNREFUSED, _errno.ETIMEDOUT,
+                                                      _errno.EHOSTUNREACH, _errno.EMFILE)))
+        if r < 0.45 and v.credit > 0:
+            n = min(v.credit, rng.choice((1, 100, 1460, 5000, 20000)))
+            v.credit -= n
+            return TcpData(flow, rng.randbytes(n))
+        if r < 0.5:
+            return TcpData(flow, rng.randbytes(rng.randint(1, 3000)))  # beyond any credit
+        if r < 0.8 and v.unsent > 0:
+            n = rng.randint(1, v.unsent)
+            v.unsent -= n
+            return TcpSent(flow, n)
+        if r < 0.82:
+            return TcpSent(flow, rng.randint(1, 100000))  # more than was asked
+        if r < 0.9:
+            return TcpEof(flow)
+        if r < 0.94:
+            return TcpReset(flow, rng.choice((_errno.ECONNRESET, _errno.ETIMEDOUT, _errno.EPIPE)))
+        return TcpData(rng.randrange(1, 50), b"stale")
+
+    def udp_event(self) -> Event | None:
+        rng = self.rng
+        flow = rng.choice(list(self.udp))
+        if rng.random() < 0.75:
+            return UdpReceived(flow, rng.randbytes(rng.choice((0, 1, 8, 100, 1472, 4000, 70000))))
+        return UdpError(flow, rng.choice((_errno.ECONNREFUSED, _errno.EHOSTUNREACH,
+                                          _errno.EMSGSIZE, 0)),
+                        rng.randrange(5), rng.randrange(16), rng.randrange(20),
+                        rng.choice((0, 576, 1280, 100000)),
+                        rng.choice(("", "203.0.113.9", "127.0.0.1", "::1", "garbage", "1.2.3")))
+
+    def dns_event(self) -> Event | None:
+        rng = self.rng
+        flow = rng.choice(list(self.dns_flows))
+        queries = self.dns_flows[flow]
+        if queries and rng.random() < 0.8:
+            q = rng.choice(queries)
+            ans = bytearray(q)
+            if len(ans) >= 4:
+                ans[2] |= 0x80
+                ans[3] = (ans[3] & 0xF0) | rng.choice((0, 0, 0, 2, 3))
+            if rng.random() < 0.5 and len(ans) >= 12:
+                struct.pack_into("!H", ans, 6, 1)
+                ans += b"\xc0\x0c\x00\x01\x00\x01\x00\x00\x00\x3c\x00\x04" + rng.randbytes(4)
+            if rng.random() < 0.3:
+                ans = bytearray(mutate_bytes(bytes(ans), rng))
+            return UdpReceived(flow, bytes(ans))
+        if rng.random() < 0.5:
+            return UdpReceived(flow, rng.randbytes(rng.randint(0, 60)))
+        return UdpError(flow, _errno.ECONNREFUSED, 2, 3, 3, 0, "")
+
+    def echo_event(self) -> Event | None:
+        rng = self.rng
+        flow = rng.choice(list(self.echo))
+        seqs = self.echo[flow] or [rng.randrange(0x10000)]
+        r = rng.random()
+        if r < 0.7:
+            return IcmpEchoReply(flow, rng.choice(seqs), rng.randbytes(rng.choice((0, 8, 56,
+                                                                                  1500))))
+        if r < 0.95:
+            return IcmpEchoError(flow, 0, rng.randrange(5), rng.choice((3, 11, 12, 5, 1, 2)),
+                                 rng.randrange(16), rng.choice((0, 1280, 9000)),
+                                 rng.choice(("", "198.51.100.1", "0.0.0.0", "fe80::1")))
+        return IcmpUnavailable(flow, _errno.EPERM)
+
+    def misc_event(self) -> Event | None:
+        rng = self.rng
+        r = rng.random()
+        if r < 0.2:
+            self.upstreams = rng.choice((
+                "127.0.0.1:53 203.0.113.53:53", "203.0.113.53:53", "[::1]:53 127.0.0.53:53",
+                "", "nonsense 1.2.3.4:99999 [::1]", "0.0.0.0:53",
+            ))
+            return DnsUpstreams(self.upstreams)
+        if r < 0.35:
+            return GuestLink(rng.random() < 0.5)
+        if r < 0.55:
+            flow = self.next_inbound
+            self.next_inbound += 1
+            self.tcp[flow] = TcpFlowView(connected=True, inbound=True)
+            return TcpInbound(flow, rng.choice(("10.0.2.15", "10.0.2.16", "10.0.2.2",
+                                                "203.0.113.1", "x")), rng.choice((22, 80, 0)),
+                              rng.choice(("127.0.0.1", "203.0.113.9", "::1", "")),
+                              rng.randrange(0x10000))
+        if r < 0.7:
+            return UdpInbound(rng.randrange(5), rng.choice(("10.0.2.15", "10.0.2.3", "bad")),
+                              rng.choice((53, 5000, 0)), rng.choice(("127.0.0.1", "192.0.2.9")),
+                              rng.randrange(0x10000), rng.randbytes(rng.randint(0, 600)))
+        if r < 0.8:
+            return GuestFwdAdd(rng.randrange(4), rng.choice(("10.0.2.100", "10.0.2.101", "bad")),
+                               rng.choice((80, 443)))
+        if r < 0.85:
+            return GuestFwdRemove(rng.randrange(4))
+        if r < 0.9:
+            return HostFwdChange("tcp::2222-:22", rng.randrange(65536), rng.random() < 0.5)
+        if r < 0.95:
+            return IcmpUnavailable(rng.randrange(1, 50), _errno.EPERM)
+        return UdpReceived(rng.randrange(1, 100), b"for nobody")
+
+    # --- guest frame generators, one per protocol
+    def mac(self) -> bytes:
+        return self.rng.choice(GUEST_MACS)
+
+    def guest_ip(self) -> bytes:
+        return self.lease if self.rng.random() < 0.8 else self.rng.choice(GUEST_IPS)
+
+    def finish(self, frame: bytes, *, mutate: float = 0.3) -> bytes:
+        rng = self.rng
+        keep = False
+        if rng.random() < mutate:
+            frame, keep = mutate_ip(frame, rng)
+        if rng.random() < 0.97:
+            frame = fixup(frame, rng, keep_lengths=keep)
+        return frame
+
+    def ip_frame(self, dst: bytes, proto: int, l4: bytes, *, src: bytes | None = None,
+                 mutate: float = 0.3) -> bytes:
+        rng = self.rng
+        d_mac = BCAST_MAC if dst[0] >= 224 or dst[3] == 255 else GW_MAC
+        frame = eth(d_mac, self.mac(), ETH_IP,
+                    ipv4(src or self.guest_ip(), dst, proto, l4, ident=rng.randrange(0x10000)))
+        return self.finish(frame, mutate=mutate)
+
+    def gen_arp(self) -> bytes:
+        rng = self.rng
+        mac = self.mac()
+        op = rng.choice((1, 1, 1, 2, 3, 0))
+        target = rng.choice(DESTS + GUEST_IPS)
+        sender = rng.choice((self.guest_ip(), b"\0\0\0\0", rng.choice(DESTS)))
+        body = struct.pack("!HHBBH6s4s6s4s", 1, 0x0800, 6, 4, op, mac, sender, b"\0" * 6, target)
+        if rng.random() < 0.3:
+            body = mutate_bytes(body, rng)
+        if rng.random() < 0.15:
+            body = body[: rng.randrange(len(body) + 1)]  # cut short (CVE-2020-29130)
+        return eth(rng.choice((BCAST_MAC, GW_MAC)), mac, ETH_ARP, body)
+
+    def dhcp_message(self) -> bytes:
+        rng = self.rng
+        mac = self.mac()
+        kind = rng.choice((1, 3, 3, 7, 4, 8, 2, 9, 0))
+        ciaddr = rng.choice((b"\0\0\0\0", self.lease, rng.choice(GUEST_IPS)))
+        fixed = struct.pack("!BBBBIHH4s4s4s4s16s64s128s", rng.choice((1, 1, 1, 2, 0)), 1, 6, 0,
+                            rng.randrange(1 << 32), 0, rng.choice((0, 0x8000)), ciaddr,
+                            b"\0" * 4, b"\0" * 4, b"\0" * 4, mac.ljust(16, b"\0"), b"", b"")
+        opts = bytearray(b"\x63\x82\x53\x63")
+        if kind:
+            opts += bytes((53, 1, kind))
+        if rng.random() < 0.6:
+            opts += bytes((50, 4)) + rng.choice((self.lease, rng.choice(GUEST_IPS), DESTS[5]))
+        if rng.random() < 0.5:
+            opts += bytes((54, 4)) + rng.choice((ip4("10.0.2.2"), DESTS[5]))
+        if rng.random() < 0.4:
+            opts += bytes((55, 8, 1, 3, 6, 12, 15, 26, 28, 119))
+        if rng.random() < 0.3:  # options with lying lengths, overloads, pads
+            opts += rng.choice((bytes((61, 200, 1)), bytes((52, 1, 3)), bytes((12, 0)),
+                                b"\0" * 10, bytes((53, 2, 3, 3)), rng.randbytes(20)))
+        if rng.random() < 0.9:
+            opts += b"\xff"
+        msg = fixed + bytes(opts)
+        if rng.random() < 0.2:
+            msg = mutate_bytes(msg, rng, 236)
+        if rng.random() < 0.1:
+            msg = msg[: rng.randrange(0, 240)]  # shorter than bootp_t (CVE-2021-3592)
+        return msg
+
+    def gen_dhcp(self) -> bytes:
+        rng = self.rng
+        body = udp(68, 67, self.dhcp_message())
+        src = b"\0\0\0\0" if rng.random() < 0.7 else self.lease
+        dst = rng.choice((b"\xff\xff\xff\xff", b"\xff\xff\xff\xff", ip4("10.0.2.2"),
+                          ip4("10.0.2.255"), ip4("10.0.2.3")))
+        return self.udp_frame(src, dst, body)
+
+    def udp_frame(self, src: bytes, dst: bytes, body: bytes) -> bytes:
+        """A UDP frame, sometimes with a lying UDP length and a zero checksum."""
+        rng = self.rng
+        lie = rng.random() < 0.15
+        if lie:
+            b = bytearray(body)
+            struct.pack_into("!H", b, 4, rng.choice((0, 7, 8, 9, len(b) - 1, len(b) + 1,
+                                                     0xFFFF)))
+            body = bytes(b)
+        frame = eth(BCAST_MAC if dst[0] >= 224 or dst[3] == 255 else GW_MAC, self.mac(), ETH_IP,
+                    ipv4(src, dst, UDP, body, ident=rng.randrange(0x10000)))
+        if lie:  # checksum 0: the parser must catch the lie itself
+            fixed = bytearray(fixup(frame, rng))
+            fixed[40:42] = b"\0\0"
+            return bytes(fixed)
+        return self.finish(frame, mutate=0.2)
+
+    def dns_query(self) -> bytes:
+        rng = self.rng
+        labels = [rng.choice((b"example", b"a" * 63, b"xn--p1ai", b"", rng.randbytes(5)))
+                  for _ in range(rng.randint(1, 4))]
+        name = b"".join(bytes((len(x),)) + x for x in labels if x) + b"\0"
+        if rng.random() < 0.1:
+            name = rng.choice((b"\xc0\x0c", b"\xc0\xff", b"\x3f" + b"a" * 10, b"\x80abc\0"))
+        qd = rng.choice((1, 1, 1, 0, 2, 0xFFFF))
+        flags = rng.choice((0x0100, 0x0100, 0x8180, 0x7800, 0x0110))
+        msg = struct.pack("!HHHHHH", rng.randrange(0x10000), flags, qd, 0, 0, 0) + name + \
+            struct.pack("!HH", rng.choice((1, 28, 255, 16)), 1)
+        if rng.random() < 0.15:
+            msg = mutate_bytes(msg, rng)
+        if rng.random() < 0.1:
+            msg = msg[: rng.randrange(13)]  # shorter than a DNS header (CVE-2021-3594 shape)
+        return msg
+
+    def gen_dns(self) -> bytes:
+        rng = self.rng
+        body = udp(rng.choice((33000, 33001, 5353, 0)), 53, self.dns_query())
+        dst = ip4("10.0.2.3") if rng.random() < 0.85 else rng.choice(COMMON)
+        return self.udp_frame(self.guest_ip(), dst, body)
+
+    def gen_icmp(self) -> bytes:
+        rng = self.rng
+        r = rng.random()
+        dst = rng.choice(DESTS)
+        if r < 0.7:
+            msg = icmp(8, 0, struct.pack("!HH", rng.choice((7, 8, 9)), rng.randrange(0x10000)),
+                       rng.randbytes(rng.choice((0, 8, 56, 1400, 3000))))
+        elif r < 0.85:  # an error quoting something
+            quoted = ipv4(self.guest_ip(), rng.choice(DESTS), rng.choice((TCP, UDP, ICMP)),
+                          rng.randbytes(8))
+            msg = icmp(rng.choice((3, 11, 12, 5, 4)), rng.randrange(16), b"\0\0\0\0",
+                       quoted[: rng.randrange(len(quoted) + 1)])
+        else:
+            msg = icmp(rng.randrange(256), rng.randrange(256), rng.randbytes(4),
+                       rng.randbytes(rng.randint(0, 40)))
+        return self.ip_frame(dst, ICMP, msg)
+
+    def gen_udp(self) -> bytes:
+        rng = self.rng
+        r = rng.random()
+        if r < 0.3:  # TFTP read requests, short and lying (CVE-2021-3595)
+            rrq = rng.choice((b"\x00\x01file\x00octet\x00", b"\x00\x01", b"\x00",
+                              b"\x00\x01" + b"x" * 600 + b"\x00netascii\x00blksize\x001428\x00",
+                              rng.randbytes(rng.randint(0, 20))))
+            body = udp(rng.randrange(1024, 65536), 69, rrq)
+            dst = rng.choice((ip4("10.0.2.2"), DESTS[5]))
+        else:
+            dport = rng.choice((7, 9, 53, 67, 68, 123, 137, 1900, 5353, 0, rng.randrange(65536)))
+            body = udp(rng.choice((5000, 5001, 68, 0)), dport,
+                       rng.randbytes(rng.choice((0, 1, 20, 512, 1472, 2000))))
+            dst = rng.choice(DESTS)
+        return self.udp_frame(self.guest_ip(), dst, body)
+
+    def tcp_options(self, syn: bool) -> bytes:
+        rng = self.rng
+        if rng.random() < 0.2:  # lying lengths (libslirp's tcp_dooptions had its share)
+            return rng.choice((bytes((2, 0)), bytes((2, 1, 5)), bytes((2, 40, 1, 1)),
+                               bytes((3, 3)), bytes((8, 2)), bytes((254, 255)),
+                               rng.randbytes(rng.choice((4, 12, 40)))))
+        if not syn:
+            return b"" if rng.random() < 0.8 else bytes((1, 1, 8, 10)) + rng.randbytes(8)
+        opts = b""
+        if rng.random() < 0.8:
+            opts += struct.pack("!BBH", 2, 4, rng.choice((1460, 536, 65495, 0, 1, 48, 9000)))
+        if rng.random() < 0.6:
+            opts += bytes((1, 3, 3, rng.choice((0, 7, 14, 15, 200))))
+        if rng.random() < 0.4:
+            opts += bytes((1, 1, 4, 2))
+        return opts
+
+    def gen_tcp(self) -> bytes:
+        rng = self.rng
+        conns = self.conns
+        r = rng.random()
+        if r < 0.12 or not conns:
+            dst = rng.choice(DESTS) if rng.random() < 0.1 else rng.choice(TCP_DESTS)
+            c = GuestConn(self.mac(), self.guest_ip(), rng.randrange(1024, 65536), dst,
+                          rng.choice((80, 22, 53, 8080, 0, 443)), rng.randrange(1 << 32), 0)
+            c.nxt = c.iss + 1
+            if len(conns) >= 64:  # make room: connections that went nowhere must not pile up
+                conns.pop(rng.randrange(len(conns)))
+            conns.append(c)
+            flags = SYN if rng.random() < 0.9 else rng.choice((SYN | FIN, SYN | RST, SYN | ACK,
+                                                               FIN, 0, 0xFF))
+            seg = tcp(c.sport, c.dport, c.iss, 0, flags, rng.choice((64240, 0, 65535, 1)),
+                      options=self.tcp_options(True))
+            return self.ip_frame(c.dst, TCP, seg, src=c.src, mutate=0.1)
+        synced = [c for c in conns if c.peer_nxt is not None]
+        c = rng.choice(synced if synced and rng.random() < 0.8 else conns)
+        ack = c.peer_nxt if c.peer_nxt is not None else rng.randrange(1 << 32)
+        window = rng.choice((65535, 65535, 29200, 0, 1, 512))
+        seq = c.nxt
+        flags = ACK
+        payload = b""
+        urgent = 0
+        kind = rng.random()
+        if kind < 0.45:  # data
+            payload = rng.randbytes(rng.choice((1, 10, 100, 536, 1460, 3000)))
+            flags |= PSH if rng.random() < 0.5 else 0
+            if rng.random() < 0.1:
+                flags |= URG
+                urgent = rng.choice((0, 1, len(payload), len(payload) + 1, 0xFFFF))
+            if rng.random() < 0.85:
+                c.nxt += len(payload)
+            else:
+                seq = c.nxt + rng.choice((len(payload), 70000, -len(payload), 1 << 31))
+        elif kind < 0.55:  # keepalive and window probes
+            seq = c.nxt - 1
+            payload = b"" if rng.random() < 0.7 else b"\0"
+        elif kind < 0.62:
+            flags |= FIN
+            c.nxt += 1
+        elif kind < 0.66:
+            flags = RST | rng.choice((0, ACK))
+            seq = c.nxt + rng.choice((0, 0, 1, 100000))
+        elif kind < 0.7:
+            flags = SYN | rng.choice((0, ACK))
+            seq = c.iss
+        elif kind < 0.75:  # old duplicates, wild acks
+            seq = c.nxt - rng.choice((1, 100, 1 << 20))
+            ack = (ack + rng.choice((-1, 1, 1 << 31))) & 0xFFFFFFFF
+        elif kind < 0.8:
+            flags = rng.randrange(256)
+        # else: a pure ACK
+        seg = tcp(c.sport, c.dport, seq, ack, flags, window, payload,
+                  options=self.tcp_options(False), urgent=urgent)
+        return self.ip_frame(c.dst, TCP, seg, src=c.src, mutate=0.1)
+
+    def gen_frag(self) -> bytes:
+        """Fragments of a datagram (sent one per call, queued): overlaps with different bytes,
+        duplicates, tiny and overrunning pieces, lying offsets (ip_reass CVEs)."""
+        rng = self.rng
+        if not self._frags:
+            proto = rng.choice((UDP, ICMP, TCP))
+            if proto == UDP:
+                inner = udp(5000, rng.choice((7, 53, 67, 69)), rng.randbytes(rng.randint(0, 4000)))
+            elif proto == ICMP:
+                inner = icmp(8, 0, b"\0\x07\0\x01", rng.randbytes(rng.randint(0, 4000)))
+            else:
+                inner = tcp(40000, 80, 1, 0, SYN, 65535, rng.randbytes(rng.randint(0, 100)))
+            src, dst = self.guest_ip(), rng.choice(COMMON)
+            whole = fixup(eth(GW_MAC, self.mac(), ETH_IP, ipv4(src, dst, proto, inner)), rng)
+            inner = whole[34:]
+            ident = rng.randrange(0x10000)
+            pieces: list[tuple[int, bytes, bool]] = []
+            off = 0
+            while off < len(inner):
+                n = rng.choice((8, 16, 256, 1024, 1480, len(inner)))
+                chunk = inner[off : off + n]
+                pieces.append((off, chunk, off + n < len(inner)))
+                off += n
+            r = rng.random()
+            if r < 0.15 and pieces:  # an overlap with different bytes
+                o, chunk, mf = rng.choice(pieces)
+                pieces.append((o, bytes(len(chunk)), mf))
+            elif r < 0.3 and pieces:  # a duplicate
+                pieces.append(rng.choice(pieces))
+            elif r < 0.4:  # past 65535 ("ping of death")
+                pieces.append((65528, rng.randbytes(16), False))
+            elif r < 0.5:  # odd-sized middle pieces, a lying last one
+                pieces.append((rng.randrange(0, 8192) & ~7, rng.randbytes(rng.randint(1, 9)),
+                               rng.random() < 0.5))
+            if rng.random() < 0.5:
+                rng.shuffle(pieces)
+            for o, chunk, mf in pieces:
+                frag = ((0x2000 if mf else 0) | ((o >> 3) & 0x1FFF))
+                self._frags.append(fixup(eth(GW_MAC, self.mac(), ETH_IP,
+                                             ipv4(src, dst, proto, chunk, ident=ident,
+                                                  frag=frag)), rng))
+        return self._frags.popleft()
+
+    _frags: collections.deque[bytes]
+
+    def gen_l2(self) -> bytes:
+        rng = self.rng
+        r = rng.random()
+        if r < 0.3:  # NC-SI (CVE-2020-29129): libslirp answered it reading past short frames
+            body = rng.choice((b"", b"\0" * 4, b"\0\x01\0\0" + rng.randbytes(rng.randint(0, 40))))
+            return eth(BCAST_MAC, self.mac(), ETH_NCSI, body)
+        if r < 0.5:
+            return rng.randbytes(rng.randint(0, 14))
+        if r < 0.6:  # multicast source
+            return eth(GW_MAC, b"\x01\0\x5e\0\0\x01", ETH_IP, rng.randbytes(40))
+        if r < 0.7:
+            return eth(BCAST_MAC, self.mac(), ETH_IP6, rng.randbytes(rng.randint(0, 80)))
+        if r < 0.8:
+            return eth(GW_MAC, self.mac(), ETH_VLAN, rng.randbytes(rng.randint(0, 60)))
+        if r < 0.9:
+            return eth(GW_MAC, self.mac(), rng.randrange(0x10000),
+                       rng.randbytes(rng.randint(0, 100)))
+        return eth(GW_MAC, self.mac(), ETH_IP, rng.randbytes(rng.randint(0, 100)))
+
+    def generator(self) -> Callable[[], bytes]:
+        self._frags = collections.deque()
+        return {
+            "arp": self.gen_arp, "dhcp": self.gen_dhcp, "dns": self.gen_dns,
+            "icmp": self.gen_icmp, "tcp": self.gen_tcp, "udp": self.gen_udp,
+            "frag": self.gen_frag, "l2": self.gen_l2,
+        }[self.protocol]
+
+    # --- a whole session
+    def play_capture(self, path: Path) -> None:
+        """A recorded real session, verbatim: realistic state to fuzz from."""
+        for rec in open_journal(path).records:
+            ev = decode_event(rec.event)
+            self.now = max(self.now, rec.t_ns)
+            if isinstance(ev, GuestFrame):
+                self.frame(ev.data)
+            else:
+                self.step(ev)
+
+    def run(self, frames: int, capture: Path | None) -> None:
+        rng = self.rng
+        self.step(GuestLink(True))
+        self.step(DnsUpstreams(self.upstreams))
+        if capture is not None:
+            self.play_capture(capture)
+        gen = self.generator()
+        start = self.frames
+        while self.frames - start < frames:
+            r = rng.random()
+            if r < 0.25:
+                self.host_event()
+            elif r < 0.3:
+                self.advance()
+            else:
+                self.frame(gen())
+            if self.seq % 512 == 0:
+                check_bounds(self.stack)
+        for _ in range(20):  # let timers run out
+            self.advance()
+        check_bounds(self.stack)
+        self.recorder.close()
+
+
+def cve_frames() -> dict[str, list[bytes]]:
+    """The shapes of libslirp's CVE history as guest frames (checksums right, so the parser
+    that must refuse them is the one that sees them)."""
+    rng = random.Random(0)
+    guest, mac = GUEST_IPS[0], GUEST_MACS[0]
+    bcast, gw, dns = b"\xff\xff\xff\xff", ip4("10.0.2.2"), ip4("10.0.2.3")
+
+    def ipf(src: bytes, dst: bytes, proto: int, l4: bytes, ident: int = 1, frag: int = 0
+            ) -> bytes:
+        return fixup(eth(GW_MAC, mac, ETH_IP, ipv4(src, dst, proto, l4, ident=ident, frag=frag)),
+                     rng)
+
+    def lying_udp(dst: bytes, dport: int, payload: bytes, ulen: int) -> bytes:
+        body = bytearray(udp(68 if dport == 67 else 5000, dport, payload))
+        struct.pack_into("!H", body, 4, ulen)
+        frame = bytearray(ipf(guest, dst, UDP, bytes(body)))
+        frame[40:42] = b"\0\0"  # no checksum: the length alone must be checked
+        return bytes(frame)
+
+    whole = udp(5000, 7, bytes(range(256)) * 8)
+    return {
+        # CVE-2021-3592: UDP to 67 shorter than a BOOTP message
+        "bootp-short": [ipf(b"\0\0\0\0", bcast, UDP, udp(68, 67, b"\x01\x01\x06" + b"\0" * 20))],
+        "bootp-lying-length": [lying_udp(bcast, 67, b"\x01" * 300, 2000),
+                               lying_udp(bcast, 67, b"\x01" * 300, 7)],
+        # CVE-2021-3594/3593: UDP shorter than its header; DNS shorter than its header
+        "udp-short-header": [ipf(guest, gw, UDP, b"\x13\x88\x00")],
+        "dns-short": [ipf(guest, dns, UDP, udp(5000, 53, b"\xbe\xef\x01"))],
+        "dns-lying-length": [lying_udp(dns, 53, b"\xbe\xef" + b"\0" * 20, 1000)],
+        # CVE-2021-3595: TFTP shorter than tftp_t
+        "tftp-short": [ipf(guest, gw, UDP, udp(5000, 69, b"\x00\x01")),
+                       lying_udp(gw, 69, b"\x00\x01file\x00octet\x00", 600)],
+        # CVE-2020-29129/29130: NC-SI and ARP read past a short frame
+        "ncsi-short": [eth(BCAST_MAC, mac, ETH_NCSI, b""),
+                       eth(BCAST_MAC, mac, ETH_NCSI, b"\0" * 3)],
+        "arp-short": [eth(BCAST_MAC, mac, ETH_ARP, b"\x00\x01\x08\x00\x06\x04\x00\x01")],
+        # CVE-2019-14378, -15890, CVE-2020-1983: ip_reass with crafted fragments
+        "frag-overlap-different": [
+            ipf(guest, gw, UDP, whole[:1024], ident=77, frag=0x2000),
+            ipf(guest, gw, UDP, bytes(1024), ident=77, frag=0x2000 | (512 >> 3)),
+            ipf(guest, gw, UDP, whole[1024:], ident=77, frag=1024 >> 3),
+        ],
+        "frag-past-65535": [ipf(guest, gw, UDP, bytes(64), ident=78, frag=0x2000 | 8189),
+                            ipf(guest, gw, UDP, whole[:8], ident=78, frag=0x2000)],
+        "frag-first-huge-then-tiny": [
+            ipf(guest, gw, UDP, whole[:1480], ident=79, frag=0x2000),
+            *[ipf(guest, gw, UDP, bytes(8), ident=79, frag=0x2000 | (1480 + 8 * k) >> 3)
+              for k in range(40)],
+        ],
+        # the TCP shapes: urgent pointer past the segment, option lengths that lie
+        "tcp-urgent-beyond": [ipf(guest, gw, TCP, tcp(40000, 80, 1, 0, SYN, 65535)),
+                              ipf(guest, gw, TCP, tcp(40000, 80, 2, 1, ACK | URG, 65535, b"x",
+                                                      urgent=0xFFFF))],
+        "tcp-option-lengths": [ipf(guest, gw, TCP, tcp(40001, 80, 1, 0, SYN, 65535,
+                                                       options=o))
+                               for o in (bytes((2, 0)), bytes((2, 1, 5, 0xB4)), bytes((3, 200)),
+                                         bytes((2, 40)), bytes((8, 1)))],
+    }
+
+
+def captures() -> list[Path]:
+    return sorted(CAPTURES.glob("*.journal"))
+
+
+def fuzz(protocol: str, frames: int, *, seed: int, session_frames: int = 5000,
+         replay_every: int = 1, stats: Stats | None = None, workdir: Path | None = None,
+         ring_bytes: int = 4 << 20) -> Stats:
+    """Run ``frames`` guest frames of ``protocol`` in sessions of ``session_frames``; every
+    other session journals into a ring of ``ring_bytes`` (segments with snapshots)."""
+    stats = stats if stats is not None else Stats()
+    rng = random.Random(f"{seed}-{protocol}")
+    caps = captures()
+    done = 0
+    index = 0
+    with tempfile.TemporaryDirectory(prefix="slirptrio-fuzz-", dir=workdir) as tmp:
+        while done < frames:
+            n = min(session_frames, frames - done)
+            config = CONFIGS[index % len(CONFIGS)]
+            path = Path(tmp) / f"{protocol}-{index}.journal"
+            t0 = time.perf_counter()
+            # Every other session in a bounded ring of segments, each starting with a snapshot:
+            # replay then starts from a restored core and checks the state at each boundary.
+            s = Session(rng, protocol, config, path, seed=rng.randrange(1 << 62),
+                        journal_max=ring_bytes if index % 2 else None)
+            s.run(n, caps[index % len(caps)] if caps and index % 2 == 0 else None)
+            stats.seconds[protocol] += time.perf_counter() - t0
+            stats.frames[protocol] += s.frames
+            stats.events += s.seq
+            stats.counters.update(s.stack.counters)
+            stats.counters.update(s.stack._dhcp.counters)
+            stats.sessions += 1
+            stats.max_tcp = max(stats.max_tcp, len(s.stack.tcp))
+            stats.max_udp = max(stats.max_udp, len(s.stack.udp))
+            stats.max_mem_used = max(stats.max_mem_used, s.stack.tcp.mem_used)
+            stats.max_reasm_bytes = max(stats.max_reasm_bytes, s.stack._reasm.total_bytes)
+            if index % replay_every == 0:
+                result = replay_journal(path)
+                if result.divergence is not None:
+                    keep = Path(tempfile.gettempdir()) / path.name
+                    shutil.move(path, keep)
+                    raise AssertionError(
+                        f"fuzz session {protocol}#{index} ({config!r}) did not replay "
+                        f"identical; journal kept at {keep}:\n{format_divergence(result)}"
+                    )
+                stats.replayed += 1
+                stats.segments += result.segments
+            shutil.rmtree(path)
+            done += n
+            index += 1
+    return stats
+
+
+def report(stats: Stats) -> Iterator[str]:
+    total_s = sum(stats.seconds.values())
+    for p in PROTOCOLS:
+        if stats.frames[p]:
+            yield (f"{p:6} {stats.frames[p]:>10} frames {stats.seconds[p]:8.1f} s "
+                   f"{stats.frames[p] / max(stats.seconds[p], 1e-9):9.0f} frames/s")
+    yield (f"total  {sum(stats.frames.values()):>10} frames, {stats.events} events, "
+           f"{stats.sessions} sessions ({stats.replayed} replayed identical, "
+           f"{stats.segments} segments), {total_s:.1f} s")
+    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    yield (f"peak RSS {rss / 1024:.1f} MiB; max TCP entries {stats.max_tcp}, UDP flows "
+           f"{stats.max_udp}, TCP mem_used {stats.max_mem_used}, reassembly bytes "
+           f"{stats.max_reasm_bytes}")
+    drops = [(k, v) for k, v in stats.counters.most_common() if k.startswith("drop_")]
+    yield "drops: " + ", ".join(f"{k}={v}" for k, v in drops[:25])
+    others = [(k, v) for k, v in stats.counters.most_common() if not k.startswith("drop_")]
+    yield "counters: " + ", ".join(f"{k}={v}" for k, v in others[:60])
+
+
+def main(argv: list[str] | None = None) -> int:
+    logging.getLogger("slirptrio").setLevel(logging.CRITICAL)  # the fuzz is noisy by design
+    ap = argparse.ArgumentParser(prog="python -m tests.fuzz", description=__doc__.split("\n")[0])
+    ap.add_argument("--frames", type=int, default=10_000, help="guest frames per protocol")
+    ap.add_argument("--protocols", default=",".join(PROTOCOLS))
+    ap.add_argument("--seed", type=int, default=1)
+    ap.add_argument("--session", type=int, default=5000, help="frames per session (one Stack)")
+    ap.add_argument("--replay-every", type=int, default=1, help="replay every Nth session")
+    args = ap.parse_args(argv)
+    stats = Stats()
+    for p in args.protocols.split(","):
+        if p not in PROTOCOLS:
+            ap.error(f"unknown protocol {p!r}; choose from {', '.join(PROTOCOLS)}")
+        fuzz(p, args.frames, seed=args.seed, session_frames=args.session,
+             replay_every=args.replay_every, stats=stats)
+        print(next(line for line in report(stats) if line.startswith(p)), flush=True)
+    for line in report(stats):
+        print(line)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
