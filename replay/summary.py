@@ -60,15 +60,21 @@ from slirptrio.core.events import (
     SendFrame,
     TcpClose,
     TcpConnect,
+    TcpConnected,
     TcpConnectFailed,
     TcpData,
+    TcpEof,
     TcpInbound,
+    TcpRecvCredit,
     TcpReset,
     TcpSend,
+    TcpSent,
+    TcpShutdown,
     TftpChunk,
     TftpClose,
     TftpOpen,
     TftpOpened,
+    TftpRead,
     Tick,
     UdpClose,
     UdpError,
@@ -87,9 +93,21 @@ from slirptrio.journal import (
     JournalError,
     SegmentStart,
     compact,
+    frames_of,
     is_digest,
     open_journal,
 )
+
+_KNOWN_EVENTS = frozenset(c.TAG for c in (
+    GuestFrame, TcpData, TcpConnectFailed, TcpReset, TcpInbound, UdpReceived, UdpInbound,
+    IcmpEchoReply, UdpError, IcmpEchoError, IcmpUnavailable, TftpOpened, TftpChunk, GuestLink,
+    HostFwdChange, DnsUpstreams, Tick, TcpSent, TcpEof, TcpConnected,
+))
+_KNOWN_EFFECTS = frozenset(c.TAG for c in (
+    SendFrame, TcpSend, TcpClose, TcpConnect, UdpSend, UdpFwdSend, UdpClose, UdpOpen,
+    IcmpEchoSend, IcmpEchoClose, IcmpEchoOpen, TftpClose, TftpOpen, TftpRead, TcpRecvCredit,
+    TcpShutdown,
+))
 
 MAX_BINS = 512
 """Data-activity bins kept per flow (their width doubles when more would be needed)."""
@@ -605,6 +623,12 @@ class _Analyzer:
         if tag == GuestFrame.TAG:
             self.s.frames_in += 1
             self._guest_frame(t, ev[1], effects)
+        elif tag not in _KNOWN_EVENTS:
+            # Other carriers of guest frames (runs of them): frames_of takes them apart.
+            for _d, frame in frames_of(ev, []):
+                if isinstance(frame, bytes | memoryview):
+                    self.s.frames_in += 1
+                    self._guest_frame(t, bytes(frame), effects)
         elif tag == TcpData.TAG:
             f = self.by_id.get(ev[1])
             if f is not None:
@@ -877,6 +901,11 @@ class _Analyzer:
             if tag == SendFrame.TAG:
                 self.s.frames_out += 1
                 self._our_frame(t, ev, effects, *_field_bytes(e[1]))
+            elif tag not in _KNOWN_EFFECTS:
+                for _d, frame in frames_of([], [e]):
+                    if isinstance(frame, bytes | memoryview):  # not a digest
+                        self.s.frames_out += 1
+                        self._our_frame(t, ev, effects, bytes(frame), len(frame))
             elif tag == TcpSend.TAG:
                 f = self.by_id.get(e[1])
                 if f is not None:

@@ -33,14 +33,15 @@ import itertools
 import json
 import logging
 import struct
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from ipaddress import ip_address
 from typing import Any
 
 import trio
 
-from slirptrio.core.events import Effect, Event, GuestFrame, SendFrame
+from slirptrio.core.events import Effect, Event
+from slirptrio.journal.format import frames_of
 from slirptrio.wire.pcap import LINKTYPE_ETHERNET, MAGIC_NS, SNAPLEN
 
 log = logging.getLogger("slirptrio.capture")
@@ -106,7 +107,7 @@ class FrameFilter:
     _dns: bool = field(init=False, repr=False, compare=False)
     _dhcp: bool = field(init=False, repr=False, compare=False)
 
-    def matches(self, frame: bytes) -> bool:
+    def matches(self, frame: bytes | memoryview) -> bool:
         """Whether ``frame`` (an Ethernet frame) passes; short or odd frames pass only an
         empty filter."""
         if self.everything:
@@ -136,11 +137,11 @@ class FrameFilter:
             return False
         if self._need_addrs:
             if etype == 0x0800 and n >= 34:
-                src, dst = frame[26:30], frame[30:34]
+                src, dst = bytes(frame[26:30]), bytes(frame[30:34])
             elif etype == 0x86DD and n >= 54:
-                src, dst = frame[22:38], frame[38:54]
+                src, dst = bytes(frame[22:38]), bytes(frame[38:54])
             elif etype == 0x0806 and n >= 42:
-                src, dst = frame[28:32], frame[38:42]
+                src, dst = bytes(frame[28:32]), bytes(frame[38:42])
             else:
                 return False
             if self.hosts and src not in self.hosts and dst not in self.hosts:
@@ -258,10 +259,10 @@ class Capture:
     frames: int = 0  # handed to the sender
     lost: int = 0  # did not fit in the buffer
     buffered: int = 0
-    queue: collections.deque[bytes] = field(default_factory=collections.deque)
+    queue: collections.deque[bytes | memoryview] = field(default_factory=collections.deque)
     wake: trio.Event = field(default_factory=trio.Event)
 
-    def offer(self, ts_ns: int, frame: bytes) -> None:
+    def offer(self, ts_ns: int, frame: bytes | memoryview) -> None:
         """Buffer one frame (never blocks); count it lost when the buffer is full."""
         if not self.filter.matches(frame):
             return
@@ -278,9 +279,9 @@ class Capture:
         self.frames += 1
         self.wake.set()
 
-    def take(self, max_bytes: int = 1 << 20) -> list[bytes]:
+    def take(self, max_bytes: int = 1 << 20) -> list[bytes | memoryview]:
         """Buffered messages, up to about ``max_bytes``."""
-        out: list[bytes] = []
+        out: list[bytes | memoryview] = []
         size = 0
         q = self.queue
         while q and size < max_bytes:
@@ -306,18 +307,14 @@ class Captures:
         self._ids = itertools.count(1)
         self.active: dict[int, Capture] = {}
 
-    def tap(self, t_ns: int, event: Event, effects: Iterable[Effect]) -> None:
+    def tap(self, t_ns: int, event: Event, effects: list[Effect]) -> None:
         """Offer the step's frames to every capture (called by the door loop)."""
         ts = self._origin_ns + t_ns
         caps = self.active.values()
-        if type(event) is GuestFrame:
-            frame = event.data
+        # frames_of knows every way a step carries frames (single frames, runs of them).
+        for _direction, frame in frames_of(event, effects):
             for c in caps:
                 c.offer(ts, frame)
-        for eff in effects:
-            if type(eff) is SendFrame:
-                for c in caps:
-                    c.offer(ts, eff.data)
 
     def open(self, flt: FrameFilter, limit: int = CAPTURE_BUFFER_BYTES) -> Capture:
         if len(self.active) >= MAX_CAPTURES:
