@@ -58,6 +58,8 @@ class Runtime:
         # The door has logged a core exception already; there is nothing to do for it.
         self.handlers: dict[type[Effect], Callable[[Any], None]] = {CoreError: lambda _e: None}
         self.after_burst: list[Callable[[], None]] = []  # called after each burst of steps
+        # Called with (t_ns, event, effects) after every step (live captures); must not block.
+        self.taps: list[Callable[[int, Event, list[Effect]], None]] = []
         self._t0 = trio.current_time()
 
     def now_ns(self) -> int:
@@ -67,7 +69,10 @@ class Runtime:
         return self._t0 + t_ns / 1e9
 
     def _step(self, event: Event) -> None:
-        for effect in self.door.step(event, self.now_ns()):
+        effects = self.door.step(event, self.now_ns())
+        for tap in self.taps:
+            tap(self.door.now_ns, event, effects)
+        for effect in effects:
             if type(effect) is SendFrame:
                 self.port.put(effect.data)
             else:
