@@ -33,6 +33,7 @@ from typing import IO, Any
 import msgpack
 
 from replay import describe
+from replay.progress import Progress
 from slirptrio import __version__
 from slirptrio.config import Config, ConfigError
 from slirptrio.core import constants
@@ -461,20 +462,17 @@ def format_summary(result: ReplayResult, path: str) -> list[str]:
 
 
 class _Progress:
+    """The replay's progress line: the shared :class:`replay.progress.Progress`."""
+
     def __init__(self, stream: IO[str]) -> None:
-        self.stream = stream
-        self.shown = False
+        self._line = Progress("replaying", stream=stream, enabled=True)
 
     def __call__(self, done: int, total: int, records: int) -> None:
-        pct = 100.0 * done / total if total else 100.0
-        self.stream.write(f"\rreplaying: {records} records, {pct:5.1f}% of the journal")
-        self.stream.flush()
-        self.shown = True
+        self._line.total = total
+        self._line.update(done, f"{records} records")
 
     def clear(self) -> None:
-        if self.shown:
-            self.stream.write("\r\033[K")
-            self.stream.flush()
+        self._line.close()
 
 
 def main(

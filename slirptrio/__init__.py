@@ -15,6 +15,7 @@ if TYPE_CHECKING:
     from slirptrio.api import SlirpStack, StackStatistics, open_stack
     from slirptrio.config import Config, ConfigError, parse_user_options
     from slirptrio.core.info import FlowInfo
+    from slirptrio.forward import ForwardInfo
     from slirptrio.shell.forwards import ForwardError
 
 _LAZY = {
@@ -25,6 +26,7 @@ _LAZY = {
     "ConfigError": "slirptrio.config",
     "parse_user_options": "slirptrio.config",
     "FlowInfo": "slirptrio.core.info",
+    "ForwardInfo": "slirptrio.forward",
     "ForwardError": "slirptrio.shell.forwards",
 }
 
@@ -33,6 +35,7 @@ __all__ = [
     "ConfigError",
     "FlowInfo",
     "ForwardError",
+    "ForwardInfo",
     "SlirpStack",
     "StackStatistics",
     "__version__",

@@ -40,10 +40,12 @@ from slirptrio.core.events import TcpClose, TcpRecvCredit, TcpReset
 from slirptrio.core.info import FlowInfo
 from slirptrio.core.stack import Stack
 from slirptrio.core.tftp import TftpSessionInfo
+from slirptrio.forward import ForwardInfo
 from slirptrio.journal import Header
 from slirptrio.journal.writer import DEFAULT_BUDGET, DEFAULT_JOURNAL_MAX, Recorder
 from slirptrio.shell import control
 from slirptrio.shell import transport as tp
+from slirptrio.shell.capture import CaptureError, Captures, Endpoint, filter_from_request
 from slirptrio.shell.datagrams import Datagrams
 from slirptrio.shell.descriptors import fit_max_flows
 from slirptrio.shell.flows import TcpFlows
@@ -90,6 +92,8 @@ class StackStatistics:
     """Datagrams to a ``-netdev dgram`` transport from anybody but its peer (dropped)."""
     fast_path: str = fast.IMPL
     """``"native"`` (the C extension) or ``"pure"`` (Python): the per-frame codecs in use."""
+    captures: list[dict[str, Any]] = dataclasses.field(default_factory=list)
+    """Live captures: id, frames, lost (the reader was too slow), filter."""
 
 
 class SlirpStack:
@@ -103,8 +107,10 @@ class SlirpStack:
         forwards: Forwards,
         journal_path: str | None,
         pcap_path: str | None,
+        captures: Captures,
     ) -> None:
         self._nursery = nursery
+        self._captures = captures
         self._runtime = runtime
         self._forwards = forwards
         self._opening: dict[int, _Opening] = {}
@@ -219,6 +225,7 @@ class SlirpStack:
             frames_dropped_toward_guest=self._runtime.port.dropped,
             guest_attached=self._runtime.port.attached,
             frames_from_strangers=self._runtime.port.foreign,
+            captures=[c.stats() for c in self._captures.active.values()],
         )
 
     # ---------------------------------------------------------------------- control socket
@@ -240,6 +247,12 @@ class SlirpStack:
     def hostfwds(self) -> dict[str, int]:
         """Active host forwards: rule → bound host port."""
         return self._forwards.host_rules()
+
+    def forwards(self) -> list[ForwardInfo]:
+        """Every active forward, as QEMU's ``info usernet`` lists them: host forwards with
+        their bound address and port (static or added at runtime) and listener state, then
+        guest forwards."""
+        return self._forwards.describe()
 
     def listeners(self) -> list[dict[str, Any]]:
         """Every host forward's listener: ``rule``, ``proto``, bound ``addr`` and ``port``,
@@ -353,9 +366,9 @@ class SlirpStack:
     def _control_handlers(self) -> dict[str, control.Handler]:
         async def info(_req: dict[str, Any]) -> dict[str, Any]:
             return {
+                "forwards": [f.to_dict() for f in self.forwards()],
                 "flows": [f.to_dict() for f in self.flows()],
                 "hostfwd": self.hostfwds(),
-                "forwards": self.listeners(),
                 "tftp": [t.to_dict() for t in self.tftp_sessions()],
             }
 
@@ -394,13 +407,35 @@ class SlirpStack:
                 raise control.ControlError(str(exc)) from None
             return {}
 
+        async def capture(req: dict[str, Any]) -> dict[str, Any]:
+            try:
+                cap = self._captures.open(filter_from_request(req, self._flow_endpoints))
+            except CaptureError as exc:
+                raise control.ControlError(str(exc)) from None
+
+            async def run(stream: trio.abc.Stream) -> None:
+                await self._captures.serve(cap, stream)
+
+            return {
+                "capture": cap.id,
+                "filter": cap.filter.describe(),
+                "_takeover": control.Takeover(run, lambda: self._captures.close(cap)),
+            }
+
         return {
             "info": info,
             "leases": leases,
             "stats": stats,
             "hostfwd-add": hostfwd_add,
             "hostfwd-remove": hostfwd_remove,
+            "capture": capture,
         }
+
+    def _flow_endpoints(self, flow: int) -> tuple[Endpoint, Endpoint] | None:
+        for f in self.flows():
+            if f.flow == flow:
+                return Endpoint(f.guest_ip, f.guest_port), Endpoint(f.dst_ip, f.dst_port)
+        return None
 
     def _remove_files(self) -> None:
         for path in self._cleanup:
@@ -513,15 +548,20 @@ async def open_stack(
             await nursery.start(tftp.run)
             if cfg.tftp:
                 tftp.set_root(open_root(cfg.tftp))
-            handle = SlirpStack(nursery, runtime, recorder, forwards, journal_path, pcap_path)
+            captures = Captures(origin_ns, runtime.taps)
+            handle = SlirpStack(
+                nursery, runtime, recorder, forwards, journal_path, pcap_path, captures
+            )
             handle._watch_opening()
             for rule in cfg.guestfwd:
-                await forwards.add_guestfwd(rule)
+                await forwards.add_guestfwd(rule, static=True)
             if smb is not None:
                 for smb_port in SMB_PORTS:
-                    await forwards.add_guestfwd(f"{cfg.smbserver}:{smb_port}-smbd", smb.opener())
+                    await forwards.add_guestfwd(
+                        f"{cfg.smbserver}:{smb_port}-smbd", smb.opener(), static=True
+                    )
             for rule in cfg.hostfwd:
-                bound = await forwards.add_hostfwd(rule)
+                bound = await forwards.add_hostfwd(rule, static=True)
                 log.info("hostfwd %s: host port %d", rule, bound)
             try:
                 yield handle

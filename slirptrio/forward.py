@@ -19,6 +19,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from ipaddress import AddressValueError, IPv4Address, IPv6Address
+from typing import Any
 
 
 class RuleError(ValueError):
@@ -53,6 +54,41 @@ class GuestFwd:
     port: int
     target: str  # "tcp:HOST:PORT" | "unix:PATH" | "cmd:COMMAND"
     text: str
+
+
+@dataclass(frozen=True)
+class ForwardInfo:
+    """One active forward, for display (``ctl info``, :meth:`SlirpStack.forwards`).
+
+    ``addr:port`` is where the forward listens: for a host forward, the host address and port
+    its listener is bound to (the ephemeral port for port 0; ``0.0.0.0`` for every address;
+    for unix, ``addr`` is the socket's path and ``port`` 0), and ``guest_addr:guest_port``
+    where its connections go; for a guest forward, the address in the guest's network that
+    it serves, and ``target`` where its connections go. ``static``: it came with the option
+    string rather than being added at runtime. ``state``: a host forward listener's state
+    ("listening", or "backing-off: EMFILE" while it waits for file descriptors).
+    """
+
+    kind: str  # "hostfwd" | "guestfwd"
+    proto: str  # "tcp" | "udp" | "unix"
+    rule: str
+    addr: str
+    port: int
+    guest_addr: str
+    guest_port: int
+    target: str = ""
+    static: bool = False
+    state: str = ""
+    id: int = 0  # guest forwards: the id remove_guestfwd takes
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready form."""
+        return {
+            "kind": self.kind, "rule": self.rule, "proto": self.proto,
+            "addr": self.addr, "port": self.port,
+            "guest_addr": self.guest_addr, "guest_port": self.guest_port,
+            "target": self.target, "static": self.static, "state": self.state, "id": self.id,
+        }
 
 
 def _port(text: str, what: str, *, zero: bool) -> int:

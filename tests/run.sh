@@ -18,6 +18,7 @@ need iperf3 iperf3
 need slirp4netns slirp4netns
 need curl curl
 need cpio cpio
+need rsvg-convert librsvg2-bin  # renders the timeline SVG to PNG in its tests
 # TFTP, PXE and SMB (tests/e2e/test_tftp.py, test_pxe.py, test_smb.py).
 need atftp atftp
 need smbclient smbclient

@@ -1,7 +1,9 @@
 """Command line: one module per subcommand.
 
-``slirptrio run`` starts a stack (:mod:`.run`), ``slirptrio replay`` re-runs a journal
-(:mod:`.replay`), ``slirptrio ctl`` talks to a running stack's control socket (:mod:`.ctl`).
+``slirptrio qemu`` runs QEMU with its user-mode netdevs replaced by stacks (:mod:`.qemu`),
+``slirptrio run`` starts a stack (:mod:`.run`), ``slirptrio replay`` re-runs, summarizes or
+draws a journal (:mod:`.replay`), ``slirptrio ctl`` talks to a running stack's control socket
+(:mod:`.ctl`), ``slirptrio capture`` streams its frames live as pcap (:mod:`.capture`).
 Each subcommand module has ``add_parser(sub)`` and ``command(args, parser) -> int``; a user's
 mistake in any of them ends with one line and exit status 2 (:func:`._common.run_command`).
 """
@@ -13,22 +15,27 @@ from collections.abc import Callable, Sequence
 from types import ModuleType
 
 from slirptrio import __version__
-from slirptrio.cli import ctl, replay, run
+from slirptrio.cli import capture, ctl, qemu, replay, run
 from slirptrio.cli._common import Parser, run_command
 
-_COMMANDS: dict[str, ModuleType] = {"run": run, "replay": replay, "ctl": ctl}
+_COMMANDS: dict[str, ModuleType] = {
+    "qemu": qemu, "run": run, "replay": replay, "ctl": ctl, "capture": capture,
+}
 
 _DESCRIPTION = """\
 A user-mode network stack for QEMU guests (like -netdev user), with a journal of every
 session that replays byte for byte."""
 
 _EPILOG = """\
-example:
+examples:
+  slirptrio qemu -- qemu-system-x86_64 ... -netdev user,id=n0,hostfwd=tcp::2222-:22 \\
+      -device virtio-net-pci,netdev=n0      (QEMU as it was, its user network served by us)
   slirptrio run --control /tmp/vm1.ctl 'hostfwd=tcp:127.0.0.1:2222-:22'
   qemu-system-x86_64 ... -netdev stream,id=n0,server=off,addr.type=unix,addr.path=SOCKET \\
       -device virtio-net-pci,netdev=n0      (slirptrio run prints the exact line)
   slirptrio ctl /tmp/vm1.ctl info
-  slirptrio replay ~/.local/state/slirptrio/session-*.journal
+  slirptrio capture /tmp/vm1.ctl | wireshark -k -i -
+  slirptrio replay ~/.local/state/slirptrio/session-*.journal [--summary|--timeline OUT.svg]
 
 'slirptrio COMMAND --help' describes each command."""
 

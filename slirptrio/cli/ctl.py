@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+from typing import Any
 
 import trio
 
@@ -71,8 +72,11 @@ def format_answer(cmd: str, answer: dict[str, object]) -> str:
     if cmd == "info":
         flows = answer.get("flows")
         assert isinstance(flows, list)
+        forwards = answer.get("forwards", [])
+        assert isinstance(forwards, list)
         head = f"{'Proto[State]':<22} {'Guest':<22} {'Dest':<22} {'Host':<24} RecvQ SendQ  Idle"
-        rows = [
+        rows = [_forward_row(fw) for fw in forwards]
+        rows += [
             f"{f['proto'] + '[' + f['state'] + ']':<22} {f['guest']:<22} {f['dest']:<22} "
             f"{f['host']:<24} {f['recv_q']:>5} {f['send_q']:>5} {f['idle_s']:>5.0f}s"
             for f in flows
@@ -100,3 +104,29 @@ def format_answer(cmd: str, answer: dict[str, object]) -> str:
     if cmd == "hostfwd-remove":
         return "removed"
     return json.dumps({k: v for k, v in answer.items() if k != "ok"}, indent=2)
+
+
+def _endpoint(addr: str, port: int) -> str:
+    return f"[{addr}]:{port}" if ":" in addr else f"{addr}:{port}"
+
+
+def _forward_row(fw: dict[str, Any]) -> str:
+    """A forward as QEMU's ``info usernet`` shows it: ``TCP[HOST_FORWARD]`` with the bound
+    host address and port (``*`` for every address), or ``TCP[GUEST_FORWARD]``."""
+    proto = str(fw.get("proto", "tcp")).upper()
+    state = str(fw.get("state") or "")
+    if fw.get("kind") == "hostfwd":
+        label = f"{proto}[HOST_FORWARD{',' + state if state and state != 'listening' else ''}]"
+        if proto == "UNIX":
+            host = str(fw["addr"])
+        else:
+            addr = str(fw["addr"])
+            host = _endpoint("*" if addr in ("", "0.0.0.0", "::") else addr, int(fw["port"]))
+        guest, dest = _endpoint(str(fw["guest_addr"]), int(fw["guest_port"])), "-"
+    else:
+        label = f"{proto}[GUEST_FORWARD]"
+        guest, dest = "*", _endpoint(str(fw["addr"]), int(fw["port"]))
+        host = str(fw.get("target", ""))
+    origin = "static" if fw.get("static") else "runtime"
+    return (f"{label:<22} {guest:<22} {dest:<22} {host:<24} {'-':>5} {'-':>5} {'-':>5}  "
+            f"{origin}: {fw.get('rule', '')}")

@@ -1,4 +1,5 @@
-"""``slirptrio replay``: re-run a journal and check that it reproduces every effect."""
+"""``slirptrio replay``: re-run a journal and check that it reproduces every effect; or
+summarize the session (``--summary``, ``--json``) and draw it (``--timeline OUT.svg``)."""
 
 from __future__ import annotations
 
@@ -27,6 +28,10 @@ def add_parser(sub: Subparsers) -> None:
                      help="start at the nearest snapshot before WHEN: " + _WHEN)
     rep.add_argument("--until", metavar="WHEN", help="stop before WHEN (same forms as --from)")
     rep.add_argument("--context", type=int, default=5, help="records of context on divergence")
+    rep.add_argument("--summary", action="store_true",
+                     help="print what happened: leases, flows, DNS, ICMP errors, drops")
+    rep.add_argument("--json", action="store_true", help="the summary as JSON")
+    rep.add_argument("--timeline", metavar="OUT.svg", help="draw the session, one lane per flow")
     show = rep.add_mutually_exclusive_group()
     show.add_argument("--progress", action="store_true", default=None,
                       help="show progress (default: when stderr is a terminal)")
@@ -59,5 +64,14 @@ def command(args: argparse.Namespace, parser: Parser) -> int:
             start = target
         else:
             until = target
+    if args.summary or args.json or args.timeline:
+        for option, value in (("--pcap", args.pcap), ("--from", args.start),
+                              ("--until", args.until)):
+            if value is not None:
+                parser.error(f"argument {option}: not with --summary, --json or --timeline")
+        from replay.summary import main as summary_main
+
+        return summary_main(args.journal, text=args.summary, as_json=args.json,
+                            timeline=args.timeline, progress=args.progress)
     return main(args.journal, pcap_out=args.pcap, context=args.context, start=start,
                 until=until, progress=args.progress)

@@ -701,6 +701,12 @@ class TcpNat:
         """Whether ``flow`` is one of our entries."""
         return flow in self._by_flow
 
+    def flow_of(self, key: _Key) -> int | None:
+        """The flow id of the entry for the guest's (source address, source port,
+        destination address, destination port), if there is one."""
+        c = self._by_key.get(key)
+        return None if c is None else c.flow
+
     def poll_at(self) -> int | None:
         """The next timer deadline (ns), or None."""
         h = self._timers

@@ -3,11 +3,16 @@
 Each request is one JSON object on one line, ``{"cmd": NAME, ...}``; each answer is one JSON
 object on one line, ``{"ok": true, ...}`` or ``{"ok": false, "error": MESSAGE}``. Commands:
 
-* ``info`` → ``flows``: the NAT table (proto, state, guest, dest, host, recv_q, send_q, idle_s);
+* ``info`` → ``forwards`` (kind, rule, proto, addr, port, guest_addr, guest_port, target,
+  static, state, id: see :class:`slirptrio.forward.ForwardInfo`) and ``flows``, the NAT
+  table (proto, state, guest, dest, host, recv_q, send_q, idle_s); ``hostfwd`` maps each host
+  forward's rule to its bound port;
 * ``leases`` → ``leases``: ip, mac, expires_in_s;
 * ``stats`` → ``counters``, ``flows_by_state``, ``leases``, ``journal_bytes``, ...;
 * ``hostfwd-add`` ``{"rule": "tcp::8022-:22"}`` → ``port`` (the bound host port);
-* ``hostfwd-remove`` ``{"rule": ...}``.
+* ``hostfwd-remove`` ``{"rule": ...}``;
+* ``capture`` (filters) → ``capture``: the connection then carries the capture
+  (:mod:`slirptrio.shell.capture`), not more answers.
 
 A bad request gets an error answer and changes nothing; a line longer than 64 KiB closes the
 connection. Several clients may be connected at once.
@@ -26,6 +31,7 @@ import os
 import socket as _socket
 import struct
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from typing import Any
 
 import trio
@@ -37,6 +43,15 @@ log = logging.getLogger("slirptrio.control")
 MAX_LINE = 65536
 
 Handler = Callable[[dict[str, Any]], Awaitable[dict[str, Any]]]
+
+
+@dataclass
+class Takeover:
+    """Put in an answer under ``"_takeover"``: after the answer line, ``run(stream)`` owns the
+    connection; ``abandon()`` is called instead if the answer cannot be sent."""
+
+    run: Callable[[trio.abc.Stream], Awaitable[None]]
+    abandon: Callable[[], None]
 
 
 class ControlError(Exception):
@@ -54,7 +69,17 @@ async def _serve_client(stream: trio.SocketStream, handlers: dict[str, Handler])
             line = bytes(buf[:nl])
             del buf[: nl + 1]
             answer = await _answer(line, handlers)
-            await stream.send_all(json.dumps(answer).encode() + b"\n")
+            takeover = answer.pop("_takeover", None)
+            if takeover is None:
+                await stream.send_all(json.dumps(answer).encode() + b"\n")
+                continue
+            try:
+                await stream.send_all(json.dumps(answer).encode() + b"\n")
+            except BaseException:
+                takeover.abandon()
+                raise
+            await takeover.run(stream)
+            return
         if len(buf) > MAX_LINE:
             await stream.send_all(
                 json.dumps({"ok": False, "error": "request line too long"}).encode() + b"\n"

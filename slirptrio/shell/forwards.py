@@ -44,6 +44,7 @@ from slirptrio.core.events import (
     UdpInbound,
 )
 from slirptrio.forward import (
+    ForwardInfo,
     GuestFwd,
     HostFwd,
     RuleError,
@@ -74,7 +75,12 @@ class _HostRule:
     port: int
     scope: trio.CancelScope
     raw: _socket.socket | None = None  # UDP rules: replies go out here, without waiting
+    static: bool = False  # from the option string
     acceptor: AcceptLoop | None = None  # TCP and unix rules
+
+    @property
+    def state(self) -> str:
+        return self.acceptor.state if self.acceptor is not None else "listening"
 
     def info(self) -> dict[str, Any]:
         rule = self.rule
@@ -83,7 +89,7 @@ class _HostRule:
             "proto": rule.proto,
             "addr": rule.path if rule.proto == "unix" else rule.host_addr or "0.0.0.0",
             "port": self.port,
-            "state": self.acceptor.state if self.acceptor is not None else "listening",
+            "state": self.state,
         }
 
 
@@ -103,6 +109,7 @@ class Forwards:
         self._host: dict[str, _HostRule] = {}
         self._udp_by_fid: dict[int, _HostRule] = {}
         self._guest: dict[int, GuestFwd] = {}
+        self._static_guest: set[int] = set()
 
     def handlers(self) -> dict[type[Any], Callable[[Any], None]]:
         return {UdpFwdSend: self._udp_send}
@@ -136,8 +143,27 @@ class Forwards:
         and ``state`` (``"listening"``, or ``"backing-off: EMFILE"`` while it cannot accept)."""
         return [r.info() for r in self._host.values()]
 
-    async def add_hostfwd(self, text: str) -> int:
-        """Bind and serve one ``hostfwd`` rule; return the bound host port (0 for unix)."""
+    def describe(self) -> list[ForwardInfo]:
+        """Every active forward: host forwards with their bound address and port, then
+        guest forwards."""
+        out = []
+        for e in self._host.values():
+            r = e.rule
+            out.append(ForwardInfo(
+                "hostfwd", r.proto, r.text,
+                r.path if r.proto == "unix" else r.host_addr or "0.0.0.0",
+                e.port, self._guest_ip(r), r.guest_port, static=e.static, state=e.state,
+            ))
+        for fid, g in self._guest.items():
+            out.append(ForwardInfo(
+                "guestfwd", "tcp", g.text, g.addr, g.port, "", 0, target=g.target,
+                static=fid in self._static_guest, id=fid,
+            ))
+        return out
+
+    async def add_hostfwd(self, text: str, *, static: bool = False) -> int:
+        """Bind and serve one ``hostfwd`` rule; return the bound host port (0 for unix).
+        ``static``: the rule comes from the option string (shown as such by ``info``)."""
         assert self._nursery is not None, "Forwards.run() is not running"
         try:
             rule = parse_hostfwd(text)
@@ -179,7 +205,7 @@ class Forwards:
                 text, rule.guest_port, "[::1]" if rule.host_addr == "::" else "127.0.0.1",
             )
         key = fwd_key(rule.proto, rule.host_addr, port) if rule.proto != "unix" else key
-        entry = _HostRule(rule, port, trio.CancelScope())
+        entry = _HostRule(rule, port, trio.CancelScope(), static=static)
         self._host[key] = entry
         if rule.proto == "udp":
             fid = next(self._fids)
@@ -261,7 +287,11 @@ class Forwards:
     # --------------------------------------------------------------------- guest forwards
 
     async def add_guestfwd(
-        self, text: str, opener: Callable[[], Awaitable[fl.HostEnd]] | None = None
+        self,
+        text: str,
+        opener: Callable[[], Awaitable[fl.HostEnd]] | None = None,
+        *,
+        static: bool = False,
     ) -> int:
         """Serve guest connections to a ``guestfwd`` rule's address; return its id.
 
@@ -279,6 +309,8 @@ class Forwards:
             rule = GuestFwd(addr.strip("[]"), int(port), "handler", text)
         fid = next(self._fids)
         self._guest[fid] = rule
+        if static:
+            self._static_guest.add(fid)
         self._tcp.register_target(f"guestfwd:{fid}", opener)
         await self._inbox.send(GuestFwdAdd(fid, rule.addr, rule.port))
         return fid
@@ -287,6 +319,7 @@ class Forwards:
         """Stop serving guest forward ``fid`` (its open connections go on)."""
         if self._guest.pop(fid, None) is None:
             raise ForwardError(f"no guest forward {fid}")
+        self._static_guest.discard(fid)
         self._tcp.unregister_target(f"guestfwd:{fid}")
         await self._inbox.send(GuestFwdRemove(fid))
 

@@ -85,6 +85,8 @@ class Runtime:
         self.handlers: dict[type[Effect], Callable[[Any], None]] = {CoreError: lambda _e: None}
         self.after_burst: list[Callable[[], None]] = []  # called after each burst of steps
         self.dispatch_errors = 0
+        # Called with (t_ns, event, effects) after every step (live captures); must not block.
+        self.taps: list[Callable[[int, Event, list[Effect]], None]] = []
         self._pending: collections.deque[Event] = collections.deque()
         self._stepping = False
         self._timer: trio.CancelScope | None = None
@@ -136,7 +138,14 @@ class Runtime:
         self._arm_timer(deadline, bool(pending))
 
     def _step(self, event: Event, now: int) -> None:
-        for effect in self.door.step(event, now):
+        effects = self.door.step(event, now)
+        for tap in self.taps:
+            try:
+                tap(self.door.now_ns, event, effects)
+            except Exception:
+                self.dispatch_errors += 1
+                log.exception("tap %r failed", tap)
+        for effect in effects:
             t = type(effect)
             if t is SendFrames:
                 self.port.put_run(effect.data)  # type: ignore[attr-defined]

@@ -132,8 +132,12 @@ def test_cli_mistakes_beside_a_running_stack(topo: Topology) -> None:
     out = topo.host_run(py("tcp-client", "127.0.0.1", str(port), "1000"), 60).stdout.strip()
     assert out == "ok"
     info = ctl(topo, control, "info")
-    assert info["forwards"] == [{"rule": f"tcp::{port}-:{GUEST_ECHO}", "proto": "tcp",
-                                 "addr": "0.0.0.0", "port": port, "state": "listening"}]
+    forwards = info["forwards"]
+    assert isinstance(forwards, list) and len(forwards) == 1, info
+    fwd = forwards[0]
+    assert {k: fwd[k] for k in ("rule", "proto", "addr", "port", "state")} == {
+        "rule": f"tcp::{port}-:{GUEST_ECHO}", "proto": "tcp", "addr": "0.0.0.0", "port": port,
+        "state": "listening"}
     stop_and_replay(topo, st)
 
 

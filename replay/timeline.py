@@ -1,0 +1,337 @@
+"""A picture of a session: one lane per flow over time, as an SVG file.
+
+Theory of operation
+-------------------
+:func:`render_svg` draws a :class:`~replay.summary.Summary`. Time runs left to right over the
+session's span; above the flows, a DHCP lane and a DNS lane carry the leases and lookups. Each
+flow is a lane, in the order the flows started, labelled with its number, protocol, endpoints
+and how it ended. In a lane:
+
+* a line from the flow's start to its end (dashed while still open at the end of the journal);
+* data: shaded blocks where bytes moved, darker for more (per pixel column, four shades);
+* marks: set-up (a green triangle at the SYN, a dot when established), FIN (a grey bar),
+  retransmissions (orange ticks), RST (a red bar), a refused or timed-out attempt (a red
+  cross), an ICMP error (a purple diamond); DNS lookups are diamonds in the DNS lane (red when
+  unanswered or failed).
+
+A failed flow (refused, reset, timed out, unreachable, an ICMP error) has a pink lane and a red
+label, and the failed flows are listed under the title, so it stands out at a glance even in a
+session of hundreds of flows. Every lane and mark carries a ``class`` (``lane``, ``failed``,
+``mark syn`` ...) and a ``<title>`` (a tooltip in browsers), so tests and tools can find them.
+Only plain SVG 1.1 is used: rsvg, browsers and Inkscape draw it alike.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from xml.sax.saxutils import escape, quoteattr
+
+from replay.summary import Flow, Summary
+
+MAX_LANES = 3000
+"""Flow lanes drawn; beyond, the failed flows are still drawn and the rest counted."""
+
+WIDTH = 1400
+LABEL_W = 470
+PLOT_X0 = LABEL_W + 10
+PLOT_X1 = WIDTH - 20
+LANE_H = 14
+LABEL_CHARS = 76  # what fits in LABEL_W at 10 px monospace
+AXIS_H = 24
+
+FAILED_BG = "#fbd5d5"
+FAILED_FG = "#c00000"
+STRIPE_BG = "#f3f5f8"
+DATA_SHADES = ("#b9cdea", "#86a8da", "#4f7fc6", "#1f56a8")
+COLORS = {
+    "syn": "#1a9641",
+    "established": "#1a9641",
+    "fin": "#707070",
+    "rst": "#d7191c",
+    "fail": "#d7191c",
+    "retransmit": "#f28e00",
+    "icmp": "#8e44ad",
+}
+LINE = {"ok": "#8a8a8a", "failed": "#d7191c", "open": "#8a8a8a"}
+
+
+def _nice_step(span_s: float, ticks: int = 10) -> float:
+    raw = span_s / ticks
+    mag = 10 ** _floor_log10(raw)
+    for m in (1, 2, 5, 10):
+        if raw <= m * mag:
+            return float(m * mag)
+    return float(10 * mag)
+
+
+def _floor_log10(x: float) -> int:
+    n = 0
+    if x <= 0:
+        return 0
+    while x >= 10:
+        x /= 10
+        n += 1
+    while x < 1:
+        x *= 10
+        n -= 1
+    return n
+
+
+def _fmt_s(t: float, step: float) -> str:
+    if step >= 1:
+        return f"{t:.0f} s"
+    if step >= 0.1:
+        return f"{t:.1f} s"
+    if step >= 0.01:
+        return f"{t:.2f} s"
+    return f"{t * 1000:.1f} ms"
+
+
+class _Canvas:
+    def __init__(self) -> None:
+        self.parts: list[str] = []
+
+    def add(self, text: str) -> None:
+        self.parts.append(text)
+
+
+def _label(f: Flow) -> str:
+    arrow = "→" if f.direction == "out" else "←"
+    end = f.end
+    if f.icmp_errors and end not in ("refused", "timed out", "unreachable"):
+        end += ", ICMP error"
+    text = f"{f.index:>4} {f.proto:<4} {f.guest} {arrow} {f.remote}  {end}"
+    if len(text) > LABEL_CHARS:  # long (IPv6) endpoints: keep the end, which matters most
+        keep = LABEL_CHARS - len(end) - 3
+        text = text[: max(keep, 10)] + "…  " + end
+    return text
+
+
+def _tooltip(f: Flow) -> str:
+    lines = [
+        f"flow {f.index}: {f.proto} {f.guest} {'→' if f.direction == 'out' else '←'} "
+        f"{f.remote}" + (f" (host {f.host})" if f.host else ""),
+        f"start {f.start_ns / 1e9:.6f} s, duration {f.duration_ns / 1e9:.6f} s",
+        f"{f.bytes_to_host} bytes to the host, {f.bytes_to_guest} to the guest",
+        f"end: {f.end}" + (f" ({f.end_detail})" if f.end_detail else ""),
+    ]
+    if f.retransmits:
+        lines.append(f"{f.retransmits} retransmissions")
+    if f.icmp_errors:
+        lines.append("ICMP: " + "; ".join(sorted(set(f.icmp_errors))))
+    return "\n".join(lines)
+
+
+def render_svg(summary: Summary, *, title: str = "") -> str:
+    """The session as an SVG document (text)."""
+    t0 = summary.first_ns or 0
+    span = max(summary.span_ns, 1_000_000)
+    plot_w = PLOT_X1 - PLOT_X0
+
+    def x(t_ns: int) -> float:
+        return PLOT_X0 + (t_ns - t0) * plot_w / span
+
+    flows = summary.flows
+    failed = [f for f in flows if f.failed]
+    if len(flows) > MAX_LANES:
+        keep = {f.index for f in failed}
+        drawn = [f for f in flows if f.index in keep or f.index <= MAX_LANES]
+    else:
+        drawn = list(flows)
+    not_drawn = len(flows) - len(drawn) + summary.flows_not_kept
+
+    head_lines = [
+        f"{len(flows) + summary.flows_not_kept} flows, {len(failed)} failed; "
+        f"{len(summary.lookups)} DNS lookups; span {span / 1e9:.3f} s; replay {summary.replay}"
+    ]
+    if failed:
+        shown = ", ".join(f"#{f.index} {f.proto} {f.remote} {f.end}" for f in failed[:8])
+        more = f" and {len(failed) - 8} more" if len(failed) > 8 else ""
+        head_lines.append(f"failed: {shown}{more}")
+    if not_drawn:
+        head_lines.append(f"{not_drawn} flows not drawn (too many)")
+    legend_y = 28 + 16 * len(head_lines)
+    axis_y = legend_y + 26
+    special = [("DHCP", "dhcp"), ("DNS", "dns")]
+    lanes_y = axis_y + AXIS_H
+    flow_y0 = lanes_y + len(special) * LANE_H + 6
+    height = flow_y0 + len(drawn) * LANE_H + AXIS_H + 10
+
+    c = _Canvas()
+    c.add(
+        f'<svg xmlns="http://www.w3.org/2000/svg" version="1.1" width="{WIDTH}" '
+        f'height="{height}" viewBox="0 0 {WIDTH} {height}" '
+        'font-family="DejaVu Sans, Verdana, sans-serif" font-size="11">'
+    )
+    c.add(f"<title>{escape('slirptrio session ' + title)}</title>")
+    c.add(f'<rect x="0" y="0" width="{WIDTH}" height="{height}" fill="white"/>')
+    c.add(f'<text x="10" y="20" font-size="15" font-weight="bold">'
+          f"{escape('slirptrio session ' + title)}</text>")
+    for i, line in enumerate(head_lines):
+        fill = FAILED_FG if line.startswith("failed") else "#333"
+        c.add(f'<text class="headline" x="10" y="{38 + 16 * i}" fill="{fill}">'
+              f"{escape(line)}</text>")
+    _legend(c, legend_y)
+
+    # time axis and grid
+    step = _nice_step(span / 1e9)
+    ticks = []
+    k = 0
+    while k * step <= span / 1e9 + 1e-12 and k < 200:
+        ticks.append(k * step)
+        k += 1
+    grid_bottom = height - AXIS_H
+    c.add('<g class="axis" font-size="10" fill="#555">')
+    for tk in ticks:
+        xx = PLOT_X0 + tk * 1e9 * plot_w / span
+        c.add(f'<line x1="{xx:.1f}" y1="{axis_y + 4}" x2="{xx:.1f}" y2="{grid_bottom}" '
+              'stroke="#e2e2e2" stroke-width="1"/>')
+        c.add(f'<text x="{xx:.1f}" y="{axis_y}" text-anchor="middle">{_fmt_s(tk, step)}</text>')
+        c.add(f'<text x="{xx:.1f}" y="{grid_bottom + 14}" text-anchor="middle">'
+              f"{_fmt_s(tk, step)}</text>")
+    c.add("</g>")
+
+    # special lanes
+    dhcp_y = lanes_y
+    dns_y = lanes_y + LANE_H
+    c.add(f'<g class="lane special" data-lane="dhcp" data-y="{dhcp_y}">')
+    c.add(f'<text x="10" y="{dhcp_y + 11}" font-weight="bold">DHCP</text>')
+    for n in summary.dhcp:
+        kind = n.data.get("type", "")
+        if kind not in ("ACK", "NAK", "RELEASE", "DISCOVER"):
+            continue
+        color = {"ACK": "#1a9641", "NAK": "#d7191c", "RELEASE": "#707070"}.get(kind, "#9ecae1")
+        xx = x(n.t_ns)
+        c.add(f'<circle class="mark dhcp {kind.lower()}" cx="{xx:.1f}" cy="{dhcp_y + 7}" r="4" '
+              f'fill="{color}"><title>{escape(f"{n.t_ns / 1e9:.3f} s {n.text}")}</title>'
+              "</circle>")
+    c.add("</g>")
+    c.add(f'<g class="lane special" data-lane="dns" data-y="{dns_y}">')
+    c.add(f'<text x="10" y="{dns_y + 11}" font-weight="bold">DNS</text>')
+    for lk in summary.lookups:
+        xx = x(lk.t_ns)
+        color = FAILED_FG if lk.failed else "#2b83ba"
+        cls = "mark dns failed" if lk.failed else "mark dns"
+        answer = ", ".join(lk.answers) or (lk.rcode if lk.answered_ns else "no answer")
+        tip = f"{lk.t_ns / 1e9:.3f} s {lk.name} {lk.qtype} → {answer}"
+        yy = dns_y + 7
+        c.add(f'<path class="{cls}" d="M{xx:.1f},{yy - 5} l4,5 l-4,5 l-4,-5 z" fill="{color}">'
+              f"<title>{escape(tip)}</title></path>")
+    c.add("</g>")
+
+    # flow lanes
+    for i, f in enumerate(drawn):
+        _lane(c, f, flow_y0 + i * LANE_H, i, x, t0 + span)
+
+    c.add("</svg>")
+    return "\n".join(c.parts) + "\n"
+
+
+def _legend(c: _Canvas, y: int) -> None:
+    items = [
+        ("syn", "set-up"), ("established", "established"), ("data", "data"),
+        ("retransmit", "retransmission"), ("fin", "FIN"), ("rst", "RST"),
+        ("fail", "refused / timed out"), ("icmp", "ICMP error"), ("dns", "DNS lookup"),
+    ]
+    xx = 10.0
+    c.add(f'<g class="legend" font-size="10" transform="translate(0,{y})">')
+    for kind, text in items:
+        _glyph(c, kind, xx + 5, 0.0, legend=True)
+        c.add(f'<text x="{xx + 14:.1f}" y="4">{escape(text)}</text>')
+        xx += 24 + 6.2 * len(text)
+    c.add(f'<rect x="{xx:.1f}" y="-6" width="22" height="12" fill="{FAILED_BG}"/>')
+    c.add(f'<text x="{xx + 27:.1f}" y="4" fill="{FAILED_FG}">failed flow</text>')
+    c.add("</g>")
+
+
+def _glyph(c: _Canvas, kind: str, xx: float, yy: float, *, legend: bool = False,
+           tip: str = "") -> None:
+    cls = "legend-mark" if legend else f"mark {kind}"
+    title = f"<title>{escape(tip)}</title>" if tip else ""
+    color = COLORS.get(kind, "#000")
+    if kind == "syn":
+        c.add(f'<path class="{cls}" d="M{xx - 3:.1f},{yy - 5} l7,5 l-7,5 z" fill="{color}">'
+              f"{title}</path>")
+    elif kind == "established":
+        c.add(f'<circle class="{cls}" cx="{xx:.1f}" cy="{yy}" r="2.5" fill="{color}">'
+              f"{title}</circle>")
+    elif kind == "fin":
+        c.add(f'<rect class="{cls}" x="{xx - 1:.1f}" y="{yy - 5}" width="2.5" height="10" '
+              f'fill="{color}">{title}</rect>')
+    elif kind == "rst":
+        c.add(f'<rect class="{cls}" x="{xx - 2:.1f}" y="{yy - 6}" width="4" height="12" '
+              f'fill="{color}">{title}</rect>')
+    elif kind == "retransmit":
+        c.add(f'<path class="{cls}" d="M{xx - 3:.1f},{yy + 4} L{xx:.1f},{yy - 4} '
+              f'L{xx + 3:.1f},{yy + 4}" stroke="{color}" stroke-width="2" fill="none">'
+              f"{title}</path>")
+    elif kind == "fail":
+        c.add(f'<path class="{cls}" d="M{xx - 5:.1f},{yy - 5} l10,10 M{xx - 5:.1f},{yy + 5} '
+              f'l10,-10" stroke="{color}" stroke-width="2.5" fill="none">{title}</path>')
+    elif kind == "icmp":
+        c.add(f'<path class="{cls}" d="M{xx:.1f},{yy - 5} l5,5 l-5,5 l-5,-5 z" fill="{color}">'
+              f"{title}</path>")
+    elif kind == "data":
+        c.add(f'<rect class="{cls}" x="{xx - 4:.1f}" y="{yy - 5}" width="9" height="10" '
+              f'fill="{DATA_SHADES[2]}"/>')
+    elif kind == "dns":
+        c.add(f'<path class="{cls}" d="M{xx:.1f},{yy - 5} l4,5 l-4,5 l-4,-5 z" '
+              'fill="#2b83ba"/>')
+
+
+def _lane(
+    c: _Canvas, f: Flow, y: int, i: int, x: Callable[[int], float], session_end: int
+) -> None:
+    mid = y + LANE_H / 2
+    cls = "lane failed" if f.failed else "lane"
+    c.add(f'<g class="{cls}" data-flow="{f.index}" data-end={quoteattr(f.end)} data-y="{y}">')
+    c.add(f"<title>{escape(_tooltip(f))}</title>")
+    if f.failed:
+        c.add(f'<rect x="0" y="{y}" width="{WIDTH}" height="{LANE_H}" fill="{FAILED_BG}"/>')
+    elif i % 2:
+        c.add(f'<rect x="0" y="{y}" width="{WIDTH}" height="{LANE_H}" fill="{STRIPE_BG}"/>')
+    fg = FAILED_FG if f.failed else "#222"
+    weight = ' font-weight="bold"' if f.failed else ""
+    c.add(f'<text x="6" y="{y + 11}" font-family="DejaVu Sans Mono, monospace" font-size="10" '
+          f'fill="{fg}"{weight} xml:space="preserve">{escape(_label(f))}</text>')
+    x0 = x(f.start_ns)
+    if f.end_ns is not None:
+        x1, dash = x(f.end_ns), ""
+    else:
+        x1, dash = x(session_end), ' stroke-dasharray="4,3"'
+    color = LINE["failed"] if f.failed else LINE["ok"]
+    c.add(f'<line class="life" x1="{x0:.1f}" y1="{mid}" x2="{max(x1, x0 + 1):.1f}" y2="{mid}" '
+          f'stroke="{color}" stroke-width="1.5"{dash}/>')
+    _data(c, f, y, x)
+    for t, kind in f.marks:
+        _glyph(c, kind, x(t), mid, tip=f"{t / 1e9:.6f} s {kind}")
+    c.add("</g>")
+
+
+def _data(c: _Canvas, f: Flow, y: int, x: Callable[[int], float]) -> None:
+    """Shaded blocks where bytes moved: one value per pixel column, four shades."""
+    bins = f.activity.bins()
+    if not bins:
+        return
+    width = f.activity.width_ns
+    cols: dict[int, int] = {}
+    for start, n in bins:
+        a = int(x(start))
+        b = max(a, int(x(start + width)) - 1)
+        share = n // (b - a + 1)
+        for col in range(a, b + 1):
+            cols[col] = cols.get(col, 0) + share
+    top = max(cols.values()) or 1
+    runs: list[tuple[int, int, int]] = []  # (first column, last column, shade)
+    for col in sorted(cols):
+        frac = cols[col] / top
+        shade = 0 if frac < 0.1 else 1 if frac < 0.35 else 2 if frac < 0.7 else 3
+        if runs and runs[-1][1] == col - 1 and runs[-1][2] == shade:
+            runs[-1] = (runs[-1][0], col, shade)
+        else:
+            runs.append((col, col, shade))
+    c.add(f'<g class="data" data-columns="{len(cols)}">')
+    for a, b, shade in runs:
+        c.add(f'<rect x="{a}" y="{y + 3}" width="{b - a + 1}" height="{LANE_H - 6}" '
+              f'fill="{DATA_SHADES[shade]}"/>')
+    c.add("</g>")
