@@ -485,11 +485,12 @@ class Writer:
 
     def _journal_failed(self, reason: str) -> None:
         """The journal stops: chunks are dropped until a new segment can be written."""
-        self.failures += 1
         if self.journal_error is None:
             log.warning("journal: stopped (%s); the network goes on, records are dropped "
                         "until the journal can be written again", reason)
+        # The reason first: the event loop reads it as soon as it sees ``failures`` change.
         self.journal_error = reason
+        self.failures += 1
 
     def _pcap(self, chunk: _Chunk) -> None:
         disk = self.disk
