@@ -178,10 +178,11 @@ def serve_http(addr: str, port: int) -> None:
             self.send_response(200)
             self.send_header("Content-Length", str(n))
             self.end_headers()
-            body = pattern(n)
-            view = memoryview(body)
+            # Streamed from one megabyte of the pattern (it repeats every 64 KiB), so a
+            # gigabyte body costs no gigabyte of memory.
+            chunk = memoryview(pattern(1 << 20))
             for i in range(0, n, 1 << 20):
-                self.wfile.write(view[i : i + (1 << 20)])
+                self.wfile.write(chunk[: min(1 << 20, n - i)])
 
         def do_PUT(self) -> None:
             h = hashlib.sha256()
