@@ -88,3 +88,31 @@ def test_replay_exports_every_frame_of_the_runs(tmp_path: pathlib.Path) -> None:
     assert result.identical
     frames = list(read_pcap(io.BytesIO(out.getvalue())))
     assert len(frames) == result.frames == counters["frames_in"] + counters["frames_out"]
+
+
+def test_the_fuzzer_drives_both_paths_alike() -> None:
+    """The stack fuzzer (bursts of guided, mutated segments through the coalescing path) with
+    one seed on each path: the same counters, so the same decisions all the way (the fuzzer's
+    next frames depend on the stack's answers)."""
+    import json
+    import logging
+
+    from tests.fuzz import fuzz
+
+    code = (
+        "import json, logging; logging.getLogger('slirptrio').setLevel(logging.CRITICAL);"
+        "from slirptrio.wire import fast; assert fast.IMPL == 'pure';"
+        "from tests.fuzz import fuzz;"
+        "s = fuzz('tcp', 3200, seed=11, session_frames=800, replay_every=4);"
+        "print(json.dumps(dict(s.counters), sort_keys=True))"
+    )
+    level = logging.getLogger("slirptrio").level
+    logging.getLogger("slirptrio").setLevel(logging.CRITICAL)
+    try:
+        native = fuzz("tcp", 3200, seed=11, session_frames=800, replay_every=4)
+    finally:
+        logging.getLogger("slirptrio").setLevel(level)
+    assert native.counters["tcp_gro_merged"] > 0
+    out = _python(code, pure=True)
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert json.loads(out.stdout) == dict(native.counters)
