@@ -10,7 +10,9 @@ guest as 10.0.2.2. Measured, one case after another:
 * connections/s: connect, one 1-byte round trip, close, in a loop (``pingpong crr``);
 * the stack process's VmRSS before and while the guest holds 5,000 idle established flows;
 * slirptrio with its journal and pcap on (the default) and off;
-* (unless ``--no-sweep``) slirptrio guest->host and host->guest over a range of MTUs.
+* (unless ``--no-sweep``) slirptrio guest->host and host->guest over a range of MTUs;
+* every slirptrio session's journal replayed (``slirptrio replay``): it must be identical, and
+  the replay's wall time is compared with the session's.
 
 The table goes to stdout and to ``benchmarks/results.md``. Every namespace and process is
 removed on exit, on failure and on Ctrl-C.
@@ -24,6 +26,7 @@ import dataclasses
 import json
 import os
 import platform
+import re
 import shutil
 import signal
 import statistics
@@ -45,7 +48,7 @@ from benchmarks.stacks import (
     start_slirp4netns,
     start_slirptrio,
 )
-from tests.e2e.harness import HarnessError, Topology, run, skip_reason, sweep_stale
+from tests.e2e.harness import HarnessError, Topology, replay, run, skip_reason, sweep_stale
 
 HERE = Path(__file__).resolve().parent
 RESULTS = HERE / "results.md"
@@ -91,12 +94,38 @@ class Bulk:
 
 
 @dataclass
+class ReplayCheck:
+    """A session's journal replayed after the session ended."""
+
+    identical: bool
+    summary: str
+    """The replay's verdict line (or the start of its divergence report)."""
+    session_s: float
+    """Wall time of the session: the stack's start to its stop."""
+    replay_s: float
+    """Wall time of ``slirptrio replay`` (process start included)."""
+    span_s: float | None = None
+    """The session time the replayed records cover (``t=A..B`` in the verdict): less than the
+    session when the journal's ring of segments no longer holds its start."""
+
+    @property
+    def speed(self) -> float:
+        """Session time replayed per second of replay."""
+        covered = self.session_s if self.span_s is None else min(self.span_s, self.session_s)
+        return covered / max(self.replay_s, 1e-9)
+
+
+@dataclass
 class CaseResult:
     case: Case
     label: str = ""
     bulk: dict[Direction, Bulk] = field(default_factory=dict)
     rr: float | None = None
     crr: float | None = None
+    rr_cpu_us: float | None = None
+    """Stack CPU per round trip (µs), over all ``rr`` runs."""
+    crr_cpu_us: float | None = None
+    replay: ReplayCheck | None = None
     rss_before: int | None = None
     rss_after: int | None = None
     held: int = 0
@@ -203,10 +232,13 @@ def measure_pingpong(
     mode: Literal["rr", "crr"],
     seconds: float,
     runs: int,
-) -> float:
+) -> tuple[float, float]:
     """Round trips (``rr``) or connections (``crr``) per second from the guest: the median of
-    ``runs`` runs of ``seconds`` each (single runs are noisy on a shared 2-core machine)."""
+    ``runs`` runs of ``seconds`` each (single runs are noisy on a shared 2-core machine), and
+    the stack's CPU time per operation over all runs (µs)."""
     rates = []
+    ops = 0
+    t0 = cpu_ticks(stack.pid)
     for _ in range(runs):
         argv = [str(pingpong), mode, GATEWAY, str(PINGPONG_PORT), str(seconds)]
         out = topo.guest_run(argv, seconds + 60, check=False)
@@ -217,7 +249,9 @@ def measure_pingpong(
                 f"pingpong {mode} failed (exit {out.returncode}):\n{out.stdout}{out.stderr}"
             )
         rates.append(int(words[1]) / float(words[2]))
-    return statistics.median(rates)
+        ops += int(words[1])
+    cpu_s = (cpu_ticks(stack.pid) - t0) / os.sysconf("SC_CLK_TCK")
+    return statistics.median(rates), 1e6 * cpu_s / max(ops, 1)
 
 
 def measure_idle(topo: Topology, stack: Stack, pingpong: Path, flows: int) -> tuple[int, int, int]:
@@ -292,16 +326,16 @@ def run_case(case: Case, settings: Settings, pingpong: Path) -> CaseResult:
             )
 
         def rr() -> None:
-            result.rr = measure_pingpong(
+            result.rr, result.rr_cpu_us = measure_pingpong(
                 topo, stack, pingpong, "rr", settings.rr_seconds, settings.rr_runs
             )
-            log(f"   round trips/s: {result.rr:.0f}")
+            log(f"   round trips/s: {result.rr:.0f} ({result.rr_cpu_us:.0f} µs CPU each)")
 
         def crr() -> None:
-            result.crr = measure_pingpong(
+            result.crr, result.crr_cpu_us = measure_pingpong(
                 topo, stack, pingpong, "crr", settings.rr_seconds, settings.rr_runs
             )
-            log(f"   connections/s: {result.crr:.0f}")
+            log(f"   connections/s: {result.crr:.0f} ({result.crr_cpu_us:.0f} µs CPU each)")
 
         def idle() -> None:
             result.rss_before, result.rss_after, result.held = measure_idle(
@@ -322,7 +356,32 @@ def run_case(case: Case, settings: Settings, pingpong: Path) -> CaseResult:
         for name, fn in steps:
             if not _attempt(result, stack, name, fn):
                 break
+        if stack.journal is not None:
+            result.replay = check_replay(stack)
+            r = result.replay
+            log(
+                f"   replay: {r.summary} ({r.replay_s:.1f} s for a {r.session_s:.1f} s session, "
+                f"{r.speed:.1f}x the session time replayed)"
+            )
+            if not r.identical:
+                result.errors.append(f"replay: {r.summary}")
     return result
+
+
+def check_replay(stack: Stack) -> ReplayCheck:
+    """Stop slirptrio (its journal complete), replay the journal, time both."""
+    assert stack.journal is not None
+    stack.proc.stop()
+    session_s = time.monotonic() - stack.started
+    t0 = time.monotonic()
+    out = replay(stack.journal, timeout=1800)
+    replay_s = time.monotonic() - t0
+    text = (out.stdout + out.stderr).strip()
+    first = text.splitlines()[0] if text else f"exit {out.returncode}"
+    ok = out.returncode == 0 and first.startswith("identical")
+    m = re.search(r"t=([\d.]+)s\.\.([\d.]+)s", first)
+    span_s = float(m.group(2)) - float(m.group(1)) if m else None
+    return ReplayCheck(ok, first[:300], session_s, replay_s, span_s)
 
 
 def cases(settings: Settings) -> list[Case]:
@@ -404,7 +463,8 @@ def render(
         "",
         "Bulk cells: receiver's Gbit/s (CPU of the stack process, + its separate QEMU relay for "
         "slirptrio, in % of one core). Round trips/s and connections/s: median of "
-        f"{settings.rr_runs} runs of {settings.rr_seconds:g} s.",
+        f"{settings.rr_runs} runs of {settings.rr_seconds:g} s (the stack process's CPU time per "
+        "operation).",
         "slirptrio column: journal + pcap on (its default); MTU 1500 over `-netdev stream`, "
         "MTU 65520 over `-netdev dgram`.",
         "",
@@ -437,23 +497,32 @@ def render(
     for d, name in (("up", "guest→host"), ("down", "host→guest")):
         dd = "up" if d == "up" else "down"
         g = _gbps(st_big, dd)
-        target = "≥ 3 Gbit/s" if dd == "up" else "—"
-        ok = None if g is None or dd == "down" else g >= 3.0
+        r = _ratio(g, _gbps(lib, dd))
+        s4 = _ratio(g, _gbps(s4n_big, dd))
         row(
             f"TCP {name}, MTU 65520, Gbit/s",
-            [_cell_bulk(st_big, dd), "n/a (no mtu= in 7.2)", _cell_bulk(s4n_big, dd)],
-            target,
-            _ratio(g, _gbps(s4n_big, dd)),
-            ok,
-            "{:.2f}x slirp4netns",
+            [
+                _cell_bulk(st_big, dd),
+                "n/a (no mtu= in 7.2)",
+                _cell_bulk(s4n_big, dd) + ("" if s4 is None else f"; slirptrio {s4:.2f}x"),
+            ],
+            "≥ 4x libslirp@1500",
+            r,
+            None if r is None else r >= 4.0,
+            "{:.2f}x libslirp@1500",
         )
     for attr, name in (
         ("rr", "round trips/s (1 byte, 1 connection)"),
         ("crr", "connections/s (connect, 1 request, close)"),
     ):
         vals = [getattr(r, attr) if r is not None else None for r in (st, lib, s4n)]
+        cpus = [getattr(r, attr + "_cpu_us") if r is not None else None for r in (st, lib, s4n)]
+        cells = [
+            _fmt(v, 0) + ("" if c is None else f" ({c:,.0f} µs CPU)")
+            for v, c in zip(vals, cpus, strict=True)
+        ]
         r = _ratio(vals[0], vals[1])
-        row(name, [_fmt(v, 0) for v in vals], "≥ 0.5x libslirp", r, None if r is None else r >= 0.5)
+        row(name, cells, "≥ 0.5x libslirp", r, None if r is None else r >= 0.5)
     per = [r.kib_per_flow if r is not None else None for r in (st, lib, s4n)]
     row(
         f"RSS per idle flow, KiB (up to {IDLE_FLOWS:,} flows)",
@@ -504,6 +573,38 @@ def render(
     lines.append(
         f"| RSS per idle flow, KiB | {_fmt(per_on, 1)} | | {_fmt(per_off, 1)} | | | | |"
     )
+
+    replays = [
+        (k, cr)
+        for k, cr in [*results.items(), *((f"sweep/{sr.case.mtu}", sr) for sr in sweep)]
+        if cr.replay is not None
+    ]
+    if replays:
+        lines += [
+            "",
+            "## Replay of every session's journal",
+            "",
+            "Session: the stack's start to its stop (setup and pauses between measurements "
+            "included). Replayed: the session time the journal still holds (its ring of "
+            "segments drops the oldest past `--journal-max`; replay starts at the first "
+            "segment's snapshot). Replay: `slirptrio replay JOURNAL`, process start included. "
+            "Speed: replayed session time per second of replay. Target: ≥ 3x for bulk-only "
+            "sessions.",
+            "",
+            "| session | measurements | session s | replayed s | replay s | replay speed "
+            "| result |",
+            "|---|---|---|---|---|---|---|",
+        ]
+        for k, cr in replays:
+            rc = cr.replay
+            assert rc is not None
+            what = "bulk" + (", rr, crr, idle flows" if cr.case.rr else "")
+            verdict = "identical" if rc.identical else f"**{rc.summary}**"
+            span = "?" if rc.span_s is None else f"{min(rc.span_s, rc.session_s):.1f}"
+            lines.append(
+                f"| `{k}` | {what} | {rc.session_s:.1f} | {span} | {rc.replay_s:.1f} | "
+                f"{rc.speed:.1f}x | {verdict} |"
+            )
 
     if sweep:
         lines += [

@@ -43,6 +43,10 @@ class Stack:
     mtu: int
     guest_ip: str
     relay: Proc | None = None
+    journal: Path | None = None
+    """slirptrio's journal, when it keeps one."""
+    started: float = 0.0
+    """time.monotonic() when the stack process was started."""
 
     @property
     def pid(self) -> int:
@@ -89,6 +93,7 @@ def start_slirptrio(
         extra += ["--no-journal", "--no-pcap"]
     elif not pcap:
         extra += ["--no-pcap"]
+    started = time.monotonic()
     st = topo.start_slirptrio(transport, options, extra_args=extra, verbose=0)
     relay = topo.start_relay(st.transport, dump=False)
     lease = topo.udhcpc()
@@ -98,7 +103,10 @@ def start_slirptrio(
     tr = "stream" if transport == "listen" else "dgram"
     mode = ("on" if pcap else "only, no pcap") if journal else "off"
     label = f"slirptrio ({tr}, journal {mode})"
-    return Stack("slirptrio", label, st.proc, mtu, lease.ip, relay.proc)
+    return Stack(
+        "slirptrio", label, st.proc, mtu, lease.ip, relay.proc, st.journal if journal else None,
+        started,
+    )
 
 
 def start_libslirp(topo: Topology) -> Stack:

@@ -7,8 +7,27 @@ from typing import Any
 
 import dpkt
 
-from slirptrio.core.events import GuestFrame, SendFrame, decode_effect, decode_event
+from slirptrio.core.events import (
+    GuestFrame,
+    GuestFrames,
+    SendFrame,
+    SendFrames,
+    decode_effect,
+    decode_event,
+)
 from slirptrio.journal import is_digest
+from slirptrio.wire.framing import split_run
+
+
+def run(data: bytes) -> str:
+    """A run of frames: how many, and the first and last of them."""
+    frames = split_run(data)
+    if not frames:
+        return f"0 frames ({len(data)} bytes)"
+    text = f"{len(frames)} frame{'s' if len(frames) > 1 else ''}: " + frame(bytes(frames[0]))
+    if len(frames) > 1:
+        text += " ... " + frame(bytes(frames[-1]))
+    return text
 
 
 def frame(data: bytes) -> str:
@@ -71,6 +90,8 @@ def event(raw: list[Any]) -> str:
         return f"undecodable event {raw!r:.60}: {exc}"
     if isinstance(ev, GuestFrame):
         return "guest frame: " + frame(ev.data)
+    if isinstance(ev, GuestFrames):
+        return "guest frames, " + run(ev.data)
     return repr(ev) if len(repr(ev)) < 200 else repr(ev)[:200] + "..."
 
 
@@ -83,6 +104,8 @@ def effect(raw: list[Any]) -> str:
         # A journaled digest: describe the kept headers.
         if raw[0] == SendFrame.TAG:
             return f"frame to guest {_digest(raw[1])}: " + frame(raw[1][3])
+        if raw[0] == SendFrames.TAG:  # the digest kept the run's start: its first frame's
+            return f"frames to guest {_digest(raw[1])}, first: " + frame(raw[1][3][4:])
         shown = [_digest(f) if is_digest(f) else repr(f) for f in raw[1:]]
         return f"effect {raw[0]}({', '.join(shown)})"
     try:
@@ -91,6 +114,8 @@ def effect(raw: list[Any]) -> str:
         return f"undecodable effect {raw!r:.60}: {exc}"
     if isinstance(eff, SendFrame):
         return "frame to guest: " + frame(eff.data)
+    if isinstance(eff, SendFrames):
+        return "frames to guest, " + run(eff.data)
     return repr(eff) if len(repr(eff)) < 200 else repr(eff)[:200] + "..."
 
 
@@ -104,10 +129,16 @@ def flow_of(raw_event: list[Any], raw_effects: list[list[Any]]) -> str:
     if flow is not None:
         return f"flow {flow}"
     data = ev.data if isinstance(ev, GuestFrame) else None
+    if isinstance(ev, GuestFrames):
+        frames = split_run(ev.data)
+        data = bytes(frames[0]) if frames else None
     if data is None:
         for raw in raw_effects:
             if raw and raw[0] == SendFrame.TAG:
                 data = raw[1][3] if is_digest(raw[1]) else raw[1]
+                break
+            if raw and raw[0] == SendFrames.TAG:
+                data = raw[1][3][4:] if is_digest(raw[1]) else raw[1][4:]
                 break
             if len(raw) > 1 and isinstance(raw[1], int):
                 return f"flow {raw[1]}"

@@ -329,7 +329,7 @@ def _run(
             for _d, frame in frames_of(event, actual):
                 result.frames += 1
                 if pcap is not None:
-                    pcap.write(header.origin_ns + rec.t_ns, frame)
+                    pcap.write(header.origin_ns + rec.t_ns, bytes(frame))
         if result.first is None:
             result.first = rec
         if got != expected:

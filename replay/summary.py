@@ -49,6 +49,7 @@ from slirptrio.core import constants
 from slirptrio.core.events import (
     DnsUpstreams,
     GuestFrame,
+    GuestFrames,
     GuestLink,
     HostFwdChange,
     IcmpEchoClose,
@@ -58,6 +59,7 @@ from slirptrio.core.events import (
     IcmpEchoSend,
     IcmpUnavailable,
     SendFrame,
+    SendFrames,
     TcpClose,
     TcpConnect,
     TcpConnected,
@@ -549,6 +551,9 @@ class _Analyzer:
         self.udp_fwd: dict[tuple[int, str, int], Flow] = {}
         # A forwarded datagram's flow, until our frame to the guest shows its addresses.
         self._pending_udp_in: tuple[tuple[bytes, int], Flow] | None = None
+        # Inside a run of guest frames: each frame takes the opening effect it caused out of
+        # the run's effects (see _take), so two SYNs in one burst do not share a TcpConnect.
+        self._in_run = False
 
     def _sink(self, seq: int, t_ns: int, event: Any, effects: list[Any]) -> None:
         self._actual = effects
@@ -625,10 +630,15 @@ class _Analyzer:
             self._guest_frame(t, ev[1], effects)
         elif tag not in _KNOWN_EVENTS:
             # Other carriers of guest frames (runs of them): frames_of takes them apart.
-            for _d, frame in frames_of(ev, []):
-                if isinstance(frame, bytes | memoryview):
-                    self.s.frames_in += 1
-                    self._guest_frame(t, bytes(frame), effects)
+            pool = list(effects)
+            self._in_run = True
+            try:
+                for _d, frame in frames_of(ev, []):
+                    if isinstance(frame, bytes | memoryview):
+                        self.s.frames_in += 1
+                        self._guest_frame(t, bytes(frame), pool)
+            finally:
+                self._in_run = False
         elif tag == TcpData.TAG:
             f = self.by_id.get(ev[1])
             if f is not None:
@@ -709,6 +719,48 @@ class _Analyzer:
 
     # -- frames from the guest -------------------------------------------------------------
 
+    def _take(self, effects: list[Any], tag: int, host: str | None = None,
+              port: int | None = None) -> list[Any] | None:
+        """The effect ``tag`` (an opening one: TcpConnect, UdpOpen...) a guest frame caused.
+
+        For a single frame, the first of its kind. Inside a run of frames the effects are
+        the whole run's: the first naming the frame's ``port`` (and its ``host`` if any does)
+        is taken out of the list, so each frame has the next unclaimed one for its
+        destination. (The journal does not say which frame of a run caused what; a
+        translated host, the gateway's, is not named in the effect.)
+        """
+        if not self._in_run:
+            first: list[Any] | None = next((e for e in effects if e[0] == tag), None)
+            return first
+        best = None
+        for i, e in enumerate(effects):
+            if e[0] != tag:
+                continue
+            fields = e[2:4]
+            if port is not None and port not in fields:
+                continue
+            if host is not None and host in fields:
+                best = i
+                break
+            if best is None:
+                best = i
+        if best is None:
+            return None
+        taken: list[Any] = effects.pop(best)
+        return taken
+
+    def _tcp_connect(self, effects: list[Any], p: _Pkt) -> list[Any] | None:
+        """The TcpConnect a guest's SYN caused; inside a run, while the replayed core is in
+        step, the one for the flow the core made for the frame's addresses (none: refused)."""
+        if self._in_run and self.door is not None and self.stack is not None:
+            flow = self.stack.tcp.flow_of((p.src, p.sport, p.dst, p.dport))
+            for i, e in enumerate(effects):
+                if e[0] == TcpConnect.TAG and e[1] == flow:
+                    found: list[Any] = effects.pop(i)
+                    return found
+            return None
+        return self._take(effects, TcpConnect.TAG, _ip_text(p.dst), p.dport)
+
     def _guest_frame(self, t: int, frame: bytes, effects: list[Any]) -> None:
         pkt = _parse(frame)
         if pkt is None:
@@ -739,7 +791,7 @@ class _Analyzer:
             f.mark(t, "syn")
             f._hi_guest = (p.seq + 1) & _M32
             f.packets_to_host += 1
-            connect = next((e for e in effects if e[0] == TcpConnect.TAG), None)
+            connect = self._tcp_connect(effects, p)
             if connect is not None:
                 f.flow_id = connect[1]
                 f.host = _host_port(connect[2], connect[3])
@@ -792,7 +844,7 @@ class _Analyzer:
             return
         key = (p.src, p.sport, p.dst, p.dport)
         f = self.udp.get(key)
-        opened = next((e for e in effects if e[0] == UdpOpen.TAG), None)
+        opened = self._take(effects, UdpOpen.TAG, _ip_text(p.dst), p.dport)
         if opened is not None or f is None or f.end_ns is not None:
             if opened is None and f is None:
                 # No host socket: broadcast kept inside, restrict=on, a reply on a forward.
@@ -826,7 +878,7 @@ class _Analyzer:
         f.host = name if op == 1 else f"{name} (write)"
         f.mark(t, "syn")
         self.udp[key] = f
-        opened = next((e for e in effects if e[0] == TftpOpen.TAG), None)
+        opened = self._take(effects, TftpOpen.TAG)
         if opened is None:
             f.finish(t, "refused", "write" if op == 2 else "no tftp= root, or a path outside it")
             f.mark(t, "fail")
@@ -836,7 +888,7 @@ class _Analyzer:
     def _guest_echo(self, t: int, p: _Pkt, effects: list[Any]) -> None:
         key = (p.src, p.dst, p.sport)
         f = self.echo.get(key)
-        opened = next((e for e in effects if e[0] == IcmpEchoOpen.TAG), None)
+        opened = self._take(effects, IcmpEchoOpen.TAG, _ip_text(p.dst))
         if f is None or f.end_ns is not None or opened is not None:
             f = self._new_flow("icmp", "out", _ip_text(p.src), _ip_text(p.dst), t)
             f.host = opened[2] if opened is not None else "(answered by slirptrio)"
@@ -856,7 +908,13 @@ class _Analyzer:
         syn = None
         for e in effects:
             if e[0] == SendFrame.TAG:
-                pkt = _parse(_field_bytes(e[1])[0])
+                frames = [_field_bytes(e[1])[0]]
+            elif e[0] == SendFrames.TAG:
+                frames = [bytes(f) for _d, f in frames_of([], [e])]
+            else:
+                continue
+            for frame in frames:
+                pkt = _parse(frame)
                 if pkt is not None and pkt.proto == 6 and pkt.flags & _SYN:
                     syn = pkt
         remote = _ep(syn.src, syn.sport) if syn is not None else _host_port(peer_ip, peer_port)
@@ -1029,7 +1087,9 @@ class _Analyzer:
         if flags & _RST:
             if f.end_ns is None:
                 tag = ev[0]
-                if tag == GuestFrame.TAG and f.flow_id is None and f.direction == "out":
+                if (tag == GuestFrame.TAG or tag == GuestFrames.TAG) and (
+                    f.flow_id is None and f.direction == "out"
+                ):
                     f.finish(t, "refused", "by slirptrio (restrict=on, no route, or table full)")
                     f.mark(t, "fail")
                 elif tag == Tick.TAG:

@@ -53,6 +53,7 @@ from slirptrio.shell.forwards import ForwardError, Forwards
 from slirptrio.shell.runtime import Runtime
 from slirptrio.shell.smb import SMB_PORTS, SmbError, SmbShare, check_share
 from slirptrio.shell.tftp import TftpFiles, open_root
+from slirptrio.wire import fast
 
 log = logging.getLogger("slirptrio")
 
@@ -89,6 +90,8 @@ class StackStatistics:
     guest_attached: bool
     frames_from_strangers: int = 0
     """Datagrams to a ``-netdev dgram`` transport from anybody but its peer (dropped)."""
+    fast_path: str = fast.IMPL
+    """``"native"`` (the C extension) or ``"pure"`` (Python): the per-frame codecs in use."""
     captures: list[dict[str, Any]] = dataclasses.field(default_factory=list)
     """Live captures: id, frames, lost (the reader was too slow), filter."""
 
@@ -497,6 +500,10 @@ async def open_stack(
     """
     cfg = parse_user_options(config) if isinstance(config, str) else config
     cfg = fit_max_flows(cfg)
+    if fast.IMPL == "native":
+        log.info("fast path: native")
+    else:
+        log.info("fast path: pure Python (%s): several times slower", fast.REASON)
     upstreams = [parse_upstream(u) for u in dns_upstreams] if dns_upstreams else None
     problem = check_host_side(cfg)
     if problem is not None:

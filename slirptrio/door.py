@@ -15,26 +15,18 @@ without it, or the reverse, diverges.
 from __future__ import annotations
 
 import logging
-import re
 from collections.abc import Callable
 from typing import Any
 
 from slirptrio.config import Config
-from slirptrio.core.events import CoreError, Effect, Event
+from slirptrio.core.events import CoreError, Effect, Event, error_message
+
+__all__ = ["Door", "Sink", "error_message"]
 from slirptrio.core.stack import Stack
 
 log = logging.getLogger("slirptrio.door")
 
 Sink = Callable[[int, int, Event, list[Effect]], None]
-
-_ADDRESS = re.compile(r"0x[0-9a-fA-F]{6,}")
-
-
-def error_message(exc: BaseException) -> str:
-    """An exception's message as journaled: object addresses blanked (they differ in replay),
-    at most 500 characters."""
-    return _ADDRESS.sub("0x?", str(exc))[:500]
-
 
 class Door:
     """Feeds events to a :class:`Stack`, one at a time, and reports each step to ``sink``."""

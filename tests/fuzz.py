@@ -24,6 +24,11 @@ lying UDP to ports 67, 53 and 69 (CVE-2021-3592..3595), NC-SI frames (ethertype 
 ARP cut short (CVE-2020-29129/29130), overlapping and overrunning fragments (CVE-2019-14378,
 -15890, CVE-2020-1983), urgent pointers and bad TCP option lengths.
 
+Half the sessions send the guest's frames in bursts, as the transports deliver them
+(``GuestFrames`` runs of 2-16 frames, now and then with an empty frame or a cut-off tail, and
+``FrameRuns`` on): the coalescing (GRO) path, native or pure, sees the same guided and mutated
+segments, in-order data rows among them.
+
 Checked: no exception escapes ``Stack.handle``; every table and buffer stays within its bound
 (:func:`check_bounds`); every session is journaled exactly as the door does and its journal
 replays identical.
@@ -55,7 +60,9 @@ from slirptrio.core.events import (
     DnsUpstreams,
     Effect,
     Event,
+    FrameRuns,
     GuestFrame,
+    GuestFrames,
     GuestFwdAdd,
     GuestFwdRemove,
     GuestLink,
@@ -67,6 +74,7 @@ from slirptrio.core.events import (
     IcmpEchoSend,
     IcmpUnavailable,
     SendFrame,
+    SendFrames,
     TcpClose,
     TcpConnect,
     TcpConnected,
@@ -92,6 +100,7 @@ from slirptrio.door import Door
 from slirptrio.journal import open_journal
 from slirptrio.journal.writer import Recorder
 from slirptrio.wire.checksum import internet_checksum, pseudo_header_sum
+from slirptrio.wire.framing import split_run
 from tests.journals import header_for
 
 REPO = Path(__file__).resolve().parents[1]
@@ -343,11 +352,13 @@ class StrictDoor(Door):
 
 class Session:
     """One Stack behind a door that journals as the runtime's does (segments with snapshots
-    when ``journal_max`` bounds it), driven by one protocol's generator."""
+    when ``journal_max`` bounds it), driven by one protocol's generator; with ``bursts``, the
+    generated frames arrive in runs (GuestFrames) and the frames out leave in runs."""
 
     def __init__(self, rng: random.Random, protocol: str, config: str, journal: Path,
-                 seed: int, journal_max: int | None = None) -> None:
+                 seed: int, journal_max: int | None = None, bursts: bool = False) -> None:
         self.rng = rng
+        self.bursts = bursts
         self.protocol = protocol
         cfg = parse_user_options(config)
         self.stack = Stack(cfg, seed)
@@ -388,6 +399,21 @@ class Session:
         self.frames += 1
         self.step(GuestFrame(data))
 
+    def burst(self, frames: list[bytes]) -> None:
+        """Frames in one run, sometimes with an empty frame or a cut-off tail."""
+        rng = self.rng
+        run = bytearray()
+        for f in frames:
+            run += len(f).to_bytes(4, "big") + f
+            if rng.random() < 0.02:
+                run += bytes(4)
+        if rng.random() < 0.03:  # a tail that is no whole frame: its length or bytes cut off
+            f = rng.choice(frames)
+            tail = (len(f) + 1).to_bytes(4, "big") + f
+            run += tail[: rng.randrange(1, len(tail))]
+        self.frames += len(frames)
+        self.step(GuestFrames(bytes(run)))
+
     def advance(self) -> None:
         rng = self.rng
         due = self.stack.poll_at()
@@ -404,6 +430,10 @@ class Session:
             if t is SendFrame:
                 assert isinstance(e, SendFrame)
                 self.observe_frame(e.data)
+            elif t is SendFrames:
+                assert isinstance(e, SendFrames)
+                for f in split_run(e.data):
+                    self.observe_frame(bytes(f))
             elif t is TcpConnect:
                 assert isinstance(e, TcpConnect)
                 self.tcp[e.flow] = TcpFlowView()
@@ -766,6 +796,35 @@ class Session:
             opts += bytes((1, 1, 4, 2))
         return opts
 
+    def gen_tcp_row(self) -> list[bytes]:
+        """A row one connection's segments would make in a burst (the GRO path's food):
+        in-order data without options, now and then pure ACKs or a FIN at the end."""
+        rng = self.rng
+        synced = [c for c in self.conns if c.peer_nxt is not None]
+        if not synced:
+            return [self.gen_tcp() for _ in range(rng.randint(2, 8))]
+        c = rng.choice(synced)
+        assert c.peer_nxt is not None
+        k = rng.randint(2, 24)
+        window = rng.choice((65535, 65535, 29200, 0, 512))
+        out = []
+        if rng.random() < 0.2:  # acknowledgements that advance (or, sometimes, do not)
+            for i in range(k):
+                ack = (c.peer_nxt - 100 * (k - 1 - i) + rng.choice((0, 0, 0, -1, 1))) & 0xFFFFFFFF
+                seg = tcp(c.sport, c.dport, c.nxt, ack, ACK, window)
+                out.append(self.ip_frame(c.dst, TCP, seg, src=c.src, mutate=0.02))
+            return out
+        size = rng.choice((1, 100, 536, 1448, 1460))
+        for i in range(k):
+            payload = rng.randbytes(size)
+            flags = ACK | (PSH if rng.random() < 0.3 else 0)
+            if i == k - 1 and rng.random() < 0.1:
+                flags |= FIN
+            seg = tcp(c.sport, c.dport, c.nxt, c.peer_nxt, flags, window, payload)
+            c.nxt += len(payload) + (1 if flags & FIN else 0)
+            out.append(self.ip_frame(c.dst, TCP, seg, src=c.src, mutate=0.02))
+        return out
+
     def gen_tcp(self) -> bytes:
         rng = self.rng
         conns = self.conns
@@ -910,6 +969,8 @@ class Session:
     def run(self, frames: int, capture: Path | None) -> None:
         rng = self.rng
         self.step(GuestLink(True))
+        if self.bursts:
+            self.step(FrameRuns(True))
         self.step(DnsUpstreams(self.upstreams))
         if capture is not None:
             self.play_capture(capture)
@@ -921,6 +982,11 @@ class Session:
                 self.host_event()
             elif r < 0.3:
                 self.advance()
+            elif self.bursts and r < 0.65:
+                if self.protocol == "tcp" and rng.random() < 0.4:
+                    self.burst(self.gen_tcp_row())
+                else:
+                    self.burst([gen() for _ in range(rng.randint(2, 16))])
             else:
                 self.frame(gen())
             if self.seq % 512 == 0:
@@ -1014,7 +1080,8 @@ def fuzz(protocol: str, frames: int, *, seed: int, session_frames: int = 5000,
             # Every other session in a bounded ring of segments, each starting with a snapshot:
             # replay then starts from a restored core and checks the state at each boundary.
             s = Session(rng, protocol, config, path, seed=rng.randrange(1 << 62),
-                        journal_max=ring_bytes if index % 2 else None)
+                        journal_max=ring_bytes if index % 2 else None,
+                        bursts=index % 4 in (1, 2))
             s.run(n, caps[index % len(caps)] if caps and index % 2 == 0 else None)
             stats.seconds[protocol] += time.perf_counter() - t0
             stats.frames[protocol] += s.frames

@@ -56,6 +56,12 @@ if ! "$PY" -c 'import slirptrio, trio, dpkt, msgpack, pytest, pytest_trio, hypot
     fi
 fi
 
+# The native fast path, built in place for this checkout (an editable install elsewhere does not
+# build it here); without a compiler this warns and the pure path is used.
+echo "run.sh: build the native fast path"
+"$PY" setup.py -q build_ext --inplace 2>&1 | grep -v "_BetaConfiguration\|warnings.warn" || true
+"$PY" -c 'from slirptrio.wire import fast; print(f"run.sh: fast path: {fast.IMPL} {fast.REASON}")'
+
 # --- checks -----------------------------------------------------------------------------------
 echo "run.sh: ruff check ."
 "$PY" -m ruff check .
@@ -74,3 +80,9 @@ echo "run.sh: mypy ${mypy_files[*]}"
 echo "run.sh: pytest"
 # A backstop only: every wait inside the tests is bounded far below this.
 timeout --kill-after=30 840 "$PY" -m pytest -q </dev/null
+
+# The pure-Python path once more (the reference; what a machine without a compiler runs): the
+# unit tests, the captures' replay among them. The end-to-end tests ran above on the native path.
+echo "run.sh: pytest, pure path (SLIRPTRIO_PURE=1, unit tests)"
+SLIRPTRIO_PURE=1 timeout --kill-after=30 840 "$PY" -m pytest -q -p no:cacheprovider \
+    --ignore=tests/e2e </dev/null

@@ -23,9 +23,12 @@ from slirptrio.core.events import (
     DnsUpstreams,
     Effect,
     Event,
+    FrameRuns,
     GuestFrame,
+    GuestFrames,
     GuestLink,
     SendFrame,
+    SendFrames,
     TcpConnect,
     TcpConnected,
     TcpConnectFailed,
@@ -47,6 +50,7 @@ from slirptrio.wire import ethernet as weth
 from slirptrio.wire import ipv4 as wip
 from slirptrio.wire import tcp as wtcp
 from slirptrio.wire import udp as wudp
+from slirptrio.wire.framing import encode_frame, split_run
 from tests import guestframes as gf
 from tests.journals import header_for
 
@@ -57,10 +61,11 @@ HOST_MAC = bytes.fromhex("52550a000202")
 
 class Session:
     """Drives a :class:`Stack` through a door that writes a real journal (format 3, a
-    directory under ``path``, or a temporary one removed with the session)."""
+    directory under ``path``, or a temporary one removed with the session). With ``runs``,
+    as the runtime does: FrameRuns on, and the guest's frames arrive as runs (GuestFrames)."""
 
     def __init__(self, options: str = "", seed: int = 5, path: str | None = None,
-                 journal_max: int | None = None) -> None:
+                 journal_max: int | None = None, runs: bool = False) -> None:
         self.config = parse_user_options(options)
         self.stack = Stack(self.config, seed)
         if path is None:
@@ -77,6 +82,9 @@ class Session:
         self.now = 0
         self.out: list[Effect] = []
         self._ip_id = 1
+        self.runs = runs
+        if runs:
+            self.step(FrameRuns(True), 0)
 
     # -- plumbing --------------------------------------------------------------------------
 
@@ -88,7 +96,22 @@ class Session:
         return effects
 
     def frames(self) -> list[dpkt.ethernet.Ethernet]:
-        return [gf.parse(e.data) for e in self.out if isinstance(e, SendFrame)]
+        out = []
+        for e in self.out:
+            if isinstance(e, SendFrame):
+                out.append(gf.parse(e.data))
+            elif isinstance(e, SendFrames):
+                out += [gf.parse(bytes(f)) for f in split_run(e.data)]
+        return out
+
+    def guest(self, frame: bytes, dt_ms: float = 1.0) -> list[Effect]:
+        """One guest frame (a run of one under ``runs``)."""
+        return self.step(GuestFrames(encode_frame(frame)) if self.runs else GuestFrame(frame),
+                         dt_ms)
+
+    def burst(self, frames: list[bytes], dt_ms: float = 1.0) -> list[Effect]:
+        """Guest frames in one run (GuestFrames), as a transport's read brings them."""
+        return self.step(GuestFrames(b"".join(encode_frame(f) for f in frames)), dt_ms)
 
     def journal(self) -> str:
         """The journal directory, with every step so far (the session can go on)."""
@@ -114,24 +137,28 @@ class Session:
         packet = wip.build_ipv4(GUEST, dst, proto, l4, ident=self._ip_id)
         return weth.build_ethernet(HOST_MAC, gf.GUEST_MAC, weth.ETH_P_IP, packet)
 
-    def tcp(self, dst: str, sport: int, dport: int, seq: int, ack: int, flags: int,
-            payload: bytes = b"", dt_ms: float = 1.0) -> list[Effect]:
+    def tcp_frame(self, dst: str, sport: int, dport: int, seq: int, ack: int, flags: int,
+                  payload: bytes = b"") -> bytes:
         d = socket.inet_aton(dst)
         seg = wtcp.build_tcp(GUEST, d, sport, dport, seq & 0xFFFFFFFF, ack & 0xFFFFFFFF,
                              flags, 65535, payload, mss=1460 if flags & wtcp.SYN else None)
-        return self.step(GuestFrame(self._ip(d, 6, seg)), dt_ms)
+        return self._ip(d, 6, seg)
+
+    def tcp(self, dst: str, sport: int, dport: int, seq: int, ack: int, flags: int,
+            payload: bytes = b"", dt_ms: float = 1.0) -> list[Effect]:
+        return self.guest(self.tcp_frame(dst, sport, dport, seq, ack, flags, payload), dt_ms)
 
     def udp(self, dst: str, sport: int, dport: int, payload: bytes,
             dt_ms: float = 1.0) -> list[Effect]:
         d = socket.inet_aton(dst)
-        return self.step(GuestFrame(self._ip(d, 17, wudp.build_udp(GUEST, d, sport, dport,
-                                                                    payload))), dt_ms)
+        return self.guest(self._ip(d, 17, wudp.build_udp(GUEST, d, sport, dport, payload)),
+                          dt_ms)
 
     def lease(self) -> None:
         self.step(GuestLink(True))
         self.step(DnsUpstreams("127.0.0.1:5353"))
-        self.step(GuestFrame(gf.dhcp(1)), 5)
-        self.step(GuestFrame(gf.dhcp(3, requested="10.0.2.15")), 5)
+        self.guest(gf.dhcp(1), 5)
+        self.guest(gf.dhcp(3, requested="10.0.2.15"), 5)
 
     # -- scripted connections --------------------------------------------------------------
 

@@ -10,6 +10,7 @@ import trio
 import slirptrio
 from replay.engine import ReplayResult, replay_journal
 from slirptrio.shell.control import request
+from slirptrio.wire import fast
 from slirptrio.wire.framing import StreamDecoder, encode_frame
 from tests import guestframes as gf
 
@@ -52,6 +53,7 @@ async def test_open_stack_dhcp_control_and_replay(tmp_path: pathlib.Path) -> Non
         assert answer["leases"][0]["mac"] == gf.GUEST_MAC.hex(":")
         answer = await request(ctl, {"cmd": "stats"})
         assert answer["counters"]["frames_in"] == 2
+        assert answer["fast_path"] == stats.fast_path == fast.IMPL  # native or pure, as chosen
         info = await request(ctl, {"cmd": "info"})
         assert info == {"ok": True, "flows": [], "hostfwd": {}, "forwards": [], "tftp": []}
         bad = await request(ctl, {"cmd": "nope"})

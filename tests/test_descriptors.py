@@ -23,13 +23,14 @@ import pytest
 import trio
 
 from slirptrio.config import parse_user_options
-from slirptrio.core.events import Event, GuestFrame, GuestLink, TcpConnect, TcpConnectFailed
+from slirptrio.core.events import Event, GuestFrames, GuestLink, TcpConnect, TcpConnectFailed
 from slirptrio.shell import control
 from slirptrio.shell import descriptors as ds
 from slirptrio.shell import transport as tp
 from slirptrio.shell.datagrams import Datagrams
 from slirptrio.shell.flows import TcpFlows
 from slirptrio.shell.forwards import Forwards
+from slirptrio.wire.framing import encode_frame
 
 
 @contextlib.contextmanager
@@ -345,7 +346,7 @@ async def test_dgram_takes_frames_only_from_its_peer(tmp_path: Path) -> None:
             qemu.sendto(b"from qemu", str(local))
             with trio.fail_after(5):
                 ev = await receive.receive()
-            assert ev == GuestFrame(b"from qemu")
+            assert ev == GuestFrames(encode_frame(b"from qemu"))  # a run of one frame
             assert port.foreign == 2
             nursery.cancel_scope.cancel()
 

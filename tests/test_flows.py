@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import os
 import signal
@@ -586,4 +587,51 @@ async def test_batched_sends_go_out_at_kick_in_one_write() -> None:
         with trio.fail_after(5):
             while bytes(got) != b"one two":
                 await trio.sleep(0.01)
+        nursery.cancel_scope.cancel()
+
+
+class _FailingEnd(SocketEnd):
+    """A socket end whose reads fail (ECONNRESET) when told to."""
+
+    def __init__(self, sock: trio.socket.SocketType) -> None:
+        super().__init__(sock)
+        self.fail = trio.Event()
+
+    async def recv(self, max_bytes: int) -> bytes:
+        await self.fail.wait()
+        raise ConnectionResetError(errno.ECONNRESET, "reset")
+
+
+async def test_data_for_a_flow_that_just_failed_is_dropped_quietly() -> None:
+    """Between a host socket failing and the core hearing of it (TcpReset), the core may still
+    send data, at any moment of the flow's teardown (here while its writer task, blocked on a
+    full socket, is being cancelled): it must not disturb anything."""
+    send, recv = trio.open_memory_channel[Event](1 << 16)
+    flows = TcpFlows(send, batched=True)
+    async with trio.open_nursery() as nursery:
+        await nursery.start(flows.run)
+        for flow in range(1, 41):
+            a, b = trio.socket.socketpair()
+            end = _FailingEnd(a)
+            flows.adopt(flow, end)
+            flows.credit(TcpRecvCredit(flow, 1000))
+            for _ in range(16):  # more than the socket buffers take: the writer waits
+                flows.send(TcpSend(flow, bytes(1 << 16)))
+            flows.kick()
+            await trio.testing.wait_all_tasks_blocked()
+            end.fail.set()
+            while True:
+                flows.send(TcpSend(flow, b"late"))
+                flows.kick()
+                await trio.sleep(0)
+                events = []
+                with contextlib.suppress(trio.WouldBlock):
+                    while True:
+                        events.append(recv.receive_nowait())
+                if any(isinstance(ev, TcpReset) for ev in events):
+                    break
+            flows.close(TcpClose(flow, True))
+            b.close()
+        await trio.testing.wait_all_tasks_blocked()
+        assert len(flows) == 0
         nursery.cancel_scope.cancel()

@@ -193,6 +193,27 @@ def test_slow_disk_lossy_drops_records_never_blocks(
     assert result.last is not None and result.last.seq == 1999
 
 
+def test_a_gap_at_the_end_is_named_too(tmp_path: pathlib.Path) -> None:
+    """Records dropped by a slow disk just before the session ends, with no burst after the
+    writer caught up: closing waits for it, so the journal ends with a segment naming the gap
+    rather than silently short (bursts make few records, so the case is not rare)."""
+    path = tmp_path / "j"
+    rec, door = open_recorder(path, disk_cls=FlakyDisk, threaded=True, budget=64 << 10)
+    disk = rec.writer.disk
+    assert isinstance(disk, FlakyDisk)
+    disk.stall.clear()
+    for i, ev in enumerate(pings(1000)):
+        door.step(ev, i * 1_000_000)
+        if i % 10 == 9:
+            rec.flush()
+    assert rec.journal is not None and rec.journal.behind
+    threading.Timer(0.2, disk.stall.set).start()  # the disk catches up while we close
+    rec.close()
+    result = replay_journal(path)
+    assert result.identical and len(result.gaps) == 1
+    assert "could not keep up" in result.gaps[0].reason
+
+
 def test_slow_disk_lossless_backpressure_and_no_gap(tmp_path: pathlib.Path) -> None:
     path = tmp_path / "j"
     rec, door = open_recorder(path, disk_cls=FlakyDisk, threaded=True, budget=64 << 10,

@@ -78,8 +78,8 @@ def test_every_capture_summarizes_and_serializes(journal: pathlib.Path) -> None:
     assert data["span"]["duration_s"] > 0 and data["records"] == s.records
 
 
-def scripted() -> Session:
-    s = Session()
+def scripted(runs: bool = False) -> Session:
+    s = Session(runs=runs)
     s.lease()
     s.connection("203.0.113.1", 40001, 80)
     s.refused("203.0.113.1", 40002, 81)
@@ -245,3 +245,54 @@ def test_a_ring_journal_that_lost_its_start() -> None:
     assert ports and ports == sorted(ports) and ports[-1] == 20399
     assert all(f.end == "FIN" for f in summary.flows if f.established_ns is not None)
     assert "starts_at_record" in summary.to_dict()
+
+
+def _flows(s: Summary) -> list[tuple[Any, ...]]:
+    return [(f.proto, f.direction, f.guest, f.remote, f.host, f.end, f.end_detail,
+             f.bytes_to_host, f.bytes_to_guest, f.retransmits, [k for _t, k in f.marks])
+            for f in s.flows]
+
+
+def test_runs_of_frames_summarize_as_single_frames() -> None:
+    """A session recorded as the runtime records it (FrameRuns on, the guest's frames in
+    GuestFrames runs) summarizes exactly as the same session one frame per record."""
+    one, many = scripted(), scripted(runs=True)  # kept alive: their journals go with them
+    single = summarize_journal(one.journal())
+    runs = summarize_journal(many.journal())
+    assert runs.replay == "identical"
+    assert _flows(runs) == _flows(single)
+    assert (runs.frames_in, runs.frames_out) == (single.frames_in, single.frames_out)
+    assert [(lk.name, lk.answers) for lk in runs.lookups] == [
+        (lk.name, lk.answers) for lk in single.lookups
+    ]
+
+
+def test_a_burst_of_syns_names_each_flow_and_inbound_runs() -> None:
+    """Several connections opened in one burst: each frame is matched with the TcpConnect
+    it caused (a refused one in between takes none), and a forward into the guest whose SYN
+    leaves in a run is not taken for refused."""
+    from slirptrio.core.events import TcpConnect, TcpInbound
+    from slirptrio.wire.tcp import SYN
+
+    s = Session("hostloopback=off", runs=True)
+    s.lease()
+    effects = s.burst([
+        s.tcp_frame("203.0.113.1", 41000, 8080, 1000, 0, SYN),
+        s.tcp_frame("10.0.2.2", 41001, 8081, 1000, 0, SYN),  # hostloopback=off: refused, RST
+        s.tcp_frame("203.0.113.2", 41002, 8081, 1000, 0, SYN),
+        s.tcp_frame("203.0.113.3", 41003, 8080, 1000, 0, SYN),
+    ])
+    connects = [e for e in effects if isinstance(e, TcpConnect)]
+    assert [(c.host, c.port) for c in connects] == [
+        ("203.0.113.1", 8080), ("203.0.113.2", 8081), ("203.0.113.3", 8080)
+    ]
+    s.step(TcpInbound(900, "10.0.2.15", 22, "127.0.0.1", 50000), 2)
+    summary = summarize_journal(s.journal())
+    assert summary.replay == "identical"
+    flows = {f.guest: f for f in summary.flows}
+    assert flows["10.0.2.15:41000"].host == "203.0.113.1:8080"
+    assert flows["10.0.2.15:41002"].host == "203.0.113.2:8081"
+    assert flows["10.0.2.15:41003"].host == "203.0.113.3:8080"
+    assert flows["10.0.2.15:41001"].end == "refused"
+    assert flows["10.0.2.15:22"].direction == "in"
+    assert flows["10.0.2.15:22"].end != "refused"

@@ -40,6 +40,8 @@ from slirptrio.core.events import (
 from slirptrio.core.prng import Prng
 from slirptrio.core.tcp import TcpNat
 from slirptrio.wire import MalformedFrame
+from slirptrio.wire.fast import tcp_run
+from slirptrio.wire.framing import split_run
 from slirptrio.wire.tcp import ACK, FIN, PSH, RST, SYN, TcpSegment, build_tcp, parse_tcp
 
 GUEST = socket.inet_aton("10.0.2.15")
@@ -64,6 +66,7 @@ class Harness:
         self.nat = TcpNat(
             rng=Prng(7),
             send_ip=self._send_ip,
+            send_tcp=self._send_tcp,
             emit=self.effects.append,
             translate=self.translate,
             alloc_flow=self.alloc,
@@ -73,6 +76,15 @@ class Harness:
 
     def _send_ip(self, src: bytes, dst: bytes, proto: int, payload: bytes) -> None:
         self.sent.append((src, dst, proto, bytes(payload)))
+
+    def _send_tcp(self, src: bytes, dst: bytes, *args: Any) -> None:
+        """The data path's run of segments, taken apart into segments again."""
+        head = bytes(12) + b"\x08\x00\x45" + bytes(7) + b"\x40\x06" + bytes(2) + src + dst
+        run = bytearray()
+        tcp_run(run, head, 0, *args)
+        for frame in split_run(run):
+            end = 14 + int.from_bytes(frame[16:18], "big")
+            self.sent.append((src, dst, 6, bytes(frame[34:end])))
 
     def translate(self, ip: bytes, port: int) -> tuple[str, int] | None:
         if ip == FORBIDDEN:

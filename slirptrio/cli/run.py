@@ -25,6 +25,7 @@ from slirptrio.core.dns import parse_upstream
 from slirptrio.journal.writer import DEFAULT_BUDGET, DEFAULT_JOURNAL_MAX
 from slirptrio.shell import transport as tp
 from slirptrio.shell.descriptors import raise_nofile_limit
+from slirptrio.wire import fast
 
 log = logging.getLogger("slirptrio")
 
@@ -203,6 +204,7 @@ def command(args: argparse.Namespace, parser: Parser) -> int:
             print(f"slirptrio: journal {journal}")
         if pcap:
             print(f"slirptrio: pcap {pcap}")
+        print(f"slirptrio: fast path {fast.IMPL}")
         print("slirptrio: ready", flush=True)
 
     async def main() -> None:

@@ -28,7 +28,10 @@ _NAME = re.compile(r"[A-Z][A-Z0-9_]*\Z")
 _PLAIN = (int, float, str, bytes)
 _PACKAGES = ("slirptrio.core", "slirptrio.wire")
 _MODULES = ("slirptrio.config",)
-_SKIP = {"slirptrio.core.constants"}
+_SKIP = {"slirptrio.core.constants", "slirptrio.wire._native", "slirptrio.wire._accel"}
+# Which fast path runs is no behaviour: native and pure give the same bytes (a journal made on
+# one replays on the other), so it is not a constant a journal's core depends on.
+_SKIP_CONSTANTS = {"wire.fast.IMPL", "wire.fast.REASON"}
 
 
 def _plain(value: Any) -> bool:
@@ -57,7 +60,9 @@ def gather() -> dict[str, Any]:
     for module in modules():
         for name, value in vars(module).items():
             if _NAME.match(name) and _plain(value):
-                out[_key(module, name)] = list(value) if isinstance(value, tuple) else value
+                key = _key(module, name)
+                if key not in _SKIP_CONSTANTS:
+                    out[key] = list(value) if isinstance(value, tuple) else value
     return out
 
 

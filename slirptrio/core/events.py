@@ -12,6 +12,7 @@ the host-side socket a host event came from or an effect goes to.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, fields
 from typing import Any, ClassVar
 
@@ -367,11 +368,21 @@ class UdpFwdSend(Effect):
 @dataclass(frozen=True, slots=True)
 class CoreError(Effect):
     """The core raised ``type``: ``message`` while handling the event (a bug). It stands in
-    for the event's effects, which are lost; replay must raise the same at the same record."""
+    for the event's effects, which are lost (for a burst of guest frames: the effects of the
+    frame that raised, in its place); replay must raise the same at the same record."""
 
     TAG: ClassVar[int] = 60
     type: str
     message: str
+
+
+_ADDRESS = re.compile(r"0x[0-9a-fA-F]{6,}")
+
+
+def error_message(exc: BaseException) -> str:
+    """An exception's message as journaled: object addresses blanked (they differ in replay),
+    at most 500 characters."""
+    return _ADDRESS.sub("0x?", str(exc))[:500]
 
 
 # ---- TFTP (tags 100-119)
@@ -431,6 +442,40 @@ class TftpClose(Effect):
 
     TAG: ClassVar[int] = 102
     session: int
+
+
+# ---- runs of frames (tags 130-139)
+#
+# A *run* is frames each preceded by its 4-byte big-endian length: QEMU's ``-netdev stream``
+# framing (see :mod:`slirptrio.wire.fast`). A burst of guest frames enters as one event, and the
+# frames toward the guest leave as one effect per group, which keeps the journal at one record
+# per burst and lets the core coalesce a flow's segments (GRO) and build its output in one go.
+
+
+@dataclass(frozen=True, slots=True)
+class GuestFrames(Event):
+    """A burst of Ethernet frames from the guest, as a run, exactly as the transport got them."""
+
+    TAG: ClassVar[int] = 130
+    data: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class FrameRuns(Event):
+    """From now on frames to the guest come as :class:`SendFrames` (``on``) rather than one
+    :class:`SendFrame` each. A live session sends it first; journals made before runs
+    existed lack it, so they replay with the effects they recorded."""
+
+    TAG: ClassVar[int] = 131
+    on: bool
+
+
+@dataclass(frozen=True, slots=True)
+class SendFrames(Effect):
+    """Send the frames of a run to the guest, in order (each already padded to 60 bytes)."""
+
+    TAG: ClassVar[int] = 132
+    data: bytes
 
 
 # -------------------------------------------------------------------------------- encoding

@@ -41,10 +41,13 @@ from slirptrio.core import snapshot as snap
 from slirptrio.core.dhcp import DhcpServer, Lease
 from slirptrio.core.dhcpv6 import Dhcpv6Server
 from slirptrio.core.events import (
+    CoreError,
     DnsUpstreams,
     Effect,
     Event,
+    FrameRuns,
     GuestFrame,
+    GuestFrames,
     GuestFwdAdd,
     GuestFwdRemove,
     GuestLink,
@@ -53,6 +56,7 @@ from slirptrio.core.events import (
     IcmpEchoReply,
     IcmpUnavailable,
     SendFrame,
+    SendFrames,
     TcpClose,
     TcpConnected,
     TcpConnectFailed,
@@ -67,6 +71,7 @@ from slirptrio.core.events import (
     UdpError,
     UdpInbound,
     UdpReceived,
+    error_message,
 )
 from slirptrio.core.icmp import IcmpEcho
 from slirptrio.core.info import FlowInfo
@@ -82,11 +87,14 @@ from slirptrio.wire import MalformedFrame
 from slirptrio.wire import arp as warp
 from slirptrio.wire import dhcpv6 as wdhcp6
 from slirptrio.wire import ethernet as weth
+from slirptrio.wire import fast as wfast
 from slirptrio.wire import icmp as wicmp
 from slirptrio.wire import icmpv6 as wicmp6
 from slirptrio.wire import ipv4 as wip
 from slirptrio.wire import ipv6 as wip6
 from slirptrio.wire import udp as wudp
+from slirptrio.wire.framing import split_run
+from slirptrio.wire.tcp import TcpSegment, build_tcp
 
 log = logging.getLogger("slirptrio.core")
 
@@ -134,6 +142,8 @@ class Stack:
         self._link_down_at: int | None = None  # since when the guest's link is down
         self._ip_id = self._rng.next_u32() & 0xFFFF
         self._out: list[Effect] = []
+        self._frames = bytearray()  # frames to the guest not yet turned into effects (a run)
+        self._runs = False  # FrameRuns: one SendFrames per group of frames, else SendFrame each
         self._next_flow = 0
         self._loopback = config.hostloopback
         self._mtu = config.mtu
@@ -168,6 +178,7 @@ class Stack:
         self.tcp = TcpNat(
             rng=self._rng,
             send_ip=self.send_ip,
+            send_tcp=self.send_tcp,
             emit=self._emit,
             translate=self._tcp_translate,
             alloc_flow=self.alloc_flow,
@@ -241,8 +252,9 @@ class Stack:
         "_ipv4_on", "_ipv6_on", "_host6", "_dns6", "_ll6", "_net6", "_shift6", "_virtual6",
         "_mac6", "_dhcp6",  # stateless DHCPv6: only wiring
     })  # fmt: skip
-    # The effects list of the event being handled: replaced at the start of every handle().
-    _SNAPSHOT_DERIVED: ClassVar[frozenset[str]] = frozenset({"_out"})
+    # The effects list of the event being handled and the frames not yet in it: replaced or
+    # emptied at the start of every handle().
+    _SNAPSHOT_DERIVED: ClassVar[frozenset[str]] = frozenset({"_out", "_frames"})
 
     def snapshot_state(self) -> dict[str, Any]:
         """The whole core's state as plain data (see :mod:`slirptrio.core.snapshot`)."""
@@ -254,6 +266,7 @@ class Stack:
             "_ip6_ident": self._ip6_ident,
             "_next_flow": self._next_flow,
             "_guestfwd": [[ip, port, fid] for (ip, port), fid in self._guestfwd.items()],
+            "_runs": self._runs,
             "_link_down_at": self._link_down_at,
         }
         for name in self._SNAPSHOT_COMPONENTS:
@@ -270,6 +283,7 @@ class Stack:
         self._ip6_ident = state["_ip6_ident"]
         self._next_flow = state["_next_flow"]
         self._guestfwd = {(ip, port): fid for ip, port, fid in state["_guestfwd"]}
+        self._runs = state.get("_runs", False)  # snapshots from before runs: one frame each
         self._link_down_at = state["_link_down_at"]
         for name in self._SNAPSHOT_COMPONENTS:
             getattr(self, name).restore_state(state[name])
@@ -294,20 +308,25 @@ class Stack:
         """Consume one input at time ``now_ns`` and return the effects it produced."""
         out: list[Effect] = []
         self._out = out
-        if type(event) is GuestFrame:
+        self._frames.clear()
+        t = type(event)
+        if t is GuestFrames:
             self._link_down_at = None
-            self._guest_frame(event.data, now_ns)
-        elif type(event) in _TCP_EVENTS:
+            self._guest_frames(event.data, now_ns)  # type: ignore[attr-defined]
+        elif t is GuestFrame:
+            self._link_down_at = None
+            self._guest_frame(event.data, now_ns)  # type: ignore[attr-defined]
+        elif t in _TCP_EVENTS:
             self.tcp.host_event(event, now_ns)
-        elif type(event) in _FWD_EVENTS:
+        elif t in _FWD_EVENTS:
             self._forward_event(event, now_ns)
-        elif type(event) in _UDP_EVENTS:
-            out.extend(self.udp.host_event(event, now_ns))
-        elif type(event) in _ICMP_EVENTS:
-            out.extend(self.echo.host_event(event, now_ns))
-        elif type(event) in _TFTP_EVENTS:
-            out.extend(self.tftp.host_event(event, now_ns))
-        elif type(event) is Tick:
+        elif t in _UDP_EVENTS:
+            self._emit_all(self.udp.host_event(event, now_ns))
+        elif t in _ICMP_EVENTS:
+            self._emit_all(self.echo.host_event(event, now_ns))
+        elif t in _TFTP_EVENTS:
+            self._emit_all(self.tftp.host_event(event, now_ns))
+        elif t is Tick:
             self.counters["ticks"] += 1
             if self._link_down_at is not None and (
                 now_ns >= self._link_down_at + GUEST_GONE_TIMEOUT_NS
@@ -317,35 +336,38 @@ class Stack:
             self._reasm.expire(now_ns)
             self._ndp.tick(now_ns)
             self.tcp.tick(now_ns)
-            out.extend(self.udp.tick(now_ns))
-            out.extend(self.echo.tick(now_ns))
-            out.extend(self.tftp.tick(now_ns))
-        elif type(event) is GuestLink:
+            self._emit_all(self.udp.tick(now_ns))
+            self._emit_all(self.echo.tick(now_ns))
+            self._emit_all(self.tftp.tick(now_ns))
+        elif t is GuestLink:
             assert isinstance(event, GuestLink)
             self.counters["guest_link_up" if event.up else "guest_link_down"] += 1
             if event.up:
                 self._link_down_at = None
             elif self._link_down_at is None:
                 self._link_down_at = now_ns
+        elif t is FrameRuns:
+            self._runs = event.on  # type: ignore[attr-defined]
         else:
             self.counters["unknown_event"] += 1
             log.warning("unhandled event %r", event)
+        if self._frames:
+            self._flush_frames()
         return out
 
     def poll_at(self) -> int | None:
         """The next time (ns) the core wants a :class:`Tick`, or None."""
+        d = self.tcp.poll_at()
         gone_at = None
         if self._link_down_at is not None:
             gone_at = self._link_down_at + GUEST_GONE_TIMEOUT_NS
-        times = [
-            t
-            for t in (
-                self.tcp.poll_at(), self._reasm.poll_at(), self.udp.poll_at(), self.echo.poll_at(),
-                self._ndp.poll_at(), self.tftp.poll_at(), gone_at,
-            )
-            if t is not None
-        ]
-        return min(times) if times else None
+        for t in (
+            self._reasm.poll_at(), self.udp.poll_at(), self.echo.poll_at(), self._ndp.poll_at(),
+            self.tftp.poll_at(), gone_at,
+        ):
+            if t is not None and (d is None or t < d):
+                d = t
+        return d
 
     def alloc_flow(self) -> int:
         """A new flow id, unique among all host-side flows of this stack."""
@@ -363,7 +385,7 @@ class Stack:
             src, guest = self._inbound_addrs(event.peer_ip, event.guest_ip)
             if guest is None:
                 self.counters["fwd_bad_guest_address"] += 1
-                self._out.append(TcpClose(event.flow, True))
+                self._emit(TcpClose(event.flow, True))
                 return
             self.tcp.open_to_guest(
                 event.flow, src, event.peer_port, guest, event.guest_port, event.peer_ip,
@@ -374,7 +396,7 @@ class Stack:
             if guest is None:
                 self.counters["fwd_bad_guest_address"] += 1
                 return
-            self._out.extend(self.udp.inbound(
+            self._emit_all(self.udp.inbound(
                 event.fid, src, guest, event.guest_port, event.peer_ip, event.peer_port,
                 event.data, now_ns,
             ))
@@ -490,10 +512,31 @@ class Stack:
         """The TFTP transfers in progress, for display (``info``)."""
         return self.tftp.sessions(now_ns)
 
+    # ----------------------------------------------------------------------------- output
+    #
+    # Frames to the guest gather in ``_frames`` (a run); they become effects before any other
+    # effect is added and at the end of ``handle``, so frames and host actions keep the order
+    # in which they were made: one SendFrames per group under FrameRuns, else one SendFrame
+    # each, exactly as journals made before runs existed recorded them.
+
+    def _flush_frames(self) -> None:
+        frames = self._frames
+        if self._runs:
+            self._out.append(SendFrames(bytes(frames)))
+        else:
+            self._out.extend([SendFrame(bytes(f)) for f in split_run(frames)])
+        frames.clear()
+
     def _emit(self, effect: Effect) -> None:
+        if self._frames:
+            self._flush_frames()
         self._out.append(effect)
 
-    # ----------------------------------------------------------------------------- output
+    def _emit_all(self, effects: list[Effect]) -> None:
+        if effects:
+            if self._frames:
+                self._flush_frames()
+            self._out.extend(effects)
 
     def send_ip(self, src: bytes, dst: bytes, proto: int, payload: bytes) -> None:
         """Queue one IPv4 datagram (or IPv6 packet, for 16-byte addresses) from a virtual or
@@ -514,13 +557,62 @@ class Stack:
             )
             self._send_eth(mac, weth.ETH_P_IP, packet)
 
+    def send_tcp(
+        self,
+        src: bytes,
+        dst: bytes,
+        sport: int,
+        dport: int,
+        seq: int,
+        ack: int,
+        window: int,
+        payload: bytes | bytearray | memoryview,
+        start: int,
+        length: int,
+        mss: int,
+        flags: int,
+        last_flags: int,
+    ) -> None:
+        """Queue the TCP segments (no options) carrying ``payload[start:start + length]`` to
+        the guest, at most ``mss`` bytes each; the last has ``last_flags``, the others
+        ``flags``. Over IPv4 built straight into the run (:func:`slirptrio.wire.fast.tcp_run`);
+        over IPv6 (16-byte addresses) one segment at a time by the codecs."""
+        if len(dst) == 16:
+            view = memoryview(payload)
+            end = start + length
+            pos = start
+            while True:
+                n = min(mss, end - pos)
+                last = pos + n >= end
+                seg = build_tcp(
+                    src, dst, sport, dport, seq, ack, last_flags if last else flags, window,
+                    view[pos : pos + n],
+                )
+                self.send_ip(src, dst, wip.IPPROTO_TCP, seg)
+                if last:
+                    return
+                pos += n
+                seq = (seq + n) & 0xFFFFFFFF
+        head = b"".join((
+            self._mac_for(dst), self._our_mac, _IP4_TCP_HEAD, src, dst,
+        ))
+        n = wfast.tcp_run(
+            self._frames, head, (self._ip_id + 1) & 0xFFFF, sport, dport, seq, ack, window,
+            payload, start, length, mss, flags, last_flags,
+        )
+        self._ip_id = (self._ip_id + n) & 0xFFFF
+        self.counters["frames_out"] += n
+
     def _send_eth(
         self, dst_mac: bytes, ethertype: int, payload: bytes, src_mac: bytes | None = None
     ) -> None:
         self.counters["frames_out"] += 1
-        self._out.append(SendFrame(weth.build_ethernet(
+        frame = weth.build_ethernet(
             dst_mac, self._our_mac if src_mac is None else src_mac, ethertype, payload
-        )))
+        )
+        frames = self._frames
+        frames += len(frame).to_bytes(4, "big")
+        frames += frame
 
     def _send_ip6(
         self, src: bytes, dst: bytes, proto: int, payload: bytes, hop_limit: int = 64
@@ -574,7 +666,95 @@ class Stack:
         self.counters["drop_" + reason] += 1
         log.debug("dropped frame: %s %s", reason, detail)
 
-    def _guest_frame(self, frame: bytes, now_ns: int) -> None:
+    def _guest_frames(self, run: bytes, now_ns: int) -> None:
+        """A burst of guest frames (a run), each TCP flow's segments coalesced (GRO).
+
+        :func:`~slirptrio.wire.fast.gro_scan` parses and checks every frame in one go and
+        gathers each flow's in-order data segments into one segment carrying all their bytes
+        (and a row of advancing pure ACKs into its last one), so a burst costs one TCP step,
+        one ACK decision and one host send per flow. Other frames take the general path, in
+        their place. All of it depends only on the run, so replay decides the same.
+
+        The general path's checks before TCP (IPv4 enabled, martian source or destination,
+        the network's broadcast) hold for a whole item only when its addresses pass them; a
+        run with any TCP item whose addresses do not is taken frame by frame, as without GRO.
+        """
+        items = wfast.gro_scan(run)
+        for item in items:
+            if item[0] == wfast.KIND_TCP and not self._tcp_addresses_plain(item[2], item[3]):
+                self.counters["gro_runs_declined"] += 1
+                self._frames_one_by_one(run, now_ns)
+                return
+        counters = self.counters
+        fast_frames = 0
+        mv: memoryview | None = None
+        for item in items:
+            kind = item[0]
+            try:
+                if kind == wfast.KIND_TCP:
+                    count = item[11]
+                    fast_frames += count
+                    if count > 1:
+                        counters["tcp_gro_merged"] += count - 1
+                        if item[10]:
+                            counters["tcp_gro_segments"] += count
+                    self._learn(item[1], item[2])
+                    self.tcp.segment(
+                        (item[2], item[4], item[3], item[5]),
+                        TcpSegment(item[4], item[5], item[6], item[7], item[8], item[9],
+                                   payload=item[10]),
+                        now_ns,
+                        item[12],
+                    )
+                elif kind == wfast.KIND_TRUNCATED:
+                    self._drop("run_truncated", f"{item[2] - item[1]} bytes")
+                else:
+                    if mv is None:
+                        mv = memoryview(run)
+                    self._guest_frame(mv[item[1] : item[2]], now_ns)
+            except Exception as exc:
+                # A bug, as the door would say, but the burst's other frames go on: their
+                # effects are kept, this frame's is a CoreError in its place.
+                counters["core_exceptions"] += 1
+                log.error("core raised %s on a frame of a burst (GuestFrames)",
+                          type(exc).__name__, exc_info=True)
+                self._emit(CoreError(type(exc).__name__, error_message(exc)))
+        counters["frames_in"] += fast_frames
+
+    def _tcp_addresses_plain(self, src: bytes, dst: bytes) -> bool:
+        """Whether :meth:`_ipv4` hands a TCP segment from ``src`` to ``dst`` to the TCP NAT
+        without a word (so the GRO path may too)."""
+        return (
+            self._ipv4_on
+            and (not classify_ipv4(src) or self._in_net(src))
+            and (not classify_ipv4(dst) or self._in_net(dst))
+            and dst != self._net_broadcast
+        )
+
+    def _frames_one_by_one(self, run: bytes, now_ns: int) -> None:
+        """Each frame of a run through the general path (a core exception is that frame's
+        CoreError, as in :meth:`_guest_frames`)."""
+        mv = memoryview(run)
+        n = len(mv)
+        off = 0
+        while off + 4 <= n:
+            length = int.from_bytes(mv[off : off + 4], "big")
+            start = off + 4
+            if length > n - start:
+                break
+            if length:
+                try:
+                    self._guest_frame(mv[start : start + length], now_ns)
+                except Exception as exc:
+                    self.counters["core_exceptions"] += 1
+                    log.error("core raised %s on a frame of a burst (GuestFrames)",
+                              type(exc).__name__, exc_info=True)
+                    self._emit(CoreError(type(exc).__name__, error_message(exc)))
+            off = start + length
+        if off < n:
+            self._drop("run_truncated", f"{n - off} bytes")
+
+    def _guest_frame(self, frame: bytes | memoryview, now_ns: int) -> None:
         self.counters["frames_in"] += 1
         try:
             _dst, src, ethertype, payload = weth.parse_ethernet(frame)
@@ -617,7 +797,7 @@ class Stack:
         """Reset and free every flow of the guest at ``ip`` (None: all flows)."""
         n = self.tcp.forget_guest(ip)
         closes = self.udp.forget_guest(ip) + self.echo.forget_guest(ip)
-        self._out.extend(closes)
+        self._emit_all(closes)
         if n or closes:
             log.info(
                 "%s: reset %d TCP and closed %d other flows of %s", why, n, len(closes),
@@ -718,9 +898,9 @@ class Stack:
             return
         if dport == TFTP_PORT and hdr.dst == self._host_ip:
             # Served here, as libslirp, restrict=on or not; never NATed to the host.
-            self._out.extend(self.tftp.guest_datagram(hdr.src, sport, data, now_ns))
+            self._emit_all(self.tftp.guest_datagram(hdr.src, sport, data, now_ns))
             return
-        self._out.extend(self.udp.guest_datagram(hdr, sport, dport, data, body, now_ns))
+        self._emit_all(self.udp.guest_datagram(hdr, sport, dport, data, body, now_ns))
 
     def _dhcp_request(self, src_mac: bytes, data: memoryview, now_ns: int) -> None:
         self._dhcp.last_bound = None
@@ -758,7 +938,7 @@ class Stack:
                 return
             ident = int.from_bytes(rest[:2], "big")
             seq = int.from_bytes(rest[2:], "big")
-            self._out.extend(self.echo.guest_echo(hdr, ident, seq, data, body, now_ns))
+            self._emit_all(self.echo.guest_echo(hdr, ident, seq, data, body, now_ns))
             return
         self.counters["icmp_echo_replies"] += 1
         reply = wicmp.build_icmp(wicmp.ECHO_REPLY, 0, rest, bytes(data))
@@ -818,9 +998,9 @@ class Stack:
             self._drop("udp_dhcpv6_elsewhere")
             return
         if dport == TFTP_PORT and hdr.dst == self._host6:
-            self._out.extend(self.tftp.guest_datagram(hdr.src, sport, data, now_ns))
+            self._emit_all(self.tftp.guest_datagram(hdr.src, sport, data, now_ns))
             return
-        self._out.extend(self.udp.guest_datagram(hdr, sport, dport, data, body, now_ns))
+        self._emit_all(self.udp.guest_datagram(hdr, sport, dport, data, body, now_ns))
 
     def _icmpv6(self, src_mac: bytes, hdr: wip6.Ipv6Header, body: memoryview, now_ns: int) -> None:
         type_, _code, msg = wicmp6.parse_icmpv6(body, hdr.src, hdr.dst)
@@ -850,8 +1030,12 @@ class Stack:
             return
         ident = int.from_bytes(msg[:2], "big")
         seq = int.from_bytes(msg[2:4], "big")
-        self._out.extend(self.echo.guest_echo(hdr, ident, seq, msg[4:], body, now_ns))
+        self._emit_all(self.echo.guest_echo(hdr, ident, seq, msg[4:], body, now_ns))
 
+
+# An IPv4 header template without options (ttl 64, protocol 6) up to the addresses, after the
+# Ethernet addresses: ethertype, version/IHL, TOS, length, id, flags/offset, TTL, protocol, sum.
+_IP4_TCP_HEAD = bytes((0x08, 0x00, 0x45, 0, 0, 0, 0, 0, 0, 0, wip.DEFAULT_TTL, 6, 0, 0))
 
 _FWD_EVENTS = (TcpInbound, UdpInbound, GuestFwdAdd, GuestFwdRemove, HostFwdChange)
 _TCP_EVENTS = (TcpConnected, TcpConnectFailed, TcpData, TcpSent, TcpEof, TcpReset)

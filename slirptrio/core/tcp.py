@@ -370,6 +370,10 @@ class TcpNat:
     Args:
       rng: the stack's PRNG (initial sequence numbers).
       send_ip: ``send_ip(src4, dst4, 6, segment)`` queues a TCP segment to the guest.
+      send_tcp: ``send_tcp(src4, dst4, sport, dport, seq, ack, window, buf, start, length,
+        mss, flags, last_flags)`` queues the segments (no options) carrying
+        ``buf[start:start + length]``, ``mss`` bytes at most each, to the guest: the data
+        path's way out (:meth:`slirptrio.core.stack.Stack.send_tcp`).
       emit: receives the host-side effects (``TcpConnect`` ... ``TcpClose``).
       translate: ``translate(dst4, dport) -> (host, port) | None`` (None: refused, RST).
       alloc_flow: returns a new flow id (shared with every other host flow).
@@ -386,6 +390,7 @@ class TcpNat:
         *,
         rng: Prng,
         send_ip: Callable[[bytes, bytes, int, bytes], None],
+        send_tcp: Callable[..., None],
         emit: Callable[[Effect], None],
         translate: Callable[[bytes, int], tuple[str, int] | None],
         alloc_flow: Callable[[], int],
@@ -408,6 +413,7 @@ class TcpNat:
     ) -> None:
         self._rng = rng
         self._send_ip = send_ip
+        self._send_tcp = send_tcp
         self._emit = emit
         self._translate = translate
         self._alloc_flow = alloc_flow
@@ -447,7 +453,8 @@ class TcpNat:
         self._now = 0
 
     _SNAPSHOT_WIRING: ClassVar[frozenset[str]] = frozenset({
-        "_rng", "_send_ip", "_emit", "_translate", "_alloc_flow", "counters", "mss", "mss6",
+        "_rng", "_send_ip", "_send_tcp", "_emit", "_translate", "_alloc_flow", "counters", "mss",
+        "mss6",
         "max_flows", "max_half_open", "buffer_size", "rto_min_ns", "delack_ns", "give_up_ns",
         "syn_give_up_ns", "fin_give_up_ns", "time_wait_ns", "connect_timeout_ns",
         "drain_timeout_ns", "max_ooo_segments", "wscale", "pressure_connect_timeout_ns",
@@ -498,13 +505,23 @@ class TcpNat:
     def guest_segment(self, src4: bytes, dst4: bytes, tcp: bytes | memoryview, now_ns: int) -> None:
         """A TCP segment from the guest; raises MalformedFrame if it does not parse."""
         seg = parse_tcp(tcp, src4, dst4)
+        self.segment((src4, seg.sport, dst4, seg.dport), seg, now_ns)
+
+    def segment(self, key: _Key, seg: TcpSegment, now_ns: int, last_off: int = 0) -> None:
+        """A parsed segment from the guest; ``key`` is (source address, source port,
+        destination address, destination port).
+
+        A segment coalesced from several in-order ones (the stack's GRO) carries the last
+        one's acknowledgement and window, and ``last_off``, how far into it the last one
+        started: the window is then taken as the last segment's (RFC 9293's SND.WL1 is its
+        sequence number). Otherwise it is handled exactly as if it had arrived whole.
+        """
         self._now = now_ns
         if seg.flags & SYN and seg.flags & (FIN | RST):
             # No TCP sends these (scanners and fuzzers do); answering would only help them.
             self.counters["tcp_bad_flags"] += 1
             log.debug("dropped TCP segment with flags %#x", seg.flags)
             return
-        key = (src4, seg.sport, dst4, seg.dport)
         c = self._by_key.get(key)
         if c is None:
             self._no_entry(key, seg, now_ns)
@@ -512,11 +529,11 @@ class TcpNat:
         c.last_ns = now_ns
         phase = c.phase
         if phase == _SYNCED:
-            self._synced(c, seg, now_ns)
+            self._synced(c, seg, now_ns, last_off)
         elif phase == _SYN_SENT:
             self._syn_sent(c, seg, now_ns)
         elif phase == _SYN_RCVD:
-            self._syn_received(c, seg, now_ns)
+            self._syn_received(c, seg, now_ns, last_off)
         elif phase == _PENDING:
             self._pending(c, seg)
         else:  # TIME_WAIT
@@ -684,6 +701,12 @@ class TcpNat:
         """Whether ``flow`` is one of our entries."""
         return flow in self._by_flow
 
+    def flow_of(self, key: _Key) -> int | None:
+        """The flow id of the entry for the guest's (source address, source port,
+        destination address, destination port), if there is one."""
+        c = self._by_key.get(key)
+        return None if c is None else c.flow
+
     def poll_at(self) -> int | None:
         """The next timer deadline (ns), or None."""
         h = self._timers
@@ -769,22 +792,29 @@ class TcpNat:
             c.rcv_adv = edge
         return field
 
-    def _out(self, c: _Conn, seq: int, flags: int, payload: bytes | memoryview = b"") -> None:
-        """Send one segment on ``c`` carrying our current ACK and window."""
-        seg = build_tcp(
+    def _out(
+        self, c: _Conn, seq: int, flags: int, off: int = 0, n: int = 0, last_flags: int = -1
+    ) -> None:
+        """Send ``sndbuf[off:off + n]`` on ``c`` from ``seq``, in segments of at most the
+        guest's MSS (one without data when ``n`` is 0), carrying our current ACK and window;
+        the last segment has ``last_flags`` (default: ``flags``)."""
+        self._send_tcp(
             c.dst_ip,
             c.guest_ip,
             c.dst_port,
             c.guest_port,
             seq & _M,
             c.rcv_nxt & _M,
-            flags,
             self._window_field(c),
-            payload,
+            c.sndbuf,
+            off,
+            n,
+            c.snd_mss,
+            flags,
+            flags if last_flags < 0 else last_flags,
         )
         c.rcv_acked = c.rcv_nxt
         c.delack_at = None
-        self._send_ip(c.dst_ip, c.guest_ip, IPPROTO_TCP, seg)
 
     def _ack_now(self, c: _Conn) -> None:
         self._out(c, c.snd_nxt, ACK)
@@ -840,11 +870,7 @@ class TcpNat:
                 if not c.rcv_fin:
                     c.active_close = True
                 end += 1
-        if n:
-            with memoryview(buf) as mv:
-                self._out(c, seq, flags, mv[off : off + n])
-        else:
-            self._out(c, seq, flags)
+        self._out(c, seq, flags, off, n)
         if end > c.snd_max:
             if c.rtt_seq is None and seq >= c.snd_max:
                 c.rtt_seq = end
@@ -855,47 +881,42 @@ class TcpNat:
         return end
 
     def _output(self, c: _Conn, now_ns: int) -> None:
-        """Send whatever the guest's window allows, and the FIN when due."""
+        """Send whatever the guest's window allows, and the FIN when due.
+
+        The bytes from ``snd_nxt`` up to the window's edge (or the end of the buffer) leave
+        as one run of MSS-sized segments built in one call (TSO-style); the last carries PSH,
+        and the FIN when it ends the buffer and the host side is done.
+        """
         if c.phase != _SYNCED:
             return
-        buf = c.sndbuf
-        data_end = c.buf_seq + len(buf)
+        data_end = c.buf_seq + len(c.sndbuf)
         nxt = c.snd_nxt
-        right = c.snd_right
-        mss = c.snd_mss
         sent = False
         if nxt < data_end:
-            with memoryview(buf) as mv:
-                base = c.buf_seq
-                fin_due = self._fin_due(c)
-                while nxt < data_end:
-                    n = data_end - nxt
-                    if n > mss:
-                        n = mss
-                    if right - nxt < n:
-                        n = right - nxt
-                        if n <= 0:
-                            break
-                    end = nxt + n
-                    off = nxt - base
-                    if end == data_end:
-                        flags = ACK | PSH
-                        if fin_due:
-                            flags |= FIN
-                            if not c.rcv_fin:
-                                c.active_close = True
-                    else:
-                        flags = ACK
-                    self._out(c, nxt, flags, mv[off : off + n])
-                    if flags & FIN:
+            limit = c.snd_right if c.snd_right < data_end else data_end
+            if limit > nxt:
+                last = ACK
+                end = limit
+                if limit == data_end:
+                    last = ACK | PSH
+                    if self._fin_due(c):
+                        last |= FIN
                         end += 1
-                    if end > c.snd_max:
-                        if c.rtt_seq is None and nxt >= c.snd_max:
-                            c.rtt_seq = end
+                        if not c.rcv_fin:
+                            c.active_close = True
+                self._out(c, nxt, ACK, nxt - c.buf_seq, limit - nxt, last)
+                snd_max = c.snd_max
+                if end > snd_max:
+                    if c.rtt_seq is None:
+                        # Time the first segment that starts at or after the old snd_max.
+                        mss = c.snd_mss
+                        first = nxt if nxt >= snd_max else nxt - (nxt - snd_max) // mss * mss
+                        if first < limit:
+                            c.rtt_seq = end if first + mss >= limit else first + mss
                             c.rtt_start = now_ns
-                        c.snd_max = end
-                    nxt = end
-                    sent = True
+                    c.snd_max = end
+                nxt = end
+                sent = True
         elif nxt == data_end and self._fin_due(c):
             if not c.rcv_fin:
                 c.active_close = True
@@ -1033,7 +1054,7 @@ class TcpNat:
         else:
             self.counters["tcp_pending_ignored"] += 1
 
-    def _syn_received(self, c: _Conn, seg: TcpSegment, now_ns: int) -> None:
+    def _syn_received(self, c: _Conn, seg: TcpSegment, now_ns: int, last_off: int = 0) -> None:
         flags = seg.flags
         counters = self.counters
         if flags & RST:
@@ -1072,7 +1093,7 @@ class TcpNat:
         c.snd_right = c.snd_una + (seg.window << c.snd_wscale)
         c.snd_wl1 = c.rcv_nxt - 1
         c.snd_wl2 = c.snd_una
-        self._synced(c, seg, now_ns)
+        self._synced(c, seg, now_ns, last_off)
 
     def _time_wait(self, c: _Conn, key: _Key, seg: TcpSegment, now_ns: int) -> None:
         flags = seg.flags
@@ -1094,7 +1115,7 @@ class TcpNat:
         else:
             self.counters["tcp_time_wait_ignored"] += 1
 
-    def _synced(self, c: _Conn, seg: TcpSegment, now_ns: int) -> None:
+    def _synced(self, c: _Conn, seg: TcpSegment, now_ns: int, last_off: int = 0) -> None:
         flags = seg.flags
         counters = self.counters
         rcv_nxt = c.rcv_nxt
@@ -1147,9 +1168,10 @@ class TcpNat:
             and right == c.snd_right
         ):
             self._dupack(c, now_ns)
-        if c.snd_wl1 < seq or (c.snd_wl1 == seq and c.snd_wl2 <= ack):
+        wseq = seq + last_off
+        if c.snd_wl1 < wseq or (c.snd_wl1 == wseq and c.snd_wl2 <= ack):
             c.snd_right = right
-            c.snd_wl1 = seq
+            c.snd_wl1 = wseq
             c.snd_wl2 = ack
         # --- data and FIN
         if (plen or flags & FIN) and not self._data(c, seg.payload, seq, plen, flags & FIN, now_ns):
@@ -1613,8 +1635,7 @@ class TcpNat:
         data_end = c.buf_seq + len(c.sndbuf)
         nxt = c.snd_nxt
         if nxt < data_end:
-            off = nxt - c.buf_seq
-            self._out(c, nxt, ACK, bytes(c.sndbuf[off : off + 1]))
+            self._out(c, nxt, ACK, nxt - c.buf_seq, 1)
             if nxt + 1 > c.snd_max:
                 c.snd_max = nxt + 1
         else:

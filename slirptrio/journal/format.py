@@ -33,7 +33,16 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
-from slirptrio.core.events import Effect, Event, GuestFrame, SendFrame, encode
+from slirptrio.core.events import (
+    Effect,
+    Event,
+    GuestFrame,
+    GuestFrames,
+    SendFrame,
+    SendFrames,
+    encode,
+)
+from slirptrio.wire.framing import split_run
 
 MAGIC = "slirptrio-journal"
 FORMAT_VERSION = 3
@@ -191,14 +200,25 @@ class Record:
 
 def frames_of(
     event: Event | list[Any], effects: list[Effect] | list[list[Any]]
-) -> Iterator[tuple[str, bytes]]:
-    """The Ethernet frames of one record, ("in"|"out", frame), for the pcap view."""
-    if isinstance(event, GuestFrame):
+) -> Iterator[tuple[str, bytes | memoryview]]:
+    """The Ethernet frames of one record, ("in"|"out", frame), for the pcap view; runs
+    (:class:`GuestFrames`, :class:`SendFrames`) are taken apart."""
+    if isinstance(event, GuestFrames):
+        yield from (("in", f) for f in split_run(event.data))
+    elif isinstance(event, GuestFrame):
         yield "in", event.data
-    elif isinstance(event, list) and event and event[0] == GuestFrame.TAG:
-        yield "in", event[1]
+    elif isinstance(event, list) and event:
+        if event[0] == GuestFrames.TAG:
+            yield from (("in", f) for f in split_run(event[1]))
+        elif event[0] == GuestFrame.TAG:
+            yield "in", event[1]
     for eff in effects:
-        if isinstance(eff, SendFrame):
+        if isinstance(eff, SendFrames):
+            yield from (("out", f) for f in split_run(eff.data))
+        elif isinstance(eff, SendFrame):
             yield "out", eff.data
-        elif isinstance(eff, list) and eff and eff[0] == SendFrame.TAG:
-            yield "out", eff[1]
+        elif isinstance(eff, list) and eff:
+            if eff[0] == SendFrames.TAG and type(eff[1]) is bytes:  # not a digest
+                yield from (("out", f) for f in split_run(eff[1]))
+            elif eff[0] == SendFrame.TAG:
+                yield "out", eff[1]

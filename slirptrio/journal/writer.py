@@ -60,7 +60,7 @@ from typing import Any
 
 import msgpack
 
-from slirptrio.core.events import Effect, Event, GuestFrame, SendFrame
+from slirptrio.core.events import Effect, Event, GuestFrame, GuestFrames, SendFrame, SendFrames
 from slirptrio.journal import files
 from slirptrio.journal.format import (
     SEGMENT_SUFFIX,
@@ -70,6 +70,7 @@ from slirptrio.journal.format import (
     segment_name,
 )
 from slirptrio.wire import pcap as wpcap
+from slirptrio.wire.fast import pcap_run
 
 log = logging.getLogger("slirptrio.journal")
 
@@ -484,11 +485,12 @@ class Writer:
 
     def _journal_failed(self, reason: str) -> None:
         """The journal stops: chunks are dropped until a new segment can be written."""
-        self.failures += 1
         if self.journal_error is None:
             log.warning("journal: stopped (%s); the network goes on, records are dropped "
                         "until the journal can be written again", reason)
+        # The reason first: the event loop reads it as soon as it sees ``failures`` change.
         self.journal_error = reason
+        self.failures += 1
 
     def _pcap(self, chunk: _Chunk) -> None:
         disk = self.disk
@@ -560,6 +562,12 @@ class JournalRecorder:
     @property
     def writing(self) -> bool:
         return self._writing
+
+    @property
+    def behind(self) -> bool:
+        """Stopped because the writer fell behind (lossy): it resumes, naming the gap, once the
+        writer has caught up."""
+        return not self._writing and self._overflow
 
     def attach(self, snapshot: Callable[[], dict[str, Any]]) -> None:
         """Start the journal: ``snapshot()`` returns the door's state for a segment start."""
@@ -657,6 +665,15 @@ class PcapRecorder:
         self._nbytes += len(head) + len(frame)
         self._frames += 1
 
+    def add_run(self, ts_ns: int, run: bytes) -> None:
+        """Every frame of a run (length-prefixed frames), records built in one go."""
+        records = bytearray()
+        n = pcap_run(records, run, ts_ns, self._snaplen)
+        if n:
+            self._parts.append(records)  # type: ignore[arg-type]  # writev takes any buffer
+            self._nbytes += len(records)
+            self._frames += n
+
     def flush(self) -> None:
         if not self._parts:
             return
@@ -732,11 +749,17 @@ class Recorder:
         pcap = self.pcap
         if pcap is not None:
             ts = self._origin_ns + t_ns
-            if type(event) is GuestFrame:
-                pcap.add(ts, event.data)
+            t = type(event)
+            if t is GuestFrames:
+                pcap.add_run(ts, event.data)  # type: ignore[attr-defined]
+            elif t is GuestFrame:
+                pcap.add(ts, event.data)  # type: ignore[attr-defined]
             for eff in effects:
-                if type(eff) is SendFrame:
-                    pcap.add(ts, eff.data)
+                te = type(eff)
+                if te is SendFrames:
+                    pcap.add_run(ts, eff.data)  # type: ignore[attr-defined]
+                elif te is SendFrame:
+                    pcap.add(ts, eff.data)  # type: ignore[attr-defined]
 
     def flush(self) -> None:
         """Hand everything recorded since the last flush to the writer thread."""
@@ -757,4 +780,10 @@ class Recorder:
 
     def close(self) -> None:
         self.flush()
+        journal = self.journal
+        if journal is not None and journal.behind:
+            # Records were dropped and no burst came after the writer caught up: give it the
+            # time to, so the journal ends with a segment naming the gap, not silently short.
+            self.writer.wait_below(self.writer.budget // 2, timeout=30.0)
+            journal.flush()
         self.writer.close()

@@ -274,7 +274,11 @@ class Capture:
         cap = min(n, SNAPLEN)
         head = _MSG.pack(b"P", 16 + cap) + _RECORD.pack(sec, ns, cap, n)
         self.queue.append(head)
-        self.queue.append(frame if cap == n else frame[:cap])
+        if type(frame) is memoryview:
+            # A frame of a run: a copy, so a slow reader holds its frames, not whole runs.
+            self.queue.append(bytes(frame[:cap]))
+        else:
+            self.queue.append(frame if cap == n else frame[:cap])
         self.buffered += n + 21
         self.frames += 1
         self.wake.set()

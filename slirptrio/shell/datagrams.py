@@ -54,6 +54,7 @@ from slirptrio.core.events import (
     UdpSend,
 )
 from slirptrio.shell.descriptors import exhausted
+from slirptrio.shell.inbox import Inbox
 from slirptrio.wire import icmp as wicmp
 
 log = logging.getLogger("slirptrio.datagrams")
@@ -204,7 +205,7 @@ class Datagrams:
 
     def __init__(
         self,
-        inbox: trio.MemorySendChannel[Event],
+        inbox: Inbox,
         *,
         dns_upstreams: list[tuple[str, int]] | None = None,
         resolv_conf: str = RESOLV_CONF,

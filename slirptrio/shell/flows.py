@@ -37,6 +37,7 @@ time, shielded from cancellation.
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import errno as _errno
 import ipaddress
@@ -65,6 +66,7 @@ from slirptrio.core.events import (
     TcpSent,
     TcpShutdown,
 )
+from slirptrio.shell.inbox import Inbox
 from slirptrio.shell.pipe import PIPE_LIMIT, PipeStream, pipe_pair
 
 log = logging.getLogger("slirptrio.flows")
@@ -87,6 +89,7 @@ after about two minutes and reported as ``TcpReset(ETIMEDOUT)``, so the guest ge
 entry is freed instead of living forever."""
 _READ_MAX = 1 << 18
 _WRITE_MAX = 1 << 18
+_IOV_MAX = 1024
 _STREAM_CHUNK = 1 << 16
 
 
@@ -171,12 +174,21 @@ class SocketEnd:
     async def send(self, data: bytes | bytearray | memoryview) -> int:
         return await self.sock.send(data)
 
-    def try_send(self, data: bytes | bytearray | memoryview) -> int:
-        """Send what the socket takes right now, without waiting (0 if nothing)."""
+    def try_sendv(self, parts: list[bytes | memoryview]) -> int:
+        """Send what the socket takes of ``parts`` right now, one ``writev``, without waiting
+        (0 if nothing)."""
         try:
-            return os.write(self.sock.fileno(), data)
+            return os.writev(self.sock.fileno(), parts)
         except BlockingIOError:
             return 0
+
+    async def sendv(self, parts: list[bytes | memoryview]) -> int:
+        """Send a prefix of ``parts`` (at least one byte), waiting until the socket takes some."""
+        while True:
+            n = self.try_sendv(parts)
+            if n:
+                return n
+            await trio.lowlevel.wait_writable(self.sock)
 
     async def shutdown_write(self) -> None:
         await trio.lowlevel.checkpoint()
@@ -414,6 +426,53 @@ async def _run_handler(handler: Callable[[PipeStream], Awaitable[None]], app: Pi
 # ----------------------------------------------------------------------------------- flows
 
 
+class _OutQueue:
+    """Bytes waiting for a host end: the core's ``TcpSend`` data as it came, never copied or
+    joined; sent with ``writev`` (a list of buffers) or a chunk at a time."""
+
+    __slots__ = ("_chunks", "size")
+
+    def __init__(self) -> None:
+        self._chunks: collections.deque[bytes | memoryview] = collections.deque()
+        self.size = 0
+
+    def __bool__(self) -> bool:
+        return self.size > 0
+
+    def append(self, data: bytes) -> None:
+        if data:
+            self._chunks.append(data)
+            self.size += len(data)
+
+    def views(self, max_bytes: int) -> list[bytes | memoryview]:
+        """The first chunks, up to about ``max_bytes`` (at least one), as they are."""
+        out: list[bytes | memoryview] = []
+        size = 0
+        for chunk in self._chunks:
+            out.append(chunk)
+            size += len(chunk)
+            if size >= max_bytes or len(out) >= _IOV_MAX:
+                break
+        return out
+
+    def first(self, max_bytes: int) -> bytes | memoryview:
+        """The first chunk, cut to ``max_bytes``."""
+        chunk = self._chunks[0]
+        return chunk if len(chunk) <= max_bytes else memoryview(chunk)[:max_bytes]
+
+    def consume(self, n: int) -> None:
+        """Forget the first ``n`` bytes (they were sent)."""
+        chunks = self._chunks
+        self.size -= n
+        while n:
+            k = len(chunks[0])
+            if n < k:
+                chunks[0] = memoryview(chunks[0])[n:]
+                return
+            chunks.popleft()
+            n -= k
+
+
 class _TcpFlow:
     def __init__(self, flow: int) -> None:
         self.flow = flow
@@ -421,20 +480,23 @@ class _TcpFlow:
         self.end: HostEnd | None = None
         self.credit = 0
         self.credit_changed = trio.Event()
-        self.outbuf = bytearray()
+        self.outbuf = _OutQueue()
         self.unreported = 0  # bytes sent directly whose TcpSent the writer must still report
         self.writing = False  # the writer task has a send in flight
-        self.out_changed = trio.Event()
         self.shutdown = False
+        # The write side runs in a task only while there is something to wait for (a socket
+        # that did not take everything, a non-socket end, a shutdown after queued data).
+        self.nursery: trio.Nursery | None = None  # the flow's own, while it is being served
+        self.writer_running = False
+        self.write_done = False  # shut down for writing: the flow ends once the peer's EOF is in
+        self.write_done_changed = trio.Event()
+        self.failure: list[OSError] = []
         self.closed = False
         self.aborting = False
         self._aborted = False
 
     def poke_reader(self) -> None:
         self.credit_changed.set()
-
-    def poke_writer(self) -> None:
-        self.out_changed.set()
 
     def abort_end(self) -> None:
         """Abort the end now, or as soon as there is one."""
@@ -450,7 +512,7 @@ class _TcpFlow:
 class TcpFlows:
     """Executes TCP effects for all flows; start it with ``await nursery.start(flows.run)``."""
 
-    def __init__(self, inbox: trio.MemorySendChannel[Event], *, batched: bool = False) -> None:
+    def __init__(self, inbox: Inbox, *, batched: bool = False) -> None:
         """``batched``: data for idle sockets waits for :meth:`kick`, which the owner calls
         after every burst of effects (the runtime does); otherwise writer tasks send it."""
         self._inbox = inbox
@@ -519,11 +581,11 @@ class TcpFlows:
         state = self._flows.get(eff.flow)
         if state is None:
             return
-        state.outbuf += eff.data
-        if self.batched and isinstance(state.end, SocketEnd) and not state.writing:
+        state.outbuf.append(eff.data)
+        if self.batched and isinstance(state.end, SocketEnd) and not state.writer_running:
             self._dirty[eff.flow] = state  # written by kick() at the end of the burst
         else:
-            state.poke_writer()
+            self._wake_writer(state)
 
     def kick(self) -> None:
         """Write the burst's data straight to idle sockets (one ``send`` per flow, no task
@@ -534,22 +596,24 @@ class TcpFlows:
         self._dirty = {}
         for state in dirty.values():
             end = state.end
-            if state.writing or state.closed or not state.outbuf or not isinstance(end, SocketEnd):
-                state.poke_writer()
+            if (
+                state.writer_running or state.closed or not state.outbuf
+                or not isinstance(end, SocketEnd)
+            ):
+                self._wake_writer(state)
                 continue
             try:
-                with memoryview(state.outbuf) as mv:
-                    n = end.try_send(mv[:_WRITE_MAX])
+                n = end.try_sendv(state.outbuf.views(_WRITE_MAX))
             except OSError:
                 n = 0  # the writer meets the error and reports it
             if n:
-                del state.outbuf[:n]
+                state.outbuf.consume(n)
                 try:
                     self._inbox.send_nowait(TcpSent(state.flow, n))
                 except trio.WouldBlock:
                     state.unreported += n
             if state.outbuf or state.unreported:
-                state.poke_writer()
+                self._wake_writer(state)
 
     def credit(self, eff: TcpRecvCredit) -> None:
         state = self._flows.get(eff.flow)
@@ -559,9 +623,35 @@ class TcpFlows:
 
     def shutdown(self, eff: TcpShutdown) -> None:
         state = self._flows.get(eff.flow)
-        if state is not None:
-            state.shutdown = True
-            state.poke_writer()
+        if state is None:
+            return
+        state.shutdown = True
+        end = state.end
+        if (
+            isinstance(end, SocketEnd) and not state.outbuf and not state.unreported
+            and not state.writer_running and not state.write_done and not state.closed
+        ):
+            # Nothing queued: shut down now, no writer task needed.
+            try:
+                end.sock.shutdown(_socket.SHUT_WR)
+            except OSError:
+                pass  # the writer task meets the error again and reports it
+            else:
+                state.write_done = True
+                state.write_done_changed.set()
+                return
+        self._wake_writer(state)
+
+    def _wake_writer(self, state: _TcpFlow) -> None:
+        """Make the flow's write side look at its queue: start its task if none runs (a running
+        one sees new data after its current send). Before the flow is served (connecting), its
+        task does this once it starts."""
+        end = state.end
+        if state.writer_running or state.nursery is None or end is None or state.write_done:
+            return
+        state.writer_running = True
+        state.nursery.start_soon(self._guarded, self._writer, state, end, state.failure,
+                                 state.nursery)
 
     def close(self, eff: TcpClose) -> None:
         state = self._flows.pop(eff.flow, None)
@@ -621,10 +711,25 @@ class TcpFlows:
                 state.abort_end()
             if report_connected:
                 await self._report(TcpConnected(state.flow))
-            failure: list[OSError] = []
+            # One task per flow: this one reads; the write side gets a task only when it has
+            # to wait (see _wake_writer), and errors of either end the flow as one OSError.
+            failure = state.failure
             async with trio.open_nursery() as nursery:
-                for task in (self._reader, self._writer):
-                    nursery.start_soon(self._guarded, task, state, end, failure, nursery)
+                state.nursery = nursery
+                try:
+                    if state.outbuf or state.shutdown or state.unreported:
+                        self._wake_writer(state)
+                    await self._reader(state, end)
+                    while not state.write_done:  # the peer is done: wait for our side
+                        state.write_done_changed = trio.Event()
+                        await state.write_done_changed.wait()
+                except OSError as exc:
+                    failure.append(exc)
+                    nursery.cancel_scope.cancel()
+                finally:
+                    # Past this point the nursery takes no new task, and none is needed: the
+                    # flow is done writing, failing or closed.
+                    state.nursery = None
             if failure:
                 raise failure[0]
         except OSError as exc:
@@ -681,24 +786,38 @@ class TcpFlows:
             await self._report(TcpData(state.flow, data))
 
     async def _writer(self, state: _TcpFlow, end: HostEnd) -> None:
+        """Write the queue out, report progress, shut down when asked; return when there is
+        nothing left to wait for (started again by _wake_writer)."""
+        try:
+            await self._write_queue(state, end)
+        finally:
+            state.writer_running = False
+
+    async def _write_queue(self, state: _TcpFlow, end: HostEnd) -> None:
         while True:
-            while not state.outbuf and not state.shutdown and not state.unreported:
-                state.out_changed = trio.Event()
-                await state.out_changed.wait()
             if state.unreported:
                 n, state.unreported = state.unreported, 0
                 await self._report(TcpSent(state.flow, n))
                 continue
             if state.outbuf:
-                # A copy, not a memoryview: outbuf may grow while the send waits.
-                chunk = state.outbuf[:_WRITE_MAX]
+                # The queue only grows at its end while the send waits: no copy needed.
                 state.writing = True
-                n = await end.send(chunk)
+                if isinstance(end, SocketEnd):
+                    parts = state.outbuf.views(_WRITE_MAX)
+                    size = sum(len(p) for p in parts)
+                    n = await end.sendv(parts)
+                else:
+                    chunk = state.outbuf.first(_WRITE_MAX)
+                    size = len(chunk)
+                    n = await end.send(chunk)
                 state.writing = False
-                if not 0 < n <= len(chunk):
-                    raise RuntimeError(f"send returned {n} for {len(chunk)} bytes")
-                del state.outbuf[:n]
+                if not 0 < n <= size:
+                    raise RuntimeError(f"send returned {n} for {size} bytes")
+                state.outbuf.consume(n)
                 await self._report(TcpSent(state.flow, n))
                 continue
-            await end.shutdown_write()
+            if state.shutdown and not state.write_done:
+                await end.shutdown_write()
+                state.write_done = True
+                state.write_done_changed.set()
             return

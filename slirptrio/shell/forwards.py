@@ -36,7 +36,6 @@ import trio
 
 from slirptrio.config import Config
 from slirptrio.core.events import (
-    Event,
     GuestFwdAdd,
     GuestFwdRemove,
     HostFwdChange,
@@ -56,6 +55,7 @@ from slirptrio.forward import (
 )
 from slirptrio.shell import flows as fl
 from slirptrio.shell.descriptors import AcceptLoop
+from slirptrio.shell.inbox import Inbox
 from slirptrio.shell.pipe import PipeStream, pipe_pair
 from slirptrio.shell.transport import bind_unix
 
@@ -97,7 +97,7 @@ class Forwards:
     """Runs the stack's forwards; ``await nursery.start(forwards.run)`` first."""
 
     def __init__(
-        self, inbox: trio.MemorySendChannel[Event], tcp: fl.TcpFlows, config: Config
+        self, inbox: Inbox, tcp: fl.TcpFlows, config: Config
     ) -> None:
         self._inbox = inbox
         self._tcp = tcp

@@ -1,66 +1,97 @@
-"""The runtime: the door loop, the clock, and dispatch of effects to transports and flows.
+"""The runtime: the door, the clock, and dispatch of effects to transports and flows.
 
-One task runs the door: it takes the next input from the inbox (or a :class:`Tick` when the core's
-deadline passes), stamps it with the clock, steps the core through the :class:`Door`, journals
-the step and dispatches the effects without blocking. It takes a burst of up to 256 inputs per
-wakeup without a checkpoint; after the burst it writes the frames for a stream guest itself
-(:meth:`GuestPort.kick`), runs the ``after_burst`` hooks (host sockets' pending data), and hands
-the burst's journal records and pcap frames to the writer thread (:mod:`slirptrio.journal.writer`);
-under the lossless journal policy it then takes no input while the writer is behind its budget.
-Everything else — the transport, each flow's socket tasks —
-only ever puts events into the bounded inbox; a full inbox makes producers wait, which is the
-backpressure toward a guest or host peer that sends faster than we process.
+The task that has an input steps the door itself: the transport with a run of guest frames, a
+flow's task with what its socket read, the timer task with a :class:`Tick`. ``inbox.send`` (or
+``send_nowait``) stamps the event with the clock, steps the core through the :class:`Door`,
+journals the step and dispatches the effects, all without waiting; an event handed over while a
+step is in progress (a handler reporting ``TcpSent`` at once) is queued and stepped right after
+it, so steps never interleave and the journal's order is the order in which the core consumed
+them. After the last queued step the frames for a stream guest are written at once
+(:meth:`GuestPort.kick`), the ``after_burst`` hooks run (host sockets' pending data) and the
+burst's journal records and pcap frames go to the writer thread
+(:mod:`slirptrio.journal.writer`).
+
+There is no queue and no door task to wake: an input costs its producer's own wakeup and
+nothing more. Backpressure is the producers' own pace: each steps what it read before it reads
+again; under the lossless journal policy ``await inbox.send`` also waits while the writer is
+behind its budget, so the guest and the host sockets wait for the disk. A handler or hook that
+raises is logged and counted (``dispatch_errors``); it never stops the door or the task that
+happened to step it.
 """
 
 from __future__ import annotations
 
+import collections
 import logging
+import math
 from collections.abc import Callable
 from typing import Any
 
 import trio
 
-from slirptrio.core.events import CoreError, Effect, Event, SendFrame, Tick
+from slirptrio.core.events import CoreError, Effect, Event, FrameRuns, SendFrame, SendFrames, Tick
 from slirptrio.core.stack import Stack
 from slirptrio.door import Door
 from slirptrio.journal.writer import Recorder
+from slirptrio.shell.inbox import Inbox
 from slirptrio.shell.transport import GuestPort
 
-__all__ = ["INBOX_SIZE", "Recorder", "Runtime"]
+__all__ = ["Recorder", "Runtime"]
 
 log = logging.getLogger("slirptrio.runtime")
 
-INBOX_SIZE = 1024
-_BATCH = 256
+_MAX_DRAIN = 4096  # steps in one go before the pending queue is left to the timer task
+
+
+class _Inbox:
+    """The runtime's inbox: handing over an event steps the door at once."""
+
+    def __init__(self, runtime: Runtime) -> None:
+        self._runtime = runtime
+
+    def send_nowait(self, event: Event, /) -> None:
+        self._runtime.submit(event)
+
+    async def send(self, event: Event, /) -> None:
+        runtime = self._runtime
+        runtime.submit(event)
+        recorder = runtime.recorder
+        if recorder is not None and recorder.backlogged:
+            # Lossless journal behind its budget: this producer reads no more until it catches up.
+            await trio.to_thread.run_sync(recorder.wait_writable, abandon_on_cancel=True)
+            return
+        # A cancellation point, as a channel's send is; no schedule point: the caller's next
+        # await (its socket read) is one.
+        await trio.lowlevel.checkpoint_if_cancelled()
 
 
 class Runtime:
     """Runs a :class:`Stack` against the real world (or a test's fake one).
 
     ``dispatch`` handlers receive the non-frame effects (host socket actions); frames go to
-    ``port``. Use :meth:`run` inside a nursery; ``inbox`` is where producers send events.
+    ``port``. ``inbox`` is where producers hand over events (stepped at once); :meth:`run`
+    (in a nursery) delivers the core's timers.
     """
 
-    def __init__(
-        self,
-        stack: Stack,
-        port: GuestPort,
-        recorder: Recorder | None = None,
-        inbox_size: int = INBOX_SIZE,
-    ) -> None:
+    def __init__(self, stack: Stack, port: GuestPort, recorder: Recorder | None = None) -> None:
         self.stack = stack
         self.port = port
         self.recorder = recorder
         self.door = Door(stack, recorder)
         if recorder is not None:
             recorder.attach(self.door.snapshot)
-        self.inbox, self._receive = trio.open_memory_channel[Event](inbox_size)
+        self.inbox: Inbox = _Inbox(self)
         # The door has logged a core exception already; there is nothing to do for it.
         self.handlers: dict[type[Effect], Callable[[Any], None]] = {CoreError: lambda _e: None}
         self.after_burst: list[Callable[[], None]] = []  # called after each burst of steps
+        self.dispatch_errors = 0
         # Called with (t_ns, event, effects) after every step (live captures); must not block.
         self.taps: list[Callable[[int, Event, list[Effect]], None]] = []
+        self._pending: collections.deque[Event] = collections.deque()
+        self._stepping = False
+        self._timer: trio.CancelScope | None = None
         self._t0 = trio.current_time()
+        self.submit(FrameRuns(True))  # frames to the guest leave as runs
 
     def now_ns(self) -> int:
         return int((trio.current_time() - self._t0) * 1e9)
@@ -68,61 +99,105 @@ class Runtime:
     def _trio_time(self, t_ns: int) -> float:
         return self._t0 + t_ns / 1e9
 
-    def _step(self, event: Event) -> None:
-        effects = self.door.step(event, self.now_ns())
+    # ---------------------------------------------------------------------------- stepping
+
+    def submit(self, event: Event) -> None:
+        """Step ``event`` through the door now, or right after the step in progress."""
+        self._pending.append(event)
+        if self._stepping:
+            return
+        self._stepping = True
+        try:
+            self._drain()
+        finally:
+            self._stepping = False
+
+    def _drain(self) -> None:
+        pending = self._pending
+        steps = 0
+        deadline = None
+        now = self.now_ns()  # one timestamp per burst
+        while pending and steps < _MAX_DRAIN:
+            while pending and steps < _MAX_DRAIN:
+                self._step(pending.popleft(), now)
+                steps += 1
+            # Timers are checked once per burst, as the core asks for no more.
+            deadline = self.stack.poll_at()
+            if deadline is not None and deadline <= now:
+                self._step(Tick(), now)
+                deadline = self.stack.poll_at()
+            self.port.kick()
+            for hook in self.after_burst:
+                try:
+                    hook()  # may hand over more events (TcpSent): stepped in this loop
+                except Exception:
+                    self.dispatch_errors += 1
+                    log.exception("after-burst hook %r failed", hook)
+        if self.recorder is not None:
+            self.recorder.flush()  # to the writer thread; never fails here
+        self._arm_timer(deadline, bool(pending))
+
+    def _step(self, event: Event, now: int) -> None:
+        effects = self.door.step(event, now)
         for tap in self.taps:
-            tap(self.door.now_ns, event, effects)
+            try:
+                tap(self.door.now_ns, event, effects)
+            except Exception:
+                self.dispatch_errors += 1
+                log.exception("tap %r failed", tap)
         for effect in effects:
-            if type(effect) is SendFrame:
-                self.port.put(effect.data)
+            t = type(effect)
+            if t is SendFrames:
+                self.port.put_run(effect.data)  # type: ignore[attr-defined]
+            elif t is SendFrame:
+                self.port.put(effect.data)  # type: ignore[attr-defined]
             else:
-                handler = self.handlers.get(type(effect))
+                handler = self.handlers.get(t)
                 if handler is None:
                     log.error("no handler for effect %r", effect)
-                else:
+                    continue
+                try:
                     handler(effect)
+                except Exception:
+                    self.dispatch_errors += 1
+                    log.exception("handler for %r failed", effect)
 
     def _due(self) -> bool:
         deadline = self.stack.poll_at()
         return deadline is not None and deadline <= self.now_ns()
 
+    # ------------------------------------------------------------------------------ timers
+
+    def _arm_timer(self, deadline: int | None, now: bool = False) -> None:
+        """Bring the timer task's wakeup forward to the core's next ``deadline`` (``now``: at
+        once, for steps left pending)."""
+        scope = self._timer
+        if scope is None:
+            return
+        if now:
+            scope.deadline = -math.inf
+            return
+        if deadline is not None:
+            at = self._trio_time(deadline)
+            if at < scope.deadline:
+                scope.deadline = at
+
     async def run(self) -> None:
-        """Run the door loop forever (until cancelled)."""
-        receive = self._receive
+        """Deliver the core's timers (a :class:`Tick` whenever its deadline passes), forever
+        (until cancelled). Inputs need no task: producers step them (see :meth:`submit`)."""
         while True:
-            deadline = self.stack.poll_at()
-            event: Event | None = None
-            if deadline is None or deadline > self.now_ns():
-                try:
-                    event = receive.receive_nowait()
-                    await trio.lowlevel.checkpoint()  # stay fair to the other tasks
-                except trio.WouldBlock:
-                    if deadline is None:
-                        event = await receive.receive()
-                    else:
-                        with trio.move_on_at(self._trio_time(deadline)):
-                            event = await receive.receive()
-            else:
-                await trio.lowlevel.checkpoint()
-            if event is None:
-                self._step(Tick())
-            else:
-                self._step(event)
-            # A burst is taken without checkpoints; timers are checked once per burst.
-            for _ in range(_BATCH):
-                try:
-                    event = receive.receive_nowait()
-                except trio.WouldBlock:
-                    break
-                self._step(event)
+            with trio.CancelScope() as scope:
+                deadline = self.stack.poll_at()
+                scope.deadline = math.inf if deadline is None else self._trio_time(deadline)
+                self._timer = scope
+                await trio.sleep_forever()
+            self._timer = None
             if self._due():
-                self._step(Tick())
-            self.port.kick()
-            for hook in self.after_burst:
-                hook()
-            recorder = self.recorder
-            if recorder is not None:
-                recorder.flush()
-                if recorder.backlogged:
-                    # Lossless journal behind its budget: take no input until it catches up.
-                    await trio.to_thread.run_sync(recorder.wait_writable, abandon_on_cancel=True)
+                self.submit(Tick())
+            elif self._pending and not self._stepping:
+                self._stepping = True
+                try:
+                    self._drain()
+                finally:
+                    self._stepping = False
+            await trio.lowlevel.checkpoint()

@@ -36,7 +36,8 @@ from typing import Any
 
 import trio
 
-from slirptrio.core.events import Event, TftpChunk, TftpClose, TftpOpen, TftpOpened, TftpRead
+from slirptrio.core.events import TftpChunk, TftpClose, TftpOpen, TftpOpened, TftpRead
+from slirptrio.shell.inbox import Inbox
 
 log = logging.getLogger("slirptrio.tftp")
 
@@ -176,7 +177,7 @@ class TftpFiles:
     TFTP root is configured: every open is refused). Run :meth:`run` in a nursery first; it
     closes the root when it ends."""
 
-    def __init__(self, inbox: trio.MemorySendChannel[Event], root_fd: int | None) -> None:
+    def __init__(self, inbox: Inbox, root_fd: int | None) -> None:
         self._inbox = inbox
         self._root_fd = root_fd
         self._nursery: trio.Nursery | None = None

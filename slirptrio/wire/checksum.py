@@ -1,9 +1,21 @@
-"""The Internet checksum (RFC 1071) and the IPv4 and IPv6 pseudo-header sums."""
+"""The Internet checksum (RFC 1071) and the IPv4 and IPv6 pseudo-header sums.
+
+:func:`pure_ones_sum` is the reference; :func:`ones_sum` is the native one when the fast path
+is native (:mod:`slirptrio.wire._accel`), with identical results.
+"""
 
 from __future__ import annotations
 
+from typing import Protocol
 
-def ones_sum(data: bytes | bytearray | memoryview, initial: int = 0) -> int:
+from slirptrio.wire import _accel
+
+
+class OnesSum(Protocol):
+    def __call__(self, data: bytes | bytearray | memoryview, initial: int = 0, /) -> int: ...
+
+
+def pure_ones_sum(data: bytes | bytearray | memoryview, initial: int = 0) -> int:
     """The folded 16-bit one's-complement sum of ``data`` (odd length padded with a zero)."""
     mv = memoryview(data).cast("B")
     n = len(mv)
@@ -28,6 +40,9 @@ def ones_sum(data: bytes | bytearray | memoryview, initial: int = 0) -> int:
     while total >> 16:
         total = (total & 0xFFFF) + (total >> 16)
     return total
+
+
+ones_sum: OnesSum = _accel.native.ones_sum if _accel.native is not None else pure_ones_sum
 
 
 def internet_checksum(data: bytes | bytearray | memoryview, initial: int = 0) -> int:

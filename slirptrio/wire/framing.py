@@ -13,6 +13,24 @@ def encode_frame(frame: bytes) -> bytes:
     return len(frame).to_bytes(4, "big") + frame
 
 
+def split_run(run: bytes | bytearray | memoryview) -> list[memoryview]:
+    """The frames of a run (length-prefixed frames) as views; a truncated tail is left out
+    and empty frames skipped."""
+    mv = memoryview(run)
+    n = len(mv)
+    out: list[memoryview] = []
+    off = 0
+    while off + 4 <= n:
+        length = int.from_bytes(mv[off : off + 4], "big")
+        start = off + 4
+        if length > n - start:
+            break
+        if length:
+            out.append(mv[start : start + length])
+        off = start + length
+    return out
+
+
 class StreamDecoder:
     """Splits a byte stream into frames; keeps any partial frame across :meth:`feed` calls."""
 

@@ -19,8 +19,10 @@ import time
 
 import pytest
 
+from slirptrio.core.events import GuestFrames
 from slirptrio.journal import open_journal
 from slirptrio.journal import writer as jw
+from slirptrio.wire.framing import split_run
 from tests.e2e.harness import (
     HOST_ADDR,
     REPO_ROOT,
@@ -160,7 +162,10 @@ def test_kill_9_loses_at_most_the_batch_in_flight(topo: Topology) -> None:
     result = replay(st.journal)
     assert result.returncode == 0 and "identical" in result.stdout, result.stdout + result.stderr
     journal = open_journal(st.journal)
-    guest_frames = sum(1 for r in journal.records if r.event[0] == 0)
+    guest_frames = sum(
+        len(split_run(r.event[1])) if r.event[0] == GuestFrames.TAG else r.event[0] == 0
+        for r in journal.records
+    )  # frames one by one, or a burst's in a run
     assert guest_frames >= frames_in, (guest_frames, frames_in)
 
 
@@ -243,7 +248,7 @@ def test_private_files_under_umask_000_and_snapshots_of_the_session(topo: Topolo
     assert result.returncode == 0, result.stdout + result.stderr
     # The real session: a snapshot after every record restores to the same effects.
     checked = check_journal_restores(st.journal, window=32, to_end_every=200)
-    assert checked > 1000
+    assert checked > 50  # a record is a burst: a few hundred for these transfers
     # The same journal with one constant changed by hand: a mismatch, said before anything.
     for seg in segs:
         _set_constant(seg, "core.tcp.RTO_MIN_NS", 1)

@@ -1,0 +1,208 @@
+"""CPU per round trip or per connection through the whole live path, in one process: no QEMU,
+no guest kernel.
+
+``python -m benchmarks.rr_local [--crr] [--round-trips N] [--no-journal] [--profile]`` runs the
+real runtime (transport, door, journal and pcap into a temporary directory, host flows) with a
+fake guest on a socketpair speaking QEMU's stream framing, and a 1-byte echo server on loopback.
+The fake guest opens one TCP connection and does N request/response round trips of one byte,
+as ``pingpong rr`` does (its ACK of each reply rides on the next request); with ``--crr`` it
+opens a connection for each round trip and closes it after the answer, as ``pingpong crr``. It
+prints the process CPU time per round trip (or connection). The fake guest's and the echo
+server's own work is in the figure (the guest builds frames with the fast path's ``tcp_run``
+and parses them with ``scan_frames``); it is the same before and after a change, so differences
+are slirptrio's. ``--profile`` prints cProfile's top functions.
+"""
+
+from __future__ import annotations
+
+import argparse
+import cProfile
+import io
+import os
+import pstats
+import socket
+import sys
+import tempfile
+import time
+
+import trio
+
+from slirptrio import __version__
+from slirptrio.config import parse_user_options
+from slirptrio.core import constants
+from slirptrio.core.stack import Stack
+from slirptrio.journal import Header
+from slirptrio.journal.writer import Recorder
+from slirptrio.shell.flows import TcpFlows
+from slirptrio.shell.runtime import Runtime
+from slirptrio.shell.transport import GuestPort, serve_stream
+from slirptrio.wire import fast
+from slirptrio.wire.tcp import ACK, FIN, PSH, SYN, build_tcp
+
+GUEST_MAC = bytes.fromhex("525400123456")
+GW_MAC = bytes.fromhex("52550a000202")
+GUEST = bytes([10, 0, 2, 15])
+GATEWAY = bytes([10, 0, 2, 2])
+HEAD = GW_MAC + GUEST_MAC + bytes((8, 0, 0x45, 0, 0, 0, 0, 0, 0x40, 0, 64, 6, 0, 0))
+HEAD += GUEST + GATEWAY
+
+
+class FakeGuest:
+    """A guest's TCP connections, one at a time, on the stream transport's framing."""
+
+    def __init__(self, sock: trio.socket.SocketType, port: int) -> None:
+        self.sock = sock
+        self.port = port
+        self.buf = bytearray()
+        self.sport = 40000
+        self.seq = 1000
+        self.ack = 0
+        self.fin = False  # the stack's FIN arrived
+
+    def new_connection(self) -> None:
+        self.sport = 1024 + (self.sport - 1023) % 60000
+        self.seq = (self.seq + 100_000) & 0xFFFFFFFF
+        self.ack = 0
+        self.fin = False
+
+    async def send_segment(self, flags: int, payload: bytes = b"", **opts: object) -> None:
+        if opts:
+            seg = build_tcp(GUEST, GATEWAY, self.sport, self.port, self.seq, self.ack, flags,
+                            0xFFFF, payload, **opts)  # type: ignore[arg-type]
+            from slirptrio.wire.ethernet import build_ethernet
+            from slirptrio.wire.ipv4 import build_ipv4
+
+            frame = build_ethernet(GW_MAC, GUEST_MAC, 0x0800, build_ipv4(GUEST, GATEWAY, 6, seg))
+            run = bytearray(len(frame).to_bytes(4, "big") + frame)
+        else:
+            run = bytearray()
+            fast.tcp_run(run, HEAD, 1, self.sport, self.port, self.seq, self.ack, 0xFFFF, payload,
+                         0, len(payload), 1460, flags, flags)
+        self.seq = (self.seq + len(payload) + (1 if flags & (SYN | FIN) else 0)) & 0xFFFFFFFF
+        await self.sock.send(run)
+
+    async def receive_data(self) -> int:
+        """Wait for segments from the stack; return the payload bytes they carried."""
+        while True:
+            data = await self.sock.recv(1 << 16)
+            if not data:
+                raise EOFError
+            self.buf += data
+            end, _count, _over = fast.frames_end(self.buf, len(self.buf), 1 << 17)
+            if not end:
+                continue
+            got = 0
+            for r in fast.scan_frames(bytes(self.buf[:end])):
+                if r[0] != fast.KIND_TCP:
+                    continue
+                plen = r[14] - r[13] + (1 if r[10] & (SYN | FIN) else 0)
+                self.fin = self.fin or bool(r[10] & FIN)
+                if plen:
+                    self.ack = (r[8] + plen) & 0xFFFFFFFF
+                    got += plen
+            del self.buf[:end]
+            if got:
+                return got
+
+
+async def main_async(round_trips: int, journal: bool, profile: bool, crr: bool) -> float:
+    tmp = tempfile.mkdtemp(prefix="slirptrio-rr-")
+    config = parse_user_options("")
+    stack = Stack(config, 1)
+    header = Header(seed=1, config=config.to_dict(), origin_ns=0, version=__version__,
+                    constants=constants.gather())
+    recorder = Recorder.open(
+        header,
+        journal_dir=os.path.join(tmp, "j") if journal else None,
+        pcap_path=os.path.join(tmp, "p") if journal else None,
+    )
+    port = GuestPort()
+    runtime = Runtime(stack, port, recorder)
+    flows = TcpFlows(runtime.inbox, batched=True)
+    runtime.handlers.update(flows.handlers())
+    runtime.after_burst.append(flows.kick)
+    listener = trio.socket.socket()
+    await listener.bind(("127.0.0.1", 0))
+    listener.listen(8)
+    host_port = listener.getsockname()[1]
+    ours, theirs = trio.socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+
+    async def echo_one(conn: trio.socket.SocketType) -> None:
+        with conn:
+            conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            while data := await conn.recv(100):
+                await conn.send(data)
+
+    async def echo() -> None:
+        async with trio.open_nursery() as servers:
+            while True:
+                conn, _ = await listener.accept()
+                servers.start_soon(echo_one, conn)
+
+    elapsed = 0.0
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(runtime.run)
+        await nursery.start(flows.run)
+        nursery.start_soon(echo)
+        nursery.start_soon(serve_stream, trio.SocketStream(ours), runtime.inbox, port, "fake")
+        guest = FakeGuest(theirs, host_port)
+
+        async def connect() -> None:
+            guest.new_connection()
+            await guest.send_segment(SYN, mss=1460)
+            await guest.receive_data()  # the SYN-ACK
+
+        async def close() -> None:
+            await guest.send_segment(ACK | FIN)
+            while not guest.fin:
+                await guest.receive_data()
+            await guest.send_segment(ACK)
+
+        if not crr:
+            await connect()
+        prof = cProfile.Profile() if profile else None
+        t0 = time.process_time()
+        if prof is not None:
+            prof.enable()
+        for _ in range(round_trips):
+            if crr:
+                await connect()
+            await guest.send_segment(ACK | PSH, b"x")
+            await guest.receive_data()
+            if crr:
+                await close()
+        if prof is not None:
+            prof.disable()
+            out = io.StringIO()
+            pstats.Stats(prof, stream=out).sort_stats("tottime").print_stats(35)
+            print(out.getvalue())
+        elapsed = time.process_time() - t0
+        nursery.cancel_scope.cancel()
+    recorder.close()
+    return elapsed
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m benchmarks.rr_local", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--round-trips", type=int, default=5000)
+    p.add_argument("--crr", action="store_true", help="a new connection for each round trip")
+    p.add_argument("--no-journal", action="store_true", help="journal and pcap off")
+    p.add_argument("--profile", action="store_true")
+    p.add_argument("--repeat", type=int, default=3, help="report the best of N runs")
+    args = p.parse_args(argv)
+    best = min(
+        trio.run(main_async, args.round_trips, not args.no_journal, args.profile, args.crr)
+        for _ in range(args.repeat)
+    )
+    what = "connection" if args.crr else "round trip"
+    print(
+        f"{'crr' if args.crr else 'rr'} journal={'off' if args.no_journal else 'on'} "
+        f"fast={fast.IMPL}: {best / args.round_trips * 1e6:.1f} us CPU per {what} "
+        "(fake guest and echo server included)"
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

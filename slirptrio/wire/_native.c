@@ -1,0 +1,943 @@
+/* slirptrio.wire._native: the native fast path (see slirptrio/wire/fast.py).
+ *
+ * Every function here has a pure-Python twin in fast.py, which is the reference: both must
+ * return identical results (and build identical bytes) for every input; a Hypothesis test
+ * compares them. Nothing here keeps state, reads a clock, or touches the outside world.
+ *
+ * Checksums: the Internet checksum is byte-order independent (RFC 1071 section 2B), so
+ * words are summed in the machine's order, eight bytes at a time with an end-around carry,
+ * and the folded result is byte-swapped once at the end.
+ *
+ * The module refuses to load when SLIRPTRIO_PURE is set to anything but "" or "0": that is
+ * how a user (or CI) forces the pure path, and why the choice is made once, at import.
+ */
+#define PY_SSIZE_T_CLEAN
+#include <Python.h>
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+
+#define KIND_TRUNCATED (-1)
+#define KIND_OTHER 0
+#define KIND_TCP 6
+#define KIND_UDP 17
+
+#define ETH_HLEN 14
+#define IP4_HLEN 20
+#define TCP_HLEN 20
+#define MIN_FRAME 60
+#define HEAD4_LEN (ETH_HLEN + IP4_HLEN)
+
+/* ------------------------------------------------------------------------------ checksums */
+
+/* The sum of n bytes as machine-order 64-bit words with end-around carry (not folded). An odd
+ * last byte counts as the first byte of a zero-padded 16-bit word. */
+static uint64_t
+sum_bytes(const uint8_t *p, size_t n, uint64_t acc)
+{
+    uint64_t v;
+    while (n >= 32) {
+        uint64_t a, b, c, d;
+        memcpy(&a, p, 8);
+        memcpy(&b, p + 8, 8);
+        memcpy(&c, p + 16, 8);
+        memcpy(&d, p + 24, 8);
+        acc += a;
+        acc += (acc < a);
+        acc += b;
+        acc += (acc < b);
+        acc += c;
+        acc += (acc < c);
+        acc += d;
+        acc += (acc < d);
+        p += 32;
+        n -= 32;
+    }
+    while (n >= 8) {
+        memcpy(&v, p, 8);
+        acc += v;
+        acc += (acc < v);
+        p += 8;
+        n -= 8;
+    }
+    v = 0;
+    if (n) {
+        memcpy(&v, p, n); /* the tail, zero-padded: the same words in machine order */
+        acc += v;
+        acc += (acc < v);
+    }
+    return acc;
+}
+
+/* Fold a machine-order sum to 16 bits (end-around carry) and return it in network order as a
+ * number: 0 only when every byte was 0, else 1..0xffff. */
+static uint32_t
+fold_net(uint64_t acc)
+{
+    acc = (acc & 0xffffffffu) + (acc >> 32);
+    acc = (acc & 0xffffffffu) + (acc >> 32);
+    acc = (acc & 0xffffu) + (acc >> 16);
+    acc = (acc & 0xffffu) + (acc >> 16);
+    acc = (acc & 0xffffu) + (acc >> 16);
+    uint16_t w = (uint16_t)acc;
+#if PY_LITTLE_ENDIAN
+    w = (uint16_t)((w >> 8) | (w << 8));
+#endif
+    return w;
+}
+
+/* End-around-carry fold of a non-negative number to 16 bits (as the Python reference does). */
+static uint32_t
+fold16(uint64_t x)
+{
+    while (x >> 16)
+        x = (x & 0xffffu) + (x >> 16);
+    return (uint32_t)x;
+}
+
+/* ones_sum(data, initial) of the reference: fold(initial + sum of data's BE words). */
+static uint32_t
+ones_sum_c(const uint8_t *p, size_t n, uint64_t initial)
+{
+    return fold16(initial + fold_net(sum_bytes(p, n, 0)));
+}
+
+/* The reference's unfolded IPv4 pseudo-header contribution for a TCP/UDP length. */
+static uint64_t
+pseudo4(const uint8_t *src, const uint8_t *dst, unsigned proto, size_t length)
+{
+    uint64_t s = ((uint64_t)src[0] << 24 | (uint64_t)src[1] << 16 | (uint64_t)src[2] << 8 | src[3])
+        + ((uint64_t)dst[0] << 24 | (uint64_t)dst[1] << 16 | (uint64_t)dst[2] << 8 | dst[3]);
+    return (s >> 16) + (s & 0xffff) + proto + length;
+}
+
+static inline unsigned
+be16(const uint8_t *p)
+{
+    return ((unsigned)p[0] << 8) | p[1];
+}
+
+static inline uint32_t
+be32(const uint8_t *p)
+{
+    return ((uint32_t)p[0] << 24) | ((uint32_t)p[1] << 16) | ((uint32_t)p[2] << 8) | p[3];
+}
+
+static inline void
+put16(uint8_t *p, unsigned v)
+{
+    p[0] = (uint8_t)(v >> 8);
+    p[1] = (uint8_t)v;
+}
+
+static inline void
+put32(uint8_t *p, uint32_t v)
+{
+    p[0] = (uint8_t)(v >> 24);
+    p[1] = (uint8_t)(v >> 16);
+    p[2] = (uint8_t)(v >> 8);
+    p[3] = (uint8_t)v;
+}
+
+/* ----------------------------------------------------------------------- argument helpers */
+
+static int
+get_u64(PyObject *o, uint64_t max, const char *what, uint64_t *out)
+{
+    if (!PyLong_Check(o)) {
+        PyErr_Format(PyExc_TypeError, "%s must be an int", what);
+        return -1;
+    }
+    unsigned long long v = PyLong_AsUnsignedLongLong(o);
+    if (v == (unsigned long long)-1 && PyErr_Occurred()) {
+        PyErr_Clear();
+        PyErr_Format(PyExc_ValueError, "%s out of range", what);
+        return -1;
+    }
+    if (v > max) {
+        PyErr_Format(PyExc_ValueError, "%s out of range", what);
+        return -1;
+    }
+    *out = v;
+    return 0;
+}
+
+static int
+get_ssize(PyObject *o, const char *what, Py_ssize_t *out)
+{
+    if (!PyLong_Check(o)) {
+        PyErr_Format(PyExc_TypeError, "%s must be an int", what);
+        return -1;
+    }
+    Py_ssize_t v = PyLong_AsSsize_t(o);
+    if (v == -1 && PyErr_Occurred())
+        return -1;
+    *out = v;
+    return 0;
+}
+
+/* ------------------------------------------------------------------------------- ones_sum */
+
+PyDoc_STRVAR(ones_sum_doc,
+"ones_sum(data, initial=0, /) -> int\n\n"
+"The folded 16-bit one's-complement sum of data (odd length padded with a zero), plus initial.");
+
+/* ``initial`` as a number the sum may add: itself when small, else a smaller one congruent to it
+ * mod 0xffff and zero only when it is (all the fold depends on). Any size, never negative. */
+static int
+get_initial(PyObject *o, uint64_t *out)
+{
+    if (!PyLong_Check(o)) {
+        PyErr_SetString(PyExc_TypeError, "initial must be an int");
+        return -1;
+    }
+    unsigned long long v = PyLong_AsUnsignedLongLong(o);
+    if (v == (unsigned long long)-1 && PyErr_Occurred()) {
+        if (!PyErr_ExceptionMatches(PyExc_OverflowError))
+            return -1;
+        PyErr_Clear();
+        PyObject *zero = PyLong_FromLong(0);
+        int negative = zero == NULL ? -1 : PyObject_RichCompareBool(o, zero, Py_LT);
+        Py_XDECREF(zero);
+        if (negative != 0) {
+            if (negative > 0)
+                PyErr_SetString(PyExc_ValueError, "initial must not be negative");
+            return -1;
+        }
+        PyObject *m = PyLong_FromLong(0xffff);
+        PyObject *r = m == NULL ? NULL : PyNumber_Remainder(o, m);
+        Py_XDECREF(m);
+        if (r == NULL)
+            return -1;
+        long rv = PyLong_AsLong(r);
+        Py_DECREF(r);
+        if (rv == -1 && PyErr_Occurred())
+            return -1;
+        *out = rv ? (uint64_t)rv : 0xffff; /* o > 2**64 > 0 */
+        return 0;
+    }
+    if (v >= (1ULL << 48))
+        v = v % 0xffff ? v % 0xffff : 0xffff;
+    *out = v;
+    return 0;
+}
+
+static PyObject *
+py_ones_sum(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
+{
+    uint64_t initial = 0;
+    if (nargs < 1 || nargs > 2) {
+        PyErr_SetString(PyExc_TypeError, "ones_sum(data, initial=0)");
+        return NULL;
+    }
+    if (nargs == 2 && get_initial(args[1], &initial) < 0)
+        return NULL;
+    Py_buffer b;
+    if (PyObject_GetBuffer(args[0], &b, PyBUF_SIMPLE) < 0)
+        return NULL;
+    uint32_t r = ones_sum_c((const uint8_t *)b.buf, (size_t)b.len, initial);
+    PyBuffer_Release(&b);
+    return PyLong_FromUnsignedLong(r);
+}
+
+/* ---------------------------------------------------------------------------- frame parse */
+
+static PyObject *
+other_record(Py_ssize_t kind, Py_ssize_t start, Py_ssize_t end)
+{
+    return Py_BuildValue("(nnn)", kind, start, end);
+}
+
+/* A frame's description (see fast.py's records), pointing into the caller's buffer. */
+typedef struct {
+    int kind;
+    Py_ssize_t start, end;
+    const uint8_t *mac, *src, *dst;
+    unsigned sport, dport, flags, window;
+    uint32_t seq, ack;
+    Py_ssize_t thl, ps, pe;
+} rec_t;
+
+/* Parse frame p[0:n] (at offset base of its buffer) as fast.py's pure_parse_frame does. */
+static void
+parse_rec(const uint8_t *p, Py_ssize_t n, Py_ssize_t base, rec_t *r)
+{
+    r->kind = KIND_OTHER;
+    r->start = base;
+    r->end = base + n;
+    if (n < HEAD4_LEN || p[12] != 0x08 || p[13] != 0x00 || (p[6] & 1))
+        return;
+    const uint8_t *ip = p + ETH_HLEN;
+    Py_ssize_t avail = n - ETH_HLEN;
+    if (ip[0] != 0x45) /* IPv4 without options only */
+        return;
+    Py_ssize_t total = (Py_ssize_t)be16(ip + 2);
+    unsigned frag = be16(ip + 6);
+    if (total < IP4_HLEN || total > avail || (frag & 0xbfff) != 0
+        || ones_sum_c(ip, IP4_HLEN, 0) != 0xffff)
+        return;
+    unsigned proto = ip[9];
+    const uint8_t *l4 = ip + IP4_HLEN;
+    Py_ssize_t l4len = total - IP4_HLEN;
+    Py_ssize_t l4off = base + HEAD4_LEN;
+    if (proto == KIND_TCP) {
+        if (l4len < TCP_HLEN)
+            return;
+        Py_ssize_t thl = (Py_ssize_t)(l4[12] >> 4) * 4;
+        if (thl < TCP_HLEN || thl > l4len)
+            return;
+        uint64_t pseudo = pseudo4(ip + 12, ip + 16, KIND_TCP, (size_t)l4len);
+        if (fold16(pseudo + fold_net(sum_bytes(l4, (size_t)l4len, 0))) != 0xffff)
+            return;
+        r->seq = be32(l4 + 4);
+        r->ack = be32(l4 + 8);
+        r->flags = l4[13];
+        r->window = be16(l4 + 14);
+        r->thl = thl;
+        r->ps = l4off + thl;
+        r->pe = l4off + l4len;
+    }
+    else if (proto == KIND_UDP) {
+        if (l4len < 8)
+            return;
+        Py_ssize_t ulen = (Py_ssize_t)be16(l4 + 4);
+        if (ulen < 8 || ulen > l4len)
+            return;
+        if ((l4[6] | l4[7])
+            && fold16(fold16(pseudo4(ip + 12, ip + 16, KIND_UDP, (size_t)ulen))
+                      + fold_net(sum_bytes(l4, (size_t)ulen, 0))) != 0xffff)
+            return;
+        r->ps = l4off + 8;
+        r->pe = l4off + ulen;
+    }
+    else {
+        return;
+    }
+    r->kind = (int)proto;
+    r->mac = p + 6;
+    r->src = ip + 12;
+    r->dst = ip + 16;
+    r->sport = be16(l4);
+    r->dport = be16(l4 + 2);
+}
+
+/* A new tuple from items made by the caller (it steals them); NULL if any is NULL. */
+static PyObject *
+tuple_of(Py_ssize_t n, PyObject **items)
+{
+    PyObject *t = PyTuple_New(n);
+    for (Py_ssize_t i = 0; i < n; i++) {
+        if (t == NULL || items[i] == NULL) {
+            for (Py_ssize_t j = i; j < n; j++)
+                Py_XDECREF(items[j]);
+            Py_XDECREF(t);
+            return NULL;
+        }
+        PyTuple_SET_ITEM(t, i, items[i]);
+    }
+    return t;
+}
+
+/* The record tuple of r; new reference. */
+static PyObject *
+record_of(const rec_t *r)
+{
+    if (r->kind == KIND_OTHER || r->kind == KIND_TRUNCATED)
+        return other_record(r->kind, r->start, r->end);
+    PyObject *head[8] = {
+        PyLong_FromLong(r->kind), PyLong_FromSsize_t(r->start), PyLong_FromSsize_t(r->end),
+        PyBytes_FromStringAndSize((const char *)r->mac, 6),
+        PyBytes_FromStringAndSize((const char *)r->src, 4),
+        PyBytes_FromStringAndSize((const char *)r->dst, 4),
+        PyLong_FromLong((long)r->sport), PyLong_FromLong((long)r->dport),
+    };
+    if (r->kind == KIND_UDP) {
+        PyObject *items[10];
+        memcpy(items, head, sizeof(head));
+        items[8] = PyLong_FromSsize_t(r->ps);
+        items[9] = PyLong_FromSsize_t(r->pe);
+        return tuple_of(10, items);
+    }
+    PyObject *items[15];
+    memcpy(items, head, sizeof(head));
+    items[8] = PyLong_FromUnsignedLong(r->seq);
+    items[9] = PyLong_FromUnsignedLong(r->ack);
+    items[10] = PyLong_FromLong((long)r->flags);
+    items[11] = PyLong_FromLong((long)r->window);
+    items[12] = PyLong_FromSsize_t(r->thl);
+    items[13] = PyLong_FromSsize_t(r->ps);
+    items[14] = PyLong_FromSsize_t(r->pe);
+    return tuple_of(15, items);
+}
+
+static PyObject *
+parse_one(const uint8_t *p, Py_ssize_t n, Py_ssize_t base)
+{
+    rec_t r;
+    parse_rec(p, n, base, &r);
+    return record_of(&r);
+}
+
+PyDoc_STRVAR(parse_frame_doc,
+"parse_frame(frame, /) -> tuple\n\n"
+"Parse one Ethernet frame as IPv4 TCP or UDP, verifying both checksums (see fast.py).");
+
+static PyObject *
+py_parse_frame(PyObject *self, PyObject *frame)
+{
+    Py_buffer b;
+    if (PyObject_GetBuffer(frame, &b, PyBUF_SIMPLE) < 0)
+        return NULL;
+    PyObject *r = parse_one((const uint8_t *)b.buf, b.len, 0);
+    PyBuffer_Release(&b);
+    return r;
+}
+
+PyDoc_STRVAR(scan_frames_doc,
+"scan_frames(run, /) -> list[tuple]\n\n"
+"parse_frame for every frame of a run of length-prefixed frames (see fast.py).");
+
+static PyObject *
+py_scan_frames(PyObject *self, PyObject *run)
+{
+    Py_buffer b;
+    if (PyObject_GetBuffer(run, &b, PyBUF_SIMPLE) < 0)
+        return NULL;
+    const uint8_t *p = (const uint8_t *)b.buf;
+    Py_ssize_t n = b.len, off = 0;
+    PyObject *out = PyList_New(0);
+    if (out == NULL)
+        goto fail;
+    while (off + 4 <= n) {
+        Py_ssize_t length = (Py_ssize_t)be32(p + off);
+        Py_ssize_t start = off + 4;
+        if (length > n - start)
+            break;
+        if (length) {
+            PyObject *rec = parse_one(p + start, length, start);
+            if (rec == NULL || PyList_Append(out, rec) < 0) {
+                Py_XDECREF(rec);
+                goto fail;
+            }
+            Py_DECREF(rec);
+        }
+        off = start + length;
+    }
+    if (off < n) {
+        PyObject *rec = other_record(KIND_TRUNCATED, off, n);
+        if (rec == NULL || PyList_Append(out, rec) < 0) {
+            Py_XDECREF(rec);
+            goto fail;
+        }
+        Py_DECREF(rec);
+    }
+    PyBuffer_Release(&b);
+    return out;
+fail:
+    Py_XDECREF(out);
+    PyBuffer_Release(&b);
+    return NULL;
+}
+
+/* ----------------------------------------------------------------------------- frames_end */
+
+PyDoc_STRVAR(frames_end_doc,
+"frames_end(buf, n, max_frame, /) -> (end, count, oversized)\n\n"
+"Where the whole length-prefixed frames in buf[:n] end (see fast.py).");
+
+static PyObject *
+py_frames_end(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
+{
+    Py_ssize_t n, max_frame;
+    if (nargs != 3) {
+        PyErr_SetString(PyExc_TypeError, "frames_end(buf, n, max_frame)");
+        return NULL;
+    }
+    if (get_ssize(args[1], "n", &n) < 0 || get_ssize(args[2], "max_frame", &max_frame) < 0)
+        return NULL;
+    Py_buffer b;
+    if (PyObject_GetBuffer(args[0], &b, PyBUF_SIMPLE) < 0)
+        return NULL;
+    if (n < 0 || n > b.len) {
+        PyBuffer_Release(&b);
+        PyErr_SetString(PyExc_ValueError, "n out of range");
+        return NULL;
+    }
+    const uint8_t *p = (const uint8_t *)b.buf;
+    Py_ssize_t off = 0, count = 0, oversized = 0;
+    while (off + 4 <= n) {
+        Py_ssize_t length = (Py_ssize_t)be32(p + off);
+        if (length > max_frame) {
+            oversized = length;
+            break;
+        }
+        if (length > n - off - 4)
+            break;
+        if (length)
+            count++;
+        off += 4 + length;
+    }
+    PyBuffer_Release(&b);
+    return Py_BuildValue("(nnn)", off, count, oversized);
+}
+
+/* -------------------------------------------------------------------------------- tcp_run */
+
+PyDoc_STRVAR(tcp_run_doc,
+"tcp_run(out, head, ident, sport, dport, seq, ack, window, payload, start, length, mss,\n"
+"        flags, last_flags, /) -> int\n\n"
+"Append TCP segments of payload[start:start+length] as length-prefixed frames to the\n"
+"bytearray out; return how many (see fast.py).");
+
+static PyObject *
+py_tcp_run(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
+{
+    if (nargs != 14) {
+        PyErr_SetString(PyExc_TypeError, "tcp_run takes 14 arguments");
+        return NULL;
+    }
+    PyObject *out = args[0];
+    if (!PyByteArray_Check(out)) {
+        PyErr_SetString(PyExc_TypeError, "out must be a bytearray");
+        return NULL;
+    }
+    uint64_t ident, sport, dport, seq, ack, window, mss, flags, last_flags;
+    Py_ssize_t start, length;
+    if (get_u64(args[2], 0xffff, "ident", &ident) < 0
+        || get_u64(args[3], 0xffff, "sport", &sport) < 0
+        || get_u64(args[4], 0xffff, "dport", &dport) < 0
+        || get_u64(args[5], 0xffffffffu, "seq", &seq) < 0
+        || get_u64(args[6], 0xffffffffu, "ack", &ack) < 0
+        || get_u64(args[7], 0xffff, "window", &window) < 0
+        || get_ssize(args[9], "start", &start) < 0
+        || get_ssize(args[10], "length", &length) < 0
+        || get_u64(args[11], 0xffff, "mss", &mss) < 0
+        || get_u64(args[12], 0xff, "flags", &flags) < 0
+        || get_u64(args[13], 0xff, "last_flags", &last_flags) < 0)
+        return NULL;
+    if (mss == 0) {
+        PyErr_SetString(PyExc_ValueError, "mss out of range");
+        return NULL;
+    }
+    Py_buffer hb, pb;
+    if (PyObject_GetBuffer(args[1], &hb, PyBUF_SIMPLE) < 0)
+        return NULL;
+    const uint8_t *head = (const uint8_t *)hb.buf;
+    if (hb.len != HEAD4_LEN || head[12] != 0x08 || head[13] != 0x00 || head[14] != 0x45
+        || head[23] != KIND_TCP || (be16(head + 20) & 0xbfff) != 0) {
+        PyBuffer_Release(&hb);
+        PyErr_SetString(PyExc_ValueError, "head must be an Ethernet + IPv4 TCP header template");
+        return NULL;
+    }
+    if (PyObject_GetBuffer(args[8], &pb, PyBUF_SIMPLE) < 0) {
+        PyBuffer_Release(&hb);
+        return NULL;
+    }
+    PyObject *result = NULL;
+    if (start < 0 || length < 0 || start > pb.len || length > pb.len - start) {
+        PyErr_SetString(PyExc_ValueError, "payload range out of bounds");
+        goto done;
+    }
+    Py_ssize_t count = length ? (length + (Py_ssize_t)mss - 1) / (Py_ssize_t)mss : 1;
+    Py_ssize_t biggest = length < (Py_ssize_t)mss ? length : (Py_ssize_t)mss;
+    if (IP4_HLEN + TCP_HLEN + biggest > 0xffff) {
+        PyErr_SetString(PyExc_ValueError, "IPv4 datagram too long");
+        goto done;
+    }
+    /* Room: every frame's prefix and headers, padding for a frame below 60 bytes, the data. */
+    Py_ssize_t need = count * (4 + HEAD4_LEN + TCP_HLEN) + length + count * 6;
+    Py_ssize_t old = PyByteArray_GET_SIZE(out);
+    if (PyByteArray_Resize(out, old + need) < 0)
+        goto done;
+    uint8_t *w = (uint8_t *)PyByteArray_AS_STRING(out) + old;
+    uint8_t *w0 = w;
+    const uint8_t *data = (const uint8_t *)pb.buf + start;
+    const uint8_t *src = head + ETH_HLEN + 12, *dst = head + ETH_HLEN + 16;
+    Py_ssize_t left = length;
+    uint32_t s = (uint32_t)seq;
+    for (Py_ssize_t i = 0; i < count; i++) {
+        Py_ssize_t seg = left < (Py_ssize_t)mss ? left : (Py_ssize_t)mss;
+        Py_ssize_t flen = HEAD4_LEN + TCP_HLEN + seg;
+        Py_ssize_t padded = flen < MIN_FRAME ? MIN_FRAME : flen;
+        put32(w, (uint32_t)padded);
+        uint8_t *f = w + 4;
+        memcpy(f, head, HEAD4_LEN);
+        uint8_t *ip = f + ETH_HLEN;
+        put16(ip + 2, (unsigned)(IP4_HLEN + TCP_HLEN + seg));
+        put16(ip + 4, (unsigned)((ident + (uint64_t)i) & 0xffff));
+        ip[10] = ip[11] = 0;
+        put16(ip + 10, ~ones_sum_c(ip, IP4_HLEN, 0) & 0xffff);
+        uint8_t *t = ip + IP4_HLEN;
+        put16(t, (unsigned)sport);
+        put16(t + 2, (unsigned)dport);
+        put32(t + 4, s);
+        put32(t + 8, (uint32_t)ack);
+        t[12] = 0x50;
+        t[13] = (uint8_t)(i == count - 1 ? last_flags : flags);
+        put16(t + 14, (unsigned)window);
+        t[16] = t[17] = t[18] = t[19] = 0;
+        memcpy(t + TCP_HLEN, data, (size_t)seg);
+        uint64_t pseudo = pseudo4(src, dst, KIND_TCP, (size_t)(TCP_HLEN + seg));
+        uint32_t sum = fold16(pseudo + fold_net(sum_bytes(t, (size_t)(TCP_HLEN + seg), 0)));
+        put16(t + 16, ~sum & 0xffff);
+        if (padded > flen)
+            memset(f + flen, 0, (size_t)(padded - flen));
+        w = f + padded;
+        data += seg;
+        left -= seg;
+        s += (uint32_t)seg;
+    }
+    if (PyByteArray_Resize(out, old + (w - w0)) < 0)
+        goto done;
+    result = PyLong_FromSsize_t(count);
+done:
+    PyBuffer_Release(&pb);
+    PyBuffer_Release(&hb);
+    return result;
+}
+
+/* ----------------------------------------------------------------------------- gro_scan */
+
+#define ACK 0x10
+#define PSH 0x08
+
+typedef struct {
+    const uint8_t *mac, *src, *dst;
+    unsigned sport, dport, flags, window;
+    uint32_t seq, next_seq, ack, last_off;
+    Py_ssize_t count;
+    Py_ssize_t *parts; /* (start, end) pairs of payloads in the run */
+    Py_ssize_t nparts, cap;
+} batch_t;
+
+typedef struct {
+    batch_t *items; /* in the order the batches began */
+    Py_ssize_t n, cap;
+} batches_t;
+
+static int
+same_flow(const batch_t *b, const rec_t *r)
+{
+    return b->sport == r->sport && b->dport == r->dport && memcmp(b->src, r->src, 4) == 0
+        && memcmp(b->dst, r->dst, 4) == 0;
+}
+
+static int
+add_part(batch_t *b, Py_ssize_t ps, Py_ssize_t pe)
+{
+    if (b->nparts == b->cap) {
+        Py_ssize_t cap = b->cap ? b->cap * 2 : 8;
+        Py_ssize_t *parts = PyMem_Realloc(b->parts, (size_t)cap * 2 * sizeof(Py_ssize_t));
+        if (parts == NULL) {
+            PyErr_NoMemory();
+            return -1;
+        }
+        b->parts = parts;
+        b->cap = cap;
+    }
+    b->parts[2 * b->nparts] = ps;
+    b->parts[2 * b->nparts + 1] = pe;
+    b->nparts++;
+    return 0;
+}
+
+/* _Batch.takes of the reference. */
+static int
+batch_takes(batch_t *b, const rec_t *r, Py_ssize_t plen)
+{
+    if (memcmp(b->mac, r->mac, 6) != 0)
+        return 0;
+    uint32_t step = r->ack - b->ack;
+    if (b->nparts) {
+        if (!plen || (r->flags & ~(unsigned)PSH) != ACK || r->seq != b->next_seq
+            || step >= 0x80000000u)
+            return 0;
+        if (add_part(b, r->ps, r->pe) < 0)
+            return -1;
+        b->last_off = r->seq - b->seq;
+        b->next_seq += (uint32_t)plen;
+        b->flags |= r->flags;
+    }
+    else if (plen || r->flags != ACK || r->seq != b->seq || step == 0 || step >= 0x80000000u) {
+        return 0;
+    }
+    b->ack = r->ack;
+    b->window = r->window;
+    b->count++;
+    return 1;
+}
+
+/* The item of a segment: (KIND_TCP, mac, src, dst, sport, dport, seq, ack, flags, window,
+ * payload, count, last_off), the payload gathered from parts of buf. */
+static PyObject *
+tcp_item(const uint8_t *buf, const uint8_t *mac, const uint8_t *src, const uint8_t *dst,
+         unsigned sport, unsigned dport, uint32_t seq, uint32_t ack, unsigned flags,
+         unsigned window, const Py_ssize_t *parts, Py_ssize_t nparts, Py_ssize_t count,
+         uint32_t last_off)
+{
+    Py_ssize_t total = 0;
+    for (Py_ssize_t i = 0; i < nparts; i++)
+        total += parts[2 * i + 1] - parts[2 * i];
+    PyObject *payload = PyBytes_FromStringAndSize(NULL, total);
+    if (payload != NULL) {
+        char *w = PyBytes_AS_STRING(payload);
+        for (Py_ssize_t i = 0; i < nparts; i++) {
+            Py_ssize_t len = parts[2 * i + 1] - parts[2 * i];
+            memcpy(w, buf + parts[2 * i], (size_t)len);
+            w += len;
+        }
+    }
+    PyObject *items[13] = {
+        PyLong_FromLong(KIND_TCP),
+        PyBytes_FromStringAndSize((const char *)mac, 6),
+        PyBytes_FromStringAndSize((const char *)src, 4),
+        PyBytes_FromStringAndSize((const char *)dst, 4),
+        PyLong_FromLong((long)sport), PyLong_FromLong((long)dport),
+        PyLong_FromUnsignedLong(seq), PyLong_FromUnsignedLong(ack),
+        PyLong_FromLong((long)flags), PyLong_FromLong((long)window),
+        payload, PyLong_FromSsize_t(count), PyLong_FromUnsignedLong(last_off),
+    };
+    return tuple_of(13, items);
+}
+
+static int
+append_new(PyObject *out, PyObject *item)
+{
+    if (item == NULL)
+        return -1;
+    int rc = PyList_Append(out, item);
+    Py_DECREF(item);
+    return rc;
+}
+
+static int
+flush_batch(PyObject *out, const uint8_t *buf, batch_t *b)
+{
+    PyObject *item = tcp_item(buf, b->mac, b->src, b->dst, b->sport, b->dport, b->seq, b->ack,
+                              b->flags, b->window, b->parts, b->nparts, b->count, b->last_off);
+    PyMem_Free(b->parts);
+    b->parts = NULL;
+    return append_new(out, item);
+}
+
+static int
+flush_all(PyObject *out, const uint8_t *buf, batches_t *bs)
+{
+    int rc = 0;
+    for (Py_ssize_t i = 0; i < bs->n; i++) {
+        if (rc == 0)
+            rc = flush_batch(out, buf, &bs->items[i]);
+        else {
+            PyMem_Free(bs->items[i].parts);
+            bs->items[i].parts = NULL;
+        }
+    }
+    bs->n = 0;
+    return rc;
+}
+
+PyDoc_STRVAR(gro_scan_doc,
+"gro_scan(run, /) -> list[tuple]\n\n"
+"The frames of a run as the stack takes them, each TCP flow's segments coalesced (see\n"
+"fast.py).");
+
+static PyObject *
+py_gro_scan(PyObject *self, PyObject *run)
+{
+    Py_buffer b;
+    if (PyObject_GetBuffer(run, &b, PyBUF_SIMPLE) < 0)
+        return NULL;
+    const uint8_t *p = (const uint8_t *)b.buf;
+    Py_ssize_t n = b.len, off = 0;
+    batches_t bs = {NULL, 0, 0};
+    PyObject *out = PyList_New(0);
+    if (out == NULL)
+        goto fail;
+    for (;;) {
+        rec_t r;
+        if (off + 4 > n)
+            break;
+        Py_ssize_t length = (Py_ssize_t)be32(p + off);
+        Py_ssize_t start = off + 4;
+        if (length > n - start)
+            break;
+        off = start + length;
+        if (!length)
+            continue;
+        parse_rec(p + start, length, start, &r);
+        if (r.kind != KIND_TCP || r.thl != TCP_HLEN) {
+            if (flush_all(out, p, &bs) < 0
+                || append_new(out, other_record(KIND_OTHER, r.start, r.end)) < 0)
+                goto fail;
+            continue;
+        }
+        Py_ssize_t plen = r.pe - r.ps;
+        Py_ssize_t i;
+        for (i = 0; i < bs.n && !same_flow(&bs.items[i], &r); i++)
+            ;
+        if (i < bs.n) {
+            int took = batch_takes(&bs.items[i], &r, plen);
+            if (took < 0)
+                goto fail;
+            if (took)
+                continue;
+            batch_t done = bs.items[i];
+            memmove(&bs.items[i], &bs.items[i + 1], (size_t)(bs.n - i - 1) * sizeof(batch_t));
+            bs.n--;
+            if (flush_batch(out, p, &done) < 0)
+                goto fail;
+        }
+        if (r.flags == ACK || (plen && r.flags == (ACK | PSH))) {
+            if (bs.n == bs.cap) {
+                Py_ssize_t cap = bs.cap ? bs.cap * 2 : 8;
+                batch_t *items = PyMem_Realloc(bs.items, (size_t)cap * sizeof(batch_t));
+                if (items == NULL) {
+                    PyErr_NoMemory();
+                    goto fail;
+                }
+                bs.items = items;
+                bs.cap = cap;
+            }
+            batch_t *nb = &bs.items[bs.n++];
+            memset(nb, 0, sizeof(*nb));
+            nb->mac = r.mac;
+            nb->src = r.src;
+            nb->dst = r.dst;
+            nb->sport = r.sport;
+            nb->dport = r.dport;
+            nb->seq = r.seq;
+            nb->next_seq = r.seq + (uint32_t)plen;
+            nb->ack = r.ack;
+            nb->flags = r.flags;
+            nb->window = r.window;
+            nb->count = 1;
+            if (plen && add_part(nb, r.ps, r.pe) < 0)
+                goto fail;
+        }
+        else {
+            Py_ssize_t part[2] = {r.ps, r.pe};
+            if (append_new(out, tcp_item(p, r.mac, r.src, r.dst, r.sport, r.dport, r.seq, r.ack,
+                                         r.flags, r.window, part, 1, 1, 0)) < 0)
+                goto fail;
+        }
+    }
+    if (flush_all(out, p, &bs) < 0)
+        goto fail;
+    if (off < n && append_new(out, other_record(KIND_TRUNCATED, off, n)) < 0)
+        goto fail;
+    PyMem_Free(bs.items);
+    PyBuffer_Release(&b);
+    return out;
+fail:
+    for (Py_ssize_t i = 0; i < bs.n; i++)
+        PyMem_Free(bs.items[i].parts);
+    PyMem_Free(bs.items);
+    Py_XDECREF(out);
+    PyBuffer_Release(&b);
+    return NULL;
+}
+
+/* ----------------------------------------------------------------------------- pcap_run */
+
+static inline void
+put32le(uint8_t *p, uint32_t v)
+{
+    p[0] = (uint8_t)v;
+    p[1] = (uint8_t)(v >> 8);
+    p[2] = (uint8_t)(v >> 16);
+    p[3] = (uint8_t)(v >> 24);
+}
+
+PyDoc_STRVAR(pcap_run_doc,
+"pcap_run(out, run, ts_ns, snaplen, /) -> int\n\n"
+"Append a nanosecond pcap record for every frame of the run to the bytearray out; return\n"
+"how many (see fast.py).");
+
+static PyObject *
+py_pcap_run(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
+{
+    if (nargs != 4) {
+        PyErr_SetString(PyExc_TypeError, "pcap_run(out, run, ts_ns, snaplen)");
+        return NULL;
+    }
+    PyObject *out = args[0];
+    if (!PyByteArray_Check(out)) {
+        PyErr_SetString(PyExc_TypeError, "out must be a bytearray");
+        return NULL;
+    }
+    uint64_t ts, snaplen;
+    if (get_u64(args[2], ((uint64_t)0xffffffffu + 1) * 1000000000ULL - 1, "ts_ns", &ts) < 0
+        || get_u64(args[3], 0xffffffffu, "snaplen", &snaplen) < 0)
+        return NULL;
+    Py_buffer b;
+    if (PyObject_GetBuffer(args[1], &b, PyBUF_SIMPLE) < 0)
+        return NULL;
+    const uint8_t *p = (const uint8_t *)b.buf;
+    Py_ssize_t n = b.len, off = 0, count = 0, need = 0;
+    /* First pass: how much room (a 16-byte record header per frame, captured bytes). */
+    while (off + 4 <= n) {
+        Py_ssize_t length = (Py_ssize_t)be32(p + off);
+        if (length > n - off - 4)
+            break;
+        if (length) {
+            need += 16 + (length < (Py_ssize_t)snaplen ? length : (Py_ssize_t)snaplen);
+            count++;
+        }
+        off += 4 + length;
+    }
+    Py_ssize_t old = PyByteArray_GET_SIZE(out);
+    if (PyByteArray_Resize(out, old + need) < 0) {
+        PyBuffer_Release(&b);
+        return NULL;
+    }
+    uint8_t *w = (uint8_t *)PyByteArray_AS_STRING(out) + old;
+    uint32_t sec = (uint32_t)(ts / 1000000000ULL), ns = (uint32_t)(ts % 1000000000ULL);
+    off = 0;
+    while (off + 4 <= n) {
+        Py_ssize_t length = (Py_ssize_t)be32(p + off);
+        if (length > n - off - 4)
+            break;
+        if (length) {
+            Py_ssize_t cap = length < (Py_ssize_t)snaplen ? length : (Py_ssize_t)snaplen;
+            put32le(w, sec);
+            put32le(w + 4, ns);
+            put32le(w + 8, (uint32_t)cap);
+            put32le(w + 12, (uint32_t)length);
+            memcpy(w + 16, p + off + 4, (size_t)cap);
+            w += 16 + cap;
+        }
+        off += 4 + length;
+    }
+    PyBuffer_Release(&b);
+    return PyLong_FromSsize_t(count);
+}
+
+/* ------------------------------------------------------------------------------ module */
+
+static PyMethodDef methods[] = {
+    {"ones_sum", (PyCFunction)(void (*)(void))py_ones_sum, METH_FASTCALL, ones_sum_doc},
+    {"parse_frame", py_parse_frame, METH_O, parse_frame_doc},
+    {"scan_frames", py_scan_frames, METH_O, scan_frames_doc},
+    {"frames_end", (PyCFunction)(void (*)(void))py_frames_end, METH_FASTCALL, frames_end_doc},
+    {"tcp_run", (PyCFunction)(void (*)(void))py_tcp_run, METH_FASTCALL, tcp_run_doc},
+    {"pcap_run", (PyCFunction)(void (*)(void))py_pcap_run, METH_FASTCALL, pcap_run_doc},
+    {"gro_scan", py_gro_scan, METH_O, gro_scan_doc},
+    {NULL, NULL, 0, NULL},
+};
+
+static struct PyModuleDef module = {
+    PyModuleDef_HEAD_INIT, "_native",
+    "The native fast path of slirptrio.wire (C); slirptrio.wire.fast is its interface.",
+    -1, methods, NULL, NULL, NULL, NULL,
+};
+
+PyMODINIT_FUNC
+PyInit__native(void)
+{
+    const char *pure = getenv("SLIRPTRIO_PURE");
+    if (pure != NULL && pure[0] != '\0' && strcmp(pure, "0") != 0) {
+        PyErr_SetString(PyExc_ImportError, "the native path is disabled by SLIRPTRIO_PURE");
+        return NULL;
+    }
+    return PyModule_Create(&module);
+}
