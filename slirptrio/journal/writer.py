@@ -41,8 +41,10 @@ the older one) and a new ``NAME`` starts, so the two files stay within ``pcap_ma
 least its last half. Any window the journal retains can be exported whole with ``slirptrio
 replay --pcap``.
 
-A ``kill -9`` loses what was handed to the writer and not yet written: normally the last burst,
-at most the budget.
+The thread is not woken per burst: it wakes once ``WAKE_BYTES`` are queued, or ``WAKE_S`` after
+the first queued byte (and at once for :meth:`Writer.wait_below` and :meth:`Writer.close`), and
+writes what is queued with one write per file. A ``kill -9`` loses what was handed to the
+writer and not yet written: normally the last ``WAKE_S`` (5 ms) of records, at most the budget.
 """
 
 from __future__ import annotations
@@ -81,6 +83,12 @@ SNAPSHOT_SHARE = 4  # a segment holds at least this many times its snapshot's si
 MIN_SEGMENT_BYTES = 64 << 10
 RETRY_S = 1.0
 REMOVED_CHECK_S = 1.0
+WAKE_BYTES = 64 << 10
+WAKE_S = 0.005
+"""The writer thread wakes when this many bytes are queued (a quarter of the budget if that is
+less), or this long after the first of them was: one wakeup and one write per file for many
+bursts, instead of a thread handoff per burst. A ``kill -9`` loses what is queued."""
+BATCH_BYTES = 256 << 10  # taken from the queue per round, so the budget drains by parts
 BLOCK = 4096
 POLICIES = ("lossy", "lossless")
 THROTTLE_ENV = "SLIRPTRIO_JOURNAL_THROTTLE"
@@ -359,7 +367,10 @@ class Writer:
         self.records_written = 0
         self.failures = 0  # journal writes that failed and stopped the journal
         self._closing = False
+        self._hurry = 0  # threads in wait_below: write what is queued without waiting
+        self._wake_bytes = max(1, min(WAKE_BYTES, budget // 4))
         self._next_check = 0.0
+        self._pcap_next_check = 0.0
         self._thread: threading.Thread | None = None
         if threaded:
             self._thread = threading.Thread(target=self._run, name="slirptrio-writer", daemon=True)
@@ -372,9 +383,13 @@ class Writer:
             self._do(chunk)
             return
         with self._cond:
+            first = not self._queue
             self._queue.append(chunk)
             self.queued += chunk.nbytes
-            self._cond.notify_all()
+            # The thread waits for the first chunk, then for size or age (see WAKE_S): only
+            # the first and the one that makes the size are worth a wakeup.
+            if first or self.queued >= self._wake_bytes:
+                self._cond.notify_all()
 
     def over_budget(self, extra: int = 0) -> bool:
         return self.queued + extra > self.budget
@@ -383,11 +398,17 @@ class Writer:
         """Block until fewer than ``limit`` bytes are queued (True), or ``timeout`` passes."""
         deadline = None if timeout is None else time.monotonic() + timeout
         with self._cond:
-            while self.queued > limit and self._thread is not None and self._thread.is_alive():
-                left = None if deadline is None else deadline - time.monotonic()
-                if left is not None and left <= 0:
-                    return False
-                self._cond.wait(left if left is not None else 1.0)
+            self._hurry += 1  # the thread writes at once, not when the batch is old enough
+            self._cond.notify_all()
+            try:
+                while (self.queued > limit and self._thread is not None
+                       and self._thread.is_alive()):
+                    left = None if deadline is None else deadline - time.monotonic()
+                    if left is not None and left <= 0:
+                        return False
+                    self._cond.wait(left if left is not None else 1.0)
+            finally:
+                self._hurry -= 1
         return True
 
     def close(self, timeout: float = 30.0) -> None:
@@ -412,21 +433,42 @@ class Writer:
     # ---------------------------------------------------------------------- thread side
 
     def _run(self) -> None:
+        cond = self._cond
+        queue = self._queue
         while True:
-            with self._cond:
-                while not self._queue:
-                    self._cond.wait()
-                chunk = self._queue[0]
-            if chunk.kind == "close":
+            with cond:
+                while not queue:
+                    cond.wait()
+                # Let bursts gather: until WAKE_BYTES are queued, WAKE_S have passed, or
+                # someone waits for the queue (wait_below, close).
+                if self.queued < self._wake_bytes and not self._hurry:
+                    until = time.monotonic() + WAKE_S
+                    while (self.queued < self._wake_bytes and not self._hurry
+                           and queue[-1].kind != "close" and not self._closing):
+                        left = until - time.monotonic()
+                        if left <= 0:
+                            break
+                        cond.wait(left)
+                batch: list[_Chunk] = []
+                nbytes = 0
+                for chunk in queue:
+                    if chunk.kind == "close" or nbytes >= BATCH_BYTES:
+                        break
+                    batch.append(chunk)
+                    nbytes += chunk.nbytes
+                closing = not batch
+            if closing:
                 return
-            try:
-                self._do(chunk)
-            except Exception:  # a bug here must not stop the thread: the loop would block
-                log.exception("journal writer failed on a %s chunk", chunk.kind)
-            with self._cond:
-                self._queue.popleft()
-                self.queued -= chunk.nbytes
-                self._cond.notify_all()
+            for chunk in _merged(batch):
+                try:
+                    self._do(chunk)
+                except Exception:  # a bug here must not stop the thread: the loop would block
+                    log.exception("journal writer failed on a %s chunk", chunk.kind)
+            with cond:
+                for _ in batch:
+                    queue.popleft()
+                self.queued -= nbytes
+                cond.notify_all()
 
     def _do(self, chunk: _Chunk) -> None:
         if chunk.kind == "pcap":
@@ -498,9 +540,13 @@ class Writer:
         if self.pcap_error is not None and not lossless and time.monotonic() < self._pcap_retry_at:
             self.lost_frames += chunk.count
             return
+        now = time.monotonic()
+        check = now >= self._pcap_next_check
+        if check:
+            self._pcap_next_check = now + REMOVED_CHECK_S
         while True:
             try:
-                if disk.pcap_removed():
+                if (check or self.pcap_error is not None) and disk.pcap_removed():
                     disk.reopen_pcap()
                 disk.pcap_write(chunk.data, chunk.nbytes)
             except OSError as exc:
@@ -519,6 +565,39 @@ class Writer:
         if self.pcap_error is not None:
             log.warning("pcap: writing again (%d frames were lost)", self.lost_frames)
             self.pcap_error = None
+
+
+def _merged(batch: list[_Chunk]) -> list[_Chunk]:
+    """The batch with consecutive journal records joined into one chunk and all pcap records
+    into one (two files: only the order within each matters), so each file gets one write."""
+    out: list[_Chunk] = []
+    records: list[_Chunk] = []
+    frames: list[_Chunk] = []
+
+    def records_done() -> None:
+        if len(records) == 1:
+            out.append(records[0])
+        elif records:
+            data = b"".join(c.data for c in records)
+            out.append(_Chunk("journal", data, len(data), sum(c.count for c in records)))
+        records.clear()
+
+    for chunk in batch:
+        if chunk.kind == "journal":
+            records.append(chunk)
+        elif chunk.kind == "pcap":
+            frames.append(chunk)
+        else:
+            records_done()
+            out.append(chunk)
+    records_done()
+    if len(frames) == 1:
+        out.append(frames[0])
+    elif frames:
+        parts = [p for c in frames for p in c.data]
+        out.append(_Chunk("pcap", parts, sum(c.nbytes for c in frames),
+                          sum(c.count for c in frames)))
+    return out
 
 
 # ------------------------------------------------------------------------- the loop side
