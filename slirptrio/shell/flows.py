@@ -67,6 +67,7 @@ from slirptrio.core.events import (
     TcpShutdown,
 )
 from slirptrio.shell.inbox import Inbox
+from slirptrio.shell.nbio import TryFirst
 from slirptrio.shell.pipe import PIPE_LIMIT, PipeStream, pipe_pair
 
 log = logging.getLogger("slirptrio.flows")
@@ -167,9 +168,10 @@ class SocketEnd:
             with contextlib.suppress(OSError):
                 sock.setsockopt(_socket.IPPROTO_TCP, _socket.TCP_NODELAY, 1)
             set_keepalive(sock)
+        self._reader = TryFirst(sock)
 
     async def recv(self, max_bytes: int) -> bytes:
-        return await self.sock.recv(max_bytes)
+        return await self._reader.recv(max_bytes)
 
     async def send(self, data: bytes | bytearray | memoryview) -> int:
         return await self.sock.send(data)
