@@ -41,10 +41,12 @@ the older one) and a new ``NAME`` starts, so the two files stay within ``pcap_ma
 least its last half. Any window the journal retains can be exported whole with ``slirptrio
 replay --pcap``.
 
-The thread is not woken per burst: it wakes once ``WAKE_BYTES`` are queued, or ``WAKE_S`` after
-the first queued byte (and at once for :meth:`Writer.wait_below` and :meth:`Writer.close`), and
-writes what is queued with one write per file. A ``kill -9`` loses what was handed to the
-writer and not yet written: normally the last ``WAKE_S`` (5 ms) of records, at most the budget.
+The thread is not woken per burst: while there is traffic it writes what gathered every
+``WAKE_S``, sooner once ``WAKE_BYTES`` are queued (and at once for :meth:`Writer.wait_below`
+and :meth:`Writer.close`), one write per file; only an idle thread is woken by a hand-over.
+
+A ``kill -9`` loses what was handed to the writer and not yet written: normally the last
+``WAKE_S`` (5 ms) of records, at most the budget.
 """
 
 from __future__ import annotations
@@ -85,9 +87,9 @@ RETRY_S = 1.0
 REMOVED_CHECK_S = 1.0
 WAKE_BYTES = 64 << 10
 WAKE_S = 0.005
-"""The writer thread wakes when this many bytes are queued (a quarter of the budget if that is
-less), or this long after the first of them was: one wakeup and one write per file for many
-bursts, instead of a thread handoff per burst. A ``kill -9`` loses what is queued."""
+"""The writer thread writes what gathered this often, or as soon as this many bytes are queued
+(a quarter of the budget if that is less): one wakeup and one write per file for many bursts,
+instead of a thread handoff per burst. A ``kill -9`` loses what is queued."""
 BATCH_BYTES = 256 << 10  # taken from the queue per round, so the budget drains by parts
 BLOCK = 4096
 POLICIES = ("lossy", "lossless")
@@ -356,8 +358,13 @@ class Writer:
         self._throttle = throttle
         self._free_at = 0.0
         self._cond = threading.Condition()
+        # Appended by the loop, popped by the thread (a deque is safe for that without the
+        # lock); each counter has one writer: queued = handed - written.
         self._queue: collections.deque[_Chunk] = collections.deque()
-        self.queued = 0
+        self._handed = 0
+        self._written = 0
+        self._idle = False  # the thread waits for a first chunk: a put must wake it
+        self._close_asked = False
         self.journal_error: str | None = None  # the journal stopped (needs a new segment)
         self.journal_waiting: str | None = None  # lossless: retrying a failed write
         self.pcap_error: str | None = None
@@ -378,17 +385,22 @@ class Writer:
 
     # ------------------------------------------------------------------------ loop side
 
+    @property
+    def queued(self) -> int:
+        """Bytes handed over and not yet written (or dropped)."""
+        return self._handed - self._written
+
     def put(self, chunk: _Chunk) -> None:
         if self._thread is None:
             self._do(chunk)
             return
-        with self._cond:
-            first = not self._queue
-            self._queue.append(chunk)
-            self.queued += chunk.nbytes
-            # The thread waits for the first chunk, then for size or age (see WAKE_S): only
-            # the first and the one that makes the size are worth a wakeup.
-            if first or self.queued >= self._wake_bytes:
+        self._queue.append(chunk)
+        self._handed += chunk.nbytes
+        # Busy, the thread comes back every WAKE_S by itself: only an idle thread, or enough
+        # bytes to write, are worth a wakeup. (The thread sets _idle, then looks at the queue,
+        # under the lock; we append, then look at _idle: one of us sees the other.)
+        if self._idle or self._handed - self._written >= self._wake_bytes:
+            with self._cond:
                 self._cond.notify_all()
 
     def over_budget(self, extra: int = 0) -> bool:
@@ -416,8 +428,9 @@ class Writer:
         if self._thread is None:
             self.disk.close()
             return
+        self._queue.append(_Chunk("close", None, 0))
         with self._cond:
-            self._queue.append(_Chunk("close", None, 0))
+            self._close_asked = True
             self._cond.notify_all()
         self._thread.join(timeout)
         if self._thread.is_alive():
@@ -432,43 +445,46 @@ class Writer:
 
     # ---------------------------------------------------------------------- thread side
 
+    def _urgent(self) -> bool:
+        return (self._handed - self._written >= self._wake_bytes or self._hurry > 0
+                or self._close_asked or self._closing)
+
     def _run(self) -> None:
         cond = self._cond
         queue = self._queue
         while True:
             with cond:
-                while not queue:
-                    cond.wait()
-                # Let bursts gather: until WAKE_BYTES are queued, WAKE_S have passed, or
-                # someone waits for the queue (wait_below, close).
-                if self.queued < self._wake_bytes and not self._hurry:
-                    until = time.monotonic() + WAKE_S
-                    while (self.queued < self._wake_bytes and not self._hurry
-                           and queue[-1].kind != "close" and not self._closing):
-                        left = until - time.monotonic()
-                        if left <= 0:
-                            break
-                        cond.wait(left)
-                batch: list[_Chunk] = []
-                nbytes = 0
-                for chunk in queue:
-                    if chunk.kind == "close" or nbytes >= BATCH_BYTES:
+                if not queue:
+                    self._idle = True
+                    while not queue:
+                        cond.wait()
+                    self._idle = False
+                # Let bursts gather: WAKE_S, unless WAKE_BYTES are queued or someone waits
+                # for the queue (wait_below, close).
+                until = time.monotonic() + WAKE_S
+                while not self._urgent():
+                    left = until - time.monotonic()
+                    if left <= 0:
                         break
-                    batch.append(chunk)
-                    nbytes += chunk.nbytes
-                closing = not batch
-            if closing:
-                return
+                    cond.wait(left)
+            batch: list[_Chunk] = []
+            nbytes = 0
+            while queue and nbytes < BATCH_BYTES and queue[0].kind != "close":
+                chunk = queue.popleft()
+                batch.append(chunk)
+                nbytes += chunk.nbytes
+            if not batch:
+                if queue and queue[0].kind == "close":
+                    return
+                continue
             for chunk in _merged(batch):
                 try:
                     self._do(chunk)
                 except Exception:  # a bug here must not stop the thread: the loop would block
                     log.exception("journal writer failed on a %s chunk", chunk.kind)
             with cond:
-                for _ in batch:
-                    queue.popleft()
-                self.queued -= nbytes
-                cond.notify_all()
+                self._written += nbytes
+                cond.notify_all()  # wait_below
 
     def _do(self, chunk: _Chunk) -> None:
         if chunk.kind == "pcap":
