@@ -452,15 +452,18 @@ class Writer:
     def _run(self) -> None:
         cond = self._cond
         queue = self._queue
+        idle = False
         while True:
             with cond:
-                if not queue:
+                if idle and not queue:
                     self._idle = True
                     while not queue:
                         cond.wait()
                     self._idle = False
-                # Let bursts gather: WAKE_S, unless WAKE_BYTES are queued or someone waits
-                # for the queue (wait_below, close).
+                # Let bursts gather for WAKE_S (unless WAKE_BYTES are queued or someone waits
+                # for the queue: wait_below, close), also right after a write with nothing
+                # queued: traffic usually goes on, and a wakeup per batch costs the loop a
+                # notify. Only a WAKE_S without a hand-over lets the thread go idle.
                 until = time.monotonic() + WAKE_S
                 while not self._urgent():
                     left = until - time.monotonic()
@@ -476,7 +479,9 @@ class Writer:
             if not batch:
                 if queue and queue[0].kind == "close":
                     return
+                idle = True
                 continue
+            idle = False
             for chunk in _merged(batch):
                 try:
                     self._do(chunk)
