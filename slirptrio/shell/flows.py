@@ -337,12 +337,22 @@ async def _open_tcp(host: str, port: int) -> SocketEnd:
     if not 0 <= port <= 0xFFFF:
         raise OSError(_errno.EINVAL, f"bad port {port}")
     family = _socket.AF_INET6 if addr.version == 6 else _socket.AF_INET
-    sock = trio.socket.socket(family, _socket.SOCK_STREAM)
+    # A plain non-blocking connect: the address is a literal already, so trio's connect (which
+    # resolves it again and takes two more trips through the scheduler) has nothing to add.
+    raw = _socket.socket(family, _socket.SOCK_STREAM)
     try:
+        raw.setblocking(False)
+        sock = trio.socket.from_stdlib_socket(raw)
         end = SocketEnd(sock)
-        await sock.connect((host, port))
+        await trio.lowlevel.checkpoint_if_cancelled()
+        err = raw.connect_ex((host, port))
+        if err == _errno.EINPROGRESS:
+            await trio.lowlevel.wait_writable(raw)
+            err = raw.getsockopt(_socket.SOL_SOCKET, _socket.SO_ERROR)
+        if err:
+            raise OSError(err, os.strerror(err))
     except BaseException:
-        sock.close()
+        raw.close()
         raise
     return end
 
