@@ -40,6 +40,7 @@ from __future__ import annotations
 import collections
 import contextlib
 import errno as _errno
+import functools
 import ipaddress
 import logging
 import os
@@ -328,15 +329,24 @@ class ProcessEnd:
 # --------------------------------------------------------------------------------- openers
 
 
-async def _open_tcp(host: str, port: int) -> SocketEnd:
-    # Only literals: a guest must never make us resolve names (or hang on a resolver).
+@functools.lru_cache(maxsize=256)
+def _literal_family(host: str) -> int | None:
+    """AF_INET or AF_INET6 for an IP address literal, None for anything else (cached: a
+    connection rate goes to few hosts)."""
     try:
         addr = ipaddress.ip_address(host)
     except ValueError:
-        raise OSError(_errno.EINVAL, f"not an IP address: {host!r}") from None
+        return None
+    return _socket.AF_INET6 if addr.version == 6 else _socket.AF_INET
+
+
+async def _open_tcp(host: str, port: int) -> SocketEnd:
+    # Only literals: a guest must never make us resolve names (or hang on a resolver).
+    family = _literal_family(host)
+    if family is None:
+        raise OSError(_errno.EINVAL, f"not an IP address: {host!r}")
     if not 0 <= port <= 0xFFFF:
         raise OSError(_errno.EINVAL, f"bad port {port}")
-    family = _socket.AF_INET6 if addr.version == 6 else _socket.AF_INET
     # A plain non-blocking connect: the address is a literal already, so trio's connect (which
     # resolves it again and takes two more trips through the scheduler) has nothing to add.
     raw = _socket.socket(family, _socket.SOCK_STREAM)
