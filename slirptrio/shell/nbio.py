@@ -4,7 +4,9 @@
 there (a second pass of the run loop per read), and waits with a fresh epoll registration only
 after a failed attempt. :class:`TryFirst` reads at once and waits only when the socket is
 empty; so that a socket that always has data cannot starve the other tasks, every
-``STREAK``-th read in a row without a wait yields first (as trio's own read would).
+``STREAK``-th read in a row without a wait yields first (as trio's own read would). A read
+that got less than it asked for has emptied the socket: the next one waits first, sparing a
+read that would fail (a syscall and an exception per wakeup).
 """
 
 from __future__ import annotations
@@ -19,14 +21,19 @@ STREAK = 16
 class TryFirst:
     """Reads from one trio socket (stream sockets: ``os.read`` semantics, b"" at EOF)."""
 
-    __slots__ = ("_sock", "_streak")
+    __slots__ = ("_empty", "_sock", "_streak")
 
     def __init__(self, sock: trio.socket.SocketType) -> None:
         self._sock = sock
         self._streak = 0
+        self._empty = False  # the last read took all there was
 
     async def _enter(self) -> None:
-        if self._streak >= STREAK:
+        if self._empty:
+            self._empty = False
+            self._streak = 0
+            await trio.lowlevel.wait_readable(self._sock)
+        elif self._streak >= STREAK:
             self._streak = 0
             await trio.lowlevel.checkpoint()
         else:
@@ -44,6 +51,7 @@ class TryFirst:
                 await trio.lowlevel.wait_readable(sock)
                 continue
             self._streak += 1
+            self._empty = len(data) < max_bytes
             return data
 
     async def recv_into(self, view: memoryview) -> int:
@@ -58,4 +66,5 @@ class TryFirst:
                 await trio.lowlevel.wait_readable(sock)
                 continue
             self._streak += 1
+            self._empty = n < len(view)
             return n
