@@ -767,14 +767,21 @@ class TcpFlows:
             if not state.closed:
                 await self._report(TcpReset(state.flow, _errno.EIO))
         finally:
-            with trio.CancelScope(shield=True) as cs:
-                cs.deadline = trio.current_time() + CLOSE_TIMEOUT_S
+            if type(end) is SocketEnd:
+                # A socket closes at once: no shielded, deadlined scope and no checkpoint.
                 try:
-                    await end.close()
+                    end.sock.close()
                 except Exception:
                     log.exception("flow %d: close failed", state.flow)
-            if cs.cancelled_caught:
-                log.warning("flow %d: close took over %.0f s", state.flow, CLOSE_TIMEOUT_S)
+            else:
+                with trio.CancelScope(shield=True) as cs:
+                    cs.deadline = trio.current_time() + CLOSE_TIMEOUT_S
+                    try:
+                        await end.close()
+                    except Exception:
+                        log.exception("flow %d: close failed", state.flow)
+                if cs.cancelled_caught:
+                    log.warning("flow %d: close took over %.0f s", state.flow, CLOSE_TIMEOUT_S)
             if self._flows.get(state.flow) is state and state.closed:
                 self._flows.pop(state.flow, None)
 
