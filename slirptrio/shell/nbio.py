@@ -26,7 +26,9 @@ class TryFirst:
     def __init__(self, sock: trio.socket.SocketType) -> None:
         self._sock = sock
         self._streak = 0
-        self._empty = False  # the last read took all there was
+        # The last read took all there was. A fresh socket (just connected) usually has nothing
+        # yet either: wait first (a socket that has data is reported readable at once).
+        self._empty = True
 
     async def _enter(self) -> None:
         if self._empty:
