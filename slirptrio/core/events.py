@@ -12,7 +12,9 @@ the host-side socket a host event came from or an effect goes to.
 
 from __future__ import annotations
 
+import operator
 import re
+from collections.abc import Callable
 from dataclasses import dataclass, fields
 from typing import Any, ClassVar
 
@@ -498,10 +500,29 @@ def _register() -> None:
                     raise AssertionError(f"duplicate tag {tag} for {obj.__name__}")
                 table[tag] = obj
                 _FIELDS[obj] = tuple(f.name for f in fields(obj))
+                _ENCODERS[obj] = _encoder(tag, _FIELDS[obj])
+
+
+# encode() runs for every step of a journaled session: one attrgetter per class, not a
+# getattr per field.
+_ENCODERS: dict[type[Any], Callable[[Any], list[Any]]] = {}
+
+
+def _encoder(tag: int, names: tuple[str, ...]) -> Callable[[Any], list[Any]]:
+    if not names:
+        return lambda _item: [tag]
+    if len(names) == 1:
+        one = operator.attrgetter(names[0])
+        return lambda item: [tag, one(item)]
+    many = operator.attrgetter(*names)
+    return lambda item: [tag, *many(item)]
 
 
 def encode(item: Event | Effect) -> list[Any]:
     """Return ``[TAG, field, ...]`` for an event or effect."""
+    enc = _ENCODERS.get(type(item))
+    if enc is not None:
+        return enc(item)
     return [item.TAG, *(getattr(item, name) for name in _FIELDS[type(item)])]
 
 

@@ -41,8 +41,12 @@ the older one) and a new ``NAME`` starts, so the two files stay within ``pcap_ma
 least its last half. Any window the journal retains can be exported whole with ``slirptrio
 replay --pcap``.
 
-A ``kill -9`` loses what was handed to the writer and not yet written: normally the last burst,
-at most the budget.
+The thread is not woken per burst: while there is traffic it writes what gathered every
+``WAKE_S``, sooner once ``WAKE_BYTES`` are queued (and at once for :meth:`Writer.wait_below`
+and :meth:`Writer.close`), one write per file; only an idle thread is woken by a hand-over.
+
+A ``kill -9`` loses what was handed to the writer and not yet written: normally the last
+``WAKE_S`` (5 ms) of records, at most the budget.
 """
 
 from __future__ import annotations
@@ -81,6 +85,12 @@ SNAPSHOT_SHARE = 4  # a segment holds at least this many times its snapshot's si
 MIN_SEGMENT_BYTES = 64 << 10
 RETRY_S = 1.0
 REMOVED_CHECK_S = 1.0
+WAKE_BYTES = 64 << 10
+WAKE_S = 0.005
+"""The writer thread writes what gathered this often, or as soon as this many bytes are queued
+(a quarter of the budget if that is less): one wakeup and one write per file for many bursts,
+instead of a thread handoff per burst. A ``kill -9`` loses what is queued."""
+BATCH_BYTES = 256 << 10  # taken from the queue per round, so the budget drains by parts
 BLOCK = 4096
 POLICIES = ("lossy", "lossless")
 THROTTLE_ENV = "SLIRPTRIO_JOURNAL_THROTTLE"
@@ -348,8 +358,13 @@ class Writer:
         self._throttle = throttle
         self._free_at = 0.0
         self._cond = threading.Condition()
+        # Appended by the loop, popped by the thread (a deque is safe for that without the
+        # lock); each counter has one writer: queued = handed - written.
         self._queue: collections.deque[_Chunk] = collections.deque()
-        self.queued = 0
+        self._handed = 0
+        self._written = 0
+        self._idle = False  # the thread waits for a first chunk: a put must wake it
+        self._close_asked = False
         self.journal_error: str | None = None  # the journal stopped (needs a new segment)
         self.journal_waiting: str | None = None  # lossless: retrying a failed write
         self.pcap_error: str | None = None
@@ -359,7 +374,10 @@ class Writer:
         self.records_written = 0
         self.failures = 0  # journal writes that failed and stopped the journal
         self._closing = False
+        self._hurry = 0  # threads in wait_below: write what is queued without waiting
+        self._wake_bytes = max(1, min(WAKE_BYTES, budget // 4))
         self._next_check = 0.0
+        self._pcap_next_check = 0.0
         self._thread: threading.Thread | None = None
         if threaded:
             self._thread = threading.Thread(target=self._run, name="slirptrio-writer", daemon=True)
@@ -367,14 +385,23 @@ class Writer:
 
     # ------------------------------------------------------------------------ loop side
 
+    @property
+    def queued(self) -> int:
+        """Bytes handed over and not yet written (or dropped)."""
+        return self._handed - self._written
+
     def put(self, chunk: _Chunk) -> None:
         if self._thread is None:
             self._do(chunk)
             return
-        with self._cond:
-            self._queue.append(chunk)
-            self.queued += chunk.nbytes
-            self._cond.notify_all()
+        self._queue.append(chunk)
+        self._handed += chunk.nbytes
+        # Busy, the thread comes back every WAKE_S by itself: only an idle thread, or enough
+        # bytes to write, are worth a wakeup. (The thread sets _idle, then looks at the queue,
+        # under the lock; we append, then look at _idle: one of us sees the other.)
+        if self._idle or self._handed - self._written >= self._wake_bytes:
+            with self._cond:
+                self._cond.notify_all()
 
     def over_budget(self, extra: int = 0) -> bool:
         return self.queued + extra > self.budget
@@ -383,11 +410,17 @@ class Writer:
         """Block until fewer than ``limit`` bytes are queued (True), or ``timeout`` passes."""
         deadline = None if timeout is None else time.monotonic() + timeout
         with self._cond:
-            while self.queued > limit and self._thread is not None and self._thread.is_alive():
-                left = None if deadline is None else deadline - time.monotonic()
-                if left is not None and left <= 0:
-                    return False
-                self._cond.wait(left if left is not None else 1.0)
+            self._hurry += 1  # the thread writes at once, not when the batch is old enough
+            self._cond.notify_all()
+            try:
+                while (self.queued > limit and self._thread is not None
+                       and self._thread.is_alive()):
+                    left = None if deadline is None else deadline - time.monotonic()
+                    if left is not None and left <= 0:
+                        return False
+                    self._cond.wait(left if left is not None else 1.0)
+            finally:
+                self._hurry -= 1
         return True
 
     def close(self, timeout: float = 30.0) -> None:
@@ -395,8 +428,9 @@ class Writer:
         if self._thread is None:
             self.disk.close()
             return
+        self._queue.append(_Chunk("close", None, 0))
         with self._cond:
-            self._queue.append(_Chunk("close", None, 0))
+            self._close_asked = True
             self._cond.notify_all()
         self._thread.join(timeout)
         if self._thread.is_alive():
@@ -411,22 +445,51 @@ class Writer:
 
     # ---------------------------------------------------------------------- thread side
 
+    def _urgent(self) -> bool:
+        return (self._handed - self._written >= self._wake_bytes or self._hurry > 0
+                or self._close_asked or self._closing)
+
     def _run(self) -> None:
+        cond = self._cond
+        queue = self._queue
+        idle = False
         while True:
-            with self._cond:
-                while not self._queue:
-                    self._cond.wait()
-                chunk = self._queue[0]
-            if chunk.kind == "close":
-                return
-            try:
-                self._do(chunk)
-            except Exception:  # a bug here must not stop the thread: the loop would block
-                log.exception("journal writer failed on a %s chunk", chunk.kind)
-            with self._cond:
-                self._queue.popleft()
-                self.queued -= chunk.nbytes
-                self._cond.notify_all()
+            with cond:
+                if idle and not queue:
+                    self._idle = True
+                    while not queue:
+                        cond.wait()
+                    self._idle = False
+                # Let bursts gather for WAKE_S (unless WAKE_BYTES are queued or someone waits
+                # for the queue: wait_below, close), also right after a write with nothing
+                # queued: traffic usually goes on, and a wakeup per batch costs the loop a
+                # notify. Only a WAKE_S without a hand-over lets the thread go idle.
+                until = time.monotonic() + WAKE_S
+                while not self._urgent():
+                    left = until - time.monotonic()
+                    if left <= 0:
+                        break
+                    cond.wait(left)
+            batch: list[_Chunk] = []
+            nbytes = 0
+            while queue and nbytes < BATCH_BYTES and queue[0].kind != "close":
+                chunk = queue.popleft()
+                batch.append(chunk)
+                nbytes += chunk.nbytes
+            if not batch:
+                if queue and queue[0].kind == "close":
+                    return
+                idle = True
+                continue
+            idle = False
+            for chunk in _merged(batch):
+                try:
+                    self._do(chunk)
+                except Exception:  # a bug here must not stop the thread: the loop would block
+                    log.exception("journal writer failed on a %s chunk", chunk.kind)
+            with cond:
+                self._written += nbytes
+                cond.notify_all()  # wait_below
 
     def _do(self, chunk: _Chunk) -> None:
         if chunk.kind == "pcap":
@@ -498,9 +561,13 @@ class Writer:
         if self.pcap_error is not None and not lossless and time.monotonic() < self._pcap_retry_at:
             self.lost_frames += chunk.count
             return
+        now = time.monotonic()
+        check = now >= self._pcap_next_check
+        if check:
+            self._pcap_next_check = now + REMOVED_CHECK_S
         while True:
             try:
-                if disk.pcap_removed():
+                if (check or self.pcap_error is not None) and disk.pcap_removed():
                     disk.reopen_pcap()
                 disk.pcap_write(chunk.data, chunk.nbytes)
             except OSError as exc:
@@ -519,6 +586,39 @@ class Writer:
         if self.pcap_error is not None:
             log.warning("pcap: writing again (%d frames were lost)", self.lost_frames)
             self.pcap_error = None
+
+
+def _merged(batch: list[_Chunk]) -> list[_Chunk]:
+    """The batch with consecutive journal records joined into one chunk and all pcap records
+    into one (two files: only the order within each matters), so each file gets one write."""
+    out: list[_Chunk] = []
+    records: list[_Chunk] = []
+    frames: list[_Chunk] = []
+
+    def records_done() -> None:
+        if len(records) == 1:
+            out.append(records[0])
+        elif records:
+            data = b"".join(c.data for c in records)
+            out.append(_Chunk("journal", data, len(data), sum(c.count for c in records)))
+        records.clear()
+
+    for chunk in batch:
+        if chunk.kind == "journal":
+            records.append(chunk)
+        elif chunk.kind == "pcap":
+            frames.append(chunk)
+        else:
+            records_done()
+            out.append(chunk)
+    records_done()
+    if len(frames) == 1:
+        out.append(frames[0])
+    elif frames:
+        parts = [p for c in frames for p in c.data]
+        out.append(_Chunk("pcap", parts, sum(c.nbytes for c in frames),
+                          sum(c.count for c in frames)))
+    return out
 
 
 # ------------------------------------------------------------------------- the loop side

@@ -40,9 +40,11 @@ from __future__ import annotations
 import collections
 import contextlib
 import errno as _errno
+import functools
 import ipaddress
 import logging
 import os
+import select
 import signal
 import socket as _socket
 import struct
@@ -67,6 +69,7 @@ from slirptrio.core.events import (
     TcpShutdown,
 )
 from slirptrio.shell.inbox import Inbox
+from slirptrio.shell.nbio import TryFirst
 from slirptrio.shell.pipe import PIPE_LIMIT, PipeStream, pipe_pair
 
 log = logging.getLogger("slirptrio.flows")
@@ -167,9 +170,10 @@ class SocketEnd:
             with contextlib.suppress(OSError):
                 sock.setsockopt(_socket.IPPROTO_TCP, _socket.TCP_NODELAY, 1)
             set_keepalive(sock)
+        self._reader = TryFirst(sock)
 
     async def recv(self, max_bytes: int) -> bytes:
-        return await self.sock.recv(max_bytes)
+        return await self._reader.recv(max_bytes)
 
     async def send(self, data: bytes | bytearray | memoryview) -> int:
         return await self.sock.send(data)
@@ -326,21 +330,45 @@ class ProcessEnd:
 # --------------------------------------------------------------------------------- openers
 
 
-async def _open_tcp(host: str, port: int) -> SocketEnd:
-    # Only literals: a guest must never make us resolve names (or hang on a resolver).
+@functools.lru_cache(maxsize=256)
+def _literal_family(host: str) -> int | None:
+    """AF_INET or AF_INET6 for an IP address literal, None for anything else (cached: a
+    connection rate goes to few hosts)."""
     try:
         addr = ipaddress.ip_address(host)
     except ValueError:
-        raise OSError(_errno.EINVAL, f"not an IP address: {host!r}") from None
+        return None
+    return _socket.AF_INET6 if addr.version == 6 else _socket.AF_INET
+
+
+async def _open_tcp(host: str, port: int) -> SocketEnd:
+    # Only literals: a guest must never make us resolve names (or hang on a resolver).
+    family = _literal_family(host)
+    if family is None:
+        raise OSError(_errno.EINVAL, f"not an IP address: {host!r}")
     if not 0 <= port <= 0xFFFF:
         raise OSError(_errno.EINVAL, f"bad port {port}")
-    family = _socket.AF_INET6 if addr.version == 6 else _socket.AF_INET
-    sock = trio.socket.socket(family, _socket.SOCK_STREAM)
+    # A plain non-blocking connect: the address is a literal already, so trio's connect (which
+    # resolves it again and takes two more trips through the scheduler) has nothing to add.
+    raw = _socket.socket(family, _socket.SOCK_STREAM)
     try:
+        raw.setblocking(False)
+        sock = trio.socket.from_stdlib_socket(raw)
         end = SocketEnd(sock)
-        await sock.connect((host, port))
+        await trio.lowlevel.checkpoint_if_cancelled()
+        err = raw.connect_ex((host, port))
+        if err == _errno.EINPROGRESS:
+            # To a local peer the handshake is often done by now: a zero-timeout poll spares
+            # the wait's trip through the scheduler.
+            poller = select.poll()  # no syscall until poll()
+            poller.register(raw.fileno(), select.POLLOUT)
+            if not poller.poll(0):
+                await trio.lowlevel.wait_writable(raw)
+            err = raw.getsockopt(_socket.SOL_SOCKET, _socket.SO_ERROR)
+        if err:
+            raise OSError(err, os.strerror(err))
     except BaseException:
-        sock.close()
+        raw.close()
         raise
     return end
 
@@ -745,14 +773,21 @@ class TcpFlows:
             if not state.closed:
                 await self._report(TcpReset(state.flow, _errno.EIO))
         finally:
-            with trio.CancelScope(shield=True) as cs:
-                cs.deadline = trio.current_time() + CLOSE_TIMEOUT_S
+            if type(end) is SocketEnd:
+                # A socket closes at once: no shielded, deadlined scope and no checkpoint.
                 try:
-                    await end.close()
+                    end.sock.close()
                 except Exception:
                     log.exception("flow %d: close failed", state.flow)
-            if cs.cancelled_caught:
-                log.warning("flow %d: close took over %.0f s", state.flow, CLOSE_TIMEOUT_S)
+            else:
+                with trio.CancelScope(shield=True) as cs:
+                    cs.deadline = trio.current_time() + CLOSE_TIMEOUT_S
+                    try:
+                        await end.close()
+                    except Exception:
+                        log.exception("flow %d: close failed", state.flow)
+                if cs.cancelled_caught:
+                    log.warning("flow %d: close took over %.0f s", state.flow, CLOSE_TIMEOUT_S)
             if self._flows.get(state.flow) is state and state.closed:
                 self._flows.pop(state.flow, None)
 

@@ -27,6 +27,7 @@ import trio
 from slirptrio.core.events import GuestFrames, GuestLink
 from slirptrio.shell.descriptors import AcceptLoop, Spare
 from slirptrio.shell.inbox import Inbox
+from slirptrio.shell.nbio import TryFirst
 from slirptrio.wire import MalformedFrame
 from slirptrio.wire.fast import frames_end
 from slirptrio.wire.framing import MAX_FRAME, split_run
@@ -306,7 +307,7 @@ class _RunReader:
 
     def __init__(self, stream: trio.abc.ReceiveStream) -> None:
         self._stream = stream
-        self._sock = stream.socket if isinstance(stream, trio.SocketStream) else None
+        self._sock = TryFirst(stream.socket) if isinstance(stream, trio.SocketStream) else None
         self._buf = bytearray(_RECV_SIZE + MAX_FRAME + 4)
         self._have = 0
         self._oversized = 0
@@ -319,7 +320,7 @@ class _RunReader:
         room = len(buf) - have
         if self._sock is not None:
             with memoryview(buf) as mv:
-                n = await self._sock.recv_into(mv[have:], room)
+                n = await self._sock.recv_into(mv[have:])
         else:
             data = await self._stream.receive_some(room)
             n = len(data)
