@@ -37,6 +37,53 @@ class Parser(argparse.ArgumentParser):
         self.exit(EXIT_USAGE, f"slirptrio: error: {message}\n")
 
 
+def add_journal_options(parser: argparse.ArgumentParser, each: bool) -> None:
+    """The journal's and pcap's bounds and policy (``slirptrio run``; ``slirptrio qemu`` with
+    ``each``: one journal per netdev). :func:`journal_options` reads them."""
+    from slirptrio.journal.writer import DEFAULT_BUDGET, DEFAULT_JOURNAL_MAX
+
+    journal, pcap = ("each journal", "each pcap") if each else ("the journal", "the pcap")
+    parser.add_argument(
+        "--journal-max", metavar="SIZE", default=format_size(DEFAULT_JOURNAL_MAX),
+        help=f"disk {journal} may use; its oldest segments go first (K/M/G; 0: unlimited; "
+             f"default {format_size(DEFAULT_JOURNAL_MAX)})",
+    )
+    parser.add_argument(
+        "--journal-policy", choices=("lossy", "lossless"), default="lossy",
+        help="when the disk cannot keep up or fails: drop records and go on (lossy, default), "
+             "or make the guest wait (lossless)",
+    )
+    parser.add_argument(
+        "--journal-buffer", metavar="SIZE", default=format_size(DEFAULT_BUDGET),
+        help="memory for records and frames waiting for the disk; past it the policy applies "
+             f"(default {format_size(DEFAULT_BUDGET)})",
+    )
+    parser.add_argument(
+        "--pcap-max", metavar="SIZE",
+        help=f"disk {pcap} may use: it rotates into PATH.1 at half of it (default: as "
+             "--journal-max)",
+    )
+
+
+def journal_options(args: argparse.Namespace, parser: argparse.ArgumentParser) -> None:
+    """Turn the sizes of :func:`add_journal_options` into bytes in ``args`` (None: unlimited);
+    a bad one is a usage error naming its option."""
+    from slirptrio.journal.writer import DEFAULT_BUDGET
+
+    def size(option: str, text: str) -> int | None:
+        try:
+            return parse_size(text)
+        except ValueError as exc:
+            parser.error(f"argument {option}: {exc}")
+
+    args.journal_max = size("--journal-max", args.journal_max)
+    if args.pcap_max is None:
+        args.pcap_max = args.journal_max
+    else:
+        args.pcap_max = size("--pcap-max", args.pcap_max)
+    args.journal_buffer = size("--journal-buffer", args.journal_buffer) or DEFAULT_BUDGET
+
+
 def setup_logging(verbose: int) -> None:
     level = logging.WARNING if verbose == 0 else logging.INFO if verbose == 1 else logging.DEBUG
     logging.basicConfig(level=level, format="%(name)s: %(message)s", stream=sys.stderr)

@@ -50,14 +50,13 @@ from slirptrio.cli._common import (
     Parser,
     Subparsers,
     UserError,
-    format_size,
-    parse_size,
+    add_journal_options,
+    journal_options,
     setup_logging,
 )
 from slirptrio.cli.session import default_state_dir
 from slirptrio.config import Config, ConfigError, parse_user_options
 from slirptrio.core.dns import parse_upstream
-from slirptrio.journal.writer import DEFAULT_BUDGET, DEFAULT_JOURNAL_MAX
 
 FORWARDED_SIGNALS = (
     signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT, signal.SIGUSR1, signal.SIGUSR2,
@@ -322,26 +321,10 @@ def add_parser(sub: Subparsers) -> None:
                    help="journal file; {id} is replaced by the netdev id (default: under "
                    "$XDG_STATE_HOME/slirptrio, one per netdev)")
     q.add_argument("--no-journal", action="store_true", help="do not write journals")
-    q.add_argument(
-        "--journal-max", metavar="SIZE", default=format_size(DEFAULT_JOURNAL_MAX),
-        help="disk each journal may use; its oldest segments go first (K/M/G; 0: unlimited; "
-             f"default {format_size(DEFAULT_JOURNAL_MAX)})",
-    )
-    q.add_argument(
-        "--journal-policy", choices=("lossy", "lossless"), default="lossy",
-        help="when the disk cannot keep up: drop records (lossy, default) or make the guest "
-             "wait (lossless)",
-    )
-    q.add_argument(
-        "--journal-buffer", metavar="SIZE", default=format_size(DEFAULT_BUDGET),
-        help=f"memory for records waiting for the disk (default {format_size(DEFAULT_BUDGET)})",
-    )
     q.add_argument("--pcap", metavar="PATH",
                    help="pcap file, {id} as for --journal (default: beside the journal)")
     q.add_argument("--no-pcap", action="store_true", help="do not write pcaps")
-    q.add_argument("--pcap-max", metavar="SIZE",
-                   help="disk each pcap may use, rotating at half of it (default: as "
-                   "--journal-max)")
+    add_journal_options(q, each=True)
     q.add_argument("--control", metavar="PATH",
                    help="control socket, {id} as for --journal (default: in the private "
                    "directory; printed at start)")
@@ -406,18 +389,7 @@ def command(args: argparse.Namespace, parser: Parser) -> int:
         except ValueError as exc:
             parser.error(f"argument --dns-upstream: {exc}")
         upstreams = list(args.dns_upstream)
-    sizes: dict[str, int | None] = {}
-    for option, text in (("--journal-max", args.journal_max), ("--pcap-max", args.pcap_max),
-                         ("--journal-buffer", args.journal_buffer)):
-        if text is None:
-            continue
-        try:
-            sizes[option] = parse_size(text)
-        except ValueError as exc:
-            parser.error(f"argument {option}: {exc}")
-    args.journal_max = sizes["--journal-max"]
-    args.pcap_max = sizes.get("--pcap-max", args.journal_max)
-    args.journal_buffer = sizes["--journal-buffer"] or DEFAULT_BUDGET
+    journal_options(args, parser)
     run_dir = os.environ.get("XDG_RUNTIME_DIR") or tempfile.gettempdir()
     if not os.path.isdir(run_dir):
         run_dir = tempfile.gettempdir()

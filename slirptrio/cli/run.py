@@ -14,15 +14,14 @@ from slirptrio.cli._common import (
     Parser,
     Subparsers,
     UserError,
+    add_journal_options,
     describe,
-    format_size,
-    parse_size,
+    journal_options,
     setup_logging,
 )
 from slirptrio.cli.session import TransportSpec, default_journal_path, run_session
 from slirptrio.config import ConfigError, parse_user_options
 from slirptrio.core.dns import parse_upstream
-from slirptrio.journal.writer import DEFAULT_BUDGET, DEFAULT_JOURNAL_MAX
 from slirptrio.shell import transport as tp
 from slirptrio.shell.descriptors import raise_nofile_limit
 from slirptrio.wire import fast
@@ -86,29 +85,10 @@ def add_parser(sub: Subparsers) -> None:
     run.add_argument("--journal", metavar="PATH", help="journal directory (default: under "
                      "$XDG_STATE_HOME/slirptrio, ~/.local/state/slirptrio)")
     run.add_argument("--no-journal", action="store_true", help="do not write a journal")
-    run.add_argument(
-        "--journal-max", metavar="SIZE", default=format_size(DEFAULT_JOURNAL_MAX),
-        help="disk the journal may use; its oldest segments go first (K/M/G; 0: unlimited; "
-             f"default {format_size(DEFAULT_JOURNAL_MAX)})",
-    )
-    run.add_argument(
-        "--journal-policy", choices=("lossy", "lossless"), default="lossy",
-        help="when the disk cannot keep up or fails: drop records and go on (lossy, default), "
-             "or make the guest wait (lossless)",
-    )
-    run.add_argument(
-        "--journal-buffer", metavar="SIZE", default=format_size(DEFAULT_BUDGET),
-        help="memory for records and frames waiting for the disk; past it the policy applies "
-             f"(default {format_size(DEFAULT_BUDGET)})",
-    )
     run.add_argument("--pcap", metavar="PATH",
                      help="pcap file (default: the journal's path with .pcap)")
     run.add_argument("--no-pcap", action="store_true", help="do not write a pcap")
-    run.add_argument(
-        "--pcap-max", metavar="SIZE",
-        help="disk the pcap may use: it rotates into PATH.1 at half of it (default: as "
-             "--journal-max)",
-    )
+    add_journal_options(run, each=False)
     run.add_argument(
         "--dns-upstream",
         metavar="HOST[:PORT]",
@@ -165,18 +145,7 @@ def command(args: argparse.Namespace, parser: Parser) -> int:
             upstreams = [parse_upstream(u) for u in args.dns_upstream]
         except ValueError as exc:
             parser.error(f"argument --dns-upstream: {exc}")
-    try:
-        journal_max = parse_size(args.journal_max)
-    except ValueError as exc:
-        parser.error(f"argument --journal-max: {exc}")
-    try:
-        pcap_max = parse_size(args.pcap_max) if args.pcap_max is not None else journal_max
-    except ValueError as exc:
-        parser.error(f"argument --pcap-max: {exc}")
-    try:
-        buffer = parse_size(args.journal_buffer) or DEFAULT_BUDGET
-    except ValueError as exc:
-        parser.error(f"argument --journal-buffer: {exc}")
+    journal_options(args, parser)
     journal = None if args.no_journal else (args.journal or default_journal_path())
     pcap = None
     if not args.no_pcap:
@@ -215,8 +184,8 @@ def command(args: argparse.Namespace, parser: Parser) -> int:
                     await run_session(
                         config, spec, seed=args.seed, journal_path=journal, pcap_path=pcap,
                         on_ready=ready, dns_upstreams=upstreams, control_path=args.control,
-                        journal_max=journal_max, pcap_max=pcap_max,
-                        journal_policy=args.journal_policy, journal_buffer=buffer,
+                        journal_max=args.journal_max, pcap_max=args.pcap_max,
+                        journal_policy=args.journal_policy, journal_buffer=args.journal_buffer,
                     )
 
                 nursery.start_soon(session)
