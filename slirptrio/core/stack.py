@@ -499,14 +499,7 @@ class Stack:
 
     def flows(self, now_ns: int) -> list[FlowInfo]:
         """Every NAT entry, TCP first, for display (``info``)."""
-        tcp = [
-            FlowInfo(
-                f.flow, "tcp", f.state, f.guest_ip, f.guest_port, f.dst_ip, f.dst_port, f.host,
-                f.host_port, f.recv_q, f.send_q, f.idle_ns,
-            )
-            for f in self.tcp.flows(now_ns)
-        ]
-        return [*tcp, *self.udp.flows(now_ns), *self.echo.flows(now_ns)]
+        return [*self.tcp.flows(now_ns), *self.udp.flows(now_ns), *self.echo.flows(now_ns)]
 
     def tftp_sessions(self, now_ns: int) -> list[TftpSessionInfo]:
         """The TFTP transfers in progress, for display (``info``)."""
