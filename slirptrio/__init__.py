@@ -15,8 +15,8 @@ if TYPE_CHECKING:
     from slirptrio.api import SlirpStack, StackStatistics, open_stack
     from slirptrio.config import Config, ConfigError, parse_user_options
     from slirptrio.core.info import FlowInfo
-    from slirptrio.forward import ForwardInfo
     from slirptrio.shell.forwards import ForwardError
+    from slirptrio.syntax.forward import ForwardInfo
 
 _LAZY = {
     "SlirpStack": "slirptrio.api",
@@ -26,7 +26,7 @@ _LAZY = {
     "ConfigError": "slirptrio.config",
     "parse_user_options": "slirptrio.config",
     "FlowInfo": "slirptrio.core.info",
-    "ForwardInfo": "slirptrio.forward",
+    "ForwardInfo": "slirptrio.syntax.forward",
     "ForwardError": "slirptrio.shell.forwards",
 }
 

@@ -35,12 +35,10 @@ from slirptrio import __version__
 from slirptrio.config import Config, ConfigError, parse_user_options
 from slirptrio.core import constants
 from slirptrio.core.dhcp import Lease
-from slirptrio.core.dns import parse_upstream
 from slirptrio.core.events import TcpClose, TcpRecvCredit, TcpReset
 from slirptrio.core.info import FlowInfo
 from slirptrio.core.stack import Stack
 from slirptrio.core.tftp import TftpSessionInfo
-from slirptrio.forward import ForwardInfo
 from slirptrio.journal import Header
 from slirptrio.journal.writer import DEFAULT_BUDGET, DEFAULT_JOURNAL_MAX, Recorder
 from slirptrio.shell import control
@@ -53,6 +51,8 @@ from slirptrio.shell.forwards import ForwardError, Forwards
 from slirptrio.shell.runtime import Runtime
 from slirptrio.shell.smb import SMB_PORTS, SmbError, SmbShare, check_share
 from slirptrio.shell.tftp import TftpFiles, open_root
+from slirptrio.syntax.address import hostport, parse_upstream
+from slirptrio.syntax.forward import ForwardInfo
 from slirptrio.wire import fast
 
 log = logging.getLogger("slirptrio")
@@ -283,10 +283,10 @@ class SlirpStack:
         if isinstance(ip, IPv6Address):
             inside = cfg.ipv6 and ip in cfg.ipv6_net and ip not in (cfg.ipv6_host, cfg.ipv6_dns)
             net: object = cfg.ipv6_net
-            text = f"[{ip}]:{nport}"
         else:
             inside = ip in cfg.net and ip not in (cfg.host, cfg.dns)
-            net, text = cfg.net, f"{ip}:{nport}"
+            net = cfg.net
+        text = hostport(str(ip), nport)
         if not sep or not inside or not 0 < nport < 65536:
             raise ForwardError(f"{address!r}: must be an address:port inside {net}")
         opener = self._forwards.handler_opener(handler)

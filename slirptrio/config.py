@@ -34,7 +34,10 @@ from dataclasses import dataclass, field, fields
 from ipaddress import AddressValueError, IPv4Address, IPv4Network, IPv6Address, IPv6Network
 from typing import Any
 
-from slirptrio.forward import RuleError, parse_guestfwd, parse_hostfwd
+from slirptrio.syntax.errors import ConfigError as ConfigError
+from slirptrio.syntax.errors import RuleError
+from slirptrio.syntax.forward import parse_guestfwd, parse_hostfwd
+from slirptrio.syntax.keyval import split_options
 
 NUM_DHCP_CLIENTS = 16
 DHCP_LEASE_TIME = 86400
@@ -58,14 +61,6 @@ _IPV6_OPTIONS = ("ipv6-net", "ipv6-prefix", "ipv6-prefixlen", "ipv6-host", "ipv6
 _IPV4_OPTIONS = ("net", "ip", "host", "dns", "dhcpstart")
 _TRUE = {"on", "yes", "true", "y"}
 _FALSE = {"off", "no", "false", "n"}
-
-
-class ConfigError(ValueError):
-    """An option string QEMU would reject, or one slirptrio cannot honour yet."""
-
-    def __init__(self, option: str, message: str) -> None:
-        super().__init__(f"option '{option}': {message}")
-        self.option = option
 
 
 @dataclass(frozen=True)
@@ -212,33 +207,6 @@ class Config:
         if self.smbserver is not None:
             parts.append(f"smbserver={self.smbserver}")
         return ",".join(parts)
-
-
-def split_options(text: str) -> list[tuple[str, str]]:
-    """Split QEMU's ``key=value,key=value`` syntax; ``,,`` is a comma inside a value."""
-    items: list[tuple[str, str]] = []
-    i, n = 0, len(text)
-    while i < n:
-        cur: list[str] = []
-        while i < n:
-            c = text[i]
-            if c == ",":
-                if i + 1 < n and text[i + 1] == ",":
-                    cur.append(",")
-                    i += 2
-                    continue
-                break
-            cur.append(c)
-            i += 1
-        i += 1
-        item = "".join(cur)
-        if not item:
-            raise ConfigError("", "empty option (stray comma)")
-        key, eq, value = item.partition("=")
-        if not eq:
-            raise ConfigError(key, "expects key=value")
-        items.append((key, value))
-    return items
 
 
 def _bool(key: str, value: str) -> bool:

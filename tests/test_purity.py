@@ -13,6 +13,7 @@ PURE_FILES = sorted(
     [
         *(ROOT / "wire").glob("*.py"),
         *(ROOT / "core").rglob("*.py"),
+        *(ROOT / "syntax").rglob("*.py"),
         ROOT / "config.py",
         ROOT / "forward.py",
     ]

@@ -21,9 +21,9 @@ from slirptrio.cli._common import (
 )
 from slirptrio.cli.session import TransportSpec, default_journal_path, run_session
 from slirptrio.config import ConfigError, parse_user_options
-from slirptrio.core.dns import parse_upstream
 from slirptrio.shell import transport as tp
 from slirptrio.shell.descriptors import raise_nofile_limit
+from slirptrio.syntax.address import parse_upstream
 from slirptrio.wire import fast
 
 log = logging.getLogger("slirptrio")

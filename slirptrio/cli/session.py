@@ -14,6 +14,7 @@ from slirptrio.api import SlirpStack, open_stack
 from slirptrio.config import Config
 from slirptrio.journal.writer import DEFAULT_BUDGET, DEFAULT_JOURNAL_MAX
 from slirptrio.shell import transport as tp
+from slirptrio.syntax.address import hostport
 
 log = logging.getLogger("slirptrio")
 
@@ -73,7 +74,7 @@ async def run_session(
     ``dns_upstreams`` fixes the resolvers the DNS relay uses; None follows /etc/resolv.conf.
     ``control_path`` serves the JSON-lines control socket there.
     """
-    upstreams = [f"[{h}]:{p}" if ":" in h else f"{h}:{p}" for h, p in dns_upstreams or []]
+    upstreams = [hostport(h, p) for h, p in dns_upstreams or []]
     async with open_stack(
         config, journal=journal_path, pcap=pcap_path, seed=seed,
         dns_upstreams=upstreams or None, meta=dict(meta or {}), journal_max=journal_max,
