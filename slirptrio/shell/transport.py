@@ -31,7 +31,7 @@ from slirptrio.syntax.address import Address as Address
 from slirptrio.syntax.errors import AddressError as AddressError
 from slirptrio.wire import MalformedFrame
 from slirptrio.wire.fast import frames_end
-from slirptrio.wire.framing import MAX_FRAME, split_run
+from slirptrio.wire.framing import MAX_FRAME, frame_spans, split_run
 
 log = logging.getLogger("slirptrio.transport")
 
@@ -117,19 +117,12 @@ class GuestPort:
             data, raw = q[0]
             if raw:
                 mv = memoryview(data)
-                n = len(mv)
-                off = 0
-                while off + 4 <= n:
-                    length = int.from_bytes(mv[off : off + 4], "big")
-                    start = off + 4
-                    if length > n - start:
-                        break
-                    if length and not self._send_datagram(sock, mv[start : start + length],
-                                                          target):
+                for start, end in frame_spans(mv):
+                    if end > start and not self._send_datagram(sock, mv[start:end], target):
+                        off = start - 4
                         q[0] = (mv[off:], True)  # what is left of a run is a run too
                         self.queued_bytes -= off
                         return False
-                    off = start + length
             elif not self._send_datagram(sock, data, target):
                 return False
             q.popleft()
