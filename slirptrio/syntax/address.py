@@ -5,10 +5,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from ipaddress import ip_address
+from typing import Literal, cast
 
 from slirptrio.syntax.errors import AddressError, CaptureError
 
 DNS_PORT = 53
+
+TransportKind = Literal["unix", "tcp", "udp"]
 
 
 def bracket(addr: str) -> str:
@@ -30,7 +33,7 @@ def ip_port(ip: bytes, port: int) -> str:
 class Address:
     """``unix:PATH``, ``tcp:HOST:PORT`` or ``udp:HOST:PORT``."""
 
-    kind: str
+    kind: TransportKind
     path: str = ""
     host: str = ""
     port: int = 0
@@ -38,7 +41,8 @@ class Address:
     @classmethod
     def parse(cls, text: str, kinds: tuple[str, ...]) -> Address:
         """``text`` as one of ``kinds``; raises :class:`AddressError`."""
-        kind, sep, rest = text.partition(":")
+        head, sep, rest = text.partition(":")
+        kind = cast(TransportKind, head)
         if not sep or kind not in kinds:
             raise AddressError(f"{text!r}: expected one of {', '.join(k + ':...' for k in kinds)}")
         if kind == "unix":
