@@ -44,7 +44,7 @@ from slirptrio.journal import Header
 from slirptrio.journal.writer import DEFAULT_BUDGET, DEFAULT_JOURNAL_MAX, Policy, Recorder
 from slirptrio.shell import control
 from slirptrio.shell import transport as tp
-from slirptrio.shell.capture import CaptureError, Captures, Endpoint, filter_from_request
+from slirptrio.shell.capture import Captures, filter_from_request
 from slirptrio.shell.datagrams import Datagrams
 from slirptrio.shell.descriptors import fit_max_flows
 from slirptrio.shell.descriptors import raise_nofile_limit as raise_nofile_limit
@@ -53,7 +53,8 @@ from slirptrio.shell.forwards import ForwardError, Forwards
 from slirptrio.shell.runtime import Runtime
 from slirptrio.shell.smb import SMB_PORTS, SmbError, SmbShare, check_share
 from slirptrio.shell.tftp import TftpFiles, open_root
-from slirptrio.syntax.address import hostport, parse_upstream
+from slirptrio.syntax.address import Endpoint, hostport, parse_upstream
+from slirptrio.syntax.errors import CaptureError
 from slirptrio.syntax.forward import ForwardInfo
 from slirptrio.wire import fast
 

@@ -3,8 +3,10 @@ seconds, instead of sleeping real ones (and cannot be late on a loaded machine).
 
 from __future__ import annotations
 
+import contextlib
 import pathlib
 import socket
+from collections.abc import AsyncIterator
 
 import dpkt
 import trio
@@ -34,25 +36,32 @@ def udp_to_host(port: int, payload: bytes) -> bytes:
     return gf.ipv4("10.0.2.15", "10.0.2.2", udp, dpkt.ip.IP_PROTO_UDP, GATEWAY_MAC)
 
 
+@contextlib.asynccontextmanager
+async def udp_echo() -> AsyncIterator[int]:
+    """A loopback UDP echo server for the test's lifetime; yields its port."""
+    with trio.socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as server:
+        await server.bind(("127.0.0.1", 0))
+
+        async def echo() -> None:
+            while True:
+                data, peer = await server.recvfrom(2048)
+                await server.sendto(data, peer)
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(echo)
+            yield server.getsockname()[1]
+            nursery.cancel_scope.cancel()
+
+
 async def test_an_idle_udp_flow_expires_on_the_trio_clock(
     mock_clock: MockClock, tmp_path: pathlib.Path
 ) -> None:
     mock_clock.autojump_threshold = 0.05  # real seconds: loopback I/O settles before a jump
-    server = trio.socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-    await server.bind(("127.0.0.1", 0))
-    port = server.getsockname()[1]
-
-    async def echo() -> None:
-        while True:
-            data, peer = await server.recvfrom(2048)
-            await server.sendto(data, peer)
-
     sock = str(tmp_path / "vm.sock")
     async with (
+        udp_echo() as port,
         slirptrio.open_stack("udp-timeout=30", seed=1, dns_upstreams=["127.0.0.1:9"]) as stack,
-        trio.open_nursery() as nursery,
     ):
-        nursery.start_soon(echo)
         await stack.listen_qemu(f"unix:{sock}")
         guest = await trio.open_unix_socket(sock)
         decoder = StreamDecoder()
@@ -73,29 +82,17 @@ async def test_an_idle_udp_flow_expires_on_the_trio_clock(
         (again,) = stack.flows()
         assert again.flow != flow.flow
         await guest.aclose()
-        nursery.cancel_scope.cancel()
-    server.close()
 
 
 async def test_a_departed_guest_loses_its_flows_after_a_virtual_minute(
     mock_clock: MockClock, tmp_path: pathlib.Path
 ) -> None:
     mock_clock.autojump_threshold = 0.05
-    server = trio.socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-    await server.bind(("127.0.0.1", 0))
-    port = server.getsockname()[1]
-
-    async def echo() -> None:
-        while True:
-            data, peer = await server.recvfrom(2048)
-            await server.sendto(data, peer)
-
     sock = str(tmp_path / "vm.sock")
     async with (
+        udp_echo() as port,
         slirptrio.open_stack("", seed=1, dns_upstreams=["127.0.0.1:9"]) as stack,
-        trio.open_nursery() as nursery,
     ):
-        nursery.start_soon(echo)
         await stack.listen_qemu(f"unix:{sock}")
         guest = await trio.open_unix_socket(sock)
         await exchange(guest, StreamDecoder(), udp_to_host(port, b"hello"))
@@ -110,5 +107,3 @@ async def test_a_departed_guest_loses_its_flows_after_a_virtual_minute(
         await trio.sleep(61 - (trio.current_time() - down_at))
         assert stack.flows() == []
         assert stack.statistics().counters["udp_guest_departed"] == 1
-        nursery.cancel_scope.cancel()
-    server.close()

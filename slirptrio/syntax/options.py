@@ -317,12 +317,13 @@ def parse_fields(text: str) -> dict[str, Any]:
         ipv6 = mtu >= IPV6_MIN_MTU
     if not ipv4 and not ipv6:
         raise ConfigError("ipv4", "IPv4 and IPv6 are both off")
-    for opt in OPTIONS:
-        if opt.family == "ipv4" and not ipv4 and opt.name in seen:
-            raise ConfigError(opt.name, "IPv4 is off (ipv4=off) but an IPv4 address is given")
-    for opt in OPTIONS:
-        if opt.family == "ipv6" and not ipv6 and opt.name in seen:
-            raise ConfigError(opt.name, "IPv6 is off but an IPv6 option is given")
+    for family, on, why in (
+        ("ipv4", ipv4, "IPv4 is off (ipv4=off) but an IPv4 address is given"),
+        ("ipv6", ipv6, "IPv6 is off but an IPv6 option is given"),
+    ):
+        for opt in OPTIONS:
+            if not on and opt.family == family and opt.name in seen:
+                raise ConfigError(opt.name, why)
     net6, host6, dns6 = _ipv6_addresses(seen)
     if "ip" in seen and "net" in seen:
         raise ConfigError("ip", "give either ip= (legacy) or net=, not both")
