@@ -16,6 +16,7 @@ from slirptrio.core.events import (
     decode_event,
 )
 from slirptrio.journal import is_digest
+from slirptrio.syntax.address import bracket
 from slirptrio.wire.framing import split_run
 
 
@@ -79,8 +80,7 @@ def frame(data: bytes) -> str:
 
 def _ep(addr: object) -> str:
     """An address as it goes before ``:port`` (IPv6 in brackets)."""
-    text = str(addr)
-    return f"[{text}]" if ":" in text else text
+    return bracket(str(addr))
 
 
 def event(raw: list[Any]) -> str:

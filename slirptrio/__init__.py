@@ -12,21 +12,22 @@ from typing import TYPE_CHECKING, Any
 __version__ = "0.1.0"
 
 if TYPE_CHECKING:
-    from slirptrio.api import SlirpStack, StackStatistics, open_stack
+    from slirptrio.api import SlirpStack, StackStatistics, open_stack, raise_nofile_limit
     from slirptrio.config import Config, ConfigError, parse_user_options
     from slirptrio.core.info import FlowInfo
-    from slirptrio.forward import ForwardInfo
     from slirptrio.shell.forwards import ForwardError
+    from slirptrio.syntax.forward import ForwardInfo
 
 _LAZY = {
     "SlirpStack": "slirptrio.api",
     "StackStatistics": "slirptrio.api",
     "open_stack": "slirptrio.api",
+    "raise_nofile_limit": "slirptrio.api",
     "Config": "slirptrio.config",
     "ConfigError": "slirptrio.config",
     "parse_user_options": "slirptrio.config",
     "FlowInfo": "slirptrio.core.info",
-    "ForwardInfo": "slirptrio.forward",
+    "ForwardInfo": "slirptrio.syntax.forward",
     "ForwardError": "slirptrio.shell.forwards",
 }
 
@@ -41,6 +42,7 @@ __all__ = [
     "__version__",
     "open_stack",
     "parse_user_options",
+    "raise_nofile_limit",
 ]
 
 

@@ -18,6 +18,7 @@ journaled door, so a session driven through this API replays like any other.
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import dataclasses
 import errno
@@ -35,24 +36,26 @@ from slirptrio import __version__
 from slirptrio.config import Config, ConfigError, parse_user_options
 from slirptrio.core import constants
 from slirptrio.core.dhcp import Lease
-from slirptrio.core.dns import parse_upstream
 from slirptrio.core.events import TcpClose, TcpRecvCredit, TcpReset
 from slirptrio.core.info import FlowInfo
 from slirptrio.core.stack import Stack
 from slirptrio.core.tftp import TftpSessionInfo
-from slirptrio.forward import ForwardInfo
 from slirptrio.journal import Header
-from slirptrio.journal.writer import DEFAULT_BUDGET, DEFAULT_JOURNAL_MAX, Recorder
+from slirptrio.journal.writer import DEFAULT_BUDGET, DEFAULT_JOURNAL_MAX, Policy, Recorder
 from slirptrio.shell import control
 from slirptrio.shell import transport as tp
-from slirptrio.shell.capture import CaptureError, Captures, Endpoint, filter_from_request
+from slirptrio.shell.capture import Captures, filter_from_request
 from slirptrio.shell.datagrams import Datagrams
 from slirptrio.shell.descriptors import fit_max_flows
+from slirptrio.shell.descriptors import raise_nofile_limit as raise_nofile_limit
 from slirptrio.shell.flows import TcpFlows
 from slirptrio.shell.forwards import ForwardError, Forwards
 from slirptrio.shell.runtime import Runtime
 from slirptrio.shell.smb import SMB_PORTS, SmbError, SmbShare, check_share
 from slirptrio.shell.tftp import TftpFiles, open_root
+from slirptrio.syntax.address import Endpoint, hostport, parse_upstream
+from slirptrio.syntax.errors import CaptureError
+from slirptrio.syntax.forward import ForwardInfo
 from slirptrio.wire import fast
 
 log = logging.getLogger("slirptrio")
@@ -70,14 +73,15 @@ class _Opening:
 class StackStatistics:
     """A snapshot of the stack's counters (see :meth:`SlirpStack.statistics`).
 
-    ``counters`` holds every core counter: ``frames_in``, ``frames_out``, and one
-    ``drop_<reason>`` per kind of malformed or refused frame, plus per-protocol counts.
+    ``counters`` holds every core counter that has moved (a Counter: any other reads 0):
+    ``frames_in``, ``frames_out``, and one ``drop_<reason>`` per kind of malformed or refused
+    frame, plus per-protocol counts.
     ``journal_bytes`` is what the writer has written (old segments deleted by the ring
     included); ``journal_gaps`` counts the times the journal stopped, ``journal_lost_records``
     the records it lost then; ``journal_queued_bytes`` waits for the writer thread.
     """
 
-    counters: dict[str, int]
+    counters: collections.Counter[str]
     flows_by_state: dict[str, int]
     leases: int
     journal_bytes: int
@@ -211,7 +215,7 @@ class SlirpStack:
         rec = self._recorder
         journal, writer, pcap = rec.journal, rec.writer, rec.pcap
         return StackStatistics(
-            counters=dict(sorted(stack.counters.items())),
+            counters=collections.Counter(dict(sorted(stack.counters.items()))),
             flows_by_state=by_state,
             leases=len(self.leases()),
             journal_bytes=writer.disk.journal_bytes,
@@ -283,10 +287,10 @@ class SlirpStack:
         if isinstance(ip, IPv6Address):
             inside = cfg.ipv6 and ip in cfg.ipv6_net and ip not in (cfg.ipv6_host, cfg.ipv6_dns)
             net: object = cfg.ipv6_net
-            text = f"[{ip}]:{nport}"
         else:
             inside = ip in cfg.net and ip not in (cfg.host, cfg.dns)
-            net, text = cfg.net, f"{ip}:{nport}"
+            net = cfg.net
+        text = hostport(str(ip), nport)
         if not sep or not inside or not 0 < nport < 65536:
             raise ForwardError(f"{address!r}: must be an address:port inside {net}")
         opener = self._forwards.handler_opener(handler)
@@ -386,7 +390,11 @@ class SlirpStack:
             }
 
         async def stats(_req: dict[str, Any]) -> dict[str, Any]:
-            return dataclasses.asdict(self.statistics())
+            s = self.statistics()
+            # asdict would rebuild the Counter from (name, count) pairs, counting the pairs.
+            out = dataclasses.asdict(dataclasses.replace(s, counters=collections.Counter()))
+            out["counters"] = dict(s.counters)
+            return out
 
         def rule_of(req: dict[str, Any]) -> str:
             rule = req.get("rule")
@@ -467,7 +475,7 @@ async def open_stack(
     meta: dict[str, Any] | None = None,
     journal_max: int | None = DEFAULT_JOURNAL_MAX,
     pcap_max: int | None = DEFAULT_JOURNAL_MAX,
-    journal_policy: str = "lossy",
+    journal_policy: Policy = "lossy",
     journal_buffer: int = DEFAULT_BUDGET,
 ) -> AsyncIterator[SlirpStack]:
     """Run a stack for the duration of an ``async with`` block.
@@ -490,7 +498,7 @@ async def open_stack(
 
     ``max-flows`` is lowered to what the process's RLIMIT_NOFILE allows (with a log line);
     the command line raises the soft limit to the hard one first, an embedding program may
-    do the same (``slirptrio.shell.descriptors.raise_nofile_limit``).
+    do the same (:func:`slirptrio.raise_nofile_limit`).
 
     Raises:
       ConfigError: a bad option string, or what it names is missing on the host (a ``tftp=``

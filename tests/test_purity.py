@@ -12,7 +12,8 @@ FORBIDDEN = {"trio", "socket", "time", "random", "os", "secrets", "threading", "
 PURE_FILES = sorted(
     [
         *(ROOT / "wire").glob("*.py"),
-        *(ROOT / "core").glob("*.py"),
+        *(ROOT / "core").rglob("*.py"),
+        *(ROOT / "syntax").rglob("*.py"),
         ROOT / "config.py",
         ROOT / "forward.py",
     ]

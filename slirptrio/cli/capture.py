@@ -18,7 +18,9 @@ import sys
 from typing import IO, Any
 
 from slirptrio.cli._common import Parser, Subparsers, UserError, describe
-from slirptrio.shell.capture import PROTOCOLS, CaptureError, parse_flow
+from slirptrio.shell.capture import PROTOCOLS
+from slirptrio.syntax.address import parse_flow
+from slirptrio.syntax.errors import CaptureError
 
 _MSG = struct.Struct(">cI")
 _MAX_MESSAGE = 1 << 20

@@ -9,6 +9,7 @@ from typing import Any
 import trio
 
 from slirptrio.cli._common import Parser, Subparsers, UserError, describe
+from slirptrio.syntax.address import hostport
 
 _CTL_ARGS = {"info": 0, "leases": 0, "stats": 0, "hostfwd-add": 1, "hostfwd-remove": 1}
 
@@ -107,7 +108,7 @@ def format_answer(cmd: str, answer: dict[str, object]) -> str:
 
 
 def _endpoint(addr: str, port: int) -> str:
-    return f"[{addr}]:{port}" if ":" in addr else f"{addr}:{port}"
+    return hostport(addr, port)
 
 
 def _forward_row(fw: dict[str, Any]) -> str:

@@ -56,7 +56,9 @@ from slirptrio.cli._common import (
 )
 from slirptrio.cli.session import default_state_dir
 from slirptrio.config import Config, ConfigError, parse_user_options
-from slirptrio.core.dns import parse_upstream
+from slirptrio.syntax.address import parse_upstream
+from slirptrio.syntax.keyval import escape as _esc
+from slirptrio.syntax.keyval import split_keyval as split_keyval
 
 FORWARDED_SIGNALS = (
     signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT, signal.SIGUSR1, signal.SIGUSR2,
@@ -86,31 +88,6 @@ class UserNet:
 
 
 # ------------------------------------------------------------------------- QEMU's syntax
-
-
-def split_keyval(text: str) -> list[str]:
-    """QEMU's ``a,b=c,,d`` split on commas not doubled (``,,`` is a literal comma)."""
-    items: list[str] = []
-    cur: list[str] = []
-    i, n = 0, len(text)
-    while i < n:
-        c = text[i]
-        if c == ",":
-            if i + 1 < n and text[i + 1] == ",":
-                cur.append(",")
-                i += 2
-                continue
-            items.append("".join(cur))
-            cur = []
-        else:
-            cur.append(c)
-        i += 1
-    items.append("".join(cur))
-    return items
-
-
-def _esc(value: str) -> str:
-    return value.replace(",", ",,")
 
 
 def _keyvals(text: str, opt: str) -> tuple[str, list[tuple[str, str]]]:

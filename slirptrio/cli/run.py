@@ -21,9 +21,10 @@ from slirptrio.cli._common import (
 )
 from slirptrio.cli.session import TransportSpec, default_journal_path, run_session
 from slirptrio.config import ConfigError, parse_user_options
-from slirptrio.core.dns import parse_upstream
 from slirptrio.shell import transport as tp
 from slirptrio.shell.descriptors import raise_nofile_limit
+from slirptrio.syntax.address import parse_upstream
+from slirptrio.syntax.options import help_text
 from slirptrio.wire import fast
 
 log = logging.getLogger("slirptrio")
@@ -49,9 +50,9 @@ _EPILOG = """examples:
   slirptrio run --listen unix:/tmp/vm1.sock 'net=192.168.76.0/24,hostfwd=tcp:127.0.0.1:2222-:22'
   slirptrio run --connect tcp:127.0.0.1:5555 --control /tmp/vm1.ctl --no-pcap
 
-OPTIONS is QEMU's -netdev user option string, what follows 'user,': net=, host=,
-dhcpstart=, dns=, hostname=, domainname=, dnssearch=, restrict=, hostfwd=, guestfwd=, id=;
-and slirptrio's own mtu=, hostloopback=, udp-timeout=, dns-timeout=, max-flows=.
+OPTIONS is QEMU's -netdev user option string, what follows 'user,' (QEMU's options, then
+slirptrio's own):
+""" + help_text() + """
 
 Sockets the stack creates are 0600. The default guest socket is SOCKDIR/guest.sock, in a
 private directory: $XDG_RUNTIME_DIR/slirptrio, else /tmp/slirptrio-UID. The soft limit on

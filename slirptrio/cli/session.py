@@ -7,22 +7,28 @@ import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Literal
 
 import trio
 
 from slirptrio.api import SlirpStack, open_stack
 from slirptrio.config import Config
-from slirptrio.journal.writer import DEFAULT_BUDGET, DEFAULT_JOURNAL_MAX
+from slirptrio.journal.writer import DEFAULT_BUDGET, DEFAULT_JOURNAL_MAX, Policy
 from slirptrio.shell import transport as tp
+from slirptrio.syntax.address import hostport
 
 log = logging.getLogger("slirptrio")
+
+Mode = Literal["listen", "connect", "dgram"]
+"""How QEMU reaches the stack: it connects to our stream socket, we connect to its, or a
+datagram socket pair."""
 
 
 @dataclass(frozen=True)
 class TransportSpec:
     """How QEMU reaches us: ``listen``/``connect`` a stream address, or a ``dgram`` pair."""
 
-    mode: str  # "listen" | "connect" | "dgram"
+    mode: Mode
     addr: tp.Address
     remote: tp.Address | None = None
 
@@ -65,7 +71,7 @@ async def run_session(
     control_path: str | None = None,
     journal_max: int | None = DEFAULT_JOURNAL_MAX,
     pcap_max: int | None = DEFAULT_JOURNAL_MAX,
-    journal_policy: str = "lossy",
+    journal_policy: Policy = "lossy",
     journal_buffer: int = DEFAULT_BUDGET,
 ) -> None:
     """Run the stack until cancelled; journal and pcap are closed on the way out.
@@ -73,7 +79,7 @@ async def run_session(
     ``dns_upstreams`` fixes the resolvers the DNS relay uses; None follows /etc/resolv.conf.
     ``control_path`` serves the JSON-lines control socket there.
     """
-    upstreams = [f"[{h}]:{p}" if ":" in h else f"{h}:{p}" for h, p in dns_upstreams or []]
+    upstreams = [hostport(h, p) for h, p in dns_upstreams or []]
     async with open_stack(
         config, journal=journal_path, pcap=pcap_path, seed=seed,
         dns_upstreams=upstreams or None, meta=dict(meta or {}), journal_max=journal_max,

@@ -29,7 +29,6 @@ byte without a bounds check; dpkt is not used here.
 from __future__ import annotations
 
 import collections
-import ipaddress
 import logging
 import struct
 from collections.abc import Callable
@@ -40,6 +39,8 @@ from slirptrio.core import snapshot as snap
 from slirptrio.core.events import Effect, UdpClose, UdpOpen, UdpSend
 from slirptrio.core.martian import is_loopback_host
 from slirptrio.core.prng import Prng
+from slirptrio.syntax.address import hostport
+from slirptrio.syntax.address import parse_upstream as parse_upstream
 from slirptrio.wire import MalformedFrame
 
 log = logging.getLogger("slirptrio.core.dns")
@@ -142,32 +143,7 @@ def servfail(query: bytes | memoryview) -> bytes:
 
 def format_upstreams(servers: list[tuple[str, int]]) -> str:
     """The :class:`DnsUpstreams` text for a list of (host, port)."""
-    return " ".join(f"[{h}]:{p}" if ":" in h else f"{h}:{p}" for h, p in servers)
-
-
-def parse_upstream(text: str, default_port: int = DNS_PORT) -> tuple[str, int]:
-    """``HOST``, ``HOST:PORT``, ``[V6]:PORT`` or a bare IPv6 address; the host must be an IP."""
-    host, port = text, default_port
-    if text.startswith("["):
-        host, sep, rest = text[1:].partition("]")
-        if not sep or (rest and not rest.startswith(":")):
-            raise ValueError(f"{text!r}: expected [IPV6]:PORT")
-        if rest:
-            port = _port(text, rest[1:])
-    elif text.count(":") == 1:
-        host, _, p = text.partition(":")
-        port = _port(text, p)
-    try:
-        ipaddress.ip_address(host)
-    except ValueError:
-        raise ValueError(f"{text!r}: {host!r} is not an IP address") from None
-    return host, port
-
-
-def _port(text: str, p: str) -> int:
-    if not p.isdigit() or not 0 < int(p) < 65536:
-        raise ValueError(f"{text!r}: bad port {p!r}")
-    return int(p)
+    return " ".join(hostport(h, p) for h, p in servers)
 
 
 def parse_upstreams(text: str) -> list[tuple[str, int]]:

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from ipaddress import ip_address
+
+from slirptrio.syntax.address import hostport, ip_port
 
 
 @dataclass(frozen=True, slots=True)
@@ -35,14 +36,10 @@ class FlowInfo:
             "flow": self.flow,
             "proto": self.proto,
             "state": self.state,
-            "guest": _endpoint(str(ip_address(self.guest_ip)), self.guest_port),
-            "dest": _endpoint(str(ip_address(self.dst_ip)), self.dst_port),
-            "host": _endpoint(self.host, self.host_port),
+            "guest": ip_port(self.guest_ip, self.guest_port),
+            "dest": ip_port(self.dst_ip, self.dst_port),
+            "host": hostport(self.host, self.host_port),
             "recv_q": self.recv_q,
             "send_q": self.send_q,
             "idle_s": round(self.idle_ns / 1e9, 3),
         }
-
-
-def _endpoint(addr: str, port: int) -> str:
-    return f"[{addr}]:{port}" if ":" in addr else f"{addr}:{port}"

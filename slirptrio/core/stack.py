@@ -83,6 +83,7 @@ from slirptrio.core.prng import Prng
 from slirptrio.core.tcp import TcpNat
 from slirptrio.core.tftp import TFTP_PORT, TftpServer, TftpSessionInfo
 from slirptrio.core.udp import UdpNat
+from slirptrio.core.wiring import Wiring
 from slirptrio.wire import MalformedFrame
 from slirptrio.wire import arp as warp
 from slirptrio.wire import dhcpv6 as wdhcp6
@@ -93,7 +94,7 @@ from slirptrio.wire import icmpv6 as wicmp6
 from slirptrio.wire import ipv4 as wip
 from slirptrio.wire import ipv6 as wip6
 from slirptrio.wire import udp as wudp
-from slirptrio.wire.framing import split_run
+from slirptrio.wire.framing import frame_spans, split_run
 from slirptrio.wire.tcp import TcpSegment, build_tcp
 
 log = logging.getLogger("slirptrio.core")
@@ -158,12 +159,17 @@ class Stack:
             max_fragments=ipfrag.MAX_FRAGMENTS,
             counters=self.counters,
         )
-        self.udp = UdpNat(
-            send_ip=self.send_ip,
-            translate=self.translate,
-            alloc_flow=self.alloc_flow,
+        wiring = Wiring(
             rng=self._rng,
             counters=self.counters,
+            alloc_flow=self.alloc_flow,
+            send_ip=self.send_ip,
+            translate=self.translate,
+        )
+        tcp_wiring = wiring.copy()
+        tcp_wiring["translate"] = self._tcp_translate
+        self.udp = UdpNat(
+            **wiring,
             host_ip=self._host_ip,
             dns_ip=self._dns_ip,
             net_broadcast=self._net_broadcast,
@@ -176,13 +182,9 @@ class Stack:
             max_dns_pending=udp.MAX_DNS_PENDING,
         )
         self.tcp = TcpNat(
-            rng=self._rng,
-            send_ip=self.send_ip,
+            **tcp_wiring,
             send_tcp=self.send_tcp,
             emit=self._emit,
-            translate=self._tcp_translate,
-            alloc_flow=self.alloc_flow,
-            counters=self.counters,
             mtu=config.mtu,
             max_flows=config.max_flows,
             mem_budget=config.tcp_mem_budget(),
@@ -208,11 +210,7 @@ class Stack:
             host_ip6=config.ipv6_host.packed if config.ipv6 else b"",
         )
         self.echo = IcmpEcho(
-            send_ip=self.send_ip,
-            translate=self.translate,
-            alloc_flow=self.alloc_flow,
-            rng=self._rng,
-            counters=self.counters,
+            **wiring,
             restrict=config.restrict,
             idle_timeout_ns=icmp.ECHO_IDLE_TIMEOUT_NS,
             max_flows=icmp.MAX_ECHO_FLOWS,
@@ -499,14 +497,7 @@ class Stack:
 
     def flows(self, now_ns: int) -> list[FlowInfo]:
         """Every NAT entry, TCP first, for display (``info``)."""
-        tcp = [
-            FlowInfo(
-                f.flow, "tcp", f.state, f.guest_ip, f.guest_port, f.dst_ip, f.dst_port, f.host,
-                f.host_port, f.recv_q, f.send_q, f.idle_ns,
-            )
-            for f in self.tcp.flows(now_ns)
-        ]
-        return [*tcp, *self.udp.flows(now_ns), *self.echo.flows(now_ns)]
+        return [*self.tcp.flows(now_ns), *self.udp.flows(now_ns), *self.echo.flows(now_ns)]
 
     def tftp_sessions(self, now_ns: int) -> list[TftpSessionInfo]:
         """The TFTP transfers in progress, for display (``info``)."""
@@ -737,20 +728,15 @@ class Stack:
         mv = memoryview(run)
         n = len(mv)
         off = 0
-        while off + 4 <= n:
-            length = int.from_bytes(mv[off : off + 4], "big")
-            start = off + 4
-            if length > n - start:
-                break
-            if length:
+        for start, off in frame_spans(mv):
+            if off > start:
                 try:
-                    self._guest_frame(mv[start : start + length], now_ns)
+                    self._guest_frame(mv[start:off], now_ns)
                 except Exception as exc:
                     self.counters["core_exceptions"] += 1
                     log.error("core raised %s on a frame of a burst (GuestFrames)",
                               type(exc).__name__, exc_info=True)
                     self._emit(CoreError(type(exc).__name__, error_message(exc)))
-            off = start + length
         if off < n:
             self._drop("run_truncated", f"{n - off} bytes")
 

@@ -54,11 +54,11 @@ import errno as _errno
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
-from ipaddress import ip_address
 from typing import Any, ClassVar
 
 from slirptrio.core import snapshot as snap
 from slirptrio.core.events import Effect, TftpChunk, TftpClose, TftpOpen, TftpOpened, TftpRead
+from slirptrio.syntax.address import ip_port
 from slirptrio.wire import MalformedFrame
 from slirptrio.wire import tftp as wt
 
@@ -113,8 +113,7 @@ TRANSITIONS: dict[tuple[Phase, Trigger], Phase] = {
 
 def peer_str(ip: bytes, port: int) -> str:
     """``10.0.2.15:2000`` or ``[fec0::1]:2000``."""
-    addr = ip_address(ip)
-    return f"[{addr}]:{port}" if len(ip) == 16 else f"{addr}:{port}"
+    return ip_port(ip, port)
 
 
 def check_path(raw: bytes) -> str | None:

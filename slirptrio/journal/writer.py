@@ -60,7 +60,7 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
 import msgpack
 
@@ -92,7 +92,8 @@ WAKE_S = 0.005
 instead of a thread handoff per burst. A ``kill -9`` loses what is queued."""
 BATCH_BYTES = 256 << 10  # taken from the queue per round, so the budget drains by parts
 BLOCK = 4096
-POLICIES = ("lossy", "lossless")
+Policy = Literal["lossy", "lossless"]
+POLICIES: tuple[Policy, ...] = ("lossy", "lossless")
 THROTTLE_ENV = "SLIRPTRIO_JOURNAL_THROTTLE"
 """Test aid: limit the writer thread to this many bytes per second (a slow disk)."""
 
@@ -351,7 +352,7 @@ class Writer:
             raise ValueError(f"journal policy must be one of {', '.join(POLICIES)}")
         self.disk = disk
         self.budget = budget
-        self.policy = policy
+        self.policy: Policy = "lossless" if policy == "lossless" else "lossy"
         if throttle is None:
             env = os.environ.get(THROTTLE_ENV)
             throttle = float(env) if env else 0.0
@@ -821,7 +822,7 @@ class Recorder:
         pcap_path: str | None,
         journal_max: int | None = DEFAULT_JOURNAL_MAX,
         pcap_max: int | None = DEFAULT_JOURNAL_MAX,
-        policy: str = "lossy",
+        policy: Policy = "lossy",
         budget: int = DEFAULT_BUDGET,
         threaded: bool = True,
     ) -> Recorder:

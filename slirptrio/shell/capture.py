@@ -42,6 +42,11 @@ import trio
 
 from slirptrio.core.events import Effect, Event
 from slirptrio.journal.format import frames_of
+from slirptrio.syntax.address import Endpoint as Endpoint
+from slirptrio.syntax.address import ip_port
+from slirptrio.syntax.address import parse_endpoint as parse_endpoint
+from slirptrio.syntax.address import parse_flow as parse_flow
+from slirptrio.syntax.errors import CaptureError as CaptureError
 from slirptrio.wire.pcap import LINKTYPE_ETHERNET, MAGIC_NS, SNAPLEN
 
 log = logging.getLogger("slirptrio.capture")
@@ -58,17 +63,7 @@ _RECORD = struct.Struct("<IIII")
 _MSG = struct.Struct(">cI")
 
 
-class CaptureError(ValueError):
-    """A capture request that cannot be served (bad filter, too many captures)."""
-
-
 # --------------------------------------------------------------------------------- filters
-
-
-@dataclass(frozen=True)
-class Endpoint:
-    ip: bytes
-    port: int
 
 
 @dataclass(frozen=True)
@@ -166,33 +161,8 @@ class FrameFilter:
             "proto": sorted(self.protos),
             "port": sorted(self.ports),
             "host": sorted(str(ip_address(h)) for h in self.hosts),
-            "flow": [f"{_ep_text(a)}-{_ep_text(b)}" for a, b in self.flows],
+            "flow": [f"{ip_port(a.ip, a.port)}-{ip_port(b.ip, b.port)}" for a, b in self.flows],
         }
-
-
-def _ep_text(e: Endpoint) -> str:
-    ip = ip_address(e.ip)
-    return f"[{ip}]:{e.port}" if ip.version == 6 else f"{ip}:{e.port}"
-
-
-def parse_endpoint(text: str) -> Endpoint:
-    """``ADDR:PORT`` or ``[ADDR6]:PORT``."""
-    addr, sep, port = text.rpartition(":")
-    if not sep or not port.isdecimal() or not 0 <= int(port) <= 65535:
-        raise CaptureError(f"{text!r}: expected ADDR:PORT")
-    try:
-        ip = ip_address(addr.strip("[]"))
-    except ValueError:
-        raise CaptureError(f"{text!r}: {addr!r} is not an IP address") from None
-    return Endpoint(ip.packed, int(port))
-
-
-def parse_flow(text: str) -> tuple[Endpoint, Endpoint]:
-    """``ADDR:PORT-ADDR:PORT`` (either order matches either direction)."""
-    left, sep, right = text.partition("-")
-    if not sep:
-        raise CaptureError(f"{text!r}: expected ADDR:PORT-ADDR:PORT or a flow number")
-    return parse_endpoint(left), parse_endpoint(right)
 
 
 def filter_from_request(

@@ -4,7 +4,7 @@ Each request is one JSON object on one line, ``{"cmd": NAME, ...}``; each answer
 object on one line, ``{"ok": true, ...}`` or ``{"ok": false, "error": MESSAGE}``. Commands:
 
 * ``info`` → ``forwards`` (kind, rule, proto, addr, port, guest_addr, guest_port, target,
-  static, state, id: see :class:`slirptrio.forward.ForwardInfo`) and ``flows``, the NAT
+  static, state, id: see :class:`slirptrio.syntax.forward.ForwardInfo`) and ``flows``, the NAT
   table (proto, state, guest, dest, host, recv_q, send_q, idle_s); ``hostfwd`` maps each host
   forward's rule to its bound port;
 * ``leases`` → ``leases``: ip, mac, expires_in_s;

@@ -37,7 +37,7 @@ from typing import Any
 
 import trio
 
-from slirptrio.core.dns import format_upstreams, parse_upstream
+from slirptrio.core.dns import format_upstreams
 from slirptrio.core.events import (
     DnsUpstreams,
     Event,
@@ -55,6 +55,7 @@ from slirptrio.core.events import (
 )
 from slirptrio.shell.descriptors import exhausted
 from slirptrio.shell.inbox import Inbox
+from slirptrio.syntax.address import parse_upstream
 from slirptrio.wire import icmp as wicmp
 
 log = logging.getLogger("slirptrio.datagrams")

@@ -43,7 +43,12 @@ from slirptrio.core.events import (
     UdpFwdSend,
     UdpInbound,
 )
-from slirptrio.forward import (
+from slirptrio.shell import flows as fl
+from slirptrio.shell.descriptors import AcceptLoop
+from slirptrio.shell.inbox import Inbox
+from slirptrio.shell.pipe import PipeStream, pipe_pair
+from slirptrio.shell.transport import bind_unix
+from slirptrio.syntax.forward import (
     ForwardInfo,
     GuestFwd,
     HostFwd,
@@ -53,11 +58,6 @@ from slirptrio.forward import (
     parse_guestfwd,
     parse_hostfwd,
 )
-from slirptrio.shell import flows as fl
-from slirptrio.shell.descriptors import AcceptLoop
-from slirptrio.shell.inbox import Inbox
-from slirptrio.shell.pipe import PipeStream, pipe_pair
-from slirptrio.shell.transport import bind_unix
 
 log = logging.getLogger("slirptrio.forwards")
 

@@ -20,7 +20,6 @@ import logging
 import os
 import socket as _socket
 import stat
-from dataclasses import dataclass
 
 import trio
 
@@ -28,9 +27,11 @@ from slirptrio.core.events import GuestFrames, GuestLink
 from slirptrio.shell.descriptors import AcceptLoop, Spare
 from slirptrio.shell.inbox import Inbox
 from slirptrio.shell.nbio import TryFirst
+from slirptrio.syntax.address import Address as Address
+from slirptrio.syntax.errors import AddressError as AddressError
 from slirptrio.wire import MalformedFrame
 from slirptrio.wire.fast import frames_end
-from slirptrio.wire.framing import MAX_FRAME, split_run
+from slirptrio.wire.framing import MAX_FRAME, frame_spans, split_run
 
 log = logging.getLogger("slirptrio.transport")
 
@@ -38,46 +39,6 @@ _RECV_SIZE = 1 << 18
 _WRITE_BATCH_BYTES = 1 << 20
 _IOV_MAX = 1024
 _DGRAM_BURST = 64  # datagrams gathered into one run at most
-
-
-class AddressError(ValueError):
-    """A transport address that cannot be parsed."""
-
-
-@dataclass(frozen=True)
-class Address:
-    """``unix:PATH``, ``tcp:HOST:PORT`` or ``udp:HOST:PORT``."""
-
-    kind: str
-    path: str = ""
-    host: str = ""
-    port: int = 0
-
-    @classmethod
-    def parse(cls, text: str, kinds: tuple[str, ...]) -> Address:
-        kind, sep, rest = text.partition(":")
-        if not sep or kind not in kinds:
-            raise AddressError(f"{text!r}: expected one of {', '.join(k + ':...' for k in kinds)}")
-        if kind == "unix":
-            if not rest:
-                raise AddressError(f"{text!r}: empty unix socket path")
-            return cls(kind, path=rest)
-        host, sep, port = rest.rpartition(":")
-        if not sep or not port.isdigit() or not 0 <= int(port) <= 65535:
-            raise AddressError(f"{text!r}: expected {kind}:HOST:PORT")
-        return cls(kind, host=host.strip("[]") or "127.0.0.1", port=int(port))
-
-    def __str__(self) -> str:
-        if self.kind == "unix":
-            return f"unix:{self.path}"
-        host = f"[{self.host}]" if ":" in self.host else self.host
-        return f"{self.kind}:{host}:{self.port}"
-
-    def qemu(self, prefix: str) -> str:
-        """This address as QEMU SocketAddress options, e.g. ``addr.type=unix,addr.path=...``."""
-        if self.kind == "unix":
-            return f"{prefix}.type=unix,{prefix}.path={self.path}"
-        return f"{prefix}.type=inet,{prefix}.host={self.host},{prefix}.port={self.port}"
 
 
 class GuestPort:
@@ -156,19 +117,12 @@ class GuestPort:
             data, raw = q[0]
             if raw:
                 mv = memoryview(data)
-                n = len(mv)
-                off = 0
-                while off + 4 <= n:
-                    length = int.from_bytes(mv[off : off + 4], "big")
-                    start = off + 4
-                    if length > n - start:
-                        break
-                    if length and not self._send_datagram(sock, mv[start : start + length],
-                                                          target):
+                for start, end in frame_spans(mv):
+                    if end > start and not self._send_datagram(sock, mv[start:end], target):
+                        off = start - 4
                         q[0] = (mv[off:], True)  # what is left of a run is a run too
                         self.queued_bytes -= off
                         return False
-                    off = start + length
             elif not self._send_datagram(sock, data, target):
                 return False
             q.popleft()

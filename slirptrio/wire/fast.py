@@ -35,7 +35,7 @@ from slirptrio.wire import MalformedFrame, _accel
 from slirptrio.wire.checksum import OnesSum
 from slirptrio.wire.checksum import pure_ones_sum as pure_ones_sum
 from slirptrio.wire.ethernet import build_ethernet
-from slirptrio.wire.framing import split_run
+from slirptrio.wire.framing import frame_spans, split_run
 from slirptrio.wire.ipv4 import build_ipv4, parse_ipv4
 from slirptrio.wire.tcp import build_tcp, parse_tcp
 from slirptrio.wire.udp import parse_udp
@@ -90,14 +90,9 @@ def pure_scan_frames(run: bytes | bytearray | memoryview) -> list[Record]:
     n = len(mv)
     out: list[Record] = []
     off = 0
-    while off + 4 <= n:
-        length = int.from_bytes(mv[off : off + 4], "big")
-        start = off + 4
-        if length > n - start:
-            break
-        if length:
-            out.append(pure_parse_frame(mv[start : start + length], start))
-        off = start + length
+    for start, off in frame_spans(mv):
+        if off > start:
+            out.append(pure_parse_frame(mv[start:off], start))
     if off < n:
         out.append((KIND_TRUNCATED, off, n))
     return out

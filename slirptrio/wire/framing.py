@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
 from slirptrio.wire import MalformedFrame
 
 # QEMU's NET_BUFSIZE (4096 + 65536): no honest peer sends a longer frame.
@@ -13,22 +15,26 @@ def encode_frame(frame: bytes) -> bytes:
     return len(frame).to_bytes(4, "big") + frame
 
 
+def frame_spans(run: bytes | bytearray | memoryview) -> Iterator[tuple[int, int]]:
+    """``(start, end)`` of each frame of a run (length-prefixed frames), empty ones included,
+    in order; its length field is at ``start - 4``. Stops before a truncated tail, which
+    therefore begins where the last span ends (0 when there is none)."""
+    n = len(run)
+    off = 0
+    while off + 4 <= n:
+        start = off + 4
+        end = start + int.from_bytes(run[off:start], "big")
+        if end > n:
+            return
+        yield start, end
+        off = end
+
+
 def split_run(run: bytes | bytearray | memoryview) -> list[memoryview]:
     """The frames of a run (length-prefixed frames) as views; a truncated tail is left out
     and empty frames skipped."""
     mv = memoryview(run)
-    n = len(mv)
-    out: list[memoryview] = []
-    off = 0
-    while off + 4 <= n:
-        length = int.from_bytes(mv[off : off + 4], "big")
-        start = off + 4
-        if length > n - start:
-            break
-        if length:
-            out.append(mv[start : start + length])
-        off = start + length
-    return out
+    return [mv[start:end] for start, end in frame_spans(mv) if end > start]
 
 
 class StreamDecoder:

@@ -1,114 +1,5 @@
-"""TCP NAT: the guest's TCP connections spliced onto host stream sockets.
-
-Theory of operation
--------------------
-The guest speaks TCP to us; the host side is a plain stream socket run by the shell
-(:mod:`slirptrio.shell.flows`). Each guest connection is one *entry*, keyed by
-(guest address, guest port, destination address, destination port) and named by a flow id.
-We play the server towards the guest and terminate its TCP completely: sequence numbers,
-windows, retransmission and FIN/RST handling towards the guest are ours; towards the host only
-byte streams, EOF and errors exist.
-
-Entry lifecycle::
-
-    guest SYN ──> SYN_PENDING ──TcpConnected──> SYN_RECEIVED ──guest ACK──> ESTABLISHED
-                      │  (TcpConnect emitted;       (SYN-ACK sent,
-                      │   SYN retransmits ignored)   retransmitted on RTO)
-                      └─TcpConnectFailed─> RST|ACK to the guest, entry gone
-
-    ESTABLISHED ──guest FIN──> CLOSE_WAIT ──TcpEof, data out──> LAST_ACK ──ACK──> closed
-    ESTABLISHED ──TcpEof, data out (FIN sent)──> FIN_WAIT_1 ──ACK──> FIN_WAIT_2
-                 ──guest FIN──> TIME_WAIT (time_wait_ns, 2 s) ──> closed
-    FIN_WAIT_1 ──guest FIN──> CLOSING ──ACK──> TIME_WAIT
-
-The SYN-ACK waits for the host connect, so a refused port fails fast and truthfully in the guest.
-A failed connect answers RST|ACK whatever the errno, ETIMEDOUT and EHOSTUNREACH included: the
-guest's connect() then fails at once with "connection refused" rather than after its own long
-SYN timeout (libslirp does the same for refusals; an ICMP unreachable would carry the reason
-but many stacks retry on it). ``translate`` returning None (restrict=on) refuses with RST at
-once, without a host connect.
-
-A guest FIN becomes :class:`TcpShutdown` as soon as every byte before it has been handed over as
-:class:`TcpSend` (the shell shuts the socket down after its queue drains); :class:`TcpEof`
-becomes our FIN once every host byte has been sent to the guest. An entry whose guest side is
-closed but whose host socket still has unsent bytes from the guest is DRAINING: it leaves the
-lookup table (the 4-tuple is free again) and gets its :class:`TcpClose` when the last
-:class:`TcpSent` arrives (or aborts after ``drain_timeout_ns`` without progress). Every
-:class:`TcpConnect` is matched by exactly one :class:`TcpClose`, except after
-:class:`TcpConnectFailed`, where the shell has already forgotten the flow.
-
-Resets: a guest RST (in window) aborts the host socket (``TcpClose(abort=True)``) and drops the
-entry. :class:`TcpReset` from the host closes the host side at once; the guest still receives
-the host bytes already queued here and then an RST instead of a FIN. A segment for no entry gets
-an RST as RFC 9293 prescribes (never in answer to an RST).
-
-Acceptability (RFC 9293 3.10.7.4)
----------------------------------
-Every segment that is not acceptable and not a RST gets an ACK: keepalive probes (empty, one
-below ``rcv_nxt``, or one old byte), window probes of every shape (empty below ``rcv_nxt``, one
-new byte into a closed window, empty with URG at ``rcv_nxt`` while our window is closed), old
-duplicates and segments beyond the window. Answers to zero-length segments are rate-limited
-per entry (``OOW_ACK_INTERVAL_NS``, as Linux does) so a desynchronised peer cannot start an
-ACK storm.
-SYN together with FIN or RST comes from no real TCP: dropped unanswered (``tcp_bad_flags``).
-The urgent pointer is ignored (urgent bytes are ordinary data), so no value of it matters;
-option lists that lie about lengths end option parsing (:mod:`slirptrio.wire.tcp`); the guest's
-MSS is raised to ``MIN_SND_MSS`` and its window shift clamped to 14.
-
-Flow control and credit
------------------------
-Guest → host: we accept data inside the window we advertised; in-order bytes are passed on
-immediately as ``TcpSend`` (no copy: the parsed payload itself), out-of-order segments are kept
-(bounded by the window and ``max_ooo_segments``) until the gap fills. ``host_unsent`` counts
-bytes handed to the shell and not yet confirmed by ``TcpSent``; the advertised window is
-``buffer_size - host_unsent``, its right edge never moving left. ACKs are coalesced: one at
-least every two full segments, at once for anything out of order, a FIN or a zero-window probe,
-otherwise after ``delack_ns``. A ``TcpSent`` that reopens a window that had fallen below half
-the buffer sends a window update.
-
-Host → guest: the shell reads only what ``TcpRecvCredit`` allowed. The send buffer holds the
-bytes not yet acknowledged by the guest (sent or not); credit is granted so that
-``len(send buffer) + outstanding credit <= min(guest window, buffer_size)``, in chunks of at
-least a quarter of that limit so host reads stay large. Segments follow the guest's MSS and
-window (scaled per RFC 7323 when the guest offered scaling; our own shift makes
-``buffer_size`` fit). There is no congestion control: the guest is one virtual hop away.
-
-Timers
-------
-Per entry: retransmission (RFC 6298 RTO from an RTT estimate, Karn's rule, 200 ms floor, 60 s
-cap, exponential backoff, go-back-N from the oldest unacked byte; give up after ``give_up_ns``
-(``syn_give_up_ns`` for the SYN-ACK, ``fin_give_up_ns`` once our FIN is out) with RST to the
-guest and an aborted host socket), fast retransmit after three duplicate ACKs (NewReno-style
-partial-ACK retransmits), persist (zero guest window: a one-byte probe when data waits, else an
-ACK below the window that makes the guest repeat its window; never gives up), delayed ACK,
-and one "close" deadline (connect safety net, TIME_WAIT, drain). Established idle entries have
-no timer and never expire. All deadlines go into one heap of ``(deadline, flow)`` with lazy
-deletion: an entry records the deadline it is armed for, later deadlines are re-armed when the
-earlier one fires, so an ACK that pushes the RTO back costs no heap operation.
-
-Bounds
-------
-``max_flows`` entries (DRAINING included; a SYN beyond: RST, ``tcp_table_full``),
-``max_half_open`` in SYN_PENDING/SYN_RECEIVED (RST, ``tcp_half_open_full``); per entry the send
-buffer stays within ``buffer_size``, out-of-order data within the advertised window. Every
-dropped segment is counted under a ``tcp_*`` counter.
-
-Half-open fairness: one destination address holds at most a share of the half-open slots
-(``HALF_OPEN_DEST_SHARE``; beyond: RST, ``tcp_half_open_dest_full``), so SYNs to one
-unreachable address cannot lock the guest out of the rest. Once half the slots are taken
-(``HALF_OPEN_PRESSURE``) every half-open entry has ``PRESSURE_CONNECT_TIMEOUT_NS`` left at most
-(the connect safety net, shortened); when it fires the guest gets RST and the host side
-``TcpClose``.
-
-Memory: ``mem_used`` is what all entries hold (bytes handed to the host and not confirmed,
-out-of-order data, send buffers) plus the credit their host readers may still use; each entry
-re-counts its part after every event (``_commit``). Up to half of ``mem_budget`` nothing
-changes. Past it, an entry may grow in a direction (new window, new credit) only up to what the
-budget has left, or its share (``MEM_SHARE_DIVISOR``) when that is more: the largest entries
-stop first, every entry keeps its share. Past the whole budget, data arriving inside windows
-advertised earlier is kept only up to the entry's share (the rest is dropped, the guest
-retransmits), so ``mem_used`` stays below one and a half budgets.
-"""
+"""The TCP NAT's table of entries and its handling of guest segments, host events and timers
+(the package docstring is the theory of operation)."""
 
 from __future__ import annotations
 
@@ -117,10 +8,10 @@ import collections
 import heapq
 import logging
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import Any, ClassVar
 
 from slirptrio.core import snapshot as snap
+from slirptrio.core import tcp as params
 from slirptrio.core.events import (
     Effect,
     Event,
@@ -136,232 +27,26 @@ from slirptrio.core.events import (
     TcpSent,
     TcpShutdown,
 )
+from slirptrio.core.info import FlowInfo
 from slirptrio.core.martian import LOOPBACK, classify_ipv4
 from slirptrio.core.prng import Prng
+from slirptrio.core.tcp import lifecycle, memory, timers
+from slirptrio.core.tcp.conn import CONN_CODECS, Key, _Conn, state_name
+from slirptrio.core.tcp.lifecycle import HALF_OPEN, Phase, Trigger
 from slirptrio.wire.tcp import ACK, FIN, PSH, RST, SYN, URG, TcpSegment, build_tcp, parse_tcp
 
 log = logging.getLogger("slirptrio.core.tcp")
 
-IPPROTO_TCP = 6
 _M = 0xFFFFFFFF
 _HALF = 0x80000000
-_MS = 1_000_000
-_SEC = 1_000_000_000
-RTO_INITIAL_NS = _SEC
-RTO_MAX_NS = 60 * _SEC
-DEFAULT_MSS = 536  # RFC 9293: assumed when the SYN carries no MSS option
-MAX_FLOWS = 4096
-MAX_HALF_OPEN = 256
-BUFFER_SIZE = 256 * 1024  # per direction and entry: receive window and send buffer
-RTO_MIN_NS = 200 * _MS
-DELACK_NS = 5 * _MS
-GIVE_UP_NS = 180 * _SEC
-SYN_GIVE_UP_NS = 60 * _SEC
-FIN_GIVE_UP_NS = 30 * _SEC
-TIME_WAIT_NS = 2 * _SEC
-CONNECT_TIMEOUT_NS = 75 * _SEC
-DRAIN_TIMEOUT_NS = 60 * _SEC
-MAX_OOO_SEGMENTS = 512
-MIN_SND_MSS = 48  # a smaller MSS from the guest is raised to this (Linux's tcp_min_snd_mss)
-HALF_OPEN_DEST_SHARE = 4
-"""One destination address may hold at most ``max_half_open // HALF_OPEN_DEST_SHARE`` (and at
-least 8) of the half-open entries, so connects to one unreachable address cannot lock the
-guest out of every other."""
-HALF_OPEN_PRESSURE = 2
-"""Past ``max_half_open // HALF_OPEN_PRESSURE`` half-open entries, the table is under pressure:
-every half-open entry gets at most ``PRESSURE_CONNECT_TIMEOUT_NS`` to complete."""
-PRESSURE_CONNECT_TIMEOUT_NS = 5 * _SEC
-"""Connect (and handshake) deadline of half-open entries under pressure: room for two SYN
-retransmissions; past it the guest gets RST and the host connect is abandoned."""
-MEM_SHARE_DIVISOR = 4
-"""Under memory pressure each entry may always hold ``mem_budget / (MEM_SHARE_DIVISOR * n)``
-bytes per direction (n entries; at least ``MEM_MIN_SHARE``): all these shares together are
-half the budget, so a guaranteed share never starves a flow and the total stays below one and
-a half budgets."""
-MEM_MIN_SHARE = 4096
-OOW_ACK_INTERVAL_NS = 200 * _MS
-"""Least time between two ACKs answering unacceptable zero-length segments of one entry
-(keepalive and window probes, old duplicates): no ACK ping-pong with a desynchronised peer,
-and still an answer to every probe (a probe timer never runs below 200 ms)."""
 
-# Entry phases.
-_SYN_SENT = -1  # our SYN to the guest is out (a forward into the guest)
-_PENDING = 0  # SYN seen, host connect running
-_SYN_RCVD = 1  # SYN-ACK sent
-_SYNCED = 2  # handshake done (established or closing)
-_TIME_WAIT = 3
-_DRAINING = 4  # guest side closed, host socket still sending
-_GONE = 5
-
-_Key = tuple[bytes, int, bytes, int]
-
-
-@dataclass(frozen=True, slots=True)
-class TcpFlowInfo:
-    """One entry, for display. ``recv_q``: guest bytes not yet accepted by the host socket
-    (including out-of-order ones); ``send_q``: host bytes not yet acknowledged by the guest."""
-
-    flow: int
-    state: str
-    guest_ip: bytes
-    guest_port: int
-    dst_ip: bytes
-    dst_port: int
-    host: str
-    host_port: int
-    recv_q: int
-    send_q: int
-    idle_ns: int
-
-
-class _Conn:
-    __slots__ = (
-        "active_close",
-        "armed_at",
-        "buf_seq",
-        "charged",
-        "close_at",
-        "credit_out",
-        "delack_at",
-        "dst_ip",
-        "dst_port",
-        "dupacks",
-        "fin_acked",
-        "first_rtx_ns",
-        "flow",
-        "guest_ip",
-        "guest_port",
-        "host",
-        "host_eof",
-        "host_open",
-        "host_port",
-        "host_unsent",
-        "iss",
-        "key",
-        "last_ns",
-        "last_oow_ack_ns",
-        "ooo",
-        "ooo_bytes",
-        "persist_at",
-        "persist_backoff",
-        "phase",
-        "rcv_acked",
-        "rcv_adv",
-        "rcv_fin",
-        "rcv_fin_seq",
-        "rcv_nxt",
-        "rcv_wscale",
-        "recover",
-        "reset_pending",
-        "rto",
-        "rto_at",
-        "rtt_seq",
-        "rtt_start",
-        "rttvar",
-        "snd_max",
-        "snd_mss",
-        "snd_nxt",
-        "snd_right",
-        "snd_una",
-        "snd_wl1",
-        "snd_wl2",
-        "snd_wscale",
-        "sndbuf",
-        "srtt",
-        "wscale_ok",
-    )
-    # The timer heap is rebuilt on restore, each entry armed for its true deadline.
-    _SNAPSHOT_DERIVED: ClassVar[frozenset[str]] = frozenset({"key", "armed_at"})
-
-    def __init__(self, flow: int, key: _Key, host: str, host_port: int) -> None:
-        self.flow = flow
-        self.key = key
-        self.guest_ip, self.guest_port, self.dst_ip, self.dst_port = key
-        self.host = host
-        self.host_port = host_port
-        self.phase = _PENDING
-        self.host_open = True
-        self.last_ns = 0
-        self.charged = 0  # this entry's part of TcpNat.mem_used
-        self.last_oow_ack_ns = -OOW_ACK_INTERVAL_NS  # when we last answered an unacceptable segment
-        # guest -> host
-        self.rcv_nxt = 0
-        self.rcv_adv = 0  # highest right edge ever advertised
-        self.rcv_acked = 0  # rcv_nxt as of our last ACK
-        self.rcv_wscale = 0
-        self.rcv_fin = False
-        self.rcv_fin_seq: int | None = None
-        self.ooo: list[tuple[int, bytes]] = []
-        self.ooo_bytes = 0
-        self.host_unsent = 0
-        # host -> guest
-        self.iss = 0
-        self.snd_una = 0
-        self.snd_nxt = 0
-        self.snd_max = 0
-        self.buf_seq = 0  # sequence number of sndbuf[0]
-        self.sndbuf = bytearray()
-        self.snd_right = 0  # guest's window right edge
-        self.snd_wl1 = 0
-        self.snd_wl2 = 0
-        self.snd_wscale = 0
-        self.snd_mss = DEFAULT_MSS
-        self.wscale_ok = False
-        self.credit_out = 0
-        self.host_eof = False
-        self.reset_pending = False
-        self.fin_acked = False
-        self.active_close = False
-        self.dupacks = 0
-        self.recover: int | None = None
-        # RTT / timers
-        self.srtt: int | None = None
-        self.rttvar = 0
-        self.rto = RTO_INITIAL_NS
-        self.rtt_seq: int | None = None
-        self.rtt_start = 0
-        self.first_rtx_ns: int | None = None
-        self.persist_backoff = 0
-        self.rto_at: int | None = None
-        self.persist_at: int | None = None
-        self.delack_at: int | None = None
-        self.close_at: int | None = None
-        self.armed_at: int | None = None
-
-
-def _dump_ooo(ooo: list[tuple[int, bytes]]) -> list[list[Any]]:
-    return [[seq, bytes(data)] for seq, data in ooo]
-
-
-def _load_ooo(raw: list[list[Any]]) -> list[tuple[int, bytes]]:
-    return [(seq, data) for seq, data in raw]
-
-
-_CONN_CODECS: dict[str, snap.Codec] = {"sndbuf": snap.BYTEARRAY, "ooo": (_dump_ooo, _load_ooo)}
-
-
-def _state_name(c: _Conn) -> str:
-    p = c.phase
-    if p == _SYN_SENT:
-        return "SYN_SENT"
-    if p == _PENDING:
-        return "SYN_PENDING"
-    if p == _SYN_RCVD:
-        return "SYN_RECEIVED"
-    if p == _TIME_WAIT:
-        return "TIME_WAIT"
-    if p == _DRAINING:
-        return "DRAINING"
-    if p == _GONE:
-        return "CLOSED"
-    fin_sent = c.host_eof and c.snd_max > c.buf_seq + len(c.sndbuf)
-    if c.rcv_fin:
-        if not fin_sent:
-            return "CLOSE_WAIT"
-        return "CLOSING" if c.active_close else "LAST_ACK"
-    if fin_sent:
-        return "FIN_WAIT_2" if c.fin_acked else "FIN_WAIT_1"
-    return "ESTABLISHED"
+_SYN_SENT = Phase.SYN_SENT
+_PENDING = Phase.SYN_PENDING
+_SYN_RCVD = Phase.SYN_RECEIVED
+_SYNCED = Phase.SYNCED
+_TIME_WAIT = Phase.TIME_WAIT
+_DRAINING = Phase.DRAINING
+_GONE = Phase.CLOSED
 
 
 class TcpNat:
@@ -396,19 +81,19 @@ class TcpNat:
         alloc_flow: Callable[[], int],
         counters: collections.Counter[str],
         mtu: int = 1500,
-        max_flows: int = MAX_FLOWS,
-        max_half_open: int = MAX_HALF_OPEN,
-        buffer_size: int = BUFFER_SIZE,
-        rto_min_ns: int = RTO_MIN_NS,
-        delack_ns: int = DELACK_NS,
-        give_up_ns: int = GIVE_UP_NS,
-        syn_give_up_ns: int = SYN_GIVE_UP_NS,
-        fin_give_up_ns: int = FIN_GIVE_UP_NS,
-        time_wait_ns: int = TIME_WAIT_NS,
-        connect_timeout_ns: int = CONNECT_TIMEOUT_NS,
-        pressure_connect_timeout_ns: int = PRESSURE_CONNECT_TIMEOUT_NS,
-        drain_timeout_ns: int = DRAIN_TIMEOUT_NS,
-        max_ooo_segments: int = MAX_OOO_SEGMENTS,
+        max_flows: int = params.MAX_FLOWS,
+        max_half_open: int = params.MAX_HALF_OPEN,
+        buffer_size: int = params.BUFFER_SIZE,
+        rto_min_ns: int = params.RTO_MIN_NS,
+        delack_ns: int = params.DELACK_NS,
+        give_up_ns: int = params.GIVE_UP_NS,
+        syn_give_up_ns: int = params.SYN_GIVE_UP_NS,
+        fin_give_up_ns: int = params.FIN_GIVE_UP_NS,
+        time_wait_ns: int = params.TIME_WAIT_NS,
+        connect_timeout_ns: int = params.CONNECT_TIMEOUT_NS,
+        pressure_connect_timeout_ns: int = params.PRESSURE_CONNECT_TIMEOUT_NS,
+        drain_timeout_ns: int = params.DRAIN_TIMEOUT_NS,
+        max_ooo_segments: int = params.MAX_OOO_SEGMENTS,
         mem_budget: int | None = None,
     ) -> None:
         self._rng = rng
@@ -434,21 +119,21 @@ class TcpNat:
         self.drain_timeout_ns = drain_timeout_ns
         self.max_ooo_segments = max_ooo_segments
         self.mem_budget = max(1, mem_budget) if mem_budget is not None else 1 << 62
-        self._mem_soft = self.mem_budget // 2
-        self.mem_used = 0  # bytes committed by every entry (see _commit)
+        self.mem_soft = self.mem_budget // 2
+        self.mem_used = 0  # bytes committed by every entry (see memory.commit)
         shift = 0
         while (self.buffer_size >> shift) > 0xFFFF and shift < 14:
             shift += 1
         self.wscale = shift
-        self._by_key: dict[_Key, _Conn] = {}
+        self._by_key: dict[Key, _Conn] = {}
         self._by_flow: dict[int, _Conn] = {}
         self._half_open = 0
         # Guest-initiated half-open entries (SYN_PENDING, SYN_RECEIVED), oldest first, and
         # their count per destination address.
         self._embryos: dict[int, _Conn] = {}
         self._embryos_to: dict[bytes, int] = {}
-        self.max_half_open_per_dest = max(8, self.max_half_open // HALF_OPEN_DEST_SHARE)
-        self._pressure_mark = max(1, self.max_half_open // HALF_OPEN_PRESSURE)
+        self.max_half_open_per_dest = max(8, self.max_half_open // params.HALF_OPEN_DEST_SHARE)
+        self._pressure_mark = max(1, self.max_half_open // params.HALF_OPEN_PRESSURE)
         self._timers: list[tuple[int, int]] = []
         self._now = 0
 
@@ -458,7 +143,7 @@ class TcpNat:
         "max_flows", "max_half_open", "buffer_size", "rto_min_ns", "delack_ns", "give_up_ns",
         "syn_give_up_ns", "fin_give_up_ns", "time_wait_ns", "connect_timeout_ns",
         "drain_timeout_ns", "max_ooo_segments", "wscale", "pressure_connect_timeout_ns",
-        "mem_budget", "_mem_soft", "max_half_open_per_dest", "_pressure_mark",
+        "mem_budget", "mem_soft", "max_half_open_per_dest", "_pressure_mark",
     })  # fmt: skip
     _SNAPSHOT_DERIVED: ClassVar[frozenset[str]] = frozenset({
         "_timers", "_embryos_to", "mem_used",
@@ -471,7 +156,7 @@ class TcpNat:
         """Every entry (in table order) with its buffers, sequence numbers and timers."""
         skip = _Conn._SNAPSHOT_DERIVED
         return {
-            "_by_flow": [snap.dump_slots(c, _CONN_CODECS, skip) for c in self._by_flow.values()],
+            "_by_flow": [snap.dump_slots(c, CONN_CODECS, skip) for c in self._by_flow.values()],
             "_by_key": [c.flow for c in self._by_key.values()],
             "_half_open": self._half_open,
             "_embryos": list(self._embryos),
@@ -481,7 +166,7 @@ class TcpNat:
     def restore_state(self, state: dict[str, Any]) -> None:
         by_flow: dict[int, _Conn] = {}
         for raw in state["_by_flow"]:
-            c = snap.load_slots(_Conn, raw, _CONN_CODECS)
+            c = snap.load_slots(_Conn, raw, CONN_CODECS)
             c.key = (c.guest_ip, c.guest_port, c.dst_ip, c.dst_port)
             c.armed_at = None
             by_flow[c.flow] = c
@@ -507,7 +192,7 @@ class TcpNat:
         seg = parse_tcp(tcp, src4, dst4)
         self.segment((src4, seg.sport, dst4, seg.dport), seg, now_ns)
 
-    def segment(self, key: _Key, seg: TcpSegment, now_ns: int, last_off: int = 0) -> None:
+    def segment(self, key: Key, seg: TcpSegment, now_ns: int, last_off: int = 0) -> None:
         """A parsed segment from the guest; ``key`` is (source address, source port,
         destination address, destination port).
 
@@ -539,7 +224,7 @@ class TcpNat:
         else:  # TIME_WAIT
             self._time_wait(c, key, seg, now_ns)
         if c.phase != _GONE:
-            self._commit(c)
+            memory.commit(self, c)
             self._rearm(c)
 
     def open_to_guest(
@@ -574,8 +259,7 @@ class TcpNat:
             counters[reason] += 1
             self._emit(TcpClose(flow, True))
             return False
-        c = _Conn(flow, key, host, host_port)
-        c.phase = _SYN_SENT
+        c = _Conn(flow, key, host, host_port, Trigger.FORWARD)
         c.last_ns = now_ns
         iss = self._rng.next_u32()
         c.iss = c.snd_una = c.snd_wl2 = iss
@@ -599,8 +283,8 @@ class TcpNat:
     def _snd_mss(self, c: _Conn, seg: TcpSegment) -> int:
         """The segment size toward the guest: its MSS option (RFC 9293's 536 without one),
         at most ours, and at least MIN_SND_MSS (an MSS of 1 would cost a frame per byte)."""
-        mss = seg.mss if seg.mss else DEFAULT_MSS
-        return min(max(mss, MIN_SND_MSS), self._mss(c))
+        mss = seg.mss if seg.mss else params.DEFAULT_MSS
+        return min(max(mss, params.MIN_SND_MSS), self._mss(c))
 
     def _send_syn(self, c: _Conn) -> None:
         win = min(self.buffer_size, 0xFFFF)
@@ -608,7 +292,7 @@ class TcpNat:
             c.dst_ip, c.guest_ip, c.dst_port, c.guest_port, c.iss & _M, 0, SYN, win,
             mss=self._mss(c), wscale=self.wscale,
         )
-        self._send_ip(c.dst_ip, c.guest_ip, IPPROTO_TCP, seg)
+        self._send_ip(c.dst_ip, c.guest_ip, params.IPPROTO_TCP, seg)
 
     def _syn_sent(self, c: _Conn, seg: TcpSegment, now_ns: int) -> None:
         flags = seg.flags
@@ -641,11 +325,11 @@ class TcpNat:
         c.snd_wl1 = seg.seq
         c.snd_wl2 = c.snd_una
         if c.rtt_seq is not None and c.first_rtx_ns is None:
-            self._rtt_sample(c, now_ns - c.rtt_start)
+            timers.rtt_sample(c, now_ns - c.rtt_start, self.rto_min_ns)
         c.rtt_seq = None
         c.rto_at = None
         c.first_rtx_ns = None
-        c.phase = _SYNCED
+        lifecycle.move(c, Trigger.GUEST_SYN_ACK, counters)
         self._half_open -= 1
         counters["tcp_established"] += 1
         self._ack_now(c)
@@ -681,7 +365,7 @@ class TcpNat:
             self.counters["tcp_unknown_event"] += 1
             return
         if c.phase != _GONE:
-            self._commit(c)
+            memory.commit(self, c)
             self._rearm(c)
 
     def forget_guest(self, guest_ip: bytes | None) -> int:
@@ -701,7 +385,7 @@ class TcpNat:
         """Whether ``flow`` is one of our entries."""
         return flow in self._by_flow
 
-    def flow_of(self, key: _Key) -> int | None:
+    def flow_of(self, key: Key) -> int | None:
         """The flow id of the entry for the guest's (source address, source port,
         destination address, destination port), if there is one."""
         c = self._by_key.get(key)
@@ -719,7 +403,7 @@ class TcpNat:
                 continue
             # The head may be a deadline since cancelled or pushed back: settle it here so
             # the shell is never woken for nothing.
-            d = self._deadline(c)
+            d = timers.deadline(c)
             if d == t:
                 return t
             heapq.heappop(h)
@@ -745,23 +429,24 @@ class TcpNat:
         # Fire in an order set by the entries' own state: the heap's keys depend on when
         # poll_at() tidied it, and poll_at() calls are not journaled, so replay makes
         # different ones. (A stale early key only fires an entry with nothing due.)
-        due.sort(key=lambda c: (self._deadline(c) or 0, c.flow))
+        due.sort(key=lambda c: (timers.deadline(c) or 0, c.flow))
         for c in due:
             if c.phase == _GONE:
                 continue
             self._fire(c, now_ns)
             if c.phase != _GONE:
-                self._commit(c)
+                memory.commit(self, c)
                 self._rearm(c)
 
-    def flows(self, now_ns: int | None = None) -> list[TcpFlowInfo]:
+    def flows(self, now_ns: int | None = None) -> list[FlowInfo]:
         """Every entry, in creation order; idle time relative to ``now_ns`` (default: the
         time of the last event seen)."""
         now = self._now if now_ns is None else now_ns
         return [
-            TcpFlowInfo(
+            FlowInfo(
                 flow=c.flow,
-                state=_state_name(c),
+                proto="tcp",
+                state=state_name(c),
                 guest_ip=c.guest_ip,
                 guest_port=c.guest_port,
                 dst_ip=c.dst_ip,
@@ -778,7 +463,7 @@ class TcpNat:
     # ------------------------------------------------------------------- segment output
 
     def _window_field(self, c: _Conn) -> int:
-        win = self._cap_in(c) - c.host_unsent
+        win = memory.cap_in(self, c) - c.host_unsent
         old = c.rcv_adv - c.rcv_nxt
         if old > win:
             win = old  # never move the right edge left (RFC 9293 3.8.6.2.2)
@@ -820,7 +505,7 @@ class TcpNat:
         self._out(c, c.snd_nxt, ACK)
 
     def _send_synack(self, c: _Conn) -> None:
-        win = max(0, min(self._cap_in(c) - c.host_unsent, 0xFFFF))  # never scaled in a SYN
+        win = max(0, min(memory.cap_in(self, c) - c.host_unsent, 0xFFFF))  # never scaled in a SYN
         c.rcv_adv = max(c.rcv_adv, c.rcv_nxt + win)
         seg = build_tcp(
             c.dst_ip,
@@ -837,13 +522,16 @@ class TcpNat:
         c.rcv_acked = c.rcv_nxt
         c.snd_max = max(c.snd_max, c.iss + 1)
         c.snd_nxt = c.iss + 1
-        self._send_ip(c.dst_ip, c.guest_ip, IPPROTO_TCP, seg)
+        self._send_ip(c.dst_ip, c.guest_ip, params.IPPROTO_TCP, seg)
 
     def _rst_raw(
         self, src: bytes, dst: bytes, sport: int, dport: int, seq: int, ack: int, flags: int
     ) -> None:
         self._send_ip(
-            src, dst, IPPROTO_TCP, build_tcp(src, dst, sport, dport, seq & _M, ack & _M, flags, 0)
+            src,
+            dst,
+            params.IPPROTO_TCP,
+            build_tcp(src, dst, sport, dport, seq & _M, ack & _M, flags, 0),
         )
 
     def _rst_entry(self, c: _Conn) -> None:
@@ -939,14 +627,10 @@ class TcpNat:
             and (c.snd_nxt < data_end or not c.host_eof)
         ):
             if c.persist_at is None:
-                c.persist_at = now_ns + self._backoff(c.rto, c.persist_backoff)
+                c.persist_at = now_ns + timers.backoff(c.rto, c.persist_backoff)
         else:
             c.persist_at = None
             c.persist_backoff = 0
-
-    @staticmethod
-    def _backoff(rto: int, k: int) -> int:
-        return min(rto << min(k, 16), RTO_MAX_NS)
 
     def _grant(self, c: _Conn) -> None:
         """Grant the host reader credit up to min(guest window, buffer_size)."""
@@ -954,20 +638,20 @@ class TcpNat:
             return
         limit = c.snd_right - c.buf_seq
         cap = self.buffer_size
-        if self.mem_used > self._mem_soft:
-            cap = self._cap(c, len(c.sndbuf) + c.credit_out)
+        if self.mem_used > self.mem_soft:
+            cap = memory.cap(self, c, len(c.sndbuf) + c.credit_out)
         if limit > cap:
             limit = cap
         room = limit - len(c.sndbuf) - c.credit_out
         if room <= 0 or room < (limit >> 2):
             return
         c.credit_out += room
-        self._commit(c)
+        memory.commit(self, c)
         self._emit(TcpRecvCredit(c.flow, room))
 
     # -------------------------------------------------------------------- guest segments
 
-    def _no_entry(self, key: _Key, seg: TcpSegment, now_ns: int) -> None:
+    def _no_entry(self, key: Key, seg: TcpSegment, now_ns: int) -> None:
         flags = seg.flags
         c = self.counters
         if flags & RST:
@@ -979,7 +663,7 @@ class TcpNat:
         c["tcp_unknown_flow"] += 1
         self._rst_reply(key, seg)
 
-    def _rst_reply(self, key: _Key, seg: TcpSegment) -> None:
+    def _rst_reply(self, key: Key, seg: TcpSegment) -> None:
         """RST for a segment that belongs to nothing (RFC 9293 3.10.7.1)."""
         guest_ip, gport, dst_ip, dport = key
         if seg.flags & ACK:
@@ -987,7 +671,7 @@ class TcpNat:
         else:
             self._rst_raw(dst_ip, guest_ip, dport, gport, 0, seg.seq + seg.seg_len, RST | ACK)
 
-    def _new(self, key: _Key, seg: TcpSegment, now_ns: int) -> None:
+    def _new(self, key: Key, seg: TcpSegment, now_ns: int) -> None:
         counters = self.counters
         _, gport, dst_ip, dport = key
         if gport == 0 or dport == 0 or (
@@ -1012,7 +696,7 @@ class TcpNat:
             counters["tcp_refused_restrict"] += 1
             self._rst_reply(key, seg)
             return
-        c = _Conn(self._alloc_flow(), key, target[0], target[1])
+        c = _Conn(self._alloc_flow(), key, target[0], target[1], Trigger.GUEST_SYN)
         c.last_ns = now_ns
         irs = seg.seq
         c.rcv_nxt = c.rcv_acked = c.rcv_adv = irs + 1
@@ -1076,7 +760,7 @@ class TcpNat:
             counters["tcp_bad_ack"] += 1
             self._rst_raw(c.dst_ip, c.guest_ip, c.dst_port, c.guest_port, seg.ack, 0, RST)
             return
-        c.phase = _SYNCED
+        lifecycle.move(c, Trigger.GUEST_ACK, counters)
         self._half_open -= 1
         self._embryo_done(c)
         counters["tcp_established"] += 1
@@ -1085,7 +769,7 @@ class TcpNat:
         if c.snd_nxt < c.snd_una:
             c.snd_nxt = c.snd_una
         if c.rtt_seq is not None:
-            self._rtt_sample(c, now_ns - c.rtt_start)
+            timers.rtt_sample(c, now_ns - c.rtt_start, self.rto_min_ns)
             c.rtt_seq = None
         c.rto_at = None
         c.first_rtx_ns = None
@@ -1095,7 +779,7 @@ class TcpNat:
         c.snd_wl2 = c.snd_una
         self._synced(c, seg, now_ns, last_off)
 
-    def _time_wait(self, c: _Conn, key: _Key, seg: TcpSegment, now_ns: int) -> None:
+    def _time_wait(self, c: _Conn, key: Key, seg: TcpSegment, now_ns: int) -> None:
         flags = seg.flags
         if flags & RST:
             self.counters["tcp_guest_rst"] += 1
@@ -1189,55 +873,7 @@ class TcpNat:
         ):
             self._output(c, now_ns)
 
-    # ----------------------------------------------------------------------------- memory
-
-    def _commit(self, c: _Conn) -> None:
-        """Bring ``c``'s part of ``mem_used`` up to date: the bytes it holds (handed to the
-        host and not confirmed, out of order, in the send buffer) and the credit the host
-        reader may still turn into send buffer."""
-        new = c.host_unsent + c.ooo_bytes + len(c.sndbuf) + c.credit_out
-        self.mem_used += new - c.charged
-        c.charged = new
-
-    def _share(self) -> int:
-        """Under memory pressure, what one entry may always hold in one direction."""
-        share = self.mem_budget // (MEM_SHARE_DIVISOR * max(1, len(self._by_flow)))
-        return share if share > MEM_MIN_SHARE else MEM_MIN_SHARE
-
-    def _cap(self, c: _Conn, used_dir: int) -> int:
-        """Under memory pressure, how many bytes ``c`` may hold in one direction where it
-        now holds ``used_dir``: its share, or more while the budget has room. So the largest
-        entries stop growing first; the others keep their share."""
-        self._commit(c)
-        free = self.mem_budget - self.mem_used
-        cap = used_dir + free if free > 0 else used_dir
-        share = self._share()
-        if cap < share:
-            cap = share
-        if cap < self.buffer_size:
-            self.counters["tcp_mem_limited"] += 1
-            return cap
-        return self.buffer_size
-
-    def _cap_in(self, c: _Conn) -> int:
-        """The receive buffer ``c`` may have: what the host has not confirmed plus the window
-        we offer."""
-        if self.mem_used <= self._mem_soft:
-            return self.buffer_size
-        return self._cap(c, c.host_unsent + c.ooo_bytes)
-
-    def _mem_edge(self, c: _Conn, edge: int) -> int:
-        """Past the whole budget, data already inside an advertised window is taken only up
-        to the entry's share; the rest is dropped as a full receiver drops it (the guest
-        retransmits). Windows advertised before the pressure therefore cost the budget at
-        most one share per entry."""
-        self._commit(c)
-        room = self._share() - c.host_unsent - c.ooo_bytes
-        limit = c.rcv_nxt + (room if room > 0 else 0)
-        if limit < edge:
-            self.counters["tcp_mem_trimmed"] += 1
-            return limit
-        return edge
+    # ------------------------------------------------------------------------ half-open
 
     def _embryo_done(self, c: _Conn) -> None:
         """``c`` (guest-initiated) is no longer half-open."""
@@ -1262,7 +898,7 @@ class TcpNat:
 
     def _answer_probe(self, c: _Conn, now_ns: int) -> None:
         """ACK a probe-shaped segment, at most once per OOW_ACK_INTERVAL_NS."""
-        if now_ns - c.last_oow_ack_ns < OOW_ACK_INTERVAL_NS:
+        if now_ns - c.last_oow_ack_ns < params.OOW_ACK_INTERVAL_NS:
             self.counters["tcp_probe_ack_limited"] += 1
             return
         c.last_oow_ack_ns = now_ns
@@ -1280,10 +916,10 @@ class TcpNat:
         if ack > c.snd_nxt:
             c.snd_nxt = ack  # a persist probe was accepted
         if c.rtt_seq is not None and ack >= c.rtt_seq:
-            self._rtt_sample(c, now_ns - c.rtt_start)
+            timers.rtt_sample(c, now_ns - c.rtt_start, self.rto_min_ns)
             c.rtt_seq = None
         elif c.first_rtx_ns is not None:
-            c.rto = self._rto_from_estimate(c)
+            c.rto = timers.rto_from_estimate(c, self.rto_min_ns)
         c.first_rtx_ns = None
         c.rto_at = now_ns + c.rto if c.snd_nxt > ack else None
         if c.recover is not None:
@@ -1329,7 +965,7 @@ class TcpNat:
             return False
         edge = c.rcv_adv
         if self.mem_used >= self.mem_budget:
-            edge = self._mem_edge(c, edge)
+            edge = memory.edge(self, c, edge)
         end = seq + plen
         if seq > rcv_nxt:
             self._out_of_order(c, payload, seq, end, fin, edge)
@@ -1433,7 +1069,7 @@ class TcpNat:
             self.counters["tcp_stale_event"] += 1
             return
         self.counters["tcp_connected"] += 1
-        c.phase = _SYN_RCVD
+        lifecycle.move(c, Trigger.CONNECTED, self.counters)
         c.close_at = None
         if self._half_open >= self._pressure_mark:
             c.close_at = now_ns + self.pressure_connect_timeout_ns
@@ -1487,7 +1123,7 @@ class TcpNat:
         """ACK with the new window when the window the guest knows has fallen below half the
         buffer and would grow by two segments (or half the buffer, if smaller). A healthy
         window needs none: the ACKs of the guest's data carry it."""
-        free = self._cap_in(c) - c.host_unsent
+        free = memory.cap_in(self, c) - c.host_unsent
         cap = 0xFFFF << c.rcv_wscale
         new_edge = c.rcv_nxt + (free if free < cap else cap)
         if c.rcv_adv - c.rcv_nxt < (self.buffer_size >> 1) and new_edge - c.rcv_adv >= min(
@@ -1534,16 +1170,8 @@ class TcpNat:
 
     # ----------------------------------------------------------------------------- timers
 
-    @staticmethod
-    def _deadline(c: _Conn) -> int | None:
-        d = c.rto_at
-        for t in (c.persist_at, c.delack_at, c.close_at):
-            if t is not None and (d is None or t < d):
-                d = t
-        return d
-
     def _rearm(self, c: _Conn) -> None:
-        d = self._deadline(c)
+        d = timers.deadline(c)
         if d is not None and (c.armed_at is None or d < c.armed_at):
             c.armed_at = d
             heapq.heappush(self._timers, (d, c.flow))
@@ -1608,7 +1236,7 @@ class TcpNat:
                 self._remove(c, abort=True)
             return
         self.counters["tcp_retransmits"] += 1
-        c.rto = self._backoff(c.rto, 1)
+        c.rto = timers.backoff(c.rto, 1)
         c.rtt_seq = None
         c.recover = None
         c.dupacks = 0
@@ -1642,33 +1270,14 @@ class TcpNat:
             # Below the window: the guest must answer with an ACK carrying its window.
             self._out(c, nxt - 1, ACK)
         c.persist_backoff += 1
-        c.persist_at = now_ns + self._backoff(c.rto, c.persist_backoff)
-
-    # -------------------------------------------------------------------------------- RTT
-
-    def _rtt_sample(self, c: _Conn, r: int) -> None:
-        if r < 0:
-            r = 0
-        if c.srtt is None:
-            c.srtt = r
-            c.rttvar = r >> 1
-        else:
-            c.rttvar = (3 * c.rttvar + abs(c.srtt - r)) >> 2
-            c.srtt = (7 * c.srtt + r) >> 3
-        c.rto = self._rto_from_estimate(c)
-
-    def _rto_from_estimate(self, c: _Conn) -> int:
-        if c.srtt is None:
-            return RTO_INITIAL_NS
-        rto = c.srtt + max(_MS, 4 * c.rttvar)
-        return min(max(rto, self.rto_min_ns), RTO_MAX_NS)
+        c.persist_at = now_ns + timers.backoff(c.rto, c.persist_backoff)
 
     # ---------------------------------------------------------------------------- removal
 
     def _both_closed(self, c: _Conn, now_ns: int) -> None:
         """Both FINs exchanged and acknowledged."""
         if c.active_close:
-            c.phase = _TIME_WAIT
+            lifecycle.move(c, Trigger.ACTIVE_CLOSE_DONE, self.counters)
             c.rto_at = c.persist_at = c.delack_at = None
             c.close_at = now_ns + self.time_wait_ns
             self._rearm(c)
@@ -1680,7 +1289,7 @@ class TcpNat:
         if c.host_open and c.host_unsent > 0:
             if self._by_key.get(c.key) is c:
                 del self._by_key[c.key]
-            c.phase = _DRAINING
+            lifecycle.move(c, Trigger.DRAIN, self.counters)
             c.rto_at = c.persist_at = c.delack_at = None
             c.close_at = now_ns + self.drain_timeout_ns
             self._rearm(c)
@@ -1690,11 +1299,11 @@ class TcpNat:
     def _remove(self, c: _Conn, *, abort: bool) -> None:
         self.mem_used -= c.charged
         c.charged = 0
-        if c.phase in (_SYN_SENT, _PENDING, _SYN_RCVD):
+        if c.phase in HALF_OPEN:
             self._half_open -= 1
             if c.phase != _SYN_SENT:
                 self._embryo_done(c)
-        c.phase = _GONE
+        lifecycle.move(c, Trigger.ABORT if abort else Trigger.CLOSE, self.counters)
         if self._by_key.get(c.key) is c:
             del self._by_key[c.key]
         self._by_flow.pop(c.flow, None)
