@@ -15,6 +15,7 @@ from collections.abc import Sequence
 import dpkt
 import pytest
 
+from replay.summary import format_summary, summarize_journal
 from slirptrio.config import parse_user_options
 from slirptrio.core.events import (
     DnsUpstreams,
@@ -38,6 +39,7 @@ from slirptrio.wire.tcp import ACK, PSH, SYN, build_tcp
 from tests import guestframes as gf
 from tests import guestframes6 as g6
 from tests.test_gro import Guest
+from tests.sessionbuilder import Session
 from tests.test_stack import dhcp_exchange
 
 GW_MAC = bytes.fromhex("52550a000202")
@@ -415,3 +417,21 @@ def test_hub_echo_request_to_another_guest_is_answered_once() -> None:
     frame = gf.icmp_echo("10.0.2.16", dst_mac=MAC_B)
     assert stack.handle(GuestFrame(frame), 20) == []
     assert not [e for e in stack.handle(Tick(), 21) if isinstance(e, IcmpEchoOpen | UdpOpen)]
+
+
+@pytest.mark.parametrize("runs", [False, True])
+def test_the_summary_shows_other_stations_traffic_only_as_a_count(runs: bool) -> None:
+    s = Session(runs=runs)
+    s.lease()
+    s.guest(syn("10.0.2.16", 8080, dst_mac=MAC_B))  # guest to guest, seen through the hub
+    s.guest(gf.icmp_echo("10.0.2.16", dst_mac=MAC_B))
+    s.guest(g6.tcp_syn("fec0::b", 8080, src="::1"))  # a martian source
+    summary = summarize_journal(s.journal())
+    assert summary.replay == "identical"
+    # the guest-to-guest frames are no flow; the SYN from ::1 is one the guest sent and
+    # nothing answered, but ::1 is none of the guest's addresses
+    assert [f.guest for f in summary.flows] == ["[::1]:40001"]
+    assert summary.drops["not_for_us"] == 2 and summary.drops["martian_src"] == 1
+    assert summary.ipv6_addresses == {}
+    text = format_summary(summary)
+    assert "not_for_us" in text and "10.0.2.16" not in text
