@@ -149,6 +149,23 @@ def test_right_after_attach(topo: Topology) -> None:
     assert "Trying [2001:db8::77]:9" in curl.stderr, tries
     assert elapsed < 5.0, f"{elapsed:.3f} s: the guest waited for a connection timeout"
 
+    # And all through the guest's IPv6 boot (link-local address, solicitation, advertisement,
+    # SLAAC address still tentative, then usable): every try fails at once, none times out.
+    loop = topo.guest_run(["sh", "-c", "for i in $(seq 30); do curl -sS -v -o /dev/null -m 5 "
+                           f"-w 'time=%{{time_total}}\\n' http://good.test:{CLOSED_PORT}/; "
+                           "echo rc=$?; sleep 0.1; done"], 300, check=False)
+    codes = [line for line in loop.stdout.split() if line.startswith("rc=")]
+    times = [float(line[5:]) for line in loop.stdout.split() if line.startswith("time=")]
+    v6_refused = loop.stderr.count("connect to 2001:db8::77 port 9 failed: Connection refused")
+    print(f"30 tries during IPv6 boot: slowest {max(times):.3f} s; IPv6 refused in "
+          f"{v6_refused}, unreachable in {loop.stderr.count('Network is unreachable')}")
+    assert codes == ["rc=7"] * 30, loop.stdout + loop.stderr
+    # once IPv6 is up, its attempt too is refused by the host (through the stack)
+    topo.slaac("fec0:", 30)
+    curl = topo.guest_run(["curl", "-sS", "-v", "-o", "/dev/null", "-m", "10",
+                           f"http://good.test:{CLOSED_PORT}/"], 30, check=False)
+    assert "connect to 2001:db8::77 port 9 failed: Connection refused" in curl.stderr, curl.stderr
+
     # Frames from 127.0.0.1 and ::1 (TCP, UDP, echo): nothing reaches the host's servers,
     # nothing is answered; the control datagram after them does arrive.
     sent = topo.guest_run([sys.executable, TOOLS, "send-martians", TAP, lease.ip,
