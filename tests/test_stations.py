@@ -38,8 +38,8 @@ from slirptrio.wire.ipv4 import build_ipv4
 from slirptrio.wire.tcp import ACK, PSH, SYN, build_tcp
 from tests import guestframes as gf
 from tests import guestframes6 as g6
-from tests.test_gro import Guest
 from tests.sessionbuilder import Session
+from tests.test_gro import Guest
 from tests.test_stack import dhcp_exchange
 
 GW_MAC = bytes.fromhex("52550a000202")
@@ -225,6 +225,7 @@ def test_arp_for_an_address_a_guest_was_seen_using_goes_unanswered() -> None:
     stack = make()
     stack.handle(GuestFwdAdd(1, "10.0.2.77", 80), 0)
     (reply,) = frames(stack.handle(GuestFrame(gf.arp_request("10.0.2.77")), 1))
+    assert reply.data.op == dpkt.arp.ARP_OP_REPLY  # a guest forward's: answered
     # a guest announces it holds 10.0.2.77 (a static address): from now on it is that guest's
     stack.handle(GuestFrame(gf.arp_request("10.0.2.2", sender="10.0.2.77", mac=MAC_B)), 2)
     assert frames(stack.handle(GuestFrame(gf.arp_request("10.0.2.77")), 3)) == []

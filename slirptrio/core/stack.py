@@ -733,8 +733,9 @@ class Stack:
 
         Frames to another station's MAC are counted and left, as the general path does. The
         general path's checks before TCP (IPv4 enabled, martian source or destination, the
-        network's broadcast, a guest's address as destination) hold for a whole item only when its addresses pass them; a
-        run with any TCP item whose addresses do not is taken frame by frame, as without GRO.
+        network's broadcast, a guest's address as destination) hold for a whole item only
+        when its addresses pass them; a run with any TCP item of ours whose addresses do not
+        is taken frame by frame, as without GRO.
         """
         items = wfast.gro_scan(run)
         macs = self._our_macs

@@ -173,8 +173,9 @@ def pure_gro_scan(run: bytes | bytearray | memoryview) -> list[Record]:
     * ``(KIND_TCP, src_mac, src_ip, dst_ip, sport, dport, seq, ack, flags, window, payload,
       count, last_off, dst_mac)`` — one segment standing for ``count`` frames of one flow:
       in-order data segments (flags ACK or ACK|PSH, no TCP options, the acknowledgement never
-      going back, one source MAC and one destination MAC ``dst_mac``) carry all their bytes, the last one's acknowledgement and window,
-      and ``last_off``, where the last one started from ``seq``; a row of pure ACKs that each
+      going back, one source MAC and one destination MAC ``dst_mac``) carry all their bytes,
+      the last one's acknowledgement and window, and ``last_off``, where the last one started
+      from ``seq``; a row of pure ACKs that each
       advance the acknowledgement is its last one. Any other segment without options (a FIN,
       a SYN, out of order) is an item of its own (``count`` 1), after what was gathered for its
       flow;

@@ -19,13 +19,13 @@ import threading
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[2]))
 
-from slirptrio.wire import icmp as wicmp  # noqa: E402
-from slirptrio.wire import icmpv6 as wicmp6  # noqa: E402
-from slirptrio.wire import ipv4 as wip  # noqa: E402
-from slirptrio.wire import ipv6 as wip6  # noqa: E402
-from slirptrio.wire.ethernet import build_ethernet  # noqa: E402
-from slirptrio.wire.tcp import SYN, build_tcp  # noqa: E402
-from slirptrio.wire.udp import build_udp  # noqa: E402
+from slirptrio.wire import icmp as wicmp
+from slirptrio.wire import icmpv6 as wicmp6
+from slirptrio.wire import ipv4 as wip
+from slirptrio.wire import ipv6 as wip6
+from slirptrio.wire.ethernet import build_ethernet
+from slirptrio.wire.tcp import SYN, build_tcp
+from slirptrio.wire.udp import build_udp
 
 GATEWAY_MAC = bytes.fromhex("52550a000202")
 ROUTER_MAC = bytes.fromhex("525600000002")
