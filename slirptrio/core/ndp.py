@@ -169,6 +169,10 @@ class Ndp:
             else:
                 self.learn(hdr.src, mac, now_ns)
                 self._advertise(hdr.src, mac, now_ns)
+                if self.next_ra_ns == now_ns:
+                    # Started by this very solicitation, just answered: the first unsolicited
+                    # one would repeat the answer at once.
+                    self.next_ra_ns = now_ns + INITIAL_RA_INTERVAL_NS
         elif type_ == wicmp6.NEIGHBOR_ADVERT:
             _flags, target, opts = wndp.parse_na(body)
             c["ndp_na"] += 1
