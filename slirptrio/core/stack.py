@@ -15,6 +15,13 @@ for them with a MAC derived from the address (52:55:a.b.c.d, as libslirp). It le
 MAC from its frames. A malformed frame raises :class:`MalformedFrame` inside the parsers; it is
 counted under its reason, logged at debug level and dropped here — never raised to the caller.
 
+Several stations may share the link (guests behind one QEMU hub). The stack reads only frames
+addressed to it (:meth:`Stack.frame_for_us`: its MACs, broadcast, the multicast groups it
+serves) and leaves the rest alone; an address a guest holds (:meth:`Stack.guest_holds`) is
+never an alias of the host, never answered for. A packet from a source no node sends from
+(loopback, multicast, "this network" but DHCP's 0.0.0.0; IPv6 ::1, multicast, IPv4-mapped,
+:: but for DAD, RS and MLD) is dropped before anything learns from it (``drop_martian_src``).
+
 IPv6 (``ipv6=on``, the default) runs beside IPv4 on the same link: Ethernet → IPv6 (extension
 headers walked, fragments reassembled) → ICMPv6 | UDP | TCP. Neighbor Discovery and router
 advertisements are :class:`~slirptrio.core.ndp.Ndp`'s, stateless DHCPv6 is
