@@ -762,13 +762,16 @@ class _Analyzer:
         return self._take(effects, TcpConnect.TAG, _ip_text(p.dst), p.dport)
 
     def _guest_frame(self, t: int, frame: bytes, effects: list[Any]) -> None:
+        if self.stack is not None and not self.stack.frame_for_us(frame[:6]):
+            return  # another station's (guests on one hub): only counted, drop_not_for_us
         pkt = _parse(frame)
         if pkt is None:
             return
         if (len(pkt.src) == 16 and pkt.src not in self.s.ipv6_addresses
                 and len(self.s.ipv6_addresses) < MAX_LOOKUPS):
             a = ipaddress.IPv6Address(pkt.src)
-            if not (a.is_unspecified or a.is_link_local or a.is_multicast):
+            if not (a.is_unspecified or a.is_link_local or a.is_multicast or a.is_loopback
+                    or a.ipv4_mapped is not None):  # martian sources: dropped by the core
                 self.s.ipv6_addresses[pkt.src] = t
         if pkt.proto == 6:
             self._guest_tcp(t, pkt, effects)

@@ -129,3 +129,9 @@ def _frag(src: str, dst: str, fh: bytes, chunk: bytes) -> bytes:
 
 def parse(frame: bytes) -> dpkt.ethernet.Ethernet:
     return dpkt.ethernet.Ethernet(frame)
+
+
+def mld_report(src: str = GUEST_LL) -> bytes:
+    """An MLDv2 report with no records, to all MLDv2-capable routers (ff02::16)."""
+    return packet(src, "ff02::16", 58, icmp6(143, 0, bytes(4), src, "ff02::16"), hlim=1,
+                  dst_mac=mcast_mac("ff02::16"))

@@ -25,7 +25,7 @@ from slirptrio.core.events import (
     UdpClose,
     UdpOpen,
 )
-from slirptrio.core.stack import ARP_TABLE_MAX, GUEST_GONE_TIMEOUT_NS, Stack
+from slirptrio.core.stack import ARP_TABLE_MAX, GUEST_GONE_TIMEOUT_NS, Stack, virtual_mac
 from slirptrio.wire.tcp import ACK, FIN
 from tests import guestframes as gf
 from tests.test_martians import make, tcp_frame, udp_frame
@@ -178,8 +178,9 @@ def test_dhcp_remembers_a_bounded_number_of_macs() -> None:
 def test_arp_table_is_bounded() -> None:
     stack = Stack(parse_user_options("net=10.0.0.0/8"), 1)
     stack.handle(DnsUpstreams(""), 0)
+    gateway = virtual_mac(gf.ip4("10.0.0.2"))
     for i in range(3 * ARP_TABLE_MAX):
         src = f"10.1.{i >> 8}.{i & 0xFF}"
-        stack.handle(GuestFrame(gf.icmp_echo("10.0.0.2", src=src)), i)
+        stack.handle(GuestFrame(gf.icmp_echo("10.0.0.2", src=src, dst_mac=gateway)), i)
     assert len(stack._arp_table) == ARP_TABLE_MAX
     assert stack.counters["arp_table_evicted"] == 2 * ARP_TABLE_MAX

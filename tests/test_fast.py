@@ -163,9 +163,9 @@ def flow_runs(draw: st.DrawFn) -> list[bytes]:
         mac = b"\x52\x54\x00\x12\x34" + (b"\x57" if draw(st.integers(0, 9)) == 0 else b"\x56")
         seq = (0xFFFFFF00 + 100 * k) & 0xFFFFFFFF  # wrapping
         seg = build_tcp(src, dst, 40000 + flow, 80, seq, acks[flow], flags, draw(ports), payload)
-        out.append(build_ethernet(
-            b"\x52\x55\x0a\x00\x02\x02", mac, 0x0800, build_ipv4(src, dst, 6, seg)
-        ))
+        # now and then another destination MAC: a batch holds one pair of MACs only
+        to = b"\x52\x55\x0a\x00\x02" + (b"\x10" if draw(st.integers(0, 9)) == 0 else b"\x02")
+        out.append(build_ethernet(to, mac, 0x0800, build_ipv4(src, dst, 6, seg)))
     return out
 
 

@@ -89,7 +89,8 @@ def test_dad_of_guest_addresses_is_never_answered() -> None:
     stack = make()
     for target in (g6.GUEST_IP, g6.GUEST_LL, "fec0::99"):
         assert frames(stack.handle(GuestFrame(g6.neighbor_solicit(target, src="::")), 0)) == []
-    assert stack.counters["ndp_ns_ignored"] == 3
+    # Sent to the guest's own solicited-node groups: not a group of ours, so not even read.
+    assert stack.counters["drop_not_for_us"] == 3
     # ... and a probe never teaches the stack an address.
     assert stack._ndp.neighbors == {}
 
@@ -146,7 +147,14 @@ def test_router_advertisement_under_restrict_and_other_prefix() -> None:
 def test_unsolicited_advertisements_on_a_timer() -> None:
     stack = make()
     assert stack.poll_at() is None  # nothing before the guest speaks IPv6
-    stack.handle(GuestFrame(g6.neighbor_solicit(g6.GUEST_IP, src="::")), 5)
+    # Nothing while it has no link-local address either: MLD and DAD from ::, a source
+    # outside the link.
+    stack.handle(GuestFrame(g6.mld_report(src="::")), 1)
+    stack.handle(GuestFrame(g6.neighbor_solicit("fe80::2", src="::")), 2)
+    stack.handle(GuestFrame(g6.neighbor_advert(g6.GUEST_IP)), 3)
+    assert stack.poll_at() is None
+    assert stack.counters["icmpv6_mld"] == 1 and stack.counters["ndp_guest_addresses"] == 1
+    stack.handle(GuestFrame(g6.neighbor_solicit("fe80::2")), 5)  # from its link-local address
     times = []
     for _ in range(5):
         t = stack.poll_at()
@@ -455,7 +463,7 @@ def test_unspecified_source_only_for_ndp() -> None:
     stack = make()
     assert stack.handle(GuestFrame(g6.udp6("2001:db8::1", 9, b"x", src="::")), 0) == []
     assert stack.handle(GuestFrame(g6.tcp_syn("fec0::2", 80, src="::")), 0) == []
-    assert stack.counters["drop_ipv6_unspecified_source"] == 2
+    assert stack.counters["drop_martian_src"] == 2
 
 
 def test_ipv6_off_drops_ipv6() -> None:

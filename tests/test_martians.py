@@ -198,7 +198,7 @@ def test_martian_sources_are_dropped() -> None:
     for src in ("127.0.0.1", "224.0.0.5", "255.255.255.255", "0.0.0.0"):
         assert stack.handle(GuestFrame(tcp_frame("203.0.113.1", src=src)), 0) == []
     assert stack.handle(GuestFrame(udp_frame("203.0.113.1", src="127.0.0.1")), 0) == []
-    assert stack.counters["drop_martian_source"] == 5
+    assert stack.counters["drop_martian_src"] == 5
     assert len(stack.tcp) == len(stack.udp) == 0
 
 

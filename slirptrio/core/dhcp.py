@@ -130,6 +130,11 @@ class DhcpServer:
             and lease.mac != _DECLINED and lease.expires_ns > now_ns
         ]
 
+    def holds(self, ip: bytes) -> bool:
+        """Whether ``ip`` has a lease entry, held, expired or declined (declined: another
+        station was found using it): an address of some guest's, never the host's."""
+        return ip in self._leases
+
     def _count(self, key: str) -> None:
         self.counters[key] = self.counters.get(key, 0) + 1
 

@@ -23,9 +23,13 @@ of ``ROUTER_LIFETIME_S`` and the O flag (other configuration: stateless DHCPv6).
 restrict=on the router lifetime is 0 and no DNS is announced (the IPv4 side offers no router
 or DNS either). An advertisement answers every Router Solicitation at once (unicast to a
 solicitor with an address, multicast, at most every ``MIN_DELAY_BETWEEN_RAS_NS``, to one
-without). Unsolicited ones start with the first IPv6 packet the guest sends: three at
+without). Unsolicited ones start once the guest has shown a link-local address (the source
+of a packet it sends: its link-local address has passed duplicate address detection): three at
 ``INITIAL_RA_INTERVAL_NS``, then one every 200..600 s (RFC 4861's defaults, drawn from the
-stack's PRNG so replay sees the same times).
+stack's PRNG so replay sees the same times). Not earlier: a guest that hears of the prefix and
+a default route while all its addresses are still tentative has no usable source for a global
+destination and sends from ``::1`` (seen with Linux); its connections then hang until they
+time out, where without a route they fail at once and fall back to IPv4.
 """
 
 from __future__ import annotations
@@ -117,12 +121,13 @@ class Ndp:
     # ------------------------------------------------------------------------ public face
 
     def learn(self, addr: bytes, mac: bytes, now_ns: int) -> None:
-        """The guest used ``addr`` from ``mac``; starts the advertisements on first use."""
-        if self.next_ra_ns is None and self.initial_left == 0:
-            self.initial_left = INITIAL_RAS
-            self.next_ra_ns = now_ns
+        """The guest used ``addr`` from ``mac``; its first link-local address starts the
+        unsolicited advertisements."""
         if addr == UNSPECIFIED or addr[0] == 0xFF or mac[0] & 1:
             return
+        if self.next_ra_ns is None and self.initial_left == 0 and wip6.is_link_local(addr):
+            self.initial_left = INITIAL_RAS
+            self.next_ra_ns = now_ns
         table = self.neighbors
         if table.get(addr) == mac:
             table.move_to_end(addr)
@@ -164,6 +169,10 @@ class Ndp:
             else:
                 self.learn(hdr.src, mac, now_ns)
                 self._advertise(hdr.src, mac, now_ns)
+                if self.next_ra_ns == now_ns:
+                    # Started by this very solicitation, just answered: the first unsolicited
+                    # one would repeat the answer at once.
+                    self.next_ra_ns = now_ns + INITIAL_RA_INTERVAL_NS
         elif type_ == wicmp6.NEIGHBOR_ADVERT:
             _flags, target, opts = wndp.parse_na(body)
             c["ndp_na"] += 1

@@ -15,6 +15,13 @@ for them with a MAC derived from the address (52:55:a.b.c.d, as libslirp). It le
 MAC from its frames. A malformed frame raises :class:`MalformedFrame` inside the parsers; it is
 counted under its reason, logged at debug level and dropped here — never raised to the caller.
 
+Several stations may share the link (guests behind one QEMU hub). The stack reads only frames
+addressed to it (:meth:`Stack.frame_for_us`: its MACs, broadcast, the multicast groups it
+serves) and leaves the rest alone; an address a guest holds (:meth:`Stack.guest_holds`) is
+never an alias of the host, never answered for. A packet from a source no node sends from
+(loopback, multicast, "this network" but DHCP's 0.0.0.0; IPv6 ::1, multicast, IPv4-mapped,
+:: but for DAD, RS and MLD) is dropped before anything learns from it (``drop_martian_src``).
+
 IPv6 (``ipv6=on``, the default) runs beside IPv4 on the same link: Ethernet → IPv6 (extension
 headers walked, fragments reassembled) → ICMPv6 | UDP | TCP. Neighbor Discovery and router
 advertisements are :class:`~slirptrio.core.ndp.Ndp`'s, stateless DHCPv6 is
@@ -106,6 +113,15 @@ _ZERO_IP = b"\x00\x00\x00\x00"
 _UNSPECIFIED6 = bytes(16)
 _IP6_IDENT_SALT = 0x1D6F_7A3B_55C2_0E49  # a PRNG of its own: IPv6 must not shift IPv4's draws
 _MLD = (wicmp6.MLD_QUERY, wicmp6.MLD_REPORT, wicmp6.MLD_DONE, wicmp6.MLD2_REPORT)
+# What a node may send from :: (RFC 4291 2.5.2, RFC 4862 5.4.2, RFC 4861 6.3.7, RFC 3810
+# 5.2.13): duplicate address detection, a router solicitation before it has an address, MLD.
+_FROM_UNSPECIFIED = frozenset((wicmp6.NEIGHBOR_SOLICIT, wicmp6.ROUTER_SOLICIT, *_MLD))
+# The IPv6 multicast groups the stack listens to besides its solicited-node groups: all nodes,
+# all routers, all MLDv2-capable routers, all DHCPv6 servers and relays.
+_SERVED_GROUPS6 = tuple(bytes.fromhex(g) for g in (
+    "ff020000000000000000000000000001", "ff020000000000000000000000000002",
+    "ff020000000000000000000000000016", "ff020000000000000000000000010002",
+))  # fmt: skip
 GUEST_GONE_TIMEOUT_NS = 60 * 1_000_000_000
 """A guest whose link has been down this long without a frame is gone: its flows are reset."""
 ARP_TABLE_MAX = 256
@@ -236,6 +252,8 @@ class Stack:
         self._dhcp6 = Dhcpv6Server(config, self._mac6, self.counters)
         if config.ipv6:
             self.udp.dns_ip6 = self._dns6
+        self._our_macs: frozenset[bytes] = frozenset()
+        self._update_our_macs()
 
     # --------------------------------------------------------------------------- snapshots
 
@@ -252,7 +270,8 @@ class Stack:
     })  # fmt: skip
     # The effects list of the event being handled and the frames not yet in it: replaced or
     # emptied at the start of every handle().
-    _SNAPSHOT_DERIVED: ClassVar[frozenset[str]] = frozenset({"_out", "_frames"})
+    # The MACs the stack takes frames for: built from the config and the guest forwards.
+    _SNAPSHOT_DERIVED: ClassVar[frozenset[str]] = frozenset({"_out", "_frames", "_our_macs"})
 
     def snapshot_state(self) -> dict[str, Any]:
         """The whole core's state as plain data (see :mod:`slirptrio.core.snapshot`)."""
@@ -285,6 +304,7 @@ class Stack:
         self._link_down_at = state["_link_down_at"]
         for name in self._SNAPSHOT_COMPONENTS:
             getattr(self, name).restore_state(state[name])
+        self._update_our_macs()
 
     def snapshot(self) -> dict[str, Any]:
         """A snapshot of this stack that :meth:`from_snapshot` turns back into one."""
@@ -367,6 +387,44 @@ class Stack:
                 d = t
         return d
 
+    def frame_for_us(self, dst_mac: bytes) -> bool:
+        """Whether a guest frame sent to ``dst_mac`` is the stack's business.
+
+        It is when sent to one of the stack's own MACs (those its ARP and NDP answers hand
+        out: ``host``'s, ``dns``'s and each guest forward's address, SMB's included, and the
+        IPv6 router's), to broadcast, or to a multicast group it serves (IPv6 all-nodes,
+        all-routers, all-MLDv2-routers, DHCPv6 servers, the solicited-node groups of its
+        addresses). Any other frame belongs to another station on the link (guests behind one
+        hub): the stack leaves it alone (``drop_not_for_us``). One set lookup, since it runs
+        for every frame; the one place that decides it, for the general and the fast path and
+        for a switch in front of the core alike.
+        """
+        return dst_mac in self._our_macs
+
+    def _update_our_macs(self) -> None:
+        """Rebuild the set :meth:`frame_for_us` looks in (the config and the guest forwards)."""
+        v4 = [self._host_ip, self._dns_ip]
+        v6 = [self._host6, self._dns6, self._ll6]
+        for ip, _port in self._guestfwd:
+            (v6 if len(ip) == 16 else v4).append(ip)
+        # Both families' MACs even with one turned off: a frame for us in a family that is
+        # off is counted as such (drop_ipv6_disabled), not as another station's.
+        macs = {weth.BROADCAST_MAC, self._mac6}
+        macs.update(virtual_mac(ip) for ip in v4)
+        macs.update(virtual_mac6(ip) for ip in v6)
+        macs.update(wip6.multicast_mac(g) for g in _SERVED_GROUPS6)
+        macs.update(wip6.multicast_mac(wip6.solicited_node(ip)) for ip in v6)
+        self._our_macs = frozenset(macs)
+
+    def guest_holds(self, ip: bytes) -> bool:
+        """Whether the packed address ``ip`` is a guest's, never an alias of the host: leased
+        by DHCP (held, expired or declined) or seen as a guest's ARP sender or IPv4 source;
+        for IPv6, seen as a guest's source or in its neighbor messages. The stack's own
+        addresses are never a guest's."""
+        if len(ip) == 16:
+            return ip in self._ndp.neighbors and ip not in self._virtual6
+        return ip in self._arp_table or self._dhcp.holds(ip)
+
     def alloc_flow(self) -> int:
         """A new flow id, unique among all host-side flows of this stack."""
         self._next_flow += 1
@@ -405,10 +463,12 @@ class Stack:
                 self.counters["fwd_bad_guestfwd"] += 1
                 return
             self._guestfwd[(ip, event.port)] = event.fid
+            self._update_our_macs()
         elif type(event) is GuestFwdRemove:
             for key, fid in list(self._guestfwd.items()):
                 if fid == event.fid:
                     del self._guestfwd[key]
+            self._update_our_macs()
         elif type(event) is HostFwdChange:
             # The shell owns the listener; the core only has the change on record.
             self.counters["hostfwd_added" if event.added else "hostfwd_removed"] += 1
@@ -451,7 +511,8 @@ class Stack:
 
         Addresses inside the virtual network are aliases of the host (libslirp): they lead to
         ``hostloopback`` (127.0.0.1), or nowhere with ``hostloopback=off``; TCP to ``dns:53``
-        goes to the DNS upstream. Martian addresses (:mod:`slirptrio.core.martian`) lead
+        goes to the DNS upstream. A guest's address (:meth:`guest_holds`) is no alias: it
+        leads nowhere. Martian addresses (:mod:`slirptrio.core.martian`) lead
         nowhere: no guest destination reaches the host's loopback except through the aliases.
         IPv6: see :meth:`_translate6`.
         """
@@ -460,7 +521,7 @@ class Stack:
         if len(ip) == 16:
             return self._translate6(ip, port)
         if self._in_net(ip):
-            if ip == self._net_broadcast:
+            if ip == self._net_broadcast or self.guest_holds(ip):
                 return None
             if ip == self._dns_ip and port == 53:
                 return self.udp.dns.tcp_upstream()
@@ -640,8 +701,10 @@ class Stack:
 
     def _owned_mac6(self, ip: bytes) -> bytes | None:
         """The MAC the stack answers for its IPv6 address ``ip``; None if not its own."""
-        if ip in self._virtual6 or any(a == ip for a, _port in self._guestfwd):
+        if ip in self._virtual6:
             return virtual_mac6(ip)
+        if any(a == ip for a, _port in self._guestfwd) and ip not in self._ndp.neighbors:
+            return virtual_mac6(ip)  # a guest forward, unless a guest has the address
         return None
 
     def _mac_for(self, ip: bytes) -> bytes:
@@ -666,13 +729,19 @@ class Stack:
         one ACK decision and one host send per flow. Other frames take the general path, in
         their place. All of it depends only on the run, so replay decides the same.
 
-        The general path's checks before TCP (IPv4 enabled, martian source or destination,
-        the network's broadcast) hold for a whole item only when its addresses pass them; a
-        run with any TCP item whose addresses do not is taken frame by frame, as without GRO.
+        Frames to another station's MAC are counted and left, as the general path does. The
+        general path's checks before TCP (IPv4 enabled, martian source or destination, the
+        network's broadcast, a guest's address as destination) hold for a whole item only
+        when its addresses pass them; a run with any TCP item of ours whose addresses do not
+        is taken frame by frame, as without GRO.
         """
         items = wfast.gro_scan(run)
+        macs = self._our_macs
         for item in items:
-            if item[0] == wfast.KIND_TCP and not self._tcp_addresses_plain(item[2], item[3]):
+            if (
+                item[0] == wfast.KIND_TCP and item[13] in macs
+                and not self._tcp_addresses_plain(item[2], item[3])
+            ):
                 self.counters["gro_runs_declined"] += 1
                 self._frames_one_by_one(run, now_ns)
                 return
@@ -685,6 +754,9 @@ class Stack:
                 if kind == wfast.KIND_TCP:
                     count = item[11]
                     fast_frames += count
+                    if item[13] not in macs:  # as _guest_frame: another station's frames
+                        counters["drop_not_for_us"] += count
+                        continue
                     if count > 1:
                         counters["tcp_gro_merged"] += count - 1
                         if item[10]:
@@ -720,6 +792,8 @@ class Stack:
             and (not classify_ipv4(src) or self._in_net(src))
             and (not classify_ipv4(dst) or self._in_net(dst))
             and dst != self._net_broadcast
+            and dst not in self._arp_table
+            and not self._dhcp.holds(dst)
         )
 
     def _frames_one_by_one(self, run: bytes, now_ns: int) -> None:
@@ -743,7 +817,10 @@ class Stack:
     def _guest_frame(self, frame: bytes | memoryview, now_ns: int) -> None:
         self.counters["frames_in"] += 1
         try:
-            _dst, src, ethertype, payload = weth.parse_ethernet(frame)
+            dst, src, ethertype, payload = weth.parse_ethernet(frame)
+            if dst not in self._our_macs:  # frame_for_us, inlined: this runs per frame
+                self.counters["drop_not_for_us"] += 1
+                return
             if src[0] & 1:
                 self._drop("eth_multicast_source")
                 return
@@ -796,12 +873,16 @@ class Stack:
         if pkt.op != warp.ARP_REQUEST:
             self.counters["arp_other"] += 1
             return
-        if pkt.target_ip not in self._virtual_ips and not any(
-            ip == pkt.target_ip for ip, _port in self._guestfwd
-        ):
-            # Never answer for other addresses: the guest probes its own (DAD) this way.
-            self.counters["arp_ignored"] += 1
-            return
+        target = pkt.target_ip
+        if target not in self._virtual_ips:
+            if self.guest_holds(target):
+                # A guest's (even if a guest forward names it): that guest answers, not us.
+                self.counters["arp_guest_address"] += 1
+                return
+            if not any(ip == target for ip, _port in self._guestfwd):
+                # Never answer for other addresses: the guest probes its own (DAD) this way.
+                self.counters["arp_ignored"] += 1
+                return
         self.counters["arp_replies"] += 1
         reply = warp.ArpPacket(
             op=warp.ARP_REPLY,
@@ -816,11 +897,18 @@ class Stack:
         hdr, body = wip.parse_ipv4(payload)
         src, dst = hdr.src, hdr.dst
         if classify_ipv4(src) and not self._in_net(src) and not (
-            src == _ZERO_IP and hdr.proto == wip.IPPROTO_UDP
+            src == _ZERO_IP and self._to_dhcp_server(hdr, body)
         ):
-            self._drop("martian_source", address_str(src))  # 0.0.0.0 only for DHCP
+            # No node sends from these (RFC 1122 3.2.1.3, RFC 1812 5.3.7); 0.0.0.0 only a
+            # DHCP client without an address. Never NATed, never answered.
+            self._drop("martian_src", address_str(src))
             return
         self._learn(src_mac, src)
+        if dst in self._arp_table or self._dhcp.holds(dst):  # guest_holds, inlined
+            # Another guest's, reached through us only by a stale or forged neighbor entry:
+            # never an alias of the host, and the other guest is not ours to answer for.
+            self._drop("guest_address", address_str(dst))
+            return
         reason = classify_ipv4(dst)
         if reason and not self._in_net(dst) and not self._serves(hdr, body):
             self._martian(hdr, body, reason)
@@ -847,9 +935,13 @@ class Stack:
     def _serves(self, hdr: wip.Ipv4Header, body: memoryview) -> bool:
         """Whether a datagram to a martian address is for the stack itself: DHCP to the
         limited broadcast (unfragmented; the UDP parser checks the rest)."""
+        return hdr.dst == _LIMITED_BROADCAST and self._to_dhcp_server(hdr, body)
+
+    @staticmethod
+    def _to_dhcp_server(hdr: wip.Ipv4Header, body: memoryview) -> bool:
+        """Whether a datagram is UDP to the DHCP server port (unfragmented)."""
         return (
-            hdr.dst == _LIMITED_BROADCAST
-            and hdr.proto == wip.IPPROTO_UDP
+            hdr.proto == wip.IPPROTO_UDP
             and not (hdr.mf or hdr.frag_offset)
             and len(body) >= 4
             and (body[2] << 8 | body[3]) == DHCP_SERVER_PORT
@@ -937,11 +1029,17 @@ class Stack:
 
     def _ipv6(self, src_mac: bytes, payload: memoryview, now_ns: int) -> None:
         hdr, body = wip6.parse_ipv6(payload)
-        if hdr.src[0] == 0xFF:
-            self._drop("ipv6_multicast_source")
+        src = hdr.src
+        if src[0] == 0xFF or (src[0] == 0 and src != _UNSPECIFIED6 and classify_ipv6(src)):
+            # Multicast, ::1, IPv4-mapped or -compatible: no node sends from these (RFC 4291
+            # 2.5.3, 2.7; RFC 6890). :: is vetted below, once the message type is known.
+            self._drop("martian_src", address_str(src))
+            return
+        if hdr.dst in self._ndp.neighbors and hdr.dst not in self._virtual6:  # guest_holds
+            self._drop("guest_address", address_str(hdr.dst))
             return
         self.guest_mac = src_mac
-        self._ndp.learn(hdr.src, src_mac, now_ns)
+        self._ndp.learn(src, src_mac, now_ns)
         if hdr.fragment:
             if hdr.mf or hdr.frag_offset:
                 # The reassembled payload may be at most 65535 less the unfragmentable
@@ -961,7 +1059,7 @@ class Stack:
         if proto == wip6.IPPROTO_ICMPV6:
             self._icmpv6(src_mac, hdr, body, now_ns)
         elif hdr.src == _UNSPECIFIED6:  # only NDP and MLD may come from ::
-            self._drop("ipv6_unspecified_source")
+            self._drop("martian_src", "::")
         elif proto == wip6.IPPROTO_UDP:
             self._udp6(src_mac, hdr, body, now_ns)
         elif proto == wip6.IPPROTO_TCP:
@@ -990,6 +1088,9 @@ class Stack:
 
     def _icmpv6(self, src_mac: bytes, hdr: wip6.Ipv6Header, body: memoryview, now_ns: int) -> None:
         type_, _code, msg = wicmp6.parse_icmpv6(body, hdr.src, hdr.dst)
+        if hdr.src == _UNSPECIFIED6 and type_ not in _FROM_UNSPECIFIED:
+            self._drop("martian_src", f":: (ICMPv6 type {type_})")  # an echo from :: too
+            return
         if wicmp6.ROUTER_SOLICIT <= type_ <= wicmp6.REDIRECT:
             if type_ in (wicmp6.ROUTER_ADVERT, wicmp6.REDIRECT):
                 self._drop("icmpv6_not_from_guest", f"type {type_}")

@@ -602,7 +602,7 @@ done:
 #define PSH 0x08
 
 typedef struct {
-    const uint8_t *mac, *src, *dst;
+    const uint8_t *mac, *src, *dst; /* mac: the source MAC; mac - 6 the destination MAC */
     unsigned sport, dport, flags, window;
     uint32_t seq, next_seq, ack, last_off;
     Py_ssize_t count;
@@ -645,7 +645,7 @@ add_part(batch_t *b, Py_ssize_t ps, Py_ssize_t pe)
 static int
 batch_takes(batch_t *b, const rec_t *r, Py_ssize_t plen)
 {
-    if (memcmp(b->mac, r->mac, 6) != 0)
+    if (memcmp(b->mac - 6, r->mac - 6, 12) != 0) /* both MACs */
         return 0;
     uint32_t step = r->ack - b->ack;
     if (b->nparts) {
@@ -668,7 +668,8 @@ batch_takes(batch_t *b, const rec_t *r, Py_ssize_t plen)
 }
 
 /* The item of a segment: (KIND_TCP, mac, src, dst, sport, dport, seq, ack, flags, window,
- * payload, count, last_off), the payload gathered from parts of buf. */
+ * payload, count, last_off, dst_mac), the payload gathered from parts of buf; mac is the
+ * source MAC inside a frame, the destination MAC the 6 bytes before it. */
 static PyObject *
 tcp_item(const uint8_t *buf, const uint8_t *mac, const uint8_t *src, const uint8_t *dst,
          unsigned sport, unsigned dport, uint32_t seq, uint32_t ack, unsigned flags,
@@ -687,7 +688,7 @@ tcp_item(const uint8_t *buf, const uint8_t *mac, const uint8_t *src, const uint8
             w += len;
         }
     }
-    PyObject *items[13] = {
+    PyObject *items[14] = {
         PyLong_FromLong(KIND_TCP),
         PyBytes_FromStringAndSize((const char *)mac, 6),
         PyBytes_FromStringAndSize((const char *)src, 4),
@@ -696,8 +697,9 @@ tcp_item(const uint8_t *buf, const uint8_t *mac, const uint8_t *src, const uint8
         PyLong_FromUnsignedLong(seq), PyLong_FromUnsignedLong(ack),
         PyLong_FromLong((long)flags), PyLong_FromLong((long)window),
         payload, PyLong_FromSsize_t(count), PyLong_FromUnsignedLong(last_off),
+        PyBytes_FromStringAndSize((const char *)mac - 6, 6),
     };
-    return tuple_of(13, items);
+    return tuple_of(14, items);
 }
 
 static int

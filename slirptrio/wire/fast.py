@@ -108,12 +108,14 @@ class _Batch:
     """One flow's segments gathered from a run (see :func:`pure_gro_scan`)."""
 
     __slots__ = (
-        "ack", "count", "first", "flags", "last_off", "mac", "next_seq", "parts", "seq", "window",
+        "ack", "count", "dst_mac", "first", "flags", "last_off", "mac", "next_seq", "parts", "seq",
+        "window",
     )
 
-    def __init__(self, r: Record, plen: int) -> None:
+    def __init__(self, r: Record, plen: int, dst_mac: bytes) -> None:
         self.first = r
         self.mac: bytes = r[3]
+        self.dst_mac = dst_mac
         self.seq: int = r[8]
         self.next_seq = (r[8] + plen) & _M
         self.ack: int = r[9]
@@ -123,9 +125,10 @@ class _Batch:
         self.count = 1
         self.last_off = 0  # where the last segment starts, from seq
 
-    def takes(self, r: Record, plen: int) -> bool:
-        """Add segment ``r`` if it continues this batch (same kind, in order)."""
-        if r[3] != self.mac:
+    def takes(self, r: Record, plen: int, dst_mac: bytes) -> bool:
+        """Add segment ``r`` (sent to ``dst_mac``) if it continues this batch (same kind, same
+        MACs, in order)."""
+        if r[3] != self.mac or dst_mac != self.dst_mac:
             return False
         flags = r[10]
         step = (r[9] - self.ack) & _M
@@ -153,7 +156,7 @@ class _Batch:
             payload = b"".join([mv[s:e] for s, e in parts])
         return (
             KIND_TCP, self.mac, r[4], r[5], r[6], r[7], self.seq, self.ack, self.flags,
-            self.window, payload, self.count, self.last_off,
+            self.window, payload, self.count, self.last_off, self.dst_mac,
         )
 
 
@@ -163,10 +166,11 @@ def pure_gro_scan(run: bytes | bytearray | memoryview) -> list[Record]:
     Items, in the order to handle them:
 
     * ``(KIND_TCP, src_mac, src_ip, dst_ip, sport, dport, seq, ack, flags, window, payload,
-      count, last_off)`` — one segment standing for ``count`` frames of one flow: in-order
-      data segments (flags ACK or ACK|PSH, no TCP options, the acknowledgement never going
-      back, one source MAC) carry all their bytes, the last one's acknowledgement and window,
-      and ``last_off``, where the last one started from ``seq``; a row of pure ACKs that each
+      count, last_off, dst_mac)`` — one segment standing for ``count`` frames of one flow:
+      in-order data segments (flags ACK or ACK|PSH, no TCP options, the acknowledgement never
+      going back, one source MAC and one destination MAC ``dst_mac``) carry all their bytes,
+      the last one's acknowledgement and window, and ``last_off``, where the last one started
+      from ``seq``; a row of pure ACKs that each
       advance the acknowledgement is its last one. Any other segment without options (a FIN,
       a SYN, out of order) is an item of its own (``count`` 1), after what was gathered for its
       flow;
@@ -190,18 +194,19 @@ def pure_gro_scan(run: bytes | bytearray | memoryview) -> list[Record]:
         key = (r[4], r[6], r[5], r[7])
         flags = r[10]
         plen = r[14] - r[13]
+        dst_mac = bytes(mv[r[1] : r[1] + 6])
         b = batches.get(key)
         if b is not None:
-            if b.takes(r, plen):
+            if b.takes(r, plen, dst_mac):
                 continue
             del batches[key]
             out.append(b.item(mv))
         if flags == ACK or (plen and flags == ACK | PSH):
-            batches[key] = _Batch(r, plen)
+            batches[key] = _Batch(r, plen, dst_mac)
         else:
             out.append((
                 KIND_TCP, r[3], r[4], r[5], r[6], r[7], r[8], r[9], flags, r[11],
-                bytes(mv[r[13] : r[14]]), 1, 0,
+                bytes(mv[r[13] : r[14]]), 1, 0, dst_mac,
             ))
     out.extend(b.item(mv) for b in batches.values())
     return out

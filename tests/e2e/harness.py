@@ -28,6 +28,7 @@ Everything here is synchronous (subprocess and threads), so tests of any protoco
 from __future__ import annotations
 
 import contextlib
+import copy
 import itertools
 import os
 import re
@@ -398,6 +399,22 @@ exit 0
 """
 
 
+_HUB_FD0 = 10
+"""The descriptor the first extra guest's tap gets in a hub relay (then 11, 12, ...)."""
+
+# Opens tap argv[1] in the current namespace as descriptor argv[2], then execs argv[3:].
+_OPEN_TAP = """\
+import fcntl, os, struct, sys
+fd = os.open("/dev/net/tun", os.O_RDWR)
+fcntl.ioctl(fd, 0x400454CA, struct.pack("16sH", sys.argv[1].encode(), 0x0002 | 0x1000))
+want = int(sys.argv[2])
+os.dup2(fd, want)
+os.close(fd)
+os.set_inheritable(want, True)
+os.execvp(sys.argv[3], sys.argv[3:])
+"""
+
+
 class Topology:
     """Guest, host and dead-end namespaces for one test, plus everything started in them.
 
@@ -704,6 +721,104 @@ class Topology:
         """``busybox ping6 -c COUNT -W WAIT ADDR`` from the guest."""
         argv = ["busybox", "ping6", "-c", str(count), "-W", str(wait), addr]
         return self.guest_run(argv, timeout, check=check)
+
+    # -- more guests on the same hub --------------------------------------------------------
+
+    def add_guest(self, tag: str = "g2") -> Topology:
+        """Another kernel guest: a namespace of its own with its own ``tap0``, DHCP script,
+        lease file and resolv.conf, for a hub relay (:meth:`start_hub_relay`) to join.
+
+        Returns a view of this topology whose ``guest_*`` methods, :meth:`udhcpc`,
+        :meth:`ping`, :meth:`ping6` and :meth:`slaac` act on the new guest; everything else
+        (host namespace, processes, cleanup) is shared with this topology, which removes the
+        new namespace on :meth:`close`. Close this topology, not the view.
+        """
+        ns = f"{NS_PREFIX}-{os.getpid()}-{next(_counter)}-g"  # swept like any guest's
+        sub = self.dir / _safe(tag)[:12]
+        sub.mkdir()
+        view = copy.copy(self)
+        view.guest_ns = ns
+        view.guest_resolv = sub / "guest-resolv.conf"
+        view.lease_file = sub / "lease.env"
+        view.udhcpc_events = sub / "udhcpc-events.log"
+        view.udhcpc_script = sub / "udhcpc.sh"
+        view.guest_resolv.write_text("nameserver 127.0.0.1\n")
+        view.udhcpc_script.write_text(
+            _UDHCPC_SCRIPT.format(
+                lease=view.lease_file, resolv=view.guest_resolv, events=view.udhcpc_events
+            )
+        )
+        view.udhcpc_script.chmod(0o755)
+        run(["ip", "netns", "add", ns], 10)
+        self._namespaces.append(ns)  # the shared list: close() deletes it
+        run(["ip", "-n", ns, "link", "set", "lo", "up"], 10)
+        run(["ip", "netns", "exec", ns, "ip", "tuntap", "add", "dev", TAP, "mode", "tap"], 10)
+        run(["ip", "-n", ns, "link", "set", TAP, "up"], 10)
+        for key, value in (("net.ipv4.ping_group_range", "0 2147483647"),
+                           ("net.ipv4.ip_forward", "0"), ("net.ipv6.conf.all.forwarding", "0")):
+            run(["ip", "netns", "exec", ns, "sysctl", "-q", "-w", f"{key}={value}"], 10)
+        return view
+
+    def start_hub_relay(
+        self, mode: Mode | Transport, others: Sequence[Topology], *, dump: bool = True,
+        carrier_timeout: float = 15.0,
+    ) -> Relay:
+        """Start one QEMU joining this guest's ``tap0``, the ``tap0`` of every guest in
+        ``others`` (views from :meth:`add_guest`) and the transport on hub 0: the seeds'
+        several-VMs-on-one-user-network topology.
+
+        QEMU runs in this guest's namespace; each other tap is opened in its own namespace
+        and handed to QEMU as an inherited descriptor (``-netdev tap,fd=N``). Returns once
+        every tap's carrier is up. Like :meth:`start_relay`, in "listen" and "dgram" mode
+        slirptrio must already be running.
+        """
+        transport = mode if isinstance(mode, Transport) else self.transport(mode)
+        n = next(self._seq)
+        if transport.mode == "dgram":
+            assert transport.peer is not None
+            transport.peer.unlink(missing_ok=True)
+        elif transport.mode == "connect":
+            transport.path.unlink(missing_ok=True)
+        pcap = self.dir / f"qemu-{n}.pcap" if dump else None
+        argv = [
+            "qemu-system-x86_64", "-machine", "none", "-nodefaults", "-display", "none",
+            "-no-user-config",
+            "-netdev", f"tap,id=t0,ifname={TAP},script=no,downscript=no",
+            "-netdev", "hubport,id=p0,hubid=0,netdev=t0",
+        ]  # fmt: skip
+        for i, _other in enumerate(others, 1):
+            argv += ["-netdev", f"tap,id=t{i},fd={_HUB_FD0 + i - 1}",
+                     "-netdev", f"hubport,id=p{i},hubid=0,netdev=t{i}"]
+        k = len(others) + 1
+        argv += ["-netdev", transport.qemu_netdev("b0"),
+                 "-netdev", f"hubport,id=p{k},hubid=0,netdev=b0"]
+        if pcap is not None:
+            argv += ["-object", f"filter-dump,id=fd0,netdev=b0,file={pcap}"]
+        # Each other guest's tap is opened inside its namespace by a chain of small programs
+        # that exec in place (the PID stays QEMU's); the last one enters this guest's.
+        cmd = ["nsenter", f"--net=/run/netns/{self.guest_ns}", *argv]
+        for i, other in reversed(list(enumerate(others))):
+            cmd = ["ip", "netns", "exec", other.guest_ns, sys.executable, "-c", _OPEN_TAP,
+                   TAP, str(_HUB_FD0 + i), *cmd]
+        proc = self.spawn(f"qemu-hub-{n}", cmd)
+        relay = Relay(proc, transport, pcap)
+        deadline = time.monotonic() + carrier_timeout
+        while not all(t._tap_carrier() for t in (self, *others)):
+            if not proc.alive():
+                raise HarnessError(f"QEMU exited {proc.popen.poll()}:\n{proc.output()}")
+            if time.monotonic() > deadline:
+                raise HarnessError(f"QEMU did not open every {TAP} in {carrier_timeout}s:\n"
+                                   + proc.output())
+            time.sleep(0.05)
+        return relay
+
+    def guest_mac(self) -> str:
+        """The MAC address of this guest's ``tap0``."""
+        out = run(["ip", "-n", self.guest_ns, "-o", "link", "show", TAP], 10).stdout
+        m = re.search(r"link/ether (\S+)", out)
+        if m is None:
+            raise HarnessError(f"no MAC on {TAP}: {out}")
+        return m.group(1)
 
     # -- teardown ----------------------------------------------------------------------------
 
