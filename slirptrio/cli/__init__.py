@@ -3,7 +3,8 @@
 ``slirptrio qemu`` runs QEMU with its user-mode netdevs replaced by stacks (:mod:`.qemu`),
 ``slirptrio run`` starts a stack (:mod:`.run`), ``slirptrio replay`` re-runs, summarizes or
 draws a journal (:mod:`.replay`), ``slirptrio ctl`` talks to a running stack's control socket
-(:mod:`.ctl`), ``slirptrio capture`` streams its frames live as pcap (:mod:`.capture`).
+(:mod:`.ctl`), ``slirptrio capture`` streams its frames live as pcap (:mod:`.capture`),
+``slirptrio sessions`` lists and prunes the recorded sessions (:mod:`.sessions`).
 Each subcommand module has ``add_parser(sub)`` and ``command(args, parser) -> int``; a user's
 mistake in any of them ends with one line and exit status 2 (:func:`._common.run_command`).
 """
@@ -15,11 +16,12 @@ from collections.abc import Callable, Sequence
 from types import ModuleType
 
 from slirptrio import __version__
-from slirptrio.cli import capture, ctl, qemu, replay, run
+from slirptrio.cli import capture, ctl, qemu, replay, run, sessions
 from slirptrio.cli._common import Parser, run_command
 
 _COMMANDS: dict[str, ModuleType] = {
     "qemu": qemu, "run": run, "replay": replay, "ctl": ctl, "capture": capture,
+    "sessions": sessions,
 }
 
 _DESCRIPTION = """\
@@ -35,7 +37,9 @@ examples:
       -device virtio-net-pci,netdev=n0      (slirptrio run prints the exact line)
   slirptrio ctl /tmp/vm1.ctl info
   slirptrio capture /tmp/vm1.ctl | wireshark -k -i -
-  slirptrio replay ~/.local/state/slirptrio/session-*.journal [--summary|--timeline OUT.svg]
+  slirptrio sessions                         (the sessions recorded, their ids)
+  slirptrio replay last --summary            (or an id, or a journal directory)
+  slirptrio replay ID --timeline OUT.svg|OUT.png
 
 'slirptrio COMMAND --help' describes each command."""
 
