@@ -4,6 +4,7 @@ summarize the session (``--summary``, ``--json``) and draw it (``--timeline OUT.
 from __future__ import annotations
 
 import argparse
+import logging
 import os
 from typing import Any
 
@@ -53,6 +54,7 @@ def command(args: argparse.Namespace, parser: Parser) -> int:
     from slirptrio.journal import JournalError, open_journal
 
     setup_logging(args.verbose)
+    quiet_replayed_logs(args.verbose)
     args.journal = resolve_journal(args.journal)
     start = until = None
     try:
@@ -87,6 +89,13 @@ def command(args: argparse.Namespace, parser: Parser) -> int:
                             start=start, until=until, pcap=args.pcap)
     return main(args.journal, pcap_out=args.pcap, context=args.context, start=start,
                 until=until, progress=args.progress)
+
+
+def quiet_replayed_logs(verbose: int) -> None:
+    """The replayed core says again what the live one logged (a DNS upstream failing): the
+    summary reports that, so those lines are shown only with -v."""
+    if not verbose:
+        logging.getLogger("slirptrio.core.dns.upstream").setLevel(logging.ERROR)
 
 
 def check_window(parser: Parser, start: Any, until: Any) -> None:

@@ -74,6 +74,9 @@ def command(args: argparse.Namespace, parser: Parser) -> int:
     chosen = [statedir.find(i, directory) for i in args.ids]
     if args.action == "show":
         from replay.summary import main as summary_main
+        from slirptrio.cli.replay import quiet_replayed_logs
+
+        quiet_replayed_logs(args.verbose)
 
         return summary_main(chosen[0].journal, text=True)
     for s in chosen:
