@@ -67,11 +67,13 @@ async def run_session(
     pcap_max: int | None = DEFAULT_JOURNAL_MAX,
     journal_policy: str = "lossy",
     journal_buffer: int = DEFAULT_BUDGET,
+    on_close: Callable[[SlirpStack], None] | None = None,
 ) -> None:
     """Run the stack until cancelled; journal and pcap are closed on the way out.
 
     ``dns_upstreams`` fixes the resolvers the DNS relay uses; None follows /etc/resolv.conf.
-    ``control_path`` serves the JSON-lines control socket there.
+    ``control_path`` serves the JSON-lines control socket there. ``on_close(stack)`` is
+    called when the session ends, before the stack closes (its session record).
     """
     upstreams = [f"[{h}]:{p}" if ":" in h else f"{h}:{p}" for h, p in dns_upstreams or []]
     async with open_stack(
@@ -90,4 +92,8 @@ async def run_session(
             await stack.serve_control(control_path)
         if on_ready is not None:
             on_ready(stack)
-        await trio.sleep_forever()
+        try:
+            await trio.sleep_forever()
+        finally:
+            if on_close is not None:
+                on_close(stack)

@@ -409,7 +409,7 @@ class Retention:
         self.limit: int | None = None
         self.records: dict[str, dict[str, Any]] = {}
         self.start_ns = time.time_ns()
-        if self.stems:
+        if self.stems or state_max:
             self.limit = bound(state_max)  # ValueError: the caller's usage error
 
     def before(self) -> None:
