@@ -35,8 +35,8 @@ def test_a_silent_upstream_is_logged_once_and_its_recovery_once(
     assert h.counters["dns_timeouts"] == 5 and h.counters["dns_servfail"] == 5
     assert h.counters["dns_upstream_failing"] == 1
     assert lines(caplog) == [
-        "DNS upstream 127.0.0.53:53 is failing: no answer in 2.5 s; the guest gets SERVFAIL "
-        "after 2.5 s until it answers"]
+        "DNS upstream 127.0.0.53:53 is failing: no answer in 2 s; the guest gets SERVFAIL "
+        "after 2.0 s until it answers"]
     state = h.nat.dns.upstream_states()[0]["state"]
     assert state.startswith("failing: no answer")
     # It answers again: one line, and the state is up.

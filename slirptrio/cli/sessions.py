@@ -135,6 +135,7 @@ def _row(s: statedir.Session) -> dict[str, object]:
                    str(r.get("command") or "-"),
         "flows": r.get("flows", "-"),
         "failures": r.get("failures", "-"),
+        "frames_in": r.get("frames_in", "-"),
         "kept": s.kept,
         "state": state,
         "journal": s.journal,

@@ -63,9 +63,11 @@ IPPROTO_UDP = 17
 UDP_MAX_PAYLOAD = 65535 - 20 - 8
 UDP6_MAX_PAYLOAD = 65535 - 8  # the IPv6 payload length counts no fixed header
 MAX_FLOWS = 1024
-DNS_QUERY_TIMEOUT_NS = 2_500_000_000
-"""A relayed query unanswered this long gets SERVFAIL: half of glibc's and busybox's 5 s, so
-the guest hears the failure before it gives up (README, DNS)."""
+DNS_QUERY_TIMEOUT_NS = 2_000_000_000
+"""A relayed query unanswered this long gets SERVFAIL. busybox and musl wait 5 s in two tries
+of 2.5 s and resend at once on SERVFAIL, so each SERVFAIL must come within 2.5 s for the
+last one to be heard; glibc waits 5 s per try. 2 s leaves half a second of margin (README,
+DNS)."""
 MAX_DNS_PENDING = 256
 _UNSPECIFIED6 = bytes(16)
 _NORMAL = 0
