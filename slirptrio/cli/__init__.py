@@ -12,17 +12,22 @@ mistake in any of them ends with one line and exit status 2 (:func:`._common.run
 from __future__ import annotations
 
 import argparse
+import importlib
+import sys
 from collections.abc import Callable, Sequence
 from types import ModuleType
 
 from slirptrio import __version__
-from slirptrio.cli import capture, ctl, qemu, replay, run, sessions
 from slirptrio.cli._common import Parser, run_command
 
-_COMMANDS: dict[str, ModuleType] = {
-    "qemu": qemu, "run": run, "replay": replay, "ctl": ctl, "capture": capture,
-    "sessions": sessions,
-}
+_COMMANDS = ("qemu", "run", "replay", "ctl", "capture", "sessions")
+_LIGHT = ("sessions",)
+"""Commands that start no stack: run alone, they import only their own module (listing the
+state directory must not pay for trio and the stack)."""
+
+
+def _module(name: str) -> ModuleType:
+    return importlib.import_module(f"slirptrio.cli.{name}")
 
 _DESCRIPTION = """\
 A user-mode network stack for QEMU guests (like -netdev user), with a journal of every
@@ -44,20 +49,23 @@ examples:
 'slirptrio COMMAND --help' describes each command."""
 
 
-def build_parser() -> Parser:
+def build_parser(commands: Sequence[str] = _COMMANDS) -> Parser:
+    """The command line's parser, with ``commands`` (every one by default)."""
     parser = Parser(prog="slirptrio", description=_DESCRIPTION, epilog=_EPILOG)
     parser.add_argument("--version", action="version", version=f"slirptrio {__version__}")
     sub = parser.add_subparsers(
         dest="command", required=True, parser_class=Parser, metavar="COMMAND",
         title="commands",
     )
-    for module in _COMMANDS.values():
-        module.add_parser(sub)
+    for name in commands:
+        _module(name).add_parser(sub)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    command: Callable[[argparse.Namespace, Parser], int] = _COMMANDS[args.command].command
+    words = list(sys.argv[1:] if argv is None else argv)
+    light = words[:1] if words[:1] and words[0] in _LIGHT else _COMMANDS
+    parser = build_parser(light)
+    args = parser.parse_args(words)
+    command: Callable[[argparse.Namespace, Parser], int] = _module(args.command).command
     return run_command(lambda: command(args, parser), getattr(args, "verbose", 0))

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 import trio
 
 from slirptrio.api import SlirpStack, open_stack
+from slirptrio.cli.statedir import default_state_dir as default_state_dir
 from slirptrio.config import Config
 from slirptrio.journal.writer import DEFAULT_BUDGET, DEFAULT_JOURNAL_MAX
 from slirptrio.shell import transport as tp
@@ -37,14 +38,6 @@ class TransportSpec:
         return (
             f"-netdev dgram,id={netdev_id},{self.remote.qemu('local')},{self.addr.qemu('remote')}"
         )
-
-
-def default_state_dir() -> str:
-    """Where journals and pcaps go by default: ``$XDG_STATE_HOME/slirptrio`` (~/.local/state)."""
-    base = os.environ.get("XDG_STATE_HOME") or os.path.join(
-        os.path.expanduser("~"), ".local", "state"
-    )
-    return os.path.join(base, "slirptrio")
 
 
 def default_journal_path() -> str:

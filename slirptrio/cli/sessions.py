@@ -12,7 +12,6 @@ import time
 
 from slirptrio.cli import statedir
 from slirptrio.cli._common import Parser, Subparsers, UserError, format_size, setup_logging
-from slirptrio.cli.session import default_state_dir
 
 _EPILOG = f"""\
 examples:
@@ -50,7 +49,7 @@ def add_parser(sub: Subparsers) -> None:
 
 def command(args: argparse.Namespace, parser: Parser) -> int:
     setup_logging(args.verbose)
-    directory = args.dir or default_state_dir()
+    directory = args.dir or statedir.default_state_dir()
     takes_ids = {"show": (1, 1), "rm": (1, None), "keep": (1, None), "unkeep": (1, None),
                  "list": (0, 0), "prune": (0, 0)}
     low, high = takes_ids[args.action]

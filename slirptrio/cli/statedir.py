@@ -45,7 +45,6 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from slirptrio.cli._common import UserError, parse_size
-from slirptrio.cli.session import default_state_dir
 
 DEFAULT_MAX = 2 << 30
 """The state directory's default bound: 2 GiB (or a tenth of the free space if smaller)."""
@@ -54,6 +53,14 @@ RECORD = ".session.json"
 KEEP = ".keep"
 PREFIX = "session-"
 _STEM = re.compile(r"session-(\d{8}-\d{6})-(\d+)(?:-(.+))?\Z")
+
+
+def default_state_dir() -> str:
+    """Where journals and pcaps go by default: ``$XDG_STATE_HOME/slirptrio`` (~/.local/state)."""
+    base = os.environ.get("XDG_STATE_HOME") or os.path.join(
+        os.path.expanduser("~"), ".local", "state"
+    )
+    return os.path.join(base, "slirptrio")
 
 
 @dataclass
