@@ -12,7 +12,6 @@ from slirptrio.cli.ctl import format_answer
 from slirptrio.core.events import UdpError, UdpReceived, UdpSend
 from slirptrio.core.udp import DNS_QUERY_TIMEOUT_NS
 from tests.test_dns_core import answer, ask, query, started
-from tests.test_udp_core import SEC
 
 LOGGER = "slirptrio.core.dns.upstream"
 

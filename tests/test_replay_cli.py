@@ -6,7 +6,6 @@ and the timeline details (span, answered pings, failed lookups, wide columns, PN
 from __future__ import annotations
 
 import json
-from decimal import Decimal
 import os
 import pathlib
 import shutil
@@ -14,6 +13,7 @@ import stat
 import subprocess
 import sys
 import xml.etree.ElementTree as ET
+from decimal import Decimal
 
 import pytest
 
