@@ -9,8 +9,8 @@
 * An upstream that never answers: a guest client with a 5 s timeout hears SERVFAIL in time
   (glibc's ``getaddrinfo`` takes it in each of its two tries; a socket with a 5 s timeout
   gets rcode 2), ``ctl info`` shows the upstream failing, and the stack logs its state once
-  for several queries. (busybox ``nslookup``, like musl, never accepts SERVFAIL: it asks again and reports
-  a timeout after 5 s whatever the relay does.)
+  for several queries. (busybox ``nslookup``, like musl, never accepts SERVFAIL: it asks
+  again and reports a timeout after 5 s whatever the relay does.)
 """
 
 from __future__ import annotations
