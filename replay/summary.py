@@ -1470,7 +1470,8 @@ def format_summary(s: Summary, name: str = "") -> str:
         )
     if s.ipv6_addresses:
         lines.append(f"\nGuest IPv6 addresses ({len(s.ipv6_addresses)}):")
-        lines += [f"  {_ip_text(a):<15} first used at {t / 1e9:.3f}s"
+        aw = max(len(_ip_text(a)) for a in s.ipv6_addresses)
+        lines += [f"  {_ip_text(a):<{aw}} first used at {t / 1e9:.3f}s"
                   for a, t in s.ipv6_addresses.items()]
     failed = [f for f in s.flows if f.failed]
     lines.append(

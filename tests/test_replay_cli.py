@@ -228,3 +228,24 @@ def test_summary_span_ping_lookups_and_wide_columns(small: Session,
     assert len(rows) == 3
     ends = {ln.rindex("  ") for ln in rows}
     assert len(ends) == 1, rows
+
+
+def test_an_answered_ping_to_the_outside_reads_answered() -> None:
+    from slirptrio.core.events import IcmpEchoOpen, IcmpEchoReply, IcmpEchoSend
+    from tests import guestframes as gf
+
+    s = Session()
+    s.lease()
+    effects = s.guest(gf.icmp_echo("203.0.113.1", ident=7, seq=1))
+    opened = [e for e in effects if isinstance(e, IcmpEchoOpen)]
+    sent = [e for e in effects if isinstance(e, IcmpEchoSend)]
+    assert opened and sent, effects
+    s.step(IcmpEchoReply(opened[0].flow, sent[0].seq, sent[0].data), 3)
+    unanswered = s.guest(gf.icmp_echo("203.0.113.2", ident=8, seq=1))
+    assert any(isinstance(e, IcmpEchoOpen) for e in unanswered)
+    s.tick_until(500)
+    flows = {f.remote: f for f in summarize_journal(s.journal()).flows if f.proto == "icmp"}
+    answered, silent = flows["203.0.113.1"], flows["203.0.113.2"]
+    assert (answered.end, answered.end_detail, answered.failed) == ("answered", "1/1 replies",
+                                                                    False)
+    assert (silent.end, silent.failed) == ("no reply", True)
