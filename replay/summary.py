@@ -327,6 +327,7 @@ class Summary:
     end_ns: int | None = None  # when the session closed (its session record), if known
     first_guest_ns: int | None = None  # the guest's first frame (before it: QEMU, boot)
     window: tuple[int, int] | None = None  # --from/--until: the session times shown
+    window_records: int = 0  # records inside the window
 
     @property
     def lookups_failed(self) -> int:
@@ -386,6 +387,7 @@ class Summary:
                 "start_wall_ns": h.origin_ns + (self.first_ns or 0),
                 "last_record_s": _s(self.last_ns or 0),
                 "window": list(self.window) if self.window is not None else None,
+                "window_records": self.window_records if self.window is not None else None,
             },
             "replay": self.replay,
             "starts_at_record": self.starts_at,
@@ -1336,6 +1338,7 @@ def summarize(
                 break
             effects = a.record(item.seq, item.t_ns, item.event, item.effects)
             if start is None or not start.before(item):
+                a.s.window_records += 1
                 if not window:
                     window = [item.t_ns, item.t_ns]
                 window[1] = item.t_ns
@@ -1347,7 +1350,13 @@ def summarize(
                 progress(a.s.records)
     summary = a.finish()
     if start is not None or until is not None:
-        a.cut(*(window or [0, -1]))
+        if not window:  # nothing happened in it: the window as asked, where it says a time
+            lo = getattr(start, "t_ns", None)
+            hi = getattr(until, "t_ns", None)
+            lo = lo if isinstance(lo, int) else summary.last_ns or 0
+            window = [lo, max(lo, hi if isinstance(hi, int) else lo)]
+            summary.window_records = 0
+        a.cut(window[0], window[1])
     if pcap is not None:
         pcap.flush()
     return summary
@@ -1450,9 +1459,9 @@ def format_summary(s: Summary, name: str = "") -> str:
         f"  {_wall(h.origin_ns + first)} to {_wall(h.origin_ns + last)} "
         f"({_dur(s.span_ns)}{until}); {s.records} records, {s.frames_in} frames from the "
         f"guest, {s.frames_out} to it",
-        *([f"  window {_ts(first).strip()} to {_ts(last).strip()} (--from/--until): the "
-           "flows alive in it, the lookups and events dated in it"]
-          if s.window is not None else []),
+        *([f"  window {_ts(first).strip()} to {_ts(last).strip()} (--from/--until), "
+           f"{s.window_records} records: the flows alive in it, the lookups and events dated "
+           "in it"] if s.window is not None else []),
         *([f"  the journal starts at record {s.starts_at}: earlier segments are gone (a "
            "bounded journal); flows open then are not listed"] if s.starts_at else []),
         f"  replay: {s.replay}"

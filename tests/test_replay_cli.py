@@ -109,6 +109,11 @@ def test_a_window_limits_summary_json_timeline_and_pcap(small: Session,
     text = slirptrio(["replay", small.journal(), "--summary", "--from", f"{lo}ns",
                       "--until", f"{hi}ns"])
     assert text.returncode == 0 and "window" in text.stdout, text.stderr
+    # A window in which nothing happened: an empty summary of it, not a negative span.
+    quiet = slirptrio(["replay", small.journal(), "--json", "--from", "100s", "--until", "101s"])
+    assert quiet.returncode == 0, quiet.stderr
+    span = json.loads(quiet.stdout)["span"]
+    assert span["window_records"] == 0 and span["duration_s"] == 1.0
 
 
 def test_an_output_that_cannot_be_written_is_named(small: Session) -> None:
