@@ -39,7 +39,7 @@ import struct
 import sys
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
-from typing import IO, Any
+from typing import IO, Any, Protocol
 
 import dpkt
 
@@ -99,6 +99,12 @@ from slirptrio.journal import (
     is_digest,
     open_journal,
 )
+from slirptrio.wire.pcap import PcapWriter
+
+SESSION_RECORD = ".session.json"
+"""The suffix of the session record the command line writes beside a journal of its state
+directory when the session closes (``session-X.journal`` -> ``session-X.session.json``;
+:mod:`slirptrio.cli.statedir`)."""
 
 _KNOWN_EVENTS = frozenset(c.TAG for c in (
     GuestFrame, TcpData, TcpConnectFailed, TcpReset, TcpInbound, UdpReceived, UdpInbound,
@@ -318,6 +324,15 @@ class Summary:
     counters: dict[str, int] | None = None  # None: not replayed
     replay: str = "identical"  # "identical" | "diverged at record N" | "not replayed: ..."
     truncated_bytes: int = 0
+    end_ns: int | None = None  # when the session closed (its session record), if known
+    first_guest_ns: int | None = None  # the guest's first frame (before it: QEMU, boot)
+    window: tuple[int, int] | None = None  # --from/--until: the session times shown
+    window_records: int = 0  # records inside the window
+
+    @property
+    def lookups_failed(self) -> int:
+        """DNS lookups unanswered or answered with an error (NXDOMAIN, SERVFAIL ...)."""
+        return sum(1 for lk in self.lookups if lk.failed)
 
     @property
     def drops(self) -> dict[str, int]:
@@ -327,9 +342,14 @@ class Summary:
 
     @property
     def span_ns(self) -> int:
+        """From the first record (the session's start) to the session's close when the
+        session record says it, else to the last record."""
         if self.first_ns is None or self.last_ns is None:
             return 0
-        return self.last_ns - self.first_ns
+        last = self.last_ns
+        if self.end_ns is not None and self.window is None:
+            last = max(last, self.end_ns)
+        return last - self.first_ns
 
     def leases(self) -> list[dict[str, Any]]:
         """Each address acknowledged to a MAC: first and last ACK, lease time, released."""
@@ -365,6 +385,9 @@ class Summary:
                 "last_s": _s(self.last_ns or 0),
                 "duration_s": _s(self.span_ns),
                 "start_wall_ns": h.origin_ns + (self.first_ns or 0),
+                "last_record_s": _s(self.last_ns or 0),
+                "window": list(self.window) if self.window is not None else None,
+                "window_records": self.window_records if self.window is not None else None,
             },
             "replay": self.replay,
             "starts_at_record": self.starts_at,
@@ -378,6 +401,7 @@ class Summary:
             "flows_not_kept": self.flows_not_kept,
             "dns": [lk.to_dict() for lk in self.lookups],
             "dns_not_kept": self.lookups_not_kept,
+            "dns_failed": self.lookups_failed,
             "icmp_errors": [n.to_dict() for n in self.icmp_errors],
             "events": [n.to_dict() for n in self.events],
             "drops": self.drops,
@@ -602,7 +626,10 @@ class _Analyzer:
 
     # -- one record ------------------------------------------------------------------------
 
-    def record(self, seq: int, t_ns: int, raw_event: list[Any], raw_effects: list[Any]) -> None:
+    def record(
+        self, seq: int, t_ns: int, raw_event: list[Any], raw_effects: list[Any]
+    ) -> list[Any]:
+        """Read one record; returns the effects it was read with (replayed or journaled)."""
         s = self.s
         s.records += 1
         if s.first_ns is None:
@@ -622,11 +649,14 @@ class _Analyzer:
                 s.counters = dict(self.stack.counters)
                 self.door = None
         self._event(t_ns, raw_event, effects)
+        return effects
 
     def _event(self, t: int, ev: list[Any], effects: list[Any]) -> None:
         tag = ev[0]
         if tag == GuestFrame.TAG:
             self.s.frames_in += 1
+            if self.s.first_guest_ns is None:
+                self.s.first_guest_ns = t
             self._guest_frame(t, ev[1], effects)
         elif tag not in _KNOWN_EVENTS:
             # Other carriers of guest frames (runs of them): frames_of takes them apart.
@@ -636,6 +666,8 @@ class _Analyzer:
                 for _d, frame in frames_of(ev, []):
                     if isinstance(frame, bytes | memoryview):
                         self.s.frames_in += 1
+                        if self.s.first_guest_ns is None:
+                            self.s.first_guest_ns = t
                         self._guest_frame(t, bytes(frame), pool)
             finally:
                 self._in_run = False
@@ -1248,11 +1280,34 @@ class _Analyzer:
             )
             if f.packets_to_guest == 0 and f.packets_to_host:
                 f.end = "no reply"
-            elif f.flow_id is None:
-                f.end = "answered"
+            elif f.flow_id is None or (f.end == "open" and f.packets_to_guest):
+                f.end = "answered"  # an echo flow lingers after its replies: it did its job
             if f.flow_id is None and f.end_ns is None:
                 f.end_ns = f.last_ns  # nothing to close: the stack answered by itself
         return self.s
+
+    def cut(self, first_ns: int, last_ns: int) -> None:
+        """Keep what the window ``first_ns``..``last_ns`` saw: flows alive in it, lookups and
+        notes dated in it (flow numbers stay the session's)."""
+        s = self.s
+        s.window = (first_ns, last_ns)
+        s.first_ns, s.last_ns = first_ns, last_ns
+
+        def alive(f: Flow) -> bool:
+            end = f.end_ns if f.end_ns is not None else (last_ns if f.end == "open"
+                                                         else f.last_ns)
+            return f.start_ns <= last_ns and end >= first_ns
+
+        s.flows = [f for f in s.flows if alive(f)]
+        s.lookups = [lk for lk in s.lookups if first_ns <= lk.t_ns <= last_ns]
+        for bucket in (s.dhcp, s.icmp_errors, s.events):
+            bucket[:] = [n for n in bucket if first_ns <= n.t_ns <= last_ns]
+
+
+class Point(Protocol):
+    """A window's end (``replay.engine.Target``): before which record it lies."""
+
+    def before(self, rec: Any) -> bool: ...
 
 
 def summarize(
@@ -1260,13 +1315,21 @@ def summarize(
     entries: Iterable[Any],
     *,
     progress: Callable[[int], None] | None = None,
+    start: Point | None = None,
+    until: Point | None = None,
+    pcap: PcapWriter | None = None,
 ) -> Summary:
     """Summarize a session from its journal header and entries: records (``seq``, ``t_ns``,
     ``event``, ``effects``) and, in formats 3 and later, segment starts, as
     :meth:`slirptrio.journal.Journal.entries` gives them. ``progress(records)`` is called
-    every 1024 records."""
+    every 1024 records.
+
+    ``start``/``until`` (``--from``/``--until``) limit the summary to a window: every record
+    before it is still read (a flow open in the window began earlier), none after it;
+    ``pcap`` gets the window's frames."""
     a = _Analyzer(header)
     first = True
+    window: list[int] = []
     with constants.applied(header.constants or {}):
         for item in entries:
             if isinstance(item, SegmentStart):
@@ -1274,17 +1337,46 @@ def summarize(
                 first = False
                 continue
             first = False
-            a.record(item.seq, item.t_ns, item.event, item.effects)
+            if until is not None and not until.before(item):
+                break
+            effects = a.record(item.seq, item.t_ns, item.event, item.effects)
+            if start is None or not start.before(item):
+                a.s.window_records += 1
+                if not window:
+                    window = [item.t_ns, item.t_ns]
+                window[1] = item.t_ns
+                if pcap is not None:
+                    for _d, frame in frames_of(item.event, effects):
+                        if isinstance(frame, bytes | memoryview):
+                            pcap.write(header.origin_ns + item.t_ns, bytes(frame))
             if progress is not None and not a.s.records & 1023:
                 progress(a.s.records)
-    return a.finish()
+    summary = a.finish()
+    if start is not None or until is not None:
+        if not window:  # nothing happened in it: the window as asked, where it says a time
+            lo = getattr(start, "t_ns", None)
+            hi = getattr(until, "t_ns", None)
+            lo = lo if isinstance(lo, int) else summary.last_ns or 0
+            window = [lo, max(lo, hi if isinstance(hi, int) else lo)]
+            summary.window_records = 0
+        a.cut(window[0], window[1])
+    if pcap is not None:
+        pcap.flush()
+    return summary
 
 
 def summarize_journal(
-    source: str | os.PathLike[str] | IO[bytes], *, progress: Progress | None = None
+    source: str | os.PathLike[str] | IO[bytes],
+    *,
+    progress: Progress | None = None,
+    start: Point | None = None,
+    until: Point | None = None,
+    pcap: PcapWriter | None = None,
 ) -> Summary:
     """Summarize the journal at ``source`` (a journal directory, an older single journal
-    file, or an open binary file of one)."""
+    file, or an open binary file of one); ``start``, ``until`` and ``pcap`` as for
+    :func:`summarize`. The session record beside a journal directory (written when the
+    session closed) gives the session's end."""
     journal = open_journal(source)
     if progress is not None:
         progress.total = journal.total_bytes or None
@@ -1293,7 +1385,10 @@ def summarize_journal(
         if progress is not None:
             progress.update(journal.bytes_read, f"{_records} records")
 
-    summary = summarize(journal.header, journal.entries(), progress=moved)
+    summary = summarize(journal.header, journal.entries(), progress=moved, start=start,
+                        until=until, pcap=pcap)
+    if isinstance(source, str | os.PathLike):
+        summary.end_ns = _closed_at(os.fspath(source), journal.header.origin_ns)
     summary.gaps = len(journal.gaps)
     if journal.truncated:
         summary.truncated_bytes = journal.truncated[0]
@@ -1301,6 +1396,20 @@ def summarize_journal(
 
 
 summarize_file = summarize_journal
+
+
+def _closed_at(path: str, origin_ns: int) -> int | None:
+    """The session time at which the session closed, from the session record beside the
+    journal (None: no record, or one of another journal)."""
+    record_path = os.path.splitext(path.rstrip(os.sep))[0] + SESSION_RECORD
+    try:
+        with open(record_path, encoding="utf-8") as f:
+            record = json.load(f)
+        end = record.get("end_wall_ns")
+        mine = record.get("journal") == os.path.basename(path.rstrip(os.sep))
+    except (OSError, ValueError, AttributeError):
+        return None
+    return end - origin_ns if mine and isinstance(end, int) and end >= origin_ns else None
 
 
 # ------------------------------------------------------------------------------ the text
@@ -1341,13 +1450,21 @@ def format_summary(s: Summary, name: str = "") -> str:
     h = s.header
     cfg = h.config
     first, last = s.first_ns or 0, s.last_ns or 0
+    if s.window is None and s.end_ns is not None and s.end_ns > last:
+        last = s.end_ns
+        until = f"; the last record at {_ts(s.last_ns or 0).strip()}"
+    else:
+        until = ""
     lines = [
         f"Session {name}".rstrip(),
         f"  slirptrio {h.version or '?'}, journal format {h.format}, seed {h.seed}, "
         f"net {cfg.get('net', '?')}" + (f", {cfg['hostfwd']}" if cfg.get("hostfwd") else ""),
         f"  {_wall(h.origin_ns + first)} to {_wall(h.origin_ns + last)} "
-        f"({_dur(s.span_ns)}); {s.records} records, {s.frames_in} frames from the guest, "
-        f"{s.frames_out} to it",
+        f"({_dur(s.span_ns)}{until}); {s.records} records, {s.frames_in} frames from the "
+        f"guest, {s.frames_out} to it",
+        *([f"  window {_ts(first).strip()} to {_ts(last).strip()} (--from/--until), "
+           f"{s.window_records} records: the flows alive in it, the lookups and events dated "
+           "in it"] if s.window is not None else []),
         *([f"  the journal starts at record {s.starts_at}: earlier segments are gone (a "
            "bounded journal); flows open then are not listed"] if s.starts_at else []),
         f"  replay: {s.replay}"
@@ -1365,16 +1482,21 @@ def format_summary(s: Summary, name: str = "") -> str:
         )
     if s.ipv6_addresses:
         lines.append(f"\nGuest IPv6 addresses ({len(s.ipv6_addresses)}):")
-        lines += [f"  {_ip_text(a):<15} first used at {t / 1e9:.3f}s"
+        aw = max(len(_ip_text(a)) for a in s.ipv6_addresses)
+        lines += [f"  {_ip_text(a):<{aw}} first used at {t / 1e9:.3f}s"
                   for a, t in s.ipv6_addresses.items()]
     failed = [f for f in s.flows if f.failed]
     lines.append(
         f"\nFlows ({len(s.flows) + s.flows_not_kept}"
         + (f", {len(failed)} failed" if failed else "") + "):"
     )
+    # Columns as wide as their longest entry (IPv6 endpoints), 22 at least.
+    gw = max([22, *(len(f.guest) for f in s.flows)])
+    rw = max([22, *(len(f.remote) for f in s.flows)])
+    hw = max([22, *(len(f.host) for f in s.flows)])
     if s.flows:
         lines.append(
-            f"  {'#':>4} {'proto':<5} {'guest':<22}   {'remote':<22} {'host':<22} "
+            f"  {'#':>4} {'proto':<5} {'guest':<{gw}}   {'remote':<{rw}} {'host':<{hw}} "
             f"{'start':>10} {'duration':>9} {'to host':>9} {'to guest':>9}  end"
         )
     for f in s.flows:
@@ -1385,13 +1507,15 @@ def format_summary(s: Summary, name: str = "") -> str:
         if f.icmp_errors:
             end += ", ICMP " + "; ".join(sorted(set(f.icmp_errors)))
         lines.append(
-            f"  {f.index:>4} {f.proto:<5} {f.guest:<22} {arrow} {f.remote:<22} {f.host:<22} "
+            f"  {f.index:>4} {f.proto:<5} {f.guest:<{gw}} {arrow} {f.remote:<{rw}} {f.host:<{hw}} "
             f"{_ts(f.start_ns):>10} {_dur(f.duration_ns):>9} {_size(f.bytes_to_host):>9} "
             f"{_size(f.bytes_to_guest):>9}  {end}"
         )
     if s.flows_not_kept:
         lines.append(f"  ... and {s.flows_not_kept} more flows not kept")
-    lines.append(f"\nDNS ({len(s.lookups) + s.lookups_not_kept} lookups):")
+    failed_lookups = s.lookups_failed
+    lines.append(f"\nDNS ({len(s.lookups) + s.lookups_not_kept} lookups"
+                 + (f", {failed_lookups} failed" if failed_lookups else "") + "):")
     for lk in s.lookups:
         if lk.answered_ns is None:
             what = "no answer"
@@ -1423,28 +1547,47 @@ def main(
     as_json: bool = False,
     timeline: str | None = None,
     progress: bool | None = None,
+    start: Point | None = None,
+    until: Point | None = None,
+    pcap: str | None = None,
 ) -> int:
     """CLI entry for ``slirptrio replay --summary/--json/--timeline``: prints the summary
-    (``text``), its JSON (``as_json``), writes the timeline SVG to ``timeline``; a progress
-    line on stderr when it is a terminal (or ``progress`` says so). Returns 0 when the replay
-    was identical, 1 when it diverged (the summary is still printed), 2 when the journal
-    cannot be read."""
+    (``text``), its JSON (``as_json``), writes the timeline to ``timeline`` (SVG, or PNG when
+    the name ends in .png); a progress line on stderr when it is a terminal (or ``progress``
+    says so). ``start``/``until`` limit all of it to a window, whose frames go to ``pcap``.
+    Files written are 0600. Returns 0 when the replay was identical, 1 when it diverged (the
+    summary is still printed), 2 when the journal or an output cannot be used."""
+    try:
+        pcap_file = _private_output(pcap, binary=True) if pcap is not None else None
+    except OSError as exc:
+        print(f"slirptrio: error: --pcap {pcap}: {exc.strerror or exc}", file=sys.stderr)
+        return 2
     try:
         with Progress("summarizing", enabled=progress) as line:
-            summary = summarize_journal(path, progress=line)
+            summary = summarize_journal(
+                path, progress=line, start=start, until=until,
+                pcap=PcapWriter(pcap_file) if pcap_file is not None else None)
     except (OSError, JournalError) as exc:
         text_ = str(exc)
         where = "" if text_.startswith(path) else f"{path}: "
         print(f"slirptrio: error: journal {where}{text_}", file=sys.stderr)
         return 2
+    finally:
+        if pcap_file is not None:
+            pcap_file.close()
     if timeline is not None:
-        from replay.timeline import render_svg
+        from replay.timeline import render_png, render_svg
 
         try:
-            with open(timeline, "w", encoding="utf-8") as out:
-                out.write(render_svg(summary, title=path))
+            if timeline.lower().endswith(".png"):
+                data = render_png(summary, title=path)
+            else:
+                data = render_svg(summary, title=path).encode()
+            with _private_output(timeline, binary=True) as out:
+                out.write(data)
         except OSError as exc:
-            print(f"slirptrio: error: {timeline}: {exc.strerror or exc}", file=sys.stderr)
+            print(f"slirptrio: error: --timeline {timeline}: {exc.strerror or exc}",
+                  file=sys.stderr)
             return 2
     if as_json:
         print(json.dumps(summary.to_dict(), indent=2))
@@ -1458,6 +1601,17 @@ def main(
         print(f"slirptrio replay: replay {summary.replay}; run slirptrio replay {path} "
               "for the report", file=sys.stderr)
     return 0 if summary.replay == "identical" else 1
+
+
+def _private_output(path: str, *, binary: bool) -> IO[Any]:
+    """``path`` created or emptied for writing, mode 0600 (a session's files are private)."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
+    try:
+        os.fchmod(fd, 0o600)
+    except OSError:
+        os.close(fd)
+        raise
+    return os.fdopen(fd, "wb" if binary else "w")
 
 
 def flows_by_state(summary: Summary) -> Iterator[tuple[str, int]]:

@@ -7,7 +7,8 @@ session's span; above the flows, a DHCP lane and a DNS lane carry the leases and
 flow is a lane, in the order the flows started, labelled with its number, protocol, endpoints
 and how it ended. In a lane:
 
-* a line from the flow's start to its end (dashed while still open at the end of the journal);
+* a line from the flow's start to its end (dashed for a TCP connection still open at the end
+  of the journal; a datagram flow or an unanswered attempt ends at its last frame);
 * data: shaded blocks where bytes moved, darker for more (per pixel column, four shades);
 * marks: set-up (a green triangle at the SYN, a dot when established), FIN (a grey bar),
   retransmissions (orange ticks), RST (a red bar), a refused or timed-out attempt (a red
@@ -18,7 +19,10 @@ A failed flow (refused, reset, timed out, unreachable, an ICMP error) has a pink
 label, and the failed flows are listed under the title, so it stands out at a glance even in a
 session of hundreds of flows. Every lane and mark carries a ``class`` (``lane``, ``failed``,
 ``mark syn`` ...) and a ``<title>`` (a tooltip in browsers), so tests and tools can find them.
-Only plain SVG 1.1 is used: rsvg, browsers and Inkscape draw it alike.
+Only plain SVG 1.1 is used: rsvg, browsers and Inkscape draw it alike. The time before the
+guest's first frame (QEMU starting, boot) is squeezed into a grey band when long; the failed
+flows' and lookups' details are also written out below the lanes, so that a PNG
+(:func:`render_png`, through rsvg-convert) carries them too. Every glyph is in the legend.
 """
 
 from __future__ import annotations
@@ -53,6 +57,25 @@ COLORS = {
     "icmp": "#8e44ad",
 }
 LINE = {"ok": "#8a8a8a", "failed": "#d7191c", "open": "#8a8a8a"}
+DHCP_COLORS = {"ACK": "#1a9641", "NAK": "#d7191c", "RELEASE": "#707070", "DISCOVER": "#9ecae1"}
+BOOT_W = 60
+"""Pixels for the time before the guest's first frame when it is squeezed."""
+HEAD_CHARS = 200  # what fits in WIDTH at 11 px sans
+MAX_FAILED_LINES = 3
+"""Headline lines listing failed flows; the last one ends with "+k more"."""
+MAX_DETAILS = 40
+"""Failed flows and lookups described below the lanes (a PNG has no tooltips)."""
+DETAIL_CHARS = 225  # what fits in WIDTH at 10 px monospace
+LEGEND = (
+    ("syn", "set-up"), ("established", "established"), ("data", "data"),
+    ("retransmit", "retransmission"), ("fin", "FIN"), ("rst", "RST"),
+    ("fail", "refused / timed out"), ("icmp", "ICMP error"), ("open", "open at the end"),
+    ("dns", "DNS lookup"), ("dns-failed", "failed lookup (NXDOMAIN, SERVFAIL, no answer)"),
+    ("dhcp-discover", "DHCP DISCOVER"), ("dhcp-ack", "ACK"), ("dhcp-nak", "NAK"),
+    ("dhcp-release", "RELEASE"), ("boot", "before the guest's first frame"),
+    ("failed-flow", "failed flow"),
+)
+"""Every glyph the picture uses, in the legend's order."""
 
 
 def _nice_step(span_s: float, ticks: int = 10) -> float:
@@ -122,14 +145,43 @@ def _tooltip(f: Flow) -> str:
     return "\n".join(lines)
 
 
+def _wrap(items: list[str], prefix: str, width_chars: int, max_lines: int) -> list[str]:
+    """``items`` joined by commas into lines of at most ``width_chars``; beyond ``max_lines``
+    the last line ends with ``+k more``."""
+    lines: list[str] = []
+    cur = prefix
+    for n, item in enumerate(items):
+        piece = item if cur == prefix else ", " + item
+        if len(cur) + len(piece) > width_chars and cur != prefix:
+            if len(lines) + 1 == max_lines:
+                cur += f", +{len(items) - n} more"
+                lines.append(cur)
+                return lines
+            lines.append(cur + ",")
+            cur = "  " + item
+        else:
+            cur += piece
+    lines.append(cur)
+    return lines
+
+
 def render_svg(summary: Summary, *, title: str = "") -> str:
     """The session as an SVG document (text)."""
     t0 = summary.first_ns or 0
     span = max(summary.span_ns, 1_000_000)
+    t_end = t0 + span
     plot_w = PLOT_X1 - PLOT_X0
+    # The time before the guest's first frame (QEMU starting, firmware, boot) is squeezed
+    # into BOOT_W pixels when it would take more than a tenth of the picture.
+    g = summary.first_guest_ns
+    boot = g is not None and g - t0 > span // 10 and g < t_end
+    g_ns = g if g is not None and boot else t0
 
     def x(t_ns: int) -> float:
-        return PLOT_X0 + (t_ns - t0) * plot_w / span
+        if boot and t_ns <= g_ns:
+            return PLOT_X0 + max(0, t_ns - t0) * BOOT_W / max(1, g_ns - t0)
+        x0, w = (PLOT_X0 + BOOT_W, plot_w - BOOT_W) if boot else (PLOT_X0, plot_w)
+        return x0 + (t_ns - g_ns) * w / max(1, t_end - g_ns)
 
     flows = summary.flows
     failed = [f for f in flows if f.failed]
@@ -140,22 +192,26 @@ def render_svg(summary: Summary, *, title: str = "") -> str:
         drawn = list(flows)
     not_drawn = len(flows) - len(drawn) + summary.flows_not_kept
 
+    failed_lookups = summary.lookups_failed
     head_lines = [
         f"{len(flows) + summary.flows_not_kept} flows, {len(failed)} failed; "
-        f"{len(summary.lookups)} DNS lookups; span {span / 1e9:.3f} s; replay {summary.replay}"
+        f"{len(summary.lookups)} DNS lookups, {failed_lookups} failed; span {span / 1e9:.3f} s; "
+        f"replay {summary.replay}"
     ]
     if failed:
-        shown = ", ".join(f"#{f.index} {f.proto} {f.remote} {f.end}" for f in failed[:8])
-        more = f" and {len(failed) - 8} more" if len(failed) > 8 else ""
-        head_lines.append(f"failed: {shown}{more}")
+        head_lines += _wrap([f"#{f.index} {f.proto} {f.remote} {f.end}" for f in failed],
+                            "failed: ", HEAD_CHARS, MAX_FAILED_LINES)
     if not_drawn:
         head_lines.append(f"{not_drawn} flows not drawn (too many)")
     legend_y = 28 + 16 * len(head_lines)
-    axis_y = legend_y + 26
+    legend_rows = _legend_rows()
+    axis_y = legend_y + 16 * (len(legend_rows) - 1) + 26
     special = [("DHCP", "dhcp"), ("DNS", "dns")]
     lanes_y = axis_y + AXIS_H
     flow_y0 = lanes_y + len(special) * LANE_H + 6
-    height = flow_y0 + len(drawn) * LANE_H + AXIS_H + 10
+    details = _details(summary, failed)
+    grid_bottom = flow_y0 + len(drawn) * LANE_H + 10
+    height = grid_bottom + AXIS_H + (16 * len(details) + 10 if details else 0)
 
     c = _Canvas()
     c.add(
@@ -168,28 +224,35 @@ def render_svg(summary: Summary, *, title: str = "") -> str:
     c.add(f'<text x="10" y="20" font-size="15" font-weight="bold">'
           f"{escape('slirptrio session ' + title)}</text>")
     for i, line in enumerate(head_lines):
-        fill = FAILED_FG if line.startswith("failed") else "#333"
-        c.add(f'<text class="headline" x="10" y="{38 + 16 * i}" fill="{fill}">'
-              f"{escape(line)}</text>")
-    _legend(c, legend_y)
+        fill = FAILED_FG if i and line.startswith(("failed", "  ")) else "#333"
+        c.add(f'<text class="headline" x="10" y="{38 + 16 * i}" fill="{fill}" '
+              f'xml:space="preserve">{escape(line)}</text>')
+    _legend(c, legend_y, legend_rows)
 
-    # time axis and grid
-    step = _nice_step(span / 1e9)
-    ticks = []
-    k = 0
-    while k * step <= span / 1e9 + 1e-12 and k < 200:
+    # time axis and grid (session time; ticks over the part after the boot band)
+    step = _nice_step((t_end - g_ns) / 1e9)
+    ticks: list[float] = []
+    k = int(-(-(g_ns - t0) / 1e9 // step)) if boot else 0
+    while k * step <= span / 1e9 + 1e-12 and len(ticks) < 200:
         ticks.append(k * step)
         k += 1
-    grid_bottom = height - AXIS_H
     c.add('<g class="axis" font-size="10" fill="#555">')
     for tk in ticks:
-        xx = PLOT_X0 + tk * 1e9 * plot_w / span
+        xx = x(t0 + int(tk * 1e9))
         c.add(f'<line x1="{xx:.1f}" y1="{axis_y + 4}" x2="{xx:.1f}" y2="{grid_bottom}" '
               'stroke="#e2e2e2" stroke-width="1"/>')
         c.add(f'<text x="{xx:.1f}" y="{axis_y}" text-anchor="middle">{_fmt_s(tk, step)}</text>')
         c.add(f'<text x="{xx:.1f}" y="{grid_bottom + 14}" text-anchor="middle">'
               f"{_fmt_s(tk, step)}</text>")
     c.add("</g>")
+    if boot:
+        bx = PLOT_X0
+        boot_tip = f"before the guest's first frame: {(g_ns - t0) / 1e9:.3f} s (compressed)"
+        c.add(f'<g class="boot"><rect x="{bx}" y="{axis_y + 4}" width="{BOOT_W}" '
+              f'height="{grid_bottom - axis_y - 4}" fill="#eeeeee"/>'
+              f'<text x="{bx + BOOT_W / 2:.1f}" y="{axis_y}" text-anchor="middle" '
+              f'font-size="10" fill="#555">boot {(g_ns - t0) / 1e9:.1f} s</text>'
+              f"<title>{escape(boot_tip)}</title></g>")
 
     # special lanes
     dhcp_y = lanes_y
@@ -200,11 +263,10 @@ def render_svg(summary: Summary, *, title: str = "") -> str:
         kind = n.data.get("type", "")
         if kind not in ("ACK", "NAK", "RELEASE", "DISCOVER"):
             continue
-        color = {"ACK": "#1a9641", "NAK": "#d7191c", "RELEASE": "#707070"}.get(kind, "#9ecae1")
         xx = x(n.t_ns)
         c.add(f'<circle class="mark dhcp {kind.lower()}" cx="{xx:.1f}" cy="{dhcp_y + 7}" r="4" '
-              f'fill="{color}"><title>{escape(f"{n.t_ns / 1e9:.3f} s {n.text}")}</title>'
-              "</circle>")
+              f'fill="{DHCP_COLORS[kind]}"><title>{escape(f"{n.t_ns / 1e9:.3f} s {n.text}")}'
+              "</title></circle>")
     c.add("</g>")
     c.add(f'<g class="lane special" data-lane="dns" data-y="{dns_y}">')
     c.add(f'<text x="10" y="{dns_y + 11}" font-weight="bold">DNS</text>')
@@ -221,32 +283,102 @@ def render_svg(summary: Summary, *, title: str = "") -> str:
 
     # flow lanes
     for i, f in enumerate(drawn):
-        _lane(c, f, flow_y0 + i * LANE_H, i, x, t0 + span)
+        _lane(c, f, flow_y0 + i * LANE_H, i, x, t_end)
+
+    # what the tooltips say about failures, written out (a PNG has no tooltips)
+    if details:
+        y0 = grid_bottom + AXIS_H + 12
+        c.add('<g class="details" font-family="DejaVu Sans Mono, monospace" font-size="10">')
+        for i, line in enumerate(details):
+            fill = "#333" if i == 0 else FAILED_FG
+            c.add(f'<text x="10" y="{y0 + 16 * i}" fill="{fill}" xml:space="preserve">'
+                  f"{escape(line)}</text>")
+        c.add("</g>")
 
     c.add("</svg>")
     return "\n".join(c.parts) + "\n"
 
 
-def _legend(c: _Canvas, y: int) -> None:
-    items = [
-        ("syn", "set-up"), ("established", "established"), ("data", "data"),
-        ("retransmit", "retransmission"), ("fin", "FIN"), ("rst", "RST"),
-        ("fail", "refused / timed out"), ("icmp", "ICMP error"), ("dns", "DNS lookup"),
-    ]
+def _details(summary: Summary, failed: list[Flow]) -> list[str]:
+    """One line per failed flow and failed lookup (at most :data:`MAX_DETAILS`)."""
+    lines = []
+    for f in failed:
+        arrow = "→" if f.direction == "out" else "←"
+        text = (f"#{f.index} {f.proto} {f.guest} {arrow} {f.remote}"
+                + (f" (host {f.host})" if f.host and f.host != f.remote else "")
+                + f" at {f.start_ns / 1e9:.3f} s: {f.end}"
+                + (f" ({f.end_detail})" if f.end_detail else ""))
+        if f.icmp_errors:
+            text += "; ICMP " + "; ".join(sorted(set(f.icmp_errors)))
+        lines.append(text[:DETAIL_CHARS])
+    for lk in summary.lookups:
+        if lk.failed:
+            what = lk.rcode if lk.answered_ns is not None else "no answer"
+            lines.append(f"DNS {lk.name} {lk.qtype} at {lk.t_ns / 1e9:.3f} s: {what}")
+    if not lines:
+        return []
+    more = len(lines) - MAX_DETAILS
+    lines = lines[:MAX_DETAILS] + ([f"... +{more} more"] if more > 0 else [])
+    return ["Failures:", *lines]
+
+
+def render_png(summary: Summary, *, title: str = "") -> bytes:
+    """The timeline as a PNG image: the SVG drawn by ``rsvg-convert`` (Debian's
+    librsvg2-bin); the failures' details are written on the picture itself.
+
+    Raises:
+      OSError: rsvg-convert is missing or failed.
+    """
+    import shutil
+    import subprocess
+
+    tool = shutil.which("rsvg-convert")
+    if tool is None:
+        raise OSError("a PNG timeline needs rsvg-convert (Debian: librsvg2-bin); "
+                      "write .svg instead")
+    done = subprocess.run([tool, "-f", "png"], input=render_svg(summary, title=title).encode(),
+                          capture_output=True, check=False, timeout=300)
+    if done.returncode != 0 or not done.stdout.startswith(b"\x89PNG"):
+        raise OSError(f"rsvg-convert failed: {done.stderr.decode(errors='replace').strip()}")
+    return done.stdout
+
+
+def _legend_rows() -> list[list[tuple[str, str]]]:
+    """The legend's items, in rows that fit the picture's width."""
+    rows: list[list[tuple[str, str]]] = [[]]
     xx = 10.0
+    for kind, text in LEGEND:
+        w = 24 + 6.2 * len(text)
+        if xx + w > WIDTH - 10 and rows[-1]:
+            rows.append([])
+            xx = 10.0
+        rows[-1].append((kind, text))
+        xx += w
+    return rows
+
+
+def _legend(c: _Canvas, y: int, rows: list[list[tuple[str, str]]]) -> None:
     c.add(f'<g class="legend" font-size="10" transform="translate(0,{y})">')
-    for kind, text in items:
-        _glyph(c, kind, xx + 5, 0.0, legend=True)
-        c.add(f'<text x="{xx + 14:.1f}" y="4">{escape(text)}</text>')
-        xx += 24 + 6.2 * len(text)
-    c.add(f'<rect x="{xx:.1f}" y="-6" width="22" height="12" fill="{FAILED_BG}"/>')
-    c.add(f'<text x="{xx + 27:.1f}" y="4" fill="{FAILED_FG}">failed flow</text>')
+    for r, row in enumerate(rows):
+        xx = 10.0
+        yy = 16 * r
+        for kind, text in row:
+            if kind == "failed-flow":
+                c.add(f'<rect x="{xx:.1f}" y="{yy - 6}" width="22" height="12" '
+                      f'fill="{FAILED_BG}"/>')
+                c.add(f'<text x="{xx + 27:.1f}" y="{yy + 4}" fill="{FAILED_FG}">'
+                      f"{escape(text)}</text>")
+                xx += 34 + 6.2 * len(text)
+                continue
+            _glyph(c, kind, xx + 5, float(yy), legend=True)
+            c.add(f'<text x="{xx + 14:.1f}" y="{yy + 4}">{escape(text)}</text>')
+            xx += 24 + 6.2 * len(text)
     c.add("</g>")
 
 
 def _glyph(c: _Canvas, kind: str, xx: float, yy: float, *, legend: bool = False,
            tip: str = "") -> None:
-    cls = "legend-mark" if legend else f"mark {kind}"
+    cls = f"legend-mark {kind}" if legend else f"mark {kind}"
     title = f"<title>{escape(tip)}</title>" if tip else ""
     color = COLORS.get(kind, "#000")
     if kind == "syn":
@@ -274,9 +406,19 @@ def _glyph(c: _Canvas, kind: str, xx: float, yy: float, *, legend: bool = False,
     elif kind == "data":
         c.add(f'<rect class="{cls}" x="{xx - 4:.1f}" y="{yy - 5}" width="9" height="10" '
               f'fill="{DATA_SHADES[2]}"/>')
-    elif kind == "dns":
+    elif kind in ("dns", "dns-failed"):
+        fill = FAILED_FG if kind == "dns-failed" else "#2b83ba"
         c.add(f'<path class="{cls}" d="M{xx:.1f},{yy - 5} l4,5 l-4,5 l-4,-5 z" '
-              'fill="#2b83ba"/>')
+              f'fill="{fill}"/>')
+    elif kind.startswith("dhcp-"):
+        c.add(f'<circle class="{cls}" cx="{xx:.1f}" cy="{yy}" r="4" '
+              f'fill="{DHCP_COLORS[kind[5:].upper()]}"/>')
+    elif kind == "open":
+        c.add(f'<line class="{cls}" x1="{xx - 6:.1f}" y1="{yy}" x2="{xx + 6:.1f}" y2="{yy}" '
+              f'stroke="{LINE["open"]}" stroke-width="1.5" stroke-dasharray="4,3"/>')
+    elif kind == "boot":
+        c.add(f'<rect class="{cls}" x="{xx - 6:.1f}" y="{yy - 6}" width="12" height="12" '
+              'fill="#eeeeee" stroke="#bbbbbb"/>')
 
 
 def _lane(
@@ -297,8 +439,11 @@ def _lane(
     x0 = x(f.start_ns)
     if f.end_ns is not None:
         x1, dash = x(f.end_ns), ""
+    elif f.proto == "tcp" and f.established_ns is not None:
+        x1, dash = x(session_end), ' stroke-dasharray="4,3"'  # a connection still up
     else:
-        x1, dash = x(session_end), ' stroke-dasharray="4,3"'
+        # A datagram flow or an unanswered attempt: it ends where its last frame was.
+        x1, dash = x(f.last_ns), ""
     color = LINE["failed"] if f.failed else LINE["ok"]
     c.add(f'<line class="life" x1="{x0:.1f}" y1="{mid}" x2="{max(x1, x0 + 1):.1f}" y2="{mid}" '
           f'stroke="{color}" stroke-width="1.5"{dash}/>')

@@ -201,6 +201,10 @@ class SlirpStack:
         """DHCP leases held now."""
         return self._runtime.stack.leases(self.now_ns())
 
+    def dns_upstreams(self) -> list[dict[str, str]]:
+        """The DNS relay's upstreams and their state: ``up``, ``failing: REASON``, ``unused``."""
+        return self._runtime.stack.udp.dns.upstream_states()
+
     def tftp_sessions(self) -> list[TftpSessionInfo]:
         """TFTP transfers in progress."""
         return self._runtime.stack.tftp_sessions(self.now_ns())
@@ -374,6 +378,7 @@ class SlirpStack:
                 "flows": [f.to_dict() for f in self.flows()],
                 "hostfwd": self.hostfwds(),
                 "tftp": [t.to_dict() for t in self.tftp_sessions()],
+                "dns_upstreams": self.dns_upstreams(),
             }
 
         async def leases(_req: dict[str, Any]) -> dict[str, Any]:

@@ -3,7 +3,8 @@
 ``slirptrio qemu`` runs QEMU with its user-mode netdevs replaced by stacks (:mod:`.qemu`),
 ``slirptrio run`` starts a stack (:mod:`.run`), ``slirptrio replay`` re-runs, summarizes or
 draws a journal (:mod:`.replay`), ``slirptrio ctl`` talks to a running stack's control socket
-(:mod:`.ctl`), ``slirptrio capture`` streams its frames live as pcap (:mod:`.capture`).
+(:mod:`.ctl`), ``slirptrio capture`` streams its frames live as pcap (:mod:`.capture`),
+``slirptrio sessions`` lists and prunes the recorded sessions (:mod:`.sessions`).
 Each subcommand module has ``add_parser(sub)`` and ``command(args, parser) -> int``; a user's
 mistake in any of them ends with one line and exit status 2 (:func:`._common.run_command`).
 """
@@ -11,16 +12,22 @@ mistake in any of them ends with one line and exit status 2 (:func:`._common.run
 from __future__ import annotations
 
 import argparse
+import importlib
+import sys
 from collections.abc import Callable, Sequence
 from types import ModuleType
 
 from slirptrio import __version__
-from slirptrio.cli import capture, ctl, qemu, replay, run
 from slirptrio.cli._common import Parser, run_command
 
-_COMMANDS: dict[str, ModuleType] = {
-    "qemu": qemu, "run": run, "replay": replay, "ctl": ctl, "capture": capture,
-}
+_COMMANDS = ("qemu", "run", "replay", "ctl", "capture", "sessions")
+_LIGHT = ("sessions",)
+"""Commands that start no stack: run alone, they import only their own module (listing the
+state directory must not pay for trio and the stack)."""
+
+
+def _module(name: str) -> ModuleType:
+    return importlib.import_module(f"slirptrio.cli.{name}")
 
 _DESCRIPTION = """\
 A user-mode network stack for QEMU guests (like -netdev user), with a journal of every
@@ -35,25 +42,30 @@ examples:
       -device virtio-net-pci,netdev=n0      (slirptrio run prints the exact line)
   slirptrio ctl /tmp/vm1.ctl info
   slirptrio capture /tmp/vm1.ctl | wireshark -k -i -
-  slirptrio replay ~/.local/state/slirptrio/session-*.journal [--summary|--timeline OUT.svg]
+  slirptrio sessions                         (the sessions recorded, their ids)
+  slirptrio replay last --summary            (or an id, or a journal directory)
+  slirptrio replay ID --timeline OUT.svg|OUT.png
 
 'slirptrio COMMAND --help' describes each command."""
 
 
-def build_parser() -> Parser:
+def build_parser(commands: Sequence[str] = _COMMANDS) -> Parser:
+    """The command line's parser, with ``commands`` (every one by default)."""
     parser = Parser(prog="slirptrio", description=_DESCRIPTION, epilog=_EPILOG)
     parser.add_argument("--version", action="version", version=f"slirptrio {__version__}")
     sub = parser.add_subparsers(
         dest="command", required=True, parser_class=Parser, metavar="COMMAND",
         title="commands",
     )
-    for module in _COMMANDS.values():
-        module.add_parser(sub)
+    for name in commands:
+        _module(name).add_parser(sub)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    command: Callable[[argparse.Namespace, Parser], int] = _COMMANDS[args.command].command
+    words = list(sys.argv[1:] if argv is None else argv)
+    light = words[:1] if words[:1] and words[0] in _LIGHT else _COMMANDS
+    parser = build_parser(light)
+    args = parser.parse_args(words)
+    command: Callable[[argparse.Namespace, Parser], int] = _module(args.command).command
     return run_command(lambda: command(args, parser), getattr(args, "verbose", 0))

@@ -164,6 +164,24 @@ def describe(exc: BaseException) -> str:
     return " ".join(text.split())  # one line, whatever the message held
 
 
+EXIT_BROKEN_PIPE = 128 + 13
+"""What a shell shows for ``cat`` or ``grep`` killed by SIGPIPE (``| head``)."""
+
+
+def quiet_broken_pipe() -> int:
+    """The reader of our output went away (``| head``): end quietly, as ``cat`` does. Later
+    writes (the interpreter's final flush) go to /dev/null instead of raising again."""
+    import os
+
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+    except (OSError, ValueError):
+        pass
+    return EXIT_BROKEN_PIPE
+
+
 def run_command(command: Callable[[], int], verbose: int) -> int:
     """Run ``command``; a user error becomes one line on stderr and exit status 2."""
     try:
@@ -172,6 +190,8 @@ def run_command(command: Callable[[], int], verbose: int) -> int:
         return 130
     except BaseException as exc:
         leaf = leaf_error(exc)
+        if isinstance(leaf, BrokenPipeError):
+            return quiet_broken_pipe()
         if isinstance(leaf, SystemExit):
             raise leaf from None
         if isinstance(leaf, KeyboardInterrupt):

@@ -19,7 +19,7 @@ examples:
   slirptrio ctl /tmp/vm1.ctl info
   slirptrio ctl /tmp/vm1.ctl hostfwd-add tcp:127.0.0.1:0-:22
   slirptrio ctl /tmp/vm1.ctl hostfwd-remove tcp:127.0.0.1:40113
-  slirptrio ctl /tmp/vm1.ctl --json stats
+  slirptrio ctl /tmp/vm1.ctl stats          (--json: the raw answer, for every command)
 
 Only the stack's own user, and root, may use its control socket."""
 
@@ -75,11 +75,14 @@ def format_answer(cmd: str, answer: dict[str, object]) -> str:
         assert isinstance(flows, list)
         forwards = answer.get("forwards", [])
         assert isinstance(forwards, list)
-        head = f"{'Proto[State]':<22} {'Guest':<22} {'Dest':<22} {'Host':<24} RecvQ SendQ  Idle"
+        # QEMU's info usernet columns, then the flow number 'capture --flow N' takes.
+        head = (f"{'Proto[State]':<22} {'Guest':<22} {'Dest':<22} {'Host':<24} RecvQ SendQ  "
+                "Idle   Flow")
         rows = [_forward_row(fw) for fw in forwards]
         rows += [
             f"{f['proto'] + '[' + f['state'] + ']':<22} {f['guest']:<22} {f['dest']:<22} "
-            f"{f['host']:<24} {f['recv_q']:>5} {f['send_q']:>5} {f['idle_s']:>5.0f}s"
+            f"{f['host']:<24} {f['recv_q']:>5} {f['send_q']:>5} {f['idle_s']:>5.0f}s "
+            f"{f.get('flow', '-'):>6}"
             for f in flows
         ]
         tftp = answer.get("tftp") or []
@@ -94,7 +97,14 @@ def format_answer(cmd: str, answer: dict[str, object]) -> str:
                 f"{t['blksize']:>5} {t['windowsize']:>3}"
                 for t in tftp
             ]
+        upstreams = answer.get("dns_upstreams") or []
+        assert isinstance(upstreams, list)
+        if upstreams:
+            rows.append("")
+            rows += [f"DNS upstream {u['upstream']:<30} {u['state']}" for u in upstreams]
         return "\n".join([head, *rows])
+    if cmd == "stats":
+        return format_stats(answer)
     if cmd == "leases":
         leases = answer.get("leases")
         assert isinstance(leases, list)
@@ -105,6 +115,46 @@ def format_answer(cmd: str, answer: dict[str, object]) -> str:
     if cmd == "hostfwd-remove":
         return "removed"
     return json.dumps({k: v for k, v in answer.items() if k != "ok"}, indent=2)
+
+
+def format_stats(answer: dict[str, Any]) -> str:
+    """``ctl stats`` for people: the overview first, then every counter that moved."""
+    from slirptrio.cli._common import format_size
+
+    def yes(v: object) -> str:
+        return "yes" if v else "no"
+
+    lines = [
+        f"guest attached: {yes(answer.get('guest_attached'))}; leases: "
+        f"{answer.get('leases', 0)}; fast path: {answer.get('fast_path', '?')}",
+    ]
+    by_state = answer.get("flows_by_state") or {}
+    if isinstance(by_state, dict):
+        lines.append("flows: " + (", ".join(f"{k} {v}" for k, v in sorted(by_state.items()))
+                                  or "none"))
+    jb = int(answer.get("journal_bytes", 0) or 0)
+    lines.append(
+        f"journal: {format_size(jb) if jb else '0'} bytes written, "
+        f"{answer.get('journal_records', 0)} records, {answer.get('journal_gaps', 0)} gaps "
+        f"({answer.get('journal_lost_records', 0)} records lost), "
+        f"{answer.get('journal_queued_bytes', 0)} bytes queued; pcap: "
+        f"{answer.get('pcap_lost_frames', 0)} frames lost")
+    lines.append(f"frames dropped toward the guest: {answer.get('frames_dropped_toward_guest', 0)}"
+                 f"; from strangers: {answer.get('frames_from_strangers', 0)}")
+    for cap in answer.get("captures") or []:
+        lines.append(f"capture {cap.get('id', '?')}: {cap.get('frames', 0)} frames, "
+                     f"{cap.get('lost', 0)} lost, filter {cap.get('filter') or '(none)'}")
+    counters = answer.get("counters") or {}
+    if isinstance(counters, dict) and counters:
+        drops = {k: v for k, v in counters.items() if k.startswith("drop_")}
+        rest = {k: v for k, v in counters.items() if not k.startswith("drop_")}
+        width = max(len(k) for k in counters)
+        lines.append("counters:")
+        lines += [f"  {k:<{width}} {v:>12}" for k, v in sorted(rest.items())]
+        if drops:
+            lines.append(f"drops ({sum(drops.values())}):")
+            lines += [f"  {k:<{width}} {v:>12}" for k, v in sorted(drops.items())]
+    return "\n".join(lines)
 
 
 def _endpoint(addr: str, port: int) -> str:
@@ -130,4 +180,4 @@ def _forward_row(fw: dict[str, Any]) -> str:
         host = str(fw.get("target", ""))
     origin = "static" if fw.get("static") else "runtime"
     return (f"{label:<22} {guest:<22} {dest:<22} {host:<24} {'-':>5} {'-':>5} {'-':>5}  "
-            f"{origin}: {fw.get('rule', '')}")
+            f"{'-':>6}  {origin}: {fw.get('rule', '')}")

@@ -46,6 +46,7 @@ from typing import Any
 
 import trio
 
+from slirptrio.cli import statedir
 from slirptrio.cli._common import (
     Parser,
     Subparsers,
@@ -295,13 +296,14 @@ def add_parser(sub: Subparsers) -> None:
         usage="slirptrio qemu [options] -- QEMU_COMMAND...",
     )
     q.add_argument("--journal", metavar="PATH",
-                   help="journal file; {id} is replaced by the netdev id (default: under "
-                   "$XDG_STATE_HOME/slirptrio, one per netdev)")
+                   help="journal directory; {id} is replaced by the netdev id (default: under "
+                   "$XDG_STATE_HOME/slirptrio, ~/.local/state/slirptrio, one per netdev)")
     q.add_argument("--no-journal", action="store_true", help="do not write journals")
     q.add_argument("--pcap", metavar="PATH",
                    help="pcap file, {id} as for --journal (default: beside the journal)")
     q.add_argument("--no-pcap", action="store_true", help="do not write pcaps")
     add_journal_options(q, each=True)
+    statedir.add_options(q)
     q.add_argument("--control", metavar="PATH",
                    help="control socket, {id} as for --journal (default: in the private "
                    "directory; printed at start)")
@@ -425,7 +427,14 @@ def _run(args: argparse.Namespace, plan: Rewrite, private: str, upstreams: list[
 
     several = len(plan.nets) > 1
     files = [_files(args, n, i, several, private) for i, n in enumerate(plan.nets)]
+    try:
+        retention = statedir.Retention((f.journal for f in files), args.state_max, args.keep)
+    except ValueError as exc:
+        raise UserError(str(exc)) from None
+    retention.before()
+    opened: list[Any] = []
     status: list[int] = []
+    qemu_words = plan.argv[:4]  # for 'slirptrio sessions': which QEMU it was
     early: list[int] = []  # a signal that came before QEMU started
 
     async def main() -> None:
@@ -467,6 +476,8 @@ def _run(args: argparse.Namespace, plan: Rewrite, private: str, upstreams: list[
                     journal_max=args.journal_max, pcap_max=args.pcap_max,
                     journal_policy=args.journal_policy, journal_buffer=args.journal_buffer,
                 ))
+                opened.append(stack)
+                retention.started(f.journal)
                 await stack.listen_qemu("unix:" + net.socket)
                 await stack.serve_control(f.control)
                 fwd = "".join(f"; hostfwd {rule} on port {port}"
@@ -475,7 +486,16 @@ def _run(args: argparse.Namespace, plan: Rewrite, private: str, upstreams: list[
             await stop_watching()
             if not early:
                 status.append(await _run_qemu(plan.argv, inherited, signals))
+            for net, f, stack in zip(plan.nets, files, opened, strict=False):
+                retention.closing(f.journal, stack, {
+                    "netdev": net.id, "qemu_option": net.origin, "qemu_command": qemu_words,
+                    "exit_status": status[0] if status else None})
+        removed = retention.closed()
         for net, f in zip(plan.nets, files, strict=True):
+            if f.journal in removed:
+                _say(args.quiet, f"netdev {net.name}: nothing came from the guest; its "
+                     "session was removed (--keep keeps such a session)")
+                continue
             where = ", ".join(f"{k} {v}" for k, v in (("journal", f.journal), ("pcap", f.pcap))
                               if v) or "no journal, no pcap"
             _say(args.quiet, f"netdev {net.name}: {where}")

@@ -6,10 +6,12 @@ import argparse
 import logging
 import os
 import signal
+import sys
 
 import trio
 
 from slirptrio.api import SlirpStack, check_host_side
+from slirptrio.cli import statedir
 from slirptrio.cli._common import (
     Parser,
     Subparsers,
@@ -90,6 +92,7 @@ def add_parser(sub: Subparsers) -> None:
                      help="pcap file (default: the journal's path with .pcap)")
     run.add_argument("--no-pcap", action="store_true", help="do not write a pcap")
     add_journal_options(run, each=False)
+    statedir.add_options(run)
     run.add_argument(
         "--dns-upstream",
         metavar="HOST[:PORT]",
@@ -154,6 +157,11 @@ def command(args: argparse.Namespace, parser: Parser) -> int:
             pcap = args.pcap
         elif journal is not None:
             pcap = os.path.splitext(journal)[0] + ".pcap"
+    try:
+        retention = statedir.Retention([journal], args.state_max, args.keep)
+    except ValueError as exc:
+        parser.error(f"argument {exc}")
+    retention.before()
     setup_logging(max(args.verbose, 1) if args.verbose else 0)
     before, after = raise_nofile_limit()
     if after != before:
@@ -170,6 +178,7 @@ def command(args: argparse.Namespace, parser: Parser) -> int:
             print(f"slirptrio: smb {config.smb} as //{config.smbserver}/qemu")
         if args.control:
             print(f"slirptrio: control socket {args.control}")
+        retention.started(journal)
         if journal:
             print(f"slirptrio: journal {journal}")
         if pcap:
@@ -187,6 +196,8 @@ def command(args: argparse.Namespace, parser: Parser) -> int:
                         on_ready=ready, dns_upstreams=upstreams, control_path=args.control,
                         journal_max=args.journal_max, pcap_max=args.pcap_max,
                         journal_policy=args.journal_policy, journal_buffer=args.journal_buffer,
+                        on_close=lambda stack: retention.closing(journal, stack, {
+                            "command": "slirptrio run", "transport": spec.qemu_args()}),
                     )
 
                 nursery.start_soon(session)
@@ -195,4 +206,7 @@ def command(args: argparse.Namespace, parser: Parser) -> int:
                     break
 
     trio.run(main)
+    if retention.closed():
+        print("slirptrio: no frame came from the guest; the session was removed (--keep keeps "
+              "such a session)", file=sys.stderr)
     return 0

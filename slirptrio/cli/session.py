@@ -12,6 +12,7 @@ from typing import Literal
 import trio
 
 from slirptrio.api import SlirpStack, open_stack
+from slirptrio.cli.statedir import default_state_dir as default_state_dir
 from slirptrio.config import Config
 from slirptrio.journal.writer import DEFAULT_BUDGET, DEFAULT_JOURNAL_MAX, Policy
 from slirptrio.shell import transport as tp
@@ -45,14 +46,6 @@ class TransportSpec:
         )
 
 
-def default_state_dir() -> str:
-    """Where journals and pcaps go by default: ``$XDG_STATE_HOME/slirptrio`` (~/.local/state)."""
-    base = os.environ.get("XDG_STATE_HOME") or os.path.join(
-        os.path.expanduser("~"), ".local", "state"
-    )
-    return os.path.join(base, "slirptrio")
-
-
 def default_journal_path() -> str:
     stamp = time.strftime("%Y%m%d-%H%M%S")
     return os.path.join(default_state_dir(), f"session-{stamp}-{os.getpid()}.journal")
@@ -73,11 +66,13 @@ async def run_session(
     pcap_max: int | None = DEFAULT_JOURNAL_MAX,
     journal_policy: Policy = "lossy",
     journal_buffer: int = DEFAULT_BUDGET,
+    on_close: Callable[[SlirpStack], None] | None = None,
 ) -> None:
     """Run the stack until cancelled; journal and pcap are closed on the way out.
 
     ``dns_upstreams`` fixes the resolvers the DNS relay uses; None follows /etc/resolv.conf.
-    ``control_path`` serves the JSON-lines control socket there.
+    ``control_path`` serves the JSON-lines control socket there. ``on_close(stack)`` is
+    called when the session ends, before the stack closes (its session record).
     """
     upstreams = [hostport(h, p) for h, p in dns_upstreams or []]
     async with open_stack(
@@ -96,4 +91,8 @@ async def run_session(
             await stack.serve_control(control_path)
         if on_ready is not None:
             on_ready(stack)
-        await trio.sleep_forever()
+        try:
+            await trio.sleep_forever()
+        finally:
+            if on_close is not None:
+                on_close(stack)

@@ -21,6 +21,11 @@ a query in flight (same address, port and id) resends it, to the next upstream w
 several. With no upstream at all, the guest gets SERVFAIL immediately; before the shell has
 reported the list (:class:`DnsUpstreams`, an event so replay sees the same list), queries wait.
 
+Upstream state: an upstream is *up* once it answers and *failing* once a query sent there
+timed out or its socket reported an error; each change is logged once (not per query), counted
+(``dns_upstream_failing``, ``dns_upstream_recovered``) and shown by :meth:`upstream_states`
+(``ctl info``). The state is observation only: it changes no answer.
+
 Bounded: at most ``max_pending`` queries in flight; beyond that the guest gets SERVFAIL.
 The header codec below reads only what the relay needs and never trusts a count or a length
 byte without a bounds check; dpkt is not used here.
@@ -44,6 +49,8 @@ from slirptrio.syntax.address import parse_upstream as parse_upstream
 from slirptrio.wire import MalformedFrame
 
 log = logging.getLogger("slirptrio.core.dns")
+upstream_log = logging.getLogger("slirptrio.core.dns.upstream")
+"""One line per change of an upstream's state (answering, failing); replay quiets it."""
 
 DNS_PORT = 53
 HEADER = struct.Struct(">HHHHHH")
@@ -157,6 +164,15 @@ def parse_upstreams(text: str) -> list[tuple[str, int]]:
     return out
 
 
+def _errno_name(n: int) -> str:
+    """``ECONNREFUSED``-style names for the numbers Linux uses (a table: the core has no os)."""
+    return _ERRNO_NAMES.get(n, str(n))
+
+
+_ERRNO_NAMES = {111: "ECONNREFUSED", 113: "EHOSTUNREACH", 101: "ENETUNREACH", 110: "ETIMEDOUT",
+                13: "EACCES", 1: "EPERM", 104: "ECONNRESET", 90: "EMSGSIZE"}
+
+
 # ------------------------------------------------------------------------------ the relay
 
 
@@ -256,6 +272,7 @@ class DnsRelay:
         self._flow_index: dict[int, int] = {}  # relay flow -> upstream index
         self._pending: dict[int, _Pending] = {}  # upstream id -> query, oldest first
         self._by_guest: dict[tuple[bytes, int, int], int] = {}  # (ip, port, id) -> upstream id
+        self._health: dict[str, str] = {}  # "host:port" -> "up" | "failing: REASON"
 
     _SNAPSHOT_WIRING: ClassVar[frozenset[str]] = frozenset({
         "_send_udp", "_alloc_flow", "_rng", "counters", "dns_ip", "enabled", "timeout_ns",
@@ -271,6 +288,7 @@ class DnsRelay:
             "_reported": None if self._reported is None else [[h, p] for h, p in self._reported],
             "_open": [[i, snap.dump_slots(u)] for i, u in self._open.items()],
             "_pending": [snap.dump_slots(p, _PENDING_CODECS) for p in self._pending.values()],
+            "_health": dict(self._health),
         }
 
     def restore_state(self, state: dict[str, Any]) -> None:
@@ -279,6 +297,7 @@ class DnsRelay:
         rep = state["_reported"]
         self._reported = None if rep is None else [(h, p) for h, p in rep]
         self._open = {i: snap.load_slots(_Upstream, raw) for i, raw in state["_open"]}
+        self._health = dict(state.get("_health", {}))  # older snapshots: nothing seen yet
         self._flow_index = {u.flow: i for i, u in self._open.items()}
         self._pending = {}
         self._by_guest = {}
@@ -299,6 +318,31 @@ class DnsRelay:
 
     def pending(self) -> int:
         return len(self._pending)
+
+    def upstream_states(self) -> list[dict[str, str]]:
+        """Each current upstream and its state: ``up`` (it answered last), ``failing: ...``
+        (its last query timed out or its socket failed), or ``unused`` (not asked yet)."""
+        return [{"upstream": name, "state": self._health.get(name, "unused")}
+                for name in (format_upstreams([u]) for u in self.upstreams or [])]
+
+    def _mark(self, index: int | None, state: str) -> None:
+        """Upstream ``index`` is ``up`` or ``failing: REASON``; a change is logged once."""
+        ups = self.upstreams
+        if index is None or not ups or index >= len(ups):
+            return
+        name = format_upstreams([ups[index]])
+        before = self._health.get(name, "unused")
+        if before == state or (before.startswith("failing") and state.startswith("failing")):
+            return
+        self._health[name] = state
+        if state == "up":
+            if before != "unused":
+                self.counters["dns_upstream_recovered"] += 1
+                upstream_log.warning("DNS upstream %s answers again", name)
+        else:
+            self.counters["dns_upstream_failing"] += 1
+            upstream_log.warning("DNS upstream %s is %s; the guest gets SERVFAIL after %.1f s "
+                                 "until it answers", name, state, self.timeout_ns / 1e9)
 
     def guest_query(
         self,
@@ -408,6 +452,7 @@ class DnsRelay:
                 return []
         self._forget(p)
         c["dns_answers"] += 1
+        self._mark(index, "up")
         self._send_udp(p.server, DNS_PORT, p.guest[0], p.guest[1], with_id(data, p.guest_id))
         return []
 
@@ -415,6 +460,7 @@ class DnsRelay:
         """A host error on an upstream's socket: fail over, or SERVFAIL what went there."""
         self.counters["dns_upstream_errors"] += 1
         log.debug("DNS upstream flow %d: error %d", flow, errno)
+        self._mark(self._flow_index.get(flow), f"failing: error {_errno_name(errno)}")
         out: list[Effect] = []
         for p in list(self._pending.values()):
             if p.flows and p.flows[-1] == flow:
@@ -442,6 +488,8 @@ class DnsRelay:
             if p.deadline_ns > now_ns:
                 break
             self.counters["dns_timeouts"] += 1
+            if p.tried:
+                self._mark(p.tried[-1], f"failing: no answer in {self.timeout_ns / 1e9:g} s")
             self._fail(p)
         out: list[Effect] = []
         for index, u in list(self._open.items()):
