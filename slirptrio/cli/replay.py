@@ -20,7 +20,8 @@ def add_parser(sub: Subparsers) -> None:
         "journal cannot be read; 3: diverged, and the journal was recorded with other core\n"
         "constants (listed first).",
         epilog="examples:\n  slirptrio replay vm1.journal\n"
-        "  slirptrio replay --from 50m --until 52m --pcap minute50.pcap vm1.journal",
+        "  slirptrio replay --from 50m --until 52m --pcap minute50.pcap vm1.journal\n"
+        "  slirptrio replay --diff captures/",
     )
     rep.add_argument("journal", metavar="JOURNAL")
     rep.add_argument("--pcap", metavar="OUT", help="also export the window's frames to OUT")
@@ -32,6 +33,11 @@ def add_parser(sub: Subparsers) -> None:
                      help="print what happened: leases, flows, DNS, ICMP errors, drops")
     rep.add_argument("--json", action="store_true", help="the summary as JSON")
     rep.add_argument("--timeline", metavar="OUT.svg", help="draw the session, one lane per flow")
+    # -- behavioural diff (issue 23)
+    rep.add_argument("--diff", action="store_true",
+                     help="run every input through this build to the end and report each "
+                     "effect that differs, by flow and kind (exit 0 identical, 1 not); with this "
+                     "build's constants; JOURNAL may be a folder of journals (one line each)")
     show = rep.add_mutually_exclusive_group()
     show.add_argument("--progress", action="store_true", default=None,
                       help="show progress (default: when stderr is a terminal)")
@@ -44,6 +50,16 @@ def command(args: argparse.Namespace, parser: Parser) -> int:
     from slirptrio.journal import JournalError, open_journal
 
     setup_logging(args.verbose)
+    if args.diff:
+        for option, value in (("--pcap", args.pcap), ("--from", args.start),
+                              ("--until", args.until), ("--timeline", args.timeline)):
+            if value is not None:
+                parser.error(f"argument {option}: not with --diff")
+        if args.summary or args.json:
+            parser.error("argument --diff: not with --summary or --json")
+        from replay.diff import main as diff_main
+
+        return diff_main(args.journal)
     start = until = None
     try:
         origin = open_journal(args.journal).header.origin_ns

@@ -147,6 +147,7 @@ class Stack:
         self._next_flow = 0
         self._loopback = config.hostloopback
         self._mtu = config.mtu
+        self._ip4_tcp_head = _ip4_tcp_head()
         self._guestfwd: dict[tuple[bytes, int], int] = {}
         # Limits and timeouts are read from the modules' constants here, not bound as default
         # arguments, so that replay can build a core with a journal's recorded values
@@ -248,7 +249,7 @@ class Stack:
     )  # fmt: skip
     _SNAPSHOT_WIRING: ClassVar[frozenset[str]] = frozenset({
         "config", "seed", "_host_ip", "_dns_ip", "_net", "_netmask", "_net_broadcast",
-        "_our_mac", "_virtual_ips", "_loopback", "_mtu",
+        "_our_mac", "_virtual_ips", "_loopback", "_mtu", "_ip4_tcp_head",
         "_ipv4_on", "_ipv6_on", "_host6", "_dns6", "_ll6", "_net6", "_shift6", "_virtual6",
         "_mac6", "_dhcp6",  # stateless DHCPv6: only wiring
     })  # fmt: skip
@@ -594,7 +595,7 @@ class Stack:
                 pos += n
                 seq = (seq + n) & 0xFFFFFFFF
         head = b"".join((
-            self._mac_for(dst), self._our_mac, _IP4_TCP_HEAD, src, dst,
+            self._mac_for(dst), self._our_mac, self._ip4_tcp_head, src, dst,
         ))
         n = wfast.tcp_run(
             self._frames, head, (self._ip_id + 1) & 0xFFFF, sport, dport, seq, ack, window,
@@ -1033,9 +1034,12 @@ class Stack:
         self._emit_all(self.echo.guest_echo(hdr, ident, seq, msg[4:], body, now_ns))
 
 
-# An IPv4 header template without options (ttl 64, protocol 6) up to the addresses, after the
-# Ethernet addresses: ethertype, version/IHL, TOS, length, id, flags/offset, TTL, protocol, sum.
-_IP4_TCP_HEAD = bytes((0x08, 0x00, 0x45, 0, 0, 0, 0, 0, 0, 0, wip.DEFAULT_TTL, 6, 0, 0))
+
+def _ip4_tcp_head() -> bytes:
+    """An IPv4 header template without options (protocol 6) up to the addresses, after the
+    Ethernet addresses: ethertype, version/IHL, TOS, length, id, flags/offset, TTL, protocol,
+    sum. Built per stack: the TTL is read when the stack is built, as replay sets it."""
+    return bytes((0x08, 0x00, 0x45, 0, 0, 0, 0, 0, 0, 0, wip.DEFAULT_TTL, 6, 0, 0))
 
 _FWD_EVENTS = (TcpInbound, UdpInbound, GuestFwdAdd, GuestFwdRemove, HostFwdChange)
 _TCP_EVENTS = (TcpConnected, TcpConnectFailed, TcpData, TcpSent, TcpEof, TcpReset)
