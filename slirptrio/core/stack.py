@@ -45,6 +45,8 @@ from slirptrio.core.events import (
     DnsUpstreams,
     Effect,
     Event,
+    FaultAdd,
+    FaultRemove,
     FrameRuns,
     GuestFrame,
     GuestFrames,
@@ -73,6 +75,7 @@ from slirptrio.core.events import (
     UdpReceived,
     error_message,
 )
+from slirptrio.core.faults import IN, OUT, Faults, RuleInfo
 from slirptrio.core.icmp import IcmpEcho
 from slirptrio.core.info import FlowInfo
 from slirptrio.core.ipfrag import Reassembler, fragment
@@ -105,6 +108,7 @@ _ZERO_IP = b"\x00\x00\x00\x00"
 _UNSPECIFIED6 = bytes(16)
 _IP6_IDENT_SALT = 0x1D6F_7A3B_55C2_0E49  # a PRNG of its own: IPv6 must not shift IPv4's draws
 _MLD = (wicmp6.MLD_QUERY, wicmp6.MLD_REPORT, wicmp6.MLD_DONE, wicmp6.MLD2_REPORT)
+_ECONNRESET = 104  # what a fault rule's reset reports, as a host reset would
 GUEST_GONE_TIMEOUT_NS = 60 * 1_000_000_000
 """A guest whose link has been down this long without a frame is gone: its flows are reset."""
 ARP_TABLE_MAX = 256
@@ -239,6 +243,10 @@ class Stack:
         self._dhcp6 = Dhcpv6Server(config, self._mac6, self.counters)
         if config.ipv6:
             self.udp.dns_ip6 = self._dns6
+        # Fault rules (issue 23): they see every frame on the guest's link when any is in force.
+        self._now_ns = 0
+        self._faults = Faults(seed, self.counters, self.send_ip, self.tcp.flow_of,
+                              self._fault_reset)
 
     # --------------------------------------------------------------------------- snapshots
 
@@ -255,7 +263,7 @@ class Stack:
     })  # fmt: skip
     # The effects list of the event being handled and the frames not yet in it: replaced or
     # emptied at the start of every handle().
-    _SNAPSHOT_DERIVED: ClassVar[frozenset[str]] = frozenset({"_out", "_frames"})
+    _SNAPSHOT_DERIVED: ClassVar[frozenset[str]] = frozenset({"_out", "_frames", "_now_ns"})
 
     def snapshot_state(self) -> dict[str, Any]:
         """The whole core's state as plain data (see :mod:`slirptrio.core.snapshot`)."""
@@ -272,6 +280,7 @@ class Stack:
         }
         for name in self._SNAPSHOT_COMPONENTS:
             state[name] = getattr(self, name).snapshot_state()
+        state["_faults"] = self._faults.snapshot_state()
         return state
 
     def restore_state(self, state: dict[str, Any]) -> None:
@@ -288,6 +297,8 @@ class Stack:
         self._link_down_at = state["_link_down_at"]
         for name in self._SNAPSHOT_COMPONENTS:
             getattr(self, name).restore_state(state[name])
+        if "_faults" in state:  # snapshots from before fault rules have none in force
+            self._faults.restore_state(state["_faults"])
 
     def snapshot(self) -> dict[str, Any]:
         """A snapshot of this stack that :meth:`from_snapshot` turns back into one."""
@@ -310,13 +321,22 @@ class Stack:
         out: list[Effect] = []
         self._out = out
         self._frames.clear()
+        self._now_ns = now_ns
         t = type(event)
         if t is GuestFrames:
             self._link_down_at = None
-            self._guest_frames(event.data, now_ns)  # type: ignore[attr-defined]
+            if self._faults.active:
+                self._guest_frames(bytes(self._faults.filter_run(event.data, OUT, now_ns)),  # type: ignore[attr-defined]
+                                   now_ns)
+            else:
+                self._guest_frames(event.data, now_ns)  # type: ignore[attr-defined]
         elif t is GuestFrame:
             self._link_down_at = None
-            self._guest_frame(event.data, now_ns)  # type: ignore[attr-defined]
+            if self._faults.active:
+                for f in self._faults.filter(event.data, OUT, now_ns):  # type: ignore[attr-defined]
+                    self._guest_frame(f, now_ns)
+            else:
+                self._guest_frame(event.data, now_ns)  # type: ignore[attr-defined]
         elif t in _TCP_EVENTS:
             self.tcp.host_event(event, now_ns)
         elif t in _FWD_EVENTS:
@@ -329,6 +349,8 @@ class Stack:
             self._emit_all(self.tftp.host_event(event, now_ns))
         elif t is Tick:
             self.counters["ticks"] += 1
+            if self._faults.active:
+                self._fault_release(now_ns)
             if self._link_down_at is not None and (
                 now_ns >= self._link_down_at + GUEST_GONE_TIMEOUT_NS
             ):
@@ -349,6 +371,8 @@ class Stack:
                 self._link_down_at = now_ns
         elif t is FrameRuns:
             self._runs = event.on  # type: ignore[attr-defined]
+        elif t is FaultAdd or t is FaultRemove:
+            self._fault_event(event, now_ns)
         else:
             self.counters["unknown_event"] += 1
             log.warning("unhandled event %r", event)
@@ -364,7 +388,7 @@ class Stack:
             gone_at = self._link_down_at + GUEST_GONE_TIMEOUT_NS
         for t in (
             self._reasm.poll_at(), self.udp.poll_at(), self.echo.poll_at(), self._ndp.poll_at(),
-            self.tftp.poll_at(), gone_at,
+            self.tftp.poll_at(), gone_at, self._faults.poll_at(),
         ):
             if t is not None and (d is None or t < d):
                 d = t
@@ -513,6 +537,43 @@ class Stack:
         """The TFTP transfers in progress, for display (``info``)."""
         return self.tftp.sessions(now_ns)
 
+    # ------------------------------------------------------------------ fault rules (#23)
+
+    def fault_rules(self, now_ns: int) -> list[RuleInfo]:
+        """The fault rules in force and what each has done."""
+        return self._faults.rules(now_ns)
+
+    def _fault_event(self, event: Event, now_ns: int) -> None:
+        if isinstance(event, FaultAdd):
+            if self._faults.add(event.rule, event.text, now_ns):
+                log.info("fault rule %d in force: %s", event.rule, event.text)
+            else:
+                log.warning("fault rule %d refused: %s", event.rule, event.text)
+        elif isinstance(event, FaultRemove):
+            self._faults.remove(event.rule)
+
+    def _fault_release(self, now_ns: int) -> None:
+        """Frames the rules held that are due: the guest's on through the stack, the ones
+        toward the guest out as they are (they were filtered when they were made)."""
+        out, inn = self._faults.release(now_ns)
+        for frame in out:
+            self._guest_frame(frame, now_ns)
+        if not inn:
+            return
+        if self._frames:
+            self._flush_frames()
+        if self._runs:
+            self._out.append(SendFrames(b"".join(len(f).to_bytes(4, "big") + f for f in inn)))
+        else:
+            self._out.extend(SendFrame(f) for f in inn)
+
+    def _fault_reset(self, flow: int, now_ns: int) -> bool:
+        """Reset TCP ``flow`` as a host reset would (RST to the guest, host socket closed)."""
+        if flow < 0 or not self.tcp.owns(flow):
+            return False
+        self.tcp.host_event(TcpReset(flow, _ECONNRESET), now_ns)
+        return True
+
     # ----------------------------------------------------------------------------- output
     #
     # Frames to the guest gather in ``_frames`` (a run); they become effects before any other
@@ -522,6 +583,12 @@ class Stack:
 
     def _flush_frames(self) -> None:
         frames = self._frames
+        if self._faults.active:
+            kept = self._faults.filter_run(frames, IN, self._now_ns)
+            frames.clear()
+            if not kept:
+                return
+            frames += kept
         if self._runs:
             self._out.append(SendFrames(bytes(frames)))
         else:
