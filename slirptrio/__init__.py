@@ -14,6 +14,7 @@ __version__ = "0.1.0"
 if TYPE_CHECKING:
     from slirptrio.api import SlirpStack, StackStatistics, open_stack
     from slirptrio.config import Config, ConfigError, parse_user_options
+    from slirptrio.core.faults import FaultError, RuleInfo
     from slirptrio.core.info import FlowInfo
     from slirptrio.forward import ForwardInfo
     from slirptrio.shell.forwards import ForwardError
@@ -26,6 +27,8 @@ _LAZY = {
     "ConfigError": "slirptrio.config",
     "parse_user_options": "slirptrio.config",
     "FlowInfo": "slirptrio.core.info",
+    "FaultError": "slirptrio.core.faults",
+    "RuleInfo": "slirptrio.core.faults",
     "ForwardInfo": "slirptrio.forward",
     "ForwardError": "slirptrio.shell.forwards",
 }
@@ -33,9 +36,11 @@ _LAZY = {
 __all__ = [
     "Config",
     "ConfigError",
+    "FaultError",
     "FlowInfo",
     "ForwardError",
     "ForwardInfo",
+    "RuleInfo",
     "SlirpStack",
     "StackStatistics",
     "__version__",

@@ -41,6 +41,7 @@ from __future__ import annotations
 import heapq
 import ipaddress
 import re
+import tomllib
 from collections.abc import Callable
 from dataclasses import dataclass, fields
 from typing import Any, ClassVar
@@ -305,6 +306,35 @@ def rule_from_table(table: dict[str, Any]) -> Rule:
                 raise FaultError(f"{key}={text!r}: no spaces in a value")
             words.append(f"{key}={text}")
     return parse_rule(" ".join(words))
+
+
+def parse_fault_file(text: str) -> list[Rule]:
+    """The rules of a ``--faults`` file: TOML, one ``[[rule]]`` table per rule (keys as in
+    the rule text; a table may instead hold the whole text as ``text = "loss=2% ..."``).
+
+    Raises:
+      FaultError: the file is no such TOML, or a rule is bad ("rule 2: ...").
+    """
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise FaultError(f"not TOML: {exc}") from None
+    unknown = [k for k in data if k != "rule"]
+    if unknown:
+        raise FaultError(f"unknown top-level key {unknown[0]!r} (rules go in [[rule]] tables)")
+    tables = data.get("rule", [])
+    if not isinstance(tables, list) or not all(isinstance(t, dict) for t in tables):
+        raise FaultError("rules go in [[rule]] tables")
+    rules = []
+    for n, table in enumerate(tables, 1):
+        try:
+            if set(table) == {"text"} and isinstance(table["text"], str):
+                rules.append(parse_rule(table["text"]))
+            else:
+                rules.append(rule_from_table(table))
+        except FaultError as exc:
+            raise FaultError(f"rule {n}: {exc}") from None
+    return rules
 
 
 def _glob(pattern: str) -> re.Pattern[str]:
