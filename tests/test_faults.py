@@ -16,7 +16,9 @@ from collections.abc import Iterable
 
 import pytest
 
+from replay.diff import diff_journal
 from replay.engine import replay_journal
+from replay.summary import format_summary, summarize_journal
 from slirptrio.config import parse_user_options
 from slirptrio.core.events import (
     DnsUpstreams,
@@ -484,6 +486,16 @@ def test_session_with_rules_replays_identical(tmp_path: pathlib.Path) -> None:
     assert result.identical and result.records > 400
     counters = door.stack.counters
     assert counters["fault_dropped"] > 10 and counters["fault_resets"] == 1
+    # the summary says what each rule did, the removed ones included
+    summary = summarize_journal(journal)
+    rules = {r["id"]: r for r in summary.faults}
+    assert sorted(rules) == [1, 3, 4]
+    assert rules[1]["removed_s"] is not None and rules[1]["stats"]["dropped"] > 5
+    assert rules[4]["removed_s"] is None and rules[4]["stats"]["reset"] == 1
+    text = format_summary(summary)
+    assert "Fault rules (3):" in text and "proto=tcp reset-bytes=500" in text
+    # and --diff finds nothing to report
+    assert diff_journal(journal).identical
 
 
 def test_fault_state_snapshots_and_restores() -> None:
