@@ -517,3 +517,30 @@ def test_fault_state_snapshots_and_restores() -> None:
     t = d.now
     rest = [(t + k * 10 * MS, Tick()) for k in range(1, 700)]
     assert [copy.handle(ev, at) for at, ev in rest] == [d.stack.handle(ev, at) for at, ev in rest]
+
+
+# ------------------------------------------------------------------------------------ IPv6
+
+
+def test_ipv6_matched_by_prefix_and_neighbour_discovery_never_impaired() -> None:
+    from tests import guestframes6 as gf6
+
+    d = Driver(1, "remote=2001:db8::/32 loss=100%", "dir=in proto=icmp loss=100%")
+    d.step(GuestFrame(gf6.udp6("2001:db8:1::1", 9, b"lost")))
+    d.step(GuestFrame(gf6.udp6("2001:db9::1", 9, b"kept")))
+    assert [e.data for e in d.of(UdpSend)] == [b"kept"]  # type: ignore[attr-defined]
+    # a solicitation for the router is answered though every ICMP frame to the guest is lost
+    out = d.step(GuestFrame(gf6.neighbor_solicit("fe80::2")))
+    assert _frames(out) and d.stats(2).get("dropped", 0) == 0
+    d.step(GuestFrame(gf6.echo6("fec0::2")))  # the stack's own echo reply: lost
+    assert d.stats(2)["dropped"] == 1
+
+
+def test_refuse_over_ipv6() -> None:
+    from tests import guestframes6 as gf6
+
+    d = Driver(1, "connect=refuse")
+    out = d.step(GuestFrame(gf6.tcp_syn("2001:db8:1::1", 443)))
+    assert not d.of(TcpConnect) and d.stats()["refused"] == 1
+    (frame,) = _frames(out)
+    assert frame[12:14] == b"\x86\xdd" and frame[20] == 6 and frame[54 + 13] & RST

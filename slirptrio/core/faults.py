@@ -383,6 +383,8 @@ def classify(frame: bytes | memoryview) -> _Pkt | None:
         p.proto = frame[20]
         p.src, p.dst = bytes(frame[22:38]), bytes(frame[38:54])
         p.l4 = 54
+        if p.proto == _ICMP6 and n > 54 and 133 <= frame[54] <= 137:
+            return None  # neighbour discovery: link housekeeping, as ARP, never impaired
         end = min(n, 54 + (frame[18] << 8 | frame[19]))
     else:
         return None
