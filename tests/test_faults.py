@@ -92,6 +92,7 @@ class Driver:
         self.door = door
         self.now = 0
         self.effects: list[Effect] = []
+        self.timed: list[tuple[int, Effect]] = []
         self.events: list[tuple[int, Event]] = []
         for i, text in enumerate(rules, 1):
             self.step(FaultAdd(i, text))
@@ -103,6 +104,7 @@ class Driver:
         else:
             out = self.stack.handle(ev, self.now)
         self.effects += out
+        self.timed += [(self.now, e) for e in out]
         return out
 
     def until_quiet(self, limit_ns: int = 600 * SEC) -> None:
@@ -216,6 +218,21 @@ def test_loss_same_seed_same_choices_other_seed_other() -> None:
     c = _udp_out(Driver(8, "dir=out loss=30%"), 300)
     assert a == b
     assert a != c
+
+
+@pytest.mark.parametrize("rule", [
+    "dir=out duplicate=20%", "dir=out reorder=20%", "dir=out corrupt=20%",
+    "dir=out delay=10ms jitter=10ms", "dir=out ge-p=20% ge-r=20%",
+])
+def test_every_impairment_same_seed_same_choices(rule: str) -> None:
+    def run(seed: int) -> tuple[list[tuple[int, bytes]], dict[str, int]]:
+        d = Driver(seed, rule)
+        _udp_out(d, 300)
+        sent = [(t, e.data) for t, e in d.timed if isinstance(e, UdpSend)]
+        return sent, d.stats()
+
+    assert run(7) == run(7)
+    assert run(7) != run(8)
 
 
 def test_loss_in_direction_only() -> None:

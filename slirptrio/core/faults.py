@@ -108,9 +108,9 @@ class Rule:
     jitter_ns: int = 0
     duplicate: int = 0
     reorder: int = 0
-    reorder_gap_ns: int = REORDER_GAP_NS
+    reorder_gap_ns: int | None = None  # None: REORDER_GAP_NS, read at use
     rate: int = 0  # bits per second
-    limit: int = RATE_LIMIT_BYTES
+    limit: int | None = None  # None: RATE_LIMIT_BYTES, read at use
     corrupt: int = 0
     connect: str = ""  # refuse | timeout
     reset_bytes: int | None = None
@@ -799,7 +799,8 @@ class Faults:
             due += self._rng.below(2 * r.jitter_ns + 1) - r.jitter_ns
         queued = False
         if r.rate:
-            if st.queued[direction] + size > r.limit:
+            limit = RATE_LIMIT_BYTES if r.limit is None else r.limit
+            if st.queued[direction] + size > limit:
                 return -1, False
             start = max(now, st.busy[direction])
             st.busy[direction] = start + size * 8 * _SEC // r.rate
@@ -810,7 +811,8 @@ class Faults:
             self.counters["fault_reordered"] += 1
             # netem's way: with a delay the chosen frame goes at once (overtaking); without
             # one it is held back and later frames overtake it.
-            return (now if r.delay_ns else now + r.reorder_gap_ns), queued
+            gap = REORDER_GAP_NS if r.reorder_gap_ns is None else r.reorder_gap_ns
+            return (now if r.delay_ns else now + gap), queued
         due = max(due, now, st.last_due[direction])  # jitter never reorders on its own
         st.last_due[direction] = due
         if due > now:

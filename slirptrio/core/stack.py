@@ -388,7 +388,7 @@ class Stack:
             gone_at = self._link_down_at + GUEST_GONE_TIMEOUT_NS
         for t in (
             self._reasm.poll_at(), self.udp.poll_at(), self.echo.poll_at(), self._ndp.poll_at(),
-            self.tftp.poll_at(), gone_at, self._faults.poll_at(),
+            self.tftp.poll_at(), gone_at, self._faults.poll_at() if self._faults.active else None,
         ):
             if t is not None and (d is None or t < d):
                 d = t
