@@ -27,6 +27,7 @@ from slirptrio.core.events import (
     FaultAdd,
     FaultRemove,
     GuestFrame,
+    GuestFrames,
     SendFrame,
     SendFrames,
     TcpClose,
@@ -561,3 +562,23 @@ def test_refuse_over_ipv6() -> None:
     assert not d.of(TcpConnect) and d.stats()["refused"] == 1
     (frame,) = _frames(out)
     assert frame[12:14] == b"\x86\xdd" and frame[20] == 6 and frame[54 + 13] & RST
+
+
+def test_malformed_frames_pass_the_rules_without_a_word() -> None:
+    """Cut and scrambled frames never raise out of the rules (the stack counts them)."""
+    from slirptrio.core.prng import Prng
+
+    rng = Prng(99)
+    d = Driver(1, "loss=10% corrupt=10% duplicate=10% delay=1ms", "proto=tcp reset-bytes=10",
+               "name=*.x dns=servfail", "connect=refuse")
+    seeds = [_udp(b"x" * 40), _tcp(1, 0, SYN), _udp(_dns_query("a.x"), dst=DNS, dport=53)]
+    for i in range(3000):
+        frame = bytearray(seeds[i % len(seeds)])
+        for _ in range(1 + rng.below(4)):
+            frame[rng.below(len(frame))] = rng.below(256)
+        cut = bytes(frame[: rng.below(len(frame) + 1)])
+        d.now += 1000
+        d.step(GuestFrame(cut))
+        d.step(GuestFrames(len(cut).to_bytes(4, "big") + cut))
+    d.until_quiet()
+    assert d.stack.counters["core_exceptions"] == 0
