@@ -47,6 +47,7 @@ from replay.engine import (
     _normalize,
     _restore,
 )
+from slirptrio import __version__
 from slirptrio.config import Config, ConfigError
 from slirptrio.core import constants
 from slirptrio.core.events import (
@@ -411,6 +412,9 @@ def format_change(ch: Change) -> str:
 def format_report(result: DiffResult, path: str, examples: int = EXAMPLES) -> list[str]:
     """The whole report: constants first, then each group of changes with its count."""
     lines: list[str] = []
+    version = result.header.version
+    if version and version != __version__:
+        lines.append(f"note: recorded by slirptrio {version}; this is {__version__}")
     comp = result.constants
     if comp is not None and comp.conflict:
         lines.append("MISMATCH: the journal's core constants differ from this build's "
