@@ -48,6 +48,7 @@ from slirptrio.config import Config, ConfigError
 from slirptrio.core import constants
 from slirptrio.core.events import (
     DnsUpstreams,
+    FaultRemove,
     GuestFrame,
     GuestFrames,
     GuestLink,
@@ -328,6 +329,7 @@ class Summary:
     first_guest_ns: int | None = None  # the guest's first frame (before it: QEMU, boot)
     window: tuple[int, int] | None = None  # --from/--until: the session times shown
     window_records: int = 0  # records inside the window
+    faults: list[dict[str, Any]] = field(default_factory=list)  # each rule and what it did
 
     @property
     def lookups_failed(self) -> int:
@@ -406,6 +408,7 @@ class Summary:
             "events": [n.to_dict() for n in self.events],
             "drops": self.drops,
             "counters": self.counters,
+            "faults": self.faults,
         }
 
 
@@ -638,6 +641,8 @@ class _Analyzer:
         effects = raw_effects
         if self.door is not None:
             event = decode_event(raw_event)
+            if raw_event[0] == FaultRemove.TAG:
+                self._faults_gone(t_ns, raw_event[1])
             self.door.seq = seq
             self.door.step(event, t_ns)
             got = [encode(e) for e in self._actual]
@@ -1269,9 +1274,19 @@ class _Analyzer:
                                            f"DNS upstream {self.relay_flows[flow]}: "
                                            f"{_errno_name(ev[2])}", {"errno": ev[2]}))
 
+    def _faults_gone(self, t_ns: int, rule: int) -> None:
+        """Keep what the fault rules taken out of force now did (issue 23)."""
+        assert self.stack is not None
+        for r in self.stack.fault_rules(t_ns):
+            if rule in (-1, r.id):
+                self.s.faults.append({**r.to_dict(), "removed_s": _s(t_ns)})
+
     def finish(self) -> Summary:
         if self.stack is not None and self.door is not None:
             self.s.counters = dict(self.stack.counters)
+            end = self.s.last_ns or 0
+            self.s.faults += [{**r.to_dict(), "removed_s": None}
+                              for r in self.stack.fault_rules(end)]
         for f in self.s.flows:
             if f.proto != "icmp":
                 continue
@@ -1534,6 +1549,12 @@ def format_summary(s: Summary, name: str = "") -> str:
     else:
         lines.append(f"\nDrops by reason ({sum(drops.values())}):")
         lines += [f"  {k:<28} {v}" for k, v in drops.items()]
+    if s.faults:
+        lines.append(f"\nFault rules ({len(s.faults)}):")
+        for r in s.faults:
+            until = f" to {r['removed_s']:.3f}s" if r["removed_s"] is not None else ""
+            did = ", ".join(f"{k} {v}" for k, v in sorted(r["stats"].items())) or "nothing"
+            lines.append(f"  {r['id']:>3}  {r['rule']}  (from {r['added_s']:.3f}s{until}): {did}")
     if s.events:
         lines.append("\nEvents:")
         lines += [f"  {_ts(n.t_ns)}  {n.text}" for n in s.events]

@@ -14,6 +14,7 @@ __version__ = "0.1.0"
 if TYPE_CHECKING:
     from slirptrio.api import SlirpStack, StackStatistics, open_stack, raise_nofile_limit
     from slirptrio.config import Config, ConfigError, parse_user_options
+    from slirptrio.core.faults import FaultError, RuleInfo
     from slirptrio.core.info import FlowInfo
     from slirptrio.shell.forwards import ForwardError
     from slirptrio.syntax.forward import ForwardInfo
@@ -28,15 +29,19 @@ _LAZY = {
     "parse_user_options": "slirptrio.config",
     "FlowInfo": "slirptrio.core.info",
     "ForwardInfo": "slirptrio.syntax.forward",
+    "FaultError": "slirptrio.core.faults",
+    "RuleInfo": "slirptrio.core.faults",
     "ForwardError": "slirptrio.shell.forwards",
 }
 
 __all__ = [
     "Config",
     "ConfigError",
+    "FaultError",
     "FlowInfo",
     "ForwardError",
     "ForwardInfo",
+    "RuleInfo",
     "SlirpStack",
     "StackStatistics",
     "__version__",

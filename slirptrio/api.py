@@ -36,7 +36,8 @@ from slirptrio import __version__
 from slirptrio.config import Config, ConfigError, parse_user_options
 from slirptrio.core import constants
 from slirptrio.core.dhcp import Lease
-from slirptrio.core.events import TcpClose, TcpRecvCredit, TcpReset
+from slirptrio.core.events import FaultAdd, FaultRemove, TcpClose, TcpRecvCredit, TcpReset
+from slirptrio.core.faults import FaultError, RuleInfo, parse_rule
 from slirptrio.core.info import FlowInfo
 from slirptrio.core.stack import Stack
 from slirptrio.core.tftp import TftpSessionInfo
@@ -98,6 +99,8 @@ class StackStatistics:
     """``"native"`` (the C extension) or ``"pure"`` (Python): the per-frame codecs in use."""
     captures: list[dict[str, Any]] = dataclasses.field(default_factory=list)
     """Live captures: id, frames, lost (the reader was too slow), filter."""
+    faults: list[dict[str, Any]] = dataclasses.field(default_factory=list)
+    """Fault rules in force: id, rule, added_s, active, stats (what each has done)."""
 
 
 class SlirpStack:
@@ -123,6 +126,7 @@ class SlirpStack:
         self.journal_path = journal_path
         self.pcap_path = pcap_path
         self._transport_started = False
+        self._next_fault = 0
 
     @property
     def config(self) -> Config:
@@ -234,9 +238,50 @@ class SlirpStack:
             guest_attached=self._runtime.port.attached,
             frames_from_strangers=self._runtime.port.foreign,
             captures=[c.stats() for c in self._captures.active.values()],
+            faults=[r.to_dict() for r in self.faults()],
         )
 
     # ---------------------------------------------------------------------- control socket
+
+    # ------------------------------------------------------------------ fault rules (#23)
+
+    def add_fault(self, rule: str) -> int:
+        """Put a fault rule in force (syntax: :mod:`slirptrio.core.faults`, e.g.
+        ``"proto=tcp loss=2% delay=50ms jitter=50ms"``); return its id. The rule goes
+        through the journaled door, so a replay makes the same drops and delays.
+
+        Raises:
+          FaultError: the rule does not parse (the message names the bad word).
+        """
+        text = parse_rule(rule).text()
+        self._next_fault += 1
+        self._runtime.submit(FaultAdd(self._next_fault, text))
+        return self._next_fault
+
+    def remove_fault(self, rule_id: int) -> None:
+        """Take fault rule ``rule_id`` out of force. Raises KeyError if there is none."""
+        if all(r.id != rule_id for r in self.faults()):
+            raise KeyError(f"no fault rule {rule_id}")
+        self._runtime.submit(FaultRemove(rule_id))
+
+    def clear_faults(self) -> None:
+        """Take every fault rule out of force."""
+        self._runtime.submit(FaultRemove(-1))
+
+    def faults(self) -> list[RuleInfo]:
+        """The fault rules in force, with what each has done so far."""
+        return self._runtime.stack.fault_rules(self.now_ns())
+
+    @contextlib.asynccontextmanager
+    async def fault(self, rule: str) -> AsyncIterator[int]:
+        """A fault rule in force for the duration of an ``async with`` block (for tests);
+        yields its id and removes it on exit, also on cancellation or an error."""
+        rule_id = self.add_fault(rule)
+        try:
+            yield rule_id
+        finally:
+            if any(r.id == rule_id for r in self.faults()):
+                self._runtime.submit(FaultRemove(rule_id))
 
     # --------------------------------------------------------------------------- forwards
 
@@ -442,7 +487,42 @@ class SlirpStack:
             "hostfwd-add": hostfwd_add,
             "hostfwd-remove": hostfwd_remove,
             "capture": capture,
+            **self._fault_handlers(),
         }
+
+    def _fault_handlers(self) -> dict[str, control.Handler]:
+        """``fault-add`` {"rule": TEXT} -> id and canonical rule; ``fault-remove`` {"id": N};
+        ``fault-clear``; ``fault-list`` -> faults."""
+
+        async def add(req: dict[str, Any]) -> dict[str, Any]:
+            rule = req.get("rule")
+            if not isinstance(rule, str):
+                raise control.ControlError('expected {"cmd": "fault-add", "rule": "RULE"}')
+            try:
+                rule_id = self.add_fault(rule)
+            except FaultError as exc:
+                raise control.ControlError(f"bad fault rule: {exc}") from None
+            return {"id": rule_id, "rule": parse_rule(rule).text()}
+
+        async def remove(req: dict[str, Any]) -> dict[str, Any]:
+            rule_id = req.get("id")
+            if not isinstance(rule_id, int) or isinstance(rule_id, bool):
+                raise control.ControlError('expected {"cmd": "fault-remove", "id": N}')
+            try:
+                self.remove_fault(rule_id)
+            except KeyError:
+                raise control.ControlError(f"no fault rule {rule_id}") from None
+            return {}
+
+        async def clear(_req: dict[str, Any]) -> dict[str, Any]:
+            self.clear_faults()
+            return {}
+
+        async def list_(_req: dict[str, Any]) -> dict[str, Any]:
+            return {"faults": [r.to_dict() for r in self.faults()]}
+
+        return {"fault-add": add, "fault-remove": remove, "fault-clear": clear,
+                "fault-list": list_}
 
     def _flow_endpoints(self, flow: int) -> tuple[Endpoint, Endpoint] | None:
         for f in self.flows():
@@ -482,6 +562,7 @@ async def open_stack(
     pcap_max: int | None = DEFAULT_JOURNAL_MAX,
     journal_policy: Policy = "lossy",
     journal_buffer: int = DEFAULT_BUDGET,
+    faults: Sequence[str] = (),
 ) -> AsyncIterator[SlirpStack]:
     """Run a stack for the duration of an ``async with`` block.
 
@@ -500,6 +581,7 @@ async def open_stack(
         network never waits) or ``"lossless"`` (the network waits for the disk).
       journal_buffer: bytes of records and frames that may wait for the writer thread;
         beyond it the policy applies.
+      faults: fault rules in force from the start (:meth:`SlirpStack.add_fault`).
 
     ``max-flows`` is lowered to what the process's RLIMIT_NOFILE allows (with a log line);
     the command line raises the soft limit to the hard one first, an embedding program may
@@ -508,7 +590,7 @@ async def open_stack(
     Raises:
       ConfigError: a bad option string, or what it names is missing on the host (a ``tftp=``
         or ``smb=`` directory, smbd: see :func:`check_host_side`).
-      ValueError: a bad DNS upstream or journal policy.
+      ValueError: a bad DNS upstream or journal policy; a bad fault rule (FaultError).
       OSError: the journal or pcap cannot be created (e.g. a symlink in the way).
     """
     cfg = parse_user_options(config) if isinstance(config, str) else config
@@ -518,6 +600,7 @@ async def open_stack(
     else:
         log.info("fast path: pure Python (%s): several times slower", fast.REASON)
     upstreams = [parse_upstream(u) for u in dns_upstreams] if dns_upstreams else None
+    fault_rules = [parse_rule(text).text() for text in faults]  # FaultError before anything
     problem = check_host_side(cfg)
     if problem is not None:
         raise ConfigError("smb" if problem.startswith("smb=") else "tftp", problem)
@@ -566,6 +649,8 @@ async def open_stack(
                 nursery, runtime, recorder, forwards, journal_path, pcap_path, captures
             )
             handle._watch_opening()
+            for text in fault_rules:
+                handle.add_fault(text)
             for rule in cfg.guestfwd:
                 await forwards.add_guestfwd(rule, static=True)
             if smb is not None:

@@ -20,6 +20,9 @@ examples:
   slirptrio ctl /tmp/vm1.ctl hostfwd-add tcp:127.0.0.1:0-:22
   slirptrio ctl /tmp/vm1.ctl hostfwd-remove tcp:127.0.0.1:40113
   slirptrio ctl /tmp/vm1.ctl stats          (--json: the raw answer, for every command)
+  slirptrio ctl /tmp/vm1.ctl fault add proto=tcp loss=2% delay=50ms jitter=50ms
+  slirptrio ctl /tmp/vm1.ctl fault list
+  slirptrio ctl /tmp/vm1.ctl fault remove 1
 
 Only the stack's own user, and root, may use its control socket."""
 
@@ -37,7 +40,8 @@ def add_parser(sub: Subparsers) -> None:
                      help="show the traceback of an error")
     ctl.add_argument(
         "request", nargs="+", metavar="COMMAND",
-        help="info | leases | stats | hostfwd-add RULE | hostfwd-remove RULE",
+        help="info | leases | stats | hostfwd-add RULE | hostfwd-remove RULE | "
+        "fault add RULE... | fault list | fault remove ID | fault clear",
     )
 
 
@@ -45,6 +49,8 @@ def command(args: argparse.Namespace, parser: Parser) -> int:
     from slirptrio.shell.control import ControlError, request
 
     cmd, *rest = args.request
+    if cmd == "fault":
+        return _fault_command(args, parser, rest)
     if cmd not in _CTL_ARGS:
         parser.error(f"argument COMMAND: unknown command {cmd!r} (known: {', '.join(_CTL_ARGS)})")
     if len(rest) != _CTL_ARGS[cmd]:
@@ -65,6 +71,48 @@ def command(args: argparse.Namespace, parser: Parser) -> int:
     if not answer.get("ok"):
         raise UserError(str(answer.get("error", "refused")))
     print(format_answer(cmd, answer))
+    return 0
+
+
+def _fault_command(args: argparse.Namespace, parser: Parser, rest: list[str]) -> int:
+    """``ctl CTL fault add RULE... | list | remove ID | clear`` (fault rules, issue 23)."""
+    from slirptrio.shell.control import ControlError, request
+
+    sub, *words = rest or [""]
+    message: dict[str, object]
+    if sub == "add" and words:
+        message = {"cmd": "fault-add", "rule": " ".join(words)}
+    elif sub == "remove" and len(words) == 1 and words[0].isdigit():
+        message = {"cmd": "fault-remove", "id": int(words[0])}
+    elif sub in ("list", "clear") and not words:
+        message = {"cmd": f"fault-{sub}"}
+    else:
+        parser.error("argument COMMAND: fault add RULE... | fault list | fault remove ID | "
+                     "fault clear")
+    try:
+        answer = trio.run(request, args.socket, message)
+    except OSError as exc:
+        raise UserError(f"control socket {args.socket}: {describe(exc)}") from exc
+    except (ControlError, trio.TooSlowError, ValueError) as exc:
+        raise UserError(f"control socket {args.socket}: {exc or 'no answer in time'}") from exc
+    if args.json:
+        print(json.dumps(answer, indent=2))
+        return 0 if answer.get("ok") else 1
+    if not answer.get("ok"):
+        raise UserError(str(answer.get("error", "refused")))
+    if sub == "add":
+        print(f"fault rule {answer.get('id')}: {answer.get('rule')}")
+    elif sub == "list":
+        rules = answer.get("faults") or []
+        assert isinstance(rules, list)
+        for r in rules:
+            done = ", ".join(f"{k} {v}" for k, v in sorted(r["stats"].items())) or "nothing yet"
+            state = "" if r["active"] else " (outside its window)"
+            print(f"{r['id']:>3}  {r['rule']}{state}\n     {done}")
+        if not rules:
+            print("(no fault rules)")
+    else:
+        print("removed" if sub == "remove" else "cleared")
     return 0
 
 

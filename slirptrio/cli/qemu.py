@@ -310,6 +310,8 @@ def add_parser(sub: Subparsers) -> None:
     q.add_argument("--dns-upstream", metavar="HOST[:PORT]", action="append",
                    help="resolver for the DNS relays (repeatable; default: resolv.conf's)")
     q.add_argument("--seed", type=int, help="PRNG seed (the n-th netdev gets SEED+n)")
+    q.add_argument("--faults", metavar="FILE",
+                   help="fault rules for every netdev, in force from the start (TOML)")
     q.add_argument("-q", "--quiet", action="store_true",
                    help="print nothing but errors (not even the journal paths at the end)")
     q.add_argument("-v", "--verbose", action="count", default=0, help="more logging")
@@ -369,6 +371,9 @@ def command(args: argparse.Namespace, parser: Parser) -> int:
             parser.error(f"argument --dns-upstream: {exc}")
         upstreams = list(args.dns_upstream)
     journal_options(args, parser)
+    from slirptrio.cli.run import read_faults
+
+    args.fault_rules = read_faults(args.faults, parser)  # checked before QEMU starts
     run_dir = os.environ.get("XDG_RUNTIME_DIR") or tempfile.gettempdir()
     if not os.path.isdir(run_dir):
         run_dir = tempfile.gettempdir()
@@ -475,6 +480,7 @@ def _run(args: argparse.Namespace, plan: Rewrite, private: str, upstreams: list[
                     meta={"qemu_netdev": net.id, "qemu_option": net.origin},
                     journal_max=args.journal_max, pcap_max=args.pcap_max,
                     journal_policy=args.journal_policy, journal_buffer=args.journal_buffer,
+                    faults=args.fault_rules,
                 ))
                 opened.append(stack)
                 retention.started(f.journal)

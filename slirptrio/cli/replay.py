@@ -24,7 +24,8 @@ def add_parser(sub: Subparsers) -> None:
         "constants (listed first).",
         epilog="examples:\n  slirptrio replay vm1.journal\n"
         "  slirptrio replay --from 50m --until 52m --pcap minute50.pcap vm1.journal\n"
-        "  slirptrio replay last --summary --from 10s --until 20s\n\n"
+        "  slirptrio replay last --summary --from 10s --until 20s\n"
+        "  slirptrio replay --diff captures/\n\n"
         "--from/--until limit --summary, --json, --timeline and --pcap to the window too.\n"
         "Files replay writes (--pcap, --timeline) are 0600, as the session's own.",
     )
@@ -41,6 +42,11 @@ def add_parser(sub: Subparsers) -> None:
     rep.add_argument("--json", action="store_true", help="the summary as JSON")
     rep.add_argument("--timeline", metavar="OUT.svg",
                      help="draw the session, one lane per flow (OUT.png: a PNG picture)")
+    # -- behavioural diff (issue 23)
+    rep.add_argument("--diff", action="store_true",
+                     help="run every input through this build to the end and report each "
+                     "effect that differs, by flow and kind (exit 0 identical, 1 not); with this "
+                     "build's constants; JOURNAL may be a folder of journals (one line each)")
     show = rep.add_mutually_exclusive_group()
     show.add_argument("--progress", action="store_true", default=None,
                       help="show progress (default: when stderr is a terminal)")
@@ -56,6 +62,16 @@ def command(args: argparse.Namespace, parser: Parser) -> int:
     setup_logging(args.verbose)
     quiet_replayed_logs(args.verbose)
     args.journal = resolve_journal(args.journal)
+    if args.diff:
+        for option, value in (("--pcap", args.pcap), ("--from", args.start),
+                              ("--until", args.until), ("--timeline", args.timeline)):
+            if value is not None:
+                parser.error(f"argument {option}: not with --diff")
+        if args.summary or args.json:
+            parser.error("argument --diff: not with --summary or --json")
+        from replay.diff import main as diff_main
+
+        return diff_main(args.journal)
     start = until = None
     try:
         origin = open_journal(args.journal).header.origin_ns

@@ -103,6 +103,9 @@ def add_parser(sub: Subparsers) -> None:
         "--control", metavar="PATH", help="serve the JSON-lines control socket at PATH"
     )
     run.add_argument("--seed", type=int, help="PRNG seed (default: random; always journaled)")
+    run.add_argument("--faults", metavar="FILE",
+                     help="fault rules in force from the start (TOML, [[rule]] tables; see "
+                     "'Reproduce a flaky network' in the README)")
     run.add_argument("-v", "--verbose", action="count", default=0, help="more logging")
     run.add_argument("options", nargs="?", default="", metavar="OPTIONS",
                      help="QEMU -netdev user options, e.g. 'net=192.168.76.0/24,hostname=vm1'")
@@ -134,6 +137,21 @@ def _transport(args: argparse.Namespace, parser: Parser) -> TransportSpec:
         parser.error(f"argument {option}: {exc}")
 
 
+def read_faults(path: str | None, parser: Parser) -> list[str]:
+    """The rules of a ``--faults`` file as rule texts (a bad file: one line, exit 2)."""
+    if path is None:
+        return []
+    from slirptrio.core.faults import FaultError, parse_fault_file
+
+    try:
+        with open(path, encoding="utf-8") as f:
+            return [rule.text() for rule in parse_fault_file(f.read())]
+    except OSError as exc:
+        parser.error(f"argument --faults: {path}: {exc.strerror or exc}")
+    except (FaultError, UnicodeDecodeError) as exc:
+        parser.error(f"argument --faults: {path}: {exc}")
+
+
 def command(args: argparse.Namespace, parser: Parser) -> int:
     try:
         config = parse_user_options(args.options)
@@ -150,6 +168,7 @@ def command(args: argparse.Namespace, parser: Parser) -> int:
         except ValueError as exc:
             parser.error(f"argument --dns-upstream: {exc}")
     journal_options(args, parser)
+    faults = read_faults(args.faults, parser)
     journal = None if args.no_journal else (args.journal or default_journal_path())
     pcap = None
     if not args.no_pcap:
@@ -198,6 +217,7 @@ def command(args: argparse.Namespace, parser: Parser) -> int:
                         journal_policy=args.journal_policy, journal_buffer=args.journal_buffer,
                         on_close=lambda stack: retention.closing(journal, stack, {
                             "command": "slirptrio run", "transport": spec.qemu_args()}),
+                        faults=faults,
                     )
 
                 nursery.start_soon(session)

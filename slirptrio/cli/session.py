@@ -67,6 +67,7 @@ async def run_session(
     journal_policy: Policy = "lossy",
     journal_buffer: int = DEFAULT_BUDGET,
     on_close: Callable[[SlirpStack], None] | None = None,
+    faults: list[str] | None = None,
 ) -> None:
     """Run the stack until cancelled; journal and pcap are closed on the way out.
 
@@ -79,6 +80,7 @@ async def run_session(
         config, journal=journal_path, pcap=pcap_path, seed=seed,
         dns_upstreams=upstreams or None, meta=dict(meta or {}), journal_max=journal_max,
         pcap_max=pcap_max, journal_policy=journal_policy, journal_buffer=journal_buffer,
+        faults=faults or (),
     ) as stack:
         if spec.mode == "listen":
             await stack.listen_qemu(str(spec.addr))

@@ -387,6 +387,27 @@ def error_message(exc: BaseException) -> str:
     return _ADDRESS.sub("0x?", str(exc))[:500]
 
 
+# ---- fault rules (tags 70-79): see slirptrio.core.faults
+
+
+@dataclass(frozen=True, slots=True)
+class FaultAdd(Event):
+    """Put fault rule ``rule`` (an id the shell chose) in force; ``text`` is the rule in the
+    syntax of :mod:`slirptrio.core.faults`. A rule of the same id is replaced."""
+
+    TAG: ClassVar[int] = 70
+    rule: int
+    text: str
+
+
+@dataclass(frozen=True, slots=True)
+class FaultRemove(Event):
+    """Take fault rule ``rule`` out of force (-1: every rule)."""
+
+    TAG: ClassVar[int] = 71
+    rule: int
+
+
 # ---- TFTP (tags 100-119)
 #
 # The file a TFTP session serves is a host input like any socket's bytes: the core asks the

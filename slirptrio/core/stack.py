@@ -52,6 +52,8 @@ from slirptrio.core.events import (
     DnsUpstreams,
     Effect,
     Event,
+    FaultAdd,
+    FaultRemove,
     FrameRuns,
     GuestFrame,
     GuestFrames,
@@ -80,6 +82,7 @@ from slirptrio.core.events import (
     UdpReceived,
     error_message,
 )
+from slirptrio.core.faults import IN, OUT, Faults, RuleInfo
 from slirptrio.core.icmp import IcmpEcho
 from slirptrio.core.info import FlowInfo
 from slirptrio.core.ipfrag import Reassembler, fragment
@@ -122,6 +125,7 @@ _SERVED_GROUPS6 = tuple(bytes.fromhex(g) for g in (
     "ff020000000000000000000000000001", "ff020000000000000000000000000002",
     "ff020000000000000000000000000016", "ff020000000000000000000000010002",
 ))  # fmt: skip
+_ECONNRESET = 104  # what a fault rule's reset reports, as a host reset would
 GUEST_GONE_TIMEOUT_NS = 60 * 1_000_000_000
 """A guest whose link has been down this long without a frame is gone: its flows are reset."""
 ARP_TABLE_MAX = 256
@@ -164,6 +168,7 @@ class Stack:
         self._next_flow = 0
         self._loopback = config.hostloopback
         self._mtu = config.mtu
+        self._ip4_tcp_head = _ip4_tcp_head()
         self._guestfwd: dict[tuple[bytes, int], int] = {}
         # Limits and timeouts are read from the modules' constants here, not bound as default
         # arguments, so that replay can build a core with a journal's recorded values
@@ -254,6 +259,10 @@ class Stack:
             self.udp.dns_ip6 = self._dns6
         self._our_macs: frozenset[bytes] = frozenset()
         self._update_our_macs()
+        # Fault rules (issue 23): they see every frame on the guest's link when any is in force.
+        self._now_ns = 0
+        self._faults = Faults(seed, self.counters, self.send_ip, self.tcp.flow_of,
+                              self._fault_reset)
 
     # --------------------------------------------------------------------------- snapshots
 
@@ -264,14 +273,15 @@ class Stack:
     )  # fmt: skip
     _SNAPSHOT_WIRING: ClassVar[frozenset[str]] = frozenset({
         "config", "seed", "_host_ip", "_dns_ip", "_net", "_netmask", "_net_broadcast",
-        "_our_mac", "_virtual_ips", "_loopback", "_mtu",
+        "_our_mac", "_virtual_ips", "_loopback", "_mtu", "_ip4_tcp_head",
         "_ipv4_on", "_ipv6_on", "_host6", "_dns6", "_ll6", "_net6", "_shift6", "_virtual6",
         "_mac6", "_dhcp6",  # stateless DHCPv6: only wiring
     })  # fmt: skip
     # The effects list of the event being handled and the frames not yet in it: replaced or
     # emptied at the start of every handle().
     # The MACs the stack takes frames for: built from the config and the guest forwards.
-    _SNAPSHOT_DERIVED: ClassVar[frozenset[str]] = frozenset({"_out", "_frames", "_our_macs"})
+    _SNAPSHOT_DERIVED: ClassVar[frozenset[str]] = frozenset(
+        {"_out", "_frames", "_our_macs", "_now_ns"})
 
     def snapshot_state(self) -> dict[str, Any]:
         """The whole core's state as plain data (see :mod:`slirptrio.core.snapshot`)."""
@@ -288,6 +298,7 @@ class Stack:
         }
         for name in self._SNAPSHOT_COMPONENTS:
             state[name] = getattr(self, name).snapshot_state()
+        state["_faults"] = self._faults.snapshot_state()
         return state
 
     def restore_state(self, state: dict[str, Any]) -> None:
@@ -305,6 +316,8 @@ class Stack:
         for name in self._SNAPSHOT_COMPONENTS:
             getattr(self, name).restore_state(state[name])
         self._update_our_macs()
+        if "_faults" in state:  # snapshots from before fault rules have none in force
+            self._faults.restore_state(state["_faults"])
 
     def snapshot(self) -> dict[str, Any]:
         """A snapshot of this stack that :meth:`from_snapshot` turns back into one."""
@@ -327,13 +340,22 @@ class Stack:
         out: list[Effect] = []
         self._out = out
         self._frames.clear()
+        self._now_ns = now_ns
         t = type(event)
         if t is GuestFrames:
             self._link_down_at = None
-            self._guest_frames(event.data, now_ns)  # type: ignore[attr-defined]
+            if self._faults.active:
+                self._guest_frames(bytes(self._faults.filter_run(event.data, OUT, now_ns)),  # type: ignore[attr-defined]
+                                   now_ns)
+            else:
+                self._guest_frames(event.data, now_ns)  # type: ignore[attr-defined]
         elif t is GuestFrame:
             self._link_down_at = None
-            self._guest_frame(event.data, now_ns)  # type: ignore[attr-defined]
+            if self._faults.active:
+                for f in self._faults.filter(event.data, OUT, now_ns):  # type: ignore[attr-defined]
+                    self._guest_frame(f, now_ns)
+            else:
+                self._guest_frame(event.data, now_ns)  # type: ignore[attr-defined]
         elif t in _TCP_EVENTS:
             self.tcp.host_event(event, now_ns)
         elif t in _FWD_EVENTS:
@@ -346,6 +368,8 @@ class Stack:
             self._emit_all(self.tftp.host_event(event, now_ns))
         elif t is Tick:
             self.counters["ticks"] += 1
+            if self._faults.active:
+                self._fault_release(now_ns)
             if self._link_down_at is not None and (
                 now_ns >= self._link_down_at + GUEST_GONE_TIMEOUT_NS
             ):
@@ -366,6 +390,8 @@ class Stack:
                 self._link_down_at = now_ns
         elif t is FrameRuns:
             self._runs = event.on  # type: ignore[attr-defined]
+        elif t is FaultAdd or t is FaultRemove:
+            self._fault_event(event, now_ns)
         else:
             self.counters["unknown_event"] += 1
             log.warning("unhandled event %r", event)
@@ -381,7 +407,7 @@ class Stack:
             gone_at = self._link_down_at + GUEST_GONE_TIMEOUT_NS
         for t in (
             self._reasm.poll_at(), self.udp.poll_at(), self.echo.poll_at(), self._ndp.poll_at(),
-            self.tftp.poll_at(), gone_at,
+            self.tftp.poll_at(), gone_at, self._faults.poll_at() if self._faults.active else None,
         ):
             if t is not None and (d is None or t < d):
                 d = t
@@ -564,6 +590,43 @@ class Stack:
         """The TFTP transfers in progress, for display (``info``)."""
         return self.tftp.sessions(now_ns)
 
+    # ------------------------------------------------------------------ fault rules (#23)
+
+    def fault_rules(self, now_ns: int) -> list[RuleInfo]:
+        """The fault rules in force and what each has done."""
+        return self._faults.rules(now_ns)
+
+    def _fault_event(self, event: Event, now_ns: int) -> None:
+        if isinstance(event, FaultAdd):
+            if self._faults.add(event.rule, event.text, now_ns):
+                log.info("fault rule %d in force: %s", event.rule, event.text)
+            else:
+                log.warning("fault rule %d refused: %s", event.rule, event.text)
+        elif isinstance(event, FaultRemove):
+            self._faults.remove(event.rule)
+
+    def _fault_release(self, now_ns: int) -> None:
+        """Frames the rules held that are due: the guest's on through the stack, the ones
+        toward the guest out as they are (they were filtered when they were made)."""
+        out, inn = self._faults.release(now_ns)
+        for frame in out:
+            self._guest_frame(frame, now_ns)
+        if not inn:
+            return
+        if self._frames:
+            self._flush_frames()
+        if self._runs:
+            self._out.append(SendFrames(b"".join(len(f).to_bytes(4, "big") + f for f in inn)))
+        else:
+            self._out.extend(SendFrame(f) for f in inn)
+
+    def _fault_reset(self, flow: int, now_ns: int) -> bool:
+        """Reset TCP ``flow`` as a host reset would (RST to the guest, host socket closed)."""
+        if flow < 0 or not self.tcp.owns(flow):
+            return False
+        self.tcp.host_event(TcpReset(flow, _ECONNRESET), now_ns)
+        return True
+
     # ----------------------------------------------------------------------------- output
     #
     # Frames to the guest gather in ``_frames`` (a run); they become effects before any other
@@ -573,6 +636,12 @@ class Stack:
 
     def _flush_frames(self) -> None:
         frames = self._frames
+        if self._faults.active:
+            kept = self._faults.filter_run(frames, IN, self._now_ns)
+            frames.clear()
+            if not kept:
+                return
+            frames += kept
         if self._runs:
             self._out.append(SendFrames(bytes(frames)))
         else:
@@ -646,7 +715,7 @@ class Stack:
                 pos += n
                 seq = (seq + n) & 0xFFFFFFFF
         head = b"".join((
-            self._mac_for(dst), self._our_mac, _IP4_TCP_HEAD, src, dst,
+            self._mac_for(dst), self._our_mac, self._ip4_tcp_head, src, dst,
         ))
         n = wfast.tcp_run(
             self._frames, head, (self._ip_id + 1) & 0xFFFF, sport, dport, seq, ack, window,
@@ -1120,9 +1189,12 @@ class Stack:
         self._emit_all(self.echo.guest_echo(hdr, ident, seq, msg[4:], body, now_ns))
 
 
-# An IPv4 header template without options (ttl 64, protocol 6) up to the addresses, after the
-# Ethernet addresses: ethertype, version/IHL, TOS, length, id, flags/offset, TTL, protocol, sum.
-_IP4_TCP_HEAD = bytes((0x08, 0x00, 0x45, 0, 0, 0, 0, 0, 0, 0, wip.DEFAULT_TTL, 6, 0, 0))
+
+def _ip4_tcp_head() -> bytes:
+    """An IPv4 header template without options (protocol 6) up to the addresses, after the
+    Ethernet addresses: ethertype, version/IHL, TOS, length, id, flags/offset, TTL, protocol,
+    sum. Built per stack: the TTL is read when the stack is built, as replay sets it."""
+    return bytes((0x08, 0x00, 0x45, 0, 0, 0, 0, 0, 0, 0, wip.DEFAULT_TTL, 6, 0, 0))
 
 _FWD_EVENTS = (TcpInbound, UdpInbound, GuestFwdAdd, GuestFwdRemove, HostFwdChange)
 _TCP_EVENTS = (TcpConnected, TcpConnectFailed, TcpData, TcpSent, TcpEof, TcpReset)

@@ -12,7 +12,11 @@ object on one line, ``{"ok": true, ...}`` or ``{"ok": false, "error": MESSAGE}``
 * ``hostfwd-add`` ``{"rule": "tcp::8022-:22"}`` → ``port`` (the bound host port);
 * ``hostfwd-remove`` ``{"rule": ...}``;
 * ``capture`` (filters) → ``capture``: the connection then carries the capture
-  (:mod:`slirptrio.shell.capture`), not more answers.
+  (:mod:`slirptrio.shell.capture`), not more answers;
+* ``fault-add`` ``{"rule": "proto=tcp loss=2%"}`` → ``id``, ``rule`` (canonical);
+  ``fault-remove`` ``{"id": N}``; ``fault-clear``; ``fault-list`` → ``faults`` (id, rule,
+  added_s, active, stats): fault rules (:mod:`slirptrio.core.faults`), each change a
+  journaled event.
 
 A bad request gets an error answer and changes nothing; a line longer than 64 KiB closes the
 connection. Several clients may be connected at once.

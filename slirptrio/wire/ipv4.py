@@ -78,13 +78,16 @@ def build_ipv4(
     payload: bytes | memoryview,
     *,
     ident: int = 0,
-    ttl: int = DEFAULT_TTL,
+    ttl: int | None = None,
     tos: int = 0,
     df: bool = False,
     mf: bool = False,
     frag_offset: int = 0,
 ) -> bytes:
-    """One IPv4 datagram without options; ``frag_offset`` in bytes (a multiple of 8)."""
+    """One IPv4 datagram without options; ``frag_offset`` in bytes (a multiple of 8); ``ttl``
+    defaults to :data:`DEFAULT_TTL`, read at the call (a replay or a diff may change it)."""
+    if ttl is None:
+        ttl = DEFAULT_TTL
     total = MIN_HEADER + len(payload)
     if total > 0xFFFF:
         raise ValueError(f"IPv4 datagram too long: {total}")
