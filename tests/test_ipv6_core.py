@@ -271,6 +271,36 @@ def test_echo_forwarded_and_replied() -> None:
     assert quoted.src == ip6(g6.GUEST_IP) and quoted.dst == ip6("2001:db8::1")
 
 
+def test_icmpv6_errors_quote_the_ipv6_header_and_128_bytes_of_the_guest_packet() -> None:
+    # The IPv6 twin of the IPv4 quote test: the quote is the guest's fixed header and the
+    # first 128 bytes after it, byte for byte as the guest sent them (an echo request and a
+    # UDP datagram, each longer than the quote).
+    from slirptrio.core.events import IcmpEchoError
+
+    stack = make()
+    payload = bytes(range(256)) * 2
+    ping = g6.echo6("2001:db8::1", ident=5, seq=2, payload=payload)
+    opened, _sent = others(stack.handle(GuestFrame(ping), 0))
+    assert isinstance(opened, IcmpEchoOpen)
+    (eth,) = frames(stack.handle(IcmpEchoError(opened.flow, 113, 3, 1, 3, 0, "2001:db8::fe"), 1))
+    msg = icmp6_ok(eth.data)
+    raw = bytes(msg)
+    assert (msg.type, msg.code) == (1, 3)
+    assert len(raw) == 8 + 40 + 128
+    assert raw[8 + 40 :] == ping[14 + 40 : 14 + 40 + 128]
+    assert dpkt.ip6.IP6(raw[8:]).plen == 8 + len(payload)
+
+    dgram = g6.udp6("2001:db8::1", 9, payload)
+    opened, _sent = others(stack.handle(GuestFrame(dgram), 2))
+    assert isinstance(opened, UdpOpen)
+    (eth,) = frames(stack.handle(UdpError(opened.flow, 111, 3, 1, 4, 0, "2001:db8::1"), 3))
+    msg = icmp6_ok(eth.data)
+    raw = bytes(msg)
+    assert (msg.type, msg.code) == (1, 4)
+    assert raw[8 + 40 :] == dgram[14 + 40 : 14 + 40 + 128]
+    assert len(raw) == 8 + 40 + 128
+
+
 def test_echo_to_prefix_and_martians_is_not_forwarded() -> None:
     stack = make()
     for dst in ("fec0::99", "fe80::99", "::1", "::ffff:1.2.3.4", "ff05::1"):
