@@ -218,7 +218,9 @@ _SEEDS = [gf.arp_request("10.0.2.2"), gf.icmp_echo("10.0.2.2"), gf.dhcp(1), gf.d
 
 @settings(max_examples=400, deadline=None)
 @given(st.sampled_from(_SEEDS), st.data())
-def test_truncated_and_mutated_frames_are_dropped_or_answered(frame: bytes, data: st.DataObject) -> None:
+def test_truncated_and_mutated_frames_are_dropped_or_answered(
+    frame: bytes, data: st.DataObject
+) -> None:
     cut = data.draw(st.integers(0, len(frame)))
     mutated = bytearray(frame[:cut])
     for _ in range(data.draw(st.integers(0, 4))):
