@@ -9,6 +9,7 @@ import time
 
 import pytest
 
+from tests.e2e.evidence import assert_stack_refused, tcp_resets_to_guest
 from tests.e2e.harness import (
     HOST_ADDR,
     REPO_ROOT,
@@ -125,3 +126,9 @@ def test_restrict_blocks_tcp(topo: Topology) -> None:
     )
     assert out.returncode == 7, (out.returncode, out.stderr)
     stop_and_replay(st, relay)
+    # curl's "couldn't connect" would also follow a stack that connected to the host and then
+    # reset the guest: the journal shows the SYN reached the stack, no connect to the host was
+    # ever asked for, and the stack itself answered with a reset.
+    assert_stack_refused(st.journal, HOST_ADDR, (6,))
+    resets = [p for p in tcp_resets_to_guest(st.journal) if p.src == HOST_ADDR]
+    assert resets and all(p.ip.data.sport == HTTP_PORT for p in resets), resets
