@@ -12,6 +12,7 @@ from pathlib import Path
 import dpkt
 
 from slirptrio.core.events import (
+    Event,
     GuestFrame,
     GuestFrames,
     IcmpEchoOpen,
@@ -80,6 +81,17 @@ def packets(journal: Path) -> list[Packet]:
                     p = _packet(frame, True)
                     if p is not None:
                         out.append(p)
+    return out
+
+
+def events(journal: Path) -> list[Event]:
+    """Every input the core consumed, decoded (records it cannot decode left out)."""
+    out = []
+    for rec in open_journal(journal).records:
+        try:
+            out.append(decode_event(rec.event))
+        except (ValueError, TypeError):
+            continue
     return out
 
 
