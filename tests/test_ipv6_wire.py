@@ -194,7 +194,7 @@ def test_names() -> None:
 
 def ref_options(data: bytes) -> list[tuple[int, bytes]] | None:
     """RFC 4861 4.6 options read the obvious way (None: the message must be dropped)."""
-    out = []
+    out: list[tuple[int, bytes]] = []
     while data:
         if len(data) < 2 or data[1] == 0 or data[1] * 8 > len(data) or len(out) >= 64:
             return None
@@ -205,7 +205,8 @@ def ref_options(data: bytes) -> list[tuple[int, bytes]] | None:
 
 def ref_names(data: bytes) -> list[str] | None:
     """Uncompressed DNS names with zero padding (RFC 8106 5.2), or None."""
-    names, labels = [], []
+    names: list[str] = []
+    labels: list[str] = []
     while data:
         n, data = data[0], data[1:]
         if n == 0:

@@ -143,7 +143,7 @@ def test_ip_idents_come_from_the_seed_and_advance_by_one() -> None:
     # What the seed decides, written down independently of the stack: the first IPv4 ident
     # is one past the PRNG's first draw, and each datagram the stack sends takes the next.
     # Two stacks with the seed send the same bytes; another seed changes the idents only.
-    outs = {}
+    outs: dict[int, list[list[bytes]]] = {}
     for seed in (42, 42, 43):
         stack = make(seed=seed)
         out = []

@@ -191,16 +191,23 @@ def syn_flood(dsts: list[str], port: int, n: int, check: tuple[str, int], wait: 
 
 
 def listen(port: int, addrs: list[str]) -> None:
+    lock = threading.Lock()
+
+    def say(line: str) -> None:
+        with lock:  # one whole line at a time: the listeners are threads
+            sys.stdout.write(line + "\n")
+            sys.stdout.flush()
+
     def tcp_loop(srv: socket.socket, addr: str) -> None:
         while True:
             c, peer = srv.accept()
-            print(f"tcp {addr} {peer[0]}", flush=True)
+            say(f"tcp {addr} {peer[0]}")
             c.close()
 
     def udp_loop(u: socket.socket, addr: str) -> None:
         while True:
             _, peer = u.recvfrom(65535)
-            print(f"udp {addr} {peer[0]}", flush=True)
+            say(f"udp {addr} {peer[0]}")
 
     threads = []
     for a in addrs:
