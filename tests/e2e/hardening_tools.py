@@ -8,10 +8,11 @@
   guest's own kernel would never send on a wire), then collects for 2 s what comes back;
   prints one JSON object: per DST and protocol, the ICMP (type, code, source) or TCP flags
   answered, or null.
-* ``syn-flood DST[,DST...] PORT N CHECK_ADDR CHECK_PORT WAIT``: N non-blocking connects to the
-  DSTs in turn, then (with all of them still open) an HTTP GET of 1,000 bytes to
-  CHECK_ADDR:CHECK_PORT, checked byte for byte; reports how the flood's sockets stood when the
-  reply was complete and once all of them ended (or WAIT seconds passed); prints JSON.
+* ``syn-flood DST[,DST...] PORT N CHECK_ADDR CHECK_PORT WAIT PENDING_MAX``: N non-blocking
+  connects to the DSTs in turn, then (with all of them still open) an HTTP GET of 1,000 bytes
+  to CHECK_ADDR:CHECK_PORT, checked byte for byte; reports how the flood's sockets stood when
+  the reply was complete, once at most PENDING_MAX were pending and once all of them ended
+  (the last two: or WAIT seconds from the start passed); prints JSON.
 * ``listen PORT ADDR[,ADDR...]``: TCP and UDP listeners on each ADDR; prints ``listening``,
   then one line per accepted connection or datagram.
 """
@@ -133,8 +134,8 @@ def _pattern(n: int) -> bytes:
     return block * reps + block[:rest]
 
 
-def syn_flood(dsts: list[str], port: int, n: int, check: tuple[str, int], wait: float
-              ) -> dict[str, object]:
+def syn_flood(dsts: list[str], port: int, n: int, check: tuple[str, int], wait: float,
+              pending_max: int) -> dict[str, object]:
     socks = []
     for i in range(n):
         c = socket.socket()
@@ -169,23 +170,31 @@ def syn_flood(dsts: list[str], port: int, n: int, check: tuple[str, int], wait: 
                 refused += 1
         return refused, ok, pending
 
-    # Sampled on events, not after a sleep: the flood's SYNs left before the check's, and the
-    # stack answers in order, so by the time the check's reply is complete every SYN it
-    # refused at once has its reset. Then wait (at most ``wait`` seconds from the start) for
-    # every flood socket to end, or the deadline.
-    early = states()
-    late = early
-    while late[2] and time.monotonic() < t0 + wait:
-        pending = [c for c in socks if c not in select.select([], socks, [], 0)[1]]
-        select.select([], pending, [], max(0.0, t0 + wait - time.monotonic()))
-        late = states()
+    def wait_for(done: int) -> tuple[int, int, int]:
+        """The states once at most ``done`` sockets are pending, or at the deadline: woken
+        by the sockets themselves (select), never by a timer but the deadline."""
+        now = states()
+        while now[2] > done and time.monotonic() < t0 + wait:
+            pending = [c for c in socks if c not in select.select([], socks, [], 0)[1]]
+            select.select([], pending, [], max(0.0, t0 + wait - time.monotonic()))
+            now = states()
+        return now
+
+    # Sampled on events, not after a sleep: when the check's reply is complete; once no more
+    # than PENDING_MAX flood sockets are still pending (a SYN lost on the way is retried by
+    # the guest's kernel a second later); and once all of them ended (or WAIT seconds from
+    # the start passed).
+    at_check = states()
+    early = wait_for(pending_max)
+    late = wait_for(0)
     for c in socks:
         c.close()
     return {
         "check_ok": check_ok, "check_ms": round(check_ms), "check_error": body[:200].decode(
             errors="replace") if not check_ok else "",
-        "refused_at_check": early[0], "connected_at_check": early[1],
-        "pending_at_check": early[2],
+        "pending_at_check": at_check[2],
+        "refused_settled": early[0], "connected_settled": early[1],
+        "pending_settled": early[2],
         "refused_end": late[0], "connected_end": late[1], "pending_end": late[2],
     }
 
@@ -234,7 +243,7 @@ def main(argv: list[str]) -> None:
         print(json.dumps(craft(argv[1], argv[2], argv[3].split(","), int(argv[4]))), flush=True)
     elif cmd == "syn-flood":
         out = syn_flood(argv[1].split(","), int(argv[2]), int(argv[3]),
-                        (argv[4], int(argv[5])), float(argv[6]))
+                        (argv[4], int(argv[5])), float(argv[6]), int(argv[7]))
         print(json.dumps(out), flush=True)
     elif cmd == "listen":
         listen(int(argv[1]), argv[2].split(","))
