@@ -156,26 +156,22 @@ def syn_flood(dsts: list[str], port: int, n: int, check: tuple[str, int], wait: 
     except OSError as exc:
         body = str(exc).encode()
 
+    ended: dict[socket.socket, int] = {}  # SO_ERROR reads once: keep each socket's verdict
+
     def states() -> tuple[int, int, int]:
-        refused = ok = pending = 0
         _, writable, _ = select.select([], socks, [], 0)
-        for c in socks:
-            if c not in writable:
-                pending += 1
-                continue
-            err = c.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
-            if err == 0:
-                ok += 1
-            else:
-                refused += 1
-        return refused, ok, pending
+        for c in writable:
+            if c not in ended:
+                ended[c] = c.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
+        ok = sum(1 for err in ended.values() if err == 0)
+        return len(ended) - ok, ok, len(socks) - len(ended)
 
     def wait_for(done: int) -> tuple[int, int, int]:
         """The states once at most ``done`` sockets are pending, or at the deadline: woken
         by the sockets themselves (select), never by a timer but the deadline."""
         now = states()
         while now[2] > done and time.monotonic() < t0 + wait:
-            pending = [c for c in socks if c not in select.select([], socks, [], 0)[1]]
+            pending = [c for c in socks if c not in ended]
             select.select([], pending, [], max(0.0, t0 + wait - time.monotonic()))
             now = states()
         return now
