@@ -202,7 +202,7 @@ def copy_tree(dest: Path) -> None:
 
 
 def run_tests(root: Path, tests: tuple[str, ...]) -> tuple[bool, str]:
-    """Run ``tests`` in ``root``; (passed, the last lines of pytest's output)."""
+    """Run ``tests`` in ``root``; (passed, the first failing test and pytest's last line)."""
     env = dict(os.environ, PYTHONPATH=str(root), PYTHONDONTWRITEBYTECODE="1")
     argv = [sys.executable, "-m", "pytest", "-q", "-x", "-p", "no:cacheprovider",
             "-o", "addopts=", *tests]
@@ -211,8 +211,10 @@ def run_tests(root: Path, tests: tuple[str, ...]) -> tuple[bool, str]:
                              timeout=MUTANT_TIMEOUT_S, stdin=subprocess.DEVNULL)
     except subprocess.TimeoutExpired:
         return False, f"timed out after {MUTANT_TIMEOUT_S} s"
-    tail = (res.stdout + res.stderr).strip().splitlines()
-    return res.returncode == 0, tail[-1] if tail else f"exit {res.returncode}"
+    lines = (res.stdout + res.stderr).strip().splitlines()
+    tail = lines[-1] if lines else f"exit {res.returncode}"
+    killer = next((ln.split()[1] for ln in lines if ln.startswith(("FAILED ", "ERROR "))), "")
+    return res.returncode == 0, f"{killer}: {tail}" if killer else tail
 
 
 def check_copy_is_imported(root: Path) -> None:
