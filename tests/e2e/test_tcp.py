@@ -120,7 +120,7 @@ def test_refused_many_half_close_dns_tcp(topo: Topology) -> None:
 
 def test_guest_disconnect_mid_transfer(topo: Topology) -> None:
     st, relay = start(topo)
-    # Cut while the body flows: once the guest has read its first megabyte (the shell says
+    # Cut while the body flows: once the guest has read its first megabyte (the download says
     # so), not after a guessed while.
     dl = topo.guest_spawn("download-cut", [sys.executable, "-c", DOWNLOAD, "10.0.2.2",
                                             str(HTTP_PORT), str(CUT)])
