@@ -1,6 +1,9 @@
 #!/usr/bin/env bash
 # Install what the tests need when it is missing, then lint, type-check and run every test
-# (end-to-end ones included; they need root). Runs from any directory, with no stdin.
+# (end-to-end ones included; they need root) and the mutation check's CI subset; at the end,
+# how many tests skipped and why. Fails when a check fails, and when end-to-end tests skipped
+# on a machine that can run them (root, and network namespaces can be made). Runs from any
+# directory, with no stdin.
 set -euo pipefail
 
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
@@ -77,9 +80,25 @@ PYEOF
 echo "run.sh: mypy ${mypy_files[*]}"
 "$PY" -m mypy "${mypy_files[@]}"
 
+# --- can the end-to-end tests run here? (root, and a network namespace can be made) ---------
+e2e_possible=0
+if [[ "$(id -u)" -eq 0 ]] && command -v ip >/dev/null 2>&1; then
+    probe="slirptrio-runsh-$$"
+    if ip netns add "$probe" >/dev/null 2>&1; then
+        ip netns del "$probe" >/dev/null 2>&1 || true
+        e2e_possible=1
+    fi
+fi
+
+logs="$(mktemp -d)"
+trap 'rm -rf "$logs"' EXIT
+status=0
+
 echo "run.sh: pytest"
-# A backstop only: every wait inside the tests is bounded far below this.
-timeout --kill-after=30 840 "$PY" -m pytest -q </dev/null
+# A backstop only: every wait inside the tests is bounded far below this. -rs lists every
+# skip with its reason; the summary at the end groups them.
+timeout --kill-after=30 840 "$PY" -m pytest -q -rs </dev/null | tee "$logs/native.log" \
+    || status=$?
 
 # The pure-Python path once more (the reference; what a machine without a compiler runs): the
 # unit tests, the captures' replay among them. The end-to-end tests ran above on the native path;
@@ -88,5 +107,40 @@ timeout --kill-after=30 840 "$PY" -m pytest -q </dev/null
 echo "run.sh: pytest, pure path (SLIRPTRIO_PURE=1, unit tests)"
 pure_skip=(tests/e2e tests/test_cli.py tests/test_cli_qemu.py tests/test_config.py
            tests/test_journal_writer.py tests/test_descriptors.py)
-SLIRPTRIO_PURE=1 timeout --kill-after=30 840 "$PY" -m pytest -q -p no:cacheprovider \
-    "${pure_skip[@]/#/--ignore=}" </dev/null
+SLIRPTRIO_PURE=1 timeout --kill-after=30 840 "$PY" -m pytest -q -rs -p no:cacheprovider \
+    "${pure_skip[@]/#/--ignore=}" </dev/null | tee "$logs/pure.log" || status=$?
+
+# One-line breaks of core behaviours that the tests must catch: a few here, every one with
+# `python3 tests/mutation.py --all`.
+echo "run.sh: mutation check (CI subset)"
+timeout --kill-after=30 300 "$PY" tests/mutation.py </dev/null || status=$?
+
+# --- what skipped, and why --------------------------------------------------------------------
+"$PY" - "$logs/native.log" "$logs/pure.log" "$e2e_possible" <<'PYEOF' || status=$?
+import collections, re, sys
+native, pure, e2e_possible = sys.argv[1], sys.argv[2], sys.argv[3] == "1"
+line = re.compile(r"^SKIPPED \[(\d+)\] ([^:]+):\d+: (.*)$")
+by_reason: dict[tuple[str, str], int] = collections.Counter()
+e2e_skipped = 0
+for run, path in (("native", native), ("pure", pure)):
+    with open(path, encoding="utf-8", errors="replace") as f:
+        for text in f:
+            m = line.match(text.rstrip("\n"))
+            if m:
+                n, where, reason = int(m[1]), m[2], m[3]
+                by_reason[(run, reason)] += n
+                if run == "native" and where.startswith("tests/e2e/"):
+                    e2e_skipped += n
+total = sum(by_reason.values())
+print(f"run.sh: {total} tests skipped" + (":" if total else ""))
+for (run, reason), n in sorted(by_reason.items(), key=lambda kv: (-kv[1], kv[0])):
+    print(f"run.sh:   {n:4} ({run} path) {reason}")
+if e2e_possible and e2e_skipped:
+    print(f"run.sh: FAIL: {e2e_skipped} end-to-end tests skipped on a machine that can run "
+          "them (root, and `ip netns add` works)", file=sys.stderr)
+    sys.exit(1)
+if not e2e_possible:
+    print("run.sh: note: end-to-end tests cannot run here (no root or no network "
+          "namespaces); they skipped above", file=sys.stderr)
+PYEOF
+exit "$status"

@@ -411,14 +411,26 @@ def test_long_search_list_is_split_across_options() -> None:
     assert decode_names(b"".join(parts)) == domains
 
 
-def test_every_accepted_dnssearch_gives_working_server() -> None:
-    for bad in ("a..b", "x" * 64 + ".com"):
-        try:
-            config = parse_user_options(f"dnssearch={bad}")
-        except ConfigError:
-            continue  # refused up front: fine
-        reply = DhcpServer(config).handle(client(DISCOVER, mac(1)), mac(1), T0)
-        assert reply is not None
+@pytest.mark.parametrize(
+    ("bad", "why"),
+    [("a..b", "bad label ''"), ("x" * 64 + ".com", "bad label 'xxxx"),
+     ("a" * 300, "longer than 255 bytes")],
+)
+def test_dnssearch_names_dhcp_cannot_carry_are_refused_up_front(bad: str, why: str) -> None:
+    with pytest.raises(ConfigError) as info:
+        parse_user_options(f"dnssearch={bad}")
+    assert "'dnssearch'" in str(info.value) and why in str(info.value)
+
+
+def test_dnssearch_at_the_limits_reaches_the_guest() -> None:
+    # The longest label DNS allows (63 bytes) and a name of many labels: accepted, and the
+    # offer carries them in option 119 exactly.
+    names = ["x" * 63 + ".com", ".".join(["l"] * 100)]
+    config = parse_user_options(",".join(f"dnssearch={n}" for n in names))
+    reply = DhcpServer(config).handle(client(DISCOVER, mac(1)), mac(1), T0)
+    assert reply is not None
+    d = dpkt.dhcp.DHCP(reply.payload)
+    assert decode_names(b"".join(v for code, v in d.opts if code == 119)) == names
 
 
 # ------------------------------------------------------------------------------ odd input

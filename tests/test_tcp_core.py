@@ -816,14 +816,33 @@ def test_flows_info() -> None:
     assert info.send_q == 5 and info.recv_q == 0
 
 
-def test_deterministic() -> None:
+def test_a_session_gives_the_expected_segments_twice() -> None:
+    data = bytes(range(256)) * 20
+
     def run() -> list[Any]:
         h = Harness()
         flow, isn = h.open(wscale=5)
-        h.host(TcpData(flow, bytes(range(256)) * 20))
+        h.host(TcpData(flow, data))
+        burst = h.recv()
+        # The host's bytes in MSS-sized segments from our ISN + 1, the last one pushed.
+        assert [((s.seq - isn - 1) & M, len(s.payload)) for s in burst] == [
+            (0, 1460), (1460, 1460), (2920, 1460), (4380, 740)]
+        assert b"".join(s.payload for s in burst) == data
+        assert [s.flags for s in burst] == [ACK, ACK, ACK, ACK | PSH]
+        assert all(s.ack == (GISN + 1) & M for s in burst)
+        # The guest acknowledges 99 bytes and sends three: passed on as they are.
         h.send(ACK, GISN + 1, isn + 100, b"abc")
+        assert h.take() == [TcpSend(flow, b"abc")]
         h.advance(3 * SEC)
-        return [*h.sent, *h.effects, *h.recv()]
+        later = h.recv()
+        # The delayed ACK of "abc", then the unacknowledged bytes again from the first one
+        # not acknowledged, backing off (never the acknowledged 99 bytes).
+        assert later[0].payload == b"" and later[0].ack == (GISN + 4) & M
+        rtx = later[1:]
+        assert len(rtx) >= 2
+        assert all(s.seq == (isn + 100) & M and s.payload == data[99 : 99 + 1460] for s in rtx)
+        assert h.take() == []
+        return [*burst, *later]
 
     assert run() == run()
 

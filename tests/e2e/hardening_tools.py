@@ -8,9 +8,11 @@
   guest's own kernel would never send on a wire), then collects for 2 s what comes back;
   prints one JSON object: per DST and protocol, the ICMP (type, code, source) or TCP flags
   answered, or null.
-* ``syn-flood DST[,DST...] PORT N CHECK_ADDR CHECK_PORT WAIT``: N non-blocking connects to the
-  DSTs in turn, then (with all of them still open) an HTTP GET to CHECK_ADDR:CHECK_PORT; after
-  WAIT seconds reports how the flood's sockets ended; prints JSON.
+* ``syn-flood DST[,DST...] PORT N CHECK_ADDR CHECK_PORT WAIT PENDING_MAX``: N non-blocking
+  connects to the DSTs in turn, then (with all of them still open) an HTTP GET of 1,000 bytes
+  to CHECK_ADDR:CHECK_PORT, checked byte for byte; reports how the flood's sockets stood when
+  the reply was complete, once at most PENDING_MAX were pending and once all of them ended
+  (the last two: or WAIT seconds from the start passed); prints JSON.
 * ``listen PORT ADDR[,ADDR...]``: TCP and UDP listeners on each ADDR; prints ``listening``,
   then one line per accepted connection or datagram.
 """
@@ -124,8 +126,16 @@ def craft(iface: str, src_text: str, dsts: list[str], port: int) -> dict[str, di
     return result
 
 
-def syn_flood(dsts: list[str], port: int, n: int, check: tuple[str, int], wait: float
-              ) -> dict[str, object]:
+def _pattern(n: int) -> bytes:
+    """What servers.py's ``GET /N`` serves (its ``pattern``, repeated here so this tool stays
+    one file the guest runs)."""
+    block = hashlib.sha256(b"slirptrio").digest() * 2048
+    reps, rest = divmod(n, len(block))
+    return block * reps + block[:rest]
+
+
+def syn_flood(dsts: list[str], port: int, n: int, check: tuple[str, int], wait: float,
+              pending_max: int) -> dict[str, object]:
     socks = []
     for i in range(n):
         c = socket.socket()
@@ -135,55 +145,74 @@ def syn_flood(dsts: list[str], port: int, n: int, check: tuple[str, int], wait: 
     t0 = time.monotonic()
     check_ok, check_ms, body = False, -1.0, b""
     try:
-        with socket.create_connection(check, timeout=5) as h:
+        with socket.create_connection(check, timeout=10) as h:
             h.sendall(b"GET /1000 HTTP/1.0\r\n\r\n")
-            h.settimeout(5)
+            h.settimeout(10)
             while chunk := h.recv(65536):
                 body += chunk
-        check_ok = body.startswith(b"HTTP/1.") and len(body) > 1000
+        head, _, payload = body.partition(b"\r\n\r\n")
+        check_ok = head.startswith(b"HTTP/1.1 200") and payload == _pattern(1000)
         check_ms = (time.monotonic() - t0) * 1000
     except OSError as exc:
         body = str(exc).encode()
 
-    def states() -> tuple[int, int, int]:
-        refused = ok = pending = 0
-        _, writable, _ = select.select([], socks, [], 0)
-        for c in socks:
-            if c not in writable:
-                pending += 1
-                continue
-            err = c.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
-            if err == 0:
-                ok += 1
-            else:
-                refused += 1
-        return refused, ok, pending
+    ended: dict[socket.socket, int] = {}  # SO_ERROR reads once: keep each socket's verdict
 
-    time.sleep(max(0.0, 1.0 - (time.monotonic() - t0)))
-    early = states()
-    time.sleep(max(0.0, wait - (time.monotonic() - t0)))
-    late = states()
+    def states() -> tuple[int, int, int]:
+        _, writable, _ = select.select([], socks, [], 0)
+        for c in writable:
+            if c not in ended:
+                ended[c] = c.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
+        ok = sum(1 for err in ended.values() if err == 0)
+        return len(ended) - ok, ok, len(socks) - len(ended)
+
+    def wait_for(done: int) -> tuple[int, int, int]:
+        """The states once at most ``done`` sockets are pending, or at the deadline: woken
+        by the sockets themselves (select), never by a timer but the deadline."""
+        now = states()
+        while now[2] > done and time.monotonic() < t0 + wait:
+            pending = [c for c in socks if c not in ended]
+            select.select([], pending, [], max(0.0, t0 + wait - time.monotonic()))
+            now = states()
+        return now
+
+    # Sampled on events, not after a sleep: when the check's reply is complete; once no more
+    # than PENDING_MAX flood sockets are still pending (a SYN lost on the way is retried by
+    # the guest's kernel a second later); and once all of them ended (or WAIT seconds from
+    # the start passed).
+    at_check = states()
+    early = wait_for(pending_max)
+    late = wait_for(0)
     for c in socks:
         c.close()
     return {
         "check_ok": check_ok, "check_ms": round(check_ms), "check_error": body[:200].decode(
             errors="replace") if not check_ok else "",
-        "refused_1s": early[0], "connected_1s": early[1], "pending_1s": early[2],
+        "pending_at_check": at_check[2],
+        "refused_settled": early[0], "connected_settled": early[1],
+        "pending_settled": early[2],
         "refused_end": late[0], "connected_end": late[1], "pending_end": late[2],
     }
 
 
 def listen(port: int, addrs: list[str]) -> None:
+    lock = threading.Lock()
+
+    def say(line: str) -> None:
+        with lock:  # one whole line at a time: the listeners are threads
+            sys.stdout.write(line + "\n")
+            sys.stdout.flush()
+
     def tcp_loop(srv: socket.socket, addr: str) -> None:
         while True:
             c, peer = srv.accept()
-            print(f"tcp {addr} {peer[0]}", flush=True)
+            say(f"tcp {addr} {peer[0]}")
             c.close()
 
     def udp_loop(u: socket.socket, addr: str) -> None:
         while True:
             _, peer = u.recvfrom(65535)
-            print(f"udp {addr} {peer[0]}", flush=True)
+            say(f"udp {addr} {peer[0]}")
 
     threads = []
     for a in addrs:
@@ -210,7 +239,7 @@ def main(argv: list[str]) -> None:
         print(json.dumps(craft(argv[1], argv[2], argv[3].split(","), int(argv[4]))), flush=True)
     elif cmd == "syn-flood":
         out = syn_flood(argv[1].split(","), int(argv[2]), int(argv[3]),
-                        (argv[4], int(argv[5])), float(argv[6]))
+                        (argv[4], int(argv[5])), float(argv[6]), int(argv[7]))
         print(json.dumps(out), flush=True)
     elif cmd == "listen":
         listen(int(argv[1]), argv[2].split(","))

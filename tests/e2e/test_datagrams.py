@@ -6,6 +6,7 @@ import sys
 
 import pytest
 
+from tests.e2e.evidence import assert_stack_refused
 from tests.e2e.harness import (
     HOST_ADDR,
     REPO_ROOT,
@@ -89,3 +90,6 @@ def test_restrict_blocks_udp_and_icmp(topo: Topology) -> None:
     res = topo.ping(HOST_ADDR, count=1, check=False)
     assert "1 packets received" not in res.stdout, res.stdout
     finish(st, relay)
+    # The guest's datagram and echo request reached the stack, which never asked the shell to
+    # reach the host: the stack refused them (not the guest's routing, not the host).
+    assert_stack_refused(st.journal, HOST_ADDR, (17, 1))

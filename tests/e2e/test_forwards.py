@@ -9,6 +9,7 @@ import sys
 
 import pytest
 
+from tests.e2e.evidence import guest_sent, host_targets, tcp_resets_to_guest
 from tests.e2e.harness import (
     HOST_ADDR,
     REPO_ROOT,
@@ -136,6 +137,17 @@ def test_hostfwd_guestfwd_ctl(topo: Topology, restrict: str) -> None:
         ping = topo.ping(HOST_ADDR, count=1, check=False)
         assert "1 packets received" not in ping.stdout
     stop_and_replay(st, relay)
+    if restrict == "on":
+        # Each attempt reached the stack, which never asked the shell to connect, open a UDP
+        # flow or ping anywhere but through the guest forwards (the host forwards are
+        # inbound; a DNS upstream is the relay's own), and reset the guest's TCP itself.
+        for dst, proto in (("10.0.2.2", 6), (HOST_ADDR, 17), (HOST_ADDR, 1)):
+            assert guest_sent(st.journal, dst, proto), (dst, proto)
+        outbound = [t for t in host_targets(st.journal) if not t[1].startswith("guestfwd:")
+                    and (t[0] != "UdpOpen" or t[1] == HOST_ADDR)]
+        assert outbound == [], outbound
+        assert [p for p in tcp_resets_to_guest(st.journal) if p.src == "10.0.2.2"
+                and p.ip.data.sport == HOST_HTTP]
 
 
 def test_embedding_api_handler_and_connect_to_guest(topo: Topology) -> None:

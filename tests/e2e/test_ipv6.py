@@ -12,6 +12,7 @@ import time
 
 import pytest
 
+from tests.e2e.evidence import assert_stack_refused, tcp_resets_to_guest
 from tests.e2e.harness import (
     HOST_ADDR6,
     REPO_ROOT,
@@ -166,3 +167,7 @@ def test_restrict_blocks_ipv6_egress(topo: Topology) -> None:
     # The stack's own addresses still answer.
     assert "3 packets received" in topo.ping6("fec0::2").stdout
     finish(st, relay)
+    # Each attempt reached the stack and none reached the host: the stack refused them, the
+    # TCP connect with a reset of its own.
+    assert_stack_refused(st.journal, HOST_ADDR6, (17, 58, 6))
+    assert [p for p in tcp_resets_to_guest(st.journal) if p.src == HOST_ADDR6]

@@ -37,7 +37,7 @@ from tests.e2e.harness import (
     replay,
     run,
 )
-from tests.e2e.test_vm import _kernel, build_initramfs
+from tests.e2e.test_vm import _kernel, assert_http_reply, build_initramfs, http_check
 from tests.pngread import read_png
 
 pytestmark = pytest.mark.e2e
@@ -64,7 +64,7 @@ echo "VM-GOT $msg"
 ping -c 3 -W 2 10.0.2.2 && echo VM-PING-OK
 nslookup vm.example.test 10.0.2.3
 printf 'GET /1000 HTTP/1.0\r\n\r\n' | nc 10.0.2.2 8080 > /http.out
-echo "VM-HTTP-BYTES $(wc -c < /http.out)"
+@HTTP_CHECK@
 if nc 10.0.2.2 8089 < /dev/null; then echo VM-8089-OPEN; else echo VM-8089-REFUSED; fi
 if grep -q vmtest=full /proc/cmdline; then
     time sh -c 'printf "GET /@BULK@ HTTP/1.0\r\n\r\n" | nc 10.0.2.2 8080 | wc -c > /bulk.out'
@@ -75,7 +75,7 @@ fi
 echo VM-DONE
 printf '\003' | dd of=/dev/port bs=1 seek=244 count=1 2>/dev/null
 poweroff -f
-""".replace("@BULK@", str(BULK))
+""".replace("@BULK@", str(BULK)).replace("@HTTP_CHECK@", http_check("VM-HTTP", "/http.out", 1000))
 
 def _env() -> dict[str, str]:
     env = dict(os.environ)
@@ -158,8 +158,7 @@ def _console_checks(console: str) -> None:
     assert "VM-LEASE ip=10.0.2.15 router=10.0.2.2 dns=10.0.2.3" in console, console
     assert "VM-PING-OK" in console, console
     assert "203.0.113.77" in console, console
-    http = [ln for ln in console.splitlines() if ln.startswith("VM-HTTP-BYTES")]
-    assert http and int(http[-1].split()[1]) > 1000, console
+    assert_http_reply(console, "VM-HTTP", 1000)
     assert "VM-8089-REFUSED" in console, console
 
 

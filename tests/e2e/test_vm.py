@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import glob
 import gzip
+import hashlib
 import os
 import shutil
 import subprocess
@@ -17,6 +18,7 @@ from pathlib import Path
 import pytest
 
 from tests.e2e.harness import REPO_ROOT, Topology, pcap_problems, replay
+from tests.e2e.servers import pattern
 
 pytestmark = pytest.mark.e2e
 
@@ -57,7 +59,7 @@ ip -4 addr show eth0
 ping -c 3 -W 2 10.0.2.2 && echo VM-PING-OK
 nslookup vm.example.test 10.0.2.3
 printf 'GET /1000 HTTP/1.0\\r\\n\\r\\n' | nc 10.0.2.2 8080 > /http.out
-echo "VM-HTTP-BYTES $(wc -c < /http.out)"
+{http_check_4}
 for i in $(seq 1 100); do
     ip -6 addr show dev eth0 scope site | grep -v tentative | grep -q 'inet6 fec0:' && break
     sleep 0.2
@@ -66,10 +68,39 @@ ip -6 addr show dev eth0 scope site
 ip -6 route show default
 ping6 -c 3 -W 2 fec0::2 && echo VM-PING6-OK
 printf 'GET /2000 HTTP/1.0\\r\\n\\r\\n' | nc fec0::2 8081 > /http6.out
-echo "VM-HTTP6-BYTES $(wc -c < /http6.out)"
+{http_check_6}
 echo VM-DONE
 poweroff -f
 """
+
+
+
+def http_check(tag: str, path: str, n: int) -> str:
+    """Shell lines for the VM that report an HTTP reply of an ``n``-byte body in ``path``:
+    its status line, the digest of the 4 bytes before the last ``n`` (the end of the
+    headers), the digest of the last ``n`` bytes (the body) and the whole size."""
+    return "\n".join([
+        f'echo "{tag}-STATUS $(head -n 1 {path})"',
+        f'echo "{tag}-SEP $(tail -c {n + 4} {path} | head -c 4 | sha256sum)"',
+        f'echo "{tag}-BODY $(tail -c {n} {path} | sha256sum)"',
+    ])  # fmt: skip
+
+
+def assert_http_reply(console: str, tag: str, n: int) -> None:
+    """The VM got ``GET /n`` exactly: a 200, headers ending right before the last ``n``
+    bytes, and those bytes the server's pattern."""
+    def value(key: str) -> str:
+        lines = [ln for ln in console.splitlines() if ln.startswith(f"{tag}-{key} ")]
+        assert lines, f"no {tag}-{key} line:\n{console}"
+        return lines[-1].split(" ", 1)[1].strip()
+
+    assert value("STATUS").startswith("HTTP/1.1 200"), console
+    assert value("SEP").split()[0] == hashlib.sha256(b"\r\n\r\n").hexdigest(), console
+    assert value("BODY").split()[0] == hashlib.sha256(pattern(n)).hexdigest(), console
+
+
+INIT = INIT.replace("{http_check_4}", http_check("VM-HTTP", "/http.out", 1000)).replace(
+    "{http_check_6}", http_check("VM-HTTP6", "/http6.out", 2000))
 
 UDHCPC = """#!/bin/sh
 case "$1" in
@@ -148,12 +179,10 @@ def test_tcg_vm_dhcp_ping_dns_http(topo: Topology) -> None:
         in console, console
     assert "VM-PING-OK" in console, console
     assert "203.0.113.77" in console, console  # the name resolved through 10.0.2.3
-    http = [ln for ln in console.splitlines() if ln.startswith("VM-HTTP-BYTES")]
-    assert http and int(http[-1].split()[1]) > 1000, console  # headers + 1000 bytes
+    assert_http_reply(console, "VM-HTTP", 1000)
     assert "inet6 fec0:" in console and "default via fe80::2" in console, console
     assert "VM-PING6-OK" in console, console
-    http6 = [ln for ln in console.splitlines() if ln.startswith("VM-HTTP6-BYTES")]
-    assert http6 and int(http6[-1].split()[1]) > 2000, console
+    assert_http_reply(console, "VM-HTTP6", 2000)
     assert st.stop() == 0, st.proc.output()
     assert pcap_problems(st.pcap) == []
     result = replay(st.journal)
