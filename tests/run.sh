@@ -25,6 +25,7 @@ need rsvg-convert librsvg2-bin  # renders the timeline SVG to PNG in its tests
 # TFTP, PXE and SMB (tests/e2e/test_tftp.py, test_pxe.py, test_smb.py).
 need atftp atftp
 need smbclient smbclient
+need dhclient isc-dhcp-client  # DHCPv6 client of tests/e2e/test_ipv6.py
 [[ -x /usr/sbin/smbd ]] || command -v smbd >/dev/null 2>&1 || missing+=(samba)
 [[ -e /usr/lib/ipxe/qemu/efi-virtio.rom ]] || missing+=(ipxe-qemu)
 # A real VM test boots Debian's kernel under TCG (tests/e2e/test_vm.py).
