@@ -790,9 +790,9 @@ class Session:
                               rng.choice(("127.0.0.1", "203.0.113.9", "::1", "2001:db8::7", "")),
                               rng.randrange(0x10000))
         if r < 0.7:
-            guests = ("fec0::5054:ff:fe12:3456", "fec0::3") if self.v6 else (
+            dests = ("fec0::5054:ff:fe12:3456", "fec0::3") if self.v6 else (
                 "10.0.2.15", "10.0.2.3")
-            return UdpInbound(rng.randrange(5), rng.choice((*guests, "bad")),
+            return UdpInbound(rng.randrange(5), rng.choice((*dests, "bad")),
                               rng.choice((53, 5000, 0)),
                               rng.choice(("127.0.0.1", "192.0.2.9", "::1", "2001:db8::9")),
                               rng.randrange(0x10000), rng.randbytes(rng.randint(0, 600)))

@@ -126,7 +126,7 @@ ACTION = st.one_of(
     st.tuples(st.just("tick_due")),
     st.tuples(st.just("time"), st.sampled_from([1 * MS, 5 * MS, 300 * MS, 2 * SEC, 31 * SEC,
                                                  100 * SEC])),
-    st.tuples(st.just("fwd"), st.integers(0, 4), _small),
+    st.tuples(st.just("fwd"), st.integers(0, 7), _small),
     st.tuples(st.just("link"), st.booleans()),
     st.tuples(st.just("garbage"), st.binary(max_size=80)),
     # IPv6, as often as IPv4: the same flows over the other family, NDP and DHCPv6
@@ -594,8 +594,16 @@ class _Driver:
             self.tcp_flows.append(self.inbound)
         elif variant == 3:
             self.step(UdpInbound(k, "10.0.2.15", 53, "198.51.100.7", 6000 + k, b"hello"))
-        else:
+        elif variant == 4:
             self.step(GuestFwdAdd(k, "not an address", 80))
+        elif variant == 5:  # the IPv6 twins: a guest forward at an address of the prefix,
+            self.step(GuestFwdAdd(k, f"fec0::{0x100 + k:x}", 80))
+        elif variant == 6:  # a host forward into the guest's IPv6 address,
+            self.inbound += 1
+            self.step(TcpInbound(self.inbound, gf6.GUEST_IP, 22, "::1", 50000 + k))
+            self.tcp_flows.append(self.inbound)
+        else:  # and a datagram forwarded to it
+            self.step(UdpInbound(k, gf6.GUEST_IP, 53, "2001:db8::7", 6000 + k, b"hello6"))
 
     # ------------------------------------------------------------------------------ time
 

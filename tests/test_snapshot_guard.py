@@ -16,6 +16,7 @@ from typing import Any
 import pytest
 
 from slirptrio.core.stack import Stack
+from slirptrio.wire.ipv6 import Ipv6Header
 from tests import streams
 from tests.snapshots import attributes, core_objects, plain_roundtrip, restored, run, shape
 
@@ -49,7 +50,7 @@ RICH: list[streams.Action] = [
     ("tftp_rrq", False, 0), ("tftp_opened", 0, 0), ("tftp_chunk", 0), ("tftp_ack", 0, 0),
     ("tftp_rrq", True, 1), ("tftp_opened", 1, 0), ("tftp_chunk", 1), ("tftp_ack", 1, 0),
     ("tftp_chunk", 1), ("tftp_rrq", True, 2),
-    ("fwd", 2, 0),
+    ("fwd", 2, 0), ("fwd", 5, 2), ("fwd", 6, 1), ("fwd", 7, 2),
     ("time", 300 * streams.MS), ("tick_due",),
 ]
 RICH_OPTIONS = "hostname=vm1,tftp=/nonexistent-guard-root"
@@ -109,6 +110,9 @@ def test_rich_session_reaches_every_kind_of_state() -> None:
     assert {len(s.ip) for s in stack.tftp._sessions.values()} == {4, 16}
     assert {len(key[0]) for key in stack._reasm._queues} == {4, 16}
     assert len(stack._ndp.neighbors) >= 2
+    assert {len(ip) for ip, _port in stack._guestfwd} == {4, 16}
+    inbound = [c for c in stack.tcp._by_flow.values() if c.flow >= 1 << 32]
+    assert {len(c.guest_ip) for c in inbound} == {4, 16}
     c = stack.counters
     assert c["dhcpv6_information_request"] and c["dhcpv6_solicit"], dict(c)
     assert c["tftp_sessions"] >= 3 and c["dns_forwarded"] >= 3, dict(c)
@@ -221,7 +225,7 @@ def typed(value: Any, depth: int = 0) -> Any:
     if dataclasses.is_dataclass(value):
         return (t.__qualname__, {f.name: typed(getattr(value, f.name), depth + 1)
                                  for f in dataclasses.fields(value)})
-    derived = getattr(t, "_SNAPSHOT_DERIVED", frozenset())
+    derived: frozenset[str] = getattr(t, "_SNAPSHOT_DERIVED", frozenset())
     attrs = attributes(value)
     assert attrs or t is object, f"no way to compare a {t.__qualname__}"
     return (t.__qualname__, {n: typed(v, depth + 1) for n, v in sorted(attrs.items())
@@ -240,7 +244,7 @@ def differences(original: Stack, copy: Stack) -> list[str]:
         if type(a) is not type(b):
             problems.append(f"{path}: {type(a).__qualname__} restored as {type(b).__qualname__}")
             continue
-        derived = getattr(type(a), "_SNAPSHOT_DERIVED", frozenset())
+        derived: frozenset[str] = getattr(type(a), "_SNAPSHOT_DERIVED", frozenset())
         attrs_a, attrs_b = attributes(a), attributes(b)
         for name in sorted((attrs_a.keys() | attrs_b.keys()) - derived):
             if name not in attrs_a or name not in attrs_b:
@@ -265,8 +269,9 @@ def test_every_slot_round_trips_type_by_type() -> None:
 def test_type_aware_guard_catches_a_changed_type() -> None:
     stack = rich_stack()
     copy = restored(stack)
-    flow = next(f for f in copy.udp._by_id.values() if f.hdr is not None and len(f.hdr.src) == 16)
-    flow.hdr = dataclasses.replace(flow.hdr, src=bytearray(flow.hdr.src))  # same bytes
+    flow = next(f for f in copy.udp._by_id.values() if isinstance(f.hdr, Ipv6Header))
+    assert isinstance(flow.hdr, Ipv6Header)
+    flow.hdr = dataclasses.replace(flow.hdr, src=bytearray(flow.hdr.src))  # type: ignore[arg-type]
     conn = next(iter(copy.tcp._by_flow.values()))
     conn.guest_ip = memoryview(conn.guest_ip)  # type: ignore[assignment]
     problems = differences(stack, copy)
