@@ -55,7 +55,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from replay.engine import format_divergence, replay_journal
+from replay.engine import ReplayResult, Target, format_divergence, replay_journal
 from slirptrio.config import parse_user_options
 from slirptrio.core.events import (
     DnsUpstreams,
@@ -441,7 +441,8 @@ class Stats:
     v6_opens: collections.Counter[str] = field(default_factory=collections.Counter)
     """Host sockets ("tcp", "udp", "icmp") the core opened to IPv6 hosts."""
     replay_seconds: float = 0.0  # spent replaying journals (not in ``seconds``)
-    replay_gaps: int = 0  # gaps the replayed journals reported (records the recorder lost)
+    replay_gaps: int = 0  # gaps the replayed journals named (records the recorder lost)
+    empty_replays: int = 0  # replays with nothing to compare (a ring too small: named gaps)
     snapshots: int = 0  # mid-session snapshots restored into a fresh core and followed
     twin_events: int = 0  # events fed to both the original and a restored core, compared
     replayed_mid: int = 0  # journals whose replay started at a snapshot past record 0
@@ -1489,11 +1490,10 @@ def captures() -> list[Path]:
 
 def fuzz(protocol: str, frames: int, *, seed: int, session_frames: int = 5000,
          replay_every: int = 1, stats: Stats | None = None, workdir: Path | None = None,
-         ring_bytes: int = 256 << 10) -> Stats:
+         ring_bytes: int = 1 << 20) -> Stats:
     """Run ``frames`` guest frames of ``protocol`` in sessions of ``session_frames``; every
-    other session journals into a ring of ``ring_bytes`` (segments with snapshots; a ring
-    smaller than the session's journal loses its first segments, so replay starts from a
-    mid-session snapshot)."""
+    other session journals into a ring of ``ring_bytes`` (segments with snapshots), replayed
+    whole and again from its last segment's snapshot, taken mid-session."""
     stats = stats if stats is not None else Stats()
     rng = random.Random(f"{seed}-{protocol}")
     caps = captures()
@@ -1533,28 +1533,44 @@ def fuzz(protocol: str, frames: int, *, seed: int, session_frames: int = 5000,
             stats.max_reasm_bytes = max(stats.max_reasm_bytes, s.stack._reasm.total_bytes)
             if index % replay_every == 0:
                 t1 = time.perf_counter()
-                result = replay_journal(path)
+                replay(stats, path, f"{protocol}#{index} ({config!r})", ring=index % 2 == 1)
                 stats.replay_seconds += time.perf_counter() - t1
-                if result.divergence is not None:
-                    keep = Path(tempfile.gettempdir()) / path.name
-                    shutil.move(path, keep)
-                    raise AssertionError(
-                        f"fuzz session {protocol}#{index} ({config!r}) did not replay "
-                        f"identical; journal kept at {keep}:\n{format_divergence(result)}"
-                    )
-                if result.records == 0:
-                    raise AssertionError(f"fuzz session {protocol}#{index}: nothing replayed")
-                stats.replayed += 1
-                stats.segments += result.segments
-                stats.replay_gaps += len(result.gaps)
-                if index % 2:
-                    first = result.first.seq if result.first is not None else 0
-                    stats.first_seqs.append(first)
-                    stats.replayed_mid += first > 0
             shutil.rmtree(path)
             done += n
             index += 1
     return stats
+
+
+def replay(stats: Stats, path: Path, name: str, *, ring: bool) -> None:
+    """Replay a session's journal whole, and a ring's once more from its last segment's
+    snapshot (taken mid-session): both identical, or AssertionError (the journal kept)."""
+
+    def check(result: ReplayResult) -> None:
+        if result.divergence is not None:
+            keep = Path(tempfile.gettempdir()) / path.name
+            shutil.move(path, keep)
+            raise AssertionError(f"fuzz session {name} did not replay identical; journal kept "
+                                 f"at {keep}:\n{format_divergence(result)}")
+        # A replay that compares nothing proves nothing: only a ring too small for a segment
+        # (the recorder names that gap) may leave no records.
+        if result.records == 0 and not result.gaps:
+            raise AssertionError(f"fuzz session {name}: nothing replayed")
+
+    result = replay_journal(path)
+    check(result)
+    stats.replayed += 1
+    stats.segments += result.segments
+    stats.replay_gaps += len(result.gaps)
+    stats.empty_replays += result.records == 0
+    if not ring or result.last is None:
+        return
+    first = result.first.seq if result.first is not None else 0
+    if result.segments > 1:  # from the last segment's snapshot: a core restored mid-session
+        tail = replay_journal(path, start=Target(seq=result.last.seq))
+        check(tail)
+        first = tail.first.seq if tail.first is not None else first
+    stats.first_seqs.append(first)
+    stats.replayed_mid += first > 0
 
 
 def report(stats: Stats) -> Iterator[str]:
@@ -1566,11 +1582,12 @@ def report(stats: Stats) -> Iterator[str]:
                    f"{stats.frames[p] / max(stats.seconds[p], 1e-9):9.0f} frames/s")
     yield (f"total  {sum(stats.frames.values()):>10} frames, {stats.events} events, "
            f"{stats.sessions} sessions ({stats.v6_sessions} IPv6; {stats.replayed} replayed "
-           f"identical, {stats.segments} segments, {stats.replayed_mid} of them from a "
+           f"identical, {stats.segments} segments; {stats.replayed_mid} rings replayed from a "
            f"mid-session snapshot), {total_s:.1f} s (+ {stats.replay_seconds:.1f} s replaying)")
     yield (f"IPv6: host sockets opened to IPv6 hosts {dict(stats.v6_opens)}; replay gaps "
-           f"{stats.replay_gaps}; core exceptions {stats.counters['core_exceptions']} (and "
-           f"none escaped: one would have stopped the run)")
+           f"{stats.replay_gaps} ({stats.empty_replays} replays with no record); core "
+           f"exceptions {stats.counters['core_exceptions']} (none escaped: one would have "
+           f"stopped the run)")
     yield (f"snapshots: {stats.snapshots} mid-session snapshots restored into a fresh core, "
            f"{stats.twin_events} events after them with identical effects, every final state "
            f"identical")

@@ -18,9 +18,6 @@ from tests.fuzz import PROTOCOLS, check_bounds, cve_frames, fixup, fuzz, mutate_
 
 FRAMES = 8000  # per protocol: four sessions (IPv4 and IPv6, each with and without a ring)
 SESSION = FRAMES // 4
-# Rings small enough that each protocol's ring sessions lose their first segments (l2 frames
-# are small: a smaller ring), so that replay starts from a snapshot taken mid-session.
-RING = {"l2": 96 << 10}
 
 # What each protocol's frames must reach: proof that they get past the checksums.
 REACHED = {
@@ -65,15 +62,15 @@ def quiet() -> Iterator[None]:
 
 @pytest.mark.parametrize("protocol", PROTOCOLS)
 def test_fuzz_reaches_the_protocol_and_replays(protocol: str) -> None:
-    # The second and fourth sessions journal into a small ring: several segments, each opening
-    # with a snapshot of the core, the first ones lost, so replay restores a snapshot taken in
-    # the middle of the session and compares from there.
-    stats = fuzz(protocol, FRAMES, seed=20261201, session_frames=SESSION,
-                 ring_bytes=RING.get(protocol, 256 << 10))
+    # The second and fourth sessions journal into a ring of 1 MiB: segments of 64 KiB, each
+    # opening with a snapshot of the core; each is replayed whole, then from its last segment,
+    # so replay restores a snapshot taken in the middle of the session and compares from there.
+    stats = fuzz(protocol, FRAMES, seed=20261201, session_frames=SESSION, ring_bytes=1 << 20)
     assert stats.frames[protocol] >= FRAMES
     assert stats.replayed == stats.sessions == 4
     assert stats.v6_sessions == 2
-    assert stats.replayed_mid >= 1 and max(stats.first_seqs) > 0, stats.first_seqs
+    assert stats.replayed_mid == 2 and min(stats.first_seqs) > 0, stats.first_seqs
+    assert stats.replay_gaps == 0
     # Every session restored two snapshots of its core into fresh cores mid-session and fed
     # them the rest: identical effects for every event, identical state at the end.
     assert stats.snapshots == 8
