@@ -10,11 +10,15 @@ from __future__ import annotations
 
 import dataclasses
 import enum
+import importlib
+import pkgutil
 import types
 from typing import Any
 
 import pytest
 
+import slirptrio.core
+from slirptrio.core.events import Effect, Event
 from slirptrio.core.stack import Stack
 from slirptrio.wire.ipv6 import Ipv6Header
 from tests import streams
@@ -288,3 +292,21 @@ def test_every_core_object_round_trips_after_every_step() -> None:
         copy = restored(stack)
         assert differences(stack, copy) == [], f"after event {k}"
         assert plain_roundtrip(copy.snapshot()) == plain_roundtrip(stack.snapshot())
+
+
+def test_rich_session_populates_every_core_class_with_state() -> None:
+    """Every core class with a snapshot method pair is reached by the rich session, and so is
+    every mutable slotted record class of those modules (the guard checks what it reaches)."""
+    reached = {type(obj) for _path, obj in core_objects(rich_stack())}
+    missing = []
+    for info in pkgutil.iter_modules(slirptrio.core.__path__):
+        module = importlib.import_module(f"slirptrio.core.{info.name}")
+        for cls in vars(module).values():
+            if not isinstance(cls, type) or cls.__module__ != module.__name__:
+                continue
+            frozen = dataclasses.is_dataclass(cls) and cls.__dataclass_params__.frozen  # type: ignore[attr-defined]
+            record = "__slots__" in cls.__dict__ and not frozen and not issubclass(
+                cls, Event | Effect)
+            if (hasattr(cls, "snapshot_state") or record) and cls not in reached:
+                missing.append(f"{module.__name__}.{cls.__qualname__}")
+    assert missing == []
