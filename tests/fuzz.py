@@ -29,9 +29,16 @@ Half the sessions send the guest's frames in bursts, as the transports deliver t
 ``FrameRuns`` on): the coalescing (GRO) path, native or pure, sees the same guided and mutated
 segments, in-order data rows among them.
 
+IPv6 sessions come as often as IPv4 ones: each generator has an IPv6 twin (NDP for ``arp``,
+DHCPv6, DNS over IPv6, ICMPv6 echo and errors, UDP, TFTP and TCP to outside IPv6 addresses,
+IPv6 fragments, IPv6 headers that stop short for ``l2``), fixed up and mutated at the level of
+IPv6 fields and extension headers (:func:`fixup6`, :func:`mutate_ip6`).
+
 Checked: no exception escapes ``Stack.handle``; every table and buffer stays within its bound
-(:func:`check_bounds`); every session is journaled exactly as the door does and its journal
-replays identical.
+(:func:`check_bounds`); at two random points of every session the core's snapshot (through
+msgpack) is restored into a fresh core that is fed every later event too, with identical effects
+and, at the end, an identical state; every session is journaled exactly as the door does and its
+journal replays identical, a ring's also from its last segment's snapshot (mid-session).
 
 ``python -m tests.fuzz --frames N`` runs N guest frames per protocol and prints frames/s, the
 core's counters and the peak memory; ``tests/test_fuzz.py`` runs a CI-sized slice.
