@@ -29,9 +29,16 @@ Half the sessions send the guest's frames in bursts, as the transports deliver t
 ``FrameRuns`` on): the coalescing (GRO) path, native or pure, sees the same guided and mutated
 segments, in-order data rows among them.
 
+IPv6 sessions come as often as IPv4 ones: each generator has an IPv6 twin (NDP for ``arp``,
+DHCPv6, DNS over IPv6, ICMPv6 echo and errors, UDP, TFTP and TCP to outside IPv6 addresses,
+IPv6 fragments, IPv6 headers that stop short for ``l2``), fixed up and mutated at the level of
+IPv6 fields and extension headers (:func:`fixup6`, :func:`mutate_ip6`).
+
 Checked: no exception escapes ``Stack.handle``; every table and buffer stays within its bound
-(:func:`check_bounds`); every session is journaled exactly as the door does and its journal
-replays identical.
+(:func:`check_bounds`); at two random points of every session the core's snapshot (through
+msgpack) is restored into a fresh core that is fed every later event too, with identical effects
+and, at the end, an identical state; every session is journaled exactly as the door does and its
+journal replays identical, a ring's also from its last segment's snapshot (mid-session).
 
 ``python -m tests.fuzz --frames N`` runs N guest frames per protocol and prints frames/s, the
 core's counters and the peak memory; ``tests/test_fuzz.py`` runs a CI-sized slice.
@@ -46,6 +53,7 @@ import logging
 import random
 import resource
 import shutil
+import socket
 import struct
 import sys
 import tempfile
@@ -54,7 +62,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from replay.engine import format_divergence, replay_journal
+from replay.engine import ReplayResult, Target, format_divergence, replay_journal
 from slirptrio.config import parse_user_options
 from slirptrio.core.events import (
     DnsUpstreams,
@@ -102,19 +110,23 @@ from slirptrio.journal.writer import Recorder
 from slirptrio.wire.checksum import internet_checksum, pseudo_header_sum
 from slirptrio.wire.framing import split_run
 from tests.journals import header_for
+from tests.snapshots import plain_roundtrip
 
 REPO = Path(__file__).resolve().parents[1]
 CAPTURES = REPO / "captures"
 
 PROTOCOLS = ("arp", "dhcp", "dns", "icmp", "tcp", "udp", "frag", "l2")
 
+# Sessions cycle through these; the third and fourth of every four are IPv6 sessions, so the
+# short CI run gives its IPv6 sessions configurations with IPv6 on (mtu=576 turns it off).
 CONFIGS = (
     "",
     "hostloopback=off,mem-budget=1M,max-flows=64",
+    "mtu=65520,dnssearch=example.test,hostname=fuzz",
+    "tftp=/nonexistent-fuzz-root,bootfile=pxelinux.0",
     "restrict=on,hostfwd=tcp::2222-:22",
     "mtu=576,guestfwd=tcp:10.0.2.100:80-cmd:cat",
-    "mtu=65520,dnssearch=example.test,hostname=fuzz",
-    "tftp=/nonexistent-fuzz-root,bootfile=pxelinux.0,ipv6=off",
+    "ipv6=off,tftp=/nonexistent-fuzz-root",
 )
 
 SEC = 1_000_000_000
@@ -122,10 +134,12 @@ MS = 1_000_000
 
 GUEST_MACS = [bytes.fromhex(h) for h in ("525400123456", "525400abcdef", "5254000000ff")]
 GW_MAC = bytes.fromhex("52550a000202")
+GW6_MAC = bytes.fromhex("525600000002")  # the IPv6 router's (fec0::2's) MAC
 BCAST_MAC = b"\xff" * 6
 
 ETH_IP, ETH_ARP, ETH_IP6, ETH_NCSI, ETH_VLAN = 0x0800, 0x0806, 0x86DD, 0x88F8, 0x8100
-TCP, UDP, ICMP = 6, 17, 1
+TCP, UDP, ICMP, ICMP6, FRAG6 = 6, 17, 1, 58, 44
+HOPOPTS, ROUTING, DSTOPTS, NONE6 = 0, 43, 60, 59
 FIN, SYN, RST, PSH, ACK, URG = 0x01, 0x02, 0x04, 0x08, 0x10, 0x20
 
 
@@ -143,6 +157,25 @@ COMMON = DESTS[:7]  # the ones that go somewhere
 TCP_DESTS = [d for d in COMMON if d != ip4("10.0.2.255")]
 
 
+def ip6(text: str) -> bytes:
+    return socket.inet_pton(socket.AF_INET6, text)
+
+
+# IPv6 twins: the guest's SLAAC addresses (from its MACs), link-local and other sources; the
+# host, DNS and router addresses of the default prefix, outside (documentation) addresses, and
+# martians and multicast groups that must stay inside.
+GUEST_IPS6 = [ip6(a) for a in ("fec0::5054:ff:fe12:3456", "fec0::5054:ff:feab:cdef",
+                               "fe80::5054:ff:fe12:3456", "fec0::99")]
+HOST6, DNS6, ROUTER_LL = ip6("fec0::2"), ip6("fec0::3"), ip6("fe80::2")
+DESTS6 = [ip6(a) for a in (
+    "fec0::2", "fec0::3", "2001:db8:1::1", "2001:db8:1::9", "2001:db8:2::53", "fe80::2",
+    "fec0::77", "::1", "::", "::ffff:203.0.113.1", "ff02::1", "ff02::2", "ff02::1:2",
+    "ff05::fb", "fe80::1",
+)]
+COMMON6 = DESTS6[:5]
+TCP_DESTS6 = DESTS6[:5]
+
+
 # ----------------------------------------------------------------------------- frame building
 
 
@@ -156,6 +189,14 @@ def ipv4(src: bytes, dst: bytes, proto: int, payload: bytes, *, ident: int = 1, 
     hdr = struct.pack("!BBHHHBBH4s4s", 0x40 | (hlen // 4), 0, hlen + len(payload), ident & 0xFFFF,
                       frag, ttl, proto, 0, src, dst) + options
     return hdr + payload
+
+
+def ipv6(src: bytes, dst: bytes, nh: int, payload: bytes, *, hlim: int = 64) -> bytes:
+    return struct.pack("!IHBB16s16s", 6 << 28, len(payload), nh, hlim, src, dst) + payload
+
+
+def mcast_mac6(dst: bytes) -> bytes:
+    return b"\x33\x33" + dst[12:]
 
 
 def udp(sport: int, dport: int, payload: bytes) -> bytes:
@@ -175,10 +216,50 @@ def icmp(type_: int, code: int, rest: bytes, data: bytes) -> bytes:
     return struct.pack("!BBH", type_, code, 0) + rest[:4].ljust(4, b"\0") + data
 
 
+def fixup6(frame: bytes, rng: random.Random, *, keep_lengths: bool = False) -> bytes:
+    """The IPv6 twin of :func:`fixup`: the payload length, and the TCP, UDP or ICMPv6
+    checksum after the hop-by-hop, routing and destination-options headers (a fragment's
+    belongs to the whole datagram; a UDP checksum of 0 is invalid over IPv6, so it stays)."""
+    b = bytearray(frame)
+    if len(b) < 54 or b[14] >> 4 != 6:
+        return bytes(b)
+    if not keep_lengths:
+        struct.pack_into("!H", b, 18, min(len(b) - 54, 0xFFFF))
+    end = min(len(b), 54 + struct.unpack_from("!H", b, 18)[0])
+    nh, off = b[20], 54
+    for _ in range(8):
+        if nh not in (HOPOPTS, ROUTING, DSTOPTS) or off + 8 > end:
+            break
+        nh, off = b[off], off + (b[off + 1] + 1) * 8
+    if off > end:
+        return bytes(b)
+    l4 = b[off:end]
+    src, dst = bytes(b[22:38]), bytes(b[38:54])
+    if nh == TCP and len(l4) >= 20:
+        l4[16:18] = b"\0\0"
+        struct.pack_into("!H", l4, 16, internet_checksum(l4, pseudo_header_sum(src, dst, TCP,
+                                                                                 len(l4))))
+    elif nh == UDP and len(l4) >= 8:
+        l4[6:8] = b"\0\0"
+        ulen = struct.unpack_from("!H", l4, 4)[0]
+        n = ulen if 8 <= ulen <= len(l4) else len(l4)
+        csum = internet_checksum(l4[:n], pseudo_header_sum(src, dst, UDP, n))
+        struct.pack_into("!H", l4, 6, csum or 0xFFFF)
+    elif nh == ICMP6 and len(l4) >= 4:
+        l4[2:4] = b"\0\0"
+        struct.pack_into("!H", l4, 2, internet_checksum(l4, pseudo_header_sum(src, dst, ICMP6,
+                                                                                len(l4))))
+    b[off:end] = l4
+    return bytes(b)
+
+
 def fixup(frame: bytes, rng: random.Random, *, keep_lengths: bool = False) -> bytes:
     """Recompute the IPv4 header checksum and the L4 checksum over whatever ``frame`` holds
-    (a UDP checksum may become 0 instead); with ``keep_lengths`` lying lengths stay lies."""
+    (a UDP checksum may become 0 instead); with ``keep_lengths`` lying lengths stay lies.
+    IPv6 frames go to :func:`fixup6`."""
     b = bytearray(frame)
+    if len(b) >= 54 and b[12:14] == b"\x86\xdd":
+        return fixup6(frame, rng, keep_lengths=keep_lengths)
     if len(b) < 34 or b[12:14] != b"\x08\x00" or b[14] >> 4 != 4:
         return bytes(b)
     ihl = (b[14] & 0xF) * 4
@@ -243,9 +324,57 @@ def mutate_bytes(data: bytes, rng: random.Random, start: int = 0) -> bytes:
     return bytes(b)
 
 
-def mutate_ip(frame: bytes, rng: random.Random) -> tuple[bytes, bool]:
-    """Mutate an IPv4 frame's header or payload; True when a length lie must stay."""
+def mutate_ip6(frame: bytes, rng: random.Random) -> tuple[bytes, bool]:
+    """Mutate an IPv6 frame's header, extension headers or payload; True when a length lie
+    must stay."""
     b = bytearray(frame)
+    op = rng.random()
+    if op < 0.5:  # the upper layer
+        return mutate_bytes(bytes(b), rng, 54), False
+    if op < 0.62:  # extension headers in front: padding, unknown options, a routing header,
+        # an atomic fragment, chains longer than any walk allows, lying lengths
+        chain = [rng.choice((HOPOPTS, DSTOPTS, ROUTING, FRAG6))
+                 for _ in range(rng.choice((1, 1, 2, 3, 9)))]
+        first, nh = chain[0], b[20]
+        ext = bytearray()
+        for i, kind in enumerate(chain):
+            nxt = chain[i + 1] if i + 1 < len(chain) else nh
+            if kind == FRAG6:
+                ext += struct.pack("!BBHI", nxt, 0, 0, rng.randrange(1 << 32))
+            elif kind == ROUTING:
+                ext += bytes((nxt, 0, rng.choice((0, 2, 4)), rng.randrange(3))) + bytes(4)
+            else:
+                body = rng.choice((bytes(6), b"\x01\x04" + bytes(4), b"\xc2\x04" + bytes(4),
+                                   b"\x80\x04" + bytes(4), rng.randbytes(6)))
+                ext += bytes((nxt, 0)) + body
+            if rng.random() < 0.05:
+                ext[-7] = rng.randrange(256)  # the length lies
+        b[20] = first
+        b[54:54] = ext
+        return bytes(b), False
+    if op < 0.72:  # payload length lie (0 is a jumbogram without its option)
+        struct.pack_into("!H", b, 18, rng.choice((0, 1, len(b) - 55, len(b) - 53, 0xFFFF,
+                                                  rng.randrange(0x10000))))
+        return bytes(b), True
+    if op < 0.85:  # next header, hop limit, traffic class and flow label, version
+        field_ = rng.choice((20, 21, 15, 16, 14))
+        b[field_] = rng.randrange(256) if field_ != 14 else 0x60 | rng.randrange(16)
+        if rng.random() < 0.1:
+            b[14] = rng.randrange(256)  # not version 6 at all
+        return bytes(b), False
+    if op < 0.92:  # the source or destination address
+        at = rng.choice((22, 38))
+        b[at : at + 16] = rng.choice(DESTS6 + GUEST_IPS6 + [rng.randbytes(16)])
+        return bytes(b), False
+    return mutate_bytes(bytes(b), rng, 14), rng.random() < 0.5
+
+
+def mutate_ip(frame: bytes, rng: random.Random) -> tuple[bytes, bool]:
+    """Mutate an IPv4 frame's header or payload; True when a length lie must stay. IPv6 frames
+    go to :func:`mutate_ip6`."""
+    b = bytearray(frame)
+    if len(b) >= 54 and b[12:14] == b"\x86\xdd":
+        return mutate_ip6(frame, rng)
     if len(b) < 34:
         return bytes(b), False
     op = rng.random()
@@ -301,6 +430,8 @@ class GuestConn:
 @dataclass
 class Stats:
     frames: collections.Counter[str] = field(default_factory=collections.Counter)
+    frames6: collections.Counter[str] = field(default_factory=collections.Counter)
+    """Of ``frames``, those the IPv6 generators made."""
     events: int = 0
     seconds: dict[str, float] = field(default_factory=lambda: collections.defaultdict(float))
     counters: collections.Counter[str] = field(default_factory=collections.Counter)
@@ -311,6 +442,18 @@ class Stats:
     max_udp: int = 0
     max_mem_used: int = 0
     max_reasm_bytes: int = 0
+    v6_sessions: int = 0
+    counters6: collections.Counter[str] = field(default_factory=collections.Counter)
+    """The core's counters of the IPv6 sessions alone."""
+    v6_opens: collections.Counter[str] = field(default_factory=collections.Counter)
+    """Host sockets ("tcp", "udp", "icmp") the core opened to IPv6 hosts."""
+    replay_seconds: float = 0.0  # spent replaying journals (not in ``seconds``)
+    replay_gaps: int = 0  # gaps the replayed journals named (records the recorder lost)
+    empty_replays: int = 0  # replays with nothing to compare (a ring too small: named gaps)
+    snapshots: int = 0  # mid-session snapshots restored into a fresh core and followed
+    twin_events: int = 0  # events fed to both the original and a restored core, compared
+    replayed_mid: int = 0  # journals whose replay started at a snapshot past record 0
+    first_seqs: list[int] = field(default_factory=list)  # each ring replay's first record
 
 
 def check_bounds(stack: Stack) -> None:
@@ -356,12 +499,24 @@ class Session:
     generated frames arrive in runs (GuestFrames) and the frames out leave in runs."""
 
     def __init__(self, rng: random.Random, protocol: str, config: str, journal: Path,
-                 seed: int, journal_max: int | None = None, bursts: bool = False) -> None:
+                 seed: int, journal_max: int | None = None, bursts: bool = False,
+                 v6: bool = False, snapshots: int = 2) -> None:
         self.rng = rng
         self.bursts = bursts
         self.protocol = protocol
+        self.v6 = v6
         cfg = parse_user_options(config)
+        self.cfg = cfg
         self.stack = Stack(cfg, seed)
+        # The restored twin: from each of these points (guest frames into the generated part)
+        # on, a core restored from a snapshot of this one (through msgpack, as the journal
+        # keeps it) is fed every event too and must give identical effects.
+        self.snap_at = sorted(rng.random() for _ in range(snapshots))
+        self.twin: Stack | None = None
+        self.snapshots = 0
+        self.twin_events = 0
+        self.v6_opens: collections.Counter[str] = collections.Counter()
+        self.frames6 = 0  # generated by the IPv6 twins
         self.recorder = Recorder.open(
             header_for(cfg, seed), journal_dir=str(journal), pcap_path=None,
             journal_max=journal_max, pcap_max=None, threaded=False,
@@ -389,6 +544,16 @@ class Session:
             print(f"fuzz: exception in Stack.handle; journal kept: {self.journal}",
                   file=sys.stderr)
             raise
+        if self.twin is not None:
+            theirs = self.twin.handle(event, self.door.now_ns)
+            if theirs != effects:
+                self.recorder.close()
+                raise AssertionError(
+                    f"fuzz: a core restored from a snapshot differs at event {self.seq} "
+                    f"({event!r:.300}):\n original {effects!r:.1500}\n restored {theirs!r:.1500}"
+                    f"\njournal kept: {self.journal}"
+                )
+            self.twin_events += 1
         self.seq += 1
         if self.seq % 64 == 0:
             self.recorder.flush()  # between steps, as the runtime flushes after a burst
@@ -414,6 +579,16 @@ class Session:
         self.frames += len(frames)
         self.step(GuestFrames(bytes(run)))
 
+    def snapshot_twin(self) -> None:
+        """Restore a fresh core from a snapshot of this one; it follows from here on."""
+        self.twin = Stack.from_snapshot(self.cfg, plain_roundtrip(self.stack.snapshot()))
+        self.snapshots += 1
+
+    def check_twin(self) -> None:
+        if self.twin is not None:
+            ours, theirs = (plain_roundtrip(s.snapshot()) for s in (self.stack, self.twin))
+            assert ours == theirs, "the restored core's state differs at the end of the session"
+
     def advance(self) -> None:
         rng = self.rng
         due = self.stack.poll_at()
@@ -437,6 +612,7 @@ class Session:
             elif t is TcpConnect:
                 assert isinstance(e, TcpConnect)
                 self.tcp[e.flow] = TcpFlowView()
+                self.v6_opens["tcp"] += ":" in e.host
             elif t is TcpRecvCredit:
                 assert isinstance(e, TcpRecvCredit)
                 if e.flow in self.tcp:
@@ -450,6 +626,7 @@ class Session:
                 self.tcp.pop(e.flow, None)
             elif t is UdpOpen:
                 assert isinstance(e, UdpOpen)
+                self.v6_opens["udp"] += ":" in e.host
                 if e.port == 53 and e.host in self.upstream_hosts():
                     self.dns_flows[e.flow] = []
                 else:
@@ -467,6 +644,7 @@ class Session:
             elif t is IcmpEchoOpen:
                 assert isinstance(e, IcmpEchoOpen)
                 self.echo[e.flow] = []
+                self.v6_opens["icmp"] += ":" in e.host
             elif t is IcmpEchoSend:
                 assert isinstance(e, IcmpEchoSend)
                 if e.flow in self.echo:
@@ -481,11 +659,15 @@ class Session:
         return {u.rpartition(":")[0].strip("[]") for u in self.upstreams.split()}
 
     def observe_frame(self, f: bytes) -> None:
-        if len(f) < 54 or f[12:14] != b"\x08\x00":
+        if len(f) >= 74 and f[12:14] == b"\x86\xdd":
+            proto, src, dst = f[20], f[22:38], f[38:54]
+            l4 = f[54 : 54 + struct.unpack_from("!H", f, 18)[0]]
+        elif len(f) >= 54 and f[12:14] == b"\x08\x00":
+            ihl = (f[14] & 0xF) * 4
+            proto, src, dst = f[23], f[26:30], f[30:34]
+            l4 = f[14 + ihl : 14 + struct.unpack_from("!H", f, 16)[0]]  # frames come padded
+        else:
             return
-        ihl = (f[14] & 0xF) * 4
-        proto, src, dst = f[23], f[26:30], f[30:34]
-        l4 = f[14 + ihl : 14 + struct.unpack_from("!H", f, 16)[0]]  # frames come padded
         if proto == UDP and len(l4) >= 8 + 240 and l4[0:2] == b"\x00\x43":
             yiaddr = l4[8 + 16 : 8 + 20]
             if yiaddr != b"\0\0\0\0":
@@ -562,7 +744,8 @@ class Session:
                                           _errno.EMSGSIZE, 0)),
                         rng.randrange(5), rng.randrange(16), rng.randrange(20),
                         rng.choice((0, 576, 1280, 100000)),
-                        rng.choice(("", "203.0.113.9", "127.0.0.1", "::1", "garbage", "1.2.3")))
+                        rng.choice(("", "203.0.113.9", "127.0.0.1", "::1", "garbage", "1.2.3",
+                                    "2001:db8:ff::1", "fe80::1")))
 
     def dns_event(self) -> Event | None:
         rng = self.rng
@@ -613,13 +796,17 @@ class Session:
             flow = self.next_inbound
             self.next_inbound += 1
             self.tcp[flow] = TcpFlowView(connected=True, inbound=True)
-            return TcpInbound(flow, rng.choice(("10.0.2.15", "10.0.2.16", "10.0.2.2",
-                                                "203.0.113.1", "x")), rng.choice((22, 80, 0)),
-                              rng.choice(("127.0.0.1", "203.0.113.9", "::1", "")),
+            guests = ("fec0::5054:ff:fe12:3456", "fec0::2", "fe80::1", "::1") if self.v6 else (
+                "10.0.2.15", "10.0.2.16", "10.0.2.2", "203.0.113.1")
+            return TcpInbound(flow, rng.choice((*guests, "x")), rng.choice((22, 80, 0)),
+                              rng.choice(("127.0.0.1", "203.0.113.9", "::1", "2001:db8::7", "")),
                               rng.randrange(0x10000))
         if r < 0.7:
-            return UdpInbound(rng.randrange(5), rng.choice(("10.0.2.15", "10.0.2.3", "bad")),
-                              rng.choice((53, 5000, 0)), rng.choice(("127.0.0.1", "192.0.2.9")),
+            dests = ("fec0::5054:ff:fe12:3456", "fec0::3") if self.v6 else (
+                "10.0.2.15", "10.0.2.3")
+            return UdpInbound(rng.randrange(5), rng.choice((*dests, "bad")),
+                              rng.choice((53, 5000, 0)),
+                              rng.choice(("127.0.0.1", "192.0.2.9", "::1", "2001:db8::9")),
                               rng.randrange(0x10000), rng.randbytes(rng.randint(0, 600)))
         if r < 0.8:
             return GuestFwdAdd(rng.randrange(4), rng.choice(("10.0.2.100", "10.0.2.101", "bad")),
@@ -648,9 +835,19 @@ class Session:
             frame = fixup(frame, rng, keep_lengths=keep)
         return frame
 
+    def guest_ip6(self) -> bytes:
+        return GUEST_IPS6[0] if self.rng.random() < 0.7 else self.rng.choice(GUEST_IPS6)
+
     def ip_frame(self, dst: bytes, proto: int, l4: bytes, *, src: bytes | None = None,
                  mutate: float = 0.3) -> bytes:
         rng = self.rng
+        if len(dst) == 16:
+            d_mac = mcast_mac6(dst) if dst[0] == 0xFF else (
+                GW6_MAC if rng.random() < 0.95 else GW_MAC)
+            frame = eth(d_mac, self.mac(), ETH_IP6,
+                        ipv6(src or self.guest_ip6(), dst, proto, l4,
+                             hlim=255 if proto == ICMP6 else 64))
+            return self.finish(frame, mutate=mutate)
         d_mac = BCAST_MAC if dst[0] >= 224 or dst[3] == 255 else GW_MAC
         frame = eth(d_mac, self.mac(), ETH_IP,
                     ipv4(src or self.guest_ip(), dst, proto, l4, ident=rng.randrange(0x10000)))
@@ -715,6 +912,10 @@ class Session:
             struct.pack_into("!H", b, 4, rng.choice((0, 7, 8, 9, len(b) - 1, len(b) + 1,
                                                      0xFFFF)))
             body = bytes(b)
+        if len(dst) == 16:  # IPv6: the checksum is never 0; fixup6 sums the lying length
+            frame = eth(mcast_mac6(dst) if dst[0] == 0xFF else GW6_MAC, self.mac(), ETH_IP6,
+                        ipv6(src, dst, UDP, body))
+            return fixup6(frame, rng) if lie else self.finish(frame, mutate=0.2)
         frame = eth(BCAST_MAC if dst[0] >= 224 or dst[3] == 255 else GW_MAC, self.mac(), ETH_IP,
                     ipv4(src, dst, UDP, body, ident=rng.randrange(0x10000)))
         if lie:  # checksum 0: the parser must catch the lie itself
@@ -825,13 +1026,21 @@ class Session:
             out.append(self.ip_frame(c.dst, TCP, seg, src=c.src, mutate=0.02))
         return out
 
-    def gen_tcp(self) -> bytes:
+    def gen_tcp6(self) -> bytes:
+        return self.gen_tcp(v6=True)
+
+    def gen_tcp(self, v6: bool = False) -> bytes:
         rng = self.rng
         conns = self.conns
         r = rng.random()
         if r < 0.12 or not conns:
-            dst = rng.choice(DESTS) if rng.random() < 0.1 else rng.choice(TCP_DESTS)
-            c = GuestConn(self.mac(), self.guest_ip(), rng.randrange(1024, 65536), dst,
+            if v6:
+                dst = rng.choice(DESTS6) if rng.random() < 0.1 else rng.choice(TCP_DESTS6)
+                src = self.guest_ip6()
+            else:
+                dst = rng.choice(DESTS) if rng.random() < 0.1 else rng.choice(TCP_DESTS)
+                src = self.guest_ip()
+            c = GuestConn(self.mac(), src, rng.randrange(1024, 65536), dst,
                           rng.choice((80, 22, 53, 8080, 0, 443)), rng.randrange(1 << 32), 0)
             c.nxt = c.iss + 1
             if len(conns) >= 64:  # make room: connections that went nowhere must not pile up
@@ -928,6 +1137,190 @@ class Session:
 
     _frags: collections.deque[bytes]
 
+    # --- IPv6 twins of the generators: real flows over IPv6, NDP, DHCPv6, IPv6 fragments
+    def gen_ndp(self) -> bytes:
+        """Router and neighbour solicitations and advertisements (the ARP of IPv6), some
+        malformed: a hop limit other than 255, a non-zero code, options of length 0 or cut
+        short, a solicitation from :: with a link-layer option."""
+        rng = self.rng
+        mac = self.mac()
+        kind = rng.choice((133, 135, 135, 135, 136, 134, 137))
+        src = rng.choice((GUEST_IPS6[2], GUEST_IPS6[2], self.guest_ip6(), ip6("::")))
+        target = rng.choice((ROUTER_LL, HOST6, DNS6, ROUTER_LL, self.guest_ip6(),
+                             rng.choice(DESTS6)))
+        opt = rng.choice((bytes((1, 1)) + mac, bytes((1, 1)) + mac, b"", bytes((1, 0)) + mac,
+                          bytes((2, 1)) + mac, bytes((1, 2)) + mac + bytes(8), bytes((1, 1, 9)),
+                          bytes((14, 1)) + rng.randbytes(6)))
+        if kind == 133:
+            dst, rest, body = ip6("ff02::2"), bytes(4), opt
+        elif kind == 135:
+            dst = rng.choice((ip6("ff02::1:ff00:0")[:13] + target[13:], target, ROUTER_LL))
+            rest, body = bytes(4), target + opt
+        elif kind == 136:
+            dst = rng.choice((ip6("ff02::1"), ROUTER_LL))
+            rest = struct.pack("!I", rng.choice((0x20000000, 0x60000000, 0xA0000000, 0)))
+            body = rng.choice((src, target)) + opt
+        elif kind == 134:  # a guest that thinks it is a router
+            dst, rest = ip6("ff02::1"), struct.pack("!BBH", 64, 0, 1800)
+            body = bytes(8) + opt
+        else:  # a redirect
+            dst, rest, body = ROUTER_LL, bytes(4), target + rng.choice(DESTS6) + opt
+        msg = icmp(kind, 0 if rng.random() < 0.9 else rng.randrange(1, 256), rest, body)
+        frame = eth(mcast_mac6(dst) if dst[0] == 0xFF else GW6_MAC, mac, ETH_IP6,
+                    ipv6(src, dst, ICMP6, msg, hlim=255 if rng.random() < 0.9 else 64))
+        return self.finish(frame, mutate=0.15)
+
+    def dhcp6_message(self) -> bytes:
+        rng = self.rng
+        kind = rng.choice((11, 11, 1, 1, 3, 5, 6, 8, 9, 4, 12, 2, 0, 255))
+        opts = bytearray()
+        if rng.random() < 0.8:
+            duid = b"\x00\x03\x00\x01" + self.mac()
+            opts += struct.pack("!HH", 1, len(duid)) + duid
+        if rng.random() < 0.6:
+            oro = rng.choice((b"\x00\x17\x00\x18", b"\x00\x17", b"\x00\x3b\x00\x17\x00\x18",
+                              b"\x00"))
+            opts += struct.pack("!HH", 6, len(oro)) + oro
+        if rng.random() < 0.5:
+            opts += struct.pack("!HHH", 8, 2, rng.randrange(0x10000))
+        if rng.random() < 0.3:
+            ia = struct.pack("!III", rng.randrange(1 << 32), 0, 0)
+            if rng.random() < 0.5:
+                addr = struct.pack("!HH16sII", 5, 24, self.guest_ip6(), 3600, 7200)
+                ia += addr
+            opts += struct.pack("!HH", rng.choice((3, 4)), len(ia)) + ia
+        if rng.random() < 0.2:
+            opts += struct.pack("!HH", 14, 0)
+        if rng.random() < 0.2:
+            sid = b"\x00\x03\x00\x01" + GW6_MAC
+            opts += struct.pack("!HH", 2, len(sid)) + sid
+        if rng.random() < 0.2:  # lying lengths, unknown options, garbage
+            opts += rng.choice((struct.pack("!HH", 1, 200), struct.pack("!HH", 6, 3) + b"\x00",
+                                struct.pack("!HH", 0xFFFF, 4) + bytes(4), rng.randbytes(12)))
+        msg = bytes((kind,)) + rng.randbytes(3) + bytes(opts)
+        if rng.random() < 0.15:
+            msg = mutate_bytes(msg, rng, 4)
+        if rng.random() < 0.1:
+            msg = msg[: rng.randrange(6)]
+        return msg
+
+    def gen_dhcp6(self) -> bytes:
+        rng = self.rng
+        body = udp(rng.choice((546, 546, 546, 547, 5000)), rng.choice((547, 547, 547, 546)),
+                   self.dhcp6_message())
+        src = GUEST_IPS6[2] if rng.random() < 0.8 else self.guest_ip6()
+        dst = rng.choice((ip6("ff02::1:2"), ip6("ff02::1:2"), ip6("ff02::1:2"), ROUTER_LL,
+                          HOST6, ip6("ff05::1:3")))
+        return self.udp_frame(src, dst, body)
+
+    def gen_dns6(self) -> bytes:
+        rng = self.rng
+        body = udp(rng.choice((33000, 33001, 5353, 0)), 53, self.dns_query())
+        dst = DNS6 if rng.random() < 0.85 else rng.choice(COMMON6)
+        return self.udp_frame(self.guest_ip6(), dst, body)
+
+    def gen_icmp6(self) -> bytes:
+        rng = self.rng
+        r = rng.random()
+        dst = rng.choice(COMMON6) if rng.random() < 0.7 else rng.choice(DESTS6)
+        if r < 0.65:  # echo requests: to outside addresses they open echo flows
+            msg = icmp(128, 0, struct.pack("!HH", rng.choice((7, 8, 9)), rng.randrange(0x10000)),
+                       rng.randbytes(rng.choice((0, 8, 56, 1232, 1400, 3000))))
+        elif r < 0.85:  # an error quoting something
+            quoted = ipv6(self.guest_ip6(), rng.choice(DESTS6), rng.choice((TCP, UDP, ICMP6)),
+                          rng.randbytes(8))
+            msg = icmp(rng.choice((1, 2, 3, 4)), rng.randrange(8),
+                       struct.pack("!I", rng.choice((0, 1280, 1500, 68))),
+                       quoted[: rng.randrange(len(quoted) + 1)])
+        elif r < 0.92:  # replies, MLD, and types of the NDP family out of place
+            msg = icmp(rng.choice((129, 130, 131, 132, 143, 133, 135, 136, 137)), 0,
+                       rng.randbytes(4), rng.randbytes(rng.randint(0, 40)))
+        else:
+            msg = icmp(rng.randrange(256), rng.randrange(256), rng.randbytes(4),
+                       rng.randbytes(rng.randint(0, 40)))
+        return self.ip_frame(dst, ICMP6, msg)
+
+    def gen_udp6(self) -> bytes:
+        rng = self.rng
+        if rng.random() < 0.3:  # TFTP over IPv6, short and lying requests among them
+            rrq = rng.choice((b"\x00\x01file\x00octet\x00", b"\x00\x01", b"\x00",
+                              b"\x00\x01pxelinux.0\x00octet\x00blksize\x001428\x00tsize\x000\x00",
+                              b"\x00\x04\x00\x01", rng.randbytes(rng.randint(0, 20))))
+            body = udp(rng.randrange(1024, 65536), 69, rrq)
+            dst = rng.choice((HOST6, HOST6, COMMON6[2]))
+        else:
+            dport = rng.choice((7, 9, 53, 123, 137, 547, 1900, 5353, 0, rng.randrange(65536)))
+            body = udp(rng.choice((5000, 5001, 546, 0)), dport,
+                       rng.randbytes(rng.choice((0, 1, 20, 512, 1232, 1452, 2000))))
+            dst = rng.choice(COMMON6) if rng.random() < 0.7 else rng.choice(DESTS6)
+        return self.udp_frame(self.guest_ip6(), dst, body)
+
+    def gen_frag6(self) -> bytes:
+        """IPv6 fragments (Fragment headers) of a datagram: overlaps (forbidden outright,
+        RFC 5722), duplicates, pieces that are not multiples of 8, past 65535, a first piece
+        without the upper-layer header (RFC 7112), atomic fragments."""
+        rng = self.rng
+        if not self._frags:
+            proto = rng.choice((UDP, ICMP6, TCP))
+            if proto == UDP:
+                inner = udp(5000, rng.choice((7, 53, 69, 9)), rng.randbytes(rng.randint(0, 4000)))
+            elif proto == ICMP6:
+                inner = icmp(128, 0, b"\0\x07\0\x01", rng.randbytes(rng.randint(0, 4000)))
+            else:
+                inner = tcp(40000, 80, 1, 0, SYN, 65535, rng.randbytes(rng.randint(0, 100)))
+            src, dst = self.guest_ip6(), rng.choice(COMMON6)
+            whole = fixup6(eth(GW6_MAC, self.mac(), ETH_IP6, ipv6(src, dst, proto, inner)), rng)
+            inner = whole[54:]
+            ident = rng.randrange(1 << 32)
+            pieces: list[tuple[int, bytes, bool]] = []
+            off = 0
+            while off < len(inner):
+                n = rng.choice((8, 16, 256, 1024, 1232, len(inner)))
+                chunk = inner[off : off + n]
+                pieces.append((off, chunk, off + n < len(inner)))
+                off += n
+            r = rng.random()
+            if r < 0.1 and pieces:  # an overlap
+                o, chunk, mf = rng.choice(pieces)
+                pieces.append((o + 8 if len(chunk) > 8 else o, bytes(len(chunk)), mf))
+            elif r < 0.25 and pieces:  # a duplicate
+                pieces.append(rng.choice(pieces))
+            elif r < 0.35:  # past 65535
+                pieces.append((65528, rng.randbytes(16), False))
+            elif r < 0.45:  # odd-sized middle pieces, a lying last one
+                pieces.append((rng.randrange(0, 8192) & ~7, rng.randbytes(rng.randint(1, 9)),
+                               rng.random() < 0.5))
+            elif r < 0.5:  # the first piece cut inside the upper-layer header
+                pieces[0] = (0, inner[:4], True)
+            elif r < 0.55:  # an atomic fragment: offset 0, M clear
+                pieces = [(0, inner, False)]
+            if rng.random() < 0.5:
+                rng.shuffle(pieces)
+            for o, chunk, mf in pieces:
+                fh = struct.pack("!BBHI", proto, 0, (o & 0xFFF8) | (1 if mf else 0), ident)
+                self._frags.append(eth(GW6_MAC, self.mac(), ETH_IP6,
+                                       ipv6(src, dst, FRAG6, fh + chunk)))
+        return self._frags.popleft()
+
+    def gen_l2_6(self) -> bytes:
+        """IPv6 headers that stop short of any protocol: too many extension headers, no next
+        header, a jumbogram's zero length, a frame shorter than its header."""
+        rng = self.rng
+        r = rng.random()
+        if r < 0.5:
+            return self.gen_l2()
+        nh = rng.choice((NONE6, HOPOPTS, DSTOPTS, ROUTING, 50, 51, 135, 253, rng.randrange(256)))
+        body = rng.randbytes(rng.randint(0, 80))
+        if nh in (HOPOPTS, DSTOPTS, ROUTING) and rng.random() < 0.5:
+            body = b"".join(bytes((DSTOPTS, 0)) + bytes(6) for _ in range(12)) + body
+        frame = eth(GW6_MAC, self.mac(), ETH_IP6, ipv6(self.guest_ip6(), rng.choice(DESTS6),
+                                                       nh, body))
+        if r < 0.6:
+            frame = frame[: rng.randrange(14, 54)]
+        elif r < 0.7:
+            frame = frame[:18] + b"\0\0" + frame[20:]
+        return frame
+
     def gen_l2(self) -> bytes:
         rng = self.rng
         r = rng.random()
@@ -948,12 +1341,30 @@ class Session:
         return eth(GW_MAC, self.mac(), ETH_IP, rng.randbytes(rng.randint(0, 100)))
 
     def generator(self) -> Callable[[], bytes]:
+        """The protocol's generator; in an IPv6 session its IPv6 twin, with an IPv4 frame
+        now and then (a dual-stack guest)."""
         self._frags = collections.deque()
-        return {
+        v4 = {
             "arp": self.gen_arp, "dhcp": self.gen_dhcp, "dns": self.gen_dns,
             "icmp": self.gen_icmp, "tcp": self.gen_tcp, "udp": self.gen_udp,
             "frag": self.gen_frag, "l2": self.gen_l2,
         }[self.protocol]
+        if not self.v6:
+            return v4
+        v6 = {
+            "arp": self.gen_ndp, "dhcp": self.gen_dhcp6, "dns": self.gen_dns6,
+            "icmp": self.gen_icmp6, "tcp": self.gen_tcp6, "udp": self.gen_udp6,
+            "frag": self.gen_frag6, "l2": self.gen_l2_6,
+        }[self.protocol]
+        rng = self.rng
+
+        def mixed() -> bytes:
+            if self._frags or rng.random() < 0.85:
+                self.frames6 += 1
+                return v6()
+            return v4()
+
+        return mixed
 
     # --- a whole session
     def play_capture(self, path: Path) -> None:
@@ -974,9 +1385,16 @@ class Session:
         self.step(DnsUpstreams(self.upstreams))
         if capture is not None:
             self.play_capture(capture)
+        if self.v6:  # as a guest comes up: a router solicitation, duplicate address detection
+            self.frame(self.gen_ndp_start(GUEST_IPS6[2]))
+            self.frame(self.gen_ndp_start(GUEST_IPS6[0]))
         gen = self.generator()
         start = self.frames
+        snap_at = [start + int(x * frames) for x in self.snap_at]
         while self.frames - start < frames:
+            if snap_at and self.frames >= snap_at[0]:
+                snap_at.pop(0)
+                self.snapshot_twin()
             r = rng.random()
             if r < 0.25:
                 self.host_event()
@@ -994,7 +1412,23 @@ class Session:
         for _ in range(20):  # let timers run out
             self.advance()
         check_bounds(self.stack)
+        self.check_twin()
         self.recorder.close()
+
+    def gen_ndp_start(self, src: bytes) -> bytes:
+        """The first NDP a booting guest sends: an RS from its link-local address, then a
+        neighbour solicitation for its own global address (duplicate address detection)."""
+        mac = GUEST_MACS[0]
+        if src == GUEST_IPS6[2]:
+            dst = ip6("ff02::2")
+            msg = icmp(133, 0, bytes(4), bytes((1, 1)) + mac)
+            frame = eth(mcast_mac6(dst), mac, ETH_IP6, ipv6(src, dst, ICMP6, msg, hlim=255))
+        else:
+            dst = ip6("ff02::1:ff00:0")[:13] + src[13:]
+            msg = icmp(135, 0, bytes(4), src)
+            frame = eth(mcast_mac6(dst), mac, ETH_IP6,
+                        ipv6(ip6("::"), dst, ICMP6, msg, hlim=255))
+        return fixup6(frame, self.rng)
 
 
 def cve_frames() -> dict[str, list[bytes]]:
@@ -1063,9 +1497,10 @@ def captures() -> list[Path]:
 
 def fuzz(protocol: str, frames: int, *, seed: int, session_frames: int = 5000,
          replay_every: int = 1, stats: Stats | None = None, workdir: Path | None = None,
-         ring_bytes: int = 4 << 20) -> Stats:
+         ring_bytes: int = 1 << 20) -> Stats:
     """Run ``frames`` guest frames of ``protocol`` in sessions of ``session_frames``; every
-    other session journals into a ring of ``ring_bytes`` (segments with snapshots)."""
+    other session journals into a ring of ``ring_bytes`` (segments with snapshots), replayed
+    whole and again from its last segment's snapshot, taken mid-session."""
     stats = stats if stats is not None else Stats()
     rng = random.Random(f"{seed}-{protocol}")
     caps = captures()
@@ -1079,10 +1514,20 @@ def fuzz(protocol: str, frames: int, *, seed: int, session_frames: int = 5000,
             t0 = time.perf_counter()
             # Every other session in a bounded ring of segments, each starting with a snapshot:
             # replay then starts from a restored core and checks the state at each boundary.
+            # Sessions come in fours: IPv4 and IPv6 ones alike, with and without a ring,
+            # frame by frame and in bursts.
+            v6 = index % 4 in (2, 3)
             s = Session(rng, protocol, config, path, seed=rng.randrange(1 << 62),
                         journal_max=ring_bytes if index % 2 else None,
-                        bursts=index % 4 in (1, 2))
+                        bursts=index % 4 in (1, 2), v6=v6)
             s.run(n, caps[index % len(caps)] if caps and index % 2 == 0 else None)
+            stats.v6_sessions += v6
+            stats.frames6[protocol] += s.frames6
+            stats.v6_opens.update(s.v6_opens)
+            if v6:
+                stats.counters6.update(s.stack.counters)
+            stats.snapshots += s.snapshots
+            stats.twin_events += s.twin_events
             stats.seconds[protocol] += time.perf_counter() - t0
             stats.frames[protocol] += s.frames
             stats.events += s.seq
@@ -1094,31 +1539,65 @@ def fuzz(protocol: str, frames: int, *, seed: int, session_frames: int = 5000,
             stats.max_mem_used = max(stats.max_mem_used, s.stack.tcp.mem_used)
             stats.max_reasm_bytes = max(stats.max_reasm_bytes, s.stack._reasm.total_bytes)
             if index % replay_every == 0:
-                result = replay_journal(path)
-                if result.divergence is not None:
-                    keep = Path(tempfile.gettempdir()) / path.name
-                    shutil.move(path, keep)
-                    raise AssertionError(
-                        f"fuzz session {protocol}#{index} ({config!r}) did not replay "
-                        f"identical; journal kept at {keep}:\n{format_divergence(result)}"
-                    )
-                stats.replayed += 1
-                stats.segments += result.segments
+                t1 = time.perf_counter()
+                replay(stats, path, f"{protocol}#{index} ({config!r})", ring=index % 2 == 1)
+                stats.replay_seconds += time.perf_counter() - t1
             shutil.rmtree(path)
             done += n
             index += 1
     return stats
 
 
+def replay(stats: Stats, path: Path, name: str, *, ring: bool) -> None:
+    """Replay a session's journal whole, and a ring's once more from its last segment's
+    snapshot (taken mid-session): both identical, or AssertionError (the journal kept)."""
+
+    def check(result: ReplayResult) -> None:
+        if result.divergence is not None:
+            keep = Path(tempfile.gettempdir()) / path.name
+            shutil.move(path, keep)
+            raise AssertionError(f"fuzz session {name} did not replay identical; journal kept "
+                                 f"at {keep}:\n{format_divergence(result)}")
+        # A replay that compares nothing proves nothing: only a ring too small for a segment
+        # (the recorder names that gap) may leave no records.
+        if result.records == 0 and not result.gaps:
+            raise AssertionError(f"fuzz session {name}: nothing replayed")
+
+    result = replay_journal(path)
+    check(result)
+    stats.replayed += 1
+    stats.segments += result.segments
+    stats.replay_gaps += len(result.gaps)
+    stats.empty_replays += result.records == 0
+    if not ring or result.last is None:
+        return
+    first = result.first.seq if result.first is not None else 0
+    if result.segments > 1:  # from the last segment's snapshot: a core restored mid-session
+        tail = replay_journal(path, start=Target(seq=result.last.seq))
+        check(tail)
+        first = tail.first.seq if tail.first is not None else first
+    stats.first_seqs.append(first)
+    stats.replayed_mid += first > 0
+
+
 def report(stats: Stats) -> Iterator[str]:
     total_s = sum(stats.seconds.values())
     for p in PROTOCOLS:
         if stats.frames[p]:
-            yield (f"{p:6} {stats.frames[p]:>10} frames {stats.seconds[p]:8.1f} s "
+            yield (f"{p:6} {stats.frames[p]:>10} frames ({stats.frames6[p]} IPv6) "
+                   f"{stats.seconds[p]:8.1f} s "
                    f"{stats.frames[p] / max(stats.seconds[p], 1e-9):9.0f} frames/s")
     yield (f"total  {sum(stats.frames.values()):>10} frames, {stats.events} events, "
-           f"{stats.sessions} sessions ({stats.replayed} replayed identical, "
-           f"{stats.segments} segments), {total_s:.1f} s")
+           f"{stats.sessions} sessions ({stats.v6_sessions} IPv6; {stats.replayed} replayed "
+           f"identical, {stats.segments} segments; {stats.replayed_mid} rings replayed from a "
+           f"mid-session snapshot), {total_s:.1f} s (+ {stats.replay_seconds:.1f} s replaying)")
+    yield (f"IPv6: host sockets opened to IPv6 hosts {dict(stats.v6_opens)}; replay gaps "
+           f"{stats.replay_gaps} ({stats.empty_replays} replays with no record); core "
+           f"exceptions {stats.counters['core_exceptions']} (none escaped: one would have "
+           f"stopped the run)")
+    yield (f"snapshots: {stats.snapshots} mid-session snapshots restored into a fresh core, "
+           f"{stats.twin_events} events after them with identical effects, every final state "
+           f"identical")
     rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     yield (f"peak RSS {rss / 1024:.1f} MiB; max TCP entries {stats.max_tcp}, UDP flows "
            f"{stats.max_udp}, TCP mem_used {stats.max_mem_used}, reassembly bytes "

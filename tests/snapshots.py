@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import enum
 import os
 import types
 from collections.abc import Iterable
-from ipaddress import IPv4Address, IPv4Network
+from ipaddress import IPv4Address, IPv4Network, IPv6Address, IPv6Network
 from typing import Any
 
 import msgpack
@@ -53,7 +54,7 @@ def shape(root: object) -> Any:
             return (type(obj).__name__, obj)
         if isinstance(obj, bytes | memoryview):
             return ("bytes", bytes(obj))
-        if isinstance(obj, IPv4Address | IPv4Network):
+        if isinstance(obj, IPv4Address | IPv4Network | IPv6Address | IPv6Network):
             return (type(obj).__name__, str(obj))
         if isinstance(obj, tuple | frozenset):
             items = sorted(obj, key=repr) if isinstance(obj, frozenset) else obj
@@ -83,13 +84,15 @@ def shape(root: object) -> Any:
     return walk(root, "root")
 
 
-def core_objects(root: object) -> Iterable[tuple[str, object]]:
-    """(path, object) for every object of a ``slirptrio.core`` class reachable from ``root``."""
+def core_objects(root: object, derived: bool = True) -> Iterable[tuple[str, object]]:
+    """(path, object) for every object of a ``slirptrio.core`` class reachable from ``root``
+    (enum members are values, not objects; without ``derived``, attributes a class lists in
+    ``_SNAPSHOT_DERIVED`` are not followed)."""
     seen: set[int] = set()
     stack: list[tuple[str, Any]] = [("stack", root)]
     while stack:
         path, obj = stack.pop()
-        if isinstance(obj, (*_SCALARS, bytes, bytearray, memoryview)) or id(obj) in seen:
+        if isinstance(obj, (*_SCALARS, bytes, bytearray, memoryview, enum.Enum)) or id(obj) in seen:
             continue
         seen.add(id(obj))
         if isinstance(obj, types.MethodType | types.FunctionType | types.BuiltinFunctionType):
@@ -102,17 +105,22 @@ def core_objects(root: object) -> Iterable[tuple[str, object]]:
         elif type(obj).__module__.startswith("slirptrio."):
             if type(obj).__module__.startswith("slirptrio.core."):
                 yield path, obj
-            stack += [(f"{path}.{n}", v) for n, v in attributes(obj).items()]
+            skip: frozenset[str] = (
+                frozenset() if derived else getattr(type(obj), "_SNAPSHOT_DERIVED", frozenset())
+            )
+            stack += [(f"{path}.{n}", v) for n, v in attributes(obj).items() if n not in skip]
 
 
 def run(stack: Stack, events: Iterable[tuple[int, Event]]) -> list[Any]:
-    """Each event's effects (encoded whole), or the exception it raised."""
+    """Each event's effects (encoded whole). An exception from the core is a bug, never a
+    behaviour two cores may share: it propagates, naming the event."""
     out: list[Any] = []
-    for t, event in events:
+    for i, (t, event) in enumerate(events):
         try:
-            out.append([encode(e) for e in stack.handle(event, t)])
-        except Exception as exc:  # a core bug must show the same way in both runs
-            out.append(["raised", type(exc).__name__, str(exc)])
+            effects = stack.handle(event, t)
+        except Exception as exc:
+            raise AssertionError(f"the core raised on event {i} ({event!r:.200}) at t={t}") from exc
+        out.append([encode(e) for e in effects])
     return out
 
 

@@ -39,6 +39,10 @@ from slirptrio.core.events import (
     TcpReset,
     TcpSend,
     TcpSent,
+    TftpChunk,
+    TftpOpen,
+    TftpOpened,
+    TftpRead,
     Tick,
     UdpError,
     UdpInbound,
@@ -48,9 +52,12 @@ from slirptrio.core.events import (
 from slirptrio.core.stack import Stack
 from slirptrio.wire import ethernet as weth
 from slirptrio.wire import ipv4 as wip
+from slirptrio.wire import ipv6 as wip6
 from slirptrio.wire import udp as wudp
+from slirptrio.wire.checksum import internet_checksum, pseudo_header_sum
 from slirptrio.wire.tcp import ACK, FIN, RST, SYN, build_tcp
 from tests import guestframes as gf
+from tests import guestframes6 as gf6
 
 MS = 1_000_000
 SEC = 1_000_000_000
@@ -58,7 +65,11 @@ GUEST_IP = gf.ip4("10.0.2.15")
 GW_MAC = bytes.fromhex("52550a000202")
 MACS = [gf.GUEST_MAC, bytes.fromhex("525400aabbcc"), bytes.fromhex("525400ddeeff")]
 DESTS = [gf.ip4("203.0.113.1"), gf.ip4("203.0.113.9"), gf.ip4("10.0.2.2"), gf.ip4("10.0.2.3")]
-OPTIONS = ["", "hostname=vm1,mtu=600", "restrict=on", "udp-timeout=3,dns-timeout=2,max-flows=3"]
+# IPv6 twins of DESTS: two outside addresses, the host and the DNS address of the prefix.
+GUEST_IP6 = gf6.ip6(gf6.GUEST_IP)
+DESTS6 = [gf6.ip6(a) for a in ("2001:db8:1::1", "2001:db8:1::9", "fec0::2", "fec0::3")]
+OPTIONS = ["", "hostname=vm1,mtu=600", "restrict=on", "udp-timeout=3,dns-timeout=2,max-flows=3",
+           "tftp=/nonexistent-streams-root,bootfile=pxelinux.0"]
 M = 0xFFFFFFFF
 
 Action = tuple[Any, ...]
@@ -78,6 +89,9 @@ def _dns_answer(query: bytes) -> bytes:
 
 
 def _ip_frame(dst: bytes, proto: int, payload: bytes, **kw: Any) -> bytes:
+    if len(dst) == 16:
+        packet = wip6.build_ipv6(GUEST_IP6, dst, proto, payload)
+        return weth.build_ethernet(gf6.ROUTER_MAC, gf.GUEST_MAC, weth.ETH_P_IPV6, packet)
     packet = wip.build_ipv4(GUEST_IP, dst, proto, payload, **kw)
     return weth.build_ethernet(GW_MAC, gf.GUEST_MAC, weth.ETH_P_IP, packet)
 
@@ -112,16 +126,37 @@ ACTION = st.one_of(
     st.tuples(st.just("tick_due")),
     st.tuples(st.just("time"), st.sampled_from([1 * MS, 5 * MS, 300 * MS, 2 * SEC, 31 * SEC,
                                                  100 * SEC])),
-    st.tuples(st.just("fwd"), st.integers(0, 4), _small),
+    st.tuples(st.just("fwd"), st.integers(0, 7), _small),
     st.tuples(st.just("link"), st.booleans()),
     st.tuples(st.just("garbage"), st.binary(max_size=80)),
+    # IPv6, as often as IPv4: the same flows over the other family, NDP and DHCPv6
+    st.tuples(st.just("ping6"), _small, st.integers(0, 2), st.integers(0, 5)),
+    st.tuples(st.just("udp6"), _small, st.integers(0, 3), _size),
+    st.tuples(st.just("dnsq6"), st.integers(0, 3), st.integers(0, 2)),
+    st.tuples(st.just("frag6"), st.integers(0, 3), st.permutations([0, 1, 2]),
+              st.integers(0, 3)),
+    st.tuples(st.just("syn6"), _small, st.integers(0, 3), st.booleans()),
+    st.tuples(st.just("seg"), st.integers(4, 7), st.sampled_from(["ack", "data", "fin", "rst",
+                                                                  "ooo", "dup", "partial",
+                                                                  "zero"]), _size),
+    st.tuples(st.just("ndp"), st.integers(0, 4)),
+    st.tuples(st.just("dhcpv6"), st.integers(0, 3)),
+    st.tuples(st.just("echo_error6"), _small),
+    # TFTP over both families (a session needs a tftp= option to get anywhere)
+    st.tuples(st.just("tftp_rrq"), st.booleans(), _small),
+    st.tuples(st.just("tftp_opened"), _small, st.sampled_from([0, 0, 2])),
+    st.tuples(st.just("tftp_chunk"), _small),
+    st.tuples(st.just("tftp_ack"), _small, st.integers(0, 3)),
 )
 
 
 def _tcp_session(
-    i: int, dst: int, opts: bool, exchanges: list[tuple[int, int]], close: str
+    i: int, dst: int, opts: bool, exchanges: list[tuple[int, int]], close: str, v6: bool = False
 ) -> list[Action]:
-    out: list[Action] = [("syn", i, dst, opts), ("connected", i), ("seg", i, "ack", 0)]
+    if v6:
+        i += 4  # guest connections 4-7 are the IPv6 ones
+    out: list[Action] = [("syn6" if v6 else "syn", i, dst, opts), ("connected", i),
+                         ("seg", i, "ack", 0)]
     for up, down in exchanges:
         out += [("seg", i, "data", up), ("host_data", i, down), ("seg", i, "ack", 0),
                 ("host_sent", i, up), ("tick_due",)]
@@ -135,25 +170,37 @@ def _tcp_session(
     return out
 
 
-def _dns(qid: int) -> list[Action]:
-    return [("dnsq", qid, qid), ("udp_recv", 0, 0), ("time", 300 * MS), ("tick_due",)]
+def _dns(qid: int, v6: bool = False) -> list[Action]:
+    return [("dnsq6" if v6 else "dnsq", qid, qid), ("udp_recv", 0, 0), ("time", 300 * MS),
+            ("tick_due",)]
+
+
+def _tftp(v6: bool, k: int, blocks: int) -> list[Action]:
+    """A whole TFTP read: the request, the shell's open and reads, the guest's acks."""
+    out: list[Action] = [("tftp_rrq", v6, k), ("tftp_opened", k, 0)]
+    for b in range(blocks):
+        out += [("tftp_chunk", k), ("tftp_ack", k, b % 4)]
+    return out
 
 
 # Common sequences beside single actions, so that most sessions get past handshakes into the
 # interesting parts; single actions then interleave odd events anywhere.
 _TCP_SESSION = st.builds(
-    _tcp_session, _small, st.integers(0, 2), st.booleans(),
+    _tcp_session, _small, st.integers(0, 3), st.booleans(),
     st.lists(st.tuples(_size, _size), max_size=4),
-    st.sampled_from(["guest", "host", "reset", "open"]),
+    st.sampled_from(["guest", "host", "reset", "open"]), st.booleans(),
 )
 BLOCK = st.one_of(
     ACTION.map(lambda a: [a]),
     ACTION.map(lambda a: [a]),
     _TCP_SESSION,
     _TCP_SESSION,
-    st.builds(_dns, st.integers(0, 3)),
+    st.builds(_dns, st.integers(0, 3), st.booleans()),
     st.just([("dhcp", 1, 0, False), ("dhcp", 3, 0, True), ("arp", "10.0.2.2")]),
+    st.just([("ndp", 0), ("ndp", 1), ("dhcpv6", 0)]),
     st.just([("ping", 0, 1, 1), ("echo_reply", 0, 1), ("time", 2 * SEC), ("tick_due",)]),
+    st.just([("ping6", 0, 1, 1), ("echo_reply", 0, 1), ("time", 2 * SEC), ("tick_due",)]),
+    st.builds(_tftp, st.booleans(), _small, st.integers(0, 3)),
 )
 
 
@@ -170,6 +217,7 @@ class _GuestConn:
     dst: bytes
     dport: int
     iss: int
+    src: bytes = GUEST_IP
     nxt: int = 0  # the guest's next sequence number
     peer_nxt: int = 0  # highest sequence number the stack has sent + 1 (what we ack)
     peer_seen: bool = False
@@ -204,6 +252,10 @@ class _Driver:
         self.sent_to_host: dict[int, int] = {}
         self.inbound = 1 << 32
         self.marks: list[int] = []
+        self.tftp: list[int] = []  # TFTP session ids, in the order the stack opened them
+        self.tftp_reads: dict[int, tuple[int, int]] = {}  # session: the last read asked
+        self.tftp_peer: dict[int, tuple[bool, int]] = {}  # session: (IPv6, guest port)
+        self.tftp_blocks: dict[int, int] = {}  # session: the last DATA block sent
 
     def step(self, event: Event) -> list[Effect]:
         self.events.append((self.now, event))
@@ -219,26 +271,44 @@ class _Driver:
                 self.sent_to_host[eff.flow] = self.sent_to_host.get(eff.flow, 0) + len(eff.data)
             elif isinstance(eff, SendFrame):
                 self._watch(eff.data)
+            elif isinstance(eff, TftpOpen):
+                self.tftp.append(eff.session)
+            elif isinstance(eff, TftpRead):
+                self.tftp_reads[eff.session] = (eff.offset, eff.size)
         return effects
 
     def _watch(self, frame: bytes) -> None:
-        """Track the stack's TCP sequence numbers toward each guest connection."""
-        if len(frame) < 54 or frame[12:14] != b"\x08\x00" or frame[23] != 6:
+        """Track the stack's TCP sequence numbers toward each guest connection, and the TFTP
+        blocks it sends."""
+        if len(frame) >= 54 and frame[12:14] == b"\x08\x00":
+            ihl = (frame[14] & 15) * 4
+            proto, l4 = frame[23], frame[14 + ihl : 14 + int.from_bytes(frame[16:18], "big")]
+        elif len(frame) >= 74 and frame[12:14] == b"\x86\xdd":
+            proto, l4 = frame[20], frame[54 : 54 + int.from_bytes(frame[18:20], "big")]
+        else:
             return
-        ihl = (frame[14] & 15) * 4
-        tcp = frame[14 + ihl :]
-        total = int.from_bytes(frame[16:18], "big")
+        if proto == 17 and len(l4) >= 12 and l4[8:10] == b"\x00\x03":
+            self._watch_tftp(l4)
+        if proto != 6 or len(l4) < 20:
+            return
+        tcp = l4
         dport = int.from_bytes(tcp[2:4], "big")
         conn = self.conns.get(dport)
         if conn is None:
             return
         seq = int.from_bytes(tcp[4:8], "big")
         flags = tcp[13]
-        plen = total - ihl - (tcp[12] >> 4) * 4
+        plen = len(tcp) - (tcp[12] >> 4) * 4
         end = (seq + plen + (1 if flags & SYN else 0) + (1 if flags & FIN else 0)) & M
         if not conn.peer_seen or ((end - conn.peer_nxt) & M) < 0x80000000:
             conn.peer_nxt = end
             conn.peer_seen = True
+
+    def _watch_tftp(self, l4: bytes) -> None:
+        dport = int.from_bytes(l4[2:4], "big")
+        for sid, (_v6, port) in self.tftp_peer.items():
+            if port == dport:
+                self.tftp_blocks[sid] = int.from_bytes(l4[10:12], "big")
 
     @staticmethod
     def pick(items: list[int], k: int) -> int | None:
@@ -302,13 +372,16 @@ class _Driver:
 
     def _tcp_frame(self, c: _GuestConn, seq: int, ack: int, flags: int, payload: bytes = b"",
                    window: int = 65535, **kw: Any) -> None:
-        seg = build_tcp(GUEST_IP, c.dst, c.port, c.dport, seq & M, ack & M, flags, window,
+        seg = build_tcp(c.src, c.dst, c.port, c.dport, seq & M, ack & M, flags, window,
                         payload, **kw)
         self.step(GuestFrame(_ip_frame(c.dst, 6, seg)))
 
-    def _syn(self, i: int, dst_i: int, opts: bool) -> None:
+    def _syn(self, i: int, dst_i: int, opts: bool, v6: bool = False) -> None:
         iss = 0xFFFFFF00 + i * 0x1000  # near the wrap
-        c = _GuestConn(40000 + i, DESTS[dst_i], [80, 8080, 80][dst_i % 3], iss, nxt=iss + 1)
+        # to the DNS address: port 53, DNS over TCP through the relay's upstream
+        dport = 53 if dst_i == 3 else [80, 8080, 80][dst_i % 3]
+        dst, src = (DESTS6[dst_i], GUEST_IP6) if v6 else (DESTS[dst_i], GUEST_IP)
+        c = _GuestConn(40000 + i, dst, dport, iss, src=src, nxt=iss + 1)
         self.conns[c.port] = c
         kw: dict[str, Any] = {"mss": 1400, "wscale": 7} if opts else {}
         before = len(self.tcp_flows)
@@ -340,6 +413,97 @@ class _Driver:
             self._tcp_frame(c, c.nxt, ack - min(size, 500), ACK)
         else:  # a zero window
             self._tcp_frame(c, c.nxt, ack, ACK, window=0)
+
+    def _syn6(self, i: int, dst_i: int, opts: bool) -> None:
+        self._syn(i, dst_i, opts, v6=True)
+
+    def _ping6(self, dst_i: int, ident: int, seq: int) -> None:
+        dst = DESTS6[dst_i]
+        body = (128 << 24).to_bytes(4, "big") + ident.to_bytes(2, "big") + seq.to_bytes(2, "big")
+        self.step(GuestFrame(_ip_frame(dst, 58, _icmp6(body + b"ping6!" * 8, dst))))
+
+    def _udp6(self, dst_i: int, port_i: int, size: int) -> None:
+        payload = bytes(range(256)) * (size // 256) + bytes(size % 256)
+        dport = [53, 5353, 9, 7][port_i]
+        seg = wudp.build_udp(GUEST_IP6, DESTS6[dst_i], 41000 + port_i, dport, payload)
+        self.step(GuestFrame(_ip_frame(DESTS6[dst_i], 17, seg)))
+
+    def _dnsq6(self, qid: int, name: int) -> None:
+        query = _dns_query(qid, name)
+        self.queries[qid] = query
+        seg = wudp.build_udp(GUEST_IP6, DESTS6[3], 42000, 53, query)
+        self.step(GuestFrame(_ip_frame(DESTS6[3], 17, seg)))
+
+    def _frag6(self, ident: int, order: list[int], drop: int) -> None:
+        payload = bytes((i * 7) & 255 for i in range(2400))
+        seg = wudp.build_udp(GUEST_IP6, DESTS6[0], 43000, 9, payload)
+        pieces = [(0, seg[:1000], True), (1000, seg[1000:2000], True), (2000, seg[2000:], False)]
+        for i in order:
+            if i == drop:
+                continue
+            off, chunk, mf = pieces[i]
+            body = wip6.fragment_header(17, off, mf, 0x10000 + ident) + chunk
+            self.step(GuestFrame(_ip_frame(DESTS6[0], 44, body)))
+
+    def _ndp(self, variant: int) -> None:
+        frame = [
+            lambda: gf6.router_solicit(),
+            lambda: gf6.neighbor_solicit("fe80::2"),
+            lambda: gf6.neighbor_solicit("fec0::2", src=gf6.GUEST_IP),
+            lambda: gf6.neighbor_advert(gf6.GUEST_IP),
+            lambda: gf6.neighbor_solicit("fec0::3", src="::"),  # duplicate address detection
+        ][variant]()
+        self.step(GuestFrame(frame))
+
+    def _dhcpv6(self, variant: int) -> None:
+        duid = (1, gf6.CLIENT_DUID)
+        options = [
+            [duid, (6, bytes.fromhex("00170018003b"))],  # information-request: DNS, search
+            [duid, (3, bytes(12)), (6, bytes.fromhex("0017"))],  # solicit with an IA_NA
+            [duid],
+            [(6, bytes.fromhex("0017"))],  # no client id
+        ][variant]
+        kind = [11, 1, 11, 11][variant]
+        self.step(GuestFrame(gf6.dhcpv6(kind, options, xid=0x100 + variant)))
+
+    def _echo_error6(self, k: int) -> None:
+        flow = self.pick(self.echo_flows, k)
+        if flow is not None:  # an ICMPv6 "address unreachable" from a router on the way
+            self.step(IcmpEchoError(flow, 113, 3, 1, 3, 0, "2001:db8:ff::1"))
+
+    # TFTP: the guest's side (requests, acks) and the shell's (opens, reads)
+    def _tftp_rrq(self, v6: bool, k: int) -> None:
+        port = 2000 + k
+        rrq = b"\x00\x01" + f"file{k}".encode() + b"\x00octet\x00"
+        if k % 2:
+            rrq += b"blksize\x00512\x00windowsize\x002\x00tsize\x000\x00"
+        src, dst = (GUEST_IP6, DESTS6[2]) if v6 else (GUEST_IP, DESTS[2])
+        before = len(self.tftp)
+        self.step(GuestFrame(_ip_frame(dst, 17, wudp.build_udp(src, dst, port, 69, rrq))))
+        if len(self.tftp) > before:
+            self.tftp_peer[self.tftp[-1]] = (v6, port)
+
+    def _tftp_opened(self, k: int, err: int) -> None:
+        sid = self.pick(self.tftp, k)
+        if sid is not None:
+            self.step(TftpOpened(sid, err, 0 if err else 1500 + 700 * k))
+
+    def _tftp_chunk(self, k: int) -> None:
+        sid = self.pick(self.tftp, k)
+        if sid is not None and sid in self.tftp_reads:
+            off, size = self.tftp_reads.pop(sid)
+            n = max(0, min(size, 1500 + 700 * k - off))
+            self.step(TftpChunk(sid, off, bytes((off + j) & 255 for j in range(n)), 0))
+
+    def _tftp_ack(self, k: int, back: int) -> None:
+        sid = self.pick(self.tftp, k)
+        if sid is None or sid not in self.tftp_peer:
+            return
+        v6, port = self.tftp_peer[sid]
+        block = max(0, self.tftp_blocks.get(sid, 0) - (1 if back == 3 else 0))
+        src, dst = (GUEST_IP6, DESTS6[2]) if v6 else (GUEST_IP, DESTS[2])
+        ack = b"\x00\x04" + block.to_bytes(2, "big")
+        self.step(GuestFrame(_ip_frame(dst, 17, wudp.build_udp(src, dst, port, 69, ack))))
 
     def _garbage(self, data: bytes) -> None:
         self.step(GuestFrame(data))
@@ -430,8 +594,16 @@ class _Driver:
             self.tcp_flows.append(self.inbound)
         elif variant == 3:
             self.step(UdpInbound(k, "10.0.2.15", 53, "198.51.100.7", 6000 + k, b"hello"))
-        else:
+        elif variant == 4:
             self.step(GuestFwdAdd(k, "not an address", 80))
+        elif variant == 5:  # the IPv6 twins: a guest forward at an address of the prefix,
+            self.step(GuestFwdAdd(k, f"fec0::{0x100 + k:x}", 80))
+        elif variant == 6:  # a host forward into the guest's IPv6 address,
+            self.inbound += 1
+            self.step(TcpInbound(self.inbound, gf6.GUEST_IP, 22, "::1", 50000 + k))
+            self.tcp_flows.append(self.inbound)
+        else:  # and a datagram forwarded to it
+            self.step(UdpInbound(k, gf6.GUEST_IP, 53, "2001:db8::7", 6000 + k, b"hello6"))
 
     # ------------------------------------------------------------------------------ time
 
@@ -446,6 +618,12 @@ class _Driver:
 
     def _mark(self) -> None:
         self.marks.append(len(self.events))
+
+
+def _icmp6(body: bytes, dst: bytes) -> bytes:
+    """An ICMPv6 message from the guest to ``dst`` with its checksum filled in."""
+    csum = internet_checksum(body, pseudo_header_sum(GUEST_IP6, dst, 58, len(body)))
+    return body[:2] + csum.to_bytes(2, "big") + body[4:]
 
 
 def drive(acts: list[Action], options: str = "", seed: int = 1) -> Session:

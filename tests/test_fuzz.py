@@ -16,7 +16,8 @@ from slirptrio.core.events import DnsUpstreams, GuestFrame
 from slirptrio.core.stack import Stack
 from tests.fuzz import PROTOCOLS, check_bounds, cve_frames, fixup, fuzz, mutate_ip
 
-FRAMES = 1600  # per protocol: two sessions, one starting from a recorded session
+FRAMES = 8000  # per protocol: four sessions (IPv4 and IPv6, each with and without a ring)
+SESSION = FRAMES // 4
 
 # What each protocol's frames must reach: proof that they get past the checksums.
 REACHED = {
@@ -30,8 +31,24 @@ REACHED = {
     "l2": ("drop_unknown_ethertype", "drop_eth_short", "drop_eth_multicast_source"),
 }
 
+# What the IPv6 sessions' frames must reach over IPv6 (their generators are the IPv6 twins).
+REACHED6 = {
+    "arp": ("ndp_rs", "ndp_ns", "ndp_na", "ndp_na_sent", "ndp_bad_hop_limit",
+            "drop_ndp_bad_option"),
+    "dhcp": ("dhcpv6_information_request", "dhcpv6_solicit", "dhcpv6_malformed",
+             "drop_udp_dhcpv6_elsewhere"),
+    "dns": ("dns_forwarded", "drop_udp_zero_checksum_ipv6"),
+    "icmp": ("icmpv6_echo_replies", "icmp_echo_forwarded", "drop_icmpv6_not_supported"),
+    "tcp": ("tcp_established", "tcp_bytes_to_host"),
+    "udp": ("udp_to_host", "tftp_sessions", "drop_tftp_short"),
+    "frag": ("ipv6_reassembled", "ipv6_atomic_fragment", "frag_too_big"),
+    "l2": ("drop_ipv6_too_many_extensions", "drop_ipv6_jumbogram", "ipv6_no_next_header"),
+}
+# Host sockets the IPv6 sessions must open toward IPv6 hosts.
+OPENS6 = {"dns": "udp", "icmp": "icmp", "tcp": "tcp", "udp": "udp", "frag": "udp"}
+
 CHECKSUM_DROPS = ("drop_ipv4_bad_checksum", "drop_tcp_bad_checksum", "drop_udp_bad_checksum",
-                  "drop_icmp_bad_checksum")
+                  "drop_icmp_bad_checksum", "drop_icmpv6_bad_checksum")
 
 
 @pytest.fixture(autouse=True)
@@ -45,15 +62,26 @@ def quiet() -> Iterator[None]:
 
 @pytest.mark.parametrize("protocol", PROTOCOLS)
 def test_fuzz_reaches_the_protocol_and_replays(protocol: str) -> None:
-    # The second session journals into a small ring: several segments, each opening with a
-    # snapshot of the core, so replay also restores snapshots and compares them.
-    stats = fuzz(protocol, FRAMES, seed=20261201, session_frames=FRAMES // 2,
-                 ring_bytes=1 << 20)
+    # The second and fourth sessions journal into a ring of 1 MiB: segments of 64 KiB, each
+    # opening with a snapshot of the core; each is replayed whole, then from its last segment,
+    # so replay restores a snapshot taken in the middle of the session and compares from there.
+    stats = fuzz(protocol, FRAMES, seed=20261201, session_frames=SESSION, ring_bytes=1 << 20)
     assert stats.frames[protocol] >= FRAMES
-    assert stats.replayed == stats.sessions == 2
+    assert stats.replayed == stats.sessions == 4
+    assert stats.v6_sessions == 2
+    assert stats.replayed_mid == 2 and min(stats.first_seqs) > 0, stats.first_seqs
+    assert stats.replay_gaps == 0
+    # Every session restored two snapshots of its core into fresh cores mid-session and fed
+    # them the rest: identical effects for every event, identical state at the end.
+    assert stats.snapshots == 8
+    assert stats.twin_events > FRAMES // 4, stats.twin_events
     c = stats.counters
     for name in REACHED[protocol]:
         assert c[name] > 0, (name, c)
+    for name in REACHED6[protocol]:
+        assert stats.counters6[name] > 0, (name, stats.counters6)
+    if protocol in OPENS6:
+        assert stats.v6_opens[OPENS6[protocol]] > 0, stats.v6_opens
     # The fix-ups work: only the deliberate 3 % of frames fail a checksum.
     bad = sum(c[k] for k in CHECKSUM_DROPS)
     assert bad < 0.06 * c["frames_in"], (bad, c["frames_in"])

@@ -11,6 +11,7 @@ tests/e2e/test_recorder.py.
 
 from __future__ import annotations
 
+import collections
 import pathlib
 from typing import Any
 
@@ -78,3 +79,29 @@ def test_generated_session_every_prefix(
 def test_long_generated_session_every_prefix(acts: list[streams.Action], seed: int) -> None:
     session = streams.drive(acts, "", seed)
     check_every_prefix(session.config, seed, session.events)
+
+
+def test_generated_sessions_hold_both_families_alike() -> None:
+    """The generator feeds the property above IPv6 state as often as IPv4 state: flows of
+    each kind left in the core, NDP neighbours, TFTP transfers."""
+    held: collections.Counter[str] = collections.Counter()
+
+    @settings(max_examples=150, deadline=None, database=None, derandomize=True,
+              suppress_health_check=list(HealthCheck))
+    @given(acts=streams.actions(), options=st.sampled_from(["", streams.OPTIONS[-1]]))
+    def sample(acts: list[streams.Action], options: str) -> None:
+        session = streams.drive(acts, options, 7)
+        stack = Stack(session.config, 7)
+        run(stack, session.events)
+        kinds = {f"udp{len(f.hdr.src)}" for f in stack.udp._by_id.values() if f.hdr}
+        kinds |= {f"echo{len(f.hdr.src)}" for f in stack.echo._lru.values()}
+        kinds |= {f"tcp{len(c.guest_ip)}" for c in stack.tcp._by_flow.values()}
+        kinds |= {f"tftp{len(s.ip)}" for s in stack.tftp._sessions.values()}
+        kinds |= {f"frag{len(k[0])}" for k in stack._reasm._queues}
+        kinds |= {"ndp"} if stack._ndp.neighbors else set()
+        held.update(kinds)
+
+    sample()
+    for kind in ("udp", "echo", "tcp", "tftp", "frag"):  # comparable counts (random ones)
+        assert held[f"{kind}16"] * 3 >= held[f"{kind}4"] and held[f"{kind}16"] > 0, held
+    assert held["ndp"] > 0, held

@@ -35,6 +35,7 @@ from dataclasses import fields, is_dataclass
 from typing import Any, TypeVar
 
 from slirptrio.wire.ipv4 import Ipv4Header
+from slirptrio.wire.ipv6 import Ipv6Header
 
 T = TypeVar("T")
 
@@ -102,12 +103,9 @@ def load_slots(cls: type[T], state: dict[str, Any], codecs: dict[str, Codec] | N
 
 # ---------------------------------------------------------------------------------- codecs
 
-_HEADERS: dict[str, type[Any]] = {"Ipv4Header": Ipv4Header}
-
-
-def register_header(cls: type[Any]) -> None:
-    """Let :func:`dump_header` store parsed headers of ``cls`` (a dataclass of plain fields)."""
-    _HEADERS[cls.__name__] = cls
+# Every parsed header type the core keeps in its state (a UDP or echo flow quotes the guest's
+# header in ICMP errors): frozen dataclasses of plain fields, stored as [type name, *fields].
+_HEADERS: dict[str, type[Any]] = {cls.__name__: cls for cls in (Ipv4Header, Ipv6Header)}
 
 
 def dump_header(hdr: Any) -> Any:

@@ -229,13 +229,13 @@ class TftpServer:
       enabled: whether a ``tftp=`` root is configured.
     """
 
-    # Set from the arguments and never changed (the snapshot convention's "wiring"); ``_out``
-    # is the current call's effect list.
+    # Set from the arguments and never changed (the snapshot convention's "wiring").
     _SNAPSHOT_WIRING: ClassVar[frozenset[str]] = frozenset({
         "_send_udp", "_alloc_flow", "counters", "host_ip", "host_ip6", "enabled", "max_blksize",
-        "max_blksize6", "_out",
+        "max_blksize6",
     })  # fmt: skip
-    _SNAPSHOT_DERIVED: ClassVar[frozenset[str]] = frozenset({"_by_id"})
+    # ``_out`` is the current call's effect list, replaced at the start of every call.
+    _SNAPSHOT_DERIVED: ClassVar[frozenset[str]] = frozenset({"_by_id", "_out"})
 
     def __init__(
         self,

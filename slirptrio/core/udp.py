@@ -55,6 +55,7 @@ from slirptrio.core.events import (
 from slirptrio.core.info import FlowInfo
 from slirptrio.core.martian import classify_ipv4
 from slirptrio.core.prng import Prng
+from slirptrio.wire import icmpv6 as wicmp6
 from slirptrio.wire import udp as wudp
 
 log = logging.getLogger("slirptrio.core.udp")
@@ -429,8 +430,16 @@ class UdpNat:
 
     def _prohibited(self, hdr: icmp.QuotedHeader, segment: bytes | memoryview) -> None:
         """ICMP "administratively prohibited" for a datagram nothing may carry (the host
-        address under ``hostloopback=off``), from the address the guest wrote to."""
+        address under ``hostloopback=off``), from the address the guest wrote to; ICMPv6's
+        (destination unreachable, code 1) for an IPv6 datagram."""
         self.counters["udp_prohibited_icmp"] += 1
+        if len(hdr.src) == 16:
+            body = bytes(4) + icmp.quote6(hdr, len(segment), segment)
+            msg = wicmp6.build_icmpv6(
+                hdr.dst, hdr.src, wicmp6.DEST_UNREACH, wicmp6.UNREACH_ADMIN, body
+            )
+            self._send_ip(hdr.dst, hdr.src, icmp.IPPROTO_ICMPV6, msg)
+            return
         msg = icmp.error_message(
             icmp.DEST_UNREACH, icmp.UNREACH_ADMIN, icmp.quote(hdr, len(segment), segment)
         )
