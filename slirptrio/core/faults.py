@@ -469,6 +469,8 @@ class _State:
         "text",
     )
     _SNAPSHOT_WIRING: ClassVar[frozenset[str]] = frozenset()
+    # dump() keeps the rule's text; load() parses the rule (and its name pattern) from it again.
+    _SNAPSHOT_DERIVED: ClassVar[frozenset[str]] = frozenset({"rule", "_name"})
 
     def __init__(self, rid: int, text: str, rule: Rule, added_ns: int) -> None:
         self.rid = rid
