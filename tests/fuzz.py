@@ -73,6 +73,8 @@ from slirptrio.core.events import (
     GuestFrames,
     GuestFwdAdd,
     GuestFwdRemove,
+    FaultAdd,
+    FaultRemove,
     GuestLink,
     HostFwdChange,
     IcmpEchoClose,
@@ -111,6 +113,7 @@ from slirptrio.wire.checksum import internet_checksum, pseudo_header_sum
 from slirptrio.wire.framing import split_run
 from tests.journals import header_for
 from tests.snapshots import plain_roundtrip
+from tests.streams import FAULT_RULES
 
 REPO = Path(__file__).resolve().parents[1]
 CAPTURES = REPO / "captures"
@@ -813,9 +816,14 @@ class Session:
                                rng.choice((80, 443)))
         if r < 0.85:
             return GuestFwdRemove(rng.randrange(4))
-        if r < 0.9:
+        if r < 0.88:
             return HostFwdChange("tcp::2222-:22", rng.randrange(65536), rng.random() < 0.5)
-        if r < 0.95:
+        if r < 0.92:  # fault rules of every kind come and go (issue 23), now and then a bad one
+            text = rng.choice((*FAULT_RULES, "loss=200%", "nonsense", "delay=-1ms", ""))
+            return FaultAdd(rng.randrange(4), text)
+        if r < 0.94:
+            return FaultRemove(rng.randrange(-1, 4))
+        if r < 0.97:
             return IcmpUnavailable(rng.randrange(1, 50), _errno.EPERM)
         return UdpReceived(rng.randrange(1, 100), b"for nobody")
 

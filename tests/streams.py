@@ -21,6 +21,8 @@ from slirptrio.core.events import (
     DnsUpstreams,
     Effect,
     Event,
+    FaultAdd,
+    FaultRemove,
     GuestFrame,
     GuestFwdAdd,
     GuestFwdRemove,
@@ -73,6 +75,23 @@ OPTIONS = ["", "hostname=vm1,mtu=600", "restrict=on", "udp-timeout=3,dns-timeout
 M = 0xFFFFFFFF
 
 Action = tuple[Any, ...]
+# Fault rules of every kind (issue 23); each draws on the rules' PRNG or holds frames back.
+FAULT_RULES = [
+    "loss=30%",
+    "proto=udp delay=50ms jitter=20ms",
+    "dir=in duplicate=50% reorder=50%",
+    "dir=in rate=1mbit limit=4k",
+    "ge-p=20% ge-r=50% ge-bad=90% proto=icmp",
+    "corrupt=50% dir=out proto=udp",
+    "proto=tcp rport=80 connect=refuse",
+    "proto=tcp reset-bytes=200",
+    "proto=tcp reset-after=1s",
+    "proto=dns dns=servfail",
+    "proto=dns name=*.test dns=nxdomain",
+    "remote=203.0.113.0/24,2001:db8:1::/48 partition after=10ms for=2s",
+    "proto=tcp stall",
+    "proto=tcp slow-close=100ms",
+]
 
 
 def _dns_query(qid: int, name: int) -> bytes:
@@ -201,6 +220,10 @@ BLOCK = st.one_of(
     st.just([("ping", 0, 1, 1), ("echo_reply", 0, 1), ("time", 2 * SEC), ("tick_due",)]),
     st.just([("ping6", 0, 1, 1), ("echo_reply", 0, 1), ("time", 2 * SEC), ("tick_due",)]),
     st.builds(_tftp, st.booleans(), _small, st.integers(0, 3)),
+    # fault rules (issue 23) put in force, or taken out, while everything else goes on
+    st.tuples(st.just("fault"), st.integers(0, 2),
+              st.integers(0, len(FAULT_RULES) - 1)).map(lambda a: [a]),
+    st.tuples(st.just("fault_rm"), st.integers(-1, 2)).map(lambda a: [a]),
 )
 
 
@@ -578,6 +601,12 @@ class _Driver:
         flow = self.pick(self.echo_flows, k)
         if flow is not None:
             self.step(IcmpUnavailable(flow, 13))
+
+    def _fault(self, rid: int, variant: int) -> None:
+        self.step(FaultAdd(rid, FAULT_RULES[variant]))
+
+    def _fault_rm(self, rid: int) -> None:
+        self.step(FaultRemove(rid))
 
     def _upstreams(self, variant: int) -> None:
         text = ["127.0.0.1:5353", "127.0.0.1:5353 127.0.0.2:53", "", "[::1]:53"][variant]

@@ -34,6 +34,7 @@ SEC = streams.SEC
 RICH: list[streams.Action] = [
     ("dhcp", 1, 0, False), ("dhcp", 3, 0, True), ("dhcp", 3, 1, True), ("dhcp", 4, 2, False),
     ("arp", "10.0.2.2"),
+    ("fault", 0, 1), ("fault", 1, 8), ("fault", 2, 4),
     ("ndp", 0), ("ndp", 1), ("ndp", 2), ("ndp", 3), ("ndp", 4), ("dhcpv6", 0), ("dhcpv6", 1),
     ("fwd", 0, 1), ("fwd", 3, 1),
     ("ping", 0, 1, 1), ("echo_reply", 0, 1), ("ping", 1, 2, 1),
@@ -87,6 +88,8 @@ def uncovered(stack: Stack) -> list[str]:
                 )
             for name in sorted((keys | wiring | derived) - attrs):
                 problems.append(f"{path} ({cls.__name__}) declares {name}, which it lacks")
+        elif getattr(cls, "_SNAPSHOT_TRANSIENT", False):
+            problems.append(f"{path} ({cls.__name__}) is a per-call value, held in state")
         elif attrs <= cls.__dict__.get("_SNAPSHOT_WIRING", frozenset()) | getattr(
             cls, "_SNAPSHOT_DERIVED", frozenset()
         ) and attrs:
@@ -307,6 +310,8 @@ def test_rich_session_populates_every_core_class_with_state() -> None:
             frozen = dataclasses.is_dataclass(cls) and cls.__dataclass_params__.frozen  # type: ignore[attr-defined]
             record = "__slots__" in cls.__dict__ and not frozen and not issubclass(
                 cls, Event | Effect)
+            if getattr(cls, "_SNAPSHOT_TRANSIENT", False):
+                continue  # a per-call value (a parsed frame), never held: nothing to reach
             if (hasattr(cls, "snapshot_state") or record) and cls not in reached:
                 missing.append(f"{module.__name__}.{cls.__qualname__}")
     assert missing == []

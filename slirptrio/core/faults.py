@@ -349,7 +349,8 @@ class _Pkt:
     """The fields of a frame rules look at (IPv4 or IPv6; ports for TCP and UDP)."""
 
     __slots__ = ("dport", "dst", "flags", "l4", "pay", "plen", "proto", "sport", "src", "v6")
-    _SNAPSHOT_WIRING: ClassVar[frozenset[str]] = frozenset()
+    # Made per frame and dropped with it; the snapshot guard checks none is held in state.
+    _SNAPSHOT_TRANSIENT: ClassVar[bool] = True
 
     def __init__(self) -> None:
         self.src = self.dst = b""
