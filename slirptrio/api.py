@@ -148,7 +148,8 @@ class SlirpStack:
     async def listen_qemu(self, address: str) -> str:
         """Listen for QEMU's ``-netdev stream`` client at ``unix:PATH`` or ``tcp:HOST:PORT``.
 
-        Returns once listening, with the ``-netdev`` argument QEMU needs. One guest at a time;
+        Returns once listening, with the ``-netdev`` argument QEMU needs. Several QEMUs may
+        connect at once: each is a port of the stack's switch (:meth:`ports`), on one network;
         after a disconnect the next connection is accepted and the stack's state kept. A unix
         socket is created 0600; a stale socket file is replaced, a live one (another stack's)
         is not. Raises :exc:`OSError` (naming the address) when it cannot listen.
@@ -158,7 +159,9 @@ class SlirpStack:
         listener = await tp.open_listener(addr)
         if addr.kind == "unix":
             self._cleanup.append(addr.path)
-        self._nursery.start_soon(tp.run_listen, listener, self._runtime.inbox, self._runtime.port)
+        self._nursery.start_soon(
+            tp.run_listen, listener, self._runtime.inbox, self._runtime.port, self._runtime.ports
+        )
         return f"-netdev stream,id=n0,server=off,{addr.qemu('addr')}"
 
     async def connect_qemu(self, address: str) -> str:
@@ -190,6 +193,39 @@ class SlirpStack:
             tp.run_dgram, sock, raddr, self._runtime.inbox, self._runtime.port, peer
         )
         return f"-netdev dgram,id=n0,{raddr.qemu('local')},{laddr.qemu('remote')}"
+
+    def add_guest(self, stream: trio.abc.Stream, peer: str = "embedded") -> int:
+        """Plug in one more guest: ``stream`` carries its frames in QEMU's stream framing
+        (4-byte length, frame). It becomes a port of the switch, beside whatever transport
+        the stack already has; returns the port number. The port goes away when the stream
+        ends (or its reader stops reading: see ``transport.STALL_FRAMES``).
+
+        Raises:
+          RuntimeError: every switch port is in use.
+        """
+        claimed = tp.claim_port(self._runtime.ports, self._runtime.port)
+        if claimed is None:
+            raise RuntimeError("no free switch port")
+        number, gp = claimed
+
+        async def serve() -> None:
+            try:
+                await tp.serve_stream(stream, self._runtime.inbox, gp, peer, number)
+            finally:
+                self._runtime.ports.pop(number, None)
+
+        self._nursery.start_soon(serve)
+        return number
+
+    def ports(self) -> list[dict[str, Any]]:
+        """The guests on the switch: ``port``, ``peer``, ``macs``, ``addresses``, ``frames_in``,
+        ``frames_out``, ``forwarded`` (to other ports), ``drops`` (by the switch) and
+        ``queue_drops`` (frames lost at the port's full queue)."""
+        out = self._runtime.stack.ports()
+        for p in out:
+            gp = self._runtime.port if p["port"] == 0 else self._runtime.ports.get(p["port"])
+            p["queue_drops"] = gp.dropped if gp is not None else 0
+        return out
 
     # ---------------------------------------------------------------------- introspection
 
@@ -424,6 +460,7 @@ class SlirpStack:
                 "hostfwd": self.hostfwds(),
                 "tftp": [t.to_dict() for t in self.tftp_sessions()],
                 "dns_upstreams": self.dns_upstreams(),
+                "ports": self.ports(),
             }
 
         async def leases(_req: dict[str, Any]) -> dict[str, Any]:

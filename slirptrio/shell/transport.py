@@ -7,8 +7,13 @@ door: when the guest is not draining (QEMU's NIC queue is full, or no guest is a
 past the bound are dropped and counted, as libslirp's ``send_packet`` contract allows ("TCP will
 then handle retransmissions").
 
-QEMU's stream server and client accept one peer at a time; so do we. When the guest goes away
-the stack keeps its state and the transport waits for (listen) or retries (connect) the next one.
+QEMU's stream server and client accept one peer at a time; so does ``--connect``. ``--listen``
+takes several at once (issue 22): the first is port 0, the single guest of old, every other
+connection a switch port of its own (:class:`~slirptrio.core.events.PortFrames`), each with its
+own bounded queue; a port whose QEMU stops reading while frames keep coming is dropped once
+``STALL_FRAMES`` frames in a row found its queue full, so it never holds the others back.
+When the guest goes away the stack keeps its state and the transport waits for (listen) or
+retries (connect) the next one.
 """
 
 from __future__ import annotations
@@ -23,7 +28,8 @@ import stat
 
 import trio
 
-from slirptrio.core.events import GuestFrames, GuestLink
+from slirptrio.core.events import Event, GuestFrames, GuestLink, PortFrames, PortLink
+from slirptrio.core.switch import MAX_PORTS
 from slirptrio.shell.descriptors import AcceptLoop, Spare
 from slirptrio.shell.inbox import Inbox
 from slirptrio.shell.nbio import TryFirst
@@ -39,6 +45,9 @@ _RECV_SIZE = 1 << 18
 _WRITE_BATCH_BYTES = 1 << 20
 _IOV_MAX = 1024
 _DGRAM_BURST = 64  # datagrams gathered into one run at most
+STALL_FRAMES = 4096
+"""Frames in a row dropped at a full queue after which a switch port's connection is closed
+(its QEMU stopped reading)."""
 
 
 class GuestPort:
@@ -55,8 +64,8 @@ class GuestPort:
     def __init__(self, max_frames: int = 8192, max_bytes: int = 32 << 20) -> None:
         # (data, raw): raw data is stream bytes (a run, or what is left of a partial write)
         self._queue: collections.deque[tuple[bytes | memoryview, bool]] = collections.deque()
-        self._max = max_frames
-        self._max_bytes = max_bytes
+        self._max = self.max_frames = max_frames
+        self._max_bytes = self.max_bytes = max_bytes
         self.queued_bytes = 0
         self._wakeup = trio.Event()
         self.attached = False
@@ -67,6 +76,8 @@ class GuestPort:
         # a datagram socket and its peer, written to directly (a frame per datagram)
         self.dgram: tuple[_socket.socket, str | tuple[str, int]] | None = None
         self.dgram_errors: list[OSError] = []  # sends that failed (the writer task logs them)
+        self.stalled = 0  # frames dropped at a full queue since the guest last took any
+        self.on_stall: trio.CancelScope | None = None  # cancelled past STALL_FRAMES (ports >= 1)
 
     def put(self, frame: bytes) -> None:
         """Queue one frame."""
@@ -82,7 +93,12 @@ class GuestPort:
             or len(self._queue) >= self._max
             or self.queued_bytes + len(data) > self._max_bytes
         ):
-            self.dropped += len(split_run(data)) if raw else 1
+            n = len(split_run(data)) if raw else 1
+            self.dropped += n
+            if self.attached and self.on_stall is not None:
+                self.stalled += n
+                if self.stalled >= STALL_FRAMES:
+                    self.on_stall.cancel()
             return
         self._queue.append((data, raw))
         self.queued_bytes += len(data)
@@ -165,6 +181,7 @@ class GuestPort:
         return n
 
     def _consume(self, n: int) -> None:
+        self.stalled = 0
         q = self._queue
         while n:
             data, raw = q[0]
@@ -184,6 +201,7 @@ class GuestPort:
         parts: list[bytes | memoryview] = []
         size = 0
         q = self._queue
+        self.stalled = 0
         while q and size < max_bytes:
             data, raw = q.popleft()
             self.queued_bytes -= len(data)
@@ -292,18 +310,23 @@ class _RunReader:
 
 
 async def serve_stream(
-    stream: trio.abc.Stream, inbox: Inbox, port: GuestPort, peer: str
+    stream: trio.abc.Stream, inbox: Inbox, port: GuestPort, peer: str, number: int = 0
 ) -> None:
     """Carry frames between one connected QEMU stream peer and the stack until it goes away.
 
-    Everything one read brings in goes to the door as one :class:`GuestFrames` run.
+    Everything one read brings in goes to the door as one :class:`GuestFrames` run (switch
+    port ``number`` > 0: :class:`PortFrames`; such a port is also dropped when its guest stops
+    reading, see ``STALL_FRAMES``).
     """
     reader = _RunReader(stream)
     port.attach(stream.socket.fileno() if isinstance(stream, trio.SocketStream) else -1)
-    log.info("guest attached: %s", peer)
-    await inbox.send(GuestLink(True))
+    log.info("guest attached: %s%s", peer, f" (port {number})" if number else "")
+    link: Event = PortLink(number, True, peer) if number else GuestLink(True)
+    await inbox.send(link)
     try:
         async with trio.open_nursery() as nursery:
+            if number:
+                port.on_stall = nursery.cancel_scope
             nursery.start_soon(_stream_writer, stream, port, peer, nursery.cancel_scope)
             try:
                 while True:
@@ -313,7 +336,7 @@ async def serve_stream(
                         break
                     if run:
                         # No checkpoint when there is room: the door loop takes a burst.
-                        event = GuestFrames(run)
+                        event = PortFrames(number, run) if number else GuestFrames(run)
                         try:
                             inbox.send_nowait(event)
                         except trio.WouldBlock:
@@ -323,11 +346,15 @@ async def serve_stream(
             except (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as exc:
                 log.info("guest connection %s lost: %s", peer, exc)
             nursery.cancel_scope.cancel()
+        if port.stalled >= STALL_FRAMES:
+            log.warning("dropping guest port %d (%s): it stopped reading", number, peer)
     finally:
         port.detach()
+        port.on_stall = None
+        port.stalled = 0
         with trio.CancelScope(shield=True):
             await stream.aclose()
-            await inbox.send(GuestLink(False))
+            await inbox.send(PortLink(number, False, peer) if number else GuestLink(False))
 
 
 def _remove_stale_socket(path: str, kind: int) -> None:
@@ -425,10 +452,25 @@ async def open_listener(addr: Address) -> trio.SocketListener:
     return listeners[0]
 
 
+def claim_port(ports: dict[int, GuestPort], template: GuestPort) -> tuple[int, GuestPort] | None:
+    """The lowest free switch port number >= 1 and a queue for it (bounded as ``template``),
+    registered in ``ports``; None when :data:`MAX_PORTS` are in use."""
+    for n in range(1, MAX_PORTS):
+        if n not in ports:
+            gp = ports[n] = GuestPort(template.max_frames, template.max_bytes)
+            return n, gp
+    return None
+
+
 async def run_listen(
-    listener: trio.SocketListener, inbox: Inbox, port: GuestPort
+    listener: trio.SocketListener,
+    inbox: Inbox,
+    port: GuestPort,
+    ports: dict[int, GuestPort] | None = None,
 ) -> None:
-    """Accept QEMU stream clients, one at a time; a second concurrent client is refused.
+    """Accept QEMU stream clients: the first is port 0 (``port``); while it is attached,
+    others become switch ports 1, 2, ... (registered in ``ports``; None: refused, one guest
+    at a time).
 
     Running out of descriptors never ends this: a spare one is kept for the guest's
     connection, and past that the accept backs off and retries.
@@ -446,16 +488,27 @@ async def run_listen(
                 busy = False
                 spare.take()  # if the guest's connection had it: the next one may need it
 
+        async def handle_port(stream: trio.SocketStream, n: int, gp: GuestPort) -> None:
+            assert ports is not None
+            try:
+                await serve_stream(stream, inbox, gp, _peer_name(stream), n)
+            finally:
+                ports.pop(n, None)
+
         try:
             while True:
                 conn, _addr = await acceptor.accept()
                 stream = trio.SocketStream(conn)
-                if busy:
-                    log.warning("refusing a second guest connection while one is attached")
+                if not busy:
+                    busy = True
+                    nursery.start_soon(handle, stream)
+                    continue
+                claimed = claim_port(ports, port) if ports is not None else None
+                if claimed is None:
+                    log.warning("refusing a guest connection: no free switch port")
                     await stream.aclose()
                     continue
-                busy = True
-                nursery.start_soon(handle, stream)
+                nursery.start_soon(handle_port, stream, *claimed)
         finally:
             spare.close()
             listener.socket.close()
