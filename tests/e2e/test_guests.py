@@ -1,0 +1,81 @@
+"""Several guests on one stack (issue 22): three kernel guests, each behind a QEMU relay of its
+own, all connected to one ``slirptrio run --listen`` socket (three switch ports).
+
+They get distinct leases, ping and fetch HTTP from each other (every pair, both ways), each
+reaches the host through 10.0.2.2, a host forward to the second guest's address reaches that
+guest, a guest that leaves and comes back gets its address again, and the session (several
+ports, arrivals and departures) replays identical.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+
+import pytest
+
+from tests.e2e.harness import Topology, replay
+
+pytestmark = pytest.mark.e2e
+
+HTTP_PORT = 8080
+FWD_PORT = 2222
+
+
+def web_root(topo: Topology, name: str, text: str) -> str:
+    root = topo.dir / f"www-{name}"
+    root.mkdir()
+    (root / "index.html").write_text(text + "\n")
+    return str(root)
+
+
+def fetch(guest: Topology, url: str) -> str:
+    out = guest.guest_run(["curl", "-sS", "-m", "20", url], 60, check=False)
+    return out.stdout.strip() or out.stderr.strip()
+
+
+def test_three_guests_on_one_listen_socket(topo: Topology) -> None:
+    g2, g3 = topo.add_guest("g2"), topo.add_guest("g3")
+    guests = [topo, g2, g3]
+    topo.host_spawn("http-host", [sys.executable, "-m", "http.server", str(HTTP_PORT), "--bind",
+                                  "127.0.0.1", "--directory", web_root(topo, "host", "host")])
+    topo.wait_listening(HTTP_PORT)
+    st = topo.start_slirptrio("listen", f"hostfwd=tcp:127.0.0.1:{FWD_PORT}-10.0.2.16:{HTTP_PORT}",
+                              seed=22)
+    relays = [g.start_relay(st.transport) for g in guests]
+    ips = [g.udhcpc().ip for g in guests]  # one after the other: .15, .16, .17
+    assert ips == ["10.0.2.15", "10.0.2.16", "10.0.2.17"]
+    for i, g in enumerate(guests):
+        g.guest_spawn(f"httpd{i}", ["busybox", "httpd", "-f", "-p", str(HTTP_PORT), "-h",
+                                    web_root(topo, f"g{i}", f"guest{i}")])
+        g.wait_listening(HTTP_PORT, where="guest")
+
+    for i, src in enumerate(guests):
+        for j, dst in enumerate(ips):
+            if i == j:
+                continue
+            res = src.ping(dst, count=2, wait=3, check=False)
+            assert "2 packets received" in res.stdout and "DUP" not in res.stdout, res.stdout
+            assert fetch(src, f"http://{dst}:{HTTP_PORT}/index.html") == f"guest{j}"
+        assert fetch(src, f"http://10.0.2.2:{HTTP_PORT}/index.html") == "host"
+
+    # The host forward leads to the second guest.
+    out = topo.host_run(["curl", "-sS", "-m", "20",
+                         f"http://127.0.0.1:{FWD_PORT}/index.html"], 60, check=False)
+    assert out.stdout.strip() == "guest1", out.stdout + out.stderr
+
+    # The third guest leaves (its QEMU goes) and comes back: the same address.
+    relays[2].stop()
+    ctl_wait = time.monotonic() + 30
+    while "guest port 2 down" not in st.proc.output():
+        assert time.monotonic() < ctl_wait, st.proc.output()
+        time.sleep(0.1)
+    relays[2] = g3.start_relay(st.transport)
+    assert g3.udhcpc().ip == ips[2]
+    assert fetch(g3, f"http://{ips[0]}:{HTTP_PORT}/index.html") == "guest0"
+
+    for relay in relays:
+        relay.stop()
+    assert st.stop() == 0, st.proc.output()
+    result = replay(st.journal, timeout=600)
+    assert result.returncode == 0 and "identical" in result.stdout, result.stdout + result.stderr
