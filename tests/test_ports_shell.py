@@ -11,6 +11,7 @@ import trio
 
 import slirptrio
 from replay.engine import ReplayResult, replay_journal
+from replay.summary import format_summary, summarize_journal
 from slirptrio.shell import transport as tp
 from slirptrio.shell.control import request
 from slirptrio.wire.framing import StreamDecoder, encode_frame
@@ -104,6 +105,14 @@ async def test_three_guests_on_one_listener(tmp_path: pathlib.Path) -> None:
             await g.stream.aclose()
     result: ReplayResult = await trio.to_thread.run_sync(replay_journal, journal)
     assert result.identical, result
+    summary = await trio.to_thread.run_sync(summarize_journal, journal)
+    assert sorted(summary.guests) == [0, 1, 2]
+    assert summary.guests[1]["arrived_s"] and summary.guests[1]["left_s"]
+    port_of = {mac: g["port"] for g in summary.guests.values() for mac in g["macs"]}
+    a, b = port_of[MACS[0].hex(":")], port_of[MACS[1].hex(":")]
+    assert summary.between[(a, b)][0] == 1, summary.between  # the "hello 1" frame
+    text = format_summary(summary)
+    assert "Guests (3 switch ports)" in text and f"port {a} -> port {b}: 1 frames" in text
 
 
 async def test_a_port_that_stops_reading_is_dropped(tmp_path: pathlib.Path) -> None:
