@@ -127,6 +127,7 @@ class SlirpStack:
         self.pcap_path = pcap_path
         self._transport_started = False
         self._next_fault = 0
+        self._listening: list[str] = []  # where QEMUs may connect (``slirptrio qemu --join``)
 
     @property
     def config(self) -> Config:
@@ -159,6 +160,7 @@ class SlirpStack:
         listener = await tp.open_listener(addr)
         if addr.kind == "unix":
             self._cleanup.append(addr.path)
+        self._listening.append(str(addr))
         self._nursery.start_soon(
             tp.run_listen, listener, self._runtime.inbox, self._runtime.port, self._runtime.ports
         )
@@ -461,6 +463,7 @@ class SlirpStack:
                 "tftp": [t.to_dict() for t in self.tftp_sessions()],
                 "dns_upstreams": self.dns_upstreams(),
                 "ports": self.ports(),
+                "listen": list(self._listening),
             }
 
         async def leases(_req: dict[str, Any]) -> dict[str, Any]:

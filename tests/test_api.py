@@ -56,6 +56,7 @@ async def test_open_stack_dhcp_control_and_replay(tmp_path: pathlib.Path) -> Non
         assert answer["fast_path"] == stats.fast_path == fast.IMPL  # native or pure, as chosen
         info = await request(ctl, {"cmd": "info"})
         ports = info.pop("ports")
+        assert info.pop("listen") == [f"unix:{sock}"]
         assert info == {"ok": True, "flows": [], "hostfwd": {}, "forwards": [], "tftp": [],
                         "dns_upstreams": [{"upstream": "127.0.0.1:9", "state": "unused"}]}
         assert [(p["port"], p["macs"], p["addresses"]) for p in ports] == [

@@ -9,17 +9,19 @@ ports, arrivals and departures) replays identical.
 
 from __future__ import annotations
 
+import os
 import sys
 import time
 
 import pytest
 
-from tests.e2e.harness import Topology, replay
+from tests.e2e.harness import REPO_ROOT, TAP, Topology, replay
 
 pytestmark = pytest.mark.e2e
 
 HTTP_PORT = 8080
 FWD_PORT = 2222
+JOIN_FWD_PORT = 2224
 
 
 def web_root(topo: Topology, name: str, text: str) -> str:
@@ -76,6 +78,50 @@ def test_three_guests_on_one_listen_socket(topo: Topology) -> None:
 
     for relay in relays:
         relay.stop()
+    assert st.stop() == 0, st.proc.output()
+    result = replay(st.journal, timeout=600)
+    assert result.returncode == 0 and "identical" in result.stdout, result.stdout + result.stderr
+
+
+def test_qemu_join_attaches_a_second_vm(topo: Topology) -> None:
+    """``slirptrio qemu --join CONTROL -- qemu ... -netdev user,hostfwd=...``: the second QEMU
+    joins the running stack (no stack of its own); its hostfwd is added to that stack while it
+    runs, leads to its guest, and is removed when it ends."""
+    g2 = topo.add_guest("g2")
+    ctl = topo.dir / "st.ctl"
+    st = topo.start_slirptrio("listen", seed=23, extra_args=["--control", str(ctl)])
+    topo.start_relay(st.transport)
+    assert topo.udhcpc().ip == "10.0.2.15"
+    qemu = [
+        "qemu-system-x86_64", "-machine", "none", "-nodefaults", "-display", "none",
+        "-no-user-config",
+        "-netdev", f"tap,id=t0,ifname={TAP},script=no,downscript=no",
+        "-netdev", f"user,id=b0,hostfwd=tcp:127.0.0.1:{JOIN_FWD_PORT}-10.0.2.16:{HTTP_PORT}",
+        "-netdev", "hubport,id=p0,hubid=0,netdev=t0",
+        "-netdev", "hubport,id=p1,hubid=0,netdev=b0",
+    ]  # fmt: skip
+    env = dict(os.environ, PYTHONPATH=str(REPO_ROOT), PYTHONUNBUFFERED="1")
+    join = topo.spawn("join", g2.guest_cmd(
+        [sys.executable, "-m", "slirptrio", "qemu", "--join", str(ctl), "--", *qemu]), env)
+    join.wait_line("joined the stack", 30, tag=None)
+    deadline = time.monotonic() + 30
+    while not g2._tap_carrier():
+        assert join.alive() and time.monotonic() < deadline, join.output()
+        time.sleep(0.05)
+    assert g2.udhcpc().ip == "10.0.2.16"
+    g2.guest_spawn("httpd", ["busybox", "httpd", "-f", "-p", str(HTTP_PORT), "-h",
+                             web_root(topo, "g2", "joined")])
+    g2.wait_listening(HTTP_PORT, where="guest")
+    assert fetch(topo, f"http://10.0.2.16:{HTTP_PORT}/index.html") == "joined"
+    res = g2.ping("10.0.2.15", count=2, wait=3, check=False)
+    assert "2 packets received" in res.stdout, res.stdout
+    out = topo.host_run(["curl", "-sS", "-m", "20",
+                         f"http://127.0.0.1:{JOIN_FWD_PORT}/index.html"], 60, check=False)
+    assert out.stdout.strip() == "joined", out.stdout + out.stderr
+    assert join.stop() in (0, 128 + 15, 143), join.output()
+    gone = topo.host_run(["curl", "-sS", "-m", "5",
+                          f"http://127.0.0.1:{JOIN_FWD_PORT}/index.html"], 30, check=False)
+    assert gone.returncode != 0, gone.stdout  # the forward left with its VM
     assert st.stop() == 0, st.proc.output()
     result = replay(st.journal, timeout=600)
     assert result.returncode == 0 and "identical" in result.stdout, result.stdout + result.stderr
