@@ -229,6 +229,21 @@ class SlirpStack:
             p["queue_drops"] = gp.dropped if gp is not None else 0
         return out
 
+    async def mcast_qemu(self, bus: str) -> str:
+        """Join QEMU's multicast frame bus ``GROUP:PORT`` (``-netdev socket,mcast=``) as one
+        more member, on loopback only (membership and sends on 127.0.0.1, TTL 0): the VMs on
+        the bus and the stack share one network. Frames the stack sent come back looped and
+        are left out (by their source MAC). Returns the ``-netdev`` argument QEMU needs."""
+        self._claim_transport()
+        group, port = tp.parse_mcast(bus)
+        sock = await tp.open_mcast(group, port)
+        self._nursery.start_soon(
+            tp.run_dgram, sock, tp.Address("udp", host=group, port=port), self._runtime.inbox,
+            self._runtime.port, tp.AnySender(tp.Address("udp", host=group, port=port)),
+            self._runtime.stack.own_mac,
+        )
+        return f"-netdev socket,id=n0,mcast={group}:{port},localaddr=127.0.0.1"
+
     # ---------------------------------------------------------------------- introspection
 
     def now_ns(self) -> int:

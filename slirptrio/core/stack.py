@@ -456,6 +456,11 @@ class Stack:
         """
         return dst_mac in self._our_macs
 
+    def own_mac(self, mac: bytes) -> bool:
+        """Whether the stack sends from ``mac`` (its unicast MACs): a frame from it that
+        comes back (a multicast bus loops our frames back) is our own."""
+        return not mac[0] & 1 and mac in self._our_macs
+
     def _update_our_macs(self) -> None:
         """Rebuild the set :meth:`frame_for_us` looks in (the config and the guest forwards)."""
         v4 = [self._host_ip, self._dns_ip]

@@ -25,6 +25,7 @@ import logging
 import os
 import socket as _socket
 import stat
+from collections.abc import Callable
 
 import trio
 
@@ -72,6 +73,7 @@ class GuestPort:
         self.dropped = 0
         self.sent = 0  # bytes handed to the transport
         self.foreign = 0  # datagrams from a sender other than the dgram transport's peer
+        self.own = 0  # our own frames a multicast bus looped back to us
         self.direct_fd = -1  # a stream socket the door loop and the writer write to directly
         # a datagram socket and its peer, written to directly (a frame per datagram)
         self.dgram: tuple[_socket.socket, str | tuple[str, int]] | None = None
@@ -609,12 +611,63 @@ def _same_file(a: str, b: str) -> bool:
     return (sa.st_dev, sa.st_ino) == (sb.st_dev, sb.st_ino)
 
 
+class AnySender(PeerFilter):
+    """Every member of a multicast bus is a peer (they all send from the bus's port)."""
+
+    def accepts(self, sender: object) -> bool:
+        return True
+
+
+def parse_mcast(text: str) -> tuple[str, int]:
+    """``GROUP:PORT`` (an IPv4 multicast group, as QEMU's ``socket,mcast=``); raises
+    :class:`AddressError`."""
+    import ipaddress
+
+    group, sep, port = text.rpartition(":")
+    try:
+        addr = ipaddress.IPv4Address(group)
+    except ValueError:
+        addr = None
+    if not sep or addr is None or not addr.is_multicast:
+        raise AddressError(f"{text!r}: expected GROUP:PORT with an IPv4 multicast group")
+    if not port.isdigit() or not 0 < int(port) <= 65535:
+        raise AddressError(f"{text!r}: bad port")
+    return group, int(port)
+
+
+async def open_mcast(group: str, port: int) -> trio.socket.SocketType:
+    """Join QEMU's multicast frame bus ``group``:``port`` on loopback only: membership on
+    127.0.0.1, sent from the loopback interface with TTL 0 (never past this host), looped
+    back so that the other members on this host hear us (and we hear ourselves: see
+    :func:`run_dgram`'s ``own``)."""
+    sock = trio.socket.socket(_socket.AF_INET, _socket.SOCK_DGRAM)
+    try:
+        sock.setsockopt(_socket.SOL_SOCKET, _socket.SO_REUSEADDR, 1)
+        await sock.bind((group, port))
+        lo = _socket.inet_aton("127.0.0.1")
+        sock.setsockopt(_socket.IPPROTO_IP, _socket.IP_ADD_MEMBERSHIP,
+                        _socket.inet_aton(group) + lo)
+        sock.setsockopt(_socket.IPPROTO_IP, _socket.IP_MULTICAST_IF, lo)
+        sock.setsockopt(_socket.IPPROTO_IP, _socket.IP_MULTICAST_TTL, 0)
+        sock.setsockopt(_socket.IPPROTO_IP, _socket.IP_MULTICAST_LOOP, 1)
+        sock.setsockopt(_socket.SOL_SOCKET, _socket.SO_RCVBUF, 1 << 22)
+    except OSError as exc:
+        sock.close()
+        raise OSError(exc.errno, f"cannot join the multicast bus {group}:{port}: "
+                      f"{exc.strerror or exc}") from exc
+    except BaseException:
+        sock.close()
+        raise
+    return sock
+
+
 async def run_dgram(
     sock: trio.socket.SocketType,
     remote: Address,
     inbox: Inbox,
     port: GuestPort,
     peer: PeerFilter | None = None,
+    own: Callable[[bytes], bool] | None = None,
 ) -> None:
     """One frame per datagram, both ways (QEMU ``-netdev dgram``). Datagrams from anybody but
     ``remote`` (``peer``: its filter, made here if not given) are dropped and counted
@@ -622,7 +675,8 @@ async def run_dgram(
 
     The datagrams waiting when the socket becomes readable (up to 64, or about 320 KiB) are
     read without blocking straight into one buffer, with length prefixes, and go to the door as
-    one :class:`GuestFrames` run.
+    one :class:`GuestFrames` run. ``own(src_mac)``: a frame from that MAC is one we sent
+    (a multicast bus loops it back) and is left out, counted as ``GuestPort.own``.
     """
     target: str | tuple[str, int] = remote.path if remote.kind == "unix" else (
         remote.host,
@@ -677,6 +731,9 @@ async def run_dgram(
                             continue
                         if not n or n > MAX_FRAME:
                             continue  # QEMU sends neither empty nor oversized frames
+                        if own is not None and n >= 12 and own(bytes(mv[pos + 10 : pos + 16])):
+                            port.own += 1
+                            continue
                         mv[pos : pos + 4] = n.to_bytes(4, "big")
                         pos += 4 + n
                     run = bytes(mv[:pos])

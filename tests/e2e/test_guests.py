@@ -125,3 +125,52 @@ def test_qemu_join_attaches_a_second_vm(topo: Topology) -> None:
     assert st.stop() == 0, st.proc.output()
     result = replay(st.journal, timeout=600)
     assert result.returncode == 0 and "identical" in result.stdout, result.stdout + result.stderr
+
+
+BUS = "230.0.0.22:1234"
+
+
+def test_two_vms_on_qemu_multicast_bus(topo: Topology) -> None:
+    """``slirptrio run --mcast GROUP:PORT`` is one more member of QEMU's ``socket,mcast=`` bus,
+    on loopback in the host namespace only (a 224.0.0.0/4 route via lo there, nowhere else):
+    two guests whose relays sit on the bus get leases, reach each other and the host, and the
+    session replays identical."""
+    from tests.e2e.harness import _HUB_FD0, _OPEN_TAP, run
+
+    g2 = topo.add_guest("g2")
+    run(["ip", "-n", topo.host_ns, "link", "set", "lo", "multicast", "on"], 10)
+    run(["ip", "-n", topo.host_ns, "route", "add", "224.0.0.0/4", "dev", "lo"], 10)
+    topo.host_spawn("http-host", [sys.executable, "-m", "http.server", str(HTTP_PORT), "--bind",
+                                  "127.0.0.1", "--directory", web_root(topo, "host", "host")])
+    topo.wait_listening(HTTP_PORT)
+    journal, pcap = topo.dir / "mcast.journal", topo.dir / "mcast.pcap"
+    env = dict(os.environ, PYTHONPATH=str(REPO_ROOT), PYTHONUNBUFFERED="1")
+    st = topo.spawn("slirptrio-mcast", topo.host_cmd([
+        sys.executable, "-m", "slirptrio", "run", "--mcast", BUS, "--journal", str(journal),
+        "--pcap", str(pcap), "--seed", "5", "-v"]), env)
+    st.wait_line("slirptrio: ready", 30)
+    for i, g in enumerate((topo, g2)):
+        # QEMU's bus socket in the host namespace, its tap opened in the guest's.
+        fd = str(_HUB_FD0)
+        topo.spawn(f"qemu-mcast-{i}", [
+            "ip", "netns", "exec", g.guest_ns, sys.executable, "-c", _OPEN_TAP, TAP, fd,
+            "nsenter", f"--net=/run/netns/{topo.host_ns}",
+            "qemu-system-x86_64", "-machine", "none", "-nodefaults", "-display", "none",
+            "-no-user-config", "-netdev", f"tap,id=t0,fd={fd}",
+            "-netdev", f"socket,id=b0,mcast={BUS},localaddr=127.0.0.1",
+            "-netdev", "hubport,id=p0,hubid=0,netdev=t0",
+            "-netdev", "hubport,id=p1,hubid=0,netdev=b0",
+        ])  # fmt: skip
+        deadline = time.monotonic() + 30
+        while not g._tap_carrier():
+            assert time.monotonic() < deadline, topo.logs()
+            time.sleep(0.05)
+    ip1, ip2 = topo.udhcpc().ip, g2.udhcpc().ip
+    assert {ip1, ip2} == {"10.0.2.15", "10.0.2.16"}
+    for src, dst in ((topo, ip2), (g2, ip1)):
+        res = src.ping(dst, count=2, wait=3, check=False)
+        assert "2 packets received" in res.stdout and "DUP" not in res.stdout, res.stdout
+        assert fetch(src, f"http://10.0.2.2:{HTTP_PORT}/index.html") == "host"
+    assert st.stop() == 0, st.output()
+    result = replay(journal, timeout=600)
+    assert result.returncode == 0 and "identical" in result.stdout, result.stdout + result.stderr
