@@ -15,6 +15,7 @@ import time
 
 import pytest
 
+from replay.summary import summarize_journal
 from tests.e2e.harness import REPO_ROOT, TAP, Topology, replay
 
 pytestmark = pytest.mark.e2e
@@ -61,6 +62,13 @@ def test_three_guests_on_one_listen_socket(topo: Topology) -> None:
             assert fetch(src, f"http://{dst}:{HTTP_PORT}/index.html") == f"guest{j}"
         assert fetch(src, f"http://10.0.2.2:{HTTP_PORT}/index.html") == "host"
 
+    # IPv6 between guests too: SLAAC on the first two, ping6 each other through the switch.
+    addr0, _ = topo.slaac()
+    addr1, _ = g2.slaac()
+    for src, dst in ((topo, addr1), (g2, addr0)):
+        res = src.ping6(dst, count=2, wait=3, check=False)
+        assert "2 packets received" in res.stdout and "DUP" not in res.stdout, res.stdout
+
     # The host forward leads to the second guest.
     out = topo.host_run(["curl", "-sS", "-m", "20",
                          f"http://127.0.0.1:{FWD_PORT}/index.html"], 60, check=False)
@@ -81,6 +89,11 @@ def test_three_guests_on_one_listen_socket(topo: Topology) -> None:
     assert st.stop() == 0, st.proc.output()
     result = replay(st.journal, timeout=600)
     assert result.returncode == 0 and "identical" in result.stdout, result.stdout + result.stderr
+    summary = summarize_journal(st.journal)
+    assert sorted(summary.guests) == [0, 1, 2]
+    assert len(summary.guests[2]["arrived_s"]) == 2  # the third guest came back
+    pairs = {(a, b) for a, b in summary.between}
+    assert {(0, 1), (1, 0), (0, 2), (2, 0), (1, 2), (2, 1)} <= pairs, summary.between
 
 
 def test_qemu_join_attaches_a_second_vm(topo: Topology) -> None:
