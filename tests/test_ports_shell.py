@@ -6,10 +6,12 @@ from __future__ import annotations
 
 import pathlib
 import socket
+import struct
 
 import trio
 
 import slirptrio
+from replay import pcapng
 from replay.engine import ReplayResult, replay_journal
 from replay.summary import format_summary, summarize_journal
 from slirptrio.shell import transport as tp
@@ -49,6 +51,40 @@ class Guest:
         await self.send(gf.dhcp(3, mac=self.mac, requested=ip, server="10.0.2.2"))
         await self.expect(lambda f: _dhcp_type(f) == 5)
         return ip
+
+
+def _pcapng_blocks(data: bytes) -> tuple[list[str], list[tuple[int, int, bytes]]]:
+    """Interface names, and (interface, direction flags, frame) per packet, read back by hand
+    (independent of the writer)."""
+    names: list[str] = []
+    frames: list[tuple[int, int, bytes]] = []
+    off = 0
+    while off < len(data):
+        kind, size = struct.unpack_from("<II", data, off)
+        body = data[off + 8 : off + size - 4]
+        opts = b""
+        if kind == 1:
+            opts = body[8:]
+        elif kind == 6:
+            iface, _hi, _lo, caplen, _len = struct.unpack_from("<IIIII", body)
+            frame = body[20 : 20 + caplen]
+            opts = body[20 + caplen + (-caplen % 4):]
+        flags = 0
+        o = 0
+        while o + 4 <= len(opts):
+            code, n = struct.unpack_from("<HH", opts, o)
+            value = opts[o + 4 : o + 4 + n]
+            if kind == 1 and code == 2:
+                names.append(value.decode())
+            if kind == 6 and code == 2:
+                flags = struct.unpack("<I", value)[0] & 3
+            if code == 0:
+                break
+            o += 4 + n + (-n % 4)
+        if kind == 6:
+            frames.append((iface, flags, frame))
+        off += size
+    return names, frames
 
 
 def _dhcp_type(frame: bytes) -> int:
@@ -113,6 +149,15 @@ async def test_three_guests_on_one_listener(tmp_path: pathlib.Path) -> None:
     assert summary.between[(a, b)][0] == 1, summary.between  # the "hello 1" frame
     text = format_summary(summary)
     assert "Guests (3 switch ports)" in text and f"port {a} -> port {b}: 1 frames" in text
+    # pcapng: one interface per port, each frame on the port it crossed, its direction marked
+    out = tmp_path / "s.pcapng"
+    with open(out, "wb") as f:
+        n = pcapng.export(journal, f)
+    names, frames = _pcapng_blocks(out.read_bytes())
+    assert sorted(names) == ["port 0", "port 1", "port 2"]
+    assert len(frames) == n
+    hello = [(names[i], flags) for i, flags, data in frames if b"hello 1" in data]
+    assert hello == [(f"port {a}", 1), (f"port {b}", 2)]  # in from a, out to b
 
 
 async def test_a_port_that_stops_reading_is_dropped(tmp_path: pathlib.Path) -> None:

@@ -16,7 +16,7 @@ import time
 import pytest
 
 from replay.summary import summarize_journal
-from tests.e2e.harness import REPO_ROOT, TAP, Topology, replay
+from tests.e2e.harness import REPO_ROOT, TAP, Topology, pcap_fields, replay, run
 
 pytestmark = pytest.mark.e2e
 
@@ -94,6 +94,14 @@ def test_three_guests_on_one_listen_socket(topo: Topology) -> None:
     assert len(summary.guests[2]["arrived_s"]) == 2  # the third guest came back
     pairs = {(a, b) for a, b in summary.between}
     assert {(0, 1), (1, 0), (0, 2), (2, 0), (1, 2), (2, 1)} <= pairs, summary.between
+    # pcapng with an interface per port: guest 0's pings to guest 2 cross ports 0 and 2
+    out = topo.dir / "ports.pcapng"
+    env = dict(os.environ, PYTHONPATH=str(REPO_ROOT))
+    run([sys.executable, "-m", "slirptrio", "replay", str(st.journal), "--pcapng", str(out)],
+        600, env=env)
+    rows = pcap_fields(out, f"icmp.type == 8 && ip.src == {ips[0]} && ip.dst == {ips[2]}",
+                       ["frame.interface_name", "frame.packet_flags_direction"])
+    assert {(r[0], int(r[1], 16)) for r in rows} == {("port 0", 1), ("port 2", 2)}, rows
 
 
 def test_qemu_join_attaches_a_second_vm(topo: Topology) -> None:
@@ -148,7 +156,7 @@ def test_two_vms_on_qemu_multicast_bus(topo: Topology) -> None:
     on loopback in the host namespace only (a 224.0.0.0/4 route via lo there, nowhere else):
     two guests whose relays sit on the bus get leases, reach each other and the host, and the
     session replays identical."""
-    from tests.e2e.harness import _HUB_FD0, _OPEN_TAP, run
+    from tests.e2e.harness import _HUB_FD0, _OPEN_TAP
 
     g2 = topo.add_guest("g2")
     run(["ip", "-n", topo.host_ns, "link", "set", "lo", "multicast", "on"], 10)
