@@ -95,11 +95,11 @@ def test_three_guests_on_one_listen_socket(topo: Topology) -> None:
     pairs = {(a, b) for a, b in summary.between}
     assert {(0, 1), (1, 0), (0, 2), (2, 0), (1, 2), (2, 1)} <= pairs, summary.between
     # pcapng with an interface per port: guest 0's pings to guest 2 cross ports 0 and 2
-    out = topo.dir / "ports.pcapng"
+    ng = topo.dir / "ports.pcapng"
     env = dict(os.environ, PYTHONPATH=str(REPO_ROOT))
-    run([sys.executable, "-m", "slirptrio", "replay", str(st.journal), "--pcapng", str(out)],
+    run([sys.executable, "-m", "slirptrio", "replay", str(st.journal), "--pcapng", str(ng)],
         600, env=env)
-    rows = pcap_fields(out, f"icmp.type == 8 && ip.src == {ips[0]} && ip.dst == {ips[2]}",
+    rows = pcap_fields(ng, f"icmp.type == 8 && ip.src == {ips[0]} && ip.dst == {ips[2]}",
                        ["frame.interface_name", "frame.packet_flags_direction"])
     assert {(r[0], int(r[1], 16)) for r in rows} == {("port 0", 1), ("port 2", 2)}, rows
 
