@@ -286,3 +286,19 @@ def test_dhcp_reply_bytes_are_valid_frames() -> None:
         for f in frames:
             assert isinstance(gf.parse(f).data, dpkt.ip.IP)
     assert gf.parse(out[1][0]).src == GW_MAC
+
+
+def test_ctl_info_shows_the_ports_of_several_guests() -> None:
+    from slirptrio.cli.ctl import format_answer
+
+    stack = three_ports()
+    dhcp(stack, 1, MAC[1], 10)
+    ports: list[dict[str, object]] = list(stack.ports())
+    for p in ports:
+        p["queue_drops"] = 2 if p["port"] == 1 else 0
+    text = format_answer("info", {"flows": [], "forwards": [], "ports": ports})
+    (row,) = [line for line in text.splitlines() if line.startswith("1 ")]
+    assert "b" in row and MAC[1].hex(":") in row and "10.0.2.15" in row
+    assert row.split()[-1] == "2"  # the switch's drops and the queue's
+    one = format_answer("info", {"flows": [], "forwards": [], "ports": ports[:1]})
+    assert "Port" not in one  # one guest: no port table
