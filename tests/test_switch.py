@@ -302,3 +302,24 @@ def test_ctl_info_shows_the_ports_of_several_guests() -> None:
     assert row.split()[-1] == "2"  # the switch's drops and the queue's
     one = format_answer("info", {"flows": [], "forwards": [], "ports": ports[:1]})
     assert "Port" not in one  # one guest: no port table
+
+
+def test_a_flooding_guest_fills_the_others_only_so_far() -> None:
+    """Past FLOOD_PER_WINDOW floods in a window a port's floods are dropped; its frames for
+    the stack and its unicast to a known guest still go, and the budget comes back."""
+    from slirptrio.core.switch import FLOOD_PER_WINDOW, FLOOD_WINDOW_NS
+
+    stack = three_ports()
+    stack.handle(frames_in(2, raw(BCAST, MAC[2])), 5)
+    storm = [raw(BCAST, MAC[1], bytes([i % 256]) * 46) for i in range(FLOOD_PER_WINDOW + 200)]
+    arp = src(gf.arp_request("10.0.2.2", sender="10.0.2.16", mac=MAC[1]), MAC[1])
+    uni = raw(MAC[2], MAC[1])
+    out = by_port(stack.handle(frames_in(1, *storm, arp, uni), 10))
+    assert len(out[0]) == FLOOD_PER_WINDOW  # the floods that fit
+    assert len(out[2]) == FLOOD_PER_WINDOW + 1  # and the unicast to port 2
+    assert out[2][-1] == uni
+    (reply,) = out[1]  # the stack still answers the flooding guest
+    assert gf.parse(reply).src == GW_MAC
+    assert stack.counters["switch_flood_limited"] == 201  # the storm's rest and the ARP's flood
+    later = by_port(stack.handle(frames_in(1, storm[0]), 10 + FLOOD_WINDOW_NS))
+    assert later == {0: [storm[0]], 2: [storm[0]]}

@@ -752,7 +752,7 @@ class Stack:
                 ours += mv[start - 4 : off]
                 if not dst[0] & 1:
                     continue
-            targets = sw.targets(port, dst)
+            targets = sw.targets(port, dst, now_ns)
             if targets:
                 info.forwarded += 1
                 for q in targets:

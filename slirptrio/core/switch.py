@@ -39,6 +39,12 @@ MAX_MACS = 1024
 """MACs the switch remembers, all ports together."""
 MAX_PORTS = 256
 """Ports that may be up at once (the shell refuses more connections)."""
+FLOOD_WINDOW_NS = 100_000_000
+FLOOD_PER_WINDOW = 1000
+"""Frames one port may flood (broadcast, multicast, unknown unicast) to the others per
+``FLOOD_WINDOW_NS``: a guest that floods fills the other guests' queues only so far (about
+10,000 frames/s); past it its floods are dropped (``switch_flood_limited``), while its frames
+for the stack and its unicast to known guests still go."""
 
 
 @dataclass(slots=True)
@@ -50,7 +56,9 @@ class PortInfo:
     frames_in: int = 0
     frames_out: int = 0
     forwarded: int = 0  # frames from this port switched to other ports
-    drops: int = 0  # frames from this port dropped by the switch (same port, isolate)
+    drops: int = 0  # frames from this port dropped by the switch (same port, isolate, floods)
+    flood_window_ns: int = 0  # when the current flood budget window began
+    flooded: int = 0  # frames flooded in that window
 
 
 class Switch:
@@ -126,9 +134,9 @@ class Switch:
             self.counters["switch_mac_evicted"] += 1
         table[mac] = port
 
-    def targets(self, port: int, dst: bytes) -> list[int]:
-        """The ports a guest frame from ``port`` to ``dst`` is switched to (the stack's share
-        is decided by the stack); counts what it drops."""
+    def targets(self, port: int, dst: bytes, now_ns: int = 0) -> list[int]:
+        """The ports a guest frame from ``port`` to ``dst`` is switched to at ``now_ns`` (the
+        stack's share is decided by the stack); counts what it drops."""
         if dst[0] & 1:
             q = None  # broadcast and multicast: flooded
         else:
@@ -145,6 +153,15 @@ class Switch:
             self.ports[port].drops += 1
             return []
         if q is None:
+            info = self.ports[port]
+            if now_ns - info.flood_window_ns >= FLOOD_WINDOW_NS:
+                info.flood_window_ns = now_ns
+                info.flooded = 0
+            if info.flooded >= FLOOD_PER_WINDOW:
+                self.counters["switch_flood_limited"] += 1
+                info.drops += 1
+                return []
+            info.flooded += 1
             self.counters["switch_flooded"] += 1
             return sorted(others)
         self.counters["switch_forwarded"] += 1
@@ -159,4 +176,4 @@ class Switch:
         return sorted(self.ports)
 
 
-__all__ = ["MAX_MACS", "MAX_PORTS", "PortInfo", "Switch"]
+__all__ = ["FLOOD_PER_WINDOW", "FLOOD_WINDOW_NS", "MAX_MACS", "MAX_PORTS", "PortInfo", "Switch"]
