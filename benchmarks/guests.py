@@ -7,7 +7,10 @@ iperf3 (``-t S``, the receiver's rate):
 
 * guest 1 -> host: to 10.0.2.2, the NAT (an ``iperf3 -s`` on the host namespace's loopback);
 * guest 1 -> guest 2: to guest 2's address, switched frame by frame by the core (no NAT);
-* the same two with every guest attached, the others idle (the cost of more ports).
+* the same two with every guest attached, the others idle (the cost of more ports);
+* the same two while guest 3 floods broadcast frames as fast as it can (raw socket on its
+  tap) and one more QEMU-like client is stalled (connected, one frame sent, never reading):
+  what a noisy and a dead neighbour cost the others.
 
 It prints a markdown table and writes ``benchmarks/guests-results.md``.
 """
@@ -24,6 +27,32 @@ from tests.e2e.harness import HarnessError, Topology
 
 IPERF_PORT = 5201
 HERE = Path(__file__).resolve().parent
+
+# Broadcast frames on tap0 as fast as the tap takes them, until killed.
+_FLOOD = """\
+import socket
+s = socket.socket(socket.AF_PACKET, socket.SOCK_RAW)
+s.bind(("tap0", 0))
+mac = open("/sys/class/net/tap0/address").read().strip()
+frame = b"\\xff" * 6 + bytes.fromhex(mac.replace(":", "")) + b"\\x88\\xb5" + bytes(300)
+while True:
+    try:
+        s.send(frame)
+    except OSError:
+        pass
+"""
+
+# A guest connection that sends one frame and then never reads (its QEMU hung).
+_STALL = """\
+import socket, sys, time
+s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+s.connect(sys.argv[1])
+frame = b"\\xff" * 6 + bytes.fromhex("5254000000ee") + b"\\x88\\xb5" + bytes(46)
+s.sendall(len(frame).to_bytes(4, "big") + frame)
+print("stalled", flush=True)
+time.sleep(3600)
+"""
 
 
 def iperf(src: Topology, server: str, seconds: float) -> float:
@@ -65,6 +94,16 @@ def measure(seconds: float, guests: int) -> list[tuple[str, float]]:
                          iperf(topo, "10.0.2.2", seconds)))
             rows.append((f"guest 1 -> guest 2, {guests} guests attached",
                          iperf(topo, ip2, seconds)))
+            flooder = others[1].guest_spawn("flood", [sys.executable, "-c", _FLOOD])
+            stalled = topo.host_spawn("stall", [sys.executable, "-c", _STALL,
+                                                str(st.transport.path)])
+            stalled.wait_line("stalled", 30)
+            rows.append(("guest 1 -> host, guest 3 flooding broadcast, one port stalled",
+                         iperf(topo, "10.0.2.2", seconds)))
+            rows.append(("guest 1 -> guest 2, guest 3 flooding broadcast, one port stalled",
+                         iperf(topo, ip2, seconds)))
+            flooder.stop()
+            stalled.stop()
     return rows
 
 

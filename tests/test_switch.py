@@ -305,8 +305,8 @@ def test_ctl_info_shows_the_ports_of_several_guests() -> None:
 
 
 def test_a_flooding_guest_fills_the_others_only_so_far() -> None:
-    """Past FLOOD_PER_WINDOW floods in a window a port's floods are dropped; its frames for
-    the stack and its unicast to a known guest still go, and the budget comes back."""
+    """Past FLOOD_PER_WINDOW floods in a window a port's floods are dropped (its broadcasts
+    to the stack too); its unicast to a known guest still goes, and the budget comes back."""
     from slirptrio.core.switch import FLOOD_PER_WINDOW, FLOOD_WINDOW_NS
 
     stack = three_ports()
@@ -318,8 +318,9 @@ def test_a_flooding_guest_fills_the_others_only_so_far() -> None:
     assert len(out[0]) == FLOOD_PER_WINDOW  # the floods that fit
     assert len(out[2]) == FLOOD_PER_WINDOW + 1  # and the unicast to port 2
     assert out[2][-1] == uni
-    (reply,) = out[1]  # the stack still answers the flooding guest
-    assert gf.parse(reply).src == GW_MAC
-    assert stack.counters["switch_flood_limited"] == 201  # the storm's rest and the ARP's flood
-    later = by_port(stack.handle(frames_in(1, storm[0]), 10 + FLOOD_WINDOW_NS))
+    assert 1 not in out  # its ARP broadcast past the budget reached nobody, not even the stack
+    assert stack.counters["switch_flood_limited"] == 201  # the storm's rest and the ARP
+    (reply,) = by_port(stack.handle(frames_in(1, arp), 10 + FLOOD_WINDOW_NS))[1]
+    assert gf.parse(reply).src == GW_MAC  # in the next window it is answered
+    later = by_port(stack.handle(frames_in(1, storm[0]), 20 + FLOOD_WINDOW_NS))
     assert later == {0: [storm[0]], 2: [storm[0]]}

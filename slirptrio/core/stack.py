@@ -748,11 +748,14 @@ class Stack:
                 continue
             dst = bytes(frame[:6])
             sw.learn(bytes(frame[6:12]), port)
+            if dst in macs and not dst[0] & 1:
+                ours += mv[start - 4 : off]
+                continue
+            targets = sw.targets(port, dst, now_ns)
+            if targets is None:
+                continue  # a flood past the port's budget
             if dst in macs:
                 ours += mv[start - 4 : off]
-                if not dst[0] & 1:
-                    continue
-            targets = sw.targets(port, dst, now_ns)
             if targets:
                 info.forwarded += 1
                 for q in targets:

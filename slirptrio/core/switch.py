@@ -43,8 +43,8 @@ FLOOD_WINDOW_NS = 100_000_000
 FLOOD_PER_WINDOW = 1000
 """Frames one port may flood (broadcast, multicast, unknown unicast) to the others per
 ``FLOOD_WINDOW_NS``: a guest that floods fills the other guests' queues only so far (about
-10,000 frames/s); past it its floods are dropped (``switch_flood_limited``), while its frames
-for the stack and its unicast to known guests still go."""
+10,000 frames/s); past it its floods are dropped (``switch_flood_limited``), broadcasts to the
+stack included, while its unicast to the stack and to known guests still goes."""
 
 
 @dataclass(slots=True)
@@ -134,9 +134,11 @@ class Switch:
             self.counters["switch_mac_evicted"] += 1
         table[mac] = port
 
-    def targets(self, port: int, dst: bytes, now_ns: int = 0) -> list[int]:
+    def targets(self, port: int, dst: bytes, now_ns: int = 0) -> list[int] | None:
         """The ports a guest frame from ``port`` to ``dst`` is switched to at ``now_ns`` (the
-        stack's share is decided by the stack); counts what it drops."""
+        stack's share is decided by the stack); counts what it drops. None: a flood past the
+        port's budget, which goes nowhere (not even to the stack: a flooding guest slows
+        itself, not the stack's work for the others)."""
         if dst[0] & 1:
             q = None  # broadcast and multicast: flooded
         else:
@@ -145,13 +147,6 @@ class Switch:
                 self.counters["switch_same_port"] += 1
                 self.ports[port].drops += 1
                 return []
-        others = [p for p in self.ports if p != port]
-        if not others:
-            return []
-        if self.isolate:
-            self.counters["switch_isolated"] += 1
-            self.ports[port].drops += 1
-            return []
         if q is None:
             info = self.ports[port]
             if now_ns - info.flood_window_ns >= FLOOD_WINDOW_NS:
@@ -160,8 +155,16 @@ class Switch:
             if info.flooded >= FLOOD_PER_WINDOW:
                 self.counters["switch_flood_limited"] += 1
                 info.drops += 1
-                return []
+                return None
             info.flooded += 1
+        others = [p for p in self.ports if p != port]
+        if not others:
+            return []
+        if self.isolate:
+            self.counters["switch_isolated"] += 1
+            self.ports[port].drops += 1
+            return []
+        if q is None:
             self.counters["switch_flooded"] += 1
             return sorted(others)
         self.counters["switch_forwarded"] += 1
