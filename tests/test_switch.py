@@ -324,3 +324,18 @@ def test_a_flooding_guest_fills_the_others_only_so_far() -> None:
     assert gf.parse(reply).src == GW_MAC  # in the next window it is answered
     later = by_port(stack.handle(frames_in(1, storm[0]), 20 + FLOOD_WINDOW_NS))
     assert later == {0: [storm[0]], 2: [storm[0]]}
+
+
+def test_every_attribute_of_a_switched_stack_is_covered_by_its_snapshot() -> None:
+    """The snapshot guard (tests/test_snapshot_guard.py) over a stack with several ports."""
+    from tests.snapshots import core_objects
+    from tests.test_snapshot_guard import uncovered
+
+    stack = make()
+    for t, ev in _session():
+        stack.handle(ev, t)
+    names = {type(obj).__name__ for _path, obj in core_objects(stack)}
+    assert {"Switch", "PortInfo"} <= names
+    assert uncovered(stack) == []
+    stack._switch.vlan = {}  # type: ignore[attr-defined]
+    assert any("(Switch).vlan is not in its snapshot" in p for p in uncovered(stack))
