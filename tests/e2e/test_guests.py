@@ -16,6 +16,7 @@ import time
 import pytest
 
 from replay.summary import summarize_journal
+from replay.timeline import render_svg
 from tests.e2e.harness import REPO_ROOT, TAP, Topology, pcap_fields, replay, run
 
 pytestmark = pytest.mark.e2e
@@ -94,6 +95,8 @@ def test_three_guests_on_one_listen_socket(topo: Topology) -> None:
     assert len(summary.guests[2]["arrived_s"]) == 2  # the third guest came back
     pairs = {(a, b) for a, b in summary.between}
     assert {(0, 1), (1, 0), (0, 2), (2, 0), (1, 2), (2, 1)} <= pairs, summary.between
+    svg = render_svg(summary)  # the timeline groups its lanes per guest
+    assert all(f'data-guest="{ip}"' in svg for ip in ips), svg[:2000]
     # pcapng with an interface per port: guest 0's pings to guest 2 cross ports 0 and 2
     ng = topo.dir / "ports.pcapng"
     env = dict(os.environ, PYTHONPATH=str(REPO_ROOT))
