@@ -184,3 +184,22 @@ async def test_a_port_that_stops_reading_is_dropped(tmp_path: pathlib.Path) -> N
         assert tp.STALL_FRAMES > 0
         await first.stream.aclose()
         await stalled.stream.aclose()
+
+
+def test_a_capture_follows_one_guest_port() -> None:
+    from slirptrio.core.events import GuestFrames, PortFrames, PortSendFrames, SendFrames
+    from slirptrio.shell.capture import Captures, filter_from_request
+
+    def run(*frames: bytes) -> bytes:
+        return b"".join(len(f).to_bytes(4, "big") + f for f in frames)
+
+    taps: list[object] = []
+    caps = Captures(0, taps)  # type: ignore[arg-type]
+    only2 = caps.open(filter_from_request({"guest": [2]}, lambda _n: None))
+    every = caps.open(filter_from_request({}, lambda _n: None))
+    a, b, c = (_experimental(MACS[i], b"f%d" % i) for i in range(3))
+    caps.tap(1, PortFrames(2, run(a, b)), [PortSendFrames(1, run(a)), SendFrames(run(c))])
+    caps.tap(2, GuestFrames(run(c)), [PortSendFrames(2, run(c))])
+    assert only2.frames == 3  # in from port 2 (two), out to port 2 (one)
+    assert every.frames == 6
+    assert only2.filter.describe()["guest"] == [2]
