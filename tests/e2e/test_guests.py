@@ -198,3 +198,42 @@ def test_two_vms_on_qemu_multicast_bus(topo: Topology) -> None:
     assert st.stop() == 0, st.output()
     result = replay(journal, timeout=600)
     assert result.returncode == 0 and "identical" in result.stdout, result.stdout + result.stderr
+
+
+def test_legacy_socket_and_stream_guests_on_one_tcp_listener(topo: Topology) -> None:
+    """``--listen tcp:`` takes QEMU's legacy ``-netdev socket,connect=`` and ``-netdev
+    stream`` at once (the same framing): two guests, one of each, share the network."""
+    from tests.e2e.harness import _HUB_FD0, _OPEN_TAP
+
+    g2 = topo.add_guest("g2")
+    port = 10022  # the host namespace is this test's own
+    env = dict(os.environ, PYTHONPATH=str(REPO_ROOT), PYTHONUNBUFFERED="1")
+    journal = topo.dir / "tcp.journal"
+    st = topo.spawn("slirptrio-tcp", topo.host_cmd([
+        sys.executable, "-m", "slirptrio", "run", "--listen", f"tcp:127.0.0.1:{port}",
+        "--journal", str(journal), "--no-pcap", "--seed", "9", "-v"]), env)
+    st.wait_line("slirptrio: ready", 30)
+    netdevs = [f"socket,id=b0,connect=127.0.0.1:{port}",
+               f"stream,id=b0,server=off,addr.type=inet,addr.host=127.0.0.1,addr.port={port}"]
+    for i, (g, netdev) in enumerate(zip((topo, g2), netdevs, strict=True)):
+        fd = str(_HUB_FD0)
+        topo.spawn(f"qemu-tcp-{i}", [
+            "ip", "netns", "exec", g.guest_ns, sys.executable, "-c", _OPEN_TAP, TAP, fd,
+            "nsenter", f"--net=/run/netns/{topo.host_ns}",
+            "qemu-system-x86_64", "-machine", "none", "-nodefaults", "-display", "none",
+            "-no-user-config", "-netdev", f"tap,id=t0,fd={fd}", "-netdev", netdev,
+            "-netdev", "hubport,id=p0,hubid=0,netdev=t0",
+            "-netdev", "hubport,id=p1,hubid=0,netdev=b0",
+        ])  # fmt: skip
+        deadline = time.monotonic() + 30
+        while not g._tap_carrier():
+            assert time.monotonic() < deadline, topo.logs()
+            time.sleep(0.05)
+    ip1, ip2 = topo.udhcpc().ip, g2.udhcpc().ip
+    assert (ip1, ip2) == ("10.0.2.15", "10.0.2.16")
+    for src, dst in ((topo, ip2), (g2, ip1)):
+        res = src.ping(dst, count=2, wait=3, check=False)
+        assert "2 packets received" in res.stdout and "DUP" not in res.stdout, res.stdout
+    assert st.stop() == 0, st.output()
+    result = replay(journal, timeout=600)
+    assert result.returncode == 0 and "identical" in result.stdout, result.stdout + result.stderr
