@@ -339,3 +339,24 @@ def test_every_attribute_of_a_switched_stack_is_covered_by_its_snapshot() -> Non
     assert uncovered(stack) == []
     stack._switch.vlan = {}  # type: ignore[attr-defined]
     assert any("(Switch).vlan is not in its snapshot" in p for p in uncovered(stack))
+
+
+def test_fault_rules_between_guests() -> None:
+    """A rule's remote may be another guest: frames from port 0 to the guest on port 1 are
+    delayed (released through the switch, to port 1) or, under a partition, dropped."""
+    from slirptrio.core.events import FaultAdd, FaultRemove
+
+    stack = three_ports()
+    dhcp(stack, 0, MAC[0], 10)
+    dhcp(stack, 1, MAC[1], 20)
+    echo = src(gf.icmp_echo("10.0.2.16", dst_mac=MAC[1]), MAC[0])
+    stack.handle(FaultAdd(1, "remote=10.0.2.16 delay=50ms"), 30)
+    assert by_port(stack.handle(frames_in(0, echo), 40)) == {}
+    due = stack.poll_at()
+    assert due is not None and due >= 40 + 50_000_000
+    assert by_port(stack.handle(Tick(), due)) == {1: [echo]}
+    stack.handle(FaultRemove(-1), due + 1)
+    stack.handle(FaultAdd(2, "remote=10.0.2.16 partition"), due + 2)
+    assert by_port(stack.handle(frames_in(0, echo), due + 3)) == {}
+    stack.handle(FaultRemove(-1), due + 4)
+    assert by_port(stack.handle(frames_in(0, echo), due + 5)) == {1: [echo]}

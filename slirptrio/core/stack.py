@@ -644,7 +644,17 @@ class Stack:
         toward the guest out as they are (they were filtered when they were made)."""
         out, inn = self._faults.release(now_ns)
         for frame in out:
-            self._guest_frame(frame, now_ns)
+            if self._switch.active:
+                # Several guests: a held frame goes on through the switch, from the port
+                # its sender is on now (a sender gone meanwhile: nowhere).
+                port = self._switch.macs.get(bytes(frame[6:12])) if len(frame) >= 12 else None
+                if port is None or port not in self._switch.ports:
+                    self.counters["switch_no_port"] += 1
+                    continue
+                self._port_frames(port, len(frame).to_bytes(4, "big") + bytes(frame), now_ns,
+                                  filtered=True)
+            else:
+                self._guest_frame(frame, now_ns)
         if not inn:
             return
         if self._frames:
@@ -725,13 +735,13 @@ class Stack:
         for ip in ips:
             self._forget_guest(ip, f"port {port} left")
 
-    def _port_frames(self, port: int, run: bytes, now_ns: int) -> None:
+    def _port_frames(self, port: int, run: bytes, now_ns: int, filtered: bool = False) -> None:
         """A burst from switch port ``port``: learn, switch what is for other ports, and hand
         the stack its share (one run, through the GRO path). Frames to other ports leave
         before anything the stack answers."""
         if port == 0:
             self._link_down_at = None
-        if self._faults.active:
+        if self._faults.active and not filtered:
             run = bytes(self._faults.filter_run(run, OUT, now_ns))
         sw = self._switch
         info = sw.port(port)
