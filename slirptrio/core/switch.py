@@ -37,8 +37,9 @@ from slirptrio.core import snapshot as snap
 
 MAX_MACS = 1024
 """MACs the switch remembers, all ports together."""
-MAX_PORTS = 256
-"""Ports that may be up at once (the shell refuses more connections)."""
+MAX_PORTS = 64
+"""Ports that may be up at once (the shell refuses more connections; each further port's
+queue toward its guest is 1/8 of port 0's, so all of them together hold at most 8 times it)."""
 FLOOD_WINDOW_NS = 100_000_000
 FLOOD_PER_WINDOW = 1000
 """Frames one port may flood (broadcast, multicast, unknown unicast) to the others per

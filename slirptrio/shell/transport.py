@@ -455,11 +455,13 @@ async def open_listener(addr: Address) -> trio.SocketListener:
 
 
 def claim_port(ports: dict[int, GuestPort], template: GuestPort) -> tuple[int, GuestPort] | None:
-    """The lowest free switch port number >= 1 and a queue for it (bounded as ``template``),
-    registered in ``ports``; None when :data:`MAX_PORTS` are in use."""
+    """The lowest free switch port number >= 1 and a queue for it (an eighth of
+    ``template``'s bounds, port 0's: :data:`MAX_PORTS` of them hold at most 8 times port 0's
+    bytes), registered in ``ports``; None when :data:`MAX_PORTS` are in use."""
     for n in range(1, MAX_PORTS):
         if n not in ports:
-            gp = ports[n] = GuestPort(template.max_frames, template.max_bytes)
+            gp = ports[n] = GuestPort(max(64, template.max_frames // 8),
+                                      max(1 << 20, template.max_bytes // 8))
             return n, gp
     return None
 
