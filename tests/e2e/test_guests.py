@@ -137,12 +137,12 @@ def test_qemu_join_attaches_a_second_vm(topo: Topology) -> None:
                              web_root(topo, "g2", "joined")])
     g2.wait_listening(HTTP_PORT, where="guest")
     assert fetch(topo, f"http://10.0.2.16:{HTTP_PORT}/index.html") == "joined"
-    res = g2.ping("10.0.2.15", count=2, wait=3, check=False)
-    assert "2 packets received" in res.stdout, res.stdout
+    res = g2.ping("10.0.2.15", count=3, wait=3, check=False)
+    assert "3 packets received" in res.stdout, res.stdout
     out = topo.host_run(["curl", "-sS", "-m", "20",
                          f"http://127.0.0.1:{JOIN_FWD_PORT}/index.html"], 60, check=False)
     assert out.stdout.strip() == "joined", out.stdout + out.stderr
-    assert join.stop() in (0, 128 + 15, 143), join.output()
+    assert join.stop(timeout=30) in (0, 143), join.output()
     gone = topo.host_run(["curl", "-sS", "-m", "5",
                           f"http://127.0.0.1:{JOIN_FWD_PORT}/index.html"], 30, check=False)
     assert gone.returncode != 0, gone.stdout  # the forward left with its VM
