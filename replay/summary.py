@@ -59,6 +59,8 @@ from slirptrio.core.events import (
     IcmpEchoReply,
     IcmpEchoSend,
     IcmpUnavailable,
+    PortFrames,
+    PortLink,
     SendFrame,
     SendFrames,
     TcpClose,
@@ -100,6 +102,7 @@ from slirptrio.journal import (
     is_digest,
     open_journal,
 )
+from slirptrio.wire.framing import split_run
 from slirptrio.wire.pcap import PcapWriter
 
 SESSION_RECORD = ".session.json"
@@ -330,6 +333,10 @@ class Summary:
     window: tuple[int, int] | None = None  # --from/--until: the session times shown
     window_records: int = 0  # records inside the window
     faults: list[dict[str, Any]] = field(default_factory=list)  # each rule and what it did
+    # Several guests (issue 22): each switch port's guest, and frames between guests by
+    # (from port, to port); the destination port is "?" until its MAC was seen.
+    guests: dict[int, dict[str, Any]] = field(default_factory=dict)
+    between: dict[tuple[int, int | str], list[int]] = field(default_factory=dict)
 
     @property
     def lookups_failed(self) -> int:
@@ -409,6 +416,11 @@ class Summary:
             "drops": self.drops,
             "counters": self.counters,
             "faults": self.faults,
+            "guests": [self.guests[p] for p in sorted(self.guests)],
+            "guest_to_guest": [
+                {"from_port": a, "to_port": b, "frames": n, "bytes": size}
+                for (a, b), (n, size) in sorted(self.between.items(), key=str)
+            ],
         }
 
 
@@ -581,6 +593,7 @@ class _Analyzer:
         # Inside a run of guest frames: each frame takes the opening effect it caused out of
         # the run's effects (see _take), so two SYNs in one burst do not share a TcpConnect.
         self._in_run = False
+        self._mac_port: dict[bytes, int] = {}  # each guest MAC's switch port, last seen
 
     def _sink(self, seq: int, t_ns: int, event: Any, effects: list[Any]) -> None:
         self._actual = effects
@@ -656,8 +669,51 @@ class _Analyzer:
         self._event(t_ns, raw_event, effects)
         return effects
 
+    def _guest(self, port: int, t: int, peer: str = "") -> dict[str, Any]:
+        g = self.s.guests.get(port)
+        if g is None:
+            g = self.s.guests[port] = {"port": port, "peer": peer, "macs": [], "frames": 0,
+                                       "arrived_s": [], "left_s": []}
+        elif peer:
+            g["peer"] = peer
+        return g
+
+    def _port_frames(self, t: int, port: int, run: Any) -> None:
+        """Who sent from which port, and the frames one guest sent another."""
+        if not isinstance(run, bytes):
+            return  # a digest: the frames are not in the journal
+        g = self._guest(port, t)
+        for frame in split_run(run):
+            g["frames"] += 1
+            if len(frame) < 14:
+                continue
+            dst, src = bytes(frame[:6]), bytes(frame[6:12])
+            if not src[0] & 1:
+                if src not in self._mac_port and len(g["macs"]) < 16:
+                    g["macs"].append(src.hex(":"))
+                self._mac_port[src] = port
+            if dst[0] & 1 or (self.stack is not None and self.stack.frame_for_us(dst)):
+                continue
+            to: int | str = self._mac_port.get(dst, "?")
+            if to == port:
+                continue  # the hub behind that port delivered it
+            entry = self.s.between.setdefault((port, to), [0, 0])
+            entry[0] += 1
+            entry[1] += len(frame)
+
     def _event(self, t: int, ev: list[Any], effects: list[Any]) -> None:
         tag = ev[0]
+        if tag == GuestFrames.TAG and len(ev) == 2:
+            self._port_frames(t, 0, ev[1])
+        elif tag == PortFrames.TAG and len(ev) == 3:
+            self._port_frames(t, ev[1], ev[2])
+        elif tag == PortLink.TAG and len(ev) == 4:
+            g = self._guest(ev[1], t, ev[3])
+            g["arrived_s" if ev[2] else "left_s"].append(_s(t))
+            self._note(self.s.events, Note(t, "link", f"guest port {ev[1]} "
+                                           f"{'attached' if ev[2] else 'detached'}: {ev[3]}",
+                                           {"up": bool(ev[2]), "port": ev[1]}))
+            return
         if tag == GuestFrame.TAG:
             self.s.frames_in += 1
             if self.s.first_guest_ns is None:
@@ -740,6 +796,7 @@ class _Analyzer:
                     f.finish(t, "RST", f"read failed: {_errno_name(ev[4])}")
                     f.mark(t, "rst")
         elif tag == GuestLink.TAG:
+            self._guest(0, t)["arrived_s" if ev[1] else "left_s"].append(_s(t))
             self._note(self.s.events, Note(t, "link", "guest attached" if ev[1] else
                                            "guest detached", {"up": bool(ev[1])}))
         elif tag == HostFwdChange.TAG:
@@ -1495,6 +1552,18 @@ def format_summary(s: Summary, name: str = "") -> str:
             f" ({lease['acks']} ACK{'s' if lease['acks'] != 1 else ''}, lease "
             f"{lease['lease_s']} s{extra})"
         )
+    if len(s.guests) > 1:  # several guests on the switch (issue 22)
+        lines.append(f"\nGuests ({len(s.guests)} switch ports):")
+        for g in (s.guests[p] for p in sorted(s.guests)):
+            comings = ", ".join(f"{x:.3f}s" for x in g["arrived_s"]) or "-"
+            goings = ", ".join(f"{x:.3f}s" for x in g["left_s"]) or "-"
+            lines.append(f"  port {g['port']:<3} {g['peer'] or '-':<20} "
+                         f"{','.join(g['macs']) or '-':<18} {g['frames']:>8} frames; "
+                         f"attached {comings}; left {goings}")
+        if s.between:
+            lines.append("  guest to guest (frames the switch carried between ports):")
+            lines += [f"    port {a} -> port {b}: {n} frames, {_size(size)}"
+                      for (a, b), (n, size) in sorted(s.between.items(), key=str)]
     if s.ipv6_addresses:
         lines.append(f"\nGuest IPv6 addresses ({len(s.ipv6_addresses)}):")
         aw = max(len(_ip_text(a)) for a in s.ipv6_addresses)

@@ -27,6 +27,7 @@ flows' and lookups' details are also written out below the lanes, so that a PNG
 
 from __future__ import annotations
 
+import ipaddress
 from collections.abc import Callable
 from xml.sax.saxutils import escape, quoteattr
 
@@ -191,6 +192,13 @@ def render_svg(summary: Summary, *, title: str = "") -> str:
     else:
         drawn = list(flows)
     not_drawn = len(flows) - len(drawn) + summary.flows_not_kept
+    # Several guests (issue 22): their lanes grouped, each group under its guest's address.
+    rows: list[Flow | str] = list(drawn)
+    if len(summary.guests) > 1:
+        rows = []
+        for ip in sorted({_guest_ip(f) for f in drawn}, key=_ip_key):
+            rows.append(ip)
+            rows += [f for f in drawn if _guest_ip(f) == ip]
 
     failed_lookups = summary.lookups_failed
     head_lines = [
@@ -210,7 +218,7 @@ def render_svg(summary: Summary, *, title: str = "") -> str:
     lanes_y = axis_y + AXIS_H
     flow_y0 = lanes_y + len(special) * LANE_H + 6
     details = _details(summary, failed)
-    grid_bottom = flow_y0 + len(drawn) * LANE_H + 10
+    grid_bottom = flow_y0 + len(rows) * LANE_H + 10
     height = grid_bottom + AXIS_H + (16 * len(details) + 10 if details else 0)
 
     c = _Canvas()
@@ -282,8 +290,15 @@ def render_svg(summary: Summary, *, title: str = "") -> str:
     c.add("</g>")
 
     # flow lanes
-    for i, f in enumerate(drawn):
-        _lane(c, f, flow_y0 + i * LANE_H, i, x, t_end)
+    lane_no = 0
+    for i, row in enumerate(rows):
+        y = flow_y0 + i * LANE_H
+        if isinstance(row, str):
+            c.add(f'<g class="lane guest" data-guest="{escape(row)}"><text x="10" y="{y + 11}" '
+                  f'font-weight="bold">guest {escape(row)}</text></g>')
+            continue
+        _lane(c, row, y, lane_no, x, t_end)
+        lane_no += 1
 
     # what the tooltips say about failures, written out (a PNG has no tooltips)
     if details:
@@ -297,6 +312,20 @@ def render_svg(summary: Summary, *, title: str = "") -> str:
 
     c.add("</svg>")
     return "\n".join(c.parts) + "\n"
+
+
+def _guest_ip(f: Flow) -> str:
+    """The guest's address of a flow ("10.0.2.15:40012", "[fec0::5]:22" -> the address)."""
+    host = f.guest.rsplit(":", 1)[0] if f.guest.count(":") == 1 or "]" in f.guest else f.guest
+    return host.strip("[]")
+
+
+def _ip_key(text: str) -> tuple[int, int]:
+    try:
+        a = ipaddress.ip_address(text)
+    except ValueError:
+        return (9, 0)
+    return (a.version, int(a))
 
 
 def _details(summary: Summary, failed: list[Flow]) -> list[str]:

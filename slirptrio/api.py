@@ -127,6 +127,7 @@ class SlirpStack:
         self.pcap_path = pcap_path
         self._transport_started = False
         self._next_fault = 0
+        self._listening: list[str] = []  # where QEMUs may connect (``slirptrio qemu --join``)
 
     @property
     def config(self) -> Config:
@@ -148,7 +149,8 @@ class SlirpStack:
     async def listen_qemu(self, address: str) -> str:
         """Listen for QEMU's ``-netdev stream`` client at ``unix:PATH`` or ``tcp:HOST:PORT``.
 
-        Returns once listening, with the ``-netdev`` argument QEMU needs. One guest at a time;
+        Returns once listening, with the ``-netdev`` argument QEMU needs. Several QEMUs may
+        connect at once: each is a port of the stack's switch (:meth:`ports`), on one network;
         after a disconnect the next connection is accepted and the stack's state kept. A unix
         socket is created 0600; a stale socket file is replaced, a live one (another stack's)
         is not. Raises :exc:`OSError` (naming the address) when it cannot listen.
@@ -158,7 +160,10 @@ class SlirpStack:
         listener = await tp.open_listener(addr)
         if addr.kind == "unix":
             self._cleanup.append(addr.path)
-        self._nursery.start_soon(tp.run_listen, listener, self._runtime.inbox, self._runtime.port)
+        self._listening.append(str(addr))
+        self._nursery.start_soon(
+            tp.run_listen, listener, self._runtime.inbox, self._runtime.port, self._runtime.ports
+        )
         return f"-netdev stream,id=n0,server=off,{addr.qemu('addr')}"
 
     async def connect_qemu(self, address: str) -> str:
@@ -190,6 +195,54 @@ class SlirpStack:
             tp.run_dgram, sock, raddr, self._runtime.inbox, self._runtime.port, peer
         )
         return f"-netdev dgram,id=n0,{raddr.qemu('local')},{laddr.qemu('remote')}"
+
+    def add_guest(self, stream: trio.abc.Stream, peer: str = "embedded") -> int:
+        """Plug in one more guest: ``stream`` carries its frames in QEMU's stream framing
+        (4-byte length, frame). It becomes a port of the switch, beside whatever transport
+        the stack already has; returns the port number. The port goes away when the stream
+        ends (or its reader stops reading: see ``transport.STALL_FRAMES``).
+
+        Raises:
+          RuntimeError: every switch port is in use.
+        """
+        claimed = tp.claim_port(self._runtime.ports, self._runtime.port)
+        if claimed is None:
+            raise RuntimeError("no free switch port")
+        number, gp = claimed
+
+        async def serve() -> None:
+            try:
+                await tp.serve_stream(stream, self._runtime.inbox, gp, peer, number)
+            finally:
+                self._runtime.ports.pop(number, None)
+
+        self._nursery.start_soon(serve)
+        return number
+
+    def ports(self) -> list[dict[str, Any]]:
+        """The guests on the switch: ``port``, ``peer``, ``macs``, ``addresses``, ``frames_in``,
+        ``frames_out``, ``forwarded`` (to other ports), ``drops`` (by the switch) and
+        ``queue_drops`` (frames lost at the port's full queue)."""
+        out = self._runtime.stack.ports()
+        for p in out:
+            gp = self._runtime.port if p["port"] == 0 else self._runtime.ports.get(p["port"])
+            p["queue_drops"] = gp.dropped if gp is not None else 0
+        return out
+
+    async def mcast_qemu(self, bus: str) -> str:
+        """Join QEMU's multicast frame bus ``GROUP:PORT`` (``-netdev socket,mcast=``) as one
+        more member, on loopback only (membership and sends on 127.0.0.1, TTL 0): the VMs on
+        the bus and the stack share one network. Frames the stack sent come back looped and
+        are left out (by their source MAC). Returns the ``-netdev`` argument QEMU needs."""
+        self._claim_transport()
+        group, port = tp.parse_mcast(bus)
+        sock = await tp.open_mcast(group, port)
+        self._nursery.start_soon(
+            tp.run_dgram, sock, tp.Address("udp", host=group, port=port), self._runtime.inbox,
+            self._runtime.port, tp.AnySender(tp.Address("udp", host=group, port=port)),
+            self._runtime.stack.own_mac,
+        )
+        return f"-netdev socket,id=n0,mcast={group}:{port},localaddr=127.0.0.1"
 
     # ---------------------------------------------------------------------- introspection
 
@@ -424,6 +477,8 @@ class SlirpStack:
                 "hostfwd": self.hostfwds(),
                 "tftp": [t.to_dict() for t in self.tftp_sessions()],
                 "dns_upstreams": self.dns_upstreams(),
+                "ports": self.ports(),
+                "listen": list(self._listening),
             }
 
         async def leases(_req: dict[str, Any]) -> dict[str, Any]:

@@ -100,6 +100,8 @@ class Config:
     bootfile: str = _D["bootfile"]
     smb: str = _D["smb"]  # the directory shared over SMB ("" = none)
     smbserver: IPv4Address | None = _D["smbserver"]  # set whenever smb is
+    isolate: bool = _D["isolate"]  # guests on the switch see only the router
+    dhcp_clients: int = _D["dhcp_clients"]  # the DHCP pool's size (QEMU: 16)
 
     def guest_queue_bytes(self) -> int:
         """The bound, in bytes, of the shell's queue of frames toward the guest."""
@@ -111,7 +113,7 @@ class Config:
 
     def dhcp_pool(self) -> list[IPv4Address]:
         """The addresses DHCP hands out, in order."""
-        return [self.dhcpstart + i for i in range(NUM_DHCP_CLIENTS)]
+        return [self.dhcpstart + i for i in range(self.dhcp_clients)]
 
     def _values(self) -> dict[str, Any]:
         return {f.name: getattr(self, f.name) for f in fields(self)}

@@ -55,8 +55,12 @@ async def test_open_stack_dhcp_control_and_replay(tmp_path: pathlib.Path) -> Non
         assert answer["counters"]["frames_in"] == 2
         assert answer["fast_path"] == stats.fast_path == fast.IMPL  # native or pure, as chosen
         info = await request(ctl, {"cmd": "info"})
+        ports = info.pop("ports")
+        assert info.pop("listen") == [f"unix:{sock}"]
         assert info == {"ok": True, "flows": [], "hostfwd": {}, "forwards": [], "tftp": [],
                         "dns_upstreams": [{"upstream": "127.0.0.1:9", "state": "unused"}]}
+        assert [(p["port"], p["macs"], p["addresses"]) for p in ports] == [
+            (0, [gf.GUEST_MAC.hex(":")], ["10.0.2.15"])]
         bad = await request(ctl, {"cmd": "nope"})
         assert not bad["ok"] and "unknown command" in bad["error"]
         # Garbage on the socket gets an error line and leaves the stack running.

@@ -38,7 +38,8 @@ def test_a_non_default_value_of_every_option_survives_text_and_journal() -> None
         "hostname=h,,1,domainname=d.example,dnssearch=a.example,dnssearch=b.example,mtu=9000,"
         "hostloopback=127.0.0.9,udp-timeout=7,dns-timeout=8,max-flows=9,mem-budget=2M,id=n,"
         "hostfwd=tcp::2222-:22,guestfwd=tcp:192.168.7.50:80-tcp:127.0.0.1:80,tftp=/t,"
-        "tftp-server-name=ts,bootfile=b,smb=/s,smbserver=192.168.7.44"
+        "tftp-server-name=ts,bootfile=b,smb=/s,smbserver=192.168.7.44,isolate=on,"
+        "dhcp-clients=40"
     )
     c = parse_user_options(text)
     changed = [o.field for o in options.OPTIONS if o.field and getattr(c, o.field) != o.default]

@@ -42,6 +42,9 @@ def add_parser(sub: Subparsers) -> None:
     cap.add_argument("--flow", action="append", default=[], metavar="ID|A:P-B:P",
                      help="only this flow: a number from `ctl info`, or two endpoints as the "
                      "guest sees them (repeatable)")
+    cap.add_argument("--guest", action="append", default=[], type=int, metavar="PORT",
+                     help="only frames that crossed this switch port (several guests: "
+                     "`ctl info` lists the ports; 0 is the first guest; repeatable)")
     cap.add_argument("-c", "--count", type=int, metavar="N", help="stop after N frames")
     cap.add_argument("-w", "--write", metavar="FILE",
                      help="write to FILE instead of stdout ('-': stdout)")
@@ -71,8 +74,11 @@ def _request(args: argparse.Namespace, parser: Parser) -> dict[str, Any]:
             parser.error(f"argument --host: {h!r} is not an IP address")
     if args.count is not None and args.count < 1:
         parser.error("argument --count: must be at least 1")
+    for g in args.guest:
+        if g < 0:
+            parser.error(f"argument --guest: {g} is not a switch port")
     return {"cmd": "capture", "proto": args.proto, "port": args.port, "host": args.host,
-            "flow": flows}
+            "flow": flows, "guest": args.guest}
 
 
 class _Reader:

@@ -145,6 +145,19 @@ def format_answer(cmd: str, answer: dict[str, object]) -> str:
                 f"{t['blksize']:>5} {t['windowsize']:>3}"
                 for t in tftp
             ]
+        ports = answer.get("ports") or []
+        assert isinstance(ports, list)
+        if len(ports) > 1:  # several guests: who is on which port of the switch
+            rows.append("")
+            rows.append(f"{'Port':<5} {'Peer':<24} {'MACs':<18} {'Addresses':<32} "
+                        f"{'In':>8} {'Out':>8} {'Fwd':>8} Drops")
+            rows += [
+                f"{p['port']:<5} {str(p['peer'])[:24]:<24} {','.join(p['macs']) or '-':<18} "
+                f"{','.join(p['addresses']) or '-':<32} {p['frames_in']:>8} "
+                f"{p['frames_out']:>8} {p['forwarded']:>8} "
+                f"{p['drops'] + p.get('queue_drops', 0)}"
+                for p in ports
+            ]
         upstreams = answer.get("dns_upstreams") or []
         assert isinstance(upstreams, list)
         if upstreams:

@@ -41,7 +41,7 @@ import sys
 import tempfile
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from typing import Any
 
 import trio
@@ -312,6 +312,11 @@ def add_parser(sub: Subparsers) -> None:
     q.add_argument("--seed", type=int, help="PRNG seed (the n-th netdev gets SEED+n)")
     q.add_argument("--faults", metavar="FILE",
                    help="fault rules for every netdev, in force from the start (TOML)")
+    q.add_argument("--join", metavar="CONTROL_OR_SOCKET",
+                   help="attach the VM's user networks to a stack already running (its "
+                   "control socket, or the unix socket it listens on) instead of starting one; "
+                   "the VM's hostfwd rules are added to that stack and removed when QEMU ends "
+                   "(they need the control socket and a guest address)")
     q.add_argument("-q", "--quiet", action="store_true",
                    help="print nothing but errors (not even the journal paths at the end)")
     q.add_argument("-v", "--verbose", action="count", default=0, help="more logging")
@@ -370,6 +375,9 @@ def command(args: argparse.Namespace, parser: Parser) -> int:
         except ValueError as exc:
             parser.error(f"argument --dns-upstream: {exc}")
         upstreams = list(args.dns_upstream)
+    if args.join:
+        setup_logging(args.verbose)
+        return _join(args, qemu, inherited)
     journal_options(args, parser)
     from slirptrio.cli.run import read_faults
 
@@ -509,6 +517,90 @@ def _run(args: argparse.Namespace, plan: Rewrite, private: str, upstreams: list[
     trio.run(main)  # a stack that cannot start (a port in use ...) is the user's: exit 2
     if early:
         return 128 + early[0]
+    return status[0] if status else 1
+
+
+# ------------------------------------------------------------------------------- --join
+
+_JOIN_FIELDS = ("hostfwd", "id")
+"""What a joining VM's user netdev may set: the rest is the running stack's."""
+
+
+async def _resolve_join(target: str) -> tuple[str, str | None]:
+    """(the guest socket to connect QEMU to, the control socket or None) for ``--join``."""
+    from slirptrio.shell.control import ControlError, request
+
+    if not os.path.exists(target):
+        raise UserError(f"--join {target}: no such socket")
+    try:
+        answer = await request(target, {"cmd": "info"}, timeout=5.0)
+    except (OSError, ControlError, ValueError, trio.TooSlowError):
+        return target, None  # not a control socket: the guest socket itself
+    if not answer.get("ok"):
+        raise UserError(f"--join {target}: {answer.get('error', 'the stack refused info')}")
+    for addr in answer.get("listen") or []:
+        if isinstance(addr, str) and addr.startswith("unix:"):
+            return addr[5:], target
+    raise UserError(f"--join {target}: that stack listens on no unix socket for QEMU "
+                    "(start it with --listen unix:PATH)")
+
+
+def _join_rules(plan: Rewrite, control: str | None) -> list[str]:
+    """The joining VM's hostfwd rules; UserError for options the running stack owns."""
+    from slirptrio.syntax.forward import parse_hostfwd
+
+    default = Config()
+    rules: list[str] = []
+    for net in plan.nets:
+        for f in fields(Config):
+            if f.name not in _JOIN_FIELDS and getattr(net.config, f.name) != getattr(default,
+                                                                                     f.name):
+                raise UserError(f"{net.origin}: --join: {f.name} is set by the running stack "
+                                "(a joining VM may give only hostfwd)")
+        for rule in net.config.hostfwd:
+            if not parse_hostfwd(rule).guest_addr:
+                raise UserError(f"{net.origin}: --join: hostfwd={rule} needs the guest address "
+                                "(the VM's own, e.g. tcp::2222-10.0.2.16:22)")
+            rules.append(rule)
+    if rules and control is None:
+        raise UserError("--join: hostfwd needs the running stack's control socket (join "
+                        "through it rather than through the guest socket)")
+    return rules
+
+
+def _join(args: argparse.Namespace, qemu: list[str], inherited: list[int]) -> int:
+    """``slirptrio qemu --join``: QEMU's user networks connect to a running stack."""
+    from slirptrio.shell.control import request
+
+    status: list[int] = []
+
+    async def main() -> None:
+        guest_sock, control = await _resolve_join(args.join)
+        try:
+            plan = rewrite(qemu, lambda i, name: guest_sock)
+        except QemuArgError as exc:
+            raise UserError(str(exc)) from None
+        rules = _join_rules(plan, control)
+        added: list[str] = []
+        with trio.open_signal_receiver(*FORWARDED_SIGNALS) as signals:
+            try:
+                for rule in rules:
+                    assert control is not None
+                    answer = await request(control, {"cmd": "hostfwd-add", "rule": rule})
+                    if not answer.get("ok"):
+                        raise UserError(f"hostfwd={rule}: {answer.get('error')}")
+                    added.append(rule)
+                    _say(args.quiet, f"hostfwd {rule} on port {answer.get('port')}")
+                _say(args.quiet, f"joined the stack at {args.join}")
+                status.append(await _run_qemu(plan.argv, inherited, signals))
+            finally:
+                with trio.CancelScope(shield=True):
+                    for rule in added:  # the stack may be gone already: nothing to remove
+                        with contextlib.suppress(Exception):
+                            assert control is not None
+                            await request(control, {"cmd": "hostfwd-remove", "rule": rule})
+
+    trio.run(main)
     return status[0] if status else 1
 
 

@@ -33,6 +33,9 @@ def add_parser(sub: Subparsers) -> None:
                      help="a journal directory, or a session id from 'slirptrio sessions' "
                      "('last': the newest)")
     rep.add_argument("--pcap", metavar="OUT", help="also export the window's frames to OUT")
+    rep.add_argument("--pcapng", metavar="OUT",
+                     help="export the session's frames to OUT as pcapng, one interface per "
+                     "switch port (several guests), each frame's direction marked")
     rep.add_argument("--from", dest="start", metavar="WHEN",
                      help="start at the nearest snapshot before WHEN: " + _WHEN)
     rep.add_argument("--until", metavar="WHEN", help="stop before WHEN (same forms as --from)")
@@ -72,6 +75,8 @@ def command(args: argparse.Namespace, parser: Parser) -> int:
         from replay.diff import main as diff_main
 
         return diff_main(args.journal)
+    if args.pcapng:
+        return _pcapng(args.journal, args.pcapng)
     start = until = None
     try:
         origin = open_journal(args.journal).header.origin_ns
@@ -105,6 +110,21 @@ def command(args: argparse.Namespace, parser: Parser) -> int:
                             start=start, until=until, pcap=args.pcap)
     return main(args.journal, pcap_out=args.pcap, context=args.context, start=start,
                 until=until, progress=args.progress)
+
+
+def _pcapng(journal: str, out: str) -> int:
+    """``--pcapng OUT``: the session's frames, one pcapng interface per switch port."""
+    from replay.pcapng import export
+    from slirptrio.journal import JournalError
+
+    create_private(out, "--pcapng")
+    try:
+        with open(out, "wb") as f:
+            n = export(journal, f)
+    except (OSError, JournalError, ValueError) as exc:
+        raise UserError(f"--pcapng: {exc}") from exc
+    print(f"{n} frames written to {out}")
+    return 0
 
 
 def quiet_replayed_logs(verbose: int) -> None:

@@ -85,6 +85,12 @@ def add_parser(sub: Subparsers) -> None:
         metavar="LOCAL,REMOTE",
         help="-netdev dgram: bind LOCAL, send to REMOTE (each unix:PATH or udp:HOST:PORT)",
     )
+    where.add_argument(
+        "--mcast",
+        metavar="GROUP:PORT",
+        help="join QEMU's multicast frame bus (-netdev socket,mcast=GROUP:PORT,"
+        "localaddr=127.0.0.1) as one more member, on loopback only",
+    )
     run.add_argument("--journal", metavar="PATH", help="journal directory (default: under "
                      "$XDG_STATE_HOME/slirptrio, ~/.local/state/slirptrio)")
     run.add_argument("--no-journal", action="store_true", help="do not write a journal")
@@ -123,6 +129,9 @@ def _transport(args: argparse.Namespace, parser: Parser) -> TransportSpec:
             return TransportSpec(
                 "dgram", tp.Address.parse(local, kinds), tp.Address.parse(remote, kinds)
             )
+        if args.mcast:
+            group, port = tp.parse_mcast(args.mcast)
+            return TransportSpec("mcast", tp.Address("udp", host=group, port=port))
         if args.listen:
             return TransportSpec("listen", tp.Address.parse(args.listen, ("unix", "tcp")))
         try:
@@ -133,7 +142,8 @@ def _transport(args: argparse.Namespace, parser: Parser) -> TransportSpec:
             ) from exc
         return TransportSpec("listen", tp.Address("unix", path=default_socket()))
     except tp.AddressError as exc:
-        option = "--connect" if args.connect else "--dgram" if args.dgram else "--listen"
+        option = ("--connect" if args.connect else "--dgram" if args.dgram
+                  else "--mcast" if args.mcast else "--listen")
         parser.error(f"argument {option}: {exc}")
 
 

@@ -20,7 +20,7 @@ from slirptrio.syntax.address import hostport
 
 log = logging.getLogger("slirptrio")
 
-Mode = Literal["listen", "connect", "dgram"]
+Mode = Literal["listen", "connect", "dgram", "mcast"]
 """How QEMU reaches the stack: it connects to our stream socket, we connect to its, or a
 datagram socket pair."""
 
@@ -39,6 +39,9 @@ class TransportSpec:
             return f"-netdev stream,id={netdev_id},server=off,{self.addr.qemu('addr')}"
         if self.mode == "connect":
             return f"-netdev stream,id={netdev_id},server=on,{self.addr.qemu('addr')}"
+        if self.mode == "mcast":
+            return (f"-netdev socket,id={netdev_id},mcast={self.addr.host}:{self.addr.port},"
+                    "localaddr=127.0.0.1")
         assert self.remote is not None
         # QEMU's local end is our remote and vice versa.
         return (
@@ -86,6 +89,8 @@ async def run_session(
             await stack.listen_qemu(str(spec.addr))
         elif spec.mode == "connect":
             await stack.connect_qemu(str(spec.addr))
+        elif spec.mode == "mcast":
+            await stack.mcast_qemu(f"{spec.addr.host}:{spec.addr.port}")
         else:
             assert spec.remote is not None
             await stack.dgram_qemu(str(spec.addr), str(spec.remote))

@@ -5,7 +5,8 @@ Theory of operation
 Leases are keyed by the client's hardware address (``chaddr``), as libslirp does, so a guest
 gets the same address back, including after a disconnect, for as long as its lease holds (a
 RELEASE gives the address up; it is reused only once the addresses never leased run out).
-The pool is ``NUM_DHCP_CLIENTS`` addresses; a free address is the first one never leased, or
+The pool is ``dhcp-clients`` addresses (``NUM_DHCP_CLIENTS``, 16, unless that extension
+raises it for several guests); a free address is the first one never leased, or
 whose lease expired or was released. An exhausted pool answers nothing (the client retries).
 
 * DISCOVER → OFFER of the client's address (its requested address when that is free);
@@ -174,7 +175,7 @@ class DhcpServer:
         self._ever.add(ip)
         self._last.pop(mac, None)
         self._last[mac] = ip
-        if len(self._last) > MAX_REMEMBERED_MACS:
+        if len(self._last) > max(MAX_REMEMBERED_MACS, 4 * len(self._pool)):
             del self._last[next(iter(self._last))]
 
     # --------------------------------------------------------------------------- messages

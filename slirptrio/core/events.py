@@ -501,6 +501,43 @@ class SendFrames(Effect):
     data: bytes
 
 
+# ---- switch ports (tags 140-149)
+#
+# Several guests are ports of one core's switch (issue 22). Port 0 is the single guest of old:
+# its frames stay :class:`GuestFrames`/:class:`GuestLink` in and :class:`SendFrames` (or
+# :class:`SendFrame`) out, so journals from before ports replay unchanged. Other ports' frames
+# carry their port number both ways.
+
+
+@dataclass(frozen=True, slots=True)
+class PortFrames(Event):
+    """A burst of Ethernet frames (a run) from the guest on switch ``port`` (>= 1)."""
+
+    TAG: ClassVar[int] = 140
+    port: int
+    data: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class PortLink(Event):
+    """A guest arrived on switch ``port`` (>= 1, ``up``) or left it; ``peer`` names its
+    transport's peer (for ``info``)."""
+
+    TAG: ClassVar[int] = 141
+    port: int
+    up: bool
+    peer: str
+
+
+@dataclass(frozen=True, slots=True)
+class PortSendFrames(Effect):
+    """Send the frames of a run to the guest on switch ``port`` (>= 1), in order."""
+
+    TAG: ClassVar[int] = 140
+    port: int
+    data: bytes
+
+
 # -------------------------------------------------------------------------------- encoding
 
 _EVENTS: dict[int, type[Event]] = {}

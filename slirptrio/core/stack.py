@@ -64,6 +64,9 @@ from slirptrio.core.events import (
     IcmpEchoError,
     IcmpEchoReply,
     IcmpUnavailable,
+    PortFrames,
+    PortLink,
+    PortSendFrames,
     SendFrame,
     SendFrames,
     TcpClose,
@@ -90,6 +93,7 @@ from slirptrio.core.martian import ANSWERED, classify_ipv4
 from slirptrio.core.martian6 import classify_ipv6
 from slirptrio.core.ndp import Ndp, link_local, virtual_mac6
 from slirptrio.core.prng import Prng
+from slirptrio.core.switch import PortInfo, Switch
 from slirptrio.core.tcp import TcpNat
 from slirptrio.core.tftp import TFTP_PORT, TftpServer, TftpSessionInfo
 from slirptrio.core.udp import UdpNat
@@ -263,6 +267,8 @@ class Stack:
         self._now_ns = 0
         self._faults = Faults(seed, self.counters, self.send_ip, self.tcp.flow_of,
                               self._fault_reset)
+        # Several guests (issue 22): off until a second port appears (see core/switch.py).
+        self._switch = Switch(config.isolate, self.counters)
 
     # --------------------------------------------------------------------------- snapshots
 
@@ -299,6 +305,7 @@ class Stack:
         for name in self._SNAPSHOT_COMPONENTS:
             state[name] = getattr(self, name).snapshot_state()
         state["_faults"] = self._faults.snapshot_state()
+        state["_switch"] = self._switch.snapshot_state()
         return state
 
     def restore_state(self, state: dict[str, Any]) -> None:
@@ -318,6 +325,8 @@ class Stack:
         self._update_our_macs()
         if "_faults" in state:  # snapshots from before fault rules have none in force
             self._faults.restore_state(state["_faults"])
+        if "_switch" in state:  # snapshots from before ports: one guest, no switching
+            self._switch.restore_state(state["_switch"])
 
     def snapshot(self) -> dict[str, Any]:
         """A snapshot of this stack that :meth:`from_snapshot` turns back into one."""
@@ -342,7 +351,9 @@ class Stack:
         self._frames.clear()
         self._now_ns = now_ns
         t = type(event)
-        if t is GuestFrames:
+        if t is GuestFrames and self._switch.active:
+            self._port_frames(0, event.data, now_ns)  # type: ignore[attr-defined]
+        elif t is GuestFrames:
             self._link_down_at = None
             if self._faults.active:
                 self._guest_frames(bytes(self._faults.filter_run(event.data, OUT, now_ns)),  # type: ignore[attr-defined]
@@ -381,13 +392,31 @@ class Stack:
             self._emit_all(self.udp.tick(now_ns))
             self._emit_all(self.echo.tick(now_ns))
             self._emit_all(self.tftp.tick(now_ns))
+        elif t is PortFrames:
+            assert isinstance(event, PortFrames)
+            if event.port > 0:
+                self._switch_on()
+                self._port_frames(event.port, event.data, now_ns)
+            else:
+                self.counters["bad_port_event"] += 1
+        elif t is PortLink:
+            assert isinstance(event, PortLink)
+            if event.port > 0:
+                self._port_link(event.port, event.up, event.peer)
+            else:
+                self.counters["bad_port_event"] += 1
         elif t is GuestLink:
             assert isinstance(event, GuestLink)
             self.counters["guest_link_up" if event.up else "guest_link_down"] += 1
-            if event.up:
+            if self._switch.active:
+                self._port_link(0, event.up, "guest")
+            elif event.up:
+                self._switch.ports[0] = PortInfo(0, "guest")  # uncounted: nothing switches
                 self._link_down_at = None
-            elif self._link_down_at is None:
-                self._link_down_at = now_ns
+            else:
+                self._switch.ports.pop(0, None)
+                if self._link_down_at is None:
+                    self._link_down_at = now_ns
         elif t is FrameRuns:
             self._runs = event.on  # type: ignore[attr-defined]
         elif t is FaultAdd or t is FaultRemove:
@@ -426,6 +455,11 @@ class Stack:
         for a switch in front of the core alike.
         """
         return dst_mac in self._our_macs
+
+    def own_mac(self, mac: bytes) -> bool:
+        """Whether the stack sends from ``mac`` (its unicast MACs): a frame from it that
+        comes back (a multicast bus loops our frames back) is our own."""
+        return not mac[0] & 1 and mac in self._our_macs
 
     def _update_our_macs(self) -> None:
         """Rebuild the set :meth:`frame_for_us` looks in (the config and the guest forwards)."""
@@ -610,12 +644,25 @@ class Stack:
         toward the guest out as they are (they were filtered when they were made)."""
         out, inn = self._faults.release(now_ns)
         for frame in out:
-            self._guest_frame(frame, now_ns)
+            if self._switch.active:
+                # Several guests: a held frame goes on through the switch, from the port
+                # its sender is on now (a sender gone meanwhile: nowhere).
+                port = self._switch.macs.get(bytes(frame[6:12])) if len(frame) >= 12 else None
+                if port is None or port not in self._switch.ports:
+                    self.counters["switch_no_port"] += 1
+                    continue
+                self._port_frames(port, len(frame).to_bytes(4, "big") + bytes(frame), now_ns,
+                                  filtered=True)
+            else:
+                self._guest_frame(frame, now_ns)
         if not inn:
             return
         if self._frames:
             self._flush_frames()
-        if self._runs:
+        if self._switch.active:
+            self._emit_port_runs(self._route_out(
+                b"".join(len(f).to_bytes(4, "big") + f for f in inn)))
+        elif self._runs:
             self._out.append(SendFrames(b"".join(len(f).to_bytes(4, "big") + f for f in inn)))
         else:
             self._out.extend(SendFrame(f) for f in inn)
@@ -626,6 +673,144 @@ class Stack:
             return False
         self.tcp.host_event(TcpReset(flow, _ECONNRESET), now_ns)
         return True
+
+    # ------------------------------------------------------------------ switch ports (#22)
+
+    def ports(self) -> list[dict[str, Any]]:
+        """The switch's ports that are up: number, peer, MACs, the addresses those MACs
+        hold (DHCP, ARP, NDP), frames in and out, frames forwarded to other ports and dropped."""
+        sw = self._switch
+        out = []
+        for n in sorted(sw.ports):
+            info = sw.ports[n]
+            macs = set(sw.macs_of(n)) if sw.active else (
+                {self.guest_mac} if self.guest_mac is not None else set())
+            held = [lease.ip for lease in self._dhcp.leases(self._now_ns) if lease.mac in macs]
+            held += [ip for ip, mac in self._arp_table.items() if mac in macs and ip not in held]
+            addrs = [address_str(ip) for ip in held]
+            addrs += [address_str(ip) for ip, mac in self._ndp.neighbors.items()
+                      if mac in macs and ip not in self._virtual6]
+            out.append({
+                "port": n, "peer": info.peer, "macs": sorted(m.hex(":") for m in macs),
+                "addresses": addrs, "frames_in": info.frames_in, "frames_out": info.frames_out,
+                "forwarded": info.forwarded, "drops": info.drops,
+            })
+        return out
+
+    def _switch_on(self) -> None:
+        """A second port appeared: switch from now on. What the stack knew of guests came
+        from port 0, so their MACs are learned there; a port 0 whose guest left meanwhile is
+        gone at once (the minute's grace is the single guest's rule)."""
+        sw = self._switch
+        if sw.active:
+            return
+        sw.active = True
+        self.counters["switch_on"] += 1
+        for mac in [*self._arp_table.values(), *self._ndp.neighbors.values(), self.guest_mac]:
+            if mac is not None:
+                sw.learn(mac, 0)
+        if 0 not in sw.ports and self._link_down_at is not None:
+            self._link_down_at = None
+            self._port_gone(0)
+
+    def _port_link(self, port: int, up: bool, peer: str) -> None:
+        if up:
+            self._switch_on()
+            self._switch.arrive(port, peer)
+            log.info("guest port %d up: %s", port, peer)
+        elif self._switch.active:
+            self._port_gone(port)
+            log.info("guest port %d down", port)
+
+    def _port_gone(self, port: int) -> None:
+        """Port ``port`` went away: its MACs go, and the flows of the addresses they held
+        are reset (the guest is not there to hear of it). Leases stay: a guest that comes
+        back with its MAC gets its address again."""
+        gone = self._switch.leave(port)
+        if not gone:
+            return
+        ips = [ip for ip, mac in self._arp_table.items() if mac in gone]
+        ips += [ip for ip, mac in self._ndp.neighbors.items()
+                if mac in gone and ip not in self._virtual6]
+        for ip in ips:
+            self._forget_guest(ip, f"port {port} left")
+
+    def _port_frames(self, port: int, run: bytes, now_ns: int, filtered: bool = False) -> None:
+        """A burst from switch port ``port``: learn, switch what is for other ports, and hand
+        the stack its share (one run, through the GRO path). Frames to other ports leave
+        before anything the stack answers."""
+        if port == 0:
+            self._link_down_at = None
+        if self._faults.active and not filtered:
+            run = bytes(self._faults.filter_run(run, OUT, now_ns))
+        sw = self._switch
+        info = sw.port(port)
+        macs = self._our_macs
+        mv = memoryview(run)
+        ours = bytearray()
+        outs: dict[int, bytearray] = {}
+        off = 0
+        for start, off in frame_spans(mv):
+            frame = mv[start:off]
+            info.frames_in += 1
+            if off - start < weth.HEADER_LEN:
+                ours += mv[start - 4 : off]  # the stack counts it malformed
+                continue
+            dst = bytes(frame[:6])
+            sw.learn(bytes(frame[6:12]), port)
+            if dst in macs and not dst[0] & 1:
+                ours += mv[start - 4 : off]
+                continue
+            targets = sw.targets(port, dst, now_ns)
+            if targets is None:
+                continue  # a flood past the port's budget
+            if dst in macs:
+                ours += mv[start - 4 : off]
+            if targets:
+                info.forwarded += 1
+                for q in targets:
+                    buf = outs.get(q)
+                    if buf is None:
+                        buf = outs[q] = bytearray()
+                    buf += mv[start - 4 : off]
+        if off < len(mv):
+            ours += mv[off:]  # a truncated tail: the stack counts it
+        if outs:
+            self._emit_port_runs(outs)
+        if ours:
+            self._guest_frames(bytes(ours), now_ns)
+
+    def _route_out(self, frames: bytes | bytearray) -> dict[int, bytearray]:
+        """The stack's frames (a run) by the ports they go to."""
+        sw = self._switch
+        mv = memoryview(frames)
+        outs: dict[int, bytearray] = {}
+        for start, end in frame_spans(mv):
+            targets = sw.out_targets(bytes(mv[start : start + 6]))
+            if not targets:
+                self.counters["switch_no_port"] += 1
+            for q in targets:
+                buf = outs.get(q)
+                if buf is None:
+                    buf = outs[q] = bytearray()
+                buf += mv[start - 4 : end]
+        return outs
+
+    def _emit_port_runs(self, outs: dict[int, bytearray]) -> None:
+        """One frame effect per port, in port order: port 0's as the single guest's always
+        were, the others' naming their port."""
+        ports = self._switch.ports
+        for q in sorted(outs):
+            run = bytes(outs[q])
+            info = ports.get(q)
+            if info is not None:
+                info.frames_out += len(split_run(run))
+            if q:
+                self._out.append(PortSendFrames(q, run))
+            elif self._runs:
+                self._out.append(SendFrames(run))
+            else:
+                self._out.extend([SendFrame(bytes(f)) for f in split_run(run)])
 
     # ----------------------------------------------------------------------------- output
     #
@@ -642,7 +827,9 @@ class Stack:
             if not kept:
                 return
             frames += kept
-        if self._runs:
+        if self._switch.active:
+            self._emit_port_runs(self._route_out(frames))
+        elif self._runs:
             self._out.append(SendFrames(bytes(frames)))
         else:
             self._out.extend([SendFrame(bytes(f)) for f in split_run(frames)])

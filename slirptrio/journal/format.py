@@ -38,6 +38,8 @@ from slirptrio.core.events import (
     Event,
     GuestFrame,
     GuestFrames,
+    PortFrames,
+    PortSendFrames,
     SendFrame,
     SendFrames,
     encode,
@@ -203,7 +205,7 @@ def frames_of(
 ) -> Iterator[tuple[str, bytes | memoryview]]:
     """The Ethernet frames of one record, ("in"|"out", frame), for the pcap view; runs
     (:class:`GuestFrames`, :class:`SendFrames`) are taken apart."""
-    if isinstance(event, GuestFrames):
+    if isinstance(event, GuestFrames | PortFrames):  # PortFrames: another switch port's
         yield from (("in", f) for f in split_run(event.data))
     elif isinstance(event, GuestFrame):
         yield "in", event.data
@@ -212,8 +214,10 @@ def frames_of(
             yield from (("in", f) for f in split_run(event[1]))
         elif event[0] == GuestFrame.TAG:
             yield "in", event[1]
+        elif event[0] == PortFrames.TAG and len(event) == 3:
+            yield from (("in", f) for f in split_run(event[2]))
     for eff in effects:
-        if isinstance(eff, SendFrames):
+        if isinstance(eff, SendFrames | PortSendFrames):
             yield from (("out", f) for f in split_run(eff.data))
         elif isinstance(eff, SendFrame):
             yield "out", eff.data
@@ -222,3 +226,5 @@ def frames_of(
                 yield from (("out", f) for f in split_run(eff[1]))
             elif eff[0] == SendFrame.TAG:
                 yield "out", eff[1]
+            elif eff[0] == PortSendFrames.TAG and len(eff) == 3 and type(eff[2]) is bytes:
+                yield from (("out", f) for f in split_run(eff[2]))

@@ -64,7 +64,16 @@ from typing import Any, Literal
 
 import msgpack
 
-from slirptrio.core.events import Effect, Event, GuestFrame, GuestFrames, SendFrame, SendFrames
+from slirptrio.core.events import (
+    Effect,
+    Event,
+    GuestFrame,
+    GuestFrames,
+    PortFrames,
+    PortSendFrames,
+    SendFrame,
+    SendFrames,
+)
 from slirptrio.journal import files
 from slirptrio.journal.format import (
     SEGMENT_SUFFIX,
@@ -851,13 +860,13 @@ class Recorder:
         if pcap is not None:
             ts = self._origin_ns + t_ns
             t = type(event)
-            if t is GuestFrames:
+            if t is GuestFrames or t is PortFrames:  # every switch port's frames (issue 22)
                 pcap.add_run(ts, event.data)  # type: ignore[attr-defined]
             elif t is GuestFrame:
                 pcap.add(ts, event.data)  # type: ignore[attr-defined]
             for eff in effects:
                 te = type(eff)
-                if te is SendFrames:
+                if te is SendFrames or te is PortSendFrames:
                     pcap.add_run(ts, eff.data)  # type: ignore[attr-defined]
                 elif te is SendFrame:
                     pcap.add(ts, eff.data)  # type: ignore[attr-defined]

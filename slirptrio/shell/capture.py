@@ -40,13 +40,14 @@ from typing import Any
 
 import trio
 
-from slirptrio.core.events import Effect, Event
+from slirptrio.core.events import Effect, Event, PortFrames, PortSendFrames
 from slirptrio.journal.format import frames_of
 from slirptrio.syntax.address import Endpoint as Endpoint
 from slirptrio.syntax.address import ip_port
 from slirptrio.syntax.address import parse_endpoint as parse_endpoint
 from slirptrio.syntax.address import parse_flow as parse_flow
 from slirptrio.syntax.errors import CaptureError as CaptureError
+from slirptrio.wire.framing import split_run
 from slirptrio.wire.pcap import LINKTYPE_ETHERNET, MAGIC_NS, SNAPLEN
 
 log = logging.getLogger("slirptrio.capture")
@@ -74,6 +75,8 @@ class FrameFilter:
     ports: frozenset[int] = frozenset()
     hosts: frozenset[bytes] = frozenset()
     flows: tuple[tuple[Endpoint, Endpoint], ...] = ()
+    guests: frozenset[int] = frozenset()
+    """Switch ports whose frames (in from that guest, out to it) are wanted; empty: all."""
 
     def __post_init__(self) -> None:
         # matches() runs for every frame of the session while a capture is attached.
@@ -157,12 +160,15 @@ class FrameFilter:
         return self._dhcp and proto == 17 and (sport in (67, 68) or dport in (67, 68))
 
     def describe(self) -> dict[str, Any]:
-        return {
+        out: dict[str, Any] = {
             "proto": sorted(self.protos),
             "port": sorted(self.ports),
             "host": sorted(str(ip_address(h)) for h in self.hosts),
             "flow": [f"{ip_port(a.ip, a.port)}-{ip_port(b.ip, b.port)}" for a, b in self.flows],
         }
+        if self.guests:
+            out["guest"] = sorted(self.guests)
+        return out
 
 
 def filter_from_request(
@@ -205,7 +211,13 @@ def filter_from_request(
             flows.append(parse_flow(f))
         else:
             raise CaptureError(f"bad flow {f!r}")
-    return FrameFilter(frozenset(protos), frozenset(ports), frozenset(hosts), tuple(flows))
+    guests = set()
+    for g in strings("guest"):
+        if not isinstance(g, int) or isinstance(g, bool) or g < 0:
+            raise CaptureError(f"bad guest port {g!r}")
+        guests.add(g)
+    return FrameFilter(frozenset(protos), frozenset(ports), frozenset(hosts), tuple(flows),
+                       frozenset(guests))
 
 
 # -------------------------------------------------------------------------------- captures
@@ -232,8 +244,11 @@ class Capture:
     queue: collections.deque[bytes | memoryview] = field(default_factory=collections.deque)
     wake: trio.Event = field(default_factory=trio.Event)
 
-    def offer(self, ts_ns: int, frame: bytes | memoryview) -> None:
-        """Buffer one frame (never blocks); count it lost when the buffer is full."""
+    def offer(self, ts_ns: int, frame: bytes | memoryview, port: int = 0) -> None:
+        """Buffer one frame that crossed switch port ``port`` (never blocks); count it lost
+        when the buffer is full."""
+        if self.filter.guests and port not in self.filter.guests:
+            return
         if not self.filter.matches(frame):
             return
         n = len(frame)
@@ -285,6 +300,11 @@ class Captures:
         """Offer the step's frames to every capture (called by the door loop)."""
         ts = self._origin_ns + t_ns
         caps = self.active.values()
+        if type(event) is PortFrames or any(type(e) is PortSendFrames for e in effects):
+            for port, pframe in _frames_by_port(event, effects):  # several guests
+                for c in caps:
+                    c.offer(ts, pframe, port)
+            return
         # frames_of knows every way a step carries frames (single frames, runs of them).
         for _direction, frame in frames_of(event, effects):
             for c in caps:
@@ -330,6 +350,21 @@ class Captures:
                 except (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
                     pass
             log.info("capture %d ended: %d frames, %d lost", cap.id, cap.frames, cap.lost)
+
+
+def _frames_by_port(event: Event, effects: list[Effect]) -> list[tuple[int, memoryview]]:
+    """A step's frames with the switch port each crossed (0: the single guest's)."""
+    out: list[tuple[int, memoryview]] = []
+    if isinstance(event, PortFrames):
+        out += [(event.port, f) for f in split_run(event.data)]
+    else:
+        out += [(0, memoryview(f)) for _d, f in frames_of(event, [])]
+    for e in effects:
+        if isinstance(e, PortSendFrames):
+            out += [(e.port, f) for f in split_run(e.data)]
+        else:
+            out += [(0, memoryview(f)) for _d, f in frames_of([], [e])]
+    return out
 
 
 def _counts(cap: Capture) -> bytes:

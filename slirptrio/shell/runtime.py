@@ -29,7 +29,16 @@ from typing import Any
 
 import trio
 
-from slirptrio.core.events import CoreError, Effect, Event, FrameRuns, SendFrame, SendFrames, Tick
+from slirptrio.core.events import (
+    CoreError,
+    Effect,
+    Event,
+    FrameRuns,
+    PortSendFrames,
+    SendFrame,
+    SendFrames,
+    Tick,
+)
 from slirptrio.core.stack import Stack
 from slirptrio.door import Door
 from slirptrio.journal.writer import Recorder
@@ -76,6 +85,9 @@ class Runtime:
     def __init__(self, stack: Stack, port: GuestPort, recorder: Recorder | None = None) -> None:
         self.stack = stack
         self.port = port
+        # Switch ports 1 and up (several guests, issue 22): the transport task of each adds
+        # its queue here while its guest is attached.
+        self.ports: dict[int, GuestPort] = {}
         self.recorder = recorder
         self.door = Door(stack, recorder)
         if recorder is not None:
@@ -127,6 +139,8 @@ class Runtime:
                 self._step(Tick(), now)
                 deadline = self.stack.poll_at()
             self.port.kick()
+            for extra in self.ports.values():
+                extra.kick()
             for hook in self.after_burst:
                 try:
                     hook()  # may hand over more events (TcpSent): stepped in this loop
@@ -151,6 +165,10 @@ class Runtime:
                 self.port.put_run(effect.data)  # type: ignore[attr-defined]
             elif t is SendFrame:
                 self.port.put(effect.data)  # type: ignore[attr-defined]
+            elif t is PortSendFrames:
+                extra = self.ports.get(effect.port)  # type: ignore[attr-defined]
+                if extra is not None:  # a port that just left: its frames are lost with it
+                    extra.put_run(effect.data)  # type: ignore[attr-defined]
             else:
                 handler = self.handlers.get(t)
                 if handler is None:

@@ -7,8 +7,13 @@ door: when the guest is not draining (QEMU's NIC queue is full, or no guest is a
 past the bound are dropped and counted, as libslirp's ``send_packet`` contract allows ("TCP will
 then handle retransmissions").
 
-QEMU's stream server and client accept one peer at a time; so do we. When the guest goes away
-the stack keeps its state and the transport waits for (listen) or retries (connect) the next one.
+QEMU's stream server and client accept one peer at a time; so does ``--connect``. ``--listen``
+takes several at once (issue 22): the first is port 0, the single guest of old, every other
+connection a switch port of its own (:class:`~slirptrio.core.events.PortFrames`), each with its
+own bounded queue; a port whose QEMU stops reading while frames keep coming is dropped once
+``STALL_FRAMES`` frames in a row found its queue full, so it never holds the others back.
+When the guest goes away the stack keeps its state and the transport waits for (listen) or
+retries (connect) the next one.
 """
 
 from __future__ import annotations
@@ -20,10 +25,12 @@ import logging
 import os
 import socket as _socket
 import stat
+from collections.abc import Callable
 
 import trio
 
-from slirptrio.core.events import GuestFrames, GuestLink
+from slirptrio.core.events import Event, GuestFrames, GuestLink, PortFrames, PortLink
+from slirptrio.core.switch import MAX_PORTS
 from slirptrio.shell.descriptors import AcceptLoop, Spare
 from slirptrio.shell.inbox import Inbox
 from slirptrio.shell.nbio import TryFirst
@@ -39,6 +46,9 @@ _RECV_SIZE = 1 << 18
 _WRITE_BATCH_BYTES = 1 << 20
 _IOV_MAX = 1024
 _DGRAM_BURST = 64  # datagrams gathered into one run at most
+STALL_FRAMES = 4096
+"""Frames in a row dropped at a full queue after which a switch port's connection is closed
+(its QEMU stopped reading)."""
 
 
 class GuestPort:
@@ -55,18 +65,21 @@ class GuestPort:
     def __init__(self, max_frames: int = 8192, max_bytes: int = 32 << 20) -> None:
         # (data, raw): raw data is stream bytes (a run, or what is left of a partial write)
         self._queue: collections.deque[tuple[bytes | memoryview, bool]] = collections.deque()
-        self._max = max_frames
-        self._max_bytes = max_bytes
+        self._max = self.max_frames = max_frames
+        self._max_bytes = self.max_bytes = max_bytes
         self.queued_bytes = 0
         self._wakeup = trio.Event()
         self.attached = False
         self.dropped = 0
         self.sent = 0  # bytes handed to the transport
         self.foreign = 0  # datagrams from a sender other than the dgram transport's peer
+        self.own = 0  # our own frames a multicast bus looped back to us
         self.direct_fd = -1  # a stream socket the door loop and the writer write to directly
         # a datagram socket and its peer, written to directly (a frame per datagram)
         self.dgram: tuple[_socket.socket, str | tuple[str, int]] | None = None
         self.dgram_errors: list[OSError] = []  # sends that failed (the writer task logs them)
+        self.stalled = 0  # frames dropped at a full queue since the guest last took any
+        self.on_stall: trio.CancelScope | None = None  # cancelled past STALL_FRAMES (ports >= 1)
 
     def put(self, frame: bytes) -> None:
         """Queue one frame."""
@@ -82,7 +95,12 @@ class GuestPort:
             or len(self._queue) >= self._max
             or self.queued_bytes + len(data) > self._max_bytes
         ):
-            self.dropped += len(split_run(data)) if raw else 1
+            n = len(split_run(data)) if raw else 1
+            self.dropped += n
+            if self.attached and self.on_stall is not None:
+                self.stalled += n
+                if self.stalled >= STALL_FRAMES:
+                    self.on_stall.cancel()
             return
         self._queue.append((data, raw))
         self.queued_bytes += len(data)
@@ -165,6 +183,7 @@ class GuestPort:
         return n
 
     def _consume(self, n: int) -> None:
+        self.stalled = 0
         q = self._queue
         while n:
             data, raw = q[0]
@@ -184,6 +203,7 @@ class GuestPort:
         parts: list[bytes | memoryview] = []
         size = 0
         q = self._queue
+        self.stalled = 0
         while q and size < max_bytes:
             data, raw = q.popleft()
             self.queued_bytes -= len(data)
@@ -292,18 +312,23 @@ class _RunReader:
 
 
 async def serve_stream(
-    stream: trio.abc.Stream, inbox: Inbox, port: GuestPort, peer: str
+    stream: trio.abc.Stream, inbox: Inbox, port: GuestPort, peer: str, number: int = 0
 ) -> None:
     """Carry frames between one connected QEMU stream peer and the stack until it goes away.
 
-    Everything one read brings in goes to the door as one :class:`GuestFrames` run.
+    Everything one read brings in goes to the door as one :class:`GuestFrames` run (switch
+    port ``number`` > 0: :class:`PortFrames`; such a port is also dropped when its guest stops
+    reading, see ``STALL_FRAMES``).
     """
     reader = _RunReader(stream)
     port.attach(stream.socket.fileno() if isinstance(stream, trio.SocketStream) else -1)
-    log.info("guest attached: %s", peer)
-    await inbox.send(GuestLink(True))
+    log.info("guest attached: %s%s", peer, f" (port {number})" if number else "")
+    link: Event = PortLink(number, True, peer) if number else GuestLink(True)
+    await inbox.send(link)
     try:
         async with trio.open_nursery() as nursery:
+            if number:
+                port.on_stall = nursery.cancel_scope
             nursery.start_soon(_stream_writer, stream, port, peer, nursery.cancel_scope)
             try:
                 while True:
@@ -313,7 +338,7 @@ async def serve_stream(
                         break
                     if run:
                         # No checkpoint when there is room: the door loop takes a burst.
-                        event = GuestFrames(run)
+                        event = PortFrames(number, run) if number else GuestFrames(run)
                         try:
                             inbox.send_nowait(event)
                         except trio.WouldBlock:
@@ -323,11 +348,15 @@ async def serve_stream(
             except (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as exc:
                 log.info("guest connection %s lost: %s", peer, exc)
             nursery.cancel_scope.cancel()
+        if port.stalled >= STALL_FRAMES:
+            log.warning("dropping guest port %d (%s): it stopped reading", number, peer)
     finally:
         port.detach()
+        port.on_stall = None
+        port.stalled = 0
         with trio.CancelScope(shield=True):
             await stream.aclose()
-            await inbox.send(GuestLink(False))
+            await inbox.send(PortLink(number, False, peer) if number else GuestLink(False))
 
 
 def _remove_stale_socket(path: str, kind: int) -> None:
@@ -425,10 +454,27 @@ async def open_listener(addr: Address) -> trio.SocketListener:
     return listeners[0]
 
 
+def claim_port(ports: dict[int, GuestPort], template: GuestPort) -> tuple[int, GuestPort] | None:
+    """The lowest free switch port number >= 1 and a queue for it (an eighth of
+    ``template``'s bounds, port 0's: :data:`MAX_PORTS` of them hold at most 8 times port 0's
+    bytes), registered in ``ports``; None when :data:`MAX_PORTS` are in use."""
+    for n in range(1, MAX_PORTS):
+        if n not in ports:
+            gp = ports[n] = GuestPort(max(64, template.max_frames // 8),
+                                      max(1 << 20, template.max_bytes // 8))
+            return n, gp
+    return None
+
+
 async def run_listen(
-    listener: trio.SocketListener, inbox: Inbox, port: GuestPort
+    listener: trio.SocketListener,
+    inbox: Inbox,
+    port: GuestPort,
+    ports: dict[int, GuestPort] | None = None,
 ) -> None:
-    """Accept QEMU stream clients, one at a time; a second concurrent client is refused.
+    """Accept QEMU stream clients: the first is port 0 (``port``); while it is attached,
+    others become switch ports 1, 2, ... (registered in ``ports``; None: refused, one guest
+    at a time).
 
     Running out of descriptors never ends this: a spare one is kept for the guest's
     connection, and past that the accept backs off and retries.
@@ -446,16 +492,27 @@ async def run_listen(
                 busy = False
                 spare.take()  # if the guest's connection had it: the next one may need it
 
+        async def handle_port(stream: trio.SocketStream, n: int, gp: GuestPort) -> None:
+            assert ports is not None
+            try:
+                await serve_stream(stream, inbox, gp, _peer_name(stream), n)
+            finally:
+                ports.pop(n, None)
+
         try:
             while True:
                 conn, _addr = await acceptor.accept()
                 stream = trio.SocketStream(conn)
-                if busy:
-                    log.warning("refusing a second guest connection while one is attached")
+                if not busy:
+                    busy = True
+                    nursery.start_soon(handle, stream)
+                    continue
+                claimed = claim_port(ports, port) if ports is not None else None
+                if claimed is None:
+                    log.warning("refusing a guest connection: no free switch port")
                     await stream.aclose()
                     continue
-                busy = True
-                nursery.start_soon(handle, stream)
+                nursery.start_soon(handle_port, stream, *claimed)
         finally:
             spare.close()
             listener.socket.close()
@@ -556,12 +613,63 @@ def _same_file(a: str, b: str) -> bool:
     return (sa.st_dev, sa.st_ino) == (sb.st_dev, sb.st_ino)
 
 
+class AnySender(PeerFilter):
+    """Every member of a multicast bus is a peer (they all send from the bus's port)."""
+
+    def accepts(self, sender: object) -> bool:
+        return True
+
+
+def parse_mcast(text: str) -> tuple[str, int]:
+    """``GROUP:PORT`` (an IPv4 multicast group, as QEMU's ``socket,mcast=``); raises
+    :class:`AddressError`."""
+    import ipaddress
+
+    group, sep, port = text.rpartition(":")
+    try:
+        addr = ipaddress.IPv4Address(group)
+    except ValueError:
+        addr = None
+    if not sep or addr is None or not addr.is_multicast:
+        raise AddressError(f"{text!r}: expected GROUP:PORT with an IPv4 multicast group")
+    if not port.isdigit() or not 0 < int(port) <= 65535:
+        raise AddressError(f"{text!r}: bad port")
+    return group, int(port)
+
+
+async def open_mcast(group: str, port: int) -> trio.socket.SocketType:
+    """Join QEMU's multicast frame bus ``group``:``port`` on loopback only: membership on
+    127.0.0.1, sent from the loopback interface with TTL 0 (never past this host), looped
+    back so that the other members on this host hear us (and we hear ourselves: see
+    :func:`run_dgram`'s ``own``)."""
+    sock = trio.socket.socket(_socket.AF_INET, _socket.SOCK_DGRAM)
+    try:
+        sock.setsockopt(_socket.SOL_SOCKET, _socket.SO_REUSEADDR, 1)
+        await sock.bind((group, port))
+        lo = _socket.inet_aton("127.0.0.1")
+        sock.setsockopt(_socket.IPPROTO_IP, _socket.IP_ADD_MEMBERSHIP,
+                        _socket.inet_aton(group) + lo)
+        sock.setsockopt(_socket.IPPROTO_IP, _socket.IP_MULTICAST_IF, lo)
+        sock.setsockopt(_socket.IPPROTO_IP, _socket.IP_MULTICAST_TTL, 0)
+        sock.setsockopt(_socket.IPPROTO_IP, _socket.IP_MULTICAST_LOOP, 1)
+        sock.setsockopt(_socket.SOL_SOCKET, _socket.SO_RCVBUF, 1 << 22)
+    except OSError as exc:
+        sock.close()
+        raise OSError(exc.errno, f"cannot join the multicast bus {group}:{port}: "
+                      f"{exc.strerror or exc}") from exc
+    except BaseException:
+        sock.close()
+        raise
+    return sock
+
+
 async def run_dgram(
     sock: trio.socket.SocketType,
     remote: Address,
     inbox: Inbox,
     port: GuestPort,
     peer: PeerFilter | None = None,
+    own: Callable[[bytes], bool] | None = None,
 ) -> None:
     """One frame per datagram, both ways (QEMU ``-netdev dgram``). Datagrams from anybody but
     ``remote`` (``peer``: its filter, made here if not given) are dropped and counted
@@ -569,7 +677,8 @@ async def run_dgram(
 
     The datagrams waiting when the socket becomes readable (up to 64, or about 320 KiB) are
     read without blocking straight into one buffer, with length prefixes, and go to the door as
-    one :class:`GuestFrames` run.
+    one :class:`GuestFrames` run. ``own(src_mac)``: a frame from that MAC is one we sent
+    (a multicast bus loops it back) and is left out, counted as ``GuestPort.own``.
     """
     target: str | tuple[str, int] = remote.path if remote.kind == "unix" else (
         remote.host,
@@ -624,6 +733,9 @@ async def run_dgram(
                             continue
                         if not n or n > MAX_FRAME:
                             continue  # QEMU sends neither empty nor oversized frames
+                        if own is not None and n >= 12 and own(bytes(mv[pos + 10 : pos + 16])):
+                            port.own += 1
+                            continue
                         mv[pos : pos + 4] = n.to_bytes(4, "big")
                         pos += 4 + n
                     run = bytes(mv[:pos])

@@ -243,6 +243,13 @@ OPTIONS: tuple[Option, ...] = (
     Option("bootfile", "bootfile", "str", "", "FILE: the boot file, DHCP option 67",
            parse=lambda k, v: _name(k, v, allow_empty=False)),
     Option("smb", "smb", "str", "", "DIR: a directory shared over SMB", parse=_path),
+    # Several guests on one stack (issue 22): slirptrio's extensions.
+    Option("isolate", "isolate", "bool", False,
+           "on|off: guests on the switch reach only the router, not each other (off)",
+           parse=_bool, qemu=False),
+    Option("dhcp-clients", "dhcp_clients", "int", 16,
+           "1..1024: addresses DHCP hands out from dhcpstart, one per MAC (16, as QEMU)",
+           parse=_ranged(1, 1024), qemu=False),
 )  # fmt: skip
 
 BY_NAME: dict[str, Option] = {o.name: o for o in OPTIONS}
