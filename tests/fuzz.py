@@ -83,6 +83,8 @@ from slirptrio.core.events import (
     IcmpEchoReply,
     IcmpEchoSend,
     IcmpUnavailable,
+    PortFrames,
+    PortLink,
     SendFrame,
     SendFrames,
     TcpClose,
@@ -111,6 +113,7 @@ from slirptrio.journal import open_journal
 from slirptrio.journal.writer import Recorder
 from slirptrio.wire.checksum import internet_checksum, pseudo_header_sum
 from slirptrio.wire.framing import split_run
+from tests.fuzz_ports import port_burst
 from tests.journals import header_for
 from tests.snapshots import plain_roundtrip
 from tests.streams import FAULT_RULES
@@ -823,6 +826,10 @@ class Session:
             return FaultAdd(rng.randrange(4), text)
         if r < 0.94:
             return FaultRemove(rng.randrange(-1, 4))
+        if r < 0.95:  # more guests on the link now and then (issue 22): the switch comes on
+            return PortLink(rng.randrange(1, 3), rng.random() < 0.7, "fuzz")
+        if r < 0.96:
+            return PortFrames(rng.randrange(1, 3), port_burst(rng, rng.randrange(1, 3)))
         if r < 0.97:
             return IcmpUnavailable(rng.randrange(1, 50), _errno.EPERM)
         return UdpReceived(rng.randrange(1, 100), b"for nobody")

@@ -83,6 +83,15 @@ def _frame(rng: random.Random, mac: bytes, ip: str) -> bytes:
     return b""  # an empty frame
 
 
+def port_burst(rng: random.Random, port: int) -> bytes:
+    """A run of one to three frames from guest MACs on ``port`` (for the other fuzzers)."""
+    frames = []
+    for _ in range(rng.randrange(1, 4)):
+        mac = MACS[(port * 2 + rng.randrange(2)) % len(MACS)]
+        frames.append(_frame(rng, mac, f"10.0.2.{15 + MACS.index(mac)}"))
+    return b"".join(len(f).to_bytes(4, "big") + f for f in frames)
+
+
 def port_events(rng: random.Random, steps: int) -> list[tuple[int, Event]]:
     """One session of ``steps`` port events (arrivals, departures, bursts) with times."""
     t = MS

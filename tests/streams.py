@@ -12,6 +12,7 @@ purpose (data beyond credit, stale flows, overlapping fragments).
 from __future__ import annotations
 
 import dataclasses
+import random
 from typing import Any
 
 from hypothesis import strategies as st
@@ -31,6 +32,8 @@ from slirptrio.core.events import (
     IcmpEchoOpen,
     IcmpEchoReply,
     IcmpUnavailable,
+    PortFrames,
+    PortLink,
     SendFrame,
     TcpConnect,
     TcpConnected,
@@ -219,11 +222,17 @@ BLOCK = st.one_of(
     st.just([("ndp", 0), ("ndp", 1), ("dhcpv6", 0)]),
     st.just([("ping", 0, 1, 1), ("echo_reply", 0, 1), ("time", 2 * SEC), ("tick_due",)]),
     st.just([("ping6", 0, 1, 1), ("echo_reply", 0, 1), ("time", 2 * SEC), ("tick_due",)]),
-    st.builds(_tftp, st.booleans(), _small, st.integers(0, 3)),
+    # one block per family: a drawn boolean leans to False, and IPv6 reads would be rare
+    st.builds(_tftp, st.just(False), _small, st.integers(0, 3)),
+    st.builds(_tftp, st.just(True), _small, st.integers(0, 3)),
     # fault rules (issue 23) put in force, or taken out, while everything else goes on
     st.tuples(st.just("fault"), st.integers(0, 2),
               st.integers(0, len(FAULT_RULES) - 1)).map(lambda a: [a]),
     st.tuples(st.just("fault_rm"), st.integers(-1, 2)).map(lambda a: [a]),
+    # other guests on further switch ports (issue 22): they come, send, and go
+    st.tuples(st.just("port_link"), st.integers(1, 2), st.booleans()).map(lambda a: [a]),
+    st.tuples(st.just("port_frames"), st.integers(1, 2),
+              st.integers(0, 2**32 - 1)).map(lambda a: [a]),
 )
 
 
@@ -607,6 +616,14 @@ class _Driver:
 
     def _fault_rm(self, rid: int) -> None:
         self.step(FaultRemove(rid))
+
+    def _port_link(self, port: int, up: bool) -> None:
+        self.step(PortLink(port, up, f"p{port}"))
+
+    def _port_frames(self, port: int, seed: int) -> None:
+        from tests.fuzz_ports import port_burst
+
+        self.step(PortFrames(port, port_burst(random.Random(seed), port)))
 
     def _upstreams(self, variant: int) -> None:
         text = ["127.0.0.1:5353", "127.0.0.1:5353 127.0.0.2:53", "", "[::1]:53"][variant]

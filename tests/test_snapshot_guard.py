@@ -56,6 +56,8 @@ RICH: list[streams.Action] = [
     ("tftp_rrq", True, 1), ("tftp_opened", 1, 0), ("tftp_chunk", 1), ("tftp_ack", 1, 0),
     ("tftp_chunk", 1), ("tftp_rrq", True, 2),
     ("fwd", 2, 0), ("fwd", 5, 2), ("fwd", 6, 1), ("fwd", 7, 2),
+    ("port_link", 1, True), ("port_frames", 1, 1), ("port_frames", 1, 2),
+    ("port_link", 2, True), ("port_frames", 2, 3), ("port_link", 2, False),
     ("time", 300 * streams.MS), ("tick_due",),
 ]
 RICH_OPTIONS = "hostname=vm1,tftp=/nonexistent-guard-root"

@@ -640,6 +640,10 @@ class Faults:
                 t = deadline
         return t
 
+    def held_senders(self) -> list[bytes]:
+        """The source MACs of the guest frames rules hold back (for the switch to place)."""
+        return [bytes(h[4][6:12]) for h in self._held if h[2] == OUT and len(h[4]) >= 12]
+
     def release(self, now: int) -> tuple[list[bytes], list[bytes]]:
         """The held frames due at ``now``: (from the guest, toward the guest), in order."""
         out: list[bytes] = []

@@ -706,9 +706,15 @@ class Stack:
             return
         sw.active = True
         self.counters["switch_on"] += 1
-        for mac in [*self._arp_table.values(), *self._ndp.neighbors.values(), self.guest_mac]:
+        # Frames a fault rule holds back came from port 0 too (the only one until now).
+        for mac in [*self._arp_table.values(), *self._ndp.neighbors.values(), self.guest_mac,
+                    *self._faults.held_senders()]:
             if mac is not None:
                 sw.learn(mac, 0)
+        if 0 not in sw.ports and self._link_down_at is None and sw.macs:
+            # A guest sent on port 0 with no link event before it (an embedder's stream, an
+            # older journal): it is there all the same.
+            sw.ports[0] = PortInfo(0, "guest")
         if 0 not in sw.ports and self._link_down_at is not None:
             self._link_down_at = None
             self._port_gone(0)
