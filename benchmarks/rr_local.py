@@ -11,19 +11,31 @@ prints the process CPU time per round trip (or connection). The fake guest's and
 server's own work is in the figure (the guest builds frames with the fast path's ``tcp_run``
 and parses them with ``scan_frames``); it is the same before and after a change, so differences
 are slirptrio's. ``--profile`` prints cProfile's top functions.
+
+Times on a shared machine are noise; counts are not. Every run also prints, per round trip (or
+connection): door steps (by event type), journal records, pcap frames, ``Stack.poll_at`` calls
+and Python function calls (cProfile's count, a separate pass); ``--syscalls`` adds the
+syscalls of the whole process (``strace -f -c``, the difference between a run of N and one of
+2N operations, so setup cancels out), with ``setsockopt`` and ``epoll_ctl`` named. A regression
+shows as a number here before it shows as a time.
 """
 
 from __future__ import annotations
 
 import argparse
+import collections
 import cProfile
 import io
 import os
 import pstats
+import re
+import shutil
 import socket
+import subprocess
 import sys
 import tempfile
 import time
+from typing import Any
 
 import trio
 
@@ -105,7 +117,19 @@ class FakeGuest:
                 return got
 
 
-async def main_async(round_trips: int, journal: bool, profile: bool, crr: bool) -> float:
+Counts = dict[str, float]
+
+
+def _recorded(recorder: Recorder) -> tuple[int, int]:
+    """Journal records and pcap frames handed to the writer so far (0 where not kept)."""
+    journal, pcap = getattr(recorder, "journal", None), getattr(recorder, "pcap", None)
+    return int(getattr(journal, "records", 0)), int(getattr(pcap, "frames", 0))
+
+
+async def main_async(
+    round_trips: int, journal: bool, profile: bool, crr: bool, count_calls: bool = False
+) -> tuple[float, Counts]:
+    """Run the workload; return the CPU seconds it took and its counts per operation."""
     tmp = tempfile.mkdtemp(prefix="slirptrio-rr-")
     config = parse_user_options("")
     stack = Stack(config, 1)
@@ -121,6 +145,22 @@ async def main_async(round_trips: int, journal: bool, profile: bool, crr: bool) 
     flows = TcpFlows(runtime.inbox, batched=True)
     runtime.handlers.update(flows.handlers())
     runtime.after_burst.append(flows.kick)
+    steps: collections.Counter[str] = collections.Counter()
+    counting = False
+
+    def count_step(_t: int, event: Any, _effects: Any) -> None:
+        if counting:
+            steps[type(event).__name__] += 1
+
+    runtime.taps.append(count_step)
+    polls = [0]
+    poll_at = stack.poll_at
+
+    def counted_poll_at() -> int | None:
+        polls[0] += 1
+        return poll_at()
+
+    stack.poll_at = counted_poll_at  # type: ignore[method-assign]
     listener = trio.socket.socket()
     await listener.bind(("127.0.0.1", 0))
     listener.listen(8)
@@ -160,7 +200,10 @@ async def main_async(round_trips: int, journal: bool, profile: bool, crr: bool) 
 
         if not crr:
             await connect()
-        prof = cProfile.Profile() if profile else None
+        prof = cProfile.Profile() if profile or count_calls else None
+        counting = True
+        polls[0] = 0
+        records0, frames0 = _recorded(recorder)
         t0 = time.process_time()
         if prof is not None:
             prof.enable()
@@ -171,15 +214,61 @@ async def main_async(round_trips: int, journal: bool, profile: bool, crr: bool) 
             await guest.receive_data()
             if crr:
                 await close()
+        calls = 0
         if prof is not None:
             prof.disable()
             out = io.StringIO()
-            pstats.Stats(prof, stream=out).sort_stats("tottime").print_stats(35)
-            print(out.getvalue())
+            stats = pstats.Stats(prof, stream=out)
+            calls = stats.total_calls  # type: ignore[attr-defined]
+            if profile:
+                stats.sort_stats("tottime").print_stats(35)
+                print(out.getvalue())
         elapsed = time.process_time() - t0
+        counting = False
+        recorder.flush()
+        records1, frames1 = _recorded(recorder)
+        n = round_trips
+        counts: Counts = {f"steps {k}": v / n for k, v in sorted(steps.items())}
+        counts["door steps"] = sum(steps.values()) / n
+        counts["poll_at calls"] = polls[0] / n
+        if journal:
+            counts["journal records"] = (records1 - records0) / n
+            counts["pcap frames"] = (frames1 - frames0) / n
+        if count_calls:
+            counts["Python function calls"] = calls / n
         nursery.cancel_scope.cancel()
     recorder.close()
-    return elapsed
+    return elapsed, counts
+
+
+_STRACE_LINE = re.compile(r"^\s*[\d.]+\s+[\d.]+\s+\d+\s+(\d+)\s+(?:\d+\s+)?(\w+)$")
+
+
+def syscalls_per_op(argv: list[str], n: int) -> dict[str, float] | None:
+    """Syscalls per operation of this benchmark (``strace -f -c``): runs of ``n`` and ``2n``
+    operations, the difference divided by ``n``; None without strace."""
+    strace = shutil.which("strace")
+    if strace is None:
+        return None
+    totals = []
+    for k in (n, 2 * n):
+        with tempfile.NamedTemporaryFile("r", suffix=".strace") as out:
+            subprocess.run(
+                [strace, "-f", "-c", "-o", out.name, sys.executable, "-m", "benchmarks.rr_local",
+                 *argv, "--repeat", "1", "--round-trips", str(k), "--no-counts"],
+                check=True, stdout=subprocess.DEVNULL,
+            )
+            calls: dict[str, int] = {}
+            for line in out.read().splitlines():
+                m = _STRACE_LINE.match(line)
+                if m:
+                    calls[m.group(2)] = int(m.group(1))
+            totals.append(calls)
+    return {
+        name: (totals[1].get(name, 0) - totals[0].get(name, 0)) / n
+        for name in sorted(set(totals[0]) | set(totals[1]))
+        if name != "total" and totals[1].get(name, 0) - totals[0].get(name, 0) > 0
+    }
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -190,17 +279,41 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--no-journal", action="store_true", help="journal and pcap off")
     p.add_argument("--profile", action="store_true")
     p.add_argument("--repeat", type=int, default=3, help="report the best of N runs")
+    p.add_argument("--syscalls", action="store_true",
+                   help="also count syscalls per operation (strace -f -c, two extra runs)")
+    p.add_argument("--no-counts", action="store_true", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
-    best = min(
-        trio.run(main_async, args.round_trips, not args.no_journal, args.profile, args.crr)
+    journal = not args.no_journal
+    results = [
+        trio.run(main_async, args.round_trips, journal, args.profile, args.crr)
         for _ in range(args.repeat)
-    )
+    ]
+    best = min(r[0] for r in results)
     what = "connection" if args.crr else "round trip"
     print(
         f"{'crr' if args.crr else 'rr'} journal={'off' if args.no_journal else 'on'} "
         f"fast={fast.IMPL}: {best / args.round_trips * 1e6:.1f} us CPU per {what} "
-        "(fake guest and echo server included)"
+        "(fake guest and echo server included; a time: noise on a shared machine)"
     )
+    if args.no_counts:
+        return 0
+    counts = results[-1][1]
+    n_calls = min(args.round_trips, 500)
+    _t, with_calls = trio.run(main_async, n_calls, journal, False, args.crr, True)
+    counts["Python function calls"] = with_calls["Python function calls"]
+    print(f"counts per {what}:")
+    for name, value in counts.items():
+        print(f"  {name:28} {value:10.2f}")
+    if args.syscalls:
+        mode = (["--crr"] if args.crr else []) + (["--no-journal"] if args.no_journal else [])
+        calls = syscalls_per_op(mode, min(args.round_trips, 2000))
+        if calls is None:
+            print("  syscalls: strace not found")
+        else:
+            print(f"  {'syscalls (whole process)':28} {sum(calls.values()):10.2f}")
+            for name, value in sorted(calls.items(), key=lambda kv: -kv[1]):
+                if value >= 0.05:
+                    print(f"    {name:26} {value:10.2f}")
     return 0
 
 
