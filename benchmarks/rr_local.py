@@ -134,7 +134,8 @@ class FakeGuest:
             return [(r[8], r[10], r[14] - r[13]) for r in fast.scan_frames(run)
                     if r[0] == fast.KIND_TCP]
         out = []
-        for frame in split_run(run):  # IPv6 without extension headers: all the stack sends
+        for view in split_run(run):  # IPv6 without extension headers: all the stack sends
+            frame = bytes(view)
             if frame[12:14] == b"\x86\xdd" and frame[20] == 6:
                 thl = (frame[66] >> 4) * 4
                 plen = int.from_bytes(frame[18:20], "big") - thl
@@ -240,13 +241,13 @@ async def main_async(
             await guest.receive_data()
             if crr:
                 await close()
-        calls = ours = 0
+        calls = in_pkg = 0
         if prof is not None:
             prof.disable()
             out = io.StringIO()
             stats = pstats.Stats(prof, stream=out)
             calls = stats.total_calls  # type: ignore[attr-defined]
-            ours = sum(
+            in_pkg = sum(
                 v[1] for k, v in stats.stats.items()  # type: ignore[attr-defined]
                 if "/slirptrio/" in k[0]
             )
@@ -266,7 +267,7 @@ async def main_async(
             counts["pcap frames"] = (frames1 - frames0) / n
         if count_calls:
             counts["Python function calls"] = calls / n
-            counts["  of them in slirptrio/"] = ours / n
+            counts["  of them in slirptrio/"] = in_pkg / n
         nursery.cancel_scope.cancel()
     recorder.close()
     return elapsed, counts
