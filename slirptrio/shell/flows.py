@@ -352,8 +352,7 @@ async def _open_tcp(host: str, port: int) -> SocketEnd:
     # resolves it again and takes two more trips through the scheduler) has nothing to add.
     raw = _socket.socket(family, _socket.SOCK_STREAM)
     try:
-        raw.setblocking(False)
-        sock = trio.socket.from_stdlib_socket(raw)
+        sock = trio.socket.from_stdlib_socket(raw)  # makes it non-blocking (one ioctl, not two)
         end = SocketEnd(sock)
         await trio.lowlevel.checkpoint_if_cancelled()
         err = raw.connect_ex((host, port))
