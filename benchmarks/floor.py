@@ -23,12 +23,14 @@ from __future__ import annotations
 import argparse
 import contextlib
 import os
+import queue
 import shutil
 import socket
 import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -163,16 +165,39 @@ def _free_port() -> int:
         return int(s.getsockname()[1])
 
 
+class _Child:
+    """A child process whose output lines are read as they come (a thread), so a child that
+    prints a line per connection never blocks on a full pipe."""
+
+    def __init__(self, proc: subprocess.Popen[str]) -> None:
+        self.proc = proc
+        self.lines: queue.Queue[str | None] = queue.Queue()
+        threading.Thread(target=self._read, daemon=True).start()
+
+    def _read(self) -> None:
+        assert self.proc.stdout is not None
+        for line in self.proc.stdout:
+            self.lines.put(line)
+        self.lines.put(None)
+
+    def line(self, timeout: float = 60.0) -> str | None:
+        """The next line (None at the end of the output or after ``timeout`` seconds)."""
+        try:
+            return self.lines.get(timeout=timeout)
+        except queue.Empty:
+            return None
+
+
 @contextlib.contextmanager
-def _spawned(argv: list[str], ready: str) -> Iterator[subprocess.Popen[str]]:
+def _spawned(argv: list[str], ready: str) -> Iterator[_Child]:
     """A child process that prints ``ready`` once it serves; killed on exit."""
     proc = subprocess.Popen(argv, stdout=subprocess.PIPE, text=True, cwd=HERE.parent)
     try:
-        assert proc.stdout is not None
-        line = proc.stdout.readline().strip()
-        if line != ready:
+        child = _Child(proc)
+        line = child.line()
+        if line is None or line.strip() != ready:
             raise RuntimeError(f"{argv[0]} did not start: {line!r}")
-        yield proc
+        yield child
     finally:
         proc.terminate()
         try:
@@ -191,13 +216,13 @@ def _client(pingpong: Path, mode: str, path: str, seconds: float) -> int:
     return int(words[1])
 
 
-def _conn_lines(proc: subprocess.Popen[str], want: int) -> list[tuple[int, int, int]]:
-    """The relay's per-connection lines, until ``want`` of them (bounded by the relay's end)."""
-    assert proc.stdout is not None
+def _conn_lines(child: _Child, want: int) -> list[tuple[int, int, int]]:
+    """The relay's per-connection lines, until ``want`` of them (bounded by the relay's end
+    and a minute without a line)."""
     out: list[tuple[int, int, int]] = []
     while len(out) < want:
-        line = proc.stdout.readline()
-        if not line:
+        line = child.line()
+        if line is None:
             break
         words = line.split()
         if words and words[0] == "conn":
@@ -217,7 +242,8 @@ def measure(pingpong: Path, seconds: float = 3.0, runs: int = 3, syscalls: bool 
                       "--to", f"127.0.0.1:{port}"]
         hz = os.sysconf("SC_CLK_TCK")
         with _spawned(relay_argv, "listening") as proc:
-            rates, ops, t0 = [], 0, _ticks(proc.pid)
+            pid = proc.proc.pid
+            rates, ops, t0 = [], 0, _ticks(pid)
             steps = waits = 0
             for _ in range(runs):
                 n = _client(pingpong, "rr", sock, seconds)
@@ -226,9 +252,9 @@ def measure(pingpong: Path, seconds: float = 3.0, runs: int = 3, syscalls: bool 
                 ops += n + 1  # and the warm-up round trip
                 steps, waits = steps + s, waits + w
             result.rr_per_s = statistics.median(rates)
-            result.rr_cpu_us = 1e6 * (_ticks(proc.pid) - t0) / hz / ops
+            result.rr_cpu_us = 1e6 * (_ticks(pid) - t0) / hz / ops
             result.rr_steps, result.rr_waits = steps / ops, waits / ops
-            rates, ops, t0 = [], 0, _ticks(proc.pid)
+            rates, ops, t0 = [], 0, _ticks(pid)
             steps = waits = 0
             for _ in range(runs):
                 n = _client(pingpong, "crr", sock, seconds)
@@ -238,7 +264,7 @@ def measure(pingpong: Path, seconds: float = 3.0, runs: int = 3, syscalls: bool 
                 steps += sum(s for _m, s, _w in lines)
                 waits += sum(w for _m, _s, w in lines)
             result.crr_per_s = statistics.median(rates)
-            result.crr_cpu_us = 1e6 * (_ticks(proc.pid) - t0) / hz / max(ops, 1)
+            result.crr_cpu_us = 1e6 * (_ticks(pid) - t0) / hz / max(ops, 1)
             # per-connection counts: the connection's own task steps (the accept loop's and
             # the scheduler's passes between connections are not in them)
             result.crr_steps, result.crr_waits = steps / max(ops, 1), waits / max(ops, 1)
@@ -261,7 +287,7 @@ def _syscalls(pingpong: Path, relay_argv: list[str], sock: str, seconds: float
         with _spawned(argv, "listening") as proc:
             n = _client(pingpong, "rr", sock, seconds) + 1
             _conn_lines(proc, 1)
-            proc.wait(30)  # the relay ends after its one connection; strace writes its table
+            proc.proc.wait(30)  # the relay ends after its one connection; strace writes its table
         calls: dict[str, float] = {}
         for line in out.read().splitlines():
             words = line.split()
