@@ -12,7 +12,10 @@ guest as 10.0.2.2. Measured, one case after another:
 * slirptrio with its journal and pcap on (the default) and off;
 * (unless ``--no-sweep``) slirptrio guest->host and host->guest over a range of MTUs;
 * every slirptrio session's journal replayed (``slirptrio replay``): it must be identical, and
-  the replay's wall time is compared with the session's.
+  the replay's wall time is compared with the session's;
+* the architecture's floor (:mod:`benchmarks.floor`): a minimal trio relay of the same path
+  (unix stream in, TCP loopback out, the same C client and echo server), its round trips/s and
+  connections/s beside slirptrio's, with its trio task steps and scheduler passes per operation.
 
 The table goes to stdout and to ``benchmarks/results.md``. Every namespace and process is
 removed on exit, on failure and on Ctrl-C.
@@ -30,6 +33,7 @@ import re
 import shutil
 import signal
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -39,6 +43,7 @@ from pathlib import Path
 from types import FrameType
 from typing import Literal
 
+from benchmarks import floor
 from benchmarks.stacks import (
     GATEWAY,
     STACKS,
@@ -523,6 +528,22 @@ def render(
         ]
         r = _ratio(vals[0], vals[1])
         row(name, cells, "≥ 0.5x libslirp", r, None if r is None else r >= 0.5)
+    fl = _floor
+    if fl is not None and not fl.error:
+        for rate, cpu, name, want in (
+            (fl.rr_per_s, fl.rr_cpu_us, "round trips/s", 0.6),
+            (fl.crr_per_s, fl.crr_cpu_us, "connections/s", None),
+        ):
+            attr = "rr" if name.startswith("round") else "crr"
+            r = _ratio(getattr(st, attr) if st is not None else None, rate)
+            row(
+                f"{name}: trio floor relay of the same path (no stack)",
+                [_fmt(rate, 0) + ("" if cpu is None else f" ({cpu:,.0f} µs CPU)"), "", ""],
+                "—" if want is None else f"slirptrio ≥ {want}x floor",
+                r,
+                None if r is None or want is None else r >= want,
+                "slirptrio {:.2f}x floor",
+            )
     per = [r.kib_per_flow if r is not None else None for r in (st, lib, s4n)]
     row(
         f"RSS per idle flow, KiB (up to {IDLE_FLOWS:,} flows)",
@@ -538,6 +559,8 @@ def render(
         for r in (st, lib, s4n)
     ]
     row("RSS before → with the idle flows, KiB", rss, "", None, None)
+    if _floor is not None:
+        lines += ["", *(f"{line}  " for line in floor.render(_floor)), ""]
 
     # Journaling: the same stack with journal + pcap off.
     lines += [
@@ -691,6 +714,7 @@ def parse_args(argv: list[str] | None) -> Settings:
 
 
 _output: Path = RESULTS
+_floor: floor.Floor | None = None
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -711,6 +735,12 @@ def main(argv: list[str] | None = None) -> int:
     try:
         with _terminate_as_interrupt():
             pingpong = compile_pingpong(build)
+            global _floor
+            log("-- trio floor relay")
+            try:
+                _floor = floor.measure(pingpong, settings.rr_seconds, settings.rr_runs)
+            except (OSError, RuntimeError, subprocess.SubprocessError) as exc:
+                _floor = floor.Floor(error=str(exc))
             for case in cases(settings):
                 results[case.key] = run_case(case, settings, pingpong)
             if settings.sweep:

@@ -6,6 +6,8 @@
  *                                   prints "rr COUNT ELAPSED"
  *   pingpong crr ADDR PORT SECONDS  connect, 1-byte request / response, close, in a loop;
  *                                   prints "crr COUNT ELAPSED"
+ *   (rr and crr: ADDR "unix:PATH" connects to a unix stream socket instead; PORT is ignored;
+ *   the trio floor relay of benchmarks/floor.py is measured this way)
  *   pingpong hold ADDR PORT N       tries N connections, one round trip on each (so each flow
  *                                   is established end to end), prints "held K refused R",
  *                                   then keeps them open until a signal ends the process
@@ -23,6 +25,7 @@
 #include <sys/epoll.h>
 #include <sys/resource.h>
 #include <sys/socket.h>
+#include <sys/un.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -69,6 +72,38 @@ static int dial(const struct sockaddr_in *sa) {
     if (fd < 0) die("socket");
     nodelay(fd);
     if (connect(fd, (const struct sockaddr *)sa, sizeof *sa) != 0) die("connect");
+    return fd;
+}
+
+/* A client's target: TCP (addr) or, for "unix:PATH", a unix stream socket (un). */
+typedef struct {
+    int is_unix;
+    struct sockaddr_in addr;
+    struct sockaddr_un un;
+} target_t;
+
+static target_t target_of(const char *host, const char *port) {
+    target_t t;
+    memset(&t, 0, sizeof t);
+    if (strncmp(host, "unix:", 5) == 0) {
+        t.is_unix = 1;
+        t.un.sun_family = AF_UNIX;
+        if (strlen(host + 5) >= sizeof t.un.sun_path) {
+            fprintf(stderr, "unix path too long\n");
+            exit(2);
+        }
+        strcpy(t.un.sun_path, host + 5);
+    } else {
+        t.addr = addr_of(host, port);
+    }
+    return t;
+}
+
+static int dial_target(const target_t *t) {
+    if (!t->is_unix) return dial(&t->addr);
+    int fd = socket(AF_UNIX, SOCK_STREAM, 0);
+    if (fd < 0) die("socket");
+    if (connect(fd, (const struct sockaddr *)&t->un, sizeof t->un) != 0) die("connect");
     return fd;
 }
 
@@ -139,8 +174,8 @@ static _Noreturn void serve(const char *host, const char *port) {
 }
 
 static int rr(const char *host, const char *port, double seconds) {
-    struct sockaddr_in sa = addr_of(host, port);
-    int fd = dial(&sa);
+    target_t to = target_of(host, port);
+    int fd = dial_target(&to);
     round_trip(fd); /* warm-up: ARP, flow setup */
     long count = 0;
     double start = now(), end = start + seconds, t = start;
@@ -155,11 +190,11 @@ static int rr(const char *host, const char *port, double seconds) {
 }
 
 static int crr(const char *host, const char *port, double seconds) {
-    struct sockaddr_in sa = addr_of(host, port);
+    target_t to = target_of(host, port);
     long count = 0;
     double start = now(), end = start + seconds, t = start;
     while (t < end) {
-        int fd = dial(&sa);
+        int fd = dial_target(&to);
         round_trip(fd);
         close(fd);
         count++;

@@ -15,6 +15,7 @@ from hypothesis import strategies as st
 from slirptrio.wire import _accel, fast
 from slirptrio.wire.ethernet import build_ethernet
 from slirptrio.wire.ipv4 import build_ipv4
+from slirptrio.wire.ipv6 import build_ipv6, fragment_header
 from slirptrio.wire.tcp import build_tcp, parse_tcp
 from slirptrio.wire.udp import build_udp
 
@@ -25,6 +26,7 @@ SETTINGS = settings(max_examples=300, deadline=None, suppress_health_check=[Heal
 
 macs = st.binary(min_size=6, max_size=6)
 ips = st.binary(min_size=4, max_size=4)
+ips6 = st.binary(min_size=16, max_size=16)
 ports = st.integers(0, 0xFFFF)
 u32 = st.integers(0, 0xFFFFFFFF)
 
@@ -65,6 +67,35 @@ def udp_frames(draw: st.DrawFn) -> bytes:
 
 
 @st.composite
+def ip6_frames(draw: st.DrawFn) -> bytes:
+    """IPv6 TCP or UDP (a zero UDP checksum now and then), sometimes behind a hop-by-hop
+    header or a fragment header, so both the fast and the general path's share are drawn."""
+    src, dst = draw(ips6), draw(ips6)
+    proto = draw(st.sampled_from([6, 17]))
+    payload = draw(st.binary(max_size=1600))
+    if proto == 6:
+        l4 = build_tcp(
+            src, dst, draw(ports), draw(ports), draw(u32), draw(u32), draw(st.integers(0, 255)),
+            draw(ports), payload, mss=draw(st.one_of(st.none(), ports)),
+        )
+    else:
+        l4 = build_udp(src, dst, draw(ports), draw(ports), payload)
+        if draw(st.integers(0, 5)) == 0:
+            l4 = l4[:6] + b"\x00\x00" + l4[8:]
+    nh = proto
+    how = draw(st.sampled_from(["plain", "plain", "plain", "hop", "frag"]))
+    if how == "hop":
+        l4, nh = bytes([proto, 0]) + bytes(6) + l4, 0
+    elif how == "frag":
+        l4, nh = fragment_header(proto, 0, False, draw(u32)) + l4, 44
+    packet = build_ipv6(src, dst, nh, l4, hop_limit=draw(st.integers(0, 255)),
+                        tc=draw(st.integers(0, 255)), flow_label=draw(st.integers(0, 0xFFFFF)))
+    src_mac = bytes([draw(st.integers(0, 255)) & (0xFF if draw(st.integers(0, 9)) == 0 else 0xFE)])
+    return build_ethernet(draw(macs), src_mac + draw(st.binary(min_size=5, max_size=5)), 0x86DD,
+                          packet)
+
+
+@st.composite
 def mutated(draw: st.DrawFn, base: st.SearchStrategy[bytes]) -> bytes:
     frame = bytearray(draw(base))
     for _ in range(draw(st.integers(0, 3))):
@@ -76,15 +107,19 @@ def mutated(draw: st.DrawFn, base: st.SearchStrategy[bytes]) -> bytes:
             del frame[draw(st.integers(0, len(frame))) :]
         elif how == "pad":
             frame += draw(st.binary(max_size=20))
-        elif how == "set" and len(frame) > 50:
+        elif how == "set" and len(frame) > 71:
             # header bytes that steer the parser: ethertype, IHL, length, flags, proto, offset
-            i = draw(st.sampled_from([0, 6, 12, 13, 14, 16, 17, 20, 21, 23, 46, 38, 39]))
+            # (IPv6: version, payload length, next header, the TCP offset and checksum)
+            i = draw(st.sampled_from(
+                [0, 6, 12, 13, 14, 16, 17, 18, 19, 20, 21, 23, 46, 38, 39, 66, 70, 71]
+            ))
             frame[i] = draw(st.integers(0, 255))
     return bytes(frame)
 
 
 frames = st.one_of(
-    mutated(tcp_frames()), mutated(udp_frames()), st.binary(max_size=120), tcp_frames()
+    mutated(tcp_frames()), mutated(udp_frames()), st.binary(max_size=120), tcp_frames(),
+    mutated(ip6_frames()), ip6_frames(),
 )
 
 
@@ -129,6 +164,27 @@ def test_parse_frame_finds_tcp(frame: bytes) -> None:
 
 
 @SETTINGS
+@given(ip6_frames())
+def test_parse_frame_finds_ipv6(frame: bytes) -> None:
+    rec = native.parse_frame(frame)
+    assert rec == fast.pure_parse_frame(frame)
+    nh = frame[14 + 6]
+    zero_udp = nh == 17 and frame[54 + 6 : 54 + 8] == b"\x00\x00"
+    if nh not in (6, 17) or frame[6] & 1 or zero_udp:
+        assert rec[0] == fast.KIND_OTHER  # extension headers, multicast, no UDP checksum
+        return
+    assert rec[0] == nh
+    assert (rec[4], rec[5]) == (frame[22:38], frame[38:54])
+    end = 54 + int.from_bytes(frame[18:20], "big")
+    if nh == 6:
+        seg = parse_tcp(frame[54:end], frame[22:38], frame[38:54])
+        assert rec[6:12] == (seg.sport, seg.dport, seg.seq, seg.ack, seg.flags, seg.window)
+        assert frame[rec[13] : rec[14]] == seg.payload
+    else:
+        assert rec[9] == end
+
+
+@SETTINGS
 @given(st.lists(frames, max_size=8), st.integers(0, 8), st.booleans())
 def test_scan_frames(items: list[bytes], cut: int, empty: bool) -> None:
     run = run_of(items)
@@ -153,7 +209,10 @@ def flow_runs(draw: st.DrawFn) -> list[bytes]:
             out.append(draw(frames))
             continue
         flow = draw(st.integers(0, 2))
+        # flow 2 is IPv6 (sharing ports and the last address byte with an IPv4 flow's)
         src, dst = bytes([10, 0, 2, 15]), bytes([10, 0, 2, 2 + flow])
+        if flow == 2:
+            src, dst = bytes(15) + b"\x0f", bytes(15) + b"\x03"
         k = nxt[flow] if draw(st.integers(0, 4)) else draw(st.integers(0, 6))
         acks[flow] = (acks[flow] + draw(st.sampled_from([0, 0, 7, 1460, -7]))) & 0xFFFFFFFF
         flags = draw(st.sampled_from([ACK, ACK, ACK, ACK | PSH, ACK | FIN, SYN, ACK | 0x40]))
@@ -165,7 +224,10 @@ def flow_runs(draw: st.DrawFn) -> list[bytes]:
         seg = build_tcp(src, dst, 40000 + flow, 80, seq, acks[flow], flags, draw(ports), payload)
         # now and then another destination MAC: a batch holds one pair of MACs only
         to = b"\x52\x55\x0a\x00\x02" + (b"\x10" if draw(st.integers(0, 9)) == 0 else b"\x02")
-        out.append(build_ethernet(to, mac, 0x0800, build_ipv4(src, dst, 6, seg)))
+        if flow == 2:
+            out.append(build_ethernet(to, mac, 0x86DD, build_ipv6(src, dst, 6, seg)))
+        else:
+            out.append(build_ethernet(to, mac, 0x0800, build_ipv4(src, dst, 6, seg)))
     return out
 
 
@@ -206,6 +268,10 @@ def heads(draw: st.DrawFn) -> bytes:
     ip[9] = 6
     ip[12:20] = draw(ips) + draw(ips)
     src_mac = bytes([draw(st.integers(0, 255)) & 0xFE]) + draw(st.binary(min_size=5, max_size=5))
+    if draw(st.integers(0, 2)) == 0:  # an IPv6 template
+        ip6 = build_ipv6(draw(ips6), draw(ips6), 6, b"", hop_limit=draw(st.integers(0, 255)),
+                         tc=draw(st.integers(0, 255)), flow_label=draw(st.integers(0, 0xFFFFF)))
+        return draw(macs) + src_mac + b"\x86\xdd" + ip6
     return draw(macs) + src_mac + b"\x08\x00" + bytes(ip)
 
 
@@ -239,6 +305,8 @@ def test_tcp_run(
     recs = native.scan_frames(bytes(a[len(prefix) :]))
     for i, rec in enumerate(recs):
         assert rec[0] == fast.KIND_TCP
+        assert (rec[4], rec[5]) == ((head[22:38], head[38:54]) if len(head) == 54
+                                    else (head[26:30], head[30:34]))
         assert rec[6:10] == (sport, dport, pos, ack)
         assert rec[10] == (last if i == len(recs) - 1 else flags)
         pos = (pos + rec[14] - rec[13]) & 0xFFFFFFFF
@@ -286,10 +354,14 @@ def test_ones_sum_rejects_a_negative_initial() -> None:
 
 def test_tcp_run_rejects_what_the_reference_rejects() -> None:
     head = b"\x02" * 12 + b"\x08\x00" + bytes([0x45, 0, 0, 0, 0, 0, 0, 0, 64, 6]) + bytes(10)
+    head6 = b"\x02" * 12 + b"\x86\xdd" + build_ipv6(bytes(16), bytes(16), 6, b"")
     good = (head, 1, 2, 3, 4, 5, 6, b"abc", 0, 3, 1460, 0x10, 0x18)
+    native.tcp_run(bytearray(), head6, *good[1:])  # both families' templates are taken
     for i, bad in [
         (0, head[:-1]), (0, head[:23] + b"\x11" + head[24:]), (0, head[:20] + b"\x20" + head[21:]),
         (1, 0x10000), (2, -1), (4, 1 << 32), (6, 0x10000), (8, 2), (9, 4), (10, 0), (12, 256),
+        (0, head6[:-1] + b"\x00\x00"), (0, head6[:14] + b"\x45" + head6[15:]),
+        (0, head6[:20] + b"\x11" + head6[21:]), (0, head6[:13] + b"\xde" + head6[14:]),
     ]:
         args: list[Any] = list(good)
         args[i] = bad

@@ -116,3 +116,32 @@ def test_the_fuzzer_drives_both_paths_alike() -> None:
     out = _python(code, pure=True)
     assert out.returncode == 0, out.stdout + out.stderr
     assert json.loads(out.stdout) == dict(native.counters)
+
+
+def test_an_ipv6_journal_replays_identical_on_the_other_path(tmp_path: pathlib.Path) -> None:
+    """The IPv6 fast path (parse, coalescing, runs out) recorded natively replays identical on
+    the pure path, and a pure recording on the native one, byte for byte the same journal."""
+    from tests.sessions6 import record as record6
+
+    native = tmp_path / "native6.journal"
+    steps, counters = record6(str(native))
+    assert counters["tcp_gro_merged"] > 50 and counters["tcp_ooo_queued"] >= 1
+    assert counters["frames_out"] > 100
+    out = _python(
+        "import sys; from slirptrio.wire import fast; assert fast.IMPL == 'pure';"
+        f"from replay.engine import main; sys.exit(main({str(native)!r}))",
+        pure=True,
+    )
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert out.stdout.startswith(f"identical: {steps} records")
+    pure = tmp_path / "pure6.journal"
+    out = _python(
+        "from slirptrio.wire import fast; assert fast.IMPL == 'pure';"
+        f"from tests.sessions6 import record; print(record({str(pure)!r})[0])",
+        pure=True,
+    )
+    assert out.returncode == 0, out.stdout + out.stderr
+    result = replay_journal(pure)
+    assert result.identical, result.divergence
+    assert result.records == int(out.stdout) == steps
+    assert _journal_bytes(native) == _journal_bytes(pure)

@@ -35,17 +35,24 @@ from slirptrio.core.stack import Stack
 from slirptrio.wire.ethernet import build_ethernet
 from slirptrio.wire.framing import split_run
 from slirptrio.wire.ipv4 import build_ipv4
+from slirptrio.wire.ipv6 import build_ipv6
 from slirptrio.wire.tcp import ACK, FIN, PSH, SYN, build_tcp, parse_tcp
 from tests import guestframes as gf
 
 GUEST = socket.inet_aton("10.0.2.15")
 HOST = socket.inet_aton("10.0.2.2")
 GW_MAC = bytes.fromhex("52550a000202")
+GUEST6 = socket.inet_pton(socket.AF_INET6, "fec0::5054:ff:fe12:3456")
+HOST6 = socket.inet_pton(socket.AF_INET6, "fec0::2")
 M = 0xFFFFFFFF
 
 
 def tcp(seq: int, ack: int, flags: int, payload: bytes = b"", *, sport: int = 40000,
-        window: int = 0xFFFF, **opts: Any) -> bytes:
+        window: int = 0xFFFF, v6: bool = False, **opts: Any) -> bytes:
+    if v6:  # the IPv6 fast path: the same segment over IPv6 (the stack answers from our MAC)
+        seg = build_tcp(GUEST6, HOST6, sport, 80, seq & M, ack & M, flags, window, payload,
+                        **opts)
+        return build_ethernet(GW_MAC, gf.GUEST_MAC, 0x86DD, build_ipv6(GUEST6, HOST6, 6, seg))
     seg = build_tcp(GUEST, HOST, sport, 80, seq & M, ack & M, flags, window, payload, **opts)
     return build_ethernet(GW_MAC, gf.GUEST_MAC, 0x0800, build_ipv4(GUEST, HOST, 6, seg, ident=9))
 
@@ -71,8 +78,10 @@ def host_effects(effects: list[Effect]) -> list[Effect]:
 class Guest:
     """A stack with one TCP connection from the guest (port ``sport``) to 10.0.2.2:80."""
 
-    def __init__(self, *, bursts: bool, runs: bool, sports: tuple[int, ...] = (40000,)) -> None:
-        self.stack = Stack(parse_user_options(""), 5)
+    def __init__(self, *, bursts: bool, runs: bool, sports: tuple[int, ...] = (40000,),
+                 v6: bool = False) -> None:
+        self.stack = Stack(parse_user_options("ipv6=on" if v6 else ""), 5)
+        self.v6 = v6
         self.now = 1_000_000
         self.bursts = bursts
         self.out: list[Effect] = []
@@ -81,10 +90,13 @@ class Guest:
         self.flows: dict[int, int] = {}
         self.isn: dict[int, int] = {}
         for sport in sports:
-            effects = self.guest([tcp(1000, 0, SYN, sport=sport, mss=1460, wscale=7)])
+            effects = self.guest([tcp(1000, 0, SYN, sport=sport, mss=1460, wscale=7, v6=v6)])
             flow = next(e.flow for e in effects if isinstance(e, TcpConnect))
-            synack = parse_tcp(frames_of(self.step(TcpConnected(flow)))[0][34:], HOST, GUEST)
-            self.guest([tcp(1001, synack.seq + 1, ACK, sport=sport)])
+            (synack_frame,) = [f for f in frames_of(self.step(TcpConnected(flow)))
+                               if f[12:14] == (b"\x86\xdd" if v6 else b"\x08\x00")]
+            synack = (parse_tcp(synack_frame[54:], HOST6, GUEST6) if v6
+                      else parse_tcp(synack_frame[34:], HOST, GUEST))
+            self.guest([tcp(1001, synack.seq + 1, ACK, sport=sport, v6=v6)])
             self.flows[sport] = flow
             self.isn[sport] = synack.seq + 1
         self.out.clear()
@@ -115,16 +127,17 @@ class Guest:
         )
 
 
-def test_a_burst_of_data_is_one_send_and_one_ack() -> None:
-    g = Guest(bursts=True, runs=True)
+@pytest.mark.parametrize("v6", [False, True])
+def test_a_burst_of_data_is_one_send_and_one_ack(v6: bool) -> None:
+    g = Guest(bursts=True, runs=True, v6=v6)
     ack = g.isn[40000]
-    data = [bytes([i]) * 1460 for i in range(8)]
-    effects = g.guest([tcp(1001 + i * 1460, ack, ACK | PSH, d) for i, d in enumerate(data)])
+    data = [bytes([i]) * 1440 for i in range(8)]
+    effects = g.guest([tcp(1001 + i * 1440, ack, ACK | PSH, d, v6=v6) for i, d in enumerate(data)])
     assert host_effects(effects) == [TcpSend(g.flows[40000], b"".join(data))]
     (run,) = [e for e in effects if isinstance(e, SendFrames)]
     (frame,) = frames_of([run])
-    seg = parse_tcp(frame[34:54], HOST, GUEST)
-    assert seg.flags == ACK and seg.ack == 1001 + 8 * 1460
+    seg = parse_tcp(frame[54:74], HOST6, GUEST6) if v6 else parse_tcp(frame[34:54], HOST, GUEST)
+    assert seg.flags == ACK and seg.ack == 1001 + 8 * 1440
     assert g.stack.counters["tcp_gro_merged"] == 7
     assert g.stack.counters["frames_in"] >= 8
 
@@ -185,13 +198,15 @@ segments = st.lists(
 
 
 @settings(max_examples=200, deadline=None)
-@given(st.lists(segments, min_size=1, max_size=4), st.booleans())
-def test_a_burst_delivers_what_single_frames_deliver(bursts: list[Any], host_data: bool) -> None:
+@given(st.lists(segments, min_size=1, max_size=4), st.booleans(), st.booleans())
+def test_a_burst_delivers_what_single_frames_deliver(
+    bursts: list[Any], host_data: bool, v6: bool
+) -> None:
     """Whatever mix of in-order, overlapping, out-of-order and FIN segments the guest sends,
-    one event per burst hands the host the same bytes and leaves the same state as one event
-    per frame."""
-    single = Guest(bursts=False, runs=False)
-    burst = Guest(bursts=True, runs=True)
+    over IPv4 or IPv6, one event per burst hands the host the same bytes and leaves the same
+    state as one event per frame."""
+    single = Guest(bursts=False, runs=False, v6=v6)
+    burst = Guest(bursts=True, runs=True, v6=v6)
     stream = bytes(range(251)) * 100
     flow = single.flows[40000]
     assert burst.flows[40000] == flow
@@ -208,7 +223,7 @@ def test_a_burst_delivers_what_single_frames_deliver(bursts: list[Any], host_dat
             seq = max(1001, nxt + off)
             payload = stream[(seq - 1001) % 5000 :][:length]
             ack = min(ack + adv * 1460, una + (5001 if host_data else 0))
-            frames.append(tcp(seq, ack, flags, payload))
+            frames.append(tcp(seq, ack, flags, payload, v6=v6))
             if seq <= nxt < seq + len(payload):
                 nxt = seq + len(payload)
         for g in (single, burst):
@@ -224,14 +239,15 @@ def test_a_burst_delivers_what_single_frames_deliver(bursts: list[Any], host_dat
                 g.step(TcpSent(flow, unsent))
 
 
-def test_runs_carry_the_frames_single_effects_carry() -> None:
+@pytest.mark.parametrize("v6", [False, True])
+def test_runs_carry_the_frames_single_effects_carry(v6: bool) -> None:
     """FrameRuns changes how frames are packaged, never which frames or their bytes."""
-    per_frame = Guest(bursts=False, runs=False)
-    runs = Guest(bursts=False, runs=True)
+    per_frame = Guest(bursts=False, runs=False, v6=v6)
+    runs = Guest(bursts=False, runs=True, v6=v6)
     for g in (per_frame, runs):
         flow = g.flows[40000]
         g.step(TcpData(flow, bytes(range(256)) * 200))
-        g.guest([tcp(1001, g.isn[40000] + 2920, ACK, b"hello")])
+        g.guest([tcp(1001, g.isn[40000] + 2920, ACK, b"hello", v6=v6)])
         g.step(TcpSent(flow, 5))
         g.step(TcpEof(flow))
     assert frames_of(runs.out) == frames_of(per_frame.out)
@@ -298,3 +314,65 @@ def test_a_burst_keeps_the_checks_before_tcp(options: str, frames: list[bytes]) 
     drops = {k: v for k, v in single.counters.items() if k.startswith("drop_")}
     assert drops and drops == {k: v for k, v in burst.counters.items() if k.startswith("drop_")}
     assert burst.counters["frames_in"] == single.counters["frames_in"] == len(frames)
+
+
+def _seg6(dst: str, seq: int = 7, flags: int = SYN, payload: bytes = b"",
+          src: str = "fec0::5054:ff:fe12:3456") -> bytes:
+    """:func:`_seg` over IPv6."""
+    s, d = socket.inet_pton(socket.AF_INET6, src), socket.inet_pton(socket.AF_INET6, dst)
+    seg = build_tcp(s, d, 40001, 80, seq, 0 if flags == SYN else 5, flags, 0xFFFF, payload)
+    return build_ethernet(GW_MAC, gf.GUEST_MAC, 0x86DD, build_ipv6(s, d, 6, seg))
+
+
+@pytest.mark.parametrize(
+    ("options", "frames"),
+    [
+        ("ipv6=on", [_seg6("fec0::2", src="::1"), _seg6("fec0::2", 8, ACK, b"x", src="::1")]),
+        ("ipv6=on", [_seg6("fec0::2", src="ff02::1"), _seg6("fec0::2", src="::")]),
+        ("ipv6=on", [_seg6("fec0::2", src="::ffff:10.0.2.15"), _seg6("2001:db8::1")]),
+        # a segment to an address the same burst shows to be a guest's: never NATed
+        ("ipv6=on", [_seg6("fec0::99"), _seg6("fec0::2", src="fec0::99"),
+                     _seg6("fec0::99", 8, ACK, b"y")]),
+        ("ipv4=on,ipv6=off", [_seg6("fec0::2"), _seg6("fec0::2", 8, ACK, b"z")]),
+    ],
+)
+def test_a_burst_keeps_the_checks_before_tcp_over_ipv6(options: str, frames: list[bytes]) -> None:
+    """The IPv6 fast path keeps the general path's checks: martian sources, a guest's address
+    as destination, ipv6=off; what a burst does is what single frames do."""
+    single = Stack(parse_user_options(options), 5)
+    burst = Stack(parse_user_options(options), 5)
+    one = [e for f in frames for e in single.handle(GuestFrame(f), 1000)]
+    many = burst.handle(GuestFrames(run_of(frames)), 1000)
+    assert frames_of(many) == frames_of(one)
+    assert host_effects(many) == host_effects(one)
+    assert len(burst.tcp) == len(single.tcp)
+    assert {k: v for k, v in single.counters.items() if k.startswith("drop_")} == {
+        k: v for k, v in burst.counters.items() if k.startswith("drop_")
+    }
+    assert burst.counters["frames_in"] == single.counters["frames_in"] == len(frames)
+
+
+@settings(max_examples=100, deadline=None)
+@given(st.binary(max_size=9000), st.integers(1, 1440), st.integers(0, M), st.integers(0, M),
+       st.sampled_from([ACK, ACK | PSH, ACK | FIN]))
+def test_ipv6_segments_built_natively_are_the_codecs_segments(
+    payload: bytes, mss: int, seq: int, ack: int, last: int
+) -> None:
+    """send_tcp over IPv6 (one tcp_run into the run) gives the very frames the codecs gave
+    segment by segment (build_tcp, then the stack's own IPv6 and Ethernet framing)."""
+    fast_stack = Stack(parse_user_options("ipv6=on"), 5)
+    codec_stack = Stack(parse_user_options("ipv6=on"), 5)
+    fast_stack.send_tcp(HOST6, GUEST6, 80, 40000, seq, ack, 1000, payload, 0, len(payload), mss,
+                        ACK, last)
+    pos, s = 0, seq
+    while True:
+        n = min(mss, len(payload) - pos)
+        done = pos + n >= len(payload)
+        seg = build_tcp(HOST6, GUEST6, 80, 40000, s, ack, last if done else ACK, 1000,
+                        payload[pos : pos + n])
+        codec_stack.send_ip(HOST6, GUEST6, 6, seg)
+        if done:
+            break
+        pos, s = pos + n, (s + n) & M
+    assert bytes(fast_stack._frames) == bytes(codec_stack._frames)
+    assert fast_stack.counters["frames_out"] == codec_stack.counters["frames_out"]

@@ -118,6 +118,9 @@ DHCP_CLIENT_PORT = 68
 _LIMITED_BROADCAST = b"\xff\xff\xff\xff"
 _ZERO_IP = b"\x00\x00\x00\x00"
 _UNSPECIFIED6 = bytes(16)
+# Ethernet type and the IPv6 header up to the addresses, as _send_ip6 builds it for TCP: version
+# 6, no traffic class or flow label, the payload length (filled per segment), TCP, hop limit 64.
+_IP6_TCP_HEAD = bytes((0x86, 0xDD, 0x60, 0, 0, 0, 0, 0, 6, 64))
 _IP6_IDENT_SALT = 0x1D6F_7A3B_55C2_0E49  # a PRNG of its own: IPv6 must not shift IPv4's draws
 _MLD = (wicmp6.MLD_QUERY, wicmp6.MLD_REPORT, wicmp6.MLD_DONE, wicmp6.MLD2_REPORT)
 # What a node may send from :: (RFC 4291 2.5.2, RFC 4862 5.4.2, RFC 4861 6.3.7, RFC 3810
@@ -889,9 +892,20 @@ class Stack:
     ) -> None:
         """Queue the TCP segments (no options) carrying ``payload[start:start + length]`` to
         the guest, at most ``mss`` bytes each; the last has ``last_flags``, the others
-        ``flags``. Over IPv4 built straight into the run (:func:`slirptrio.wire.fast.tcp_run`);
-        over IPv6 (16-byte addresses) one segment at a time by the codecs."""
+        ``flags``. Built straight into the run (:func:`slirptrio.wire.fast.tcp_run`); over IPv6
+        (16-byte addresses) only when no segment needs fragmenting, else one segment at a time
+        by the codecs (which fragment as :meth:`_send_ip6` does)."""
         if len(dst) == 16:
+            if wip6.HEADER_LEN + 20 + min(mss, length) <= self._mtu:
+                head = b"".join((
+                    self._mac6_for(dst), self._mac6, _IP6_TCP_HEAD, src, dst,
+                ))
+                n = wfast.tcp_run(
+                    self._frames, head, 0, sport, dport, seq, ack, window, payload, start, length,
+                    mss, flags, last_flags,
+                )
+                self.counters["frames_out"] += n
+                return
             view = memoryview(payload)
             end = start + length
             pos = start
@@ -999,14 +1013,19 @@ class Stack:
         """
         items = wfast.gro_scan(run)
         macs = self._our_macs
+        sources6: set[bytes] | None = None
         for item in items:
-            if (
-                item[0] == wfast.KIND_TCP and item[13] in macs
-                and not self._tcp_addresses_plain(item[2], item[3])
-            ):
-                self.counters["gro_runs_declined"] += 1
-                self._frames_one_by_one(run, now_ns)
-                return
+            if item[0] == wfast.KIND_TCP and item[13] in macs:
+                if len(item[2]) == 16:
+                    if sources6 is None:
+                        sources6 = {i[2] for i in items if i[0] == wfast.KIND_TCP}
+                    plain = self._tcp6_addresses_plain(item[2], item[3], sources6)
+                else:
+                    plain = self._tcp_addresses_plain(item[2], item[3])
+                if not plain:
+                    self.counters["gro_runs_declined"] += 1
+                    self._frames_one_by_one(run, now_ns)
+                    return
         counters = self.counters
         fast_frames = 0
         mv: memoryview | None = None
@@ -1023,7 +1042,11 @@ class Stack:
                         counters["tcp_gro_merged"] += count - 1
                         if item[10]:
                             counters["tcp_gro_segments"] += count
-                    self._learn(item[1], item[2])
+                    if len(item[2]) == 16:
+                        self.guest_mac = item[1]  # as _ipv6 learns
+                        self._ndp.learn(item[2], item[1], now_ns)
+                    else:
+                        self._learn(item[1], item[2])
                     self.tcp.segment(
                         (item[2], item[4], item[3], item[5]),
                         TcpSegment(item[4], item[5], item[6], item[7], item[8], item[9],
@@ -1056,6 +1079,18 @@ class Stack:
             and dst != self._net_broadcast
             and dst not in self._arp_table
             and not self._dhcp.holds(dst)
+        )
+
+    def _tcp6_addresses_plain(self, src: bytes, dst: bytes, sources: set[bytes]) -> bool:
+        """Whether :meth:`_ipv6` hands a TCP segment from ``src`` to ``dst`` to the TCP NAT
+        without a word (so the GRO path may too). ``sources``: every TCP source of the run,
+        which the run's own frames may make neighbors before a segment to them comes."""
+        return (
+            self._ipv6_on
+            and src[0] != 0xFF
+            and src != _UNSPECIFIED6
+            and not (src[0] == 0 and classify_ipv6(src))
+            and (dst in self._virtual6 or (dst not in self._ndp.neighbors and dst not in sources))
         )
 
     def _frames_one_by_one(self, run: bytes, now_ns: int) -> None:

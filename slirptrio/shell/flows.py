@@ -49,6 +49,7 @@ import signal
 import socket as _socket
 import struct
 import subprocess
+import sys
 from collections.abc import Awaitable, Callable
 from typing import Any, Protocol
 
@@ -157,19 +158,31 @@ def set_keepalive(sock: trio.socket.SocketType | _socket.socket) -> None:
                 sock.setsockopt(_socket.IPPROTO_TCP, opt, value)
 
 
+LISTENER_OPTIONS_INHERITED = sys.platform.startswith("linux")
+"""Whether a socket accepted from a listener has the listener's TCP_NODELAY and keepalive
+options (Linux copies them), so :func:`set_stream_options` is needed once per listener."""
+
+
+def set_stream_options(sock: trio.socket.SocketType | _socket.socket) -> None:
+    """TCP_NODELAY and keepalive probes (best effort), as every host TCP socket has them."""
+    with contextlib.suppress(OSError):
+        sock.setsockopt(_socket.IPPROTO_TCP, _socket.TCP_NODELAY, 1)
+    set_keepalive(sock)
+
+
 class SocketEnd:
     """A connected trio stream socket (TCP with TCP_NODELAY and keepalive probes, or AF_UNIX).
 
     ``abort`` sets SO_LINGER 0, so closing a TCP socket sends RST. A unix socket has no reset:
-    its peer sees ECONNRESET only if it left bytes unread, EOF otherwise.
+    its peer sees ECONNRESET only if it left bytes unread, EOF otherwise. ``options_set``: the
+    socket has its TCP options already (accepted from a listener that has them, see
+    :data:`LISTENER_OPTIONS_INHERITED`), so none are set here.
     """
 
-    def __init__(self, sock: trio.socket.SocketType) -> None:
+    def __init__(self, sock: trio.socket.SocketType, options_set: bool = False) -> None:
         self.sock = sock
-        if sock.family in (_socket.AF_INET, _socket.AF_INET6):
-            with contextlib.suppress(OSError):
-                sock.setsockopt(_socket.IPPROTO_TCP, _socket.TCP_NODELAY, 1)
-            set_keepalive(sock)
+        if not options_set and sock.family in (_socket.AF_INET, _socket.AF_INET6):
+            set_stream_options(sock)
         self._reader = TryFirst(sock)
 
     async def recv(self, max_bytes: int) -> bytes:
@@ -352,8 +365,7 @@ async def _open_tcp(host: str, port: int) -> SocketEnd:
     # resolves it again and takes two more trips through the scheduler) has nothing to add.
     raw = _socket.socket(family, _socket.SOCK_STREAM)
     try:
-        raw.setblocking(False)
-        sock = trio.socket.from_stdlib_socket(raw)
+        sock = trio.socket.from_stdlib_socket(raw)  # makes it non-blocking (one ioctl, not two)
         end = SocketEnd(sock)
         await trio.lowlevel.checkpoint_if_cancelled()
         err = raw.connect_ex((host, port))

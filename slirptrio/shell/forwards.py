@@ -190,6 +190,8 @@ class Forwards:
                 if family == _socket.AF_INET6:
                     sock.setsockopt(_socket.IPPROTO_IPV6, _socket.IPV6_V6ONLY, 1)
                 await sock.bind((rule.host_addr or "0.0.0.0", rule.host_port))
+                if fl.LISTENER_OPTIONS_INHERITED:
+                    fl.set_stream_options(sock)  # once here, not per accepted connection
                 sock.listen(128)
                 port = int(sock.getsockname()[1])
             else:
@@ -243,12 +245,11 @@ class Forwards:
                 while True:
                     conn, addr = await acceptor.accept()
                     if rule.proto == "tcp":
-                        conn.setsockopt(_socket.IPPROTO_TCP, _socket.TCP_NODELAY, 1)
                         peer_ip, peer_port = addr[0], addr[1]
                     else:
                         peer_ip, peer_port = "127.0.0.1", self.pseudo_port()
                     flow = self.next_flow()
-                    self._tcp.adopt(flow, fl.SocketEnd(conn))
+                    self._tcp.adopt(flow, fl.SocketEnd(conn, fl.LISTENER_OPTIONS_INHERITED))
                     await self._inbox.send(
                         TcpInbound(flow, self._guest_ip(rule), rule.guest_port, peer_ip, peer_port)
                     )

@@ -129,27 +129,35 @@ class Runtime:
         steps = 0
         deadline = None
         now = self.now_ns()  # one timestamp per burst
+        ticked = False
         while pending and steps < _MAX_DRAIN:
             while pending and steps < _MAX_DRAIN:
                 self._step(pending.popleft(), now)
                 steps += 1
-            # Timers are checked once per burst, as the core asks for no more.
-            deadline = self.stack.poll_at()
-            if deadline is not None and deadline <= now:
-                self._step(Tick(), now)
-                deadline = self.stack.poll_at()
             self.port.kick()
             for extra in self.ports.values():
                 extra.kick()
-            for hook in self.after_burst:
-                try:
-                    hook()  # may hand over more events (TcpSent): stepped in this loop
-                except Exception:
-                    self.dispatch_errors += 1
-                    log.exception("after-burst hook %r failed", hook)
+            self._after_burst()  # may hand over more events (TcpSent): stepped in this loop
+            if pending and steps < _MAX_DRAIN:
+                continue
+            # Timers once per drain, when the burst and what it set off are done (the core asks
+            # for no more; every step of the drain has the same clock): one poll_at, and a
+            # second only after a Tick.
+            deadline = self.stack.poll_at()
+            if not ticked and deadline is not None and deadline <= now:
+                ticked = True
+                pending.append(Tick())
         if self.recorder is not None:
             self.recorder.flush()  # to the writer thread; never fails here
         self._arm_timer(deadline, bool(pending))
+
+    def _after_burst(self) -> None:
+        for hook in self.after_burst:
+            try:
+                hook()
+            except Exception:
+                self.dispatch_errors += 1
+                log.exception("after-burst hook %r failed", hook)
 
     def _step(self, event: Event, now: int) -> None:
         effects = self.door.step(event, now)

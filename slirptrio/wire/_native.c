@@ -27,6 +27,8 @@
 #define TCP_HLEN 20
 #define MIN_FRAME 60
 #define HEAD4_LEN (ETH_HLEN + IP4_HLEN)
+#define IP6_HLEN 40
+#define HEAD6_LEN (ETH_HLEN + IP6_HLEN)
 
 /* ------------------------------------------------------------------------------ checksums */
 
@@ -115,6 +117,17 @@ static inline unsigned
 be16(const uint8_t *p)
 {
     return ((unsigned)p[0] << 8) | p[1];
+}
+
+/* The reference's unfolded IPv6 pseudo-header contribution (RFC 8200 8.1): both addresses as
+ * 16-bit words, the upper-layer length (below 2**16 here) and the next header. */
+static uint64_t
+pseudo6(const uint8_t *src, const uint8_t *dst, unsigned proto, size_t length)
+{
+    uint64_t s = proto + length;
+    for (int i = 0; i < 16; i += 2)
+        s += be16(src + i) + be16(dst + i);
+    return s;
 }
 
 static inline uint32_t
@@ -253,41 +266,27 @@ typedef struct {
     int kind;
     Py_ssize_t start, end;
     const uint8_t *mac, *src, *dst;
+    Py_ssize_t alen; /* address length: 4 (IPv4) or 16 (IPv6) */
     unsigned sport, dport, flags, window;
     uint32_t seq, ack;
     Py_ssize_t thl, ps, pe;
 } rec_t;
 
-/* Parse frame p[0:n] (at offset base of its buffer) as fast.py's pure_parse_frame does. */
+/* The transport header of a frame at l4 (l4len bytes, at offset l4off of the buffer) into r, as
+ * the reference does; pseudo is the unfolded pseudo-header sum less the length. Leaves r->kind
+ * KIND_OTHER when it is not a well-formed TCP or UDP datagram. */
 static void
-parse_rec(const uint8_t *p, Py_ssize_t n, Py_ssize_t base, rec_t *r)
+parse_l4(const uint8_t *l4, Py_ssize_t l4len, Py_ssize_t l4off, unsigned proto, uint64_t pseudo,
+         int ipv6, rec_t *r)
 {
-    r->kind = KIND_OTHER;
-    r->start = base;
-    r->end = base + n;
-    if (n < HEAD4_LEN || p[12] != 0x08 || p[13] != 0x00 || (p[6] & 1))
-        return;
-    const uint8_t *ip = p + ETH_HLEN;
-    Py_ssize_t avail = n - ETH_HLEN;
-    if (ip[0] != 0x45) /* IPv4 without options only */
-        return;
-    Py_ssize_t total = (Py_ssize_t)be16(ip + 2);
-    unsigned frag = be16(ip + 6);
-    if (total < IP4_HLEN || total > avail || (frag & 0xbfff) != 0
-        || ones_sum_c(ip, IP4_HLEN, 0) != 0xffff)
-        return;
-    unsigned proto = ip[9];
-    const uint8_t *l4 = ip + IP4_HLEN;
-    Py_ssize_t l4len = total - IP4_HLEN;
-    Py_ssize_t l4off = base + HEAD4_LEN;
     if (proto == KIND_TCP) {
         if (l4len < TCP_HLEN)
             return;
         Py_ssize_t thl = (Py_ssize_t)(l4[12] >> 4) * 4;
         if (thl < TCP_HLEN || thl > l4len)
             return;
-        uint64_t pseudo = pseudo4(ip + 12, ip + 16, KIND_TCP, (size_t)l4len);
-        if (fold16(pseudo + fold_net(sum_bytes(l4, (size_t)l4len, 0))) != 0xffff)
+        if (fold16(pseudo + KIND_TCP + (uint64_t)l4len + fold_net(sum_bytes(l4, (size_t)l4len, 0)))
+            != 0xffff)
             return;
         r->seq = be32(l4 + 4);
         r->ack = be32(l4 + 8);
@@ -303,9 +302,12 @@ parse_rec(const uint8_t *p, Py_ssize_t n, Py_ssize_t base, rec_t *r)
         Py_ssize_t ulen = (Py_ssize_t)be16(l4 + 4);
         if (ulen < 8 || ulen > l4len)
             return;
-        if ((l4[6] | l4[7])
-            && fold16(fold16(pseudo4(ip + 12, ip + 16, KIND_UDP, (size_t)ulen))
-                      + fold_net(sum_bytes(l4, (size_t)ulen, 0))) != 0xffff)
+        if (!(l4[6] | l4[7])) {
+            if (ipv6) /* a zero checksum is invalid over IPv6 (RFC 8200 8.1) */
+                return;
+        }
+        else if (fold16(fold16(pseudo + KIND_UDP + (uint64_t)ulen)
+                        + fold_net(sum_bytes(l4, (size_t)ulen, 0))) != 0xffff)
             return;
         r->ps = l4off + 8;
         r->pe = l4off + ulen;
@@ -314,11 +316,50 @@ parse_rec(const uint8_t *p, Py_ssize_t n, Py_ssize_t base, rec_t *r)
         return;
     }
     r->kind = (int)proto;
-    r->mac = p + 6;
-    r->src = ip + 12;
-    r->dst = ip + 16;
     r->sport = be16(l4);
     r->dport = be16(l4 + 2);
+}
+
+/* Parse frame p[0:n] (at offset base of its buffer) as fast.py's pure_parse_frame does. */
+static void
+parse_rec(const uint8_t *p, Py_ssize_t n, Py_ssize_t base, rec_t *r)
+{
+    r->kind = KIND_OTHER;
+    r->start = base;
+    r->end = base + n;
+    if (n < ETH_HLEN || (p[6] & 1))
+        return;
+    const uint8_t *ip = p + ETH_HLEN;
+    Py_ssize_t avail = n - ETH_HLEN;
+    if (p[12] == 0x08 && p[13] == 0x00) {
+        if (avail < IP4_HLEN || ip[0] != 0x45) /* IPv4 without options only */
+            return;
+        Py_ssize_t total = (Py_ssize_t)be16(ip + 2);
+        unsigned frag = be16(ip + 6);
+        if (total < IP4_HLEN || total > avail || (frag & 0xbfff) != 0
+            || ones_sum_c(ip, IP4_HLEN, 0) != 0xffff)
+            return;
+        parse_l4(ip + IP4_HLEN, total - IP4_HLEN, base + HEAD4_LEN, ip[9],
+                 pseudo4(ip + 12, ip + 16, 0, 0), 0, r);
+        r->alen = 4;
+        r->src = ip + 12;
+        r->dst = ip + 16;
+    }
+    else if (p[12] == 0x86 && p[13] == 0xdd) {
+        /* IPv6 with TCP or UDP right after the fixed header (no extension headers). */
+        if (avail < IP6_HLEN || (ip[0] >> 4) != 6)
+            return;
+        Py_ssize_t plen = (Py_ssize_t)be16(ip + 4);
+        if (plen == 0 || plen > avail - IP6_HLEN)
+            return;
+        parse_l4(ip + IP6_HLEN, plen, base + HEAD6_LEN, ip[6], pseudo6(ip + 8, ip + 24, 0, 0), 1,
+                 r);
+        r->alen = 16;
+        r->src = ip + 8;
+        r->dst = ip + 24;
+    }
+    if (r->kind != KIND_OTHER)
+        r->mac = p + 6;
 }
 
 /* A new tuple from items made by the caller (it steals them); NULL if any is NULL. */
@@ -347,8 +388,8 @@ record_of(const rec_t *r)
     PyObject *head[8] = {
         PyLong_FromLong(r->kind), PyLong_FromSsize_t(r->start), PyLong_FromSsize_t(r->end),
         PyBytes_FromStringAndSize((const char *)r->mac, 6),
-        PyBytes_FromStringAndSize((const char *)r->src, 4),
-        PyBytes_FromStringAndSize((const char *)r->dst, 4),
+        PyBytes_FromStringAndSize((const char *)r->src, r->alen),
+        PyBytes_FromStringAndSize((const char *)r->dst, r->alen),
         PyLong_FromLong((long)r->sport), PyLong_FromLong((long)r->dport),
     };
     if (r->kind == KIND_UDP) {
@@ -523,12 +564,17 @@ py_tcp_run(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
     if (PyObject_GetBuffer(args[1], &hb, PyBUF_SIMPLE) < 0)
         return NULL;
     const uint8_t *head = (const uint8_t *)hb.buf;
-    if (hb.len != HEAD4_LEN || head[12] != 0x08 || head[13] != 0x00 || head[14] != 0x45
-        || head[23] != KIND_TCP || (be16(head + 20) & 0xbfff) != 0) {
+    int v6 = hb.len == HEAD6_LEN;
+    if (v6 ? (head[12] != 0x86 || head[13] != 0xdd || (head[14] >> 4) != 6
+              || head[20] != KIND_TCP)
+           : (hb.len != HEAD4_LEN || head[12] != 0x08 || head[13] != 0x00 || head[14] != 0x45
+              || head[23] != KIND_TCP || (be16(head + 20) & 0xbfff) != 0)) {
         PyBuffer_Release(&hb);
-        PyErr_SetString(PyExc_ValueError, "head must be an Ethernet + IPv4 TCP header template");
+        PyErr_SetString(PyExc_ValueError,
+                        "head must be an Ethernet + IPv4 or IPv6 TCP header template");
         return NULL;
     }
+    Py_ssize_t hlen = v6 ? HEAD6_LEN : HEAD4_LEN;
     if (PyObject_GetBuffer(args[8], &pb, PyBUF_SIMPLE) < 0) {
         PyBuffer_Release(&hb);
         return NULL;
@@ -540,34 +586,42 @@ py_tcp_run(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
     }
     Py_ssize_t count = length ? (length + (Py_ssize_t)mss - 1) / (Py_ssize_t)mss : 1;
     Py_ssize_t biggest = length < (Py_ssize_t)mss ? length : (Py_ssize_t)mss;
-    if (IP4_HLEN + TCP_HLEN + biggest > 0xffff) {
-        PyErr_SetString(PyExc_ValueError, "IPv4 datagram too long");
+    if ((v6 ? 0 : IP4_HLEN) + TCP_HLEN + biggest > 0xffff) {
+        PyErr_SetString(PyExc_ValueError, v6 ? "IPv6 payload too long" : "IPv4 datagram too long");
         goto done;
     }
     /* Room: every frame's prefix and headers, padding for a frame below 60 bytes, the data. */
-    Py_ssize_t need = count * (4 + HEAD4_LEN + TCP_HLEN) + length + count * 6;
+    Py_ssize_t need = count * (4 + hlen + TCP_HLEN) + length + count * 6;
     Py_ssize_t old = PyByteArray_GET_SIZE(out);
     if (PyByteArray_Resize(out, old + need) < 0)
         goto done;
     uint8_t *w = (uint8_t *)PyByteArray_AS_STRING(out) + old;
     uint8_t *w0 = w;
     const uint8_t *data = (const uint8_t *)pb.buf + start;
-    const uint8_t *src = head + ETH_HLEN + 12, *dst = head + ETH_HLEN + 16;
+    const uint8_t *src = head + ETH_HLEN + (v6 ? 8 : 12), *dst = src + (v6 ? 16 : 4);
     Py_ssize_t left = length;
     uint32_t s = (uint32_t)seq;
     for (Py_ssize_t i = 0; i < count; i++) {
         Py_ssize_t seg = left < (Py_ssize_t)mss ? left : (Py_ssize_t)mss;
-        Py_ssize_t flen = HEAD4_LEN + TCP_HLEN + seg;
+        Py_ssize_t flen = hlen + TCP_HLEN + seg;
         Py_ssize_t padded = flen < MIN_FRAME ? MIN_FRAME : flen;
         put32(w, (uint32_t)padded);
         uint8_t *f = w + 4;
-        memcpy(f, head, HEAD4_LEN);
+        memcpy(f, head, (size_t)hlen);
         uint8_t *ip = f + ETH_HLEN;
-        put16(ip + 2, (unsigned)(IP4_HLEN + TCP_HLEN + seg));
-        put16(ip + 4, (unsigned)((ident + (uint64_t)i) & 0xffff));
-        ip[10] = ip[11] = 0;
-        put16(ip + 10, ~ones_sum_c(ip, IP4_HLEN, 0) & 0xffff);
-        uint8_t *t = ip + IP4_HLEN;
+        uint8_t *t = f + hlen;
+        uint64_t pseudo;
+        if (v6) {
+            put16(ip + 4, (unsigned)(TCP_HLEN + seg));
+            pseudo = pseudo6(src, dst, KIND_TCP, (size_t)(TCP_HLEN + seg));
+        }
+        else {
+            put16(ip + 2, (unsigned)(IP4_HLEN + TCP_HLEN + seg));
+            put16(ip + 4, (unsigned)((ident + (uint64_t)i) & 0xffff));
+            ip[10] = ip[11] = 0;
+            put16(ip + 10, ~ones_sum_c(ip, IP4_HLEN, 0) & 0xffff);
+            pseudo = pseudo4(src, dst, KIND_TCP, (size_t)(TCP_HLEN + seg));
+        }
         put16(t, (unsigned)sport);
         put16(t + 2, (unsigned)dport);
         put32(t + 4, s);
@@ -577,7 +631,6 @@ py_tcp_run(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
         put16(t + 14, (unsigned)window);
         t[16] = t[17] = t[18] = t[19] = 0;
         memcpy(t + TCP_HLEN, data, (size_t)seg);
-        uint64_t pseudo = pseudo4(src, dst, KIND_TCP, (size_t)(TCP_HLEN + seg));
         uint32_t sum = fold16(pseudo + fold_net(sum_bytes(t, (size_t)(TCP_HLEN + seg), 0)));
         put16(t + 16, ~sum & 0xffff);
         if (padded > flen)
@@ -603,6 +656,7 @@ done:
 
 typedef struct {
     const uint8_t *mac, *src, *dst; /* mac: the source MAC; mac - 6 the destination MAC */
+    Py_ssize_t alen;
     unsigned sport, dport, flags, window;
     uint32_t seq, next_seq, ack, last_off;
     Py_ssize_t count;
@@ -618,8 +672,9 @@ typedef struct {
 static int
 same_flow(const batch_t *b, const rec_t *r)
 {
-    return b->sport == r->sport && b->dport == r->dport && memcmp(b->src, r->src, 4) == 0
-        && memcmp(b->dst, r->dst, 4) == 0;
+    return b->sport == r->sport && b->dport == r->dport && b->alen == r->alen
+        && memcmp(b->src, r->src, (size_t)r->alen) == 0
+        && memcmp(b->dst, r->dst, (size_t)r->alen) == 0;
 }
 
 static int
@@ -672,7 +727,7 @@ batch_takes(batch_t *b, const rec_t *r, Py_ssize_t plen)
  * source MAC inside a frame, the destination MAC the 6 bytes before it. */
 static PyObject *
 tcp_item(const uint8_t *buf, const uint8_t *mac, const uint8_t *src, const uint8_t *dst,
-         unsigned sport, unsigned dport, uint32_t seq, uint32_t ack, unsigned flags,
+         Py_ssize_t alen, unsigned sport, unsigned dport, uint32_t seq, uint32_t ack, unsigned flags,
          unsigned window, const Py_ssize_t *parts, Py_ssize_t nparts, Py_ssize_t count,
          uint32_t last_off)
 {
@@ -691,8 +746,8 @@ tcp_item(const uint8_t *buf, const uint8_t *mac, const uint8_t *src, const uint8
     PyObject *items[14] = {
         PyLong_FromLong(KIND_TCP),
         PyBytes_FromStringAndSize((const char *)mac, 6),
-        PyBytes_FromStringAndSize((const char *)src, 4),
-        PyBytes_FromStringAndSize((const char *)dst, 4),
+        PyBytes_FromStringAndSize((const char *)src, alen),
+        PyBytes_FromStringAndSize((const char *)dst, alen),
         PyLong_FromLong((long)sport), PyLong_FromLong((long)dport),
         PyLong_FromUnsignedLong(seq), PyLong_FromUnsignedLong(ack),
         PyLong_FromLong((long)flags), PyLong_FromLong((long)window),
@@ -715,7 +770,7 @@ append_new(PyObject *out, PyObject *item)
 static int
 flush_batch(PyObject *out, const uint8_t *buf, batch_t *b)
 {
-    PyObject *item = tcp_item(buf, b->mac, b->src, b->dst, b->sport, b->dport, b->seq, b->ack,
+    PyObject *item = tcp_item(buf, b->mac, b->src, b->dst, b->alen, b->sport, b->dport, b->seq, b->ack,
                               b->flags, b->window, b->parts, b->nparts, b->count, b->last_off);
     PyMem_Free(b->parts);
     b->parts = NULL;
@@ -805,6 +860,7 @@ py_gro_scan(PyObject *self, PyObject *run)
             nb->mac = r.mac;
             nb->src = r.src;
             nb->dst = r.dst;
+            nb->alen = r.alen;
             nb->sport = r.sport;
             nb->dport = r.dport;
             nb->seq = r.seq;
@@ -818,7 +874,7 @@ py_gro_scan(PyObject *self, PyObject *run)
         }
         else {
             Py_ssize_t part[2] = {r.ps, r.pe};
-            if (append_new(out, tcp_item(p, r.mac, r.src, r.dst, r.sport, r.dport, r.seq, r.ack,
+            if (append_new(out, tcp_item(p, r.mac, r.src, r.dst, r.alen, r.sport, r.dport, r.seq, r.ack,
                                          r.flags, r.window, part, 1, 1, 0)) < 0)
                 goto fail;
         }

@@ -15,9 +15,12 @@ three items are ``(kind, start, end)``, the frame's place in the buffer:
 
 * ``(KIND_TCP, start, end, src_mac, src_ip, dst_ip, sport, dport, seq, ack, flags, window,
   tcp_header_len, payload_start, payload_end)`` — Ethernet II, unicast source, IPv4 without
-  options and not a fragment, TCP, both checksums right;
+  options and not a fragment, or IPv6 with TCP right after its 40-byte header (no extension
+  headers; addresses are then 16 bytes), TCP, both checksums right (IPv6: over the 16-byte
+  addresses' pseudo-header);
 * ``(KIND_UDP, start, end, src_mac, src_ip, dst_ip, sport, dport, payload_start, payload_end)``
-  — the same for UDP (a zero checksum means none); the payload ends where the UDP length says;
+  — the same for UDP (a zero checksum means none over IPv4 and is refused over IPv6); the
+  payload ends where the UDP length says;
 * ``(KIND_OTHER, start, end)`` — anything else: the caller's general path parses it (and finds
   the precise reason when it is malformed);
 * ``(KIND_TRUNCATED, start, end)`` — (runs only) bytes after the last whole frame.
@@ -37,6 +40,7 @@ from slirptrio.wire.checksum import pure_ones_sum as pure_ones_sum
 from slirptrio.wire.ethernet import build_ethernet
 from slirptrio.wire.framing import frame_spans, split_run
 from slirptrio.wire.ipv4 import build_ipv4, parse_ipv4
+from slirptrio.wire.ipv6 import build_ipv6, parse_ipv6
 from slirptrio.wire.tcp import build_tcp, parse_tcp
 from slirptrio.wire.udp import parse_udp
 
@@ -61,23 +65,31 @@ def pure_parse_frame(frame: bytes | bytearray | memoryview, base: int = 0) -> Re
     mv = memoryview(frame)
     n = len(mv)
     other: Record = (KIND_OTHER, base, base + n)
-    if n < 14 or mv[12] != 0x08 or mv[13] != 0x00 or mv[6] & 1:
+    if n < 14 or mv[6] & 1:
         return other
     try:
-        hdr, body = parse_ipv4(mv[14:])
-        if hdr.header_len != 20 or hdr.mf or hdr.frag_offset:
+        if mv[12] == 0x08 and mv[13] == 0x00:
+            hdr, body = parse_ipv4(mv[14:])
+            if hdr.header_len != 20 or hdr.mf or hdr.frag_offset:
+                return other
+            src, dst, proto, l4 = hdr.src, hdr.dst, hdr.proto, base + 34
+        elif mv[12] == 0x86 and mv[13] == 0xDD:
+            hdr6, body = parse_ipv6(mv[14:])
+            if hdr6.header_len != 40:  # extension headers or a fragment: the general path's
+                return other
+            src, dst, proto, l4 = hdr6.src, hdr6.dst, hdr6.proto, base + 54
+        else:
             return other
-        head = (bytes(mv[6:12]), hdr.src, hdr.dst)
-        l4 = base + 34
-        if hdr.proto == KIND_TCP:
-            seg = parse_tcp(body, hdr.src, hdr.dst)
+        head = (bytes(mv[6:12]), src, dst)
+        if proto == KIND_TCP:
+            seg = parse_tcp(body, src, dst)
             thl = (body[12] >> 4) * 4
             return (
                 KIND_TCP, base, base + n, *head, seg.sport, seg.dport, seg.seq, seg.ack,
                 seg.flags, seg.window, thl, l4 + thl, l4 + len(body),
             )
-        if hdr.proto == KIND_UDP:
-            sport, dport, data = parse_udp(body, hdr.src, hdr.dst)
+        if proto == KIND_UDP:
+            sport, dport, data = parse_udp(body, src, dst)
             return (KIND_UDP, base, base + n, *head, sport, dport, l4 + 8, l4 + 8 + len(data))
     except MalformedFrame:
         pass
@@ -257,17 +269,22 @@ def pure_tcp_run(
 
     ``head`` is a 34-byte template: the Ethernet header (destination, source, 0x0800) and an
     IPv4 header without options for protocol 6, whose length, identification and checksum
-    are filled in per segment (identification ``ident``, ``ident + 1``, ... mod 2**16). Segments
+    are filled in per segment (identification ``ident``, ``ident + 1``, ... mod 2**16); or a
+    54-byte one: the Ethernet header (0x86dd) and an IPv6 header with next header 6, whose
+    payload length is filled in per segment (``ident`` is then unused). Segments
     carry at most ``mss`` bytes, sequence numbers from ``seq`` (mod 2**32), ``ack`` and
     ``window`` as given, no options, and ``flags`` — the last one ``last_flags``. An empty
     range gives one segment without data. Frames are padded to 60 bytes.
     """
     hv = memoryview(head)
+    v6 = len(hv) == 54
     if (
-        len(hv) != 34 or hv[12] != 0x08 or hv[13] != 0x00 or hv[14] != 0x45 or hv[23] != 6
-        or ((hv[20] << 8 | hv[21]) & 0xBFFF)
+        (hv[12] != 0x86 or hv[13] != 0xDD or hv[14] >> 4 != 6 or hv[20] != 6) if v6 else (
+            len(hv) != 34 or hv[12] != 0x08 or hv[13] != 0x00 or hv[14] != 0x45 or hv[23] != 6
+            or ((hv[20] << 8 | hv[21]) & 0xBFFF)
+        )
     ):
-        raise ValueError("head must be an Ethernet + IPv4 TCP header template")
+        raise ValueError("head must be an Ethernet + IPv4 or IPv6 TCP header template")
     for name, value, top in (
         ("ident", ident, 0xFFFF), ("sport", sport, 0xFFFF), ("dport", dport, 0xFFFF),
         ("seq", seq, 0xFFFFFFFF), ("ack", ack, 0xFFFFFFFF), ("window", window, 0xFFFF),
@@ -278,11 +295,12 @@ def pure_tcp_run(
     pv = memoryview(payload)
     if start < 0 or length < 0 or start > len(pv) or length > len(pv) - start:
         raise ValueError("payload range out of bounds")
-    if 40 + min(length, mss) > 0xFFFF:
-        raise ValueError("IPv4 datagram too long")
+    if (20 if v6 else 40) + min(length, mss) > 0xFFFF:
+        raise ValueError("IPv6 payload too long" if v6 else "IPv4 datagram too long")
     dst_mac, src_mac = bytes(hv[0:6]), bytes(hv[6:12])
     tos, ttl, df = hv[15], hv[22], bool(hv[20] & 0x40)
-    src, dst = bytes(hv[26:30]), bytes(hv[30:34])
+    src, dst = (bytes(hv[22:38]), bytes(hv[38:54])) if v6 else (bytes(hv[26:30]), bytes(hv[30:34]))
+    vtf = int.from_bytes(hv[14:18], "big")
     count = -(-length // mss) if length else 1
     pos = start
     for i in range(count):
@@ -291,8 +309,14 @@ def pure_tcp_run(
             src, dst, sport, dport, seq, ack, last_flags if i == count - 1 else flags, window,
             pv[pos : pos + n],
         )
-        packet = build_ipv4(src, dst, 6, seg, ident=(ident + i) & 0xFFFF, ttl=ttl, tos=tos, df=df)
-        frame = build_ethernet(dst_mac, src_mac, 0x0800, packet)
+        if v6:
+            packet = build_ipv6(src, dst, 6, seg, hop_limit=hv[21], tc=(vtf >> 20) & 0xFF,
+                                flow_label=vtf & 0xFFFFF)
+            frame = build_ethernet(dst_mac, src_mac, 0x86DD, packet)
+        else:
+            packet = build_ipv4(src, dst, 6, seg, ident=(ident + i) & 0xFFFF, ttl=ttl, tos=tos,
+                                df=df)
+            frame = build_ethernet(dst_mac, src_mac, 0x0800, packet)
         out += len(frame).to_bytes(4, "big")
         out += frame
         pos += n
