@@ -94,6 +94,10 @@ class StackStatistics:
     """``"native"`` (the C extension) or ``"pure"`` (Python): the per-frame codecs in use."""
     captures: list[dict[str, Any]] = dataclasses.field(default_factory=list)
     """Live captures: id, frames, lost (the reader was too slow), filter."""
+    recorder_failures: int = 0
+    """Times the recorder itself raised (a snapshot, an encoding): each one ends the journal's
+    segment with a named gap; the network goes on."""
+    recorder_last_failure: str | None = None
 
 
 class SlirpStack:
@@ -226,6 +230,8 @@ class SlirpStack:
             guest_attached=self._runtime.port.attached,
             frames_from_strangers=self._runtime.port.foreign,
             captures=[c.stats() for c in self._captures.active.values()],
+            recorder_failures=rec.failures + self._runtime.door.sink_failures,
+            recorder_last_failure=journal.last_failure if journal is not None else None,
         )
 
     # ---------------------------------------------------------------------- control socket

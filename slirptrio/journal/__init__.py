@@ -17,6 +17,7 @@ from slirptrio.journal.format import (
     FORMAT_VERSION,
     MAGIC,
     Header,
+    JournalDamaged,
     JournalError,
     Record,
     SegmentHeader,
@@ -25,14 +26,16 @@ from slirptrio.journal.format import (
     frames_of,
     is_digest,
 )
-from slirptrio.journal.reader import Gap, Journal, Segment, SegmentStart, open_journal
+from slirptrio.journal.reader import Ended, Gap, Journal, Segment, SegmentStart, open_journal
 
 __all__ = [
     "FORMAT_VERSION",
     "MAGIC",
+    "Ended",
     "Gap",
     "Header",
     "Journal",
+    "JournalDamaged",
     "JournalError",
     "Record",
     "Segment",

@@ -70,8 +70,11 @@ from slirptrio.journal.format import (
     SEGMENT_SUFFIX,
     Header,
     SegmentHeader,
+    batch,
     encode_record,
+    end_note,
     segment_name,
+    segment_start,
 )
 from slirptrio.wire import pcap as wpcap
 from slirptrio.wire.fast import pcap_run
@@ -655,9 +658,13 @@ class JournalRecorder:
         self._overflow = False  # the gap is the budget's, not a failure
         self._retry_at = 0.0
         self._failures_seen = 0
+        self._last_seq = -1  # the last record packed
+        self._next_seq = 0  # the first record not handed to the writer yet
         self.records = 0  # handed to the writer
         self.lost_records = 0  # never handed over (in a gap)
         self.gaps = 0
+        self.failures = 0  # snapshots, encodings or hand-overs that raised (contained)
+        self.last_failure: str | None = None
 
     @property
     def writing(self) -> bool:
@@ -675,27 +682,64 @@ class JournalRecorder:
         self._start_segment(None)
 
     def record(self, seq: int, t_ns: int, event: Event, effects: list[Effect]) -> None:
+        """Pack one door step (never raises: a record that cannot be encoded is a gap)."""
         if not self._writing:
             self.lost_records += 1
             return
-        self._packer.pack(encode_record(seq, t_ns, event, effects))
+        try:
+            self._packer.pack(encode_record(seq, t_ns, event, effects))
+        except Exception as exc:
+            # A half-packed record would poison the batch: the whole batch goes.
+            self.lost_records += 1
+            self.failed("encoding failed", exc)
+            return
         self._pending += 1
+        self._last_seq = seq
+
+    def failed(self, what: str, exc: BaseException) -> None:
+        """The recorder itself raised (a bug): the segment ends with a gap named after it,
+        the network runs on, and a new segment (with a snapshot) is tried after ``RETRY_S``."""
+        reason = f"{what}: {type(exc).__name__}: {exc}"[:200]
+        self.failures += 1
+        self.last_failure = reason
+        log.error("journal: %s; the segment ends here, the network goes on, a new segment "
+                  "is tried in %g s", reason, RETRY_S, exc_info=exc)
+        if self._writing:
+            self._end_note(reason)
+            self._stop(reason, overflow=False)
+        else:
+            self._gap = reason
+            self._overflow = False  # retried every RETRY_S, not at every burst
+            self._retry_at = self._clock() + RETRY_S
+
+    def _end_note(self, reason: str) -> None:
+        """Tell the segment being closed why no record follows (so a journal whose later
+        segments never come still names its gap)."""
+        with contextlib.suppress(Exception):
+            note = msgpack.packb(end_note(self._next_seq, reason), use_bin_type=True)
+            self._writer.put(_Chunk("journal", note, len(note), 0))
 
     def flush(self) -> None:
-        """Hand the records packed since the last flush to the writer."""
+        """Hand the records packed since the last flush to the writer (never raises)."""
+        try:
+            self._flush()
+        except Exception as exc:
+            self.failed("handing records to the writer failed", exc)
+
+    def _flush(self) -> None:
         w = self._writer
         if self._writing and w.failures != self._failures_seen:
             self._stop(w.journal_error or "a write failed", overflow=False)
         if self._writing:
             if self._pending:
-                packer = self._packer
-                chunk = packer.bytes()
+                chunk = batch(self._pending, self._packer.bytes())
                 if w.policy == "lossy" and w.over_budget(len(chunk)):
                     self._stop("the disk could not keep up", overflow=True)
                 else:
                     w.put(_Chunk("journal", chunk, len(chunk), self._pending))
                     self.records += self._pending
                     self._seg_bytes += len(chunk)
+                    self._next_seq = self._last_seq + 1
             self._packer.reset()
             self._pending = 0
             if self._writing and self._seg_bytes >= self._seg_limit:
@@ -725,17 +769,12 @@ class JournalRecorder:
 
     def _start_segment(self, gap: str | None) -> None:
         assert self._snapshot is not None, "attach() first"
-        snap = self._snapshot()
-        self._number += 1
-        header = Header(
-            seed=self._header.seed, config=self._header.config,
-            origin_ns=self._header.origin_ns, version=self._header.version,
-            meta=self._header.meta, constants=self._header.constants,
-            segment=SegmentHeader(self._number, snap["seq"], snap["now_ns"],
-                                  None if gap is None else {"reason": gap}),
-        )  # fmt: skip
-        packer = msgpack.Packer(use_bin_type=True)
-        data = packer.pack(header.to_raw()) + packer.pack(snap)
+        try:
+            snap = self._snapshot()
+            data = self._segment_start(snap, gap)
+        except Exception as exc:
+            self.failed("snapshot failed", exc)
+            return
         self._failures_seen = self._writer.failures
         self._writer.put(_Chunk("segment", data, len(data), 0, self._number))
         self._seg_bytes = len(data)
@@ -743,6 +782,21 @@ class JournalRecorder:
         self._writing = True
         self._gap = None
         self._overflow = False
+
+    def _segment_start(self, snap: dict[str, Any], gap: str | None) -> bytes:
+        """The segment's first bytes: header and snapshot (numbered only once they encode)."""
+        number = self._number + 1
+        header = Header(
+            seed=self._header.seed, config=self._header.config,
+            origin_ns=self._header.origin_ns, version=self._header.version,
+            meta=self._header.meta, constants=self._header.constants,
+            segment=SegmentHeader(number, snap["seq"], snap["now_ns"],
+                                  None if gap is None else {"reason": gap}),
+        )  # fmt: skip
+        data = segment_start(header, snap)
+        self._number = number
+        self._next_seq = snap["seq"]
+        return data
 
 
 class PcapRecorder:
@@ -773,6 +827,13 @@ class PcapRecorder:
             self._parts.append(records)  # type: ignore[arg-type]  # writev takes any buffer
             self._nbytes += len(records)
             self._frames += n
+
+    def discard(self) -> None:
+        """Drop the frames collected since the last flush (counted as lost)."""
+        self.lost_frames += self._frames
+        self._parts = []
+        self._nbytes = 0
+        self._frames = 0
 
     def flush(self) -> None:
         if not self._parts:
@@ -811,6 +872,7 @@ class Recorder:
         self.journal = journal
         self.pcap = pcap
         self._origin_ns = origin_ns
+        self.pcap_failures = 0
 
     @classmethod
     def open(
@@ -840,12 +902,26 @@ class Recorder:
         return cls(writer, journal, pcap, header.origin_ns)
 
     def attach(self, snapshot: Callable[[], dict[str, Any]]) -> None:
+        """Start the journal's first segment (``snapshot``: the door's); never raises."""
         if self.journal is not None:
             self.journal.attach(snapshot)
+
+    @property
+    def failures(self) -> int:
+        """Times the recorder itself raised (a snapshot, an encoding, a hand-over), contained."""
+        return (self.journal.failures if self.journal is not None else 0) + self.pcap_failures
 
     def __call__(self, seq: int, t_ns: int, event: Event, effects: list[Effect]) -> None:
         if self.journal is not None:
             self.journal.record(seq, t_ns, event, effects)
+        if self.pcap is not None:
+            try:
+                self._pcap_view(t_ns, event, effects)
+            except Exception:
+                self.pcap_failures += 1
+                log.exception("pcap: the view of record %d failed; the network goes on", seq)
+
+    def _pcap_view(self, t_ns: int, event: Event, effects: list[Effect]) -> None:
         pcap = self.pcap
         if pcap is not None:
             ts = self._origin_ns + t_ns
@@ -862,11 +938,16 @@ class Recorder:
                     pcap.add(ts, eff.data)  # type: ignore[attr-defined]
 
     def flush(self) -> None:
-        """Hand everything recorded since the last flush to the writer thread."""
+        """Hand everything recorded since the last flush to the writer thread (never raises)."""
         if self.journal is not None:
             self.journal.flush()
         if self.pcap is not None:
-            self.pcap.flush()
+            try:
+                self.pcap.flush()
+            except Exception:
+                self.pcap_failures += 1
+                self.pcap.discard()
+                log.exception("pcap: handing frames to the writer failed; the network goes on")
 
     @property
     def backlogged(self) -> bool:
