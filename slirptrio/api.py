@@ -475,6 +475,7 @@ async def open_stack(
     pcap_max: int | None = DEFAULT_JOURNAL_MAX,
     journal_policy: str = "lossy",
     journal_buffer: int = DEFAULT_BUDGET,
+    journal_overwrite: bool = False,
 ) -> AsyncIterator[SlirpStack]:
     """Run a stack for the duration of an ``async with`` block.
 
@@ -493,6 +494,9 @@ async def open_stack(
         network never waits) or ``"lossless"`` (the network waits for the disk).
       journal_buffer: bytes of records and frames that may wait for the writer thread;
         beyond it the policy applies.
+      journal_overwrite: replace an earlier session's journal or pcap at these paths (by
+        default that is refused: ``OSError`` naming ``--overwrite``). A path another live
+        stack holds is always refused.
 
     ``max-flows`` is lowered to what the process's RLIMIT_NOFILE allows (with a log line);
     the command line raises the soft limit to the hard one first, an embedding program may
@@ -502,7 +506,8 @@ async def open_stack(
       ConfigError: a bad option string, or what it names is missing on the host (a ``tftp=``
         or ``smb=`` directory, smbd: see :func:`check_host_side`).
       ValueError: a bad DNS upstream or journal policy.
-      OSError: the journal or pcap cannot be created (e.g. a symlink in the way).
+      OSError: the journal or pcap cannot be created (a symlink in the way, a missing
+        directory), is another live stack's, or an earlier session's (see above).
     """
     cfg = parse_user_options(config) if isinstance(config, str) else config
     cfg = fit_max_flows(cfg)
@@ -527,6 +532,7 @@ async def open_stack(
     recorder = Recorder.open(
         header, journal_dir=journal_path, pcap_path=pcap_path, journal_max=journal_max,
         pcap_max=pcap_max, policy=journal_policy, budget=journal_buffer,
+        overwrite=journal_overwrite,
     )
     port = tp.GuestPort(max_bytes=cfg.guest_queue_bytes())
     handle: SlirpStack | None = None

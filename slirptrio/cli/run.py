@@ -186,6 +186,7 @@ def command(args: argparse.Namespace, parser: Parser) -> int:
                         on_ready=ready, dns_upstreams=upstreams, control_path=args.control,
                         journal_max=args.journal_max, pcap_max=args.pcap_max,
                         journal_policy=args.journal_policy, journal_buffer=args.journal_buffer,
+                        journal_overwrite=args.overwrite,
                     )
 
                 nursery.start_soon(session)

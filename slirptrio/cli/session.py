@@ -47,9 +47,15 @@ def default_state_dir() -> str:
     return os.path.join(base, "slirptrio")
 
 
-def default_journal_path() -> str:
+def default_journal_path(suffix: str = "") -> str:
+    """A new journal path in :func:`default_state_dir` (created, 0700, if missing): the only
+    place the command line makes directories for a journal."""
+    from slirptrio.journal.files import ensure_parent
+
     stamp = time.strftime("%Y%m%d-%H%M%S")
-    return os.path.join(default_state_dir(), f"session-{stamp}-{os.getpid()}.journal")
+    path = os.path.join(default_state_dir(), f"session-{stamp}-{os.getpid()}{suffix}.journal")
+    ensure_parent(path)
+    return path
 
 
 async def run_session(
@@ -67,6 +73,7 @@ async def run_session(
     pcap_max: int | None = DEFAULT_JOURNAL_MAX,
     journal_policy: str = "lossy",
     journal_buffer: int = DEFAULT_BUDGET,
+    journal_overwrite: bool = False,
 ) -> None:
     """Run the stack until cancelled; journal and pcap are closed on the way out.
 
@@ -78,6 +85,7 @@ async def run_session(
         config, journal=journal_path, pcap=pcap_path, seed=seed,
         dns_upstreams=upstreams or None, meta=dict(meta or {}), journal_max=journal_max,
         pcap_max=pcap_max, journal_policy=journal_policy, journal_buffer=journal_buffer,
+        journal_overwrite=journal_overwrite,
     ) as stack:
         if spec.mode == "listen":
             await stack.listen_qemu(str(spec.addr))

@@ -110,8 +110,9 @@ def segment_bytes_for(journal_max: int) -> int:
     return max(MIN_SEGMENT_BYTES, journal_max // SEGMENTS_PER_BOUND)
 
 
-# Errors that may go away (space freed, the device back): wait them out, never stop the stack.
-_TRANSIENT = {errno.ENOSPC, errno.EDQUOT, errno.EIO, errno.EROFS, errno.ENOENT}
+# At the start only a full disk is waited out; any other error is the user's to fix (a missing
+# directory, a path that cannot be made): one line, before the network starts.
+_FULL = {errno.ENOSPC, errno.EDQUOT}
 
 
 def _reason(exc: OSError) -> str:
@@ -135,15 +136,20 @@ class DiskFiles:
         journal_max: int | None,
         pcap_path: str | None,
         pcap_max: int | None,
+        *,
+        overwrite: bool = False,
     ) -> None:
         self.journal_dir = journal_dir
         self.journal_max = journal_max
         self._dir_fd = -1
+        self._locks: list[int] = []  # held for the session: the journal directory's lock
         if journal_dir is not None:
             try:
-                self._dir_fd = files.open_private_dir(journal_dir, owned_files=SEGMENT_SUFFIX)
+                self._dir_fd = files.open_private_dir(journal_dir, owned_files=SEGMENT_SUFFIX,
+                                                      overwrite=overwrite, lock=self._locks)
             except OSError as exc:
-                if exc.errno not in _TRANSIENT:
+                self._release()
+                if exc.errno not in _FULL:
                     raise
                 # A full disk at the start must not keep the network from starting: the
                 # journal begins in a gap and the first segment is retried as usual.
@@ -161,12 +167,18 @@ class DiskFiles:
         self.pcap_bytes = 0
         if pcap_path is not None:
             try:
-                files.ensure_parent(pcap_path)
-                self._open_pcap()
+                files.check_parent(pcap_path)
+                self._open_pcap(overwrite=overwrite)
             except OSError as exc:
-                if exc.errno not in _TRANSIENT:
+                if exc.errno not in _FULL:
+                    self.close()
                     raise
                 log.warning("pcap: cannot create %s yet (%s)", pcap_path, _reason(exc))
+
+    def _release(self) -> None:
+        for fd in self._locks:
+            os.close(fd)
+        self._locks.clear()
 
     # ---------------------------------------------------------------------------- journal
 
@@ -242,7 +254,9 @@ class DiskFiles:
             self._dir_fd = -1
         self._ring.clear()
         self._ring_bytes = 0
-        self._dir_fd = files.open_private_dir(self.journal_dir, owned_files=SEGMENT_SUFFIX)
+        # Our own directory, removed under us (or not made at the start: the disk was full).
+        self._dir_fd = files.open_private_dir(self.journal_dir, owned_files=SEGMENT_SUFFIX,
+                                              lock=self._locks)
 
     def _close_segment(self) -> None:
         if self._seg_fd >= 0:
@@ -251,10 +265,10 @@ class DiskFiles:
 
     # ------------------------------------------------------------------------------- pcap
 
-    def _open_pcap(self) -> None:
+    def _open_pcap(self, overwrite: bool = True) -> None:
         assert self.pcap_path is not None
-        files.ensure_parent(self.pcap_path)
-        self._pcap_fd = files.create_private_file(self.pcap_path)
+        self._pcap_fd = files.create_private_file(self.pcap_path, overwrite=overwrite,
+                                                  lock=True)
         self._pcap_size = 0
         head = wpcap.global_header()
         _write_all(self._pcap_fd, head)
@@ -303,6 +317,7 @@ class DiskFiles:
         if self._pcap_fd >= 0:
             os.close(self._pcap_fd)
             self._pcap_fd = -1
+        self._release()
 
 
 def _write_all(fd: int, data: bytes | memoryview) -> None:
@@ -886,12 +901,17 @@ class Recorder:
         policy: str = "lossy",
         budget: int = DEFAULT_BUDGET,
         threaded: bool = True,
+        overwrite: bool = False,
     ) -> Recorder:
-        """Create the journal directory and the pcap (private files) and start the writer.
+        """Create the journal directory and the pcap (private files, locked for the session)
+        and start the writer.
 
-        ``journal_max``/``pcap_max`` None: unbounded. Raises OSError if a file cannot be made.
+        ``journal_max``/``pcap_max`` None: unbounded. Raises OSError if a file cannot be made:
+        :class:`~slirptrio.journal.files.InUseError` when another live session holds one,
+        :class:`~slirptrio.journal.files.ExistsError` when an earlier session's is there and
+        not ``overwrite``, FileNotFoundError when a directory is missing.
         """
-        disk = DiskFiles(journal_dir, journal_max, pcap_path, pcap_max)
+        disk = DiskFiles(journal_dir, journal_max, pcap_path, pcap_max, overwrite=overwrite)
         active = journal_dir is not None or pcap_path is not None
         writer = Writer(disk, budget=budget, policy=policy, threaded=threaded and active)
         journal = None
