@@ -43,6 +43,7 @@ from slirptrio.door import Door
 from slirptrio.journal import (
     Gap,
     Header,
+    JournalDamaged,
     JournalError,
     Record,
     SegmentStart,
@@ -57,6 +58,8 @@ EXIT_IDENTICAL = 0
 EXIT_DIVERGED = 1
 EXIT_UNREADABLE = 2
 EXIT_MISMATCH = 3
+EXIT_DAMAGED = 4
+"""Bytes of the journal were damaged on disk (a CRC does not hold): not a divergence."""
 
 
 @dataclass
@@ -485,7 +488,7 @@ def main(
     progress: bool | None = None,
 ) -> int:
     """CLI entry: 0 identical, 1 divergence, 2 unreadable, 3 divergence of a journal whose
-    core constants differ from this build's."""
+    core constants differ from this build's, 4 damaged on disk (a CRC does not hold)."""
     show = sys.stderr.isatty() if progress is None else progress
     bar = _Progress(sys.stderr) if show else None
 
@@ -498,6 +501,14 @@ def main(
             out = stack.enter_context(open(pcap_out, "wb")) if pcap_out is not None else None
             result = replay_journal(path, pcap_out=out, context=context, start=start,
                                     until=until, on_header=header_checked, progress=bar)
+    except JournalDamaged as exc:
+        if bar is not None:
+            bar.clear()
+        # Not a behaviour change: the bytes on disk are not the ones written.
+        print(f"DAMAGED: {exc}")
+        print("  the records before it replayed identical; replay from a later segment with "
+              "--from to check the rest")
+        return EXIT_DAMAGED
     except (OSError, JournalError) as exc:
         if bar is not None:
             bar.clear()
