@@ -14,11 +14,12 @@ opened and closed, a download dropped in the middle, UDP echo and ping over both
 over UDP and TCP, a TFTP fetch, a hostfwd (host to guest) and a guestfwd (guest to a host
 service). Every step's result is checked; a wrong one counts as a failure.
 
-The journal is written with the lossless policy (see ``POLICY``). Every ``--sample`` seconds: slirptrio's RSS, its descriptors, its flows (``ctl stats``), the
-journal's disk use and its newest segment number. Every ``--check`` seconds the journal's
-directory is copied and replayed from every segment's snapshot (each segment's records, and the
-next segment's snapshot compared with the replayed core's); at the end the final journal is
-replayed the same way. Figures go to ``--log`` (one JSON object per line, then a summary).
+The journal is written with the lossless policy (see ``POLICY``). Every ``--sample`` seconds:
+slirptrio's RSS, its descriptors, its flows (``ctl stats``), the journal's disk use and its
+newest segment number. Every ``--check`` seconds the journal's directory is copied and replayed
+from every segment's snapshot (each segment's records, and the next segment's snapshot compared
+with the replayed core's); at the end the final journal is replayed the same way. Figures go
+to ``--log`` (one JSON object per line, then a summary).
 Exit 0 when every step worked, the journal rotated with no gap and no recorder failure, and
 every replay was identical.
 """
@@ -391,9 +392,9 @@ def summary(fig: Figures) -> list[str]:
         f"  RSS start {fig.rss_kib_start / 1024:.1f} MiB, end {fig.rss_kib_end / 1024:.1f} MiB, "
         f"max {fig.rss_kib_max / 1024:.1f} MiB; descriptors start {fig.fds_start}, end "
         f"{fig.fds_end}, max {fig.fds_max}; flows max {fig.flows_max}",
-        f"  journal: --journal-max {JOURNAL_MAX >> 20} MiB ({POLICY}), disk max {fig.disk_max / 2**20:.2f}"
-        f" MiB, {fig.segments_rotated} segments rotated, gaps {fig.journal_gaps}, recorder "
-        f"failures {fig.recorder_failures}",
+        f"  journal: --journal-max {JOURNAL_MAX >> 20} MiB ({POLICY}), disk max "
+        f"{fig.disk_max / 2**20:.2f} MiB, {fig.segments_rotated} segments rotated, gaps "
+        f"{fig.journal_gaps}, recorder failures {fig.recorder_failures}",
         f"  replays: {fig.replays_identical}/{fig.replays} identical from every segment's "
         f"snapshot in {fig.checks} checks; stack exit {fig.exit_code}",
         f"  {'OK' if fig.ok else 'FAILED'}",

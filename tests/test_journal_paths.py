@@ -12,6 +12,7 @@ import signal
 import subprocess
 import sys
 import threading
+import time
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 
@@ -75,8 +76,11 @@ def test_a_live_journal_is_refused_to_a_second_stack(tmp_path: pathlib.Path) -> 
                   "hostfwd=tcp:127.0.0.1:0-:22")
     try:
         wait_ready(first)
-        segments = sorted(journal.glob("*.seg"))
-        assert segments
+        # the writer thread writes the first segment (header and snapshot) within moments
+        deadline = time.monotonic() + 30
+        while not (segments := sorted(journal.glob("*.seg"))) or not segments[0].stat().st_size:
+            assert time.monotonic() < deadline, "no first segment"
+            time.sleep(0.05)
         # the same journal, with or without --overwrite: refused, nothing touched
         for extra in ([], ["--overwrite"]):
             err = refused(tmp_path, "--journal", str(journal), "--no-pcap", *extra)

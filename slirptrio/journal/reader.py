@@ -1,11 +1,13 @@
 """Reading a journal: every retained segment in order, with its snapshot, gaps and windows.
 
-``open_journal(PATH)`` takes a journal directory (format 3) or a single journal file (formats 1
-and 2, or one segment file on its own). :attr:`Journal.records` iterates the records of every
-segment in order; :meth:`Journal.entries` also yields a :class:`SegmentStart` before each
+``open_journal(PATH)`` takes a journal directory (formats 3 and 4) or a single journal file
+(formats 1 and 2, or one segment file on its own). :attr:`Journal.records` iterates the records
+of every segment in order; :meth:`Journal.entries` also yields a :class:`SegmentStart` before each
 segment's records, with its snapshot and, when records are missing before it, the
 :class:`Gap`. A truncated last record (a ``kill -9`` in the middle of a write) ends its segment
-and is noted in :attr:`Journal.truncated`.
+and is noted in :attr:`Journal.truncated`. In format 4 every batch's and every segment start's
+CRC is checked as it is read: damage raises :class:`JournalDamaged` (record, segment, offset);
+a segment the recorder closed early names why in :attr:`Journal.ended`.
 """
 
 from __future__ import annotations

@@ -18,6 +18,12 @@ over it, the policy decides:
   the budget again (:meth:`Writer.wait_below`). The guest and the host sockets wait, through
   the bounded inbox: backpressure instead of loss.
 
+The recorder is an observer: a snapshot, an encoding or a hand-over that raises (a bug) is
+contained on the loop side. The segment ends with an ``end`` note naming the failure
+(``snapshot failed: TypeError: ...``), one log line with the traceback, ``recorder_failures``
+in ``ctl stats``; the network goes on and a new segment (with a fresh snapshot) is tried every
+``RETRY_S``, its header naming the gap.
+
 A write that fails (disk full, I/O error), or a segment file that was removed, stops the journal
 the same way: in ``lossy`` mode one log line, records dropped, and every ``RETRY_S`` a new
 segment with a snapshot is tried until one can be written ("writing again"); in ``lossless``
