@@ -33,6 +33,7 @@ import hashlib
 import json
 import os
 import shutil
+import signal
 import sys
 import tempfile
 import time
@@ -435,6 +436,10 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.minutes <= 0:
         parser.error("--minutes: must be positive")
+    # Started in the background (nohup, &), SIGINT comes ignored: take it back, and turn
+    # SIGTERM into an exit, so that either stop tears the namespaces down on the way out.
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    signal.signal(signal.SIGTERM, lambda _sig, _frame: sys.exit(143))
     reason = skip_reason()
     if reason is not None:
         print(f"soak: cannot run here: {reason}", file=sys.stderr)

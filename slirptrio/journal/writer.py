@@ -679,6 +679,7 @@ class JournalRecorder:
         self._overflow = False  # the gap is the budget's, not a failure
         self._retry_at = 0.0
         self._failures_seen = 0
+        self.flush_due = False  # the records packed fill a segment: flush between steps
         self._last_seq = -1  # the last record packed
         self._next_seq = 0  # the first record not handed to the writer yet
         self.records = 0  # handed to the writer
@@ -716,6 +717,11 @@ class JournalRecorder:
             return
         self._pending += 1
         self._last_seq = seq
+        # A burst can hold more than a segment (thousands of steps of bulk frames); past the
+        # segment's size the runtime flushes between two steps (:attr:`Recorder.flush_due`),
+        # so a segment never outgrows a small --journal-max.
+        if self._pending & 15 == 0 and len(self._packer.getbuffer()) >= self._seg_limit:
+            self.flush_due = True
 
     def failed(self, what: str, exc: BaseException) -> None:
         """The recorder itself raised (a bug): the segment ends with a gap named after it,
@@ -748,6 +754,7 @@ class JournalRecorder:
             self.failed("handing records to the writer failed", exc)
 
     def _flush(self) -> None:
+        self.flush_due = False
         w = self._writer
         if self._writing and w.failures != self._failures_seen:
             self._stop(w.journal_error or "a write failed", overflow=False)
@@ -931,6 +938,12 @@ class Recorder:
         """Start the journal's first segment (``snapshot``: the door's); never raises."""
         if self.journal is not None:
             self.journal.attach(snapshot)
+
+    @property
+    def flush_due(self) -> bool:
+        """The records packed since the last flush fill a segment: flush before the next step
+        rather than at the end of the burst."""
+        return self.journal is not None and self.journal.flush_due
 
     @property
     def failures(self) -> int:

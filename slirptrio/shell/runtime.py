@@ -117,10 +117,13 @@ class Runtime:
         steps = 0
         deadline = None
         now = self.now_ns()  # one timestamp per burst
+        recorder = self.recorder
         while pending and steps < _MAX_DRAIN:
             while pending and steps < _MAX_DRAIN:
                 self._step(pending.popleft(), now)
                 steps += 1
+                if recorder is not None and recorder.flush_due:
+                    recorder.flush()  # a segment's worth already: between two steps
             # Timers are checked once per burst, as the core asks for no more.
             deadline = self.stack.poll_at()
             if deadline is not None and deadline <= now:
@@ -133,8 +136,8 @@ class Runtime:
                 except Exception:
                     self.dispatch_errors += 1
                     log.exception("after-burst hook %r failed", hook)
-        if self.recorder is not None:
-            self.recorder.flush()  # to the writer thread; never fails here
+        if recorder is not None:
+            recorder.flush()  # to the writer thread; never fails here
         self._arm_timer(deadline, bool(pending))
 
     def _step(self, event: Event, now: int) -> None:
