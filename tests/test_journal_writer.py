@@ -471,3 +471,28 @@ def test_a_full_disk_at_the_start_does_not_stop_the_stack(
     result = replay_journal(path)
     assert result.identical and result.first is not None and 0 < result.first.seq <= 21
     assert result.last is not None and result.last.seq == 49
+
+
+def test_a_burst_bigger_than_the_bound_is_flushed_between_steps(tmp_path: pathlib.Path) -> None:
+    """A burst (thousands of steps before the runtime flushes) can hold more than the whole
+    bound; the recorder asks for a flush between two steps once it holds a segment's worth,
+    so the ring still keeps within the bound and no segment is refused as too big."""
+    path = tmp_path / "j"
+    bound = 4 * jw.MIN_SEGMENT_BYTES
+    rec, door = open_recorder(path, journal_max=bound)
+    flushes = 0
+    worst = 0
+    for i, ev in enumerate(pings(5000)):  # ~1.6 MB of records: six times the bound
+        door.step(ev, i * 1_000_000)
+        if rec.flush_due:  # what the runtime does after each step
+            rec.flush()
+            flushes += 1
+            worst = max(worst, allocated_on_disk(path))
+    rec.flush()
+    rec.close()
+    assert flushes >= 20
+    assert worst <= bound
+    assert rec.writer.failures == 0 and rec.journal is not None and rec.journal.gaps == 0
+    result = replay_journal(path)
+    assert result.identical and result.gaps == [] and result.last is not None
+    assert result.last.seq == 4999
