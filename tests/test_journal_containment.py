@@ -181,3 +181,20 @@ async def test_snapshot_that_always_fails_leaves_the_note_in_the_last_segment(
     result = await trio.to_thread.run_sync(replay_journal, journal)
     assert result.identical and result.last is not None
     assert ended[0].after_seq == result.last.seq
+
+
+def test_a_sink_that_raises_never_stops_a_step(caplog: pytest.LogCaptureFixture) -> None:
+    """The door's last line: whatever the sink raises, the step's effects go out, counted."""
+    from slirptrio.config import parse_user_options
+    from slirptrio.core.events import GuestFrame
+    from slirptrio.door import Door
+
+    def sink(*_args: Any) -> None:
+        raise RuntimeError("injected: the sink broke")
+
+    caplog.set_level(logging.ERROR, "slirptrio.door")
+    door = Door(Stack(parse_user_options(""), 1), sink)
+    effects = door.step(GuestFrame(gf.arp_request("10.0.2.2")), 0)
+    assert len(effects) == 1 and door.seq == 1  # the ARP reply, and the door moved on
+    assert door.sink_failures == 1
+    assert "the recorder raised on record 0" in caplog.text
