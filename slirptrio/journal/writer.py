@@ -76,11 +76,13 @@ from slirptrio.journal.format import (
     SEGMENT_SUFFIX,
     Header,
     SegmentHeader,
-    batch,
     encode_record,
     end_note,
     segment_name,
     segment_start,
+)
+from slirptrio.journal.format import (
+    batch as framed_batch,
 )
 from slirptrio.wire import pcap as wpcap
 from slirptrio.wire.fast import pcap_run
@@ -349,7 +351,7 @@ def _writev_all(fd: int, parts: list[bytes], nbytes: int) -> None:
 
 @dataclass
 class _Chunk:
-    kind: str  # "segment" | "journal" | "pcap" | "close"
+    kind: str  # "segment" | "journal" (packed records) | "note" | "pcap" | "close"
     data: Any
     nbytes: int
     count: int = 0  # records or frames
@@ -528,7 +530,7 @@ class Writer:
 
     def _journal(self, chunk: _Chunk) -> None:
         disk = self.disk
-        if chunk.kind == "journal":
+        if chunk.kind != "segment":
             now = time.monotonic()
             if self.journal_error is None and now >= self._next_check:
                 self._next_check = now + REMOVED_CHECK_S
@@ -542,12 +544,17 @@ class Writer:
             if self.journal_error is not None:
                 self.lost_records += chunk.count
                 return
+        data = chunk.data
+        if chunk.kind == "journal":
+            # Framed with its CRC here, in the writer's thread (zlib lets go of the GIL while
+            # it sums): the event loop never pays for the checksum.
+            data = framed_batch(chunk.count, data)
         while True:
             try:
                 if chunk.kind == "segment":
-                    disk.new_segment(chunk.number, chunk.data)
+                    disk.new_segment(chunk.number, data)
                 else:
-                    disk.append(chunk.data)
+                    disk.append(data)
                     self.records_written += chunk.count
             except OSError as exc:
                 lossless = self.policy == "lossless" and not isinstance(exc, BoundTooSmall)
@@ -744,7 +751,7 @@ class JournalRecorder:
         segments never come still names its gap)."""
         with contextlib.suppress(Exception):
             note = msgpack.packb(end_note(self._next_seq, reason), use_bin_type=True)
-            self._writer.put(_Chunk("journal", note, len(note), 0))
+            self._writer.put(_Chunk("note", note, len(note), 0))
 
     def flush(self) -> None:
         """Hand the records packed since the last flush to the writer (never raises)."""
@@ -760,7 +767,7 @@ class JournalRecorder:
             self._stop(w.journal_error or "a write failed", overflow=False)
         if self._writing:
             if self._pending:
-                chunk = batch(self._pending, self._packer.bytes())
+                chunk = self._packer.bytes()  # framed with its CRC by the writer thread
                 if w.policy == "lossy" and w.over_budget(len(chunk)):
                     self._stop("the disk could not keep up", overflow=True)
                 else:
