@@ -5,7 +5,7 @@ effect it produces is compared with the recorded one. The first difference stops
 is reported with its record number, time, flow, the expected and actual effects decoded, and the
 records before it.
 
-A journal of segments (format 3) is replayed segment after segment: the first one replayed
+A journal of segments (formats 3 and 4) is replayed segment after segment: the first one replayed
 starts from its snapshot (the nearest before ``--from``); at each later segment the replayed
 core's own snapshot must equal the recorded one (a "state" divergence otherwise), and after a
 gap, where records are missing, the core is restored from the segment's snapshot.
@@ -15,6 +15,10 @@ that wrote it and the core constants it recorded. Constants that differ from thi
 listed at once; replay then runs with the journal's values where this build has the same
 constant (:func:`slirptrio.core.constants.applied`). A divergence of a journal whose constants
 differ is reported as that mismatch (exit 3), not as a bug at some record.
+
+Bytes damaged on disk (format 4 checks a CRC over every write batch and every segment's header
+and snapshot) stop the replay with ``DAMAGED: journal damaged at record N (segment S, offset
+O)`` and exit 4: damage, not a divergence.
 """
 
 from __future__ import annotations
@@ -41,8 +45,10 @@ from slirptrio.core.events import CoreError, Effect, Event, decode_event, encode
 from slirptrio.core.stack import Stack
 from slirptrio.door import Door
 from slirptrio.journal import (
+    Ended,
     Gap,
     Header,
+    JournalDamaged,
     JournalError,
     Record,
     SegmentStart,
@@ -57,6 +63,8 @@ EXIT_IDENTICAL = 0
 EXIT_DIVERGED = 1
 EXIT_UNREADABLE = 2
 EXIT_MISMATCH = 3
+EXIT_DAMAGED = 4
+"""Bytes of the journal were damaged on disk (a CRC does not hold): not a divergence."""
 
 
 @dataclass
@@ -146,6 +154,8 @@ class ReplayResult:
     first: Record | None = None
     last: Record | None = None
     gaps: list[Gap] = field(default_factory=list)
+    ended: list[Ended] = field(default_factory=list)
+    """Segments the recorder closed early (a snapshot or an encoding raised live)."""
     segments: int = 0
     exceptions: list[tuple[int, str, str]] = field(default_factory=list)
     """(seq, type, message) of every core exception met (identical in the journal)."""
@@ -260,6 +270,7 @@ def replay_journal(
     finally:
         entries.close()  # the segment file open when --until stopped us
     result.gaps = list(journal.gaps)
+    result.ended = list(journal.ended)
     if result.divergence is None and journal.truncated:
         result.truncated_bytes = journal.truncated[0]
     return result
@@ -453,6 +464,12 @@ def format_summary(result: ReplayResult, path: str) -> list[str]:
         lines.append(f"  gap: {gap.lost} records lost after record {gap.after_seq} "
                      f"({gap.reason}); resumed at record {gap.next_seq} "
                      f"(t={gap.t_ns / 1e9:.3f}s) from the segment's snapshot")
+    resumed = {g.after_seq for g in result.gaps}
+    for end in result.ended:
+        later = ("; a later segment resumed" if end.after_seq in resumed
+                 else "; no later segment followed")
+        lines.append(f"  segment {end.segment} ended after record {end.after_seq}: "
+                     f"{end.reason}{later}")
     for seq, kind, message in result.exceptions:
         lines.append(f"  core exception at record {seq}: {kind}: {message} "
                      "(raised again in replay, as recorded)")
@@ -485,7 +502,7 @@ def main(
     progress: bool | None = None,
 ) -> int:
     """CLI entry: 0 identical, 1 divergence, 2 unreadable, 3 divergence of a journal whose
-    core constants differ from this build's."""
+    core constants differ from this build's, 4 damaged on disk (a CRC does not hold)."""
     show = sys.stderr.isatty() if progress is None else progress
     bar = _Progress(sys.stderr) if show else None
 
@@ -498,6 +515,14 @@ def main(
             out = stack.enter_context(open(pcap_out, "wb")) if pcap_out is not None else None
             result = replay_journal(path, pcap_out=out, context=context, start=start,
                                     until=until, on_header=header_checked, progress=bar)
+    except JournalDamaged as exc:
+        if bar is not None:
+            bar.clear()
+        # Not a behaviour change: the bytes on disk are not the ones written.
+        print(f"DAMAGED: {exc}")
+        print("  the records before it replayed identical; replay from a later segment with "
+              "--from to check the rest")
+        return EXIT_DAMAGED
     except (OSError, JournalError) as exc:
         if bar is not None:
             bar.clear()

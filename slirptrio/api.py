@@ -101,6 +101,10 @@ class StackStatistics:
     """Live captures: id, frames, lost (the reader was too slow), filter."""
     faults: list[dict[str, Any]] = dataclasses.field(default_factory=list)
     """Fault rules in force: id, rule, added_s, active, stats (what each has done)."""
+    recorder_failures: int = 0
+    """Times the recorder itself raised (a snapshot, an encoding): each one ends the journal's
+    segment with a named gap; the network goes on."""
+    recorder_last_failure: str | None = None
 
 
 class SlirpStack:
@@ -292,6 +296,8 @@ class SlirpStack:
             frames_from_strangers=self._runtime.port.foreign,
             captures=[c.stats() for c in self._captures.active.values()],
             faults=[r.to_dict() for r in self.faults()],
+            recorder_failures=rec.failures + self._runtime.door.sink_failures,
+            recorder_last_failure=journal.last_failure if journal is not None else None,
         )
 
     # ---------------------------------------------------------------------- control socket
@@ -618,6 +624,7 @@ async def open_stack(
     journal_policy: Policy = "lossy",
     journal_buffer: int = DEFAULT_BUDGET,
     faults: Sequence[str] = (),
+    journal_overwrite: bool = False,
 ) -> AsyncIterator[SlirpStack]:
     """Run a stack for the duration of an ``async with`` block.
 
@@ -637,6 +644,9 @@ async def open_stack(
       journal_buffer: bytes of records and frames that may wait for the writer thread;
         beyond it the policy applies.
       faults: fault rules in force from the start (:meth:`SlirpStack.add_fault`).
+      journal_overwrite: replace an earlier session's journal or pcap at these paths (by
+        default that is refused: ``OSError`` naming ``--overwrite``). A path another live
+        stack holds is always refused.
 
     ``max-flows`` is lowered to what the process's RLIMIT_NOFILE allows (with a log line);
     the command line raises the soft limit to the hard one first, an embedding program may
@@ -646,7 +656,8 @@ async def open_stack(
       ConfigError: a bad option string, or what it names is missing on the host (a ``tftp=``
         or ``smb=`` directory, smbd: see :func:`check_host_side`).
       ValueError: a bad DNS upstream or journal policy; a bad fault rule (FaultError).
-      OSError: the journal or pcap cannot be created (e.g. a symlink in the way).
+      OSError: the journal or pcap cannot be created (a symlink in the way, a missing
+        directory), is another live stack's, or an earlier session's (see above).
     """
     cfg = parse_user_options(config) if isinstance(config, str) else config
     cfg = fit_max_flows(cfg)
@@ -672,6 +683,7 @@ async def open_stack(
     recorder = Recorder.open(
         header, journal_dir=journal_path, pcap_path=pcap_path, journal_max=journal_max,
         pcap_max=pcap_max, policy=journal_policy, budget=journal_buffer,
+        overwrite=journal_overwrite,
     )
     port = tp.GuestPort(max_bytes=cfg.guest_queue_bytes())
     handle: SlirpStack | None = None

@@ -5,6 +5,10 @@ the session went through. The door stamps every input with a sequence number and
 core was given, runs the core, and hands the record to a sink (the journal live, a comparator
 in replay).
 
+The sink is an observer: an exception from it is logged and counted (``sink_failures``) and
+the step's effects go out all the same. (The journal's recorder contains its own failures first:
+it ends the segment with a named gap, see :mod:`slirptrio.journal.writer`.)
+
 An exception raised by the core is a bug, but must not stop the stack: the door logs it with its
 traceback, counts it (``core_exceptions``) and returns a single :class:`CoreError` effect in
 place of the event's effects. The journal keeps that effect like any other, so replay reports
@@ -36,6 +40,7 @@ class Door:
         self.sink = sink
         self.seq = 0
         self.now_ns = 0
+        self.sink_failures = 0
 
     def step(self, event: Event, now_ns: int) -> list[Effect]:
         """Run one event through the core at ``now_ns`` (never earlier than the last step)."""
@@ -51,7 +56,14 @@ class Door:
                       type(event).__name__, exc_info=True)
             effects = [CoreError(type(exc).__name__, error_message(exc))]
         if self.sink is not None:
-            self.sink(self.seq, now_ns, event, effects)
+            try:
+                self.sink(self.seq, now_ns, event, effects)
+            except Exception:
+                # The recorder is an observer: its failure is its own (counted, logged, a gap in
+                # the journal, see the journal writer), never the network's.
+                self.sink_failures += 1
+                log.error("the recorder raised on record %d; the network goes on", self.seq,
+                          exc_info=True)
         self.seq += 1
         return effects
 

@@ -40,8 +40,8 @@ class FlakyDisk(jw.DiskFiles):
     """Files whose writes fail with ENOSPC while ``full`` is set, or block while ``stall``
     is clear."""
 
-    def __init__(self, *args: Any) -> None:
-        super().__init__(*args)
+    def __init__(self, *args: Any, **kw: Any) -> None:
+        super().__init__(*args, **kw)
         self.full = False
         self.stall = threading.Event()
         self.stall.set()
@@ -69,8 +69,10 @@ def open_recorder(
     threaded: bool = False,
     disk_cls: type[jw.DiskFiles] = jw.DiskFiles,
     clock: Any = time.monotonic,
+    overwrite: bool = False,
 ) -> tuple[jw.Recorder, Door]:
-    disk = disk_cls(str(path), journal_max, str(pcap) if pcap else None, pcap_max)
+    disk = disk_cls(str(path), journal_max, str(pcap) if pcap else None, pcap_max,
+                    overwrite=overwrite)
     writer = jw.Writer(disk, budget=budget, policy=policy, threaded=threaded)
     seg = jw.segment_bytes_for(journal_max) if journal_max else 1 << 62
     journal = jw.JournalRecorder(writer, header_for(CONFIG, SEED), segment_bytes=seg,
@@ -305,17 +307,25 @@ def test_pcap_rotates_within_its_bound(tmp_path: pathlib.Path) -> None:
     assert times == sorted(times) and times[-1] == 2999 * 1_000_000
 
 
-def test_files_are_private_whatever_the_umask(tmp_path: pathlib.Path) -> None:
+def test_files_are_private_whatever_the_umask(
+    tmp_path: pathlib.Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from slirptrio.cli.session import default_journal_path
+
+    monkeypatch.setenv("XDG_STATE_HOME", str(tmp_path / "state"))
     old = os.umask(0)
     try:
-        path = tmp_path / "state" / "j"
-        pcap = tmp_path / "state" / "p.pcap"
+        # the command line's default place is the only directory made for a journal
+        path = pathlib.Path(default_journal_path())
+        pcap = path.with_suffix(".pcap")
         rec, door = open_recorder(path, pcap=pcap)
         door.step(next(pings(1)), 0)
         rec.close()
     finally:
         os.umask(old)
+    assert path.parent == tmp_path / "state" / "slirptrio"
     assert stat.S_IMODE(path.stat().st_mode) == 0o700
+    assert stat.S_IMODE(path.parent.stat().st_mode) == 0o700
     assert stat.S_IMODE((tmp_path / "state").stat().st_mode) == 0o700
     for seg in segments(path):
         assert stat.S_IMODE(seg.stat().st_mode) == 0o600
@@ -345,15 +355,61 @@ def test_an_existing_directory_of_other_files_is_refused(tmp_path: pathlib.Path)
     assert (path / "notes.txt").exists()
 
 
-def test_a_journal_is_replaced_by_a_new_one_at_the_same_path(tmp_path: pathlib.Path) -> None:
+def test_a_journal_is_replaced_only_when_asked(tmp_path: pathlib.Path) -> None:
     path = tmp_path / "j"
-    for n in (300, 10):
-        rec, door = open_recorder(path, journal_max=8 * jw.MIN_SEGMENT_BYTES)
+    pcap = tmp_path / "p.pcap"
+    for n, overwrite in ((300, False), (10, True)):
+        rec, door = open_recorder(path, journal_max=8 * jw.MIN_SEGMENT_BYTES, pcap=pcap,
+                                  overwrite=overwrite)
         for i, ev in enumerate(pings(n)):
             door.step(ev, i * 1_000_000)
             rec.flush()
         rec.close()
+        if n == 300:
+            before = {p.name: p.read_bytes() for p in segments(path)}
+            kept_pcap = pcap.read_bytes()
+            with pytest.raises(files.ExistsError, match="--overwrite"):
+                open_recorder(path)
+            with pytest.raises(files.ExistsError, match="--overwrite"):
+                open_recorder(tmp_path / "other", pcap=pcap)
+            assert {p.name: p.read_bytes() for p in segments(path)} == before
+            assert pcap.read_bytes() == kept_pcap
+            assert replay_journal(path).records == 300
     assert replay_journal(path).records == 10
+    with pcap.open("rb") as f:
+        assert len(list(read_pcap(f))) == 20  # 10 pings and their replies
+
+
+def test_a_live_journal_and_pcap_are_locked(tmp_path: pathlib.Path) -> None:
+    path = tmp_path / "j"
+    pcap = tmp_path / "p.pcap"
+    rec, door = open_recorder(path, pcap=pcap)
+    for i, ev in enumerate(pings(20)):
+        door.step(ev, i * 1_000_000)
+    rec.flush()
+    # a second session is refused even with overwrite, and changes nothing
+    with pytest.raises(files.InUseError, match="in use by another running slirptrio"):
+        open_recorder(path, overwrite=True)
+    with pytest.raises(files.InUseError, match="in use"):
+        open_recorder(tmp_path / "j2", pcap=pcap, overwrite=True)
+    for i, ev in enumerate(pings(20)):
+        door.step(ev, (20 + i) * 1_000_000)
+    rec.flush()
+    rec.close()
+    assert replay_journal(path).records == 40
+    with pcap.open("rb") as f:
+        assert len(list(read_pcap(f))) == 80
+    # once it ended, the lock is free: overwriting is a choice again
+    rec, door = open_recorder(path, pcap=pcap, overwrite=True)
+    rec.close()
+
+
+def test_a_path_in_a_missing_directory_is_refused(tmp_path: pathlib.Path) -> None:
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        open_recorder(tmp_path / "missing" / "a" / "j")
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        open_recorder(tmp_path / "j", pcap=tmp_path / "missing" / "p.pcap")
+    assert not (tmp_path / "missing").exists()
 
 
 def test_kill_during_a_segment_start_leaves_a_readable_journal(tmp_path: pathlib.Path) -> None:
@@ -394,11 +450,11 @@ def test_a_full_disk_at_the_start_does_not_stop_the_stack(
     real = files.open_private_dir
     calls = [0]
 
-    def full_at_first(path: str, *, owned_files: str) -> int:
+    def full_at_first(path: str, **kw: Any) -> int:
         calls[0] += 1
         if calls[0] <= 2:
             raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
-        return real(path, owned_files=owned_files)
+        return real(path, **kw)
 
     monkeypatch.setattr(files, "open_private_dir", full_at_first)
     caplog.set_level(logging.WARNING, "slirptrio.journal")
@@ -415,3 +471,28 @@ def test_a_full_disk_at_the_start_does_not_stop_the_stack(
     result = replay_journal(path)
     assert result.identical and result.first is not None and 0 < result.first.seq <= 21
     assert result.last is not None and result.last.seq == 49
+
+
+def test_a_burst_bigger_than_the_bound_is_flushed_between_steps(tmp_path: pathlib.Path) -> None:
+    """A burst (thousands of steps before the runtime flushes) can hold more than the whole
+    bound; the recorder asks for a flush between two steps once it holds a segment's worth,
+    so the ring still keeps within the bound and no segment is refused as too big."""
+    path = tmp_path / "j"
+    bound = 4 * jw.MIN_SEGMENT_BYTES
+    rec, door = open_recorder(path, journal_max=bound)
+    flushes = 0
+    worst = 0
+    for i, ev in enumerate(pings(5000)):  # ~1.6 MB of records: six times the bound
+        door.step(ev, i * 1_000_000)
+        if rec.flush_due:  # what the runtime does after each step
+            rec.flush()
+            flushes += 1
+            worst = max(worst, allocated_on_disk(path))
+    rec.flush()
+    rec.close()
+    assert flushes >= 20
+    assert worst <= bound
+    assert rec.writer.failures == 0 and rec.journal is not None and rec.journal.gaps == 0
+    result = replay_journal(path)
+    assert result.identical and result.gaps == [] and result.last is not None
+    assert result.last.seq == 4999

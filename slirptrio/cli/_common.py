@@ -59,6 +59,11 @@ def add_journal_options(parser: argparse.ArgumentParser, each: bool) -> None:
              f"(default {format_size(DEFAULT_BUDGET)})",
     )
     parser.add_argument(
+        "--overwrite", action="store_true",
+        help=f"replace an earlier session's journal or pcap at the path given (without it "
+             f"{journal} that exists is refused; one another running slirptrio holds always is)",
+    )
+    parser.add_argument(
         "--pcap-max", metavar="SIZE",
         help=f"disk {pcap} may use: it rotates into PATH.1 at half of it (default: as "
              "--journal-max)",

@@ -39,7 +39,6 @@ import shutil
 import signal
 import sys
 import tempfile
-import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass, field, fields
 from typing import Any
@@ -55,7 +54,7 @@ from slirptrio.cli._common import (
     journal_options,
     setup_logging,
 )
-from slirptrio.cli.session import default_state_dir
+from slirptrio.cli.session import default_journal_path
 from slirptrio.config import Config, ConfigError, parse_user_options
 from slirptrio.syntax.address import parse_upstream
 from slirptrio.syntax.keyval import escape as _esc
@@ -333,6 +332,19 @@ def _path_for(template: str, name: str, several: bool) -> str:
     return f"{root}-{name}{ext}"
 
 
+def _written(path: str) -> bool:
+    """Whether the journal (a directory of segments) or pcap at ``path`` holds anything."""
+    from slirptrio.journal.format import segment_number
+
+    try:
+        if os.path.isdir(path):
+            return any(segment_number(e.name) is not None and e.stat().st_size > 0
+                       for e in os.scandir(path))
+        return os.path.getsize(path) > 0
+    except OSError:
+        return False
+
+
 def _safe(name: str) -> str:
     return re.sub(r"[^A-Za-z0-9_.-]", "_", name)[:40]
 
@@ -420,9 +432,7 @@ def _files(args: argparse.Namespace, net: UserNet, index: int, several: bool,
         if args.journal:
             journal = _path_for(args.journal, name, several)
         else:
-            stamp = time.strftime("%Y%m%d-%H%M%S")
-            journal = os.path.join(default_state_dir(),
-                                   f"session-{stamp}-{os.getpid()}-{name}.journal")
+            journal = default_journal_path(f"-{name}")
     pcap = None
     if not args.no_pcap:
         if args.pcap:
@@ -489,6 +499,7 @@ def _run(args: argparse.Namespace, plan: Rewrite, private: str, upstreams: list[
                     journal_max=args.journal_max, pcap_max=args.pcap_max,
                     journal_policy=args.journal_policy, journal_buffer=args.journal_buffer,
                     faults=args.fault_rules,
+                    journal_overwrite=args.overwrite,
                 ))
                 opened.append(stack)
                 retention.started(f.journal)
@@ -511,7 +522,7 @@ def _run(args: argparse.Namespace, plan: Rewrite, private: str, upstreams: list[
                      "session was removed (--keep keeps such a session)")
                 continue
             where = ", ".join(f"{k} {v}" for k, v in (("journal", f.journal), ("pcap", f.pcap))
-                              if v) or "no journal, no pcap"
+                              if v and _written(v)) or "no journal, no pcap"
             _say(args.quiet, f"netdev {net.name}: {where}")
 
     trio.run(main)  # a stack that cannot start (a port in use ...) is the user's: exit 2

@@ -228,6 +228,7 @@ def command(args: argparse.Namespace, parser: Parser) -> int:
                         on_close=lambda stack: retention.closing(journal, stack, {
                             "command": "slirptrio run", "transport": spec.qemu_args()}),
                         faults=faults,
+                        journal_overwrite=args.overwrite,
                     )
 
                 nursery.start_soon(session)

@@ -49,9 +49,15 @@ class TransportSpec:
         )
 
 
-def default_journal_path() -> str:
+def default_journal_path(suffix: str = "") -> str:
+    """A new journal path in :func:`default_state_dir` (created, 0700, if missing): the only
+    place the command line makes directories for a journal."""
+    from slirptrio.journal.files import ensure_parent
+
     stamp = time.strftime("%Y%m%d-%H%M%S")
-    return os.path.join(default_state_dir(), f"session-{stamp}-{os.getpid()}.journal")
+    path = os.path.join(default_state_dir(), f"session-{stamp}-{os.getpid()}{suffix}.journal")
+    ensure_parent(path)
+    return path
 
 
 async def run_session(
@@ -71,6 +77,7 @@ async def run_session(
     journal_buffer: int = DEFAULT_BUDGET,
     on_close: Callable[[SlirpStack], None] | None = None,
     faults: list[str] | None = None,
+    journal_overwrite: bool = False,
 ) -> None:
     """Run the stack until cancelled; journal and pcap are closed on the way out.
 
@@ -84,6 +91,7 @@ async def run_session(
         dns_upstreams=upstreams or None, meta=dict(meta or {}), journal_max=journal_max,
         pcap_max=pcap_max, journal_policy=journal_policy, journal_buffer=journal_buffer,
         faults=faults or (),
+        journal_overwrite=journal_overwrite,
     ) as stack:
         if spec.mode == "listen":
             await stack.listen_qemu(str(spec.addr))

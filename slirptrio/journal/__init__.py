@@ -9,7 +9,9 @@ The package has three parts:
 
 On disk a journal is a directory (0700) of segment files ``00000001.seg``, ``00000002.seg``...
 (0600), each starting with the session's header and a snapshot of the core, so that every
-segment replays on its own (see :mod:`slirptrio.journal.format`). The replay itself lives in
+segment replays on its own (see :mod:`slirptrio.journal.format`; format 4 checks a CRC over
+every write batch), and an empty ``.lock`` that the live session holds (``flock``): a journal
+belongs to one session (:mod:`slirptrio.journal.files`). The replay itself lives in
 the ``replay`` package.
 """
 
@@ -17,6 +19,7 @@ from slirptrio.journal.format import (
     FORMAT_VERSION,
     MAGIC,
     Header,
+    JournalDamaged,
     JournalError,
     Record,
     SegmentHeader,
@@ -25,14 +28,16 @@ from slirptrio.journal.format import (
     frames_of,
     is_digest,
 )
-from slirptrio.journal.reader import Gap, Journal, Segment, SegmentStart, open_journal
+from slirptrio.journal.reader import Ended, Gap, Journal, Segment, SegmentStart, open_journal
 
 __all__ = [
     "FORMAT_VERSION",
     "MAGIC",
+    "Ended",
     "Gap",
     "Header",
     "Journal",
+    "JournalDamaged",
     "JournalError",
     "Record",
     "Segment",

@@ -1,14 +1,27 @@
 """The journal's on-disk format: header, segment header, records, and their encoding.
 
-Format 3 (this one) is a directory of segment files, each a msgpack stream::
+Format 4 (this one) is a directory of segment files, each a msgpack stream::
 
-    header    = {"magic": "slirptrio-journal", "format": 3, "version": str, "seed": int,
+    header    = {"magic": "slirptrio-journal", "format": 4, "version": str, "seed": int,
                  "config": Config.to_dict(), "origin_ns": int, "meta": {...},
                  "constants": {"core.tcp.RTO_MAX_NS": ..., ...},
                  "segment": {"number": int, "first_seq": int, "t_ns": int,
-                             "gap": None | {"reason": str, "lost_records": int}}}
-    snapshot  = {"seq": int, "now_ns": int, "stack": Stack.snapshot()}   # the door's state
-    record    = [seq: int, t_ns: int, event: [TAG, ...], effects: [[TAG, ...], ...]]  # ...
+                             "gap": None | {"reason": str}}}
+    start     = [crc32(header bytes + snapshot bytes), snapshot bytes]
+                where snapshot = {"seq": int, "now_ns": int, "stack": Stack.snapshot()}
+    batch     = [count: int, crc32(records), records: bytes]      # ... one per write batch
+                where records = count packed records, each
+                [seq: int, t_ns: int, event: [TAG, ...], effects: [[TAG, ...], ...]]
+    end       = {"end": reason: str, "next_seq": int}             # optional, last item
+
+Every batch carries the CRC-32 of its records, and the segment's start the CRC of its header
+and snapshot, so bytes damaged on disk are told apart from a behaviour change: the reader
+raises :class:`JournalDamaged` (record, segment, offset) where a CRC or the framing fails. A
+batch cut off at the end of the last segment is a ``kill -9`` in the middle of a write, not
+damage. ``end`` closes a segment that stopped early because the recorder itself failed (a
+snapshot or an encoding that raised): it names the gap even when no later segment follows.
+
+Format 3 was the same without the CRCs: the snapshot a plain map, records one after another.
 
 Every segment repeats the session's header (seed, config, constants) and starts with a
 snapshot of the core as it was before the segment's first record (``first_seq``), so any
@@ -33,6 +46,8 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
+import msgpack
+
 from slirptrio.core.events import (
     Effect,
     Event,
@@ -47,7 +62,7 @@ from slirptrio.core.events import (
 from slirptrio.wire.framing import split_run
 
 MAGIC = "slirptrio-journal"
-FORMAT_VERSION = 3
+FORMAT_VERSION = 4
 DIGEST_OVER = 256
 HEAD_BYTES = 128  # Ethernet + IPv4 + TCP headers with options fit
 DIGEST_MARK = "#"
@@ -56,6 +71,44 @@ SEGMENT_SUFFIX = ".seg"
 
 class JournalError(Exception):
     """The journal cannot be read (not a journal, or a newer format)."""
+
+
+class JournalDamaged(JournalError):
+    """Bytes of the journal were damaged on disk: a CRC or the framing does not hold."""
+
+    def __init__(self, seq: int | None, segment: int, offset: int, path: str, detail: str
+                 ) -> None:
+        where = f"record {seq}" if seq is not None else "the start"
+        super().__init__(f"journal damaged at {where} (segment {segment}, offset {offset}): "
+                         f"{detail} [{path}]")
+        self.seq = seq
+        self.segment = segment
+        self.offset = offset
+        self.path = path
+
+
+def _bin_header(n: int) -> bytes:
+    return b"\xc6" + n.to_bytes(4, "big")  # msgpack bin32: one form whatever the size
+
+
+def segment_start(header: Header | dict[str, Any], snapshot: dict[str, Any]) -> bytes:
+    """A format-4 segment's first bytes: its header, then the snapshot with their CRC."""
+    raw = header.to_raw() if isinstance(header, Header) else header
+    head = msgpack.packb(raw, use_bin_type=True)
+    snap = msgpack.packb(snapshot, use_bin_type=True)
+    crc = zlib.crc32(snap, zlib.crc32(head))
+    return b"".join((head, b"\x92", msgpack.packb(crc), _bin_header(len(snap)), snap))
+
+
+def batch(count: int, records: bytes) -> bytes:
+    """``count`` packed records as one format-4 batch carrying their CRC."""
+    return b"".join((b"\x93", msgpack.packb(count), msgpack.packb(zlib.crc32(records)),
+                     _bin_header(len(records)), records))
+
+
+def end_note(next_seq: int, reason: str) -> dict[str, Any]:
+    """The last item of a segment the recorder closed early (``reason``)."""
+    return {"end": reason, "next_seq": next_seq}
 
 
 def segment_name(number: int) -> str:

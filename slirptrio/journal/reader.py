@@ -1,16 +1,19 @@
 """Reading a journal: every retained segment in order, with its snapshot, gaps and windows.
 
-``open_journal(PATH)`` takes a journal directory (format 3) or a single journal file (formats 1
-and 2, or one segment file on its own). :attr:`Journal.records` iterates the records of every
-segment in order; :meth:`Journal.entries` also yields a :class:`SegmentStart` before each
+``open_journal(PATH)`` takes a journal directory (formats 3 and 4) or a single journal file
+(formats 1 and 2, or one segment file on its own). :attr:`Journal.records` iterates the records
+of every segment in order; :meth:`Journal.entries` also yields a :class:`SegmentStart` before each
 segment's records, with its snapshot and, when records are missing before it, the
 :class:`Gap`. A truncated last record (a ``kill -9`` in the middle of a write) ends its segment
-and is noted in :attr:`Journal.truncated`.
+and is noted in :attr:`Journal.truncated`. In format 4 every batch's and every segment start's
+CRC is checked as it is read: damage raises :class:`JournalDamaged` (record, segment, offset);
+a segment the recorder closed early names why in :attr:`Journal.ended`.
 """
 
 from __future__ import annotations
 
 import os
+import zlib
 from collections.abc import Generator, Iterator
 from dataclasses import dataclass, field
 from typing import IO, Any
@@ -20,6 +23,7 @@ import msgpack
 from slirptrio.journal.format import (
     SEGMENT_SUFFIX,
     Header,
+    JournalDamaged,
     JournalError,
     Record,
     read_header,
@@ -93,6 +97,8 @@ class Journal:
     """Filled while iterating."""
     truncated: list[int] = field(default_factory=list)
     """Sizes of cut-off last records, filled while iterating."""
+    ended: list[Ended] = field(default_factory=list)
+    """Segments closed early by a recorder failure, filled while iterating."""
     bytes_read: int = 0
     """Progress of the current iteration, in bytes of journal."""
     _fileobj: IO[bytes] | None = None
@@ -125,15 +131,22 @@ class Journal:
         return best
 
     def entries(self, start: int = 0) -> Generator[SegmentStart | Record, None, None]:
-        """Segment starts and records from segment index ``start`` on."""
+        """Segment starts and records from segment index ``start`` on.
+
+        Raises :class:`JournalDamaged` where a format-4 CRC or the framing does not hold.
+        """
         self.gaps.clear()
         self.truncated.clear()
+        self.ended.clear()
         self.bytes_read = sum(s.size for s in self.segments[:start])
         last_seq: int | None = None
         prev_number: int | None = None
         for seg in self.segments[start:]:
             f = self._open(seg)
+            last = seg is self.segments[-1]
+            checked = seg.header.format >= 4
             try:
+                head = _head_bytes(f) if checked else b""
                 unpacker = msgpack.Unpacker(
                     f, raw=False, max_buffer_size=_MAX_BUFFER, read_size=_READ_SIZE,
                     strict_map_key=False,
@@ -144,11 +157,22 @@ class Journal:
                     try:
                         snapshot = _unpack(unpacker, seg.path, "snapshot")
                     except _CutOff:
-                        if seg is not self.segments[-1]:
+                        if not last:
+                            if checked:
+                                raise JournalDamaged(seg.first_seq, seg.number, len(head),
+                                                     seg.path, "the snapshot is cut off"
+                                                     ) from None
                             raise
                         # The session was killed while starting its last segment.
                         self.truncated.append(seg.size - unpacker.tell())
                         return
+                    except JournalError as exc:
+                        if checked:
+                            raise JournalDamaged(seg.first_seq, seg.number, len(head),
+                                                 seg.path, str(exc)) from None
+                        raise
+                    if checked:
+                        snapshot = _checked_snapshot(snapshot, head, seg)
                     if not isinstance(snapshot, dict):
                         raise JournalError(f"{seg.path}: bad snapshot")
                 gap = self._gap(seg, last_seq, prev_number)
@@ -161,22 +185,38 @@ class Journal:
                 base = self.bytes_read
                 n = 0
                 while True:
+                    at = unpacker.tell()
                     try:
                         raw = unpacker.unpack()
                     except msgpack.OutOfData:
                         tail = seg.size - unpacker.tell()
                         if tail > 0:
+                            if checked and not last:
+                                raise JournalDamaged(_next(last_seq), seg.number, at, seg.path,
+                                                     f"the segment ends inside a batch ({tail} "
+                                                     "bytes)") from None
                             self.truncated.append(tail)
                         break
                     except (msgpack.UnpackException, ValueError) as exc:
+                        if checked:
+                            raise JournalDamaged(_next(last_seq), seg.number, at, seg.path,
+                                                 f"unreadable: {exc}") from exc
                         raise JournalError(f"{seg.path}: unreadable record: {exc}") from exc
-                    if not (isinstance(raw, list) and len(raw) == 4):
+                    if checked:
+                        if isinstance(raw, dict) and "end" in raw:
+                            self.ended.append(Ended(seg.number, last_seq, str(raw["end"])))
+                            continue
+                        records = _batch(raw, _next(last_seq), seg, at)
+                    elif isinstance(raw, list) and len(raw) == 4:
+                        records = [raw]
+                    else:
                         raise JournalError(f"{seg.path}: bad record {raw!r:.80}")
-                    last_seq = raw[0]
+                    for rec in records:
+                        last_seq = rec[0]
+                        yield Record(rec[0], rec[1], rec[2], rec[3])
                     n += 1
                     if n & 255 == 0:
                         self.bytes_read = base + unpacker.tell()
-                    yield Record(raw[0], raw[1], raw[2], raw[3])
                 self.bytes_read = base + seg.size
             finally:
                 if f is not self._fileobj:
@@ -204,6 +244,70 @@ class Journal:
             self._fileobj.seek(0)
             return self._fileobj
         return open(seg.path, "rb")
+
+
+@dataclass
+class Ended:
+    """A segment the recorder closed early (a snapshot or an encoding raised), as its ``end``
+    note says: records after ``after_seq`` are missing until a later segment, if any."""
+
+    segment: int
+    after_seq: int | None
+    reason: str
+
+
+def _next(last_seq: int | None) -> int | None:
+    return None if last_seq is None else last_seq + 1
+
+
+def _head_bytes(f: IO[bytes]) -> bytes:
+    """The bytes of the header at the start of ``f`` (its CRC covers them); ``f`` is left at 0."""
+    f.seek(0)
+    unpacker = msgpack.Unpacker(f, raw=False, max_buffer_size=_MAX_BUFFER, read_size=65536,
+                                strict_map_key=False)
+    unpacker.unpack()
+    size = unpacker.tell()
+    f.seek(0)
+    head = f.read(size)
+    f.seek(0)
+    return head
+
+
+def _checked_snapshot(item: Any, head: bytes, seg: Segment) -> Any:
+    if not (isinstance(item, list) and len(item) == 2 and isinstance(item[1], bytes)):
+        raise JournalDamaged(seg.first_seq, seg.number, len(head), seg.path,
+                             "the segment's start is not a checked snapshot")
+    crc, data = item
+    if zlib.crc32(data, zlib.crc32(head)) != crc:
+        raise JournalDamaged(seg.first_seq, seg.number, len(head), seg.path,
+                             "the CRC of the header and snapshot does not match")
+    try:
+        return msgpack.unpackb(data, raw=False, strict_map_key=False)
+    except (msgpack.UnpackException, ValueError) as exc:
+        raise JournalDamaged(seg.first_seq, seg.number, len(head), seg.path,
+                             f"unreadable snapshot: {exc}") from exc
+
+
+def _batch(raw: Any, first: int | None, seg: Segment, at: int) -> list[list[Any]]:
+    """The records of a format-4 batch, checked against its CRC and count."""
+    if not (isinstance(raw, list) and len(raw) == 3 and isinstance(raw[2], bytes)
+            and isinstance(raw[0], int) and isinstance(raw[1], int)):
+        raise JournalDamaged(first, seg.number, at, seg.path, f"not a batch: {raw!r:.60}")
+    count, crc, data = raw
+    if zlib.crc32(data) != crc:
+        raise JournalDamaged(first, seg.number, at, seg.path,
+                             f"the CRC of a batch of {count} records does not match")
+    unpacker = msgpack.Unpacker(raw=False, max_buffer_size=_MAX_BUFFER, strict_map_key=False)
+    unpacker.feed(data)
+    try:
+        records = list(unpacker)
+    except (msgpack.UnpackException, ValueError) as exc:
+        raise JournalDamaged(first, seg.number, at, seg.path,
+                             f"unreadable records: {exc}") from exc
+    if len(records) != count or not all(isinstance(r, list) and len(r) == 4 for r in records):
+        raise JournalDamaged(first, seg.number, at, seg.path,
+                             f"a batch of {count} records holds {len(records)} items")
+    return records
 
 
 class _CutOff(JournalError):

@@ -18,6 +18,12 @@ over it, the policy decides:
   the budget again (:meth:`Writer.wait_below`). The guest and the host sockets wait, through
   the bounded inbox: backpressure instead of loss.
 
+The recorder is an observer: a snapshot, an encoding or a hand-over that raises (a bug) is
+contained on the loop side. The segment ends with an ``end`` note naming the failure
+(``snapshot failed: TypeError: ...``), one log line with the traceback, ``recorder_failures``
+in ``ctl stats``; the network goes on and a new segment (with a fresh snapshot) is tried every
+``RETRY_S``, its header naming the gap.
+
 A write that fails (disk full, I/O error), or a segment file that was removed, stops the journal
 the same way: in ``lossy`` mode one log line, records dropped, and every ``RETRY_S`` a new
 segment with a snapshot is tried until one can be written ("writing again"); in ``lossless``
@@ -80,7 +86,12 @@ from slirptrio.journal.format import (
     Header,
     SegmentHeader,
     encode_record,
+    end_note,
     segment_name,
+    segment_start,
+)
+from slirptrio.journal.format import (
+    batch as framed_batch,
 )
 from slirptrio.wire import pcap as wpcap
 from slirptrio.wire.fast import pcap_run
@@ -117,8 +128,9 @@ def segment_bytes_for(journal_max: int) -> int:
     return max(MIN_SEGMENT_BYTES, journal_max // SEGMENTS_PER_BOUND)
 
 
-# Errors that may go away (space freed, the device back): wait them out, never stop the stack.
-_TRANSIENT = {errno.ENOSPC, errno.EDQUOT, errno.EIO, errno.EROFS, errno.ENOENT}
+# At the start only a full disk is waited out; any other error is the user's to fix (a missing
+# directory, a path that cannot be made): one line, before the network starts.
+_FULL = {errno.ENOSPC, errno.EDQUOT}
 
 
 def _reason(exc: OSError) -> str:
@@ -142,15 +154,20 @@ class DiskFiles:
         journal_max: int | None,
         pcap_path: str | None,
         pcap_max: int | None,
+        *,
+        overwrite: bool = False,
     ) -> None:
         self.journal_dir = journal_dir
         self.journal_max = journal_max
         self._dir_fd = -1
+        self._locks: list[int] = []  # held for the session: the journal directory's lock
         if journal_dir is not None:
             try:
-                self._dir_fd = files.open_private_dir(journal_dir, owned_files=SEGMENT_SUFFIX)
+                self._dir_fd = files.open_private_dir(journal_dir, owned_files=SEGMENT_SUFFIX,
+                                                      overwrite=overwrite, lock=self._locks)
             except OSError as exc:
-                if exc.errno not in _TRANSIENT:
+                self._release()
+                if exc.errno not in _FULL:
                     raise
                 # A full disk at the start must not keep the network from starting: the
                 # journal begins in a gap and the first segment is retried as usual.
@@ -168,12 +185,18 @@ class DiskFiles:
         self.pcap_bytes = 0
         if pcap_path is not None:
             try:
-                files.ensure_parent(pcap_path)
-                self._open_pcap()
+                files.check_parent(pcap_path)
+                self._open_pcap(overwrite=overwrite)
             except OSError as exc:
-                if exc.errno not in _TRANSIENT:
+                if exc.errno not in _FULL:
+                    self.close()
                     raise
                 log.warning("pcap: cannot create %s yet (%s)", pcap_path, _reason(exc))
+
+    def _release(self) -> None:
+        for fd in self._locks:
+            os.close(fd)
+        self._locks.clear()
 
     # ---------------------------------------------------------------------------- journal
 
@@ -249,7 +272,9 @@ class DiskFiles:
             self._dir_fd = -1
         self._ring.clear()
         self._ring_bytes = 0
-        self._dir_fd = files.open_private_dir(self.journal_dir, owned_files=SEGMENT_SUFFIX)
+        # Our own directory, removed under us (or not made at the start: the disk was full).
+        self._dir_fd = files.open_private_dir(self.journal_dir, owned_files=SEGMENT_SUFFIX,
+                                              lock=self._locks)
 
     def _close_segment(self) -> None:
         if self._seg_fd >= 0:
@@ -258,10 +283,10 @@ class DiskFiles:
 
     # ------------------------------------------------------------------------------- pcap
 
-    def _open_pcap(self) -> None:
+    def _open_pcap(self, overwrite: bool = True) -> None:
         assert self.pcap_path is not None
-        files.ensure_parent(self.pcap_path)
-        self._pcap_fd = files.create_private_file(self.pcap_path)
+        self._pcap_fd = files.create_private_file(self.pcap_path, overwrite=overwrite,
+                                                  lock=True)
         self._pcap_size = 0
         head = wpcap.global_header()
         _write_all(self._pcap_fd, head)
@@ -310,6 +335,7 @@ class DiskFiles:
         if self._pcap_fd >= 0:
             os.close(self._pcap_fd)
             self._pcap_fd = -1
+        self._release()
 
 
 def _write_all(fd: int, data: bytes | memoryview) -> None:
@@ -335,7 +361,7 @@ def _writev_all(fd: int, parts: list[bytes], nbytes: int) -> None:
 
 @dataclass
 class _Chunk:
-    kind: str  # "segment" | "journal" | "pcap" | "close"
+    kind: str  # "segment" | "journal" (packed records) | "note" | "pcap" | "close"
     data: Any
     nbytes: int
     count: int = 0  # records or frames
@@ -514,7 +540,7 @@ class Writer:
 
     def _journal(self, chunk: _Chunk) -> None:
         disk = self.disk
-        if chunk.kind == "journal":
+        if chunk.kind != "segment":
             now = time.monotonic()
             if self.journal_error is None and now >= self._next_check:
                 self._next_check = now + REMOVED_CHECK_S
@@ -528,12 +554,17 @@ class Writer:
             if self.journal_error is not None:
                 self.lost_records += chunk.count
                 return
+        data = chunk.data
+        if chunk.kind == "journal":
+            # Framed with its CRC here, in the writer's thread (zlib lets go of the GIL while
+            # it sums): the event loop never pays for the checksum.
+            data = framed_batch(chunk.count, data)
         while True:
             try:
                 if chunk.kind == "segment":
-                    disk.new_segment(chunk.number, chunk.data)
+                    disk.new_segment(chunk.number, data)
                 else:
-                    disk.append(chunk.data)
+                    disk.append(data)
                     self.records_written += chunk.count
             except OSError as exc:
                 lossless = self.policy == "lossless" and not isinstance(exc, BoundTooSmall)
@@ -665,9 +696,14 @@ class JournalRecorder:
         self._overflow = False  # the gap is the budget's, not a failure
         self._retry_at = 0.0
         self._failures_seen = 0
+        self.flush_due = False  # the records packed fill a segment: flush between steps
+        self._last_seq = -1  # the last record packed
+        self._next_seq = 0  # the first record not handed to the writer yet
         self.records = 0  # handed to the writer
         self.lost_records = 0  # never handed over (in a gap)
         self.gaps = 0
+        self.failures = 0  # snapshots, encodings or hand-overs that raised (contained)
+        self.last_failure: str | None = None
 
     @property
     def writing(self) -> bool:
@@ -685,27 +721,70 @@ class JournalRecorder:
         self._start_segment(None)
 
     def record(self, seq: int, t_ns: int, event: Event, effects: list[Effect]) -> None:
+        """Pack one door step (never raises: a record that cannot be encoded is a gap)."""
         if not self._writing:
             self.lost_records += 1
             return
-        self._packer.pack(encode_record(seq, t_ns, event, effects))
+        try:
+            self._packer.pack(encode_record(seq, t_ns, event, effects))
+        except Exception as exc:
+            # A half-packed record would poison the batch: the whole batch goes.
+            self.lost_records += 1
+            self.failed("encoding failed", exc)
+            return
         self._pending += 1
+        self._last_seq = seq
+        # A burst can hold more than a segment (thousands of steps of bulk frames); past the
+        # segment's size the runtime flushes between two steps (:attr:`Recorder.flush_due`),
+        # so a segment never outgrows a small --journal-max.
+        if self._pending & 15 == 0 and len(self._packer.getbuffer()) >= self._seg_limit:
+            self.flush_due = True
+
+    def failed(self, what: str, exc: BaseException) -> None:
+        """The recorder itself raised (a bug): the segment ends with a gap named after it,
+        the network runs on, and a new segment (with a snapshot) is tried after ``RETRY_S``."""
+        reason = f"{what}: {type(exc).__name__}: {exc}"[:200]
+        self.failures += 1
+        self.last_failure = reason
+        log.error("journal: %s; the segment ends here, the network goes on, a new segment "
+                  "is tried in %g s", reason, RETRY_S, exc_info=exc)
+        if self._writing:
+            self._end_note(reason)
+            self._stop(reason, overflow=False)
+        else:
+            self._gap = reason
+            self._overflow = False  # retried every RETRY_S, not at every burst
+            self._retry_at = self._clock() + RETRY_S
+
+    def _end_note(self, reason: str) -> None:
+        """Tell the segment being closed why no record follows (so a journal whose later
+        segments never come still names its gap)."""
+        with contextlib.suppress(Exception):
+            note = msgpack.packb(end_note(self._next_seq, reason), use_bin_type=True)
+            self._writer.put(_Chunk("note", note, len(note), 0))
 
     def flush(self) -> None:
-        """Hand the records packed since the last flush to the writer."""
+        """Hand the records packed since the last flush to the writer (never raises)."""
+        try:
+            self._flush()
+        except Exception as exc:
+            self.failed("handing records to the writer failed", exc)
+
+    def _flush(self) -> None:
+        self.flush_due = False
         w = self._writer
         if self._writing and w.failures != self._failures_seen:
             self._stop(w.journal_error or "a write failed", overflow=False)
         if self._writing:
             if self._pending:
-                packer = self._packer
-                chunk = packer.bytes()
+                chunk = self._packer.bytes()  # framed with its CRC by the writer thread
                 if w.policy == "lossy" and w.over_budget(len(chunk)):
                     self._stop("the disk could not keep up", overflow=True)
                 else:
                     w.put(_Chunk("journal", chunk, len(chunk), self._pending))
                     self.records += self._pending
                     self._seg_bytes += len(chunk)
+                    self._next_seq = self._last_seq + 1
             self._packer.reset()
             self._pending = 0
             if self._writing and self._seg_bytes >= self._seg_limit:
@@ -735,17 +814,12 @@ class JournalRecorder:
 
     def _start_segment(self, gap: str | None) -> None:
         assert self._snapshot is not None, "attach() first"
-        snap = self._snapshot()
-        self._number += 1
-        header = Header(
-            seed=self._header.seed, config=self._header.config,
-            origin_ns=self._header.origin_ns, version=self._header.version,
-            meta=self._header.meta, constants=self._header.constants,
-            segment=SegmentHeader(self._number, snap["seq"], snap["now_ns"],
-                                  None if gap is None else {"reason": gap}),
-        )  # fmt: skip
-        packer = msgpack.Packer(use_bin_type=True)
-        data = packer.pack(header.to_raw()) + packer.pack(snap)
+        try:
+            snap = self._snapshot()
+            data = self._segment_start(snap, gap)
+        except Exception as exc:
+            self.failed("snapshot failed", exc)
+            return
         self._failures_seen = self._writer.failures
         self._writer.put(_Chunk("segment", data, len(data), 0, self._number))
         self._seg_bytes = len(data)
@@ -753,6 +827,21 @@ class JournalRecorder:
         self._writing = True
         self._gap = None
         self._overflow = False
+
+    def _segment_start(self, snap: dict[str, Any], gap: str | None) -> bytes:
+        """The segment's first bytes: header and snapshot (numbered only once they encode)."""
+        number = self._number + 1
+        header = Header(
+            seed=self._header.seed, config=self._header.config,
+            origin_ns=self._header.origin_ns, version=self._header.version,
+            meta=self._header.meta, constants=self._header.constants,
+            segment=SegmentHeader(number, snap["seq"], snap["now_ns"],
+                                  None if gap is None else {"reason": gap}),
+        )  # fmt: skip
+        data = segment_start(header, snap)
+        self._number = number
+        self._next_seq = snap["seq"]
+        return data
 
 
 class PcapRecorder:
@@ -783,6 +872,13 @@ class PcapRecorder:
             self._parts.append(records)  # type: ignore[arg-type]  # writev takes any buffer
             self._nbytes += len(records)
             self._frames += n
+
+    def discard(self) -> None:
+        """Drop the frames collected since the last flush (counted as lost)."""
+        self.lost_frames += self._frames
+        self._parts = []
+        self._nbytes = 0
+        self._frames = 0
 
     def flush(self) -> None:
         if not self._parts:
@@ -821,6 +917,7 @@ class Recorder:
         self.journal = journal
         self.pcap = pcap
         self._origin_ns = origin_ns
+        self.pcap_failures = 0
 
     @classmethod
     def open(
@@ -834,12 +931,17 @@ class Recorder:
         policy: Policy = "lossy",
         budget: int = DEFAULT_BUDGET,
         threaded: bool = True,
+        overwrite: bool = False,
     ) -> Recorder:
-        """Create the journal directory and the pcap (private files) and start the writer.
+        """Create the journal directory and the pcap (private files, locked for the session)
+        and start the writer.
 
-        ``journal_max``/``pcap_max`` None: unbounded. Raises OSError if a file cannot be made.
+        ``journal_max``/``pcap_max`` None: unbounded. Raises OSError if a file cannot be made:
+        :class:`~slirptrio.journal.files.InUseError` when another live session holds one,
+        :class:`~slirptrio.journal.files.ExistsError` when an earlier session's is there and
+        not ``overwrite``, FileNotFoundError when a directory is missing.
         """
-        disk = DiskFiles(journal_dir, journal_max, pcap_path, pcap_max)
+        disk = DiskFiles(journal_dir, journal_max, pcap_path, pcap_max, overwrite=overwrite)
         active = journal_dir is not None or pcap_path is not None
         writer = Writer(disk, budget=budget, policy=policy, threaded=threaded and active)
         journal = None
@@ -850,12 +952,32 @@ class Recorder:
         return cls(writer, journal, pcap, header.origin_ns)
 
     def attach(self, snapshot: Callable[[], dict[str, Any]]) -> None:
+        """Start the journal's first segment (``snapshot``: the door's); never raises."""
         if self.journal is not None:
             self.journal.attach(snapshot)
+
+    @property
+    def flush_due(self) -> bool:
+        """The records packed since the last flush fill a segment: flush before the next step
+        rather than at the end of the burst."""
+        return self.journal is not None and self.journal.flush_due
+
+    @property
+    def failures(self) -> int:
+        """Times the recorder itself raised (a snapshot, an encoding, a hand-over), contained."""
+        return (self.journal.failures if self.journal is not None else 0) + self.pcap_failures
 
     def __call__(self, seq: int, t_ns: int, event: Event, effects: list[Effect]) -> None:
         if self.journal is not None:
             self.journal.record(seq, t_ns, event, effects)
+        if self.pcap is not None:
+            try:
+                self._pcap_view(t_ns, event, effects)
+            except Exception:
+                self.pcap_failures += 1
+                log.exception("pcap: the view of record %d failed; the network goes on", seq)
+
+    def _pcap_view(self, t_ns: int, event: Event, effects: list[Effect]) -> None:
         pcap = self.pcap
         if pcap is not None:
             ts = self._origin_ns + t_ns
@@ -872,11 +994,16 @@ class Recorder:
                     pcap.add(ts, eff.data)  # type: ignore[attr-defined]
 
     def flush(self) -> None:
-        """Hand everything recorded since the last flush to the writer thread."""
+        """Hand everything recorded since the last flush to the writer thread (never raises)."""
         if self.journal is not None:
             self.journal.flush()
         if self.pcap is not None:
-            self.pcap.flush()
+            try:
+                self.pcap.flush()
+            except Exception:
+                self.pcap_failures += 1
+                self.pcap.discard()
+                log.exception("pcap: handing frames to the writer failed; the network goes on")
 
     @property
     def backlogged(self) -> bool:

@@ -130,10 +130,13 @@ class Runtime:
         deadline = None
         now = self.now_ns()  # one timestamp per burst
         ticked = False
+        recorder = self.recorder
         while pending and steps < _MAX_DRAIN:
             while pending and steps < _MAX_DRAIN:
                 self._step(pending.popleft(), now)
                 steps += 1
+                if recorder is not None and recorder.flush_due:
+                    recorder.flush()  # a segment's worth already: between two steps
             self.port.kick()
             for extra in self.ports.values():
                 extra.kick()
@@ -147,8 +150,8 @@ class Runtime:
             if not ticked and deadline is not None and deadline <= now:
                 ticked = True
                 pending.append(Tick())
-        if self.recorder is not None:
-            self.recorder.flush()  # to the writer thread; never fails here
+        if recorder is not None:
+            recorder.flush()  # to the writer thread; never fails here
         self._arm_timer(deadline, bool(pending))
 
     def _after_burst(self) -> None:
