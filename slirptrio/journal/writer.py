@@ -37,8 +37,8 @@ segment starts once the current one reaches ``journal_max / SEGMENTS_PER_BOUND``
 ``SNAPSHOT_SHARE`` times its snapshot, so that snapshots of a core with many busy flows never
 crowd out the records), and the oldest segments are deleted whenever the ring would otherwise
 use more than ``journal_max`` (sizes counted in whole 4 KiB blocks, as the filesystem allocates
-them). The last ``journal_max`` of the session is kept, at least 15/16 of it with small
-snapshots. Smaller segments mean more snapshots (each a pause of the door loop: about 0.2 s for
+them, and 1/64 of the bound left to the filesystem's own blocks). The last ``journal_max`` of
+the session is kept, at least 7/8 of it with small snapshots. Smaller segments mean more snapshots (each a pause of the door loop: about 0.2 s for
 5,000 idle TCP flows, see ``benchmarks/recorder-results.md``) but a shorter replay from a
 snapshot to any record in the segment.
 
@@ -116,6 +116,16 @@ Policy = Literal["lossy", "lossless"]
 POLICIES: tuple[Policy, ...] = ("lossy", "lossless")
 THROTTLE_ENV = "SLIRPTRIO_JOURNAL_THROTTLE"
 """Test aid: limit the writer thread to this many bytes per second (a slow disk)."""
+
+
+METADATA_SHARE = 64
+"""1/64 of a bound is left to the filesystem's own blocks: on a busy disk, ext4 gives a large
+file extent-tree blocks that ``du`` counts and file sizes do not show."""
+
+
+def usable(bound: int) -> int:
+    """What the journal's segments (or the pcap's files) may take of ``bound`` bytes."""
+    return bound - bound // METADATA_SHARE
 
 
 def allocated(size: int) -> int:
@@ -254,9 +264,9 @@ class DiskFiles:
         return self._ring_bytes
 
     def _make_room(self, extra: int) -> None:
-        limit = self.journal_max
-        if limit is None:
+        if self.journal_max is None:
             return
+        limit = usable(self.journal_max)
         while self._ring_bytes + extra > limit and len(self._ring) > 1:
             name, alloc = self._ring.popleft()
             with contextlib.suppress(FileNotFoundError):
@@ -297,7 +307,7 @@ class DiskFiles:
         if self._pcap_fd < 0:
             self._open_pcap()
         limit = self.pcap_max
-        if limit is not None and allocated(self._pcap_size + nbytes) > limit // 2 and (
+        if limit is not None and allocated(self._pcap_size + nbytes) > usable(limit) // 2 and (
             self._pcap_size > len(wpcap.global_header())
         ):
             self._rotate_pcap()
