@@ -40,7 +40,8 @@ def _ts(t_ns: int) -> str:
     return f"{t_ns / 1e9:9.3f}s"
 
 
-def _wall(ns: int) -> str:
+def _utc_wall(ns: int) -> str:
+    """The wall-clock time ``ns`` (ns since the epoch) in UTC, to the ms, marked UTC."""
     import datetime
 
     when = datetime.datetime.fromtimestamp(ns / 1e9, tz=datetime.UTC)
@@ -61,7 +62,7 @@ def format_summary(s: Summary, name: str = "") -> str:
         f"Session {name}".rstrip(),
         f"  slirptrio {h.version or '?'}, journal format {h.format}, seed {h.seed}, "
         f"net {cfg.get('net', '?')}" + (f", {cfg['hostfwd']}" if cfg.get("hostfwd") else ""),
-        f"  {_wall(h.origin_ns + first)} to {_wall(h.origin_ns + last)} "
+        f"  {_utc_wall(h.origin_ns + first)} to {_utc_wall(h.origin_ns + last)} "
         f"({_dur(s.span_ns)}{until}); {s.records} records, {s.frames_in} frames from the "
         f"guest, {s.frames_out} to it",
         *([f"  window {_ts(first).strip()} to {_ts(last).strip()} (--from/--until), "
