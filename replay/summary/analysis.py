@@ -110,6 +110,8 @@ from slirptrio.journal import (
     is_digest,
     open_journal,
 )
+from slirptrio.syntax.address import hostport
+from slirptrio.wire.dhcp import MESSAGE_NAMES
 from slirptrio.wire.framing import split_run
 from slirptrio.wire.pcap import PcapWriter
 
@@ -140,8 +142,6 @@ _ICMP6_ERROR_TYPES = {1: "unreachable", 2: "packet too big", 3: "time exceeded",
                       4: "parameter problem"}
 _UNREACH_CODES = {0: "net", 1: "host", 2: "protocol", 3: "port", 4: "fragmentation needed",
                   9: "net prohibited", 10: "host prohibited", 13: "administratively prohibited"}
-_DHCP_TYPES = {1: "DISCOVER", 2: "OFFER", 3: "REQUEST", 4: "DECLINE", 5: "ACK", 6: "NAK",
-               7: "RELEASE", 8: "INFORM"}
 _DNS_RCODES = {0: "NOERROR", 1: "FORMERR", 2: "SERVFAIL", 3: "NXDOMAIN", 4: "NOTIMP",
                5: "REFUSED"}
 _DNS_TYPES = {1: "A", 2: "NS", 5: "CNAME", 6: "SOA", 12: "PTR", 15: "MX", 16: "TXT", 28: "AAAA",
@@ -150,9 +150,7 @@ _DNS_TYPES = {1: "A", 2: "NS", 5: "CNAME", 6: "SOA", 12: "PTR", 15: "MX", 16: "T
 
 def _ep(ip: bytes, port: int | None) -> str:
     text = _ip_text(ip)
-    if port is None:
-        return text
-    return f"[{text}]:{port}" if len(ip) == 16 else f"{text}:{port}"
+    return text if port is None else hostport(text, port)
 
 
 @dataclass(slots=True)
@@ -244,11 +242,6 @@ def _transport(pkt: _Pkt, buf: bytes, l4: int, l4_len: int) -> None:
         pkt.sport = (buf[l4 + 4] << 8) | buf[l4 + 5]  # echo id
         pkt.plen = max(0, l4_len - 8)
         pkt.inner = buf[l4 + 8 : l4 + l4_len]
-
-
-def _host_port(host: str, port: int) -> str:
-    """``HOST:PORT`` with an IPv6 host in brackets (as the effects name hosts)."""
-    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
 def _field_bytes(value: Any) -> tuple[bytes, int]:
@@ -602,7 +595,7 @@ class _Analyzer:
             connect = self._tcp_connect(effects, p)
             if connect is not None:
                 f.flow_id = connect[1]
-                f.host = _host_port(connect[2], connect[3])
+                f.host = hostport(connect[2], connect[3])
                 self.by_id[connect[1]] = f
             return
         if f is None:
@@ -648,7 +641,7 @@ class _Analyzer:
             self._dns_query(t, p.src, p.sport, p.payload)
             for e in effects:
                 if e[0] == UdpOpen.TAG:
-                    self.relay_flows[e[1]] = _host_port(e[2], e[3])
+                    self.relay_flows[e[1]] = hostport(e[2], e[3])
             return
         key = (p.src, p.sport, p.dst, p.dport)
         f = self.udp.get(key)
@@ -660,7 +653,7 @@ class _Analyzer:
             if opened is not None:
                 f = self._new_flow("udp", "out", _ep(p.src, p.sport), _ep(p.dst, p.dport), t)
                 f.flow_id = opened[1]
-                f.host = _host_port(opened[2], opened[3])
+                f.host = hostport(opened[2], opened[3])
                 self.by_id[opened[1]] = f
                 self.udp[key] = f
         assert f is not None
@@ -725,10 +718,10 @@ class _Analyzer:
                 pkt = _parse(frame)
                 if pkt is not None and pkt.proto == 6 and pkt.flags & _SYN:
                     syn = pkt
-        remote = _ep(syn.src, syn.sport) if syn is not None else _host_port(peer_ip, peer_port)
-        f = self._new_flow("tcp", "in", _host_port(guest_ip, guest_port), remote, t)
+        remote = _ep(syn.src, syn.sport) if syn is not None else hostport(peer_ip, peer_port)
+        f = self._new_flow("tcp", "in", hostport(guest_ip, guest_port), remote, t)
         f.flow_id = flow_id
-        f.host = _host_port(peer_ip, peer_port)
+        f.host = hostport(peer_ip, peer_port)
         self.by_id[flow_id] = f
         if syn is None:
             f.finish(t, "refused", "by slirptrio (no such guest address, or table full)")
@@ -742,8 +735,8 @@ class _Analyzer:
         key = (fid, peer_ip, peer_port)
         f = self.udp_fwd.get(key)
         if f is None:
-            f = self._new_flow("udp", "in", _host_port(guest_ip, guest_port),
-                               _host_port(peer_ip, peer_port), t)
+            f = self._new_flow("udp", "in", hostport(guest_ip, guest_port),
+                               hostport(peer_ip, peer_port), t)
             f.host = f.remote
             self.udp_fwd[key] = f
             try:
@@ -985,7 +978,7 @@ class _Analyzer:
             opts = dict(msg.opts)
         except (dpkt.UnpackError, ValueError, IndexError, struct.error):
             return
-        kind = _DHCP_TYPES.get(opts.get(53, b"\x00")[0], "?")
+        kind = MESSAGE_NAMES.get(opts.get(53, b"\x00")[0], "?")
         mac = bytes(msg.chaddr[:6]).hex(":")
         data: dict[str, Any] = {"type": kind, "mac": mac, "from_guest": from_guest}
         text = f"{kind} {'from' if from_guest else 'to'} {mac}"
