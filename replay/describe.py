@@ -17,6 +17,7 @@ from slirptrio.core.events import (
 )
 from slirptrio.journal import is_digest
 from slirptrio.syntax.address import bracket
+from slirptrio.wire.dhcp import MESSAGE_NAMES
 from slirptrio.wire.framing import split_run
 
 
@@ -63,9 +64,8 @@ def frame(data: bytes) -> str:
             try:
                 msg = dpkt.dhcp.DHCP(l4.data)
                 kind = next((o[1][0] for o in msg.opts if o[0] == 53), None)
-                names = {1: "DISCOVER", 2: "OFFER", 3: "REQUEST", 4: "DECLINE", 5: "ACK",
-                         6: "NAK", 7: "RELEASE", 8: "INFORM"}
-                extra = f" DHCP {names.get(kind or 0, kind)} yiaddr {IPv4Address(msg.yiaddr)}"
+                name = MESSAGE_NAMES.get(kind or 0, kind)
+                extra = f" DHCP {name} yiaddr {IPv4Address(msg.yiaddr)}"
             except (dpkt.UnpackError, ValueError, IndexError):
                 extra = " DHCP (undecodable)"
         return f"{mac} {src}:{l4.sport} > {dst}:{l4.dport} UDP len {len(l4.data)}{extra}"

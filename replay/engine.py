@@ -432,12 +432,13 @@ def format_header_notes(result: ReplayResult) -> list[str]:
     return lines
 
 
-def _wall(header: Header, t_ns: int) -> str:
+def _local_wall(header: Header, t_ns: int) -> str:
+    """The wall-clock time of session time ``t_ns`` in the local time zone, to the ms."""
     secs = (header.origin_ns + t_ns) / 1e9
     return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(secs)) + f".{int(secs % 1 * 1000):03d}"
 
 
-def format_summary(result: ReplayResult, path: str) -> list[str]:
+def format_replay_report(result: ReplayResult, path: str) -> list[str]:
     """The span covered, gaps and core exceptions of a replay that did not diverge."""
     h = result.header
     lines = []
@@ -447,7 +448,8 @@ def format_summary(result: ReplayResult, path: str) -> list[str]:
     else:
         lines.append(
             f"identical: {result.records} records replayed from {path} "
-            f"(records {first.seq}..{last.seq}, {_wall(h, first.t_ns)} to {_wall(h, last.t_ns)}, "
+            f"(records {first.seq}..{last.seq}, {_local_wall(h, first.t_ns)} to "
+            f"{_local_wall(h, last.t_ns)}, "
             f"t={first.t_ns / 1e9:.3f}s..{last.t_ns / 1e9:.3f}s, {result.segments} segment"
             f"{'s' if result.segments != 1 else ''})"
         )
@@ -539,6 +541,6 @@ def main(
                   "above), which explain a divergence; it is not a replay of this build")
             return EXIT_MISMATCH
         return EXIT_DIVERGED
-    for line in format_summary(result, path):
+    for line in format_replay_report(result, path):
         print(line)
     return EXIT_IDENTICAL

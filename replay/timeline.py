@@ -31,7 +31,7 @@ import ipaddress
 from collections.abc import Callable
 from xml.sax.saxutils import escape, quoteattr
 
-from replay.summary import Flow, Summary
+from replay.summary.model import Flow, Summary
 
 MAX_LANES = 3000
 """Flow lanes drawn; beyond, the failed flows are still drawn and the rest counted."""

@@ -17,6 +17,9 @@ FLAG_BROADCAST = 0x8000
 
 # Message types (option 53).
 DISCOVER, OFFER, REQUEST, DECLINE, ACK, NAK, RELEASE, INFORM = range(1, 9)
+MESSAGE_NAMES = {DISCOVER: "DISCOVER", OFFER: "OFFER", REQUEST: "REQUEST", DECLINE: "DECLINE",
+                 ACK: "ACK", NAK: "NAK", RELEASE: "RELEASE", INFORM: "INFORM"}
+"""Each message type's name, as the replay tools print it."""
 # Option codes.
 OPT_PAD = 0
 OPT_SUBNET_MASK = 1

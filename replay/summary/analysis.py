@@ -36,14 +36,23 @@ import ipaddress
 import json
 import os
 import struct
-import sys
-from collections.abc import Callable, Iterable, Iterator
-from dataclasses import dataclass, field
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
 from typing import IO, Any, Protocol
 
 import dpkt
 
 from replay.progress import Progress
+from replay.summary.model import (
+    MAX_FLOWS,
+    MAX_LOOKUPS,
+    Flow,
+    Lookup,
+    Note,
+    Summary,
+    _ip_text,
+    _s,
+)
 from slirptrio.config import Config, ConfigError
 from slirptrio.core import constants
 from slirptrio.core.events import (
@@ -95,13 +104,14 @@ from slirptrio.core.stack import Stack
 from slirptrio.door import Door
 from slirptrio.journal import (
     Header,
-    JournalError,
     SegmentStart,
     compact,
     frames_of,
     is_digest,
     open_journal,
 )
+from slirptrio.syntax.address import hostport
+from slirptrio.wire.dhcp import MESSAGE_NAMES
 from slirptrio.wire.framing import split_run
 from slirptrio.wire.pcap import PcapWriter
 
@@ -121,21 +131,6 @@ _KNOWN_EFFECTS = frozenset(c.TAG for c in (
     TcpShutdown,
 ))
 
-MAX_BINS = 512
-"""Data-activity bins kept per flow (their width doubles when more would be needed)."""
-MAX_MARKS = 256
-"""Set-up, retransmission, FIN and RST marks kept per flow (beyond: counted only)."""
-MAX_FLOWS = 100_000
-"""Flows kept in full; later ones are counted only (a summary must stay bounded)."""
-MAX_LOOKUPS = 10_000
-"""DNS lookups and ICMP errors kept in full; later ones are counted only."""
-FIRST_BIN_NS = 1_000_000
-
-FAILED_ENDS = frozenset(
-    {"RST", "refused", "timed out", "unreachable", "unavailable", "no reply"}
-)
-
-_NS = 1_000_000_000
 _M32 = 0xFFFFFFFF
 _ETH_IP, _ETH_ARP, _ETH_IPV6 = 0x0800, 0x0806, 0x86DD
 _TCP_HDR = struct.Struct("!HHIIBB")
@@ -147,301 +142,23 @@ _ICMP6_ERROR_TYPES = {1: "unreachable", 2: "packet too big", 3: "time exceeded",
                       4: "parameter problem"}
 _UNREACH_CODES = {0: "net", 1: "host", 2: "protocol", 3: "port", 4: "fragmentation needed",
                   9: "net prohibited", 10: "host prohibited", 13: "administratively prohibited"}
-_DHCP_TYPES = {1: "DISCOVER", 2: "OFFER", 3: "REQUEST", 4: "DECLINE", 5: "ACK", 6: "NAK",
-               7: "RELEASE", 8: "INFORM"}
 _DNS_RCODES = {0: "NOERROR", 1: "FORMERR", 2: "SERVFAIL", 3: "NXDOMAIN", 4: "NOTIMP",
                5: "REFUSED"}
 _DNS_TYPES = {1: "A", 2: "NS", 5: "CNAME", 6: "SOA", 12: "PTR", 15: "MX", 16: "TXT", 28: "AAAA",
               33: "SRV", 65: "HTTPS"}
 
 
-# ------------------------------------------------------------------------------ the model
-
-
-class Activity:
-    """Bytes over time in at most :data:`MAX_BINS` bins of equal width."""
-
-    def __init__(self, width_ns: int = FIRST_BIN_NS) -> None:
-        self.width_ns = width_ns
-        self._bins: dict[int, int] = {}
-
-    def add(self, t_ns: int, n: int) -> None:
-        b = t_ns // self.width_ns
-        bins = self._bins
-        bins[b] = bins.get(b, 0) + n
-        if len(bins) > MAX_BINS:
-            self.width_ns *= 2
-            merged: dict[int, int] = {}
-            for k, v in bins.items():
-                merged[k // 2] = merged.get(k // 2, 0) + v
-            self._bins = merged
-
-    def bins(self) -> list[tuple[int, int]]:
-        """``(start_ns, bytes)`` per non-empty bin, in time order."""
-        return [(k * self.width_ns, v) for k, v in sorted(self._bins.items())]
-
-
-@dataclass
-class Flow:
-    """One connection or datagram flow, as the guest saw it."""
-
-    index: int
-    proto: str  # "tcp" | "udp" | "icmp" | "tftp" (a transfer from the stack's own server)
-    direction: str  # "out": the guest started it; "in": a host forward carried it in
-    guest: str  # the guest's end, "10.0.2.15:40012"
-    remote: str  # the far end as the guest sees it, "10.0.2.2:8080"
-    start_ns: int
-    host: str = ""  # where it really went (or came from) on the host
-    flow_id: int | None = None
-    last_ns: int = 0
-    bytes_to_host: int = 0
-    bytes_to_guest: int = 0
-    packets_to_host: int = 0
-    packets_to_guest: int = 0
-    retransmits: int = 0
-    established_ns: int | None = None
-    end: str = "open"  # "FIN", "RST", "refused", "timed out", "unreachable", "closed", "open"
-    end_detail: str = ""
-    end_ns: int | None = None
-    icmp_errors: list[str] = field(default_factory=list)
-    marks: list[tuple[int, str]] = field(default_factory=list)
-    marks_dropped: int = 0
-    activity: Activity = field(default_factory=Activity, repr=False)
-    # sequence tracking (TCP): highest end seen from each side, None before the first segment
-    _hi_guest: int | None = field(default=None, repr=False)
-    _hi_ours: int | None = field(default=None, repr=False)
-    _fin_guest: bool = field(default=False, repr=False)  # the guest sent its FIN
-    _fin_host: bool = field(default=False, repr=False)  # we sent ours (the host's EOF)
-
-    @property
-    def failed(self) -> bool:
-        """Refused, reset, timed out, unreachable, or answered with an ICMP error."""
-        return self.end in FAILED_ENDS or bool(self.icmp_errors)
-
-    @property
-    def duration_ns(self) -> int:
-        end = self.end_ns if self.end_ns is not None else self.last_ns
-        return max(0, end - self.start_ns)
-
-    def mark(self, t_ns: int, kind: str) -> None:
-        if len(self.marks) < MAX_MARKS:
-            self.marks.append((t_ns, kind))
-        else:
-            self.marks_dropped += 1
-
-    def finish(self, t_ns: int, end: str, detail: str = "") -> None:
-        """Record how the flow ended (the first decisive reason wins)."""
-        if self.end_ns is None:
-            self.end, self.end_detail, self.end_ns = end, detail, t_ns
-            self.last_ns = max(self.last_ns, t_ns)
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "index": self.index,
-            "proto": self.proto,
-            "direction": self.direction,
-            "guest": self.guest,
-            "remote": self.remote,
-            "host": self.host,
-            "flow_id": self.flow_id,
-            "start_s": _s(self.start_ns),
-            "duration_s": _s(self.duration_ns),
-            "established_s": _s(self.established_ns) if self.established_ns is not None else None,
-            "bytes_to_host": self.bytes_to_host,
-            "bytes_to_guest": self.bytes_to_guest,
-            "packets_to_host": self.packets_to_host,
-            "packets_to_guest": self.packets_to_guest,
-            "retransmits": self.retransmits,
-            "end": self.end,
-            "end_detail": self.end_detail,
-            "failed": self.failed,
-            "icmp_errors": list(self.icmp_errors),
-        }
-
-
-@dataclass
-class Lookup:
-    """One DNS question the guest asked the relay, and what it was told."""
-
-    t_ns: int
-    name: str
-    qtype: str
-    guest: str
-    answered_ns: int | None = None
-    rcode: str = ""
-    answers: list[str] = field(default_factory=list)
-    retries: int = 0
-
-    @property
-    def failed(self) -> bool:
-        return self.answered_ns is None or self.rcode not in ("NOERROR", "")
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "t_s": _s(self.t_ns),
-            "name": self.name,
-            "type": self.qtype,
-            "guest": self.guest,
-            "rcode": self.rcode if self.answered_ns is not None else "no answer",
-            "answers": list(self.answers),
-            "latency_ms": (
-                round((self.answered_ns - self.t_ns) / 1e6, 3)
-                if self.answered_ns is not None else None
-            ),
-            "retries": self.retries,
-        }
-
-
-@dataclass
-class Note:
-    """A dated line: a DHCP message, an ICMP error, a link or forward change."""
-
-    t_ns: int
-    kind: str
-    text: str
-    data: dict[str, Any] = field(default_factory=dict)
-
-    def to_dict(self) -> dict[str, Any]:
-        return {"t_s": _s(self.t_ns), "kind": self.kind, "text": self.text, **self.data}
-
-
-@dataclass
-class Summary:
-    """Everything :func:`summarize` found; ``to_dict()`` is the ``--json`` form."""
-
-    header: Header
-    records: int = 0
-    frames_in: int = 0
-    frames_out: int = 0
-    first_ns: int | None = None
-    last_ns: int | None = None
-    flows: list[Flow] = field(default_factory=list)
-    flows_not_kept: int = 0
-    lookups: list[Lookup] = field(default_factory=list)
-    lookups_not_kept: int = 0
-    starts_at: int = 0  # the first record the journal still holds (a ring drops old ones)
-    gaps: int = 0
-    ipv6_addresses: dict[bytes, int] = field(default_factory=dict)  # the guest's, first seen
-    dhcp: list[Note] = field(default_factory=list)
-    icmp_errors: list[Note] = field(default_factory=list)
-    events: list[Note] = field(default_factory=list)  # link, forwards, DNS upstreams
-    counters: dict[str, int] | None = None  # None: not replayed
-    replay: str = "identical"  # "identical" | "diverged at record N" | "not replayed: ..."
-    truncated_bytes: int = 0
-    end_ns: int | None = None  # when the session closed (its session record), if known
-    first_guest_ns: int | None = None  # the guest's first frame (before it: QEMU, boot)
-    window: tuple[int, int] | None = None  # --from/--until: the session times shown
-    window_records: int = 0  # records inside the window
-    faults: list[dict[str, Any]] = field(default_factory=list)  # each rule and what it did
-    # Several guests (issue 22): each switch port's guest, and frames between guests by
-    # (from port, to port); the destination port is "?" until its MAC was seen.
-    guests: dict[int, dict[str, Any]] = field(default_factory=dict)
-    between: dict[tuple[int, int | str], list[int]] = field(default_factory=dict)
-
-    @property
-    def lookups_failed(self) -> int:
-        """DNS lookups unanswered or answered with an error (NXDOMAIN, SERVFAIL ...)."""
-        return sum(1 for lk in self.lookups if lk.failed)
-
-    @property
-    def drops(self) -> dict[str, int]:
-        if self.counters is None:
-            return {}
-        return {k[5:]: v for k, v in sorted(self.counters.items()) if k.startswith("drop_")}
-
-    @property
-    def span_ns(self) -> int:
-        """From the first record (the session's start) to the session's close when the
-        session record says it, else to the last record."""
-        if self.first_ns is None or self.last_ns is None:
-            return 0
-        last = self.last_ns
-        if self.end_ns is not None and self.window is None:
-            last = max(last, self.end_ns)
-        return last - self.first_ns
-
-    def leases(self) -> list[dict[str, Any]]:
-        """Each address acknowledged to a MAC: first and last ACK, lease time, released."""
-        out: dict[tuple[str, str], dict[str, Any]] = {}
-        for n in self.dhcp:
-            ip, mac = n.data.get("ip", ""), n.data.get("mac", "")
-            if n.data.get("type") == "ACK" and ip and ip != "0.0.0.0":
-                entry = out.setdefault((ip, mac), {
-                    "ip": ip, "mac": mac, "first_s": _s(n.t_ns), "acks": 0, "released_s": None,
-                    "lease_s": n.data.get("lease_s"), "hostname": n.data.get("hostname", ""),
-                })
-                entry["acks"] += 1
-                entry["last_s"] = _s(n.t_ns)
-            elif n.data.get("type") == "RELEASE":
-                for (lip, lmac), entry in out.items():
-                    if lmac == mac and lip == n.data.get("ciaddr"):
-                        entry["released_s"] = _s(n.t_ns)
-        return list(out.values())
-
-    def to_dict(self) -> dict[str, Any]:
-        h = self.header
-        return {
-            "journal": {
-                "format": h.format, "version": h.version, "seed": h.seed,
-                "origin_ns": h.origin_ns, "meta": h.meta,
-                "config": h.config,
-            },
-            "records": self.records,
-            "frames_in": self.frames_in,
-            "frames_out": self.frames_out,
-            "span": {
-                "first_s": _s(self.first_ns or 0),
-                "last_s": _s(self.last_ns or 0),
-                "duration_s": _s(self.span_ns),
-                "start_wall_ns": h.origin_ns + (self.first_ns or 0),
-                "last_record_s": _s(self.last_ns or 0),
-                "window": list(self.window) if self.window is not None else None,
-                "window_records": self.window_records if self.window is not None else None,
-            },
-            "replay": self.replay,
-            "starts_at_record": self.starts_at,
-            "truncated_bytes": self.truncated_bytes,
-            "leases": self.leases(),
-            "ipv6_addresses": [
-                {"address": _ip_text(a), "first_s": _s(t)} for a, t in self.ipv6_addresses.items()
-            ],
-            "dhcp": [n.to_dict() for n in self.dhcp],
-            "flows": [f.to_dict() for f in self.flows],
-            "flows_not_kept": self.flows_not_kept,
-            "dns": [lk.to_dict() for lk in self.lookups],
-            "dns_not_kept": self.lookups_not_kept,
-            "dns_failed": self.lookups_failed,
-            "icmp_errors": [n.to_dict() for n in self.icmp_errors],
-            "events": [n.to_dict() for n in self.events],
-            "drops": self.drops,
-            "counters": self.counters,
-            "faults": self.faults,
-            "guests": [self.guests[p] for p in sorted(self.guests)],
-            "guest_to_guest": [
-                {"from_port": a, "to_port": b, "frames": n, "bytes": size}
-                for (a, b), (n, size) in sorted(self.between.items(), key=str)
-            ],
-        }
-
-
-def _s(t_ns: int) -> float:
-    return round(t_ns / _NS, 6)
-
-
 # --------------------------------------------------------------------------- frame views
-
-
-def _ip_text(raw: bytes) -> str:
-    if len(raw) == 4:
-        return f"{raw[0]}.{raw[1]}.{raw[2]}.{raw[3]}"
-    return str(ipaddress.IPv6Address(raw))
+# The summary's own decoder, not describe's (dpkt) nor the wire codecs. The wire codecs
+# validate (lengths, checksums) and so reject the head a journal digest keeps of a large
+# frame and a frame with a bad checksum, both of which the summary counts. dpkt reads a head
+# but gives the payload it holds, not the IP header's length, and differs on malformed
+# headers; it is also about 5x slower per frame, on every frame of a journal.
 
 
 def _ep(ip: bytes, port: int | None) -> str:
     text = _ip_text(ip)
-    if port is None:
-        return text
-    return f"[{text}]:{port}" if len(ip) == 16 else f"{text}:{port}"
+    return text if port is None else hostport(text, port)
 
 
 @dataclass(slots=True)
@@ -533,11 +250,6 @@ def _transport(pkt: _Pkt, buf: bytes, l4: int, l4_len: int) -> None:
         pkt.sport = (buf[l4 + 4] << 8) | buf[l4 + 5]  # echo id
         pkt.plen = max(0, l4_len - 8)
         pkt.inner = buf[l4 + 8 : l4 + l4_len]
-
-
-def _host_port(host: str, port: int) -> str:
-    """``HOST:PORT`` with an IPv6 host in brackets (as the effects name hosts)."""
-    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
 def _field_bytes(value: Any) -> tuple[bytes, int]:
@@ -891,7 +603,7 @@ class _Analyzer:
             connect = self._tcp_connect(effects, p)
             if connect is not None:
                 f.flow_id = connect[1]
-                f.host = _host_port(connect[2], connect[3])
+                f.host = hostport(connect[2], connect[3])
                 self.by_id[connect[1]] = f
             return
         if f is None:
@@ -937,7 +649,7 @@ class _Analyzer:
             self._dns_query(t, p.src, p.sport, p.payload)
             for e in effects:
                 if e[0] == UdpOpen.TAG:
-                    self.relay_flows[e[1]] = _host_port(e[2], e[3])
+                    self.relay_flows[e[1]] = hostport(e[2], e[3])
             return
         key = (p.src, p.sport, p.dst, p.dport)
         f = self.udp.get(key)
@@ -949,7 +661,7 @@ class _Analyzer:
             if opened is not None:
                 f = self._new_flow("udp", "out", _ep(p.src, p.sport), _ep(p.dst, p.dport), t)
                 f.flow_id = opened[1]
-                f.host = _host_port(opened[2], opened[3])
+                f.host = hostport(opened[2], opened[3])
                 self.by_id[opened[1]] = f
                 self.udp[key] = f
         assert f is not None
@@ -1014,10 +726,10 @@ class _Analyzer:
                 pkt = _parse(frame)
                 if pkt is not None and pkt.proto == 6 and pkt.flags & _SYN:
                     syn = pkt
-        remote = _ep(syn.src, syn.sport) if syn is not None else _host_port(peer_ip, peer_port)
-        f = self._new_flow("tcp", "in", _host_port(guest_ip, guest_port), remote, t)
+        remote = _ep(syn.src, syn.sport) if syn is not None else hostport(peer_ip, peer_port)
+        f = self._new_flow("tcp", "in", hostport(guest_ip, guest_port), remote, t)
         f.flow_id = flow_id
-        f.host = _host_port(peer_ip, peer_port)
+        f.host = hostport(peer_ip, peer_port)
         self.by_id[flow_id] = f
         if syn is None:
             f.finish(t, "refused", "by slirptrio (no such guest address, or table full)")
@@ -1031,8 +743,8 @@ class _Analyzer:
         key = (fid, peer_ip, peer_port)
         f = self.udp_fwd.get(key)
         if f is None:
-            f = self._new_flow("udp", "in", _host_port(guest_ip, guest_port),
-                               _host_port(peer_ip, peer_port), t)
+            f = self._new_flow("udp", "in", hostport(guest_ip, guest_port),
+                               hostport(peer_ip, peer_port), t)
             f.host = f.remote
             self.udp_fwd[key] = f
             try:
@@ -1274,7 +986,7 @@ class _Analyzer:
             opts = dict(msg.opts)
         except (dpkt.UnpackError, ValueError, IndexError, struct.error):
             return
-        kind = _DHCP_TYPES.get(opts.get(53, b"\x00")[0], "?")
+        kind = MESSAGE_NAMES.get(opts.get(53, b"\x00")[0], "?")
         mac = bytes(msg.chaddr[:6]).hex(":")
         data: dict[str, Any] = {"type": kind, "mac": mac, "from_guest": from_guest}
         text = f"{kind} {'from' if from_guest else 'to'} {mac}"
@@ -1482,237 +1194,3 @@ def _closed_at(path: str, origin_ns: int) -> int | None:
     except (OSError, ValueError, AttributeError):
         return None
     return end - origin_ns if mine and isinstance(end, int) and end >= origin_ns else None
-
-
-# ------------------------------------------------------------------------------ the text
-
-
-def _size(n: int) -> str:
-    if n < 1000:
-        return f"{n} B"
-    for unit in ("kB", "MB", "GB"):
-        n_f = n / 1000
-        if n_f < 1000 or unit == "GB":
-            return f"{n_f:.1f} {unit}"
-        n = int(n_f)
-    return f"{n} B"
-
-
-def _dur(t_ns: int) -> str:
-    if t_ns < 1_000_000:
-        return f"{t_ns / 1000:.0f} µs"
-    if t_ns < _NS:
-        return f"{t_ns / 1e6:.1f} ms"
-    return f"{t_ns / 1e9:.3f} s"
-
-
-def _ts(t_ns: int) -> str:
-    return f"{t_ns / 1e9:9.3f}s"
-
-
-def _wall(ns: int) -> str:
-    import datetime
-
-    when = datetime.datetime.fromtimestamp(ns / 1e9, tz=datetime.UTC)
-    return when.strftime("%Y-%m-%d %H:%M:%S.%f")[:-3] + " UTC"
-
-
-def format_summary(s: Summary, name: str = "") -> str:
-    """The human-readable summary."""
-    h = s.header
-    cfg = h.config
-    first, last = s.first_ns or 0, s.last_ns or 0
-    if s.window is None and s.end_ns is not None and s.end_ns > last:
-        last = s.end_ns
-        until = f"; the last record at {_ts(s.last_ns or 0).strip()}"
-    else:
-        until = ""
-    lines = [
-        f"Session {name}".rstrip(),
-        f"  slirptrio {h.version or '?'}, journal format {h.format}, seed {h.seed}, "
-        f"net {cfg.get('net', '?')}" + (f", {cfg['hostfwd']}" if cfg.get("hostfwd") else ""),
-        f"  {_wall(h.origin_ns + first)} to {_wall(h.origin_ns + last)} "
-        f"({_dur(s.span_ns)}{until}); {s.records} records, {s.frames_in} frames from the "
-        f"guest, {s.frames_out} to it",
-        *([f"  window {_ts(first).strip()} to {_ts(last).strip()} (--from/--until), "
-           f"{s.window_records} records: the flows alive in it, the lookups and events dated "
-           "in it"] if s.window is not None else []),
-        *([f"  the journal starts at record {s.starts_at}: earlier segments are gone (a "
-           "bounded journal); flows open then are not listed"] if s.starts_at else []),
-        f"  replay: {s.replay}"
-        + (f" (a truncated last record of {s.truncated_bytes} bytes ignored)"
-           if s.truncated_bytes else ""),
-    ]
-    leases = s.leases()
-    lines.append(f"\nLeases ({len(leases)}):")
-    for lease in leases:
-        extra = f", released at {lease['released_s']:.3f}s" if lease["released_s"] else ""
-        lines.append(
-            f"  {lease['ip']:<15} {lease['mac']}  at {lease['first_s']:.3f}s"
-            f" ({lease['acks']} ACK{'s' if lease['acks'] != 1 else ''}, lease "
-            f"{lease['lease_s']} s{extra})"
-        )
-    if len(s.guests) > 1:  # several guests on the switch (issue 22)
-        lines.append(f"\nGuests ({len(s.guests)} switch ports):")
-        for g in (s.guests[p] for p in sorted(s.guests)):
-            comings = ", ".join(f"{x:.3f}s" for x in g["arrived_s"]) or "-"
-            goings = ", ".join(f"{x:.3f}s" for x in g["left_s"]) or "-"
-            lines.append(f"  port {g['port']:<3} {g['peer'] or '-':<20} "
-                         f"{','.join(g['macs']) or '-':<18} {g['frames']:>8} frames; "
-                         f"attached {comings}; left {goings}")
-        if s.between:
-            lines.append("  guest to guest (frames the switch carried between ports):")
-            lines += [f"    port {a} -> port {b}: {n} frames, {_size(size)}"
-                      for (a, b), (n, size) in sorted(s.between.items(), key=str)]
-    if s.ipv6_addresses:
-        lines.append(f"\nGuest IPv6 addresses ({len(s.ipv6_addresses)}):")
-        aw = max(len(_ip_text(a)) for a in s.ipv6_addresses)
-        lines += [f"  {_ip_text(a):<{aw}} first used at {t / 1e9:.3f}s"
-                  for a, t in s.ipv6_addresses.items()]
-    failed = [f for f in s.flows if f.failed]
-    lines.append(
-        f"\nFlows ({len(s.flows) + s.flows_not_kept}"
-        + (f", {len(failed)} failed" if failed else "") + "):"
-    )
-    # Columns as wide as their longest entry (IPv6 endpoints), 22 at least.
-    gw = max([22, *(len(f.guest) for f in s.flows)])
-    rw = max([22, *(len(f.remote) for f in s.flows)])
-    hw = max([22, *(len(f.host) for f in s.flows)])
-    if s.flows:
-        lines.append(
-            f"  {'#':>4} {'proto':<5} {'guest':<{gw}}   {'remote':<{rw}} {'host':<{hw}} "
-            f"{'start':>10} {'duration':>9} {'to host':>9} {'to guest':>9}  end"
-        )
-    for f in s.flows:
-        arrow = "->" if f.direction == "out" else "<-"
-        end = f.end + (f" ({f.end_detail})" if f.end_detail else "")
-        if f.retransmits:
-            end += f", {f.retransmits} retransmission{'s' if f.retransmits != 1 else ''}"
-        if f.icmp_errors:
-            end += ", ICMP " + "; ".join(sorted(set(f.icmp_errors)))
-        lines.append(
-            f"  {f.index:>4} {f.proto:<5} {f.guest:<{gw}} {arrow} {f.remote:<{rw}} {f.host:<{hw}} "
-            f"{_ts(f.start_ns):>10} {_dur(f.duration_ns):>9} {_size(f.bytes_to_host):>9} "
-            f"{_size(f.bytes_to_guest):>9}  {end}"
-        )
-    if s.flows_not_kept:
-        lines.append(f"  ... and {s.flows_not_kept} more flows not kept")
-    failed_lookups = s.lookups_failed
-    lines.append(f"\nDNS ({len(s.lookups) + s.lookups_not_kept} lookups"
-                 + (f", {failed_lookups} failed" if failed_lookups else "") + "):")
-    for lk in s.lookups:
-        if lk.answered_ns is None:
-            what = "no answer"
-        else:
-            what = lk.rcode
-            if lk.answers:
-                what = ", ".join(lk.answers)
-            what += f" ({_dur(lk.answered_ns - lk.t_ns)})"
-        retries = f", {lk.retries} retries" if lk.retries else ""
-        lines.append(f"  {_ts(lk.t_ns)}  {lk.name} {lk.qtype} -> {what}{retries}")
-    lines.append(f"\nICMP errors to the guest ({len(s.icmp_errors)}):")
-    lines += [f"  {_ts(n.t_ns)}  {n.text}" for n in s.icmp_errors]
-    drops = s.drops
-    if s.counters is None:
-        lines.append("\nDrops by reason: unknown (not replayed)")
-    else:
-        lines.append(f"\nDrops by reason ({sum(drops.values())}):")
-        lines += [f"  {k:<28} {v}" for k, v in drops.items()]
-    if s.faults:
-        lines.append(f"\nFault rules ({len(s.faults)}):")
-        for r in s.faults:
-            until = f" to {r['removed_s']:.3f}s" if r["removed_s"] is not None else ""
-            did = ", ".join(f"{k} {v}" for k, v in sorted(r["stats"].items())) or "nothing"
-            lines.append(f"  {r['id']:>3}  {r['rule']}  (from {r['added_s']:.3f}s{until}): {did}")
-    if s.events:
-        lines.append("\nEvents:")
-        lines += [f"  {_ts(n.t_ns)}  {n.text}" for n in s.events]
-    return "\n".join(lines)
-
-
-def main(
-    path: str,
-    *,
-    text: bool = True,
-    as_json: bool = False,
-    timeline: str | None = None,
-    progress: bool | None = None,
-    start: Point | None = None,
-    until: Point | None = None,
-    pcap: str | None = None,
-) -> int:
-    """CLI entry for ``slirptrio replay --summary/--json/--timeline``: prints the summary
-    (``text``), its JSON (``as_json``), writes the timeline to ``timeline`` (SVG, or PNG when
-    the name ends in .png); a progress line on stderr when it is a terminal (or ``progress``
-    says so). ``start``/``until`` limit all of it to a window, whose frames go to ``pcap``.
-    Files written are 0600. Returns 0 when the replay was identical, 1 when it diverged (the
-    summary is still printed), 2 when the journal or an output cannot be used."""
-    try:
-        pcap_file = _private_output(pcap, binary=True) if pcap is not None else None
-    except OSError as exc:
-        print(f"slirptrio: error: --pcap {pcap}: {exc.strerror or exc}", file=sys.stderr)
-        return 2
-    try:
-        with Progress("summarizing", enabled=progress) as line:
-            summary = summarize_journal(
-                path, progress=line, start=start, until=until,
-                pcap=PcapWriter(pcap_file) if pcap_file is not None else None)
-    except (OSError, JournalError) as exc:
-        text_ = str(exc)
-        where = "" if text_.startswith(path) else f"{path}: "
-        print(f"slirptrio: error: journal {where}{text_}", file=sys.stderr)
-        return 2
-    finally:
-        if pcap_file is not None:
-            pcap_file.close()
-    if timeline is not None:
-        from replay.timeline import render_png, render_svg
-
-        try:
-            if timeline.lower().endswith(".png"):
-                data = render_png(summary, title=path)
-            else:
-                data = render_svg(summary, title=path).encode()
-            with _private_output(timeline, binary=True) as out:
-                out.write(data)
-        except OSError as exc:
-            print(f"slirptrio: error: --timeline {timeline}: {exc.strerror or exc}",
-                  file=sys.stderr)
-            return 2
-    if as_json:
-        print(json.dumps(summary.to_dict(), indent=2))
-    elif text:
-        print(format_summary(summary, path))
-    if timeline is not None:
-        failed = sum(1 for fl in summary.flows if fl.failed)
-        print(f"timeline: {timeline} ({len(summary.flows)} flows, {failed} failed)",
-              file=sys.stderr if as_json or text else sys.stdout)
-    if summary.replay != "identical":
-        print(f"slirptrio replay: replay {summary.replay}; run slirptrio replay {path} "
-              "for the report", file=sys.stderr)
-    return 0 if summary.replay == "identical" else 1
-
-
-def _private_output(path: str, *, binary: bool) -> IO[Any]:
-    """``path`` created or emptied for writing, mode 0600 (a session's files are private)."""
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
-    try:
-        os.fchmod(fd, 0o600)
-    except OSError:
-        os.close(fd)
-        raise
-    return os.fdopen(fd, "wb" if binary else "w")
-
-
-def flows_by_state(summary: Summary) -> Iterator[tuple[str, int]]:
-    """How many flows ended each way (for tests and a one-line overview)."""
-    counts: dict[str, int] = {}
-    for f in summary.flows:
-        counts[f.end] = counts.get(f.end, 0) + 1
-    yield from sorted(counts.items())
-
-
-__all__ = [
-    "Flow", "Lookup", "Note", "Summary", "format_summary", "main", "summarize",
-    "summarize_file", "summarize_journal",
-]
