@@ -655,6 +655,33 @@ async def test_a_held_send_report_rides_on_the_next_read() -> None:
         nursery.cancel_scope.cancel()
 
 
+async def test_a_held_send_report_goes_before_the_peers_eof() -> None:
+    """The peer closes instead of answering: what was held is reported (TcpSent), then EOF."""
+    send, recv = trio.open_memory_channel[Event](64)
+    flows = TcpFlows(send, batched=True)
+    flows.sent_can_wait = lambda flow, n: True
+    listeners = await trio.open_tcp_listeners(0, host="127.0.0.1")
+    port = listeners[0].socket.getsockname()[1]
+
+    async def server(stream: trio.SocketStream) -> None:
+        assert await stream.receive_some(100) == b"bye"
+        await stream.aclose()
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(flows.run)
+        nursery.start_soon(trio.serve_listeners, server, listeners)
+        await trio.testing.wait_all_tasks_blocked()
+        flows.connect(TcpConnect(1, "127.0.0.1", port))
+        assert await next_event(recv) == TcpConnected(1)
+        flows.credit(TcpRecvCredit(1, 100))
+        await trio.testing.wait_all_tasks_blocked()
+        flows.send(TcpSend(1, b"bye"))
+        flows.kick()
+        assert await next_event(recv) == TcpSent(1, 3)
+        assert await next_event(recv) == TcpEof(1)
+        nursery.cancel_scope.cancel()
+
+
 class _FailingEnd(SocketEnd):
     """A socket end whose reads fail (ECONNRESET) when told to."""
 
