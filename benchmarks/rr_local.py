@@ -170,6 +170,7 @@ async def main_async(
     port = GuestPort()
     runtime = Runtime(stack, port, recorder)
     flows = TcpFlows(runtime.inbox, batched=True)
+    flows.sent_can_wait = stack.tcp.sent_can_wait  # as slirptrio.api wires it
     runtime.handlers.update(flows.handlers())
     runtime.after_burst.append(flows.kick)
     steps: collections.Counter[str] = collections.Counter()

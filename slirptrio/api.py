@@ -693,6 +693,7 @@ async def open_stack(
         active = journal_path is not None or pcap_path is not None
         runtime = Runtime(stack, port, recorder if active else None)
         tcp = TcpFlows(runtime.inbox, batched=True)
+        tcp.sent_can_wait = stack.tcp.sent_can_wait  # a send's report rides on the next read
         datagrams = Datagrams(runtime.inbox, dns_upstreams=upstreams)
         forwards = Forwards(runtime.inbox, tcp, cfg)
         runtime.handlers.update(tcp.handlers())

@@ -15,9 +15,10 @@ Each protocol (:data:`PROTOCOLS`) has its generator; a session starts from the g
 host events of a recorded real session (``captures/*.journal``, played back verbatim), then
 runs the generator, and between frames the fuzzer plays the shell: it answers the core's effects
 with host events (``TcpConnected``, ``TcpData`` within the credit granted or beyond it,
-``TcpSent``, ``TcpEof``, ``TcpReset``, ``UdpReceived`` with DNS answers built from the
-forwarded query, ICMP echo replies and errors, upstream lists, forwards, link changes) and
-advances time to the core's own deadlines or past them.
+``TcpSent`` (alone or riding on a read as ``TcpDataSent``), ``TcpEof``, ``TcpReset``,
+``UdpReceived`` with DNS answers built from the forwarded query, ICMP echo replies and errors,
+upstream lists, forwards, link changes) and advances time to the core's own deadlines or past
+them.
 
 libslirp's CVE shapes are among the generators' cases (``../shared/PEERS.md``): short and
 lying UDP to ports 67, 53 and 69 (CVE-2021-3592..3595), NC-SI frames (ethertype 0x88F8) and
@@ -92,6 +93,7 @@ from slirptrio.core.events import (
     TcpConnected,
     TcpConnectFailed,
     TcpData,
+    TcpDataSent,
     TcpEof,
     TcpInbound,
     TcpRecvCredit,
@@ -732,6 +734,10 @@ class Session:
         if r < 0.8 and v.unsent > 0:
             n = rng.randint(1, v.unsent)
             v.unsent -= n
+            if r < 0.6 and v.credit > 0:  # the report riding on the flow's next read
+                k = min(v.credit, rng.choice((1, 100, 1460)))
+                v.credit -= k
+                return TcpDataSent(flow, n, rng.randbytes(k))
             return TcpSent(flow, n)
         if r < 0.82:
             return TcpSent(flow, rng.randint(1, 100000))  # more than was asked

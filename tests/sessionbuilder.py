@@ -33,6 +33,7 @@ from slirptrio.core.events import (
     TcpConnected,
     TcpConnectFailed,
     TcpData,
+    TcpDataSent,
     TcpEof,
     TcpReset,
     TcpSend,
@@ -173,9 +174,11 @@ class Session:
 
     def connection(self, dst: str, sport: int, dport: int, *, request: bytes = b"GET /\r\n",
                    response: bytes = b"HTTP/1.0 200 OK\r\n\r\nhello", retransmit: bool = False,
-                   ending: str = "fin") -> int:
+                   ending: str = "fin", folded: bool = False) -> int:
         """A guest connection that sends ``request`` and gets ``response``; ``ending`` is
-        "fin" (both sides close), "host-reset" or "guest-reset". Returns the flow id."""
+        "fin" (both sides close), "host-reset" or "guest-reset"; ``folded``: the send's report
+        rides on the response (``TcpDataSent``, as the live shell reports a round trip).
+        Returns the flow id."""
         flow, gseq = self._syn(dst, sport, dport)
         self.step(TcpConnected(flow), 2)
         (synack,) = self._our_segments()
@@ -183,14 +186,16 @@ class Session:
         self.tcp(dst, sport, dport, gseq, ours, wtcp.ACK)
         effects = self.tcp(dst, sport, dport, gseq, ours, wtcp.ACK | wtcp.PSH, request)
         sent = sum(len(e.data) for e in effects if isinstance(e, TcpSend))
-        self.step(TcpSent(flow, sent))
+        folded = folded and ending != "host-reset"
+        if not folded:
+            self.step(TcpSent(flow, sent))
         if retransmit:  # the guest sends the same bytes again
             self.tcp(dst, sport, dport, gseq, ours, wtcp.ACK | wtcp.PSH, request, 200)
         gseq += len(request)
         if ending == "host-reset":
             self.step(TcpReset(flow, errno.ECONNRESET), 3)
             return flow
-        self.step(TcpData(flow, response), 3)
+        self.step(TcpDataSent(flow, sent, response) if folded else TcpData(flow, response), 3)
         ours += len(response)
         self.tcp(dst, sport, dport, gseq, ours, wtcp.ACK)
         if ending == "guest-reset":

@@ -21,6 +21,7 @@ from slirptrio.core.events import (
     TcpConnect,
     TcpConnected,
     TcpData,
+    TcpDataSent,
     TcpEof,
     TcpRecvCredit,
     TcpSend,
@@ -100,9 +101,16 @@ def _session(door: Door) -> tuple[int, dict[str, int]]:
         sent = sum(len(e.data) for e in effects if isinstance(e, TcpSend))
         if sent:
             step(TcpSent(flow, sent))
+    # one request/response: the guest's byte, its send reported with the host's answer
+    effects = step(GuestFrames(_run([_tcp(seq, una, ACK | PSH, b"q")])))
+    seq += 1
+    sent = sum(len(e.data) for e in effects if isinstance(e, TcpSend))
+    assert sent == 1 and credit > 0
+    assert len(_frames(step(TcpDataSent(flow, sent, b"a")))) == 1  # the answer, to the guest
+    credit -= 1
     # host -> guest: reads as credit allows; the guest acknowledges each read in one burst
     chunk = bytes((i * 13) & 0xFF for i in range(60000))
-    rcv = una
+    rcv = una + 1
     for _ in range(10):
         n = min(credit, len(chunk))
         effects = step(TcpData(flow, chunk[:n])) if n else []

@@ -39,6 +39,7 @@ from slirptrio.core.events import (
     TcpConnected,
     TcpConnectFailed,
     TcpData,
+    TcpDataSent,
     TcpEof,
     TcpInbound,
     TcpReset,
@@ -179,7 +180,11 @@ def _tcp_session(
         i += 4  # guest connections 4-7 are the IPv6 ones
     out: list[Action] = [("syn6" if v6 else "syn", i, dst, opts), ("connected", i),
                          ("seg", i, "ack", 0)]
-    for up, down in exchanges:
+    for j, (up, down) in enumerate(exchanges):
+        if j % 2:  # the live shell's request/response: the send's report rides on the answer
+            out += [("seg", i, "data", up), ("host_data_sent", i, up, down),
+                    ("seg", i, "ack", 0), ("tick_due",)]
+            continue
         out += [("seg", i, "data", up), ("host_data", i, down), ("seg", i, "ack", 0),
                 ("host_sent", i, up), ("tick_due",)]
     if close == "guest":
@@ -567,6 +572,16 @@ class _Driver:
             n = min(n, owed) if n < 10**6 else n  # the big one overruns on purpose
             self.sent_to_host[flow] = max(0, owed - n)
             self.step(TcpSent(flow, n))
+
+    def _host_data_sent(self, k: int, n: int, size: int) -> None:
+        """A send's report riding on the flow's next read (the live shell's TcpDataSent)."""
+        flow = self.tcp_flow(k)
+        if flow is not None:
+            owed = self.sent_to_host.get(flow, 0)
+            n = min(n, owed)
+            self.sent_to_host[flow] = owed - n
+            data = bytes((flow + j) & 255 for j in range(max(1, size)))
+            self.step(TcpDataSent(flow, n, data) if n else TcpData(flow, data))
 
     def _host_eof(self, k: int) -> None:
         flow = self.tcp_flow(k)

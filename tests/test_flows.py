@@ -23,6 +23,7 @@ from slirptrio.core.events import (
     TcpConnected,
     TcpConnectFailed,
     TcpData,
+    TcpDataSent,
     TcpEof,
     TcpRecvCredit,
     TcpReset,
@@ -587,6 +588,97 @@ async def test_batched_sends_go_out_at_kick_in_one_write() -> None:
         with trio.fail_after(5):
             while bytes(got) != b"one two":
                 await trio.sleep(0.01)
+        nursery.cancel_scope.cancel()
+
+
+async def test_a_held_send_report_rides_on_the_next_read() -> None:
+    """kick: a send the core's check lets wait is not reported by itself; the flow's next read
+    carries it (TcpDataSent). A send it refuses is reported at once, with what was held."""
+    send, recv = trio.open_memory_channel[Event](64)
+    flows = TcpFlows(send, batched=True)
+    asked: list[tuple[int, int]] = []
+    allow = [True]
+
+    def can_wait(flow: int, n: int) -> bool:
+        asked.append((flow, n))
+        return allow[0]
+
+    flows.sent_can_wait = can_wait
+    listeners = await trio.open_tcp_listeners(0, host="127.0.0.1")
+    port = listeners[0].socket.getsockname()[1]
+    peers: list[trio.SocketStream] = []
+    got = bytearray()
+
+    async def server(stream: trio.SocketStream) -> None:
+        peers.append(stream)
+        while data := await stream.receive_some(100):
+            got.extend(data)
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(flows.run)
+        nursery.start_soon(trio.serve_listeners, server, listeners)
+        await trio.testing.wait_all_tasks_blocked()
+        flows.connect(TcpConnect(1, "127.0.0.1", port))
+        assert await next_event(recv) == TcpConnected(1)
+        flows.credit(TcpRecvCredit(1, 100))
+        await trio.testing.wait_all_tasks_blocked()
+        flows.send(TcpSend(1, b"q"))
+        flows.kick()
+        assert asked == [(1, 1)]
+        with trio.fail_after(5):
+            while bytes(got) != b"q":
+                await trio.sleep(0.01)
+        await trio.testing.wait_all_tasks_blocked()
+        with pytest.raises(trio.WouldBlock):
+            recv.receive_nowait()  # held: no event of its own
+        await peers[0].send_all(b"answer")
+        assert await next_event(recv) == TcpDataSent(1, 1, b"answer")
+        # held again, then a send the check refuses: one TcpSent for both
+        flows.send(TcpSend(1, b"r"))
+        flows.kick()
+        allow[0] = False
+        flows.send(TcpSend(1, b"st"))
+        flows.kick()
+        assert asked[-2:] == [(1, 1), (1, 3)]
+        assert recv.receive_nowait() == TcpSent(1, 3)
+        # held, then the core shuts the write side: the report goes first, at once
+        allow[0] = True
+        flows.send(TcpSend(1, b"u"))
+        flows.kick()
+        flows.shutdown(TcpShutdown(1))
+        assert recv.receive_nowait() == TcpSent(1, 1)
+        await peers[0].send_all(b"more")
+        assert await next_event(recv) == TcpData(1, b"more")
+        with trio.fail_after(5):
+            while bytes(got) != b"qrstu":
+                await trio.sleep(0.01)
+        nursery.cancel_scope.cancel()
+
+
+async def test_a_held_send_report_goes_before_the_peers_eof() -> None:
+    """The peer closes instead of answering: what was held is reported (TcpSent), then EOF."""
+    send, recv = trio.open_memory_channel[Event](64)
+    flows = TcpFlows(send, batched=True)
+    flows.sent_can_wait = lambda flow, n: True
+    listeners = await trio.open_tcp_listeners(0, host="127.0.0.1")
+    port = listeners[0].socket.getsockname()[1]
+
+    async def server(stream: trio.SocketStream) -> None:
+        assert await stream.receive_some(100) == b"bye"
+        await stream.aclose()
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(flows.run)
+        nursery.start_soon(trio.serve_listeners, server, listeners)
+        await trio.testing.wait_all_tasks_blocked()
+        flows.connect(TcpConnect(1, "127.0.0.1", port))
+        assert await next_event(recv) == TcpConnected(1)
+        flows.credit(TcpRecvCredit(1, 100))
+        await trio.testing.wait_all_tasks_blocked()
+        flows.send(TcpSend(1, b"bye"))
+        flows.kick()
+        assert await next_event(recv) == TcpSent(1, 3)
+        assert await next_event(recv) == TcpEof(1)
         nursery.cancel_scope.cancel()
 
 

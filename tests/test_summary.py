@@ -123,6 +123,20 @@ def test_scripted_session_outcomes() -> None:
     assert {f.end for f in s.flows if f.failed} <= FAILED_ENDS | {"open"}
 
 
+def test_a_round_trip_reported_in_one_step() -> None:
+    """TcpDataSent (a send's report riding on the answer) counts the answer's bytes to the
+    guest, is no carrier of guest frames, and the session replays identical."""
+    s = Session()
+    s.lease()
+    s.connection("203.0.113.1", 40200, 80, folded=True)
+    summary = summarize_journal(s.journal())
+    assert summary.replay == "identical"
+    (flow,) = summary.flows
+    assert flow.bytes_to_host == len(b"GET /\r\n")
+    assert flow.bytes_to_guest == len(b"HTTP/1.0 200 OK\r\n\r\nhello")
+    assert flow.end == "FIN"
+
+
 def test_summary_from_the_journal_alone_after_a_divergence() -> None:
     """A journal whose effects the core no longer produces: the summary says so and reads the
     journal's own effects from there on."""

@@ -77,6 +77,7 @@ from slirptrio.core.events import (
     TcpConnected,
     TcpConnectFailed,
     TcpData,
+    TcpDataSent,
     TcpEof,
     TcpInbound,
     TcpRecvCredit,
@@ -123,7 +124,7 @@ directory when the session closes (``session-X.journal`` -> ``session-X.session.
 _KNOWN_EVENTS = frozenset(c.TAG for c in (
     GuestFrame, TcpData, TcpConnectFailed, TcpReset, TcpInbound, UdpReceived, UdpInbound,
     IcmpEchoReply, UdpError, IcmpEchoError, IcmpUnavailable, TftpOpened, TftpChunk, GuestLink,
-    HostFwdChange, DnsUpstreams, Tick, TcpSent, TcpEof, TcpConnected,
+    HostFwdChange, DnsUpstreams, Tick, TcpSent, TcpEof, TcpConnected, TcpDataSent,
 ))
 _KNOWN_EFFECTS = frozenset(c.TAG for c in (
     SendFrame, TcpSend, TcpClose, TcpConnect, UdpSend, UdpFwdSend, UdpClose, UdpOpen,
@@ -444,11 +445,12 @@ class _Analyzer:
                         self._guest_frame(t, bytes(frame), pool)
             finally:
                 self._in_run = False
-        elif tag == TcpData.TAG:
+        elif tag == TcpData.TAG or tag == TcpDataSent.TAG:
             f = self.by_id.get(ev[1])
             if f is not None:
-                f.bytes_to_guest += len(ev[2])
-                f.activity.add(t, len(ev[2]))
+                data = ev[-1]  # TcpDataSent: [TAG, flow, sent, data]
+                f.bytes_to_guest += len(data)
+                f.activity.add(t, len(data))
                 f.last_ns = t
         elif tag == TcpConnectFailed.TAG:
             f = self.by_id.get(ev[1])

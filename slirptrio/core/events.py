@@ -85,6 +85,18 @@ class TcpSent(Event):
 
 
 @dataclass(frozen=True, slots=True)
+class TcpDataSent(Event):
+    """``TcpSent(flow, sent)`` then ``TcpData(flow, data)`` in one step: the host socket of
+    ``flow`` accepted ``sent`` more bytes earlier (the shell held the report back, see
+    :meth:`slirptrio.core.tcp.TcpNat.sent_can_wait`), then ``data`` was read from it."""
+
+    TAG: ClassVar[int] = 16
+    flow: int
+    sent: int
+    data: bytes
+
+
+@dataclass(frozen=True, slots=True)
 class TcpEof(Event):
     """The host peer of ``flow`` shut down its sending side (recv returned b"")."""
 

@@ -73,6 +73,7 @@ from slirptrio.core.events import (
     TcpConnected,
     TcpConnectFailed,
     TcpData,
+    TcpDataSent,
     TcpEof,
     TcpInbound,
     TcpReset,
@@ -1425,7 +1426,9 @@ def _ip4_tcp_head() -> bytes:
     return bytes((0x08, 0x00, 0x45, 0, 0, 0, 0, 0, 0, 0, wip.DEFAULT_TTL, 6, 0, 0))
 
 _FWD_EVENTS = (TcpInbound, UdpInbound, GuestFwdAdd, GuestFwdRemove, HostFwdChange)
-_TCP_EVENTS = (TcpConnected, TcpConnectFailed, TcpData, TcpSent, TcpEof, TcpReset)
+_TCP_EVENTS = (
+    TcpConnected, TcpConnectFailed, TcpData, TcpDataSent, TcpSent, TcpEof, TcpReset,
+)
 _UDP_EVENTS = (UdpReceived, UdpError, DnsUpstreams)
 _ICMP_EVENTS = (IcmpEchoReply, IcmpEchoError, IcmpUnavailable)
 _TFTP_EVENTS = (TftpOpened, TftpChunk)

@@ -18,7 +18,11 @@ side did as events:
   is bounded by the core, which never has more than its window outstanding. With
   ``batched=True`` (the runtime's setting) a socket whose writer is idle gets the burst's bytes
   from :meth:`TcpFlows.kick` instead, in one non-blocking ``send`` at the end of the burst, and
-  ``TcpSent`` goes straight into the inbox: no task switch on the common path.
+  ``TcpSent`` goes straight into the inbox: no task switch on the common path. When the socket
+  took all of it and the core's read-only check ``sent_can_wait`` says the report changes
+  nothing the guest sees yet, the report is held and rides on the flow's next read as
+  ``TcpDataSent`` (no step of its own: a request/response round trip is two steps); a shutdown,
+  EOF, a later partial send or a send that would reopen the window reports it as ``TcpSent``.
 * ``TcpShutdown`` shuts the write side once queued data is out; ``TcpClose`` ends the group
   (``abort``: the peer sees a reset — SO_LINGER 0 on a TCP socket, SIGKILL for a command).
 * EOF from the peer is ``TcpEof``; an error is ``TcpReset(errno)``, aborts the end and ends the
@@ -62,6 +66,7 @@ from slirptrio.core.events import (
     TcpConnected,
     TcpConnectFailed,
     TcpData,
+    TcpDataSent,
     TcpEof,
     TcpRecvCredit,
     TcpReset,
@@ -522,6 +527,9 @@ class _TcpFlow:
         self.credit_changed = trio.Event()
         self.outbuf = _OutQueue()
         self.unreported = 0  # bytes sent directly whose TcpSent the writer must still report
+        # Bytes sent directly whose report rides on the flow's next TcpDataSent (the core said
+        # it may wait: TcpNat.sent_can_wait); reported as TcpSent before anything else.
+        self.held = 0
         self.writing = False  # the writer task has a send in flight
         self.shutdown = False
         # The write side runs in a task only while there is something to wait for (a socket
@@ -562,6 +570,9 @@ class TcpFlows:
         self._dirty: dict[int, _TcpFlow] = {}
         self._nursery: trio.Nursery | None = None
         self.failures = 0
+        # The core's read-only check whether a send's report may wait for the flow's next read
+        # (TcpNat.sent_can_wait); None: every send is reported at once, as TcpSent.
+        self.sent_can_wait: Callable[[int, int], bool] | None = None
 
     def handlers(self) -> dict[type[Any], Any]:
         return {
@@ -648,6 +659,15 @@ class TcpFlows:
                 n = 0  # the writer meets the error and reports it
             if n:
                 state.outbuf.consume(n)
+                n += state.held
+                state.held = 0
+                can_wait = self.sent_can_wait
+                if (
+                    can_wait is not None and not state.outbuf and not state.unreported
+                    and can_wait(state.flow, n)
+                ):
+                    state.held = n  # reported with the flow's next read: no step of its own
+                    continue
                 try:
                     self._inbox.send_nowait(TcpSent(state.flow, n))
                 except trio.WouldBlock:
@@ -661,10 +681,22 @@ class TcpFlows:
             state.credit += eff.n
             state.poke_reader()
 
+    def _release_held(self, state: _TcpFlow) -> None:
+        """Report the held sends now (as TcpSent, stepped after the current step)."""
+        n, state.held = state.held, 0
+        if n:
+            try:
+                self._inbox.send_nowait(TcpSent(state.flow, n))
+            except trio.WouldBlock:
+                state.unreported += n
+                self._wake_writer(state)
+
     def shutdown(self, eff: TcpShutdown) -> None:
         state = self._flows.get(eff.flow)
         if state is None:
             return
+        # The core drains on what it was told the socket took: it must know all of it.
+        self._release_held(state)
         state.shutdown = True
         end = state.end
         if (
@@ -824,13 +856,19 @@ class TcpFlows:
                 state.credit_changed = trio.Event()
                 await state.credit_changed.wait()
             data = await end.recv(min(state.credit, _READ_MAX))
+            held, state.held = state.held, 0
             if not data:
+                if held:
+                    await self._report(TcpSent(state.flow, held))
                 await self._report(TcpEof(state.flow))
                 return
             if len(data) > state.credit:
                 raise RuntimeError(f"recv returned {len(data)} bytes, more than asked")
             state.credit -= len(data)
-            await self._report(TcpData(state.flow, data))
+            if held:
+                await self._report(TcpDataSent(state.flow, held, data))
+            else:
+                await self._report(TcpData(state.flow, data))
 
     async def _writer(self, state: _TcpFlow, end: HostEnd) -> None:
         """Write the queue out, report progress, shut down when asked; return when there is
@@ -842,8 +880,9 @@ class TcpFlows:
 
     async def _write_queue(self, state: _TcpFlow, end: HostEnd) -> None:
         while True:
-            if state.unreported:
-                n, state.unreported = state.unreported, 0
+            if state.unreported or state.held:
+                n = state.unreported + state.held
+                state.unreported = state.held = 0
                 await self._report(TcpSent(state.flow, n))
                 continue
             if state.outbuf:
@@ -861,6 +900,8 @@ class TcpFlows:
                 if not 0 < n <= size:
                     raise RuntimeError(f"send returned {n} for {size} bytes")
                 state.outbuf.consume(n)
+                n += state.held
+                state.held = 0
                 await self._report(TcpSent(state.flow, n))
                 continue
             if state.shutdown and not state.write_done:

@@ -271,6 +271,17 @@ def tcp_many(addr: str, port: int, n: int, size: int) -> str:
     return f"{ok}/{n} ok"
 
 
+def tcp_rr(addr: str, port: int, n: int) -> str:
+    """``n`` one-byte request/response round trips on one connection to an echo server."""
+    ok = 0
+    with socket.create_connection((addr, port), timeout=30) as s:
+        s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        for i in range(n):
+            s.sendall(bytes([i & 0xFF]))
+            ok += s.recv(1) == bytes([i & 0xFF])
+    return f"{ok}/{n} ok"
+
+
 def tcp_client(addr: str, port: int, size: int, hold: float) -> str:
     """``addr`` may be ``unix:/path`` (then ``port`` is ignored)."""
     data = os.urandom(size)
@@ -313,6 +324,8 @@ def main(argv: list[str]) -> None:
         serve_udp_echo("0.0.0.0", int(argv[1]))
     elif cmd == "tcp-many":
         print(tcp_many(argv[1], int(argv[2]), int(argv[3]), int(argv[4])), flush=True)
+    elif cmd == "tcp-rr":
+        print(tcp_rr(argv[1], int(argv[2]), int(argv[3])), flush=True)
     elif cmd == "dns-query":
         print(dns_query(argv[1], argv[2], "tcp" in argv[3:], "aaaa" in argv[3:]), flush=True)
     else:

@@ -10,7 +10,7 @@ import sys
 import dpkt
 import pytest
 
-from slirptrio.core.events import TcpConnectFailed
+from slirptrio.core.events import TcpConnectFailed, TcpDataSent, TcpSent
 from tests.e2e.evidence import assert_stack_refused, events, guest_sent, tcp_resets_to_guest
 from tests.e2e.harness import (
     HOST_ADDR,
@@ -106,7 +106,17 @@ def test_refused_many_half_close_dns_tcp(topo: Topology) -> None:
     # DNS over TCP through the relay at 10.0.2.3.
     res = topo.guest_run(py("dns-query", "10.0.2.3", "tcp.example.test", "tcp"), 30)
     assert res.stdout.strip().endswith("rcode=0 answers=1 a=203.0.113.77"), res.stdout
+    # One-byte round trips on one connection (issue 20): each request's send is reported with
+    # the answer's read, in one step, not a TcpSent step of its own; the session replays.
+    res = topo.guest_run(py("tcp-rr", HOST_ADDR, str(ECHO_PORT), "50"), 60)
+    assert res.stdout.strip() == "50/50 ok", res.stdout + res.stderr
     stop_and_replay(st, relay)
+    reports = [e for e in events(st.journal) if isinstance(e, TcpSent | TcpDataSent)]
+    rr_flow = reports[-1].flow  # the round trips' connection is the last to report a send
+    reports = [e for e in reports if e.flow == rr_flow]
+    folded = [e for e in reports if isinstance(e, TcpDataSent)]
+    # the first request may go alone: its report opens the window past the SYN-ACK's 64 KiB
+    assert len(folded) >= 45 and len(reports) - len(folded) <= 5, reports
     # The refusal was the host's, passed on at once: the core asked for the connect, the
     # shell reported it refused, and the stack's reset answered the guest's first SYN (no
     # retransmitted SYN was ever needed).

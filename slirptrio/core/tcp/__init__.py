@@ -87,7 +87,10 @@ bytes handed to the shell and not yet confirmed by ``TcpSent``; the advertised w
 ``buffer_size - host_unsent``, its right edge never moving left. ACKs are coalesced: one at
 least every two full segments, at once for anything out of order, a FIN or a zero-window probe,
 otherwise after ``delack_ns``. A ``TcpSent`` that reopens a window that had fallen below half
-the buffer sends a window update.
+the buffer sends a window update. ``TcpDataSent`` is a ``TcpSent`` the shell held back and a
+``TcpData``, in one step: the shell holds a complete send's report only while
+``sent_can_wait`` (read-only) says it sends the guest nothing, so a request/response round trip
+costs two steps, not three; replay needs no such check, the journal has what was reported.
 
 Host → guest: the shell reads only what ``TcpRecvCredit`` allowed. The send buffer holds the
 bytes not yet acknowledged by the guest (sent or not); credit is granted so that

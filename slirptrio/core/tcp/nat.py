@@ -20,6 +20,7 @@ from slirptrio.core.events import (
     TcpConnected,
     TcpConnectFailed,
     TcpData,
+    TcpDataSent,
     TcpEof,
     TcpRecvCredit,
     TcpReset,
@@ -337,7 +338,8 @@ class TcpNat:
         self._output(c, now_ns)
 
     def host_event(self, event: Event, now_ns: int) -> None:
-        """One of TcpConnected, TcpConnectFailed, TcpData, TcpSent, TcpEof, TcpReset."""
+        """One of TcpConnected, TcpConnectFailed, TcpData, TcpSent, TcpDataSent, TcpEof,
+        TcpReset."""
         self._now = now_ns
         flow: int = getattr(event, "flow", -1)
         c = self._by_flow.get(flow)
@@ -351,6 +353,11 @@ class TcpNat:
         elif t is TcpSent:
             assert isinstance(event, TcpSent)
             self._host_sent(c, event.n, now_ns)
+        elif t is TcpDataSent:
+            assert isinstance(event, TcpDataSent)
+            self._host_sent(c, event.sent, now_ns)
+            if c.phase != _GONE:
+                self._host_data(c, event.data, now_ns)
         elif t is TcpConnected:
             self._connected(c, now_ns)
         elif t is TcpEof:
@@ -1119,16 +1126,37 @@ class TcpNat:
             return
         self._window_update(c)
 
+    def sent_can_wait(self, flow: int, n: int) -> bool:
+        """Whether the shell may hold back the report that the host socket of ``flow`` took
+        ``n`` more bytes (all it holds back for it) until the flow's next :class:`TcpDataSent`.
+        Only while the report would send the guest nothing: an established entry whose guest
+        has not closed, at most one segment held, no window update due with the report, and
+        room for two more segments (half the buffer, if smaller) without it, so the guest's next
+        data brings the shell back here before the held bytes could close the window.
+        Read-only: the decision is the shell's; the journal records what it reported."""
+        c = self._by_flow.get(flow)
+        if c is None or c.phase != _SYNCED or c.rcv_fin or not 0 < n <= self.mss:
+            return False
+        if n > c.host_unsent or self.mem_used > self.mem_soft:
+            return False  # under memory pressure every byte counts (and cap_in counts it)
+        free = self.buffer_size - c.host_unsent
+        if free < min(self.buffer_size >> 1, 2 * self.mss):
+            return False
+        return not self._window_update_due(c, free + n)
+
+    def _window_update_due(self, c: _Conn, free: int) -> bool:
+        """Whether a window of ``free`` bytes is one :meth:`_window_update` announces."""
+        cap = 0xFFFF << c.rcv_wscale
+        new_edge = c.rcv_nxt + (free if free < cap else cap)
+        return c.rcv_adv - c.rcv_nxt < (self.buffer_size >> 1) and new_edge - c.rcv_adv >= min(
+            self.buffer_size >> 1, 2 * self.mss
+        )
+
     def _window_update(self, c: _Conn) -> None:
         """ACK with the new window when the window the guest knows has fallen below half the
         buffer and would grow by two segments (or half the buffer, if smaller). A healthy
         window needs none: the ACKs of the guest's data carry it."""
-        free = memory.cap_in(self, c) - c.host_unsent
-        cap = 0xFFFF << c.rcv_wscale
-        new_edge = c.rcv_nxt + (free if free < cap else cap)
-        if c.rcv_adv - c.rcv_nxt < (self.buffer_size >> 1) and new_edge - c.rcv_adv >= min(
-            self.buffer_size >> 1, 2 * self.mss
-        ):
+        if self._window_update_due(c, memory.cap_in(self, c) - c.host_unsent):
             self.counters["tcp_window_updates"] += 1
             self._ack_now(c)
 
