@@ -68,7 +68,7 @@ ip netns exec "$H" python3 "$TMP/dns.py" & PIDS+=($!)
 start_stack() {  # name [options]
     rm -f "$TMP/s.sock"
     ip netns exec "$H" python3 -m slirptrio run --listen "unix:$TMP/s.sock" \
-        --journal "$HERE/$1.journal" --pcap "$HERE/$1.pcap" --seed 1 \
+        --journal "$HERE/$1.journal" --pcap "$HERE/$1.pcap" --overwrite --seed 1 \
         --dns-upstream 127.0.0.1:5353 "${2:-}" > "$TMP/stack.out" 2>&1 &
     STACK=$!
     PIDS+=($STACK)

@@ -1,5 +1,5 @@
-"""Every recorded real session in captures/ replays identical, and so do the journals of the
-previous format kept in captures/format2/ (old-format replay must keep working)."""
+"""Every recorded real session in captures/ replays identical, and so do the journals of earlier
+formats kept in captures/format3/ and captures/format2/ (old-format replay must keep working)."""
 
 from __future__ import annotations
 
@@ -13,17 +13,16 @@ from slirptrio.journal import FORMAT_VERSION, open_journal
 HERE = pathlib.Path(__file__).parent.parent / "captures"
 CAPTURES = sorted(HERE.glob("*.journal"))
 OLD = sorted((HERE / "format2").glob("*.journal"))
+FORMAT3 = sorted((HERE / "format3").glob("*.journal"))
 
 
 def test_there_are_recorded_sessions() -> None:
-    assert len(CAPTURES) >= 4 and len(OLD) >= 1
+    assert len(CAPTURES) >= 4 and len(OLD) >= 1 and len(FORMAT3) >= 4
 
 
 @pytest.mark.parametrize("journal", CAPTURES, ids=[p.stem for p in CAPTURES])
 def test_capture_replays_identical(journal: pathlib.Path) -> None:
-    # Recorded in format 3 (before record CRCs) and kept so: they prove format 3 replays; the
-    # current format is written and replayed by tests/test_journal_*.py.
-    assert open_journal(journal).format in (3, FORMAT_VERSION)
+    assert open_journal(journal).format == FORMAT_VERSION
     result = replay_journal(journal)
     assert result.divergence is None, result
     assert result.identical and result.records > 5 and result.frames > 5
@@ -37,3 +36,12 @@ def test_old_format_capture_replays_identical(journal: pathlib.Path) -> None:
     result = replay_journal(journal)
     assert result.identical and result.records > 5 and result.frames > 5
     assert result.constants is None  # format 2 recorded none
+
+
+@pytest.mark.parametrize("journal", FORMAT3, ids=[p.stem for p in FORMAT3])
+def test_format3_capture_replays_identical(journal: pathlib.Path) -> None:
+    # recorded before record CRCs (format 4), by an earlier build of this issue round
+    assert open_journal(journal).format == 3
+    result = replay_journal(journal)
+    assert result.identical and result.records > 5 and result.frames > 5
+    assert result.constants is not None and not result.constants.conflict

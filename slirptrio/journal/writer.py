@@ -38,9 +38,10 @@ segment starts once the current one reaches ``journal_max / SEGMENTS_PER_BOUND``
 crowd out the records), and the oldest segments are deleted whenever the ring would otherwise
 use more than ``journal_max`` (sizes counted in whole 4 KiB blocks, as the filesystem allocates
 them, and 1/64 of the bound left to the filesystem's own blocks). The last ``journal_max`` of
-the session is kept, at least 7/8 of it with small snapshots. Smaller segments mean more snapshots (each a pause of the door loop: about 0.2 s for
-5,000 idle TCP flows, see ``benchmarks/recorder-results.md``) but a shorter replay from a
-snapshot to any record in the segment.
+the session is kept, at least 7/8 of it with small snapshots. Smaller segments mean more
+snapshots (each a pause of the door loop: about 0.2 s for 5,000 idle TCP flows, see
+``benchmarks/recorder-results.md``) but a shorter replay from a snapshot to any record in the
+segment.
 
 The pcap rotates: ``NAME`` grows to half of ``pcap_max``, then becomes ``NAME.1`` (replacing
 the older one) and a new ``NAME`` starts, so the two files stay within ``pcap_max`` and hold at
