@@ -68,13 +68,13 @@ MUTANTS: tuple[Mutant, ...] = (
            (T + "test_tcp_windows.py",), "the advertised window's right edge may move left",
            ci=True),
     Mutant("tcp-window-update-below-quarter",
-           "if c.rcv_adv - c.rcv_nxt < (self.buffer_size >> 1) and new_edge - c.rcv_adv >= min(",
-           "if c.rcv_adv - c.rcv_nxt < (self.buffer_size >> 2) and new_edge - c.rcv_adv >= min(",
+           "return c.rcv_adv - c.rcv_nxt < (self.buffer_size >> 1) and new_edge - c.rcv_adv >= min(",  # noqa: E501
+           "return c.rcv_adv - c.rcv_nxt < (self.buffer_size >> 2) and new_edge - c.rcv_adv >= min(",  # noqa: E501
            (T + "test_tcp_windows.py",), "window updates only below a quarter of the buffer",
            ci=True),
     Mutant("tcp-window-update-at-half",
-           "if c.rcv_adv - c.rcv_nxt < (self.buffer_size >> 1) and new_edge - c.rcv_adv >= min(",
-           "if c.rcv_adv - c.rcv_nxt <= (self.buffer_size >> 1) and new_edge - c.rcv_adv >= min(",
+           "return c.rcv_adv - c.rcv_nxt < (self.buffer_size >> 1) and new_edge - c.rcv_adv >= min(",  # noqa: E501
+           "return c.rcv_adv - c.rcv_nxt <= (self.buffer_size >> 1) and new_edge - c.rcv_adv >= min(",  # noqa: E501
            (T + "test_tcp_windows.py",), "a window update while the window is still half open"),
     Mutant("tcp-window-update-one-segment",
            "self.buffer_size >> 1, 2 * self.mss",
