@@ -56,6 +56,7 @@ from slirptrio.cli._common import (
 )
 from slirptrio.cli.session import default_journal_path
 from slirptrio.config import Config, ConfigError, parse_user_options
+from slirptrio.heap import keep_buffers_on_heap
 from slirptrio.syntax.address import parse_upstream
 from slirptrio.syntax.keyval import escape as _esc
 from slirptrio.syntax.keyval import split_keyval as split_keyval
@@ -525,6 +526,7 @@ def _run(args: argparse.Namespace, plan: Rewrite, private: str, upstreams: list[
                               if v and _written(v)) or "no journal, no pcap"
             _say(args.quiet, f"netdev {net.name}: {where}")
 
+    keep_buffers_on_heap()
     trio.run(main)  # a stack that cannot start (a port in use ...) is the user's: exit 2
     if early:
         return 128 + early[0]

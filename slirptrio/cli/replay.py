@@ -9,6 +9,7 @@ import os
 from typing import Any
 
 from slirptrio.cli._common import Parser, Subparsers, UserError, describe, setup_logging
+from slirptrio.heap import keep_buffers_on_heap
 
 _WHEN = ("a record number (1234 or #1234), a duration into the session (90s, 5m, 1h2m3.5s, "
          "250ms) or a wall-clock time (14:03:07, 2026-01-31T14:03:07)")
@@ -62,6 +63,7 @@ def command(args: argparse.Namespace, parser: Parser) -> int:
     from slirptrio.cli.statedir import resolve_journal
     from slirptrio.journal import JournalError, open_journal
 
+    keep_buffers_on_heap()
     setup_logging(args.verbose)
     quiet_replayed_logs(args.verbose)
     args.journal = resolve_journal(args.journal)

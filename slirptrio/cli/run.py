@@ -23,6 +23,7 @@ from slirptrio.cli._common import (
 )
 from slirptrio.cli.session import TransportSpec, default_journal_path, run_session
 from slirptrio.config import ConfigError, parse_user_options
+from slirptrio.heap import keep_buffers_on_heap
 from slirptrio.shell import transport as tp
 from slirptrio.shell.descriptors import raise_nofile_limit
 from slirptrio.syntax.address import parse_upstream
@@ -236,6 +237,7 @@ def command(args: argparse.Namespace, parser: Parser) -> int:
                     nursery.cancel_scope.cancel()
                     break
 
+    keep_buffers_on_heap()
     trio.run(main)
     if retention.closed():
         print("slirptrio: no frame came from the guest; the session was removed (--keep keeps "
