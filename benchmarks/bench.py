@@ -10,9 +10,9 @@ guest as 10.0.2.2. Measured, one case after another:
 * connections/s: connect, one 1-byte round trip, close, in a loop (``pingpong crr``);
 * the stack process's VmRSS before and while the guest holds 5,000 idle established flows;
 * slirptrio with its journal and pcap on (the default) and off;
-* over IPv6, on slirptrio and libslirp: bulk both ways at MTU 1500, round trips/s and
-  connections/s from a fresh guest holding a SLAAC address to [fec0::2] (the host namespace's
-  ::1, where the servers listen for this case), beside IPv4's figures with the ratio;
+* over IPv6, on slirptrio and libslirp at MTU 1500, in the same session as IPv4, each right
+  after its IPv4 twin: bulk both ways, round trips/s and connections/s from the guest's SLAAC
+  address to [fec0::2] (servers of their own on the host namespace's ::1), with the ratio;
 * (unless ``--no-sweep``) slirptrio guest->host and host->guest over a range of MTUs;
 * every slirptrio session's journal replayed (``slirptrio replay``): it must be identical, and
   the replay's wall time is compared with the session's;
@@ -29,6 +29,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import dataclasses
+import functools
 import json
 import os
 import platform
@@ -65,6 +66,9 @@ RESULTS = HERE / "results.md"
 
 IPERF_PORT = 5201
 PINGPONG_PORT = 7000
+IPERF_PORT6 = 5206
+PINGPONG_PORT6 = 7006
+"""The IPv6 servers' ports (on ::1 only): their own, so a server reached means the IPv6 path."""
 IDLE_FLOWS = 5000
 SWEEP_MTUS = (1500, 4000, 9000, 16000, 32000, 65520)
 
@@ -85,20 +89,15 @@ class Case:
     rr: bool = False
     idle: bool = False
     ipv6: bool = False
-    """Measure over IPv6: the guest's SLAAC address to [fec0::2], servers on the host's ::1."""
+    """Also measure bulk, rr and crr over IPv6 (the guest's SLAAC address to [fec0::2]), each
+    right after its IPv4 twin, in the same session."""
 
     @property
     def key(self) -> str:
-        v6 = "/v6" if self.ipv6 else ""
         if self.stack != "slirptrio":
-            return f"{self.stack}/{self.mtu}{v6}"
+            return f"{self.stack}/{self.mtu}"
         mode = ("j" if self.pcap else "jo") if self.journal else "nj"
-        return f"slirptrio/{self.mtu}/{self.transport}/{mode}{v6}"
-
-    @property
-    def server(self) -> str:
-        """The guest-side address of the host namespace's loopback for this case."""
-        return GATEWAY6 if self.ipv6 else GATEWAY
+        return f"slirptrio/{self.mtu}/{self.transport}/{mode}"
 
 
 @dataclass
@@ -143,6 +142,12 @@ class CaseResult:
     rr_cpu_us: float | None = None
     """Stack CPU per round trip (µs), over all ``rr`` runs."""
     crr_cpu_us: float | None = None
+    bulk6: dict[Direction, Bulk] = field(default_factory=dict)
+    """The same measurements over IPv6 (``Case.ipv6``)."""
+    rr6: float | None = None
+    crr6: float | None = None
+    rr6_cpu_us: float | None = None
+    crr6_cpu_us: float | None = None
     replay: ReplayCheck | None = None
     rss_before: int | None = None
     rss_after: int | None = None
@@ -204,22 +209,28 @@ def tune_namespaces(topo: Topology) -> None:
 
 
 def start_servers(topo: Topology, pingpong: Path, ipv6: bool = False) -> None:
-    """iperf3 and the ping-pong server on the host namespace's loopback, 127.0.0.1 or (for an
-    IPv6 case) only ::1, so nothing but the IPv6 path can answer."""
-    lo = "::1" if ipv6 else "127.0.0.1"
-    topo.host_spawn("iperf3-server", ["iperf3", "-s", "-B", lo, "-p", str(IPERF_PORT)])
-    topo.host_spawn("pingpong-server", [str(pingpong), "serve", lo, str(PINGPONG_PORT)])
-    topo.wait_listening(IPERF_PORT)
-    topo.wait_listening(PINGPONG_PORT)
+    """iperf3 and the ping-pong server on the host namespace's 127.0.0.1; with ``ipv6`` two
+    more on its ::1 only (ports of their own)."""
+    servers = [("", "127.0.0.1", IPERF_PORT, PINGPONG_PORT)]
+    if ipv6:
+        servers.append(("6", "::1", IPERF_PORT6, PINGPONG_PORT6))
+    for tag, lo, iperf_port, pingpong_port in servers:
+        topo.host_spawn(f"iperf3-server{tag}", ["iperf3", "-s", "-B", lo, "-p", str(iperf_port)])
+        topo.host_spawn(
+            f"pingpong-server{tag}", [str(pingpong), "serve", lo, str(pingpong_port)]
+        )
+        topo.wait_listening(iperf_port)
+        topo.wait_listening(pingpong_port)
 
 
 def measure_bulk(
-    topo: Topology, stack: Stack, direction: Direction, seconds: float, server: str = GATEWAY
+    topo: Topology, stack: Stack, direction: Direction, seconds: float, ipv6: bool = False
 ) -> Bulk:
-    """iperf3 from the guest to ``server`` (10.0.2.2 or fec0::2); the receiver's rate, and the
-    stack's CPU share."""
-    argv = ["iperf3", "-c", server, "-p", str(IPERF_PORT), "-t", str(seconds), "-J"]
-    if ":" in server:
+    """iperf3 from the guest to 10.0.2.2 (or [fec0::2]); the receiver's rate, and the stack's
+    CPU share."""
+    server, port = (GATEWAY6, IPERF_PORT6) if ipv6 else (GATEWAY, IPERF_PORT)
+    argv = ["iperf3", "-c", server, "-p", str(port), "-t", str(seconds), "-J"]
+    if ipv6:
         argv.append("-6")
     if direction == "down":
         argv.append("-R")
@@ -258,16 +269,17 @@ def measure_pingpong(
     mode: Literal["rr", "crr"],
     seconds: float,
     runs: int,
-    server: str = GATEWAY,
+    ipv6: bool = False,
 ) -> tuple[float, float]:
     """Round trips (``rr``) or connections (``crr``) per second from the guest: the median of
     ``runs`` runs of ``seconds`` each (single runs are noisy on a shared 2-core machine), and
     the stack's CPU time per operation over all runs (µs)."""
+    server, port = (GATEWAY6, PINGPONG_PORT6) if ipv6 else (GATEWAY, PINGPONG_PORT)
     rates = []
     ops = 0
     t0 = cpu_ticks(stack.pid)
     for _ in range(runs):
-        argv = [str(pingpong), mode, server, str(PINGPONG_PORT), str(seconds)]
+        argv = [str(pingpong), mode, server, str(port), str(seconds)]
         out = topo.guest_run(argv, seconds + 60, check=False)
         stack.check_alive()
         words = out.stdout.split()
@@ -333,11 +345,6 @@ def run_case(case: Case, settings: Settings, pingpong: Path) -> CaseResult:
             tune_namespaces(topo)
             start_servers(topo, pingpong, case.ipv6)
             stack = attach(topo, case)
-            if case.ipv6:
-                t0 = time.monotonic()
-                slaac(topo, stack)
-                waited = time.monotonic() - t0
-                log(f"   SLAAC address {stack.guest_ip6} usable after {waited:.1f} s")
         except HarnessError as exc:
             msg = f"setup: {str(exc).strip()[:1500]}"
             result.errors.append(msg)
@@ -348,26 +355,50 @@ def run_case(case: Case, settings: Settings, pingpong: Path) -> CaseResult:
             f"== {case.key}: {stack.label}, guest {stack.guest_ip} mtu {stack.mtu}, pid {stack.pid}"
         )
 
-        def bulk(d: Direction) -> None:
-            b = measure_bulk(topo, stack, d, settings.bulk_seconds, case.server)
-            result.bulk[d] = b
+        slaac_error: list[str] = []
+
+        def ipv6_ready() -> None:
+            """Wait (once) for the guest's SLAAC address: it was configuring itself since the
+            tap's carrier came up, so by the first IPv6 step it is usually there."""
+            if slaac_error:
+                raise HarnessError(slaac_error[0])
+            if stack.guest_ip6:
+                return
+            t0 = time.monotonic()
+            try:
+                slaac(topo, stack)
+            except HarnessError as exc:
+                slaac_error.append(f"no SLAAC address: {str(exc).strip()[:300]}")
+                raise HarnessError(slaac_error[0]) from None
+            log(f"   IPv6: {stack.guest_ip6}, waited {time.monotonic() - t0:.1f} s for it")
+
+        def bulk(d: Direction, ipv6: bool = False) -> None:
+            if ipv6:
+                ipv6_ready()
+            b = measure_bulk(topo, stack, d, settings.bulk_seconds, ipv6)
+            (result.bulk6 if ipv6 else result.bulk)[d] = b
             relay = "" if b.relay_cpu is None else f", relay CPU {b.relay_cpu:.0f}%"
             log(
-                f"   bulk {d}: {b.gbps:.3f} Gbit/s, stack CPU {b.stack_cpu:.0f}%{relay}, "
-                f"retransmits {b.retrans}"
+                f"   bulk {d}{' IPv6' if ipv6 else ''}: {b.gbps:.3f} Gbit/s, "
+                f"stack CPU {b.stack_cpu:.0f}%{relay}, retransmits {b.retrans}"
             )
 
-        def rr() -> None:
-            result.rr, result.rr_cpu_us = measure_pingpong(
-                topo, stack, pingpong, "rr", settings.rr_seconds, settings.rr_runs, case.server
+        def pingpong_step(mode: Literal["rr", "crr"], ipv6: bool = False) -> None:
+            if ipv6:
+                ipv6_ready()
+            rate, cpu = measure_pingpong(
+                topo, stack, pingpong, mode, settings.rr_seconds, settings.rr_runs, ipv6
             )
-            log(f"   round trips/s: {result.rr:.0f} ({result.rr_cpu_us:.0f} µs CPU each)")
-
-        def crr() -> None:
-            result.crr, result.crr_cpu_us = measure_pingpong(
-                topo, stack, pingpong, "crr", settings.rr_seconds, settings.rr_runs, case.server
-            )
-            log(f"   connections/s: {result.crr:.0f} ({result.crr_cpu_us:.0f} µs CPU each)")
+            if mode == "rr" and ipv6:
+                result.rr6, result.rr6_cpu_us = rate, cpu
+            elif mode == "rr":
+                result.rr, result.rr_cpu_us = rate, cpu
+            elif ipv6:
+                result.crr6, result.crr6_cpu_us = rate, cpu
+            else:
+                result.crr, result.crr_cpu_us = rate, cpu
+            what = "round trips/s" if mode == "rr" else "connections/s"
+            log(f"   {what}{' IPv6' if ipv6 else ''}: {rate:.0f} ({cpu:.0f} µs CPU each)")
 
         def idle() -> None:
             result.rss_before, result.rss_after, result.held = measure_idle(
@@ -378,11 +409,19 @@ def run_case(case: Case, settings: Settings, pingpong: Path) -> CaseResult:
                 f"{IDLE_FLOWS} idle flows: {result.kib_per_flow or 0:.1f} KiB/flow"
             )
 
+        # Each IPv6 measurement right after its IPv4 twin: the ratio compares neighbours.
         steps: list[tuple[str, Callable[[], None]]] = []
-        if case.bulk:
-            steps += [("bulk up", lambda: bulk("up")), ("bulk down", lambda: bulk("down"))]
-        if case.rr:
-            steps += [("round trips", rr), ("connections", crr)]
+        directions: tuple[Direction, ...] = ("up", "down") if case.bulk else ()
+        for d in directions:
+            steps.append((f"bulk {d}", functools.partial(bulk, d)))
+            if case.ipv6:
+                steps.append((f"IPv6 bulk {d}", functools.partial(bulk, d, ipv6=True)))
+        modes: tuple[Literal["rr", "crr"], ...] = ("rr", "crr") if case.rr else ()
+        for mode in modes:
+            name = "round trips" if mode == "rr" else "connections"
+            steps.append((name, functools.partial(pingpong_step, mode)))
+            if case.ipv6:
+                steps.append((f"IPv6 {name}", functools.partial(pingpong_step, mode, ipv6=True)))
         if case.idle:
             steps.append(("idle flows", idle))
         for name, fn in steps:
@@ -420,9 +459,7 @@ def cases(settings: Settings) -> list[Case]:
     out: list[Case] = []
     if "slirptrio" in settings.only:
         out += [
-            Case("slirptrio", 1500, "listen", True, rr=True, idle=True),
-            # Right after its IPv4 twin, so the ratio compares two neighbouring minutes.
-            Case("slirptrio", 1500, "listen", True, rr=True, ipv6=True),
+            Case("slirptrio", 1500, "listen", True, rr=True, idle=True, ipv6=True),
             Case("slirptrio", 1500, "listen", False, rr=True, idle=True),
             Case("slirptrio", 65520, "dgram", True),
             Case("slirptrio", 65520, "dgram", False),
@@ -430,10 +467,7 @@ def cases(settings: Settings) -> list[Case]:
             Case("slirptrio", 65520, "dgram", True, pcap=False),
         ]
     if "libslirp" in settings.only:
-        out += [
-            Case("libslirp", 1500, rr=True, idle=True),
-            Case("libslirp", 1500, rr=True, ipv6=True),
-        ]
+        out.append(Case("libslirp", 1500, rr=True, idle=True, ipv6=True))
     if "slirp4netns" in settings.only:
         out += [
             Case("slirp4netns", 1500, rr=True, idle=True),
@@ -464,7 +498,10 @@ def _cell_bulk(r: CaseResult | None, d: Direction) -> str:
         return "n/a"
     if d not in r.bulk:
         return "failed" if r.errors else "—"
-    b = r.bulk[d]
+    return _bulk_text(r.bulk[d])
+
+
+def _bulk_text(b: Bulk) -> str:
     relay = "" if b.relay_cpu is None else f" + relay {b.relay_cpu:.0f}%"
     return f"{b.gbps:.2f} ({b.stack_cpu:.0f}%{relay})"
 
@@ -487,37 +524,35 @@ def _within(ratio: float | None) -> str:
     return "within 20%" if ratio >= 1 - IPV6_WITHIN else "**not within 20%**"
 
 
-def _why_not(r: CaseResult | None, step: str) -> str:
-    """A cell for a measurement that has no figure: not run, or n/a with the failure."""
-    if r is None:
-        return "—"
+def _why_not(r: CaseResult, step: str) -> str:
+    """The cell of a measurement with no figure: n/a with its failure, or not run."""
     for e in r.errors:
         if e.startswith(("setup:", f"{step}:")):
             first = e.splitlines()[0] if e else ""
-            return f"n/a ({first[:120]})"
+            return f"n/a ({first[:160]})"
     return "—"
 
 
-def ipv6_cells(
-    v4: CaseResult | None, v6: CaseResult | None, attr: str
-) -> tuple[str, float | None]:
-    """The cell of one IPv6 measurement (``up``/``down`` bulk, ``rr``, ``crr``) beside its
-    IPv4 twin: the figure, the stack's CPU and IPv6/IPv4; and that ratio."""
+def ipv6_cell(r: CaseResult | None, attr: str) -> tuple[str, float | None]:
+    """The cell of one IPv6 measurement (``up``/``down`` bulk, ``rr``, ``crr``): the figure,
+    the stack's CPU, and IPv6/IPv4 against the same session's IPv4 twin; and that ratio."""
+    if r is None or not r.case.ipv6:
+        return "—", None
     if attr in ("up", "down"):
         d: Direction = "up" if attr == "up" else "down"
-        a, b = _gbps(v6, d), _gbps(v4, d)
-        step = f"bulk {attr}"
-        cell = _cell_bulk(v6, d) if a is not None else ""
+        v6 = r.bulk6[d].gbps if d in r.bulk6 else None
+        v4 = _gbps(r, d)
+        step = f"IPv6 bulk {attr}"
+        cell = _bulk_text(r.bulk6[d]) if d in r.bulk6 else ""
     else:
-        a = getattr(v6, attr) if v6 is not None else None
-        b = getattr(v4, attr) if v4 is not None else None
-        step = "round trips" if attr == "rr" else "connections"
-        cpu = getattr(v6, attr + "_cpu_us") if v6 is not None else None
-        cell = _fmt(a, 0) + ("" if cpu is None else f" ({cpu:,.0f} µs CPU)")
-    if a is None:
-        return _why_not(v6, step), None
-    r = _ratio(a, b)
-    return cell + ("" if r is None else f"; {r:.2f}x IPv4"), r
+        v6, v4 = getattr(r, attr + "6"), getattr(r, attr)
+        step = "IPv6 round trips" if attr == "rr" else "IPv6 connections"
+        cpu = getattr(r, attr + "6_cpu_us")
+        cell = _fmt(v6, 0) + ("" if cpu is None else f" ({cpu:,.0f} µs CPU)")
+    if v6 is None:
+        return _why_not(r, step), None
+    ratio = _ratio(v6, v4)
+    return cell + ("" if ratio is None else f"; {ratio:.2f}x IPv4"), ratio
 
 
 def render(
@@ -530,8 +565,6 @@ def render(
     st_jo = results.get("slirptrio/1500/listen/jo")
     st_big_jo = results.get("slirptrio/65520/dgram/jo")
     lib = results.get("libslirp/1500")
-    st6 = results.get("slirptrio/1500/listen/j/v6")
-    lib6 = results.get("libslirp/1500/v6")
     s4n = results.get("slirp4netns/1500")
     s4n_big = results.get("slirp4netns/65520")
 
@@ -549,9 +582,9 @@ def render(
         "operation).",
         "slirptrio column: journal + pcap on (its default); MTU 1500 over `-netdev stream`, "
         "MTU 65520 over `-netdev dgram`.",
-        "IPv6 rows: a fresh guest with its SLAAC address (fec0::/64) to [fec0::2], the host "
-        "namespace's ::1 (servers on ::1 only), MTU 1500, run right after the IPv4 case; "
-        "each cell's IPv6/IPv4 is against the same stack's IPv4 row.",
+        "IPv6 rows: the same session's guest from its SLAAC address (fec0::/64) to [fec0::2], "
+        "the host namespace's ::1 (servers of their own on ::1 only), MTU 1500, each "
+        "measurement right after its IPv4 twin; IPv6/IPv4: against that twin.",
         "",
         "| measurement | slirptrio | libslirp (QEMU -netdev user) | slirp4netns | target "
         "(slirptrio) | ratio | verdict |",
@@ -614,8 +647,8 @@ def render(
         ("rr", "round trips/s, **IPv6**"),
         ("crr", "connections/s, **IPv6**"),
     ):
-        st_cell, st_r = ipv6_cells(st, st6, attr)
-        lib_cell, _lib_r = ipv6_cells(lib, lib6, attr)
+        st_cell, st_r = ipv6_cell(st, attr)
+        lib_cell, _lib_r = ipv6_cell(lib, attr)
         rs = "—" if st_r is None else f"slirptrio {st_r:.2f}x IPv4"
         lines.append(
             f"| {name} | {st_cell} | {lib_cell} | — | IPv6 within 20% of IPv4 | {rs} "
@@ -714,8 +747,9 @@ def render(
         for k, cr in replays:
             rc = cr.replay
             assert rc is not None
-            what = ("IPv6: " if cr.case.ipv6 else "") + "bulk"
-            what += (", rr, crr" + (", idle flows" if cr.case.idle else "")) if cr.case.rr else ""
+            what = "bulk" + (", rr, crr" if cr.case.rr else "")
+            what += " (IPv4 and IPv6)" if cr.case.ipv6 else ""
+            what += ", idle flows" if cr.case.idle else ""
             verdict = "identical" if rc.identical else f"**{rc.summary}**"
             span = "?" if rc.span_s is None else f"{min(rc.span_s, rc.session_s):.1f}"
             lines.append(
