@@ -533,26 +533,40 @@ def _why_not(r: CaseResult, step: str) -> str:
     return "—"
 
 
+def _cpu_per_gbit(b: Bulk | None) -> float | None:
+    """The stack's CPU (its relay's included) per Gbit/s moved: CPU per byte, in effect."""
+    if b is None or b.gbps <= 0:
+        return None
+    return (b.stack_cpu + (b.relay_cpu or 0.0)) / b.gbps
+
+
 def ipv6_cell(r: CaseResult | None, attr: str) -> tuple[str, float | None]:
     """The cell of one IPv6 measurement (``up``/``down`` bulk, ``rr``, ``crr``): the figure,
-    the stack's CPU, and IPv6/IPv4 against the same session's IPv4 twin; and that ratio."""
+    the stack's CPU, IPv6/IPv4 against the same session's IPv4 twin and the same for the
+    stack's CPU per byte or per operation (steadier than rates on a shared machine); and the
+    rate's IPv6/IPv4."""
     if r is None or not r.case.ipv6:
         return "—", None
     if attr in ("up", "down"):
         d: Direction = "up" if attr == "up" else "down"
-        v6 = r.bulk6[d].gbps if d in r.bulk6 else None
-        v4 = _gbps(r, d)
+        b6, b4 = r.bulk6.get(d), r.bulk.get(d)
+        v6, v4 = (b6.gbps if b6 else None), (b4.gbps if b4 else None)
         step = f"IPv6 bulk {attr}"
-        cell = _bulk_text(r.bulk6[d]) if d in r.bulk6 else ""
+        cell = _bulk_text(b6) if b6 else ""
+        cpu_ratio, per = _ratio(_cpu_per_gbit(b6), _cpu_per_gbit(b4)), "byte"
     else:
         v6, v4 = getattr(r, attr + "6"), getattr(r, attr)
         step = "IPv6 round trips" if attr == "rr" else "IPv6 connections"
-        cpu = getattr(r, attr + "6_cpu_us")
-        cell = _fmt(v6, 0) + ("" if cpu is None else f" ({cpu:,.0f} µs CPU)")
+        cpu6, cpu4 = getattr(r, attr + "6_cpu_us"), getattr(r, attr + "_cpu_us")
+        cell = _fmt(v6, 0) + ("" if cpu6 is None else f" ({cpu6:,.0f} µs CPU)")
+        cpu_ratio, per = _ratio(cpu6, cpu4), "op"
     if v6 is None:
         return _why_not(r, step), None
     ratio = _ratio(v6, v4)
-    return cell + ("" if ratio is None else f"; {ratio:.2f}x IPv4"), ratio
+    if ratio is not None:
+        cell += f"; {ratio:.2f}x IPv4"
+        cell += "" if cpu_ratio is None else f", CPU/{per} {cpu_ratio:.2f}x"
+    return cell, ratio
 
 
 def render(
@@ -584,7 +598,8 @@ def render(
         "MTU 65520 over `-netdev dgram`.",
         "IPv6 rows: the same session's guest from its SLAAC address (fec0::/64) to [fec0::2], "
         "the host namespace's ::1 (servers of their own on ::1 only), MTU 1500, each "
-        "measurement right after its IPv4 twin; IPv6/IPv4: against that twin.",
+        "measurement right after its IPv4 twin; IPv6/IPv4: against that twin, for the rate "
+        "and for the stack's CPU per byte or per operation (its relay's included).",
         "",
         "| measurement | slirptrio | libslirp (QEMU -netdev user) | slirp4netns | target "
         "(slirptrio) | ratio | verdict |",
