@@ -10,6 +10,9 @@ guest as 10.0.2.2. Measured, one case after another:
 * connections/s: connect, one 1-byte round trip, close, in a loop (``pingpong crr``);
 * the stack process's VmRSS before and while the guest holds 5,000 idle established flows;
 * slirptrio with its journal and pcap on (the default) and off;
+* over IPv6, on slirptrio and libslirp at MTU 1500, in the same session as IPv4, each right
+  after its IPv4 twin: bulk both ways, round trips/s and connections/s from the guest's SLAAC
+  address to [fec0::2] (servers of their own on the host namespace's ::1), with the ratio;
 * (unless ``--no-sweep``) slirptrio guest->host and host->guest over a range of MTUs;
 * every slirptrio session's journal replayed (``slirptrio replay``): it must be identical, and
   the replay's wall time is compared with the session's;
@@ -26,6 +29,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import dataclasses
+import functools
 import json
 import os
 import platform
@@ -46,9 +50,11 @@ from typing import Literal
 from benchmarks import floor
 from benchmarks.stacks import (
     GATEWAY,
+    GATEWAY6,
     STACKS,
     Stack,
     StackName,
+    slaac,
     start_libslirp,
     start_slirp4netns,
     start_slirptrio,
@@ -60,6 +66,9 @@ RESULTS = HERE / "results.md"
 
 IPERF_PORT = 5201
 PINGPONG_PORT = 7000
+IPERF_PORT6 = 5206
+PINGPONG_PORT6 = 7006
+"""The IPv6 servers' ports (on ::1 only): their own, so a server reached means the IPv6 path."""
 IDLE_FLOWS = 5000
 SWEEP_MTUS = (1500, 4000, 9000, 16000, 32000, 65520)
 
@@ -79,6 +88,9 @@ class Case:
     bulk: bool = True
     rr: bool = False
     idle: bool = False
+    ipv6: bool = False
+    """Also measure bulk, rr and crr over IPv6 (the guest's SLAAC address to [fec0::2]), each
+    right after its IPv4 twin, in the same session."""
 
     @property
     def key(self) -> str:
@@ -130,6 +142,12 @@ class CaseResult:
     rr_cpu_us: float | None = None
     """Stack CPU per round trip (µs), over all ``rr`` runs."""
     crr_cpu_us: float | None = None
+    bulk6: dict[Direction, Bulk] = field(default_factory=dict)
+    """The same measurements over IPv6 (``Case.ipv6``)."""
+    rr6: float | None = None
+    crr6: float | None = None
+    rr6_cpu_us: float | None = None
+    crr6_cpu_us: float | None = None
     replay: ReplayCheck | None = None
     rss_before: int | None = None
     rss_after: int | None = None
@@ -190,16 +208,30 @@ def tune_namespaces(topo: Topology) -> None:
         )
 
 
-def start_servers(topo: Topology, pingpong: Path) -> None:
-    topo.host_spawn("iperf3-server", ["iperf3", "-s", "-B", "127.0.0.1", "-p", str(IPERF_PORT)])
-    topo.host_spawn("pingpong-server", [str(pingpong), "serve", "127.0.0.1", str(PINGPONG_PORT)])
-    topo.wait_listening(IPERF_PORT)
-    topo.wait_listening(PINGPONG_PORT)
+def start_servers(topo: Topology, pingpong: Path, ipv6: bool = False) -> None:
+    """iperf3 and the ping-pong server on the host namespace's 127.0.0.1; with ``ipv6`` two
+    more on its ::1 only (ports of their own)."""
+    servers = [("", "127.0.0.1", IPERF_PORT, PINGPONG_PORT)]
+    if ipv6:
+        servers.append(("6", "::1", IPERF_PORT6, PINGPONG_PORT6))
+    for tag, lo, iperf_port, pingpong_port in servers:
+        topo.host_spawn(f"iperf3-server{tag}", ["iperf3", "-s", "-B", lo, "-p", str(iperf_port)])
+        topo.host_spawn(
+            f"pingpong-server{tag}", [str(pingpong), "serve", lo, str(pingpong_port)]
+        )
+        topo.wait_listening(iperf_port)
+        topo.wait_listening(pingpong_port)
 
 
-def measure_bulk(topo: Topology, stack: Stack, direction: Direction, seconds: float) -> Bulk:
-    """iperf3 from the guest to 10.0.2.2; the receiver's rate, and the stack's CPU share."""
-    argv = ["iperf3", "-c", GATEWAY, "-p", str(IPERF_PORT), "-t", str(seconds), "-J"]
+def measure_bulk(
+    topo: Topology, stack: Stack, direction: Direction, seconds: float, ipv6: bool = False
+) -> Bulk:
+    """iperf3 from the guest to 10.0.2.2 (or [fec0::2]); the receiver's rate, and the stack's
+    CPU share."""
+    server, port = (GATEWAY6, IPERF_PORT6) if ipv6 else (GATEWAY, IPERF_PORT)
+    argv = ["iperf3", "-c", server, "-p", str(port), "-t", str(seconds), "-J"]
+    if ipv6:
+        argv.append("-6")
     if direction == "down":
         argv.append("-R")
     relay = stack.relay.pid if stack.relay is not None else None
@@ -237,15 +269,17 @@ def measure_pingpong(
     mode: Literal["rr", "crr"],
     seconds: float,
     runs: int,
+    ipv6: bool = False,
 ) -> tuple[float, float]:
     """Round trips (``rr``) or connections (``crr``) per second from the guest: the median of
     ``runs`` runs of ``seconds`` each (single runs are noisy on a shared 2-core machine), and
     the stack's CPU time per operation over all runs (µs)."""
+    server, port = (GATEWAY6, PINGPONG_PORT6) if ipv6 else (GATEWAY, PINGPONG_PORT)
     rates = []
     ops = 0
     t0 = cpu_ticks(stack.pid)
     for _ in range(runs):
-        argv = [str(pingpong), mode, GATEWAY, str(PINGPONG_PORT), str(seconds)]
+        argv = [str(pingpong), mode, server, str(port), str(seconds)]
         out = topo.guest_run(argv, seconds + 60, check=False)
         stack.check_alive()
         words = out.stdout.split()
@@ -309,7 +343,7 @@ def run_case(case: Case, settings: Settings, pingpong: Path) -> CaseResult:
     with Topology("bench") as topo:
         try:
             tune_namespaces(topo)
-            start_servers(topo, pingpong)
+            start_servers(topo, pingpong, case.ipv6)
             stack = attach(topo, case)
         except HarnessError as exc:
             msg = f"setup: {str(exc).strip()[:1500]}"
@@ -321,26 +355,50 @@ def run_case(case: Case, settings: Settings, pingpong: Path) -> CaseResult:
             f"== {case.key}: {stack.label}, guest {stack.guest_ip} mtu {stack.mtu}, pid {stack.pid}"
         )
 
-        def bulk(d: Direction) -> None:
-            b = measure_bulk(topo, stack, d, settings.bulk_seconds)
-            result.bulk[d] = b
+        slaac_error: list[str] = []
+
+        def ipv6_ready() -> None:
+            """Wait (once) for the guest's SLAAC address: it was configuring itself since the
+            tap's carrier came up, so by the first IPv6 step it is usually there."""
+            if slaac_error:
+                raise HarnessError(slaac_error[0])
+            if stack.guest_ip6:
+                return
+            t0 = time.monotonic()
+            try:
+                slaac(topo, stack)
+            except HarnessError as exc:
+                slaac_error.append(f"no SLAAC address: {str(exc).strip()[:300]}")
+                raise HarnessError(slaac_error[0]) from None
+            log(f"   IPv6: {stack.guest_ip6}, waited {time.monotonic() - t0:.1f} s for it")
+
+        def bulk(d: Direction, ipv6: bool = False) -> None:
+            if ipv6:
+                ipv6_ready()
+            b = measure_bulk(topo, stack, d, settings.bulk_seconds, ipv6)
+            (result.bulk6 if ipv6 else result.bulk)[d] = b
             relay = "" if b.relay_cpu is None else f", relay CPU {b.relay_cpu:.0f}%"
             log(
-                f"   bulk {d}: {b.gbps:.3f} Gbit/s, stack CPU {b.stack_cpu:.0f}%{relay}, "
-                f"retransmits {b.retrans}"
+                f"   bulk {d}{' IPv6' if ipv6 else ''}: {b.gbps:.3f} Gbit/s, "
+                f"stack CPU {b.stack_cpu:.0f}%{relay}, retransmits {b.retrans}"
             )
 
-        def rr() -> None:
-            result.rr, result.rr_cpu_us = measure_pingpong(
-                topo, stack, pingpong, "rr", settings.rr_seconds, settings.rr_runs
+        def pingpong_step(mode: Literal["rr", "crr"], ipv6: bool = False) -> None:
+            if ipv6:
+                ipv6_ready()
+            rate, cpu = measure_pingpong(
+                topo, stack, pingpong, mode, settings.rr_seconds, settings.rr_runs, ipv6
             )
-            log(f"   round trips/s: {result.rr:.0f} ({result.rr_cpu_us:.0f} µs CPU each)")
-
-        def crr() -> None:
-            result.crr, result.crr_cpu_us = measure_pingpong(
-                topo, stack, pingpong, "crr", settings.rr_seconds, settings.rr_runs
-            )
-            log(f"   connections/s: {result.crr:.0f} ({result.crr_cpu_us:.0f} µs CPU each)")
+            if mode == "rr" and ipv6:
+                result.rr6, result.rr6_cpu_us = rate, cpu
+            elif mode == "rr":
+                result.rr, result.rr_cpu_us = rate, cpu
+            elif ipv6:
+                result.crr6, result.crr6_cpu_us = rate, cpu
+            else:
+                result.crr, result.crr_cpu_us = rate, cpu
+            what = "round trips/s" if mode == "rr" else "connections/s"
+            log(f"   {what}{' IPv6' if ipv6 else ''}: {rate:.0f} ({cpu:.0f} µs CPU each)")
 
         def idle() -> None:
             result.rss_before, result.rss_after, result.held = measure_idle(
@@ -351,11 +409,19 @@ def run_case(case: Case, settings: Settings, pingpong: Path) -> CaseResult:
                 f"{IDLE_FLOWS} idle flows: {result.kib_per_flow or 0:.1f} KiB/flow"
             )
 
+        # Each IPv6 measurement right after its IPv4 twin: the ratio compares neighbours.
         steps: list[tuple[str, Callable[[], None]]] = []
-        if case.bulk:
-            steps += [("bulk up", lambda: bulk("up")), ("bulk down", lambda: bulk("down"))]
-        if case.rr:
-            steps += [("round trips", rr), ("connections", crr)]
+        directions: tuple[Direction, ...] = ("up", "down") if case.bulk else ()
+        for d in directions:
+            steps.append((f"bulk {d}", functools.partial(bulk, d)))
+            if case.ipv6:
+                steps.append((f"IPv6 bulk {d}", functools.partial(bulk, d, ipv6=True)))
+        modes: tuple[Literal["rr", "crr"], ...] = ("rr", "crr") if case.rr else ()
+        for mode in modes:
+            name = "round trips" if mode == "rr" else "connections"
+            steps.append((name, functools.partial(pingpong_step, mode)))
+            if case.ipv6:
+                steps.append((f"IPv6 {name}", functools.partial(pingpong_step, mode, ipv6=True)))
         if case.idle:
             steps.append(("idle flows", idle))
         for name, fn in steps:
@@ -393,7 +459,7 @@ def cases(settings: Settings) -> list[Case]:
     out: list[Case] = []
     if "slirptrio" in settings.only:
         out += [
-            Case("slirptrio", 1500, "listen", True, rr=True, idle=True),
+            Case("slirptrio", 1500, "listen", True, rr=True, idle=True, ipv6=True),
             Case("slirptrio", 1500, "listen", False, rr=True, idle=True),
             Case("slirptrio", 65520, "dgram", True),
             Case("slirptrio", 65520, "dgram", False),
@@ -401,7 +467,7 @@ def cases(settings: Settings) -> list[Case]:
             Case("slirptrio", 65520, "dgram", True, pcap=False),
         ]
     if "libslirp" in settings.only:
-        out.append(Case("libslirp", 1500, rr=True, idle=True))
+        out.append(Case("libslirp", 1500, rr=True, idle=True, ipv6=True))
     if "slirp4netns" in settings.only:
         out += [
             Case("slirp4netns", 1500, rr=True, idle=True),
@@ -432,7 +498,10 @@ def _cell_bulk(r: CaseResult | None, d: Direction) -> str:
         return "n/a"
     if d not in r.bulk:
         return "failed" if r.errors else "—"
-    b = r.bulk[d]
+    return _bulk_text(r.bulk[d])
+
+
+def _bulk_text(b: Bulk) -> str:
     relay = "" if b.relay_cpu is None else f" + relay {b.relay_cpu:.0f}%"
     return f"{b.gbps:.2f} ({b.stack_cpu:.0f}%{relay})"
 
@@ -443,6 +512,61 @@ def _ratio(a: float | None, b: float | None) -> float | None:
 
 def _verdict(ok: bool | None) -> str:
     return "—" if ok is None else ("met" if ok else "**missed**")
+
+
+IPV6_WITHIN = 0.20
+"""Issue #20: IPv6 TCP bulk and round trips within 20% of IPv4's (IPv6 faster passes)."""
+
+
+def _within(ratio: float | None) -> str:
+    if ratio is None:
+        return "—"
+    return "within 20%" if ratio >= 1 - IPV6_WITHIN else "**not within 20%**"
+
+
+def _why_not(r: CaseResult, step: str) -> str:
+    """The cell of a measurement with no figure: n/a with its failure, or not run."""
+    for e in r.errors:
+        if e.startswith(("setup:", f"{step}:")):
+            first = e.splitlines()[0] if e else ""
+            return f"n/a ({first[:160]})"
+    return "—"
+
+
+def _cpu_per_gbit(b: Bulk | None) -> float | None:
+    """The stack's CPU (its relay's included) per Gbit/s moved: CPU per byte, in effect."""
+    if b is None or b.gbps <= 0:
+        return None
+    return (b.stack_cpu + (b.relay_cpu or 0.0)) / b.gbps
+
+
+def ipv6_cell(r: CaseResult | None, attr: str) -> tuple[str, float | None]:
+    """The cell of one IPv6 measurement (``up``/``down`` bulk, ``rr``, ``crr``): the figure,
+    the stack's CPU, IPv6/IPv4 against the same session's IPv4 twin and the same for the
+    stack's CPU per byte or per operation (steadier than rates on a shared machine); and the
+    rate's IPv6/IPv4."""
+    if r is None or not r.case.ipv6:
+        return "—", None
+    if attr in ("up", "down"):
+        d: Direction = "up" if attr == "up" else "down"
+        b6, b4 = r.bulk6.get(d), r.bulk.get(d)
+        v6, v4 = (b6.gbps if b6 else None), (b4.gbps if b4 else None)
+        step = f"IPv6 bulk {attr}"
+        cell = _bulk_text(b6) if b6 else ""
+        cpu_ratio, per = _ratio(_cpu_per_gbit(b6), _cpu_per_gbit(b4)), "byte"
+    else:
+        v6, v4 = getattr(r, attr + "6"), getattr(r, attr)
+        step = "IPv6 round trips" if attr == "rr" else "IPv6 connections"
+        cpu6, cpu4 = getattr(r, attr + "6_cpu_us"), getattr(r, attr + "_cpu_us")
+        cell = _fmt(v6, 0) + ("" if cpu6 is None else f" ({cpu6:,.0f} µs CPU)")
+        cpu_ratio, per = _ratio(cpu6, cpu4), "op"
+    if v6 is None:
+        return _why_not(r, step), None
+    ratio = _ratio(v6, v4)
+    if ratio is not None:
+        cell += f"; {ratio:.2f}x IPv4"
+        cell += "" if cpu_ratio is None else f", CPU/{per} {cpu_ratio:.2f}x"
+    return cell, ratio
 
 
 def render(
@@ -472,6 +596,10 @@ def render(
         "operation).",
         "slirptrio column: journal + pcap on (its default); MTU 1500 over `-netdev stream`, "
         "MTU 65520 over `-netdev dgram`.",
+        "IPv6 rows: the same session's guest from its SLAAC address (fec0::/64) to [fec0::2], "
+        "the host namespace's ::1 (servers of their own on ::1 only), MTU 1500, each "
+        "measurement right after its IPv4 twin; IPv6/IPv4: against that twin, for the rate "
+        "and for the stack's CPU per byte or per operation (its relay's included).",
         "",
         "| measurement | slirptrio | libslirp (QEMU -netdev user) | slirp4netns | target "
         "(slirptrio) | ratio | verdict |",
@@ -528,6 +656,19 @@ def render(
         ]
         r = _ratio(vals[0], vals[1])
         row(name, cells, "≥ 0.5x libslirp", r, None if r is None else r >= 0.5)
+    for attr, name in (
+        ("up", "TCP guest→host, MTU 1500, **IPv6**, Gbit/s"),
+        ("down", "TCP host→guest, MTU 1500, **IPv6**, Gbit/s"),
+        ("rr", "round trips/s, **IPv6**"),
+        ("crr", "connections/s, **IPv6**"),
+    ):
+        st_cell, st_r = ipv6_cell(st, attr)
+        lib_cell, _lib_r = ipv6_cell(lib, attr)
+        rs = "—" if st_r is None else f"slirptrio {st_r:.2f}x IPv4"
+        lines.append(
+            f"| {name} | {st_cell} | {lib_cell} | — | IPv6 within 20% of IPv4 | {rs} "
+            f"| {_within(st_r)} |"
+        )
     fl = _floor
     if fl is not None and not fl.error:
         for rate, cpu, name, want in (
@@ -621,7 +762,9 @@ def render(
         for k, cr in replays:
             rc = cr.replay
             assert rc is not None
-            what = "bulk" + (", rr, crr, idle flows" if cr.case.rr else "")
+            what = "bulk" + (", rr, crr" if cr.case.rr else "")
+            what += " (IPv4 and IPv6)" if cr.case.ipv6 else ""
+            what += ", idle flows" if cr.case.idle else ""
             verdict = "identical" if rc.identical else f"**{rc.summary}**"
             span = "?" if rc.span_s is None else f"{min(rc.span_s, rc.session_s):.1f}"
             lines.append(

@@ -8,6 +8,7 @@
  *                                   prints "crr COUNT ELAPSED"
  *   (rr and crr: ADDR "unix:PATH" connects to a unix stream socket instead; PORT is ignored;
  *   the trio floor relay of benchmarks/floor.py is measured this way)
+ *   (ADDR: an IPv4 address, or an IPv6 one (it has a colon, no brackets): the same over IPv6)
  *   pingpong hold ADDR PORT N       tries N connections, one round trip on each (so each flow
  *                                   is established end to end), prints "held K refused R",
  *                                   then keeps them open until a signal ends the process
@@ -50,16 +51,35 @@ static void raise_nofile(void) {
     }
 }
 
-static struct sockaddr_in addr_of(const char *host, const char *port) {
-    struct sockaddr_in sa;
-    memset(&sa, 0, sizeof sa);
-    sa.sin_family = AF_INET;
-    sa.sin_port = htons((unsigned short)atoi(port));
-    if (inet_pton(AF_INET, host, &sa.sin_addr) != 1) {
+/* A TCP endpoint of either family. */
+typedef struct {
+    struct sockaddr_storage ss;
+    socklen_t len;
+} endpoint_t;
+
+static endpoint_t addr_of(const char *host, const char *port) {
+    endpoint_t ep;
+    memset(&ep, 0, sizeof ep);
+    unsigned short p = htons((unsigned short)atoi(port));
+    int ok;
+    if (strchr(host, ':') != NULL) {
+        struct sockaddr_in6 *sa = (struct sockaddr_in6 *)&ep.ss;
+        sa->sin6_family = AF_INET6;
+        sa->sin6_port = p;
+        ok = inet_pton(AF_INET6, host, &sa->sin6_addr);
+        ep.len = sizeof *sa;
+    } else {
+        struct sockaddr_in *sa = (struct sockaddr_in *)&ep.ss;
+        sa->sin_family = AF_INET;
+        sa->sin_port = p;
+        ok = inet_pton(AF_INET, host, &sa->sin_addr);
+        ep.len = sizeof *sa;
+    }
+    if (ok != 1) {
         fprintf(stderr, "bad address %s\n", host);
         exit(2);
     }
-    return sa;
+    return ep;
 }
 
 static void nodelay(int fd) {
@@ -67,18 +87,18 @@ static void nodelay(int fd) {
     setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
 }
 
-static int dial(const struct sockaddr_in *sa) {
-    int fd = socket(AF_INET, SOCK_STREAM, 0);
+static int dial(const endpoint_t *ep) {
+    int fd = socket(ep->ss.ss_family, SOCK_STREAM, 0);
     if (fd < 0) die("socket");
     nodelay(fd);
-    if (connect(fd, (const struct sockaddr *)sa, sizeof *sa) != 0) die("connect");
+    if (connect(fd, (const struct sockaddr *)&ep->ss, ep->len) != 0) die("connect");
     return fd;
 }
 
 /* A client's target: TCP (addr) or, for "unix:PATH", a unix stream socket (un). */
 typedef struct {
     int is_unix;
-    struct sockaddr_in addr;
+    endpoint_t addr;
     struct sockaddr_un un;
 } target_t;
 
@@ -122,12 +142,12 @@ static void round_trip(int fd) {
 
 static _Noreturn void serve(const char *host, const char *port) {
     raise_nofile();
-    struct sockaddr_in sa = addr_of(host, port);
-    int ls = socket(AF_INET, SOCK_STREAM | SOCK_NONBLOCK, 0);
+    endpoint_t sa = addr_of(host, port);
+    int ls = socket(sa.ss.ss_family, SOCK_STREAM | SOCK_NONBLOCK, 0);
     if (ls < 0) die("socket");
     int one = 1;
     setsockopt(ls, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one);
-    if (bind(ls, (struct sockaddr *)&sa, sizeof sa) != 0) die("bind");
+    if (bind(ls, (struct sockaddr *)&sa.ss, sa.len) != 0) die("bind");
     if (listen(ls, 4096) != 0) die("listen");
     int ep = epoll_create1(0);
     struct epoll_event ev = {.events = EPOLLIN, .data.fd = ls};
@@ -206,13 +226,13 @@ static int crr(const char *host, const char *port, double seconds) {
 
 static _Noreturn void hold(const char *host, const char *port, int n) {
     raise_nofile();
-    struct sockaddr_in sa = addr_of(host, port);
+    endpoint_t sa = addr_of(host, port);
     int held = 0, refused = 0;
     for (int i = 0; i < n; i++) {
-        int fd = socket(AF_INET, SOCK_STREAM, 0);
+        int fd = socket(sa.ss.ss_family, SOCK_STREAM, 0);
         if (fd < 0) die("socket");
         nodelay(fd);
-        if (connect(fd, (const struct sockaddr *)&sa, sizeof sa) != 0) {
+        if (connect(fd, (const struct sockaddr *)&sa.ss, sa.len) != 0) {
             /* A stack with a bounded flow table refuses the rest: count, keep what we hold. */
             if (errno != ECONNREFUSED && errno != ECONNRESET) die("connect");
             close(fd);

@@ -9,7 +9,9 @@
 * slirp4netns: Debian's, in the host namespace; it creates and configures tap0 in the guest
   namespace itself (the harness's pre-made tap0 is deleted first). No QEMU involved.
 
-In every case the guest reaches the host namespace's 127.0.0.1 as 10.0.2.2.
+In every case the guest reaches the host namespace's 127.0.0.1 as 10.0.2.2. slirptrio and
+libslirp (both with IPv6 on by default, QEMU's addressing) also lead fec0::2 to its ::1; the
+guest takes its IPv6 address by SLAAC from their router advertisements (:func:`slaac`).
 """
 
 from __future__ import annotations
@@ -28,6 +30,9 @@ STACKS: tuple[StackName, ...] = ("slirptrio", "libslirp", "slirp4netns")
 
 GATEWAY = "10.0.2.2"
 """The guest-side address of the host namespace's loopback, on all three stacks."""
+GATEWAY6 = "fec0::2"
+"""The same over IPv6 (the host namespace's ::1), on slirptrio and libslirp: ``ipv6-host``.
+libslirp 4.7 leads every address of its prefix but the DNS one to ::1 (``sotranslate_out``)."""
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
@@ -47,6 +52,8 @@ class Stack:
     """slirptrio's journal, when it keeps one."""
     started: float = 0.0
     """time.monotonic() when the stack process was started."""
+    guest_ip6: str = ""
+    """The guest's SLAAC address, once :func:`slaac` has waited for it."""
 
     @property
     def pid(self) -> int:
@@ -155,6 +162,14 @@ def start_slirp4netns(topo: Topology, mtu: int) -> Stack:
     if got != mtu:
         raise HarnessError(f"slirp4netns left the guest MTU at {got}, wanted {mtu}")
     return Stack("slirp4netns", "slirp4netns 1.2.0 (libslirp 4.7)", proc, mtu, ip)
+
+
+def slaac(topo: Topology, stack: Stack, timeout: float = 30.0) -> str:
+    """Wait until the guest holds a SLAAC address in fec0::/64 past duplicate address
+    detection, and a default route; record it on ``stack`` and return it."""
+    addr, _router = topo.slaac("fec0:", timeout)
+    stack.guest_ip6 = addr
+    return addr
 
 
 def _wait_carrier(topo: Topology, proc: Proc, timeout: float = 15.0) -> None:
