@@ -30,11 +30,10 @@ import os
 import re
 import sys
 import time
+import zlib
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import IO, Any
-
-import zlib
 
 import msgpack
 
@@ -210,7 +209,7 @@ def same_effects(actual: list[Effect], recorded: list[list[Any]]) -> bool:
                         return False
                 elif not (type(b) in _BYTES and a == b):
                     return _compacted(actual, recorded)
-            elif type(b) in _BYTES and len(b) > DIGEST_OVER or not a == b:
+            elif (type(b) in _BYTES and len(b) > DIGEST_OVER) or a != b:
                 return _compacted(actual, recorded)
     return True
 
