@@ -191,9 +191,12 @@ class Journal:
                 base = self.bytes_read
                 n = 0
                 skew = 0  # the file offset the unpacker started at
-                if checked:
+                if checked and not last:
                     # The common case read in place; the unpacker below takes over from the
-                    # first thing it cannot read (an end note, damage, a cut-off tail).
+                    # first thing it cannot read (an end note, damage, a cut-off tail). Not
+                    # the last segment: a live session may still write it, and cut back a
+                    # failed write (ftruncate), which would fault a mapping past the new end;
+                    # earlier segments are never written again (and a ring deletes, never cuts).
                     at = unpacker.tell()
                     mapped = _Mapped.of(f)
                     if mapped is not None:
