@@ -16,7 +16,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from slirptrio.journal import JournalError, open_journal
+from slirptrio.journal import JournalDamaged, JournalError, open_journal
 from slirptrio.journal import reader as jr
 from tests.journals import segments
 from tests.test_journal_damage import batches, record
@@ -129,3 +129,19 @@ def test_damage_reads_the_same(recorded: pathlib.Path, which: int, where: float,
         seg.write_bytes(bytes(data))
         fast, general = both(path)
         assert fast == general
+
+
+def test_damage_msgpack_reads_as_a_map_with_a_list_key_is_damage(recorded: pathlib.Path,
+                                                                 tmp_path: pathlib.Path) -> None:
+    """A batch's first byte turned into an array16 header makes msgpack build a map keyed by a
+    list (TypeError): reported as damage at that batch (exit 4), not as a crash."""
+    path = tmp_path / "j"
+    shutil.copytree(recorded, path)
+    seg = segments(path)[2]
+    at, first, _size = batches(seg)[0]
+    data = bytearray(seg.read_bytes())
+    data[at] = 0xDC
+    seg.write_bytes(bytes(data))
+    with pytest.raises(JournalDamaged, match=rf"at record {first} .*offset {at}\): unreadable"):
+        for _item in open_journal(path).entries():
+            pass
