@@ -169,6 +169,8 @@ class Settings:
     sweep_seconds: float
     only: tuple[StackName, ...]
     sweep: bool
+    keep_journals: Path | None = None
+    """Copy each session's journal here (as CASE-KEY.journal) before its topology goes."""
 
 
 # -- helpers ---------------------------------------------------------------------------------
@@ -436,6 +438,11 @@ def run_case(case: Case, settings: Settings, pingpong: Path) -> CaseResult:
             )
             if not r.identical:
                 result.errors.append(f"replay: {r.summary}")
+            if settings.keep_journals is not None:
+                keep = settings.keep_journals / f"{case.key}.journal"
+                shutil.rmtree(keep, ignore_errors=True)
+                shutil.copytree(stack.journal, keep)
+                log(f"   journal kept in {keep}")
     return result
 
 
@@ -838,6 +845,10 @@ def parse_args(argv: list[str] | None) -> Settings:
     )
     p.add_argument("--no-sweep", action="store_true", help="skip slirptrio's MTU sweep")
     p.add_argument("--output", type=Path, default=RESULTS, help="markdown file to write")
+    p.add_argument(
+        "--keep-journals", metavar="DIR", type=Path,
+        help="copy each slirptrio session's journal into DIR (to profile its replay later)",
+    )
     args = p.parse_args(argv)
     only = tuple(s.strip() for s in args.only.split(",") if s.strip())
     unknown = [s for s in only if s not in STACKS]
@@ -850,6 +861,7 @@ def parse_args(argv: list[str] | None) -> Settings:
         sweep_seconds=2 if args.quick else 3,
         only=tuple(s for s in STACKS if s in only),
         sweep=not args.no_sweep and "slirptrio" in only,
+        keep_journals=args.keep_journals,
     )
     global _output
     _output = args.output

@@ -254,3 +254,20 @@ def test_an_answered_ping_to_the_outside_reads_answered() -> None:
     assert (answered.end, answered.end_detail, answered.failed) == ("answered", "1/1 replies",
                                                                     False)
     assert (silent.end, silent.failed) == ("no reply", True)
+
+
+def test_replay_imports_neither_the_shell_nor_the_reports() -> None:
+    """``slirptrio replay JOURNAL`` loads the core and the replay, not trio, the shell, the other
+    commands, the summary or the divergence report's decoders (their import is most of a short
+    replay's time)."""
+    journal = pathlib.Path(__file__).resolve().parents[1] / "captures" / "dns-udp.journal"
+    code = (
+        "import sys\nfrom slirptrio.cli import main\n"
+        f"rc = main(['replay', {str(journal)!r}])\n"
+        "heavy = ('trio', 'slirptrio.shell', 'slirptrio.api', 'slirptrio.cli.qemu',"
+        " 'slirptrio.cli.run', 'replay.summary', 'replay.timeline', 'replay.describe', 'dpkt')\n"
+        "print(rc, sorted(m for m in heavy if m in sys.modules))\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         timeout=120, check=True).stdout
+    assert out.splitlines()[-1] == "0 []", out

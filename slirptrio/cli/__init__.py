@@ -21,9 +21,9 @@ from slirptrio import __version__
 from slirptrio.cli._common import Parser, run_command
 
 _COMMANDS = ("qemu", "run", "replay", "ctl", "capture", "sessions")
-_LIGHT = ("sessions",)
-"""Commands that start no stack: run alone, they import only their own module (listing the
-state directory must not pay for trio and the stack)."""
+"""A command named first imports only its own module: listing the state directory must not pay
+for trio and the stack, nor a replay for the shell (the whole parser is built for
+``slirptrio --help`` or a mistyped command)."""
 
 
 def _module(name: str) -> ModuleType:
@@ -64,8 +64,8 @@ def build_parser(commands: Sequence[str] = _COMMANDS) -> Parser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     words = list(sys.argv[1:] if argv is None else argv)
-    light = words[:1] if words[:1] and words[0] in _LIGHT else _COMMANDS
-    parser = build_parser(light)
+    only = words[:1] if words[:1] and words[0] in _COMMANDS else _COMMANDS
+    parser = build_parser(only)
     args = parser.parse_args(words)
     command: Callable[[argparse.Namespace, Parser], int] = _module(args.command).command
     return run_command(lambda: command(args, parser), getattr(args, "verbose", 0))

@@ -12,6 +12,9 @@ a segment the recorder closed early names why in :attr:`Journal.ended`.
 
 from __future__ import annotations
 
+import contextlib
+import io
+import mmap
 import os
 import zlib
 from collections.abc import Generator, Iterator
@@ -31,6 +34,9 @@ from slirptrio.journal.format import (
 )
 
 _READ_SIZE = 1 << 20
+_UNREADABLE = (msgpack.UnpackException, ValueError, TypeError)
+"""What msgpack raises on bytes that are not what was written (TypeError: a damaged map whose
+key came out a list)."""
 _MAX_BUFFER = 1 << 30
 
 
@@ -184,12 +190,39 @@ class Journal:
                 yield SegmentStart(seg, snapshot, gap)
                 base = self.bytes_read
                 n = 0
-                while True:
+                skew = 0  # the file offset the unpacker started at
+                if checked and not last:
+                    # The common case read in place; the unpacker below takes over from the
+                    # first thing it cannot read (an end note, damage, a cut-off tail). Not
+                    # the last segment: a live session may still write it, and cut back a
+                    # failed write (ftruncate), which would fault a mapping past the new end;
+                    # earlier segments are never written again (and a ring deletes, never cuts).
                     at = unpacker.tell()
+                    mapped = _Mapped.of(f)
+                    if mapped is not None:
+                        try:
+                            for end, records in mapped.batches(at):
+                                at = end
+                                for rec in records:
+                                    last_seq = rec[0]
+                                    yield Record(rec[0], rec[1], rec[2], rec[3])
+                                n += 1
+                                if n & 255 == 0:
+                                    self.bytes_read = base + at
+                        finally:
+                            mapped.close()
+                        f.seek(at)
+                        unpacker = msgpack.Unpacker(
+                            f, raw=False, max_buffer_size=_MAX_BUFFER, read_size=_READ_SIZE,
+                            strict_map_key=False,
+                        )
+                        skew = at
+                while True:
+                    at = skew + unpacker.tell()
                     try:
                         raw = unpacker.unpack()
                     except msgpack.OutOfData:
-                        tail = seg.size - unpacker.tell()
+                        tail = seg.size - skew - unpacker.tell()
                         if tail > 0:
                             if checked and not last:
                                 raise JournalDamaged(_next(last_seq), seg.number, at, seg.path,
@@ -197,7 +230,7 @@ class Journal:
                                                      "bytes)") from None
                             self.truncated.append(tail)
                         break
-                    except (msgpack.UnpackException, ValueError) as exc:
+                    except _UNREADABLE as exc:
                         if checked:
                             raise JournalDamaged(_next(last_seq), seg.number, at, seg.path,
                                                  f"unreadable: {exc}") from exc
@@ -216,7 +249,7 @@ class Journal:
                         yield Record(rec[0], rec[1], rec[2], rec[3])
                     n += 1
                     if n & 255 == 0:
-                        self.bytes_read = base + unpacker.tell()
+                        self.bytes_read = base + skew + unpacker.tell()
                 self.bytes_read = base + seg.size
             finally:
                 if f is not self._fileobj:
@@ -283,7 +316,7 @@ def _checked_snapshot(item: Any, head: bytes, seg: Segment) -> Any:
                              "the CRC of the header and snapshot does not match")
     try:
         return msgpack.unpackb(data, raw=False, strict_map_key=False)
-    except (msgpack.UnpackException, ValueError) as exc:
+    except _UNREADABLE as exc:
         raise JournalDamaged(seg.first_seq, seg.number, len(head), seg.path,
                              f"unreadable snapshot: {exc}") from exc
 
@@ -301,13 +334,104 @@ def _batch(raw: Any, first: int | None, seg: Segment, at: int) -> list[list[Any]
     unpacker.feed(data)
     try:
         records = list(unpacker)
-    except (msgpack.UnpackException, ValueError) as exc:
+    except _UNREADABLE as exc:
         raise JournalDamaged(first, seg.number, at, seg.path,
                              f"unreadable records: {exc}") from exc
     if len(records) != count or not all(isinstance(r, list) and len(r) == 4 for r in records):
         raise JournalDamaged(first, seg.number, at, seg.path,
                              f"a batch of {count} records holds {len(records)} items")
     return records
+
+
+_UINT = {0xCC: 1, 0xCD: 2, 0xCE: 4, 0xCF: 8}
+_BIN = {0xC4: 1, 0xC5: 2, 0xC6: 4}
+_FIXARRAY_3 = 0x93
+_ARRAY32 = 0xDD
+
+
+class _Mapped:
+    """A segment file mapped copy-on-write, its format-4 batches read in place: the CRC over
+    the mapped bytes, the records unpacked from them (the batch's own header, already read,
+    overwritten in the private copy by an array header), so that no batch is copied whole.
+    Anything else is left to the general reader (:func:`_batch` and the file's unpacker)."""
+
+    def __init__(self, mm: mmap.mmap) -> None:
+        self._mm = mm
+        self._view = memoryview(mm)
+        self.size = len(mm)
+
+    @classmethod
+    def of(cls, f: IO[bytes]) -> _Mapped | None:
+        """The file mapped, or None where it cannot be (not a file, empty)."""
+        try:
+            mm = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_COPY)
+        except (OSError, ValueError, AttributeError, io.UnsupportedOperation):
+            return None
+        return cls(mm)
+
+    def close(self) -> None:
+        self._view.release()
+        with contextlib.suppress(BufferError):  # a view still held: the mapping goes with it
+            self._mm.close()
+
+    def batches(self, at: int) -> Iterator[tuple[int, list[list[Any]]]]:
+        """``(offset after, records)`` of each whole, intact batch from offset ``at`` on. It
+        stops before anything else (an end note, damage, a cut-off tail), which the general
+        reader reads from there, and reports as it always has."""
+        mm, view = self._mm, self._view
+        while True:
+            head = _batch_head(mm, at, self.size)
+            if head is None:
+                return
+            count, crc, start, end = head
+            with view[start:end] as data:
+                if zlib.crc32(data) != crc or count > end - start:
+                    return
+            # Every batch header is at least 5 bytes: room for an array32 header, so that
+            # msgpack reads the records as one array where they lie.
+            mm[start - 5:start] = bytes((_ARRAY32,)) + count.to_bytes(4, "big")
+            with view[start - 5:end] as whole:
+                try:
+                    records = msgpack.unpackb(whole, raw=False, strict_map_key=False)
+                except _UNREADABLE:
+                    return
+            if not (type(records) is list and len(records) == count
+                    and all(type(r) is list and len(r) == 4 for r in records)):
+                return
+            at = end
+            yield at, records
+
+
+def _batch_head(buf: mmap.mmap, pos: int, size: int) -> tuple[int, int, int, int] | None:
+    """``(count, crc, data start, data end)`` of the batch ``[count, crc, bin]`` at ``pos``
+    when one lies whole in ``buf[:size]`` with unsigned ints, else None."""
+    if pos >= size or buf[pos] != _FIXARRAY_3:
+        return None
+    p = pos + 1
+    ints = []
+    for _ in range(2):
+        if p >= size:
+            return None
+        b = buf[p]
+        if b < 0x80:
+            ints.append(b)
+            p += 1
+            continue
+        w = _UINT.get(b)
+        if w is None or p + 1 + w > size:
+            return None
+        ints.append(int.from_bytes(buf[p + 1:p + 1 + w], "big"))
+        p += 1 + w
+    if p >= size:
+        return None
+    w = _BIN.get(buf[p])
+    if w is None or p + 1 + w > size:
+        return None
+    start = p + 1 + w
+    end = start + int.from_bytes(buf[p + 1:start], "big")
+    if end > size:
+        return None
+    return ints[0], ints[1], start, end
 
 
 class _CutOff(JournalError):
@@ -319,7 +443,7 @@ def _unpack(unpacker: msgpack.Unpacker, path: str, what: str) -> Any:
         return unpacker.unpack()
     except msgpack.OutOfData as exc:
         raise _CutOff(f"{path}: empty or truncated {what}") from exc
-    except (msgpack.UnpackException, ValueError) as exc:
+    except _UNREADABLE as exc:
         raise JournalError(f"{path}: not a slirptrio journal: {exc}") from exc
 
 
