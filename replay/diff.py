@@ -30,7 +30,6 @@ import difflib
 import os
 import pathlib
 import sys
-import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from ipaddress import ip_address
@@ -60,6 +59,7 @@ from slirptrio.core.events import (
     encode,
 )
 from slirptrio.core.stack import Stack
+from slirptrio.crc import crc32
 from slirptrio.door import Door
 from slirptrio.journal import Header, JournalError, SegmentStart, compact, is_digest, open_journal
 from slirptrio.wire.framing import split_run
@@ -168,7 +168,7 @@ def frame_fields(data: bytes) -> dict[str, Any]:
     elif isinstance(l4, bytes | bytearray):
         payload = bytes(l4)
     out["payload.len"] = len(payload)
-    out["payload.crc"] = f"{zlib.crc32(payload):08x}"
+    out["payload.crc"] = f"{crc32(payload):08x}"
     return out
 
 
@@ -243,7 +243,7 @@ def _as_digest_view(item: _Item) -> dict[str, Any] | None:
     for k in ("payload.crc", "payload.len"):
         f.pop(k, None)
     f["len"] = len(data)
-    f["crc"] = f"{zlib.crc32(data):08x}"
+    f["crc"] = f"{crc32(data):08x}"
     return f
 
 
@@ -261,7 +261,7 @@ def _effect_fields(raw: list[Any]) -> dict[str, Any]:
     for f in dataclasses.fields(eff):
         v = getattr(eff, f.name)
         if isinstance(v, bytes | bytearray):
-            v = f"<{len(v)} bytes, crc32 {zlib.crc32(v):08x}>"
+            v = f"<{len(v)} bytes, crc32 {crc32(v):08x}>"
         elif is_digest(v):
             v = f"<{v[1]} bytes, crc32 {v[2]:08x}>"
         out[f.name] = v

@@ -30,7 +30,6 @@ import os
 import re
 import sys
 import time
-import zlib
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import IO, Any
@@ -43,6 +42,7 @@ from slirptrio.config import Config, ConfigError
 from slirptrio.core import constants
 from slirptrio.core.events import CoreError, Effect, Event, decode_event, encode
 from slirptrio.core.stack import Stack
+from slirptrio.crc import crc32
 from slirptrio.door import Door
 from slirptrio.journal import (
     Ended,
@@ -205,7 +205,7 @@ def same_effects(actual: list[Effect], recorded: list[list[Any]]) -> bool:
                     # The journal's digest; a is not empty, so its CRC is needed only when the
                     # length and head already agree.
                     if not (len(b) == 4 and b[0] == DIGEST_MARK and b[1] == len(a)
-                            and b[3] == a[:HEAD_BYTES] and b[2] == zlib.crc32(a)):
+                            and b[3] == a[:HEAD_BYTES] and b[2] == crc32(a)):
                         return False
                 elif not (type(b) in _BYTES and a == b):
                     return _compacted(actual, recorded)

@@ -49,7 +49,7 @@ if ! "$PY" -c 'import sys; assert sys.version_info >= (3, 11)' 2>/dev/null; then
     echo "run.sh: $PY must be Python 3.11 or newer" >&2
     exit 1
 fi
-if ! "$PY" -c 'import slirptrio, trio, dpkt, msgpack, pytest, pytest_trio, hypothesis, mypy, ruff' \
+if ! "$PY" -c 'import slirptrio, trio, dpkt, msgpack, zlib_ng, pytest, pytest_trio, hypothesis, mypy, ruff' \
         2>/dev/null; then
     echo "run.sh: pip install -e '.[dev]'"
     pip_install() { "$PY" -m pip install -q --root-user-action=ignore "$@" </dev/null; }

@@ -16,13 +16,13 @@ import contextlib
 import io
 import mmap
 import os
-import zlib
 from collections.abc import Generator, Iterator
 from dataclasses import dataclass, field
 from typing import IO, Any
 
 import msgpack
 
+from slirptrio.crc import crc32
 from slirptrio.journal.format import (
     SEGMENT_SUFFIX,
     Header,
@@ -311,7 +311,7 @@ def _checked_snapshot(item: Any, head: bytes, seg: Segment) -> Any:
         raise JournalDamaged(seg.first_seq, seg.number, len(head), seg.path,
                              "the segment's start is not a checked snapshot")
     crc, data = item
-    if zlib.crc32(data, zlib.crc32(head)) != crc:
+    if crc32(data, crc32(head)) != crc:
         raise JournalDamaged(seg.first_seq, seg.number, len(head), seg.path,
                              "the CRC of the header and snapshot does not match")
     try:
@@ -327,7 +327,7 @@ def _batch(raw: Any, first: int | None, seg: Segment, at: int) -> list[list[Any]
             and isinstance(raw[0], int) and isinstance(raw[1], int)):
         raise JournalDamaged(first, seg.number, at, seg.path, f"not a batch: {raw!r:.60}")
     count, crc, data = raw
-    if zlib.crc32(data) != crc:
+    if crc32(data) != crc:
         raise JournalDamaged(first, seg.number, at, seg.path,
                              f"the CRC of a batch of {count} records does not match")
     unpacker = msgpack.Unpacker(raw=False, max_buffer_size=_MAX_BUFFER, strict_map_key=False)
@@ -385,7 +385,7 @@ class _Mapped:
                 return
             count, crc, start, end = head
             with view[start:end] as data:
-                if zlib.crc32(data) != crc or count > end - start:
+                if crc32(data) != crc or count > end - start:
                     return
             # Every batch header is at least 5 bytes: room for an array32 header, so that
             # msgpack reads the records as one array where they lie.
