@@ -54,6 +54,8 @@ def shape(root: object) -> Any:
             return (type(obj).__name__, obj)
         if isinstance(obj, bytes | memoryview):
             return ("bytes", bytes(obj))
+        if core_bytes(obj):
+            return (type(obj).__name__, bytes(obj))
         if isinstance(obj, IPv4Address | IPv4Network | IPv6Address | IPv6Network):
             return (type(obj).__name__, str(obj))
         if isinstance(obj, tuple | frozenset):
@@ -84,6 +86,13 @@ def shape(root: object) -> Any:
     return walk(root, "root")
 
 
+def core_bytes(obj: object) -> bool:
+    """Whether ``obj`` is a byte string of the core's own (a TCP send buffer): a value whose
+    bytes are its state, however it splits them."""
+    t = type(obj)
+    return t.__module__.startswith("slirptrio.core.") and hasattr(t, "__bytes__")
+
+
 def core_objects(root: object, derived: bool = True) -> Iterable[tuple[str, object]]:
     """(path, object) for every object of a ``slirptrio.core`` class reachable from ``root``
     (enum members are values, not objects; without ``derived``, attributes a class lists in
@@ -94,6 +103,8 @@ def core_objects(root: object, derived: bool = True) -> Iterable[tuple[str, obje
         path, obj = stack.pop()
         if isinstance(obj, (*_SCALARS, bytes, bytearray, memoryview, enum.Enum)) or id(obj) in seen:
             continue
+        if core_bytes(obj):
+            continue  # a value, compared by its bytes
         seen.add(id(obj))
         if isinstance(obj, types.MethodType | types.FunctionType | types.BuiltinFunctionType):
             continue

@@ -22,7 +22,15 @@ from slirptrio.core.events import Effect, Event
 from slirptrio.core.stack import Stack
 from slirptrio.wire.ipv6 import Ipv6Header
 from tests import streams
-from tests.snapshots import attributes, core_objects, plain_roundtrip, restored, run, shape
+from tests.snapshots import (
+    attributes,
+    core_bytes,
+    core_objects,
+    plain_roundtrip,
+    restored,
+    run,
+    shape,
+)
 
 SEC = streams.SEC
 
@@ -215,6 +223,8 @@ def typed(value: Any, depth: int = 0) -> Any:
     if isinstance(value, bool | int | float | str | type(None) | enum.Enum):
         return (t.__qualname__, value)
     if isinstance(value, bytes | bytearray | memoryview):
+        return (t.__qualname__, bytes(value))
+    if core_bytes(value):
         return (t.__qualname__, bytes(value))
     if isinstance(value, list | tuple):
         return (t.__qualname__, [typed(v, depth + 1) for v in value])

@@ -7,6 +7,7 @@ from typing import Any, ClassVar
 from slirptrio.core import snapshot as snap
 from slirptrio.core import tcp as params
 from slirptrio.core.tcp.lifecycle import START, Phase, Trigger
+from slirptrio.core.tcp.sendbuf import SendBuffer
 
 Key = tuple[bytes, int, bytes, int]
 """(guest address, guest port, destination address, destination port)."""
@@ -101,7 +102,7 @@ class _Conn:
         self.snd_nxt = 0
         self.snd_max = 0
         self.buf_seq = 0  # sequence number of sndbuf[0]
-        self.sndbuf = bytearray()
+        self.sndbuf = SendBuffer()
         self.snd_right = 0  # guest's window right edge
         self.snd_wl1 = 0
         self.snd_wl2 = 0
@@ -139,7 +140,7 @@ def _load_ooo(raw: list[list[Any]]) -> list[tuple[int, bytes]]:
 
 
 CONN_CODECS: dict[str, snap.Codec] = {
-    "sndbuf": snap.BYTEARRAY,
+    "sndbuf": (bytes, SendBuffer.from_bytes),
     "ooo": (_dump_ooo, _load_ooo),
     "phase": (int, Phase),  # snapshots hold the phase's number
 }

@@ -490,6 +490,7 @@ class TcpNat:
         """Send ``sndbuf[off:off + n]`` on ``c`` from ``seq``, in segments of at most the
         guest's MSS (one without data when ``n`` is 0), carrying our current ACK and window;
         the last segment has ``last_flags`` (default: ``flags``)."""
+        payload, start = c.sndbuf.span(off, n)
         self._send_tcp(
             c.dst_ip,
             c.guest_ip,
@@ -498,8 +499,8 @@ class TcpNat:
             seq & _M,
             c.rcv_nxt & _M,
             self._window_field(c),
-            c.sndbuf,
-            off,
+            payload,
+            start,
             n,
             c.snd_mss,
             flags,
