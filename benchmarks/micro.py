@@ -23,6 +23,7 @@ own work is not in the figure.
 from __future__ import annotations
 
 import argparse
+import itertools
 import os
 import sys
 import tempfile
@@ -80,17 +81,21 @@ def frames_out(effects: list[ev.Effect]) -> list[bytes]:
     return out
 
 
+_numbers = itertools.count()
+
+
 class Session:
     def __init__(self, journal: bool, pcap: bool, runs: bool, tmp: str, mss: int) -> None:
         self.mss = mss
         config = parse_user_options(f"mtu={mss + 40}" if mss + 40 != 1500 else "")
         self.stack = Stack(config, 1)
+        n = next(_numbers)  # not id(self): a new session may reuse a freed one's
         header = Header(seed=1, config=config.to_dict(), origin_ns=0, version=__version__,
                         constants=constants.gather())
         self.recorder = Recorder.open(
             header,
-            journal_dir=os.path.join(tmp, f"m{id(self)}.journal") if journal else None,
-            pcap_path=os.path.join(tmp, f"m{id(self)}.pcap") if pcap else None,
+            journal_dir=os.path.join(tmp, f"m{n}.journal") if journal else None,
+            pcap_path=os.path.join(tmp, f"m{n}.pcap") if pcap else None,
             policy="lossless",  # nothing dropped: every byte's cost is in the figure
         )
         self.door = Door(self.stack, self.recorder)
