@@ -65,7 +65,6 @@ import logging
 import os
 import threading
 import time
-import zlib
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -89,6 +88,7 @@ from slirptrio.journal.format import (
     RecordPacker,
     SegmentHeader,
     batch_head,
+    crc32,
     end_note,
     segment_name,
     segment_start,
@@ -582,12 +582,12 @@ class Writer:
         parts: list[Buffer] = [data]
         nbytes = chunk.nbytes
         if chunk.kind == "journal":
-            # Framed with its CRC here, in the writer's thread (zlib lets go of the GIL while
+            # Framed with its CRC here, in the writer's thread (crc32 lets go of the GIL while
             # it sums): the event loop never pays for the checksum. The records are parts
             # (packed bytes and the big payloads themselves), written with no join.
             crc = 0
             for part in data:
-                crc = zlib.crc32(part, crc)
+                crc = crc32(part, crc)
             head = batch_head(chunk.count, crc, nbytes)
             parts = [head, *data]
             nbytes += len(head)
