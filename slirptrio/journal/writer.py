@@ -7,6 +7,12 @@ The door loop packs each record (:class:`JournalRecorder`) and each pcap frame h
 :class:`Writer`, whose thread writes them to disk (:class:`DiskFiles`). The loop never touches
 a file descriptor, so a slow disk slows nothing but the writer.
 
+Bulk data is not copied on its way to the disk: a record's big payload (a run of guest frames,
+a host read) and a pcap record's big frame are handed over as the ``bytes`` objects themselves
+(:class:`~slirptrio.journal.format.RecordPacker`, :func:`slirptrio.wire.pcap.pcap_parts`),
+between small packed parts; the thread sums the batch's CRC over the parts and writes them
+with ``writev``. Only ``bytes`` are kept that way (immutable); any other buffer is copied.
+
 The bytes handed over and not yet written are bounded by the *budget*. When a burst would go
 over it, the policy decides:
 
@@ -733,10 +739,16 @@ class JournalRecorder:
         self._last_seq = -1  # the last record packed
         self._next_seq = 0  # the first record not handed to the writer yet
         self.records = 0  # handed to the writer
+        self.record_bytes = 0  # their packed size
         self.lost_records = 0  # never handed over (in a gap)
         self.gaps = 0
         self.failures = 0  # snapshots, encodings or hand-overs that raised (contained)
         self.last_failure: str | None = None
+
+    @property
+    def referenced_bytes(self) -> int:
+        """Payload bytes packed by reference (no copy on the event loop), in all."""
+        return self._packer.referenced
 
     @property
     def writing(self) -> bool:
@@ -818,6 +830,7 @@ class JournalRecorder:
                 else:
                     w.put(_Chunk("journal", parts, nbytes, self._pending))
                     self.records += self._pending
+                    self.record_bytes += nbytes
                     self._seg_bytes += nbytes
                     self._next_seq = self._last_seq + 1
             self._packer.reset()
