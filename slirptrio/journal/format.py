@@ -289,17 +289,19 @@ class RecordPacker:
     def pack(self, seq: int, t_ns: int, event: Event, effects: list[Effect]) -> None:
         """Pack one door step (the record :func:`encode_record` makes)."""
         raw = encode(event)
-        at = _BYTES_AT.get(type(event))
-        if at is None:
-            at = _bytes_at(type(event))
-        p = self._packer
-        for i in at:
+        i = _BYTES_AT.get(type(event))
+        if i is None:
+            i = _bytes_at(type(event))
+        # Most records are small: one look at the event's (first) bytes field decides.
+        if i:
             v = raw[i]
             if type(v) is bytes and len(v) >= REFERENCE_OVER:
-                break
-        else:
-            p.pack([seq, t_ns, raw, [_effect(e) for e in effects]])
-            return
+                self._pack_big(seq, t_ns, raw, effects)
+                return
+        self._packer.pack([seq, t_ns, raw, [_effect(e) for e in effects]])
+
+    def _pack_big(self, seq: int, t_ns: int, raw: list[Any], effects: list[Effect]) -> None:
+        p = self._packer
         effs = [_effect(e) for e in effects]  # what can raise, before packing starts
         p.pack_array_header(4)
         p.pack(seq)
@@ -341,15 +343,16 @@ class RecordPacker:
         self._parts_bytes = 0
 
 
-_BYTES_AT: dict[type[Any], tuple[int, ...]] = {}
+_BYTES_AT: dict[type[Any], int] = {}
 
 
-def _bytes_at(cls: type[Any]) -> tuple[int, ...]:
-    """Where an event of ``cls`` can have a bytes field in :func:`encode`'s list."""
-    at: tuple[int, ...] = ()
+def _bytes_at(cls: type[Any]) -> int:
+    """Where an event of ``cls`` has its first bytes field in :func:`encode`'s list (0: none).
+    (A big bytes field after a small one is packed, copied: the same bytes, a rare case.)"""
+    at = 0
     if dataclasses.is_dataclass(cls):
-        at = tuple(i + 1 for i, f in enumerate(dataclasses.fields(cls))
-                   if f.type in ("bytes", bytes))
+        at = next((i + 1 for i, f in enumerate(dataclasses.fields(cls))
+                   if f.type in ("bytes", bytes)), 0)
     _BYTES_AT[cls] = at
     return at
 
