@@ -16,9 +16,9 @@ compare while changing the data path.
 The journal and pcap go to a temporary directory through the flight recorder's writer thread
 (the page cache; the thread's CPU time is in the figure, as process time). The fast path in use
 (native or pure, ``SLIRPTRIO_PURE=1``) is printed, and the journal's counts: records, bytes
-packed, and how many of those were referenced rather than copied on the loop. A first pass drives the connection and keeps
-its inputs; the timed passes feed exactly those inputs through fresh sessions, so the driver's
-own work is not in the figure.
+packed, and how many of those were referenced rather than copied on the loop. A first pass
+drives the connection and keeps its inputs; the timed passes feed exactly those inputs through
+fresh sessions, so the driver's own work is not in the figure.
 """
 
 from __future__ import annotations
