@@ -43,7 +43,7 @@ from __future__ import annotations
 
 import dataclasses
 import zlib
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -60,7 +60,7 @@ from slirptrio.core.events import (
     SendFrames,
     encode,
 )
-from slirptrio.wire import _accel
+from slirptrio.crc import crc32
 from slirptrio.wire.framing import split_run
 
 MAGIC = "slirptrio-journal"
@@ -87,13 +87,6 @@ class JournalDamaged(JournalError):
         self.segment = segment
         self.offset = offset
         self.path = path
-
-
-crc32: Callable[[bytes | bytearray | memoryview, int], int] = zlib.crc32
-"""zlib.crc32, or the native one where it folds with PCLMULQDQ (several times faster; the same
-values): the digests and batch CRCs of bulk data are most of the journal's CPU."""
-if _accel.native is not None and _accel.native.crc32_fast():
-    crc32 = _accel.native.crc32
 
 
 def _bin_header(n: int) -> bytes:

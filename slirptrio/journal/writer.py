@@ -87,6 +87,7 @@ from slirptrio.core.events import (
     SendFrame,
     SendFrames,
 )
+from slirptrio.crc import crc32
 from slirptrio.journal import files
 from slirptrio.journal.format import (
     SEGMENT_SUFFIX,
@@ -94,7 +95,6 @@ from slirptrio.journal.format import (
     RecordPacker,
     SegmentHeader,
     batch_head,
-    crc32,
     end_note,
     segment_name,
     segment_start,
