@@ -10,7 +10,7 @@ import pathlib
 import stat
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 import pytest
@@ -46,11 +46,11 @@ class FlakyDisk(jw.DiskFiles):
         self.stall = threading.Event()
         self.stall.set()
 
-    def append(self, data: bytes | memoryview) -> None:
+    def append(self, parts: Sequence[jw.Buffer], nbytes: int) -> None:
         self.stall.wait(10)
         if self.full:
             raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
-        super().append(data)
+        super().append(parts, nbytes)
 
     def new_segment(self, number: int, data: bytes) -> None:
         if self.full:

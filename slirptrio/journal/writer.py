@@ -7,6 +7,12 @@ The door loop packs each record (:class:`JournalRecorder`) and each pcap frame h
 :class:`Writer`, whose thread writes them to disk (:class:`DiskFiles`). The loop never touches
 a file descriptor, so a slow disk slows nothing but the writer.
 
+Bulk data is not copied on its way to the disk: a record's big payload (a run of guest frames,
+a host read) and a pcap record's big frame are handed over as the ``bytes`` objects themselves
+(:class:`~slirptrio.journal.format.RecordPacker`, :func:`slirptrio.wire.pcap.pcap_parts`),
+between small packed parts; the thread sums the batch's CRC over the parts and writes them
+with ``writev``. Only ``bytes`` are kept that way (immutable); any other buffer is copied.
+
 The bytes handed over and not yet written are bounded by the *budget*. When a burst would go
 over it, the policy decides:
 
@@ -65,7 +71,7 @@ import logging
 import os
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -81,21 +87,19 @@ from slirptrio.core.events import (
     SendFrame,
     SendFrames,
 )
+from slirptrio.crc import crc32
 from slirptrio.journal import files
 from slirptrio.journal.format import (
     SEGMENT_SUFFIX,
     Header,
+    RecordPacker,
     SegmentHeader,
-    encode_record,
+    batch_head,
     end_note,
     segment_name,
     segment_start,
 )
-from slirptrio.journal.format import (
-    batch as framed_batch,
-)
 from slirptrio.wire import pcap as wpcap
-from slirptrio.wire.fast import pcap_run
 
 log = logging.getLogger("slirptrio.journal")
 
@@ -227,7 +231,7 @@ class DiskFiles:
         self._seg_size = 0
         self._ring.append((name, 0))
         try:
-            self.append(data)
+            self.append([data], len(data))
         except OSError:
             # Nothing of it is usable: leave no empty segment behind.
             self._close_segment()
@@ -236,22 +240,23 @@ class DiskFiles:
                 os.unlink(name, dir_fd=self._dir_fd)
             raise
 
-    def append(self, data: bytes | memoryview) -> None:
-        """Append to the current segment; on failure it is cut back to where it was."""
+    def append(self, parts: Sequence[Buffer], nbytes: int) -> None:
+        """Append ``parts`` (``nbytes`` in all) to the current segment; on failure it is cut
+        back to where it was."""
         if self._seg_fd < 0:
             raise OSError(errno.EBADF, "no journal segment open")
         before = self._seg_size
-        grow = allocated(before + len(data)) - allocated(before)
+        grow = allocated(before + nbytes) - allocated(before)
         if grow:
             self._make_room(grow)
         try:
-            _write_all(self._seg_fd, data)
+            _writev_all(self._seg_fd, parts)
         except OSError:
             with contextlib.suppress(OSError):
                 os.ftruncate(self._seg_fd, before)
             raise
-        self._seg_size = before + len(data)
-        self.journal_bytes += len(data)
+        self._seg_size = before + nbytes
+        self.journal_bytes += nbytes
         name, alloc = self._ring[-1]
         new_alloc = allocated(self._seg_size)
         self._ring[-1] = (name, new_alloc)
@@ -303,7 +308,7 @@ class DiskFiles:
         _write_all(self._pcap_fd, head)
         self._pcap_size = len(head)
 
-    def pcap_write(self, parts: list[bytes], nbytes: int) -> None:
+    def pcap_write(self, parts: Sequence[Buffer], nbytes: int) -> None:
         """Append pcap records; rotate first when the file would pass half the bound."""
         if self._pcap_fd < 0:
             self._open_pcap()
@@ -314,7 +319,7 @@ class DiskFiles:
             self._rotate_pcap()
         before = self._pcap_size
         try:
-            _writev_all(self._pcap_fd, parts, nbytes)
+            _writev_all(self._pcap_fd, parts)
         except OSError:
             with contextlib.suppress(OSError):
                 os.ftruncate(self._pcap_fd, before)
@@ -349,22 +354,36 @@ class DiskFiles:
         self._release()
 
 
-def _write_all(fd: int, data: bytes | memoryview) -> None:
+def _write_all(fd: int, data: bytes | bytearray | memoryview) -> None:
     view = memoryview(data)
     while view:
         view = view[os.write(fd, view) :]
 
 
-_IOV_MAX = 1024
+Buffer = bytes | bytearray | memoryview
+_IOV_MAX = os.sysconf("SC_IOV_MAX") if hasattr(os, "sysconf") else 1024
+if _IOV_MAX <= 0:
+    _IOV_MAX = 1024
 
 
-def _writev_all(fd: int, parts: list[bytes], nbytes: int) -> None:
-    for i in range(0, len(parts), _IOV_MAX):
+def _writev_all(fd: int, parts: Sequence[Buffer]) -> None:
+    """Write every part, in order: ``IOV_MAX`` at a time, a short write finished from where
+    it stopped (no part is copied)."""
+    i = 0
+    end = len(parts)
+    while i < end:
         chunk = parts[i : i + _IOV_MAX]
         n = os.writev(fd, chunk)
-        total = sum(len(p) for p in chunk)
-        if n < total:  # a short write (rare): finish it the plain way
-            _write_all(fd, memoryview(b"".join(chunk))[n:])
+        i += len(chunk)
+        for j, p in enumerate(chunk):  # a short write (rare): finish it part by part
+            size = len(p)
+            if n >= size:
+                n -= size
+                continue
+            _write_all(fd, memoryview(p)[n:])
+            for rest in chunk[j + 1 :]:
+                _write_all(fd, rest)
+            break
 
 
 # ----------------------------------------------------------------------------- the thread
@@ -566,16 +585,24 @@ class Writer:
                 self.lost_records += chunk.count
                 return
         data = chunk.data
+        parts: list[Buffer] = [data]
+        nbytes = chunk.nbytes
         if chunk.kind == "journal":
-            # Framed with its CRC here, in the writer's thread (zlib lets go of the GIL while
-            # it sums): the event loop never pays for the checksum.
-            data = framed_batch(chunk.count, data)
+            # Framed with its CRC here, in the writer's thread (crc32 lets go of the GIL while
+            # it sums): the event loop never pays for the checksum. The records are parts
+            # (packed bytes and the big payloads themselves), written with no join.
+            crc = 0
+            for part in data:
+                crc = crc32(part, crc)
+            head = batch_head(chunk.count, crc, nbytes)
+            parts = [head, *data]
+            nbytes += len(head)
         while True:
             try:
                 if chunk.kind == "segment":
                     disk.new_segment(chunk.number, data)
                 else:
-                    disk.append(data)
+                    disk.append(parts, nbytes)
                     self.records_written += chunk.count
             except OSError as exc:
                 lossless = self.policy == "lossless" and not isinstance(exc, BoundTooSmall)
@@ -651,8 +678,9 @@ def _merged(batch: list[_Chunk]) -> list[_Chunk]:
         if len(records) == 1:
             out.append(records[0])
         elif records:
-            data = b"".join(c.data for c in records)
-            out.append(_Chunk("journal", data, len(data), sum(c.count for c in records)))
+            parts = [p for c in records for p in c.data]
+            out.append(_Chunk("journal", parts, sum(c.nbytes for c in records),
+                              sum(c.count for c in records)))
         records.clear()
 
     for chunk in batch:
@@ -696,7 +724,7 @@ class JournalRecorder:
         self._header = header
         self._segment_bytes = segment_bytes
         self._clock = clock
-        self._packer = msgpack.Packer(use_bin_type=True, autoreset=False)
+        self._packer = RecordPacker()
         self._snapshot: Callable[[], dict[str, Any]] | None = None
         self._number = 0
         self._seg_bytes = 0
@@ -711,10 +739,16 @@ class JournalRecorder:
         self._last_seq = -1  # the last record packed
         self._next_seq = 0  # the first record not handed to the writer yet
         self.records = 0  # handed to the writer
+        self.record_bytes = 0  # their packed size
         self.lost_records = 0  # never handed over (in a gap)
         self.gaps = 0
         self.failures = 0  # snapshots, encodings or hand-overs that raised (contained)
         self.last_failure: str | None = None
+
+    @property
+    def referenced_bytes(self) -> int:
+        """Payload bytes packed by reference (no copy on the event loop), in all."""
+        return self._packer.referenced
 
     @property
     def writing(self) -> bool:
@@ -737,7 +771,7 @@ class JournalRecorder:
             self.lost_records += 1
             return
         try:
-            self._packer.pack(encode_record(seq, t_ns, event, effects))
+            self._packer.pack(seq, t_ns, event, effects)
         except Exception as exc:
             # A half-packed record would poison the batch: the whole batch goes.
             self.lost_records += 1
@@ -748,7 +782,7 @@ class JournalRecorder:
         # A burst can hold more than a segment (thousands of steps of bulk frames); past the
         # segment's size the runtime flushes between two steps (:attr:`Recorder.flush_due`),
         # so a segment never outgrows a small --journal-max.
-        if self._pending & 15 == 0 and len(self._packer.getbuffer()) >= self._seg_limit:
+        if self._pending & 15 == 0 and self._packer.nbytes >= self._seg_limit:
             self.flush_due = True
 
     def failed(self, what: str, exc: BaseException) -> None:
@@ -788,13 +822,16 @@ class JournalRecorder:
             self._stop(w.journal_error or "a write failed", overflow=False)
         if self._writing:
             if self._pending:
-                chunk = self._packer.bytes()  # framed with its CRC by the writer thread
-                if w.policy == "lossy" and w.over_budget(len(chunk)):
+                # Framed with its CRC by the writer thread; the parts reference the big
+                # payloads (immutable bytes), which count as queued like any byte.
+                parts, nbytes = self._packer.take()
+                if w.policy == "lossy" and w.over_budget(nbytes):
                     self._stop("the disk could not keep up", overflow=True)
                 else:
-                    w.put(_Chunk("journal", chunk, len(chunk), self._pending))
+                    w.put(_Chunk("journal", parts, nbytes, self._pending))
                     self.records += self._pending
-                    self._seg_bytes += len(chunk)
+                    self.record_bytes += nbytes
+                    self._seg_bytes += nbytes
                     self._next_seq = self._last_seq + 1
             self._packer.reset()
             self._pending = 0
@@ -861,7 +898,7 @@ class PcapRecorder:
     def __init__(self, writer: Writer, snaplen: int = wpcap.SNAPLEN) -> None:
         self._writer = writer
         self._snaplen = snaplen
-        self._parts: list[bytes] = []
+        self._parts: list[bytes | memoryview] = []
         self._nbytes = 0
         self._frames = 0
         self._dropping = False
@@ -869,6 +906,8 @@ class PcapRecorder:
         self.lost_frames = 0
 
     def add(self, ts_ns: int, frame: bytes) -> None:
+        if type(frame) is not bytes:  # kept until written: a mutable buffer could change
+            frame = bytes(frame)
         head, frame = wpcap.record_parts(ts_ns, frame, self._snaplen)
         self._parts.append(head)
         self._parts.append(frame)
@@ -876,13 +915,13 @@ class PcapRecorder:
         self._frames += 1
 
     def add_run(self, ts_ns: int, run: bytes) -> None:
-        """Every frame of a run (length-prefixed frames), records built in one go."""
-        records = bytearray()
-        n = pcap_run(records, run, ts_ns, self._snaplen)
-        if n:
-            self._parts.append(records)  # type: ignore[arg-type]  # writev takes any buffer
-            self._nbytes += len(records)
-            self._frames += n
+        """Every frame of a run (length-prefixed frames): the big frames of a ``bytes`` run
+        written from the run itself, the rest copied into one block with the record headers
+        (:func:`slirptrio.wire.pcap.pcap_parts`)."""
+        n, nbytes = wpcap.pcap_parts(self._parts, run, ts_ns, self._snaplen,
+                                     wpcap.REFERENCE_OVER)
+        self._nbytes += nbytes
+        self._frames += n
 
     def discard(self) -> None:
         """Drop the frames collected since the last flush (counted as lost)."""

@@ -970,6 +970,131 @@ py_pcap_run(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
     return PyLong_FromSsize_t(count);
 }
 
+/* --------------------------------------------------------------------------- pcap_parts */
+
+/* Write the records of the non-empty frames of p[from:to) (whole frames, as pcap_run) at w;
+ * return the end. */
+static uint8_t *
+pcap_fill(uint8_t *w, const uint8_t *p, Py_ssize_t from, Py_ssize_t to, uint32_t sec,
+          uint32_t ns, Py_ssize_t snaplen)
+{
+    Py_ssize_t off = from;
+    while (off < to) {
+        Py_ssize_t length = (Py_ssize_t)be32(p + off);
+        if (length) {
+            Py_ssize_t cap = length < snaplen ? length : snaplen;
+            put32le(w, sec);
+            put32le(w + 4, ns);
+            put32le(w + 8, (uint32_t)cap);
+            put32le(w + 12, (uint32_t)length);
+            memcpy(w + 16, p + off + 4, (size_t)cap);
+            w += 16 + cap;
+        }
+        off += 4 + length;
+    }
+    return w;
+}
+
+/* Append to parts one bytes object: the records of the frames of p[from:to), then (head_len
+ * 16 or 0) the header of a frame whose bytes follow as a view. */
+static int
+pcap_block(PyObject *parts, const uint8_t *p, Py_ssize_t from, Py_ssize_t to, Py_ssize_t need,
+           uint32_t sec, uint32_t ns, Py_ssize_t snaplen, Py_ssize_t cap, Py_ssize_t length,
+           int head)
+{
+    PyObject *block = PyBytes_FromStringAndSize(NULL, need);
+    if (block == NULL)
+        return -1;
+    uint8_t *w = pcap_fill((uint8_t *)PyBytes_AS_STRING(block), p, from, to, sec, ns, snaplen);
+    if (head) {
+        put32le(w, sec);
+        put32le(w + 4, ns);
+        put32le(w + 8, (uint32_t)cap);
+        put32le(w + 12, (uint32_t)length);
+    }
+    int r = PyList_Append(parts, block);
+    Py_DECREF(block);
+    return r;
+}
+
+PyDoc_STRVAR(pcap_parts_doc,
+"pcap_parts(parts, run, ts_ns, snaplen, ref_over, /) -> (frames, nbytes)\n\n"
+"Append the nanosecond pcap records of every frame of the run to the list parts, frames of\n"
+"ref_over bytes or more as views of run (bytes only), the rest copied; see pcap.py.");
+
+static PyObject *
+py_pcap_parts(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
+{
+    if (nargs != 5) {
+        PyErr_SetString(PyExc_TypeError, "pcap_parts(parts, run, ts_ns, snaplen, ref_over)");
+        return NULL;
+    }
+    PyObject *parts = args[0], *run = args[1];
+    if (!PyList_Check(parts)) {
+        PyErr_SetString(PyExc_TypeError, "parts must be a list");
+        return NULL;
+    }
+    uint64_t ts, snaplen64, ref_over64;
+    if (get_u64(args[2], ((uint64_t)0xffffffffu + 1) * 1000000000ULL - 1, "ts_ns", &ts) < 0
+        || get_u64(args[3], 0xffffffffu, "snaplen", &snaplen64) < 0
+        || get_u64(args[4], (uint64_t)PY_SSIZE_T_MAX, "ref_over", &ref_over64) < 0)
+        return NULL;
+    /* Only bytes are immutable: any other buffer is copied whole. */
+    int ref = PyBytes_CheckExact(run);
+    Py_ssize_t snaplen = (Py_ssize_t)snaplen64, ref_over = (Py_ssize_t)ref_over64;
+    Py_buffer b;
+    if (PyObject_GetBuffer(run, &b, PyBUF_SIMPLE) < 0)
+        return NULL;
+    const uint8_t *p = (const uint8_t *)b.buf;
+    uint32_t sec = (uint32_t)(ts / 1000000000ULL), ns = (uint32_t)(ts % 1000000000ULL);
+    Py_ssize_t n = b.len, off = 0, count = 0, total = 0, from = 0, need = 0;
+    PyObject *view = NULL, *result = NULL;
+    while (off + 4 <= n) {
+        Py_ssize_t length = (Py_ssize_t)be32(p + off);
+        if (length > n - off - 4)
+            break;
+        if (length) {
+            Py_ssize_t cap = length < snaplen ? length : snaplen;
+            count++;
+            total += 16 + cap;
+            if (ref && cap >= ref_over) {
+                if (pcap_block(parts, p, from, off, need + 16, sec, ns, snaplen, cap, length, 1)
+                    < 0)
+                    goto done;
+                if (view == NULL && (view = PyMemoryView_FromObject(run)) == NULL)
+                    goto done;
+                PyObject *start = PyLong_FromSsize_t(off + 4);
+                PyObject *stop = PyLong_FromSsize_t(off + 4 + cap);
+                PyObject *slice = (start && stop) ? PySlice_New(start, stop, NULL) : NULL;
+                Py_XDECREF(start);
+                Py_XDECREF(stop);
+                if (slice == NULL)
+                    goto done;
+                PyObject *frame = PyObject_GetItem(view, slice);
+                Py_DECREF(slice);
+                if (frame == NULL)
+                    goto done;
+                int r = PyList_Append(parts, frame);
+                Py_DECREF(frame);
+                if (r < 0)
+                    goto done;
+                from = off + 4 + length;
+                need = 0;
+            } else {
+                need += 16 + cap;
+            }
+        }
+        off += 4 + length;
+    }
+    if (need && pcap_block(parts, p, from, off, need, sec, ns, snaplen, 0, 0, 0) < 0)
+        goto done;
+    result = Py_BuildValue("(nn)", count, total);
+done:
+    Py_XDECREF(view);
+    PyBuffer_Release(&b);
+    return result;
+}
+
 /* ------------------------------------------------------------------------------ module */
 
 static PyMethodDef methods[] = {
@@ -979,6 +1104,7 @@ static PyMethodDef methods[] = {
     {"frames_end", (PyCFunction)(void (*)(void))py_frames_end, METH_FASTCALL, frames_end_doc},
     {"tcp_run", (PyCFunction)(void (*)(void))py_tcp_run, METH_FASTCALL, tcp_run_doc},
     {"pcap_run", (PyCFunction)(void (*)(void))py_pcap_run, METH_FASTCALL, pcap_run_doc},
+    {"pcap_parts", (PyCFunction)(void (*)(void))py_pcap_parts, METH_FASTCALL, pcap_parts_doc},
     {"gro_scan", py_gro_scan, METH_O, gro_scan_doc},
     {NULL, NULL, 0, NULL},
 };

@@ -6,8 +6,9 @@ import struct
 from collections.abc import Callable, Iterator
 from typing import IO
 
-from slirptrio.wire import MalformedFrame
+from slirptrio.wire import MalformedFrame, _accel
 from slirptrio.wire.fast import pcap_run
+from slirptrio.wire.framing import frame_spans
 
 MAGIC_NS = 0xA1B23C4D
 MAGIC_US = 0xA1B2C3D4
@@ -30,6 +31,55 @@ def record_parts(ts_ns: int, frame: bytes, snaplen: int = SNAPLEN) -> tuple[byte
     if n > snaplen:
         frame = frame[:snaplen]
     return _RECORD.pack(sec, ns, len(frame), n), frame
+
+
+REFERENCE_OVER = 4096
+"""A frame at least this long is written from the run itself (a view), not copied."""
+
+
+def pure_pcap_parts(
+    parts: list[bytes | memoryview],
+    run: bytes | bytearray | memoryview,
+    ts_ns: int,
+    snaplen: int,
+    ref_over: int = REFERENCE_OVER,
+) -> tuple[int, int]:
+    """Append the records of every frame of ``run`` (length-prefixed frames), all captured at
+    ``ts_ns``, to ``parts``, and return (frames, bytes): the concatenation of what is appended
+    is what :func:`~slirptrio.wire.fast.pcap_run` makes. A frame of ``ref_over`` bytes or more
+    (as captured) is appended as a view of ``run`` when ``run`` is ``bytes`` (immutable); the
+    rest, with the record headers, in ``bytes`` blocks of one allocation each."""
+    if not 0 <= ts_ns < (1 << 32) * 1_000_000_000:
+        raise ValueError("ts_ns out of range")
+    if not 0 <= snaplen <= 0xFFFFFFFF:
+        raise ValueError("snaplen out of range")
+    sec, ns = divmod(ts_ns, 1_000_000_000)
+    ref = type(run) is bytes
+    mv = memoryview(run)
+    block = bytearray()
+    count = total = 0
+    for start, end in frame_spans(mv):
+        length = end - start
+        if not length:
+            continue
+        cap = min(length, snaplen)
+        count += 1
+        total += 16 + cap
+        block += _RECORD.pack(sec, ns, cap, length)
+        if ref and cap >= ref_over:
+            parts.append(bytes(block))
+            block.clear()
+            parts.append(mv[start : start + cap])
+        else:
+            block += mv[start : start + cap]
+    if block:
+        parts.append(bytes(block))
+    return count, total
+
+
+pcap_parts: Callable[[list[bytes | memoryview], bytes | bytearray | memoryview, int, int, int],
+                     tuple[int, int]]
+pcap_parts = _accel.native.pcap_parts if _accel.native is not None else pure_pcap_parts
 
 
 class PcapWriter:
