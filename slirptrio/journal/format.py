@@ -42,7 +42,6 @@ replay.
 from __future__ import annotations
 
 import dataclasses
-import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -98,13 +97,13 @@ def segment_start(header: Header | dict[str, Any], snapshot: dict[str, Any]) -> 
     raw = header.to_raw() if isinstance(header, Header) else header
     head = msgpack.packb(raw, use_bin_type=True)
     snap = msgpack.packb(snapshot, use_bin_type=True)
-    crc = zlib.crc32(snap, zlib.crc32(head))
+    crc = crc32(snap, crc32(head))
     return b"".join((head, b"\x92", msgpack.packb(crc), _bin_header(len(snap)), snap))
 
 
 def batch(count: int, records: bytes) -> bytes:
     """``count`` packed records as one format-4 batch carrying their CRC."""
-    return batch_head(count, zlib.crc32(records), len(records)) + records
+    return batch_head(count, crc32(records), len(records)) + records
 
 
 def batch_head(count: int, crc: int, nbytes: int) -> bytes:
