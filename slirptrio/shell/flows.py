@@ -188,10 +188,10 @@ class SocketEnd:
         self.sock = sock
         if not options_set and sock.family in (_socket.AF_INET, _socket.AF_INET6):
             set_stream_options(sock)
-        self._reader = TryFirst(sock)
+        self.reader = TryFirst(sock)
 
     async def recv(self, max_bytes: int) -> bytes:
-        return await self._reader.recv(max_bytes)
+        return await self.reader.recv(max_bytes)
 
     async def send(self, data: bytes | bytearray | memoryview) -> int:
         return await self.sock.send(data)
@@ -851,24 +851,29 @@ class TcpFlows:
             nursery.cancel_scope.cancel()
 
     async def _reader(self, state: _TcpFlow, end: HostEnd) -> None:
+        # A socket's reads straight from its TryFirst, the reports straight to the inbox: one
+        # coroutine each per read, not two (this runs for every wakeup toward the guest).
+        recv = end.reader.recv if type(end) is SocketEnd else end.recv
+        report = self._inbox.send
+        flow = state.flow
         while True:
             while state.credit <= 0:
                 state.credit_changed = trio.Event()
                 await state.credit_changed.wait()
-            data = await end.recv(min(state.credit, _READ_MAX))
+            data = await recv(min(state.credit, _READ_MAX))
             held, state.held = state.held, 0
             if not data:
                 if held:
-                    await self._report(TcpSent(state.flow, held))
-                await self._report(TcpEof(state.flow))
+                    await report(TcpSent(flow, held))
+                await report(TcpEof(flow))
                 return
             if len(data) > state.credit:
                 raise RuntimeError(f"recv returned {len(data)} bytes, more than asked")
             state.credit -= len(data)
             if held:
-                await self._report(TcpDataSent(state.flow, held, data))
+                await report(TcpDataSent(flow, held, data))
             else:
-                await self._report(TcpData(state.flow, data))
+                await report(TcpData(flow, data))
 
     async def _writer(self, state: _TcpFlow, end: HostEnd) -> None:
         """Write the queue out, report progress, shut down when asked; return when there is
