@@ -1198,6 +1198,8 @@ class Stack:
 
     def _learn(self, mac: bytes, ip: bytes) -> None:
         self.guest_mac = mac
+        if self._arp_table.get(ip) == mac:
+            return  # known already (the common case: every frame of a flow)
         if ip != _ZERO_IP and self._in_net(ip) and ip not in self._virtual_ips:
             table = self._arp_table
             if ip not in table and len(table) >= ARP_TABLE_MAX:

@@ -359,7 +359,10 @@ def _literal_family(host: str) -> int | None:
     return _socket.AF_INET6 if addr.version == 6 else _socket.AF_INET
 
 
-async def _open_tcp(host: str, port: int) -> SocketEnd:
+def _begin_tcp(host: str, port: int) -> tuple[_socket.socket, SocketEnd, bool]:
+    """Start connecting a TCP socket to ``host`` (an IP address literal) and ``port``, without
+    waiting: the socket, its end and whether it is connected already. Raises OSError (the
+    socket closed) when it failed at once."""
     # Only literals: a guest must never make us resolve names (or hang on a resolver).
     family = _literal_family(host)
     if family is None:
@@ -372,7 +375,6 @@ async def _open_tcp(host: str, port: int) -> SocketEnd:
     try:
         sock = trio.socket.from_stdlib_socket(raw)  # makes it non-blocking (one ioctl, not two)
         end = SocketEnd(sock)
-        await trio.lowlevel.checkpoint_if_cancelled()
         err = raw.connect_ex((host, port))
         if err == _errno.EINPROGRESS:
             # To a local peer the handshake is often done by now: a zero-timeout poll spares
@@ -380,14 +382,34 @@ async def _open_tcp(host: str, port: int) -> SocketEnd:
             poller = select.poll()  # no syscall until poll()
             poller.register(raw.fileno(), select.POLLOUT)
             if not poller.poll(0):
-                await trio.lowlevel.wait_writable(raw)
+                return raw, end, False
             err = raw.getsockopt(_socket.SOL_SOCKET, _socket.SO_ERROR)
         if err:
             raise OSError(err, os.strerror(err))
     except BaseException:
         raw.close()
         raise
+    return raw, end, True
+
+
+async def _finish_tcp(raw: _socket.socket, end: SocketEnd) -> SocketEnd:
+    """Wait for :func:`_begin_tcp`'s connect to finish; raises OSError (the socket closed) if
+    it failed, and closes the socket when cancelled."""
+    try:
+        await trio.lowlevel.wait_writable(raw)
+        err = raw.getsockopt(_socket.SOL_SOCKET, _socket.SO_ERROR)
+        if err:
+            raise OSError(err, os.strerror(err))
+    except BaseException:
+        raw.close()
+        raise
     return end
+
+
+async def _open_tcp(host: str, port: int) -> SocketEnd:
+    await trio.lowlevel.checkpoint_if_cancelled()
+    raw, end, done = _begin_tcp(host, port)
+    return end if done else await _finish_tcp(raw, end)
 
 
 def tcp_opener(host: str, port: int) -> Opener:
@@ -617,16 +639,46 @@ class TcpFlows:
 
     def connect(self, eff: TcpConnect) -> None:
         opener = self._targets.get(eff.host)
-        if opener is None:
-            host, port = eff.host, eff.port
-
-            async def open_socket() -> HostEnd:
-                return await _open_tcp(host, port)
-
-            opener = open_socket
         state = self._new_flow(eff.flow)
         assert self._nursery is not None
+        if opener is None:
+            # An address: the connect starts in the step that asked for it. To a local peer it
+            # is usually done at once: TcpConnected is then stepped right after this step (no
+            # task switch, no drain of its own) and the flow's task starts to read.
+            try:
+                raw, end, done = _begin_tcp(eff.host, eff.port)
+            except OSError as exc:
+                self._connect_failed_now(state, exc.errno or _errno.ECONNREFUSED)
+                return
+            except Exception:
+                log.exception("flow %d: connect failed", state.flow)
+                self._connect_failed_now(state, _errno.EIO)
+                return
+            if done:
+                state.end = end
+                self._report_now(TcpConnected(state.flow))
+                self._nursery.start_soon(self._adopted_main, state, end)
+                return
+
+            async def finish() -> HostEnd:
+                return await _finish_tcp(raw, end)
+
+            opener = finish
         self._nursery.start_soon(self._connect_main, state, opener)
+
+    def _connect_failed_now(self, state: _TcpFlow, err: int) -> None:
+        if self._flows.get(state.flow) is state:
+            del self._flows[state.flow]
+        self._report_now(TcpConnectFailed(state.flow, err))
+
+    def _report_now(self, event: Event) -> None:
+        """Hand ``event`` over now (stepped right after the step in progress), or from a
+        task when the inbox has no room."""
+        try:
+            self._inbox.send_nowait(event)
+        except trio.WouldBlock:
+            assert self._nursery is not None
+            self._nursery.start_soon(self._inbox.send, event)
 
     def send(self, eff: TcpSend) -> None:
         state = self._flows.get(eff.flow)
@@ -647,23 +699,24 @@ class TcpFlows:
         self._dirty = {}
         for state in dirty.values():
             end = state.end
+            out = state.outbuf
             if (
-                state.writer_running or state.closed or not state.outbuf
+                state.writer_running or state.closed or not out.size
                 or not isinstance(end, SocketEnd)
             ):
                 self._wake_writer(state)
                 continue
             try:
-                n = end.try_sendv(state.outbuf.views(_WRITE_MAX))
+                n = end.try_sendv(out.views(_WRITE_MAX))
             except OSError:
                 n = 0  # the writer meets the error and reports it
             if n:
-                state.outbuf.consume(n)
+                out.consume(n)
                 n += state.held
                 state.held = 0
                 can_wait = self.sent_can_wait
                 if (
-                    can_wait is not None and not state.outbuf and not state.unreported
+                    can_wait is not None and not out.size and not state.unreported
                     and can_wait(state.flow, n)
                 ):
                     state.held = n  # reported with the flow's next read: no step of its own
@@ -672,7 +725,7 @@ class TcpFlows:
                     self._inbox.send_nowait(TcpSent(state.flow, n))
                 except trio.WouldBlock:
                     state.unreported += n
-            if state.outbuf or state.unreported:
+            if out.size or state.unreported:
                 self._wake_writer(state)
 
     def credit(self, eff: TcpRecvCredit) -> None:

@@ -409,8 +409,12 @@ class TcpNat:
                 heapq.heappop(h)
                 continue
             # The head may be a deadline since cancelled or pushed back: settle it here so
-            # the shell is never woken for nothing.
-            d = timers.deadline(c)
+            # the shell is never woken for nothing. (timers.deadline inline: this runs after
+            # every burst.)
+            d = c.rto_at
+            for x in (c.persist_at, c.delack_at, c.close_at):
+                if x is not None and (d is None or x < d):
+                    d = x
             if d == t:
                 return t
             heapq.heappop(h)
@@ -470,7 +474,9 @@ class TcpNat:
     # ------------------------------------------------------------------- segment output
 
     def _window_field(self, c: _Conn) -> int:
-        win = memory.cap_in(self, c) - c.host_unsent
+        # memory.cap_in, its common case inline
+        cap = self.buffer_size if self.mem_used <= self.mem_soft else memory.cap_in(self, c)
+        win = cap - c.host_unsent
         old = c.rcv_adv - c.rcv_nxt
         if old > win:
             win = old  # never move the right edge left (RFC 9293 3.8.6.2.2)
@@ -1156,7 +1162,8 @@ class TcpNat:
         """ACK with the new window when the window the guest knows has fallen below half the
         buffer and would grow by two segments (or half the buffer, if smaller). A healthy
         window needs none: the ACKs of the guest's data carry it."""
-        if self._window_update_due(c, memory.cap_in(self, c) - c.host_unsent):
+        cap = self.buffer_size if self.mem_used <= self.mem_soft else memory.cap_in(self, c)
+        if self._window_update_due(c, cap - c.host_unsent):
             self.counters["tcp_window_updates"] += 1
             self._ack_now(c)
 
@@ -1199,7 +1206,10 @@ class TcpNat:
     # ----------------------------------------------------------------------------- timers
 
     def _rearm(self, c: _Conn) -> None:
-        d = timers.deadline(c)
+        d = c.rto_at  # timers.deadline inline: this runs after every step on an entry
+        for x in (c.persist_at, c.delack_at, c.close_at):
+            if x is not None and (d is None or x < d):
+                d = x
         if d is not None and (c.armed_at is None or d < c.armed_at):
             c.armed_at = d
             heapq.heappush(self._timers, (d, c.flow))
