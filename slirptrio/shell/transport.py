@@ -83,13 +83,11 @@ class GuestPort:
 
     def put(self, frame: bytes) -> None:
         """Queue one frame."""
-        self._put(frame, False)
+        self.put_run(frame, False)
 
-    def put_run(self, run: bytes) -> None:
-        """Queue the frames of a run (whole runs are queued or dropped)."""
-        self._put(run, True)
-
-    def _put(self, data: bytes, raw: bool) -> None:
+    def put_run(self, data: bytes, raw: bool = True) -> None:
+        """Queue the frames of a run (whole runs are queued or dropped); ``raw=False``: one
+        frame, as :meth:`put`."""
         if (
             not self.attached
             or len(self._queue) >= self._max
