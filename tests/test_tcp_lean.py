@@ -36,7 +36,7 @@ class _Pair:
             self.taken += took
             return took
 
-        self.lean.nat._lean_read = counted  # type: ignore[method-assign]
+        self.lean.nat._lean_read = counted  # type: ignore[method-assign,assignment]
 
     def both(self, what: str, *args: Any, **kw: Any) -> None:
         for h in (self.lean, self.general):

@@ -389,7 +389,7 @@ class TcpNat:
         takes it then. tests/test_tcp_lean.py holds the two equal."""
         data: bytes = event.data  # type: ignore[attr-defined]
         n = len(data)
-        sent: int = event.sent if type(event) is TcpDataSent else 0  # type: ignore[attr-defined]
+        sent: int = event.sent if type(event) is TcpDataSent else 0
         unsent = c.host_unsent - sent
         nxt = c.snd_nxt
         if (
