@@ -1097,7 +1097,10 @@ class Stack:
                         self.guest_mac = item[1]  # as _ipv6 learns
                         self._ndp.learn(item[2], item[1], now_ns)
                     else:
-                        self._learn(item[1], item[2])
+                        if self._arp_table.get(item[2]) == item[1]:
+                            self.guest_mac = item[1]  # _learn, for a known neighbour
+                        else:
+                            self._learn(item[1], item[2])
                     self.tcp.segment(
                         (item[2], item[4], item[3], item[5]),
                         TcpSegment(item[4], item[5], item[6], item[7], item[8], item[9],

@@ -753,7 +753,7 @@ class TcpFlows:
         state.shutdown = True
         end = state.end
         if (
-            isinstance(end, SocketEnd) and not state.outbuf and not state.unreported
+            isinstance(end, SocketEnd) and not state.outbuf.size and not state.unreported
             and not state.writer_running and not state.write_done and not state.closed
         ):
             # Nothing queued: shut down now, no writer task needed.
@@ -842,7 +842,7 @@ class TcpFlows:
             async with trio.open_nursery() as nursery:
                 state.nursery = nursery
                 try:
-                    if state.outbuf or state.shutdown or state.unreported:
+                    if state.outbuf.size or state.shutdown or state.unreported:
                         self._wake_writer(state)
                     await self._reader(state, end)
                     while not state.write_done:  # the peer is done: wait for our side
