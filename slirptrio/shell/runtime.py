@@ -230,4 +230,8 @@ class Runtime:
                     self._drain()
                 finally:
                     self._stepping = False
+            else:
+                # A deadline the core has since dropped (an ACK came before the timer): back
+                # to sleep at once; the sleep is the checkpoint.
+                continue
             await trio.lowlevel.checkpoint()
