@@ -706,12 +706,17 @@ class TcpFlows:
             ):
                 self._wake_writer(state)
                 continue
+            chunks = out._chunks  # one chunk (a round trip's request): no views() to build
             try:
-                n = end.try_sendv(out.views(_WRITE_MAX))
+                n = end.try_sendv([chunks[0]] if len(chunks) == 1 else out.views(_WRITE_MAX))
             except OSError:
                 n = 0  # the writer meets the error and reports it
             if n:
-                out.consume(n)
+                if n == out.size:
+                    chunks.clear()  # consume(), all of it
+                    out.size = 0
+                else:
+                    out.consume(n)
                 n += state.held
                 state.held = 0
                 can_wait = self.sent_can_wait

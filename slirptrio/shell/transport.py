@@ -164,10 +164,12 @@ class GuestPort:
         """One non-blocking ``writev`` of queued items to ``direct_fd``; returns the bytes
         written (0 when the socket is full). Raises OSError when the socket is broken."""
         iov: list[bytes | memoryview] = []
-        size = 0
+        size = items = 0
         for data, raw in self._queue:
+            items += 1
             if not raw:
                 iov.append(len(data).to_bytes(4, "big"))
+                size += 4
             iov.append(data)
             size += len(data)
             if len(iov) >= _IOV_MAX - 1 or size >= _WRITE_BATCH_BYTES:
@@ -177,7 +179,12 @@ class GuestPort:
         except BlockingIOError:
             return 0
         self.sent += n
-        self._consume(n)
+        if n == size and items == len(self._queue):  # all of it: the common case
+            self._queue.clear()
+            self.queued_bytes = 0
+            self.stalled = 0
+        else:
+            self._consume(n)
         return n
 
     def _consume(self, n: int) -> None:
