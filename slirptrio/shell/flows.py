@@ -150,18 +150,23 @@ def _reset_error(exc: trio.BrokenResourceError) -> OSError:
 def set_keepalive(sock: trio.socket.SocketType | _socket.socket) -> None:
     """Turn on TCP keepalive probes for ``sock`` with the KEEPALIVE_* settings of this module
     (best effort: options this OS lacks are skipped)."""
-    with contextlib.suppress(OSError):
+    # (try/except, not contextlib.suppress: this runs for every outbound connection)
+    try:  # noqa: SIM105 - suppress() costs three calls
         sock.setsockopt(_socket.SOL_SOCKET, _socket.SO_KEEPALIVE, 1)
-    for name, value in (
-        ("TCP_KEEPIDLE", KEEPALIVE_IDLE_S),
-        ("TCP_KEEPINTVL", KEEPALIVE_INTERVAL_S),
-        ("TCP_KEEPCNT", KEEPALIVE_COUNT),
-    ):
-        opt = getattr(_socket, name, None)
+    except OSError:
+        pass
+    values = (KEEPALIVE_IDLE_S, KEEPALIVE_INTERVAL_S, KEEPALIVE_COUNT)
+    for opt, value in zip(_KEEPALIVE_OPTIONS, values, strict=True):
         if opt is not None:
-            with contextlib.suppress(OSError):
+            try:  # noqa: SIM105 - suppress() costs three calls
                 sock.setsockopt(_socket.IPPROTO_TCP, opt, value)
+            except OSError:
+                pass
 
+
+_KEEPALIVE_OPTIONS: tuple[int | None, ...] = tuple(
+    getattr(_socket, name, None) for name in ("TCP_KEEPIDLE", "TCP_KEEPINTVL", "TCP_KEEPCNT")
+)  # None: an option this OS lacks
 
 LISTENER_OPTIONS_INHERITED = sys.platform.startswith("linux")
 """Whether a socket accepted from a listener has the listener's TCP_NODELAY and keepalive
@@ -170,8 +175,10 @@ options (Linux copies them), so :func:`set_stream_options` is needed once per li
 
 def set_stream_options(sock: trio.socket.SocketType | _socket.socket) -> None:
     """TCP_NODELAY and keepalive probes (best effort), as every host TCP socket has them."""
-    with contextlib.suppress(OSError):
+    try:  # noqa: SIM105 - suppress() costs three calls
         sock.setsockopt(_socket.IPPROTO_TCP, _socket.TCP_NODELAY, 1)
+    except OSError:
+        pass
     set_keepalive(sock)
 
 
@@ -546,7 +553,8 @@ class _TcpFlow:
         self.scope = trio.CancelScope()
         self.end: HostEnd | None = None
         self.credit = 0
-        self.credit_changed = trio.Event()
+        # Made afresh for each wait (None until the first): a set() with no waiter is a no-op.
+        self.credit_changed: trio.Event | None = None
         self.outbuf = _OutQueue()
         self.unreported = 0  # bytes sent directly whose TcpSent the writer must still report
         # Bytes sent directly whose report rides on the flow's next TcpDataSent (the core said
@@ -559,14 +567,20 @@ class _TcpFlow:
         self.nursery: trio.Nursery | None = None  # the flow's own, while it is being served
         self.writer_running = False
         self.write_done = False  # shut down for writing: the flow ends once the peer's EOF is in
-        self.write_done_changed = trio.Event()
+        self.write_done_changed: trio.Event | None = None
         self.failure: list[OSError] = []
         self.closed = False
         self.aborting = False
         self._aborted = False
 
     def poke_reader(self) -> None:
-        self.credit_changed.set()
+        if self.credit_changed is not None:
+            self.credit_changed.set()
+
+    def done_writing(self) -> None:
+        self.write_done = True
+        if self.write_done_changed is not None:
+            self.write_done_changed.set()
 
     def abort_end(self) -> None:
         """Abort the end now, or as soon as there is one."""
@@ -767,8 +781,7 @@ class TcpFlows:
             except OSError:
                 pass  # the writer task meets the error again and reports it
             else:
-                state.write_done = True
-                state.write_done_changed.set()
+                state.done_writing()
                 return
         self._wake_writer(state)
 
@@ -851,8 +864,8 @@ class TcpFlows:
                         self._wake_writer(state)
                     await self._reader(state, end)
                     while not state.write_done:  # the peer is done: wait for our side
-                        state.write_done_changed = trio.Event()
-                        await state.write_done_changed.wait()
+                        changed = state.write_done_changed = trio.Event()
+                        await changed.wait()
                 except OSError as exc:
                     failure.append(exc)
                     nursery.cancel_scope.cancel()
@@ -916,8 +929,8 @@ class TcpFlows:
         flow = state.flow
         while True:
             while state.credit <= 0:
-                state.credit_changed = trio.Event()
-                await state.credit_changed.wait()
+                changed = state.credit_changed = trio.Event()
+                await changed.wait()
             data = await recv(min(state.credit, _READ_MAX))
             held, state.held = state.held, 0
             if not data:
@@ -969,6 +982,5 @@ class TcpFlows:
                 continue
             if state.shutdown and not state.write_done:
                 await end.shutdown_write()
-                state.write_done = True
-                state.write_done_changed.set()
+                state.done_writing()
             return
