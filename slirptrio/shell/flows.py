@@ -570,6 +570,7 @@ class _TcpFlow:
         self.write_done_changed: trio.Event | None = None
         self.failure: list[OSError] = []
         self.closed = False
+        self.finished = False  # the flow's task is done with its end (closed it)
         self.aborting = False
         self._aborted = False
 
@@ -803,7 +804,8 @@ class TcpFlows:
         state.closed = True
         if eff.abort:
             state.abort_end()
-        state.scope.cancel()
+        if not state.finished:  # (a finished flow's scope has nothing left to cancel)
+            state.scope.cancel()
 
     # --------------------------------------------------------------------------- tasks
 
@@ -903,6 +905,7 @@ class TcpFlows:
                         log.exception("flow %d: close failed", state.flow)
                 if cs.cancelled_caught:
                     log.warning("flow %d: close took over %.0f s", state.flow, CLOSE_TIMEOUT_S)
+            state.finished = True  # no await from here to the task's end
             if self._flows.get(state.flow) is state and state.closed:
                 self._flows.pop(state.flow, None)
 
