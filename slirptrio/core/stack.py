@@ -947,8 +947,11 @@ class Stack:
         by the codecs (which fragment as :meth:`_send_ip6` does)."""
         if len(dst) == 16:
             if wip6.HEADER_LEN + 20 + min(mss, length) <= self._mtu:
+                # _mac6_for, its common case (a neighbour's unicast address) inline
+                mac = self._ndp.neighbors.get(dst) if dst[0] != 0xFF else None
                 head = b"".join((
-                    self._mac6_for(dst), self._mac6, _IP6_TCP_HEAD, src, dst,
+                    self._mac6_for(dst) if mac is None else mac, self._mac6, _IP6_TCP_HEAD, src,
+                    dst,
                 ))
                 n = wfast.tcp_run(
                     self._frames, head, 0, sport, dport, seq, ack, window, payload, start, length,
@@ -1068,7 +1071,8 @@ class Stack:
             if item[0] == wfast.KIND_TCP and item[13] in macs:
                 if len(item[2]) == 16:
                     if sources6 is None:
-                        sources6 = {i[2] for i in items if i[0] == wfast.KIND_TCP}
+                        sources6 = ({item[2]} if len(items) == 1 else
+                                    {i[2] for i in items if i[0] == wfast.KIND_TCP})
                     plain = self._tcp6_addresses_plain(item[2], item[3], sources6)
                 else:
                     plain = self._tcp_addresses_plain(item[2], item[3])
