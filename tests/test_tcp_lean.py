@@ -143,3 +143,4 @@ def test_generated_sessions_are_the_same_without_the_lean_path(
         if type(event) in (TcpData, TcpDataSent):
             assert plain_roundtrip(lean.snapshot()) == plain_roundtrip(general.snapshot())
     assert plain_roundtrip(lean.snapshot()) == plain_roundtrip(general.snapshot())
+
