@@ -172,7 +172,8 @@ class Runtime:
                             log.exception("handler for %r failed", effect)
                 if recorder is not None and recorder.flush_due:
                     recorder.flush()  # a segment's worth already: between two steps
-            port.kick()
+            if port._queue:  # kick()'s own test, inline: most bursts leave nothing for it
+                port.kick()
             if self.ports:
                 for extra in self.ports.values():
                     extra.kick()
