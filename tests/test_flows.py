@@ -7,7 +7,6 @@ import errno
 import os
 import signal
 import socket
-import struct
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -767,68 +766,5 @@ async def test_a_local_connect_is_reported_by_the_handler_itself() -> None:
         peer.close()
         assert await next_event(recv) == TcpEof(1)
         assert len(flows) == 1  # flow 1 only: the failed ones are gone
-        nursery.cancel_scope.cancel()
-    listener.close()
-
-
-async def test_the_writer_task_fails_closes_and_crashes_into_its_flow_only(
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
-    """The write side's task (in TcpFlows' nursery, not a nursery of the flow's): a send error
-    resets its flow (the reading task, waiting for credit, is cancelled); a close while it
-    waits on a full socket ends it and the flow; a bug in it is EIO for its flow alone."""
-    send, recv = trio.open_memory_channel[Event](256)
-    events = Events(recv)
-    flows = TcpFlows(send)  # not batched: every send goes through the writer task
-    listener = socket.socket()
-    listener.bind(("127.0.0.1", 0))
-    listener.listen(8)
-    port = listener.getsockname()[1]
-    big = b"w" * (8 << 20)
-    async with trio.open_nursery() as nursery:
-        await nursery.start(flows.run)
-        # 1: the peer resets; the writer's send fails; no credit, so only the writer sees it
-        flows.connect(TcpConnect(1, "127.0.0.1", port))
-        assert await events.next(1) == TcpConnected(1)
-        peer, _ = listener.accept()
-        peer.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
-        peer.close()
-        await trio.sleep(0.05)
-        flows.send(TcpSend(1, big))
-        ev = await events.next(1)
-        while isinstance(ev, TcpSent):
-            ev = await events.next(1)
-        assert isinstance(ev, TcpReset) and ev.errno in (errno.ECONNRESET, errno.EPIPE)
-        # 2: the peer does not read; the writer waits on the full socket; close ends it all
-        flows.connect(TcpConnect(2, "127.0.0.1", port))
-        assert await events.next(2) == TcpConnected(2)
-        peer2, _ = listener.accept()
-        flows.send(TcpSend(2, big))
-        with trio.fail_after(5):
-            while not flows._flows[2].writer_running or flows._flows[2].writing is False:
-                await trio.sleep(0.01)
-        await trio.sleep(0.05)
-        state2 = flows._flows[2]
-        assert state2.writer_running
-        flows.close(TcpClose(2, True))
-        with trio.fail_after(5):
-            while not state2.finished or state2.writer_running:
-                await trio.sleep(0.01)
-        peer2.close()
-        # 3: a bug in the writer: EIO for its flow, and flows go on
-        async def broken(self: SocketEnd, parts: object) -> int:
-            raise RuntimeError("a bug")
-
-        monkeypatch.setattr(SocketEnd, "sendv", broken)
-        flows.connect(TcpConnect(3, "127.0.0.1", port))
-        assert await events.next(3) == TcpConnected(3)
-        peer3, _ = listener.accept()
-        flows.send(TcpSend(3, b"x"))
-        assert await events.next(3) == TcpReset(3, errno.EIO)
-        assert flows.failures == 2
-        monkeypatch.undo()
-        flows.connect(TcpConnect(4, "127.0.0.1", port))
-        assert await events.next(4) == TcpConnected(4)
-        peer3.close()
         nursery.cancel_scope.cancel()
     listener.close()

@@ -564,14 +564,7 @@ class _TcpFlow:
         self.shutdown = False
         # The write side runs in a task only while there is something to wait for (a socket
         # that did not take everything, a non-socket end, a shutdown after queued data).
-        # While the flow is being served (its task reads): the scope the reading runs in, which
-        # a failing writer cancels. The write side's task, when it has one, runs in TcpFlows'
-        # nursery in a scope of its own (no nursery per flow: opening and leaving one costs a
-        # scheduler pass per connection); the reading task waits for it before it closes.
-        self.serving = False
-        self.inner: trio.CancelScope | None = None
-        self.writer_scope: trio.CancelScope | None = None
-        self.writer_done: trio.Event | None = None
+        self.nursery: trio.Nursery | None = None  # the flow's own, while it is being served
         self.writer_running = False
         self.write_done = False  # shut down for writing: the flow ends once the peer's EOF is in
         self.write_done_changed: trio.Event | None = None
@@ -798,13 +791,11 @@ class TcpFlows:
         one sees new data after its current send). Before the flow is served (connecting), its
         task does this once it starts."""
         end = state.end
-        if state.writer_running or not state.serving or end is None or state.write_done:
+        if state.writer_running or state.nursery is None or end is None or state.write_done:
             return
-        assert self._nursery is not None
         state.writer_running = True
-        scope = state.writer_scope = trio.CancelScope()
-        done = state.writer_done = trio.Event()
-        self._nursery.start_soon(self._writer_main, state, end, scope, done)
+        state.nursery.start_soon(self._guarded, self._writer, state, end, state.failure,
+                                 state.nursery)
 
     def close(self, eff: TcpClose) -> None:
         state = self._flows.pop(eff.flow, None)
@@ -868,10 +859,8 @@ class TcpFlows:
             # One task per flow: this one reads; the write side gets a task only when it has
             # to wait (see _wake_writer), and errors of either end the flow as one OSError.
             failure = state.failure
-            with trio.CancelScope() as inner:
-                state.inner = inner
-                state.serving = True
-                completed = False
+            async with trio.open_nursery() as nursery:
+                state.nursery = nursery
                 try:
                     if state.outbuf.size or state.shutdown or state.unreported:
                         self._wake_writer(state)
@@ -879,21 +868,13 @@ class TcpFlows:
                     while not state.write_done:  # the peer is done: wait for our side
                         changed = state.write_done_changed = trio.Event()
                         await changed.wait()
-                    completed = True
                 except OSError as exc:
                     failure.append(exc)
+                    nursery.cancel_scope.cancel()
                 finally:
-                    # Past this point no writer starts, and none is needed: the flow is done
-                    # writing, failing or closed. One still running finishes first (cancelled
-                    # unless the flow ended well), as a nursery's child would.
-                    state.serving = False
-                    state.inner = None
-                    done = state.writer_done
-                    if state.writer_running and done is not None:
-                        if not completed and state.writer_scope is not None:
-                            state.writer_scope.cancel()
-                        with trio.CancelScope(shield=True):
-                            await done.wait()
+                    # Past this point the nursery takes no new task, and none is needed: the
+                    # flow is done writing, failing or closed.
+                    state.nursery = None
             if failure:
                 raise failure[0]
         except OSError as exc:
@@ -928,26 +909,20 @@ class TcpFlows:
             if self._flows.get(state.flow) is state and state.closed:
                 self._flows.pop(state.flow, None)
 
-    async def _writer_main(
-        self, state: _TcpFlow, end: HostEnd, scope: trio.CancelScope, done: trio.Event
+    async def _guarded(
+        self,
+        task: Any,
+        state: _TcpFlow,
+        end: HostEnd,
+        failure: list[OSError],
+        nursery: trio.Nursery,
     ) -> None:
-        # Host errors end the flow as one plain error; a bug in the writer as EIO (never an
-        # exception into TcpFlows' nursery, which every flow shares).
+        # Host errors end the flow's group as one plain error, not an ExceptionGroup.
         try:
-            with scope:
-                await self._writer(state, end)
+            await task(state, end)
         except OSError as exc:
-            state.failure.append(exc)
-            if state.inner is not None:
-                state.inner.cancel()
-        except Exception:
-            log.exception("flow %d: writer failed", state.flow)
-            state.failure.append(OSError(_errno.EIO, "writer failed"))
-            if state.inner is not None:
-                state.inner.cancel()
-        finally:
-            state.writer_running = False
-            done.set()
+            failure.append(exc)
+            nursery.cancel_scope.cancel()
 
     async def _reader(self, state: _TcpFlow, end: HostEnd) -> None:
         # A socket's reads straight from its TryFirst, the reports straight to the inbox: one
