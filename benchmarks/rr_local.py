@@ -16,7 +16,8 @@ are slirptrio's. ``--profile`` prints cProfile's top functions.
 
 Times on a shared machine are noise; counts are not. Every run also prints, per round trip (or
 connection): door steps (by event type), journal records, pcap frames, ``Stack.poll_at`` calls
-and Python function calls (cProfile's count, a separate pass); ``--syscalls`` adds the
+Python function calls (cProfile's count, a separate pass) and trio task steps (wakeups, by task)
+and tasks started (same pass); ``--syscalls`` adds the
 syscalls of the whole process (``strace -f -c``, the difference between a run of N and one of
 2N operations, so setup cancels out), with ``setsockopt`` and ``epoll_ctl`` named. A regression
 shows as a number here before it shows as a time.
@@ -146,6 +147,20 @@ class FakeGuest:
 Counts = dict[str, float]
 
 
+class _TaskSteps(trio.abc.Instrument):
+    """Counts trio task steps (wakeups) by task and the tasks spawned."""
+
+    def __init__(self) -> None:
+        self.steps: collections.Counter[str] = collections.Counter()
+        self.spawned = 0
+
+    def before_task_step(self, task: trio.lowlevel.Task) -> None:
+        self.steps[task.name.rsplit(".", 1)[-1]] += 1
+
+    def task_spawned(self, task: trio.lowlevel.Task) -> None:
+        self.spawned += 1
+
+
 def _recorded(recorder: Recorder) -> tuple[int, int]:
     """Journal records and pcap frames handed to the writer so far (0 where not kept)."""
     journal, pcap = getattr(recorder, "journal", None), getattr(recorder, "pcap", None)
@@ -154,7 +169,7 @@ def _recorded(recorder: Recorder) -> tuple[int, int]:
 
 async def main_async(
     round_trips: int, journal: bool, profile: bool, crr: bool, count_calls: bool = False,
-    ipv6: bool = False,
+    ipv6: bool = False, count_tasks: bool = False,
 ) -> tuple[float, Counts]:
     """Run the workload; return the CPU seconds it took and its counts per operation."""
     tmp = tempfile.mkdtemp(prefix="slirptrio-rr-")
@@ -229,6 +244,9 @@ async def main_async(
         if not crr:
             await connect()
         prof = cProfile.Profile() if profile or count_calls else None
+        tasks = _TaskSteps()
+        if count_tasks:  # a pass of its own: an instrument costs calls of its own
+            trio.lowlevel.add_instrument(tasks)
         counting = True
         polls[0] = 0
         records0, frames0 = _recorded(recorder)
@@ -243,6 +261,8 @@ async def main_async(
             if crr:
                 await close()
         calls = in_pkg = 0
+        if count_tasks:
+            trio.lowlevel.remove_instrument(tasks)
         if prof is not None:
             prof.disable()
             out = io.StringIO()
@@ -269,6 +289,12 @@ async def main_async(
         if count_calls:
             counts["Python function calls"] = calls / n
             counts["  of them in slirptrio/"] = in_pkg / n
+        if count_tasks:
+            counts["trio task steps"] = sum(tasks.steps.values()) / n
+            for name, k in tasks.steps.most_common():
+                if k / n >= 0.05:
+                    counts[f"  {name}"] = k / n
+            counts["trio tasks started"] = tasks.spawned / n
         nursery.cancel_scope.cancel()
     recorder.close()
     return elapsed, counts
@@ -335,8 +361,11 @@ def main(argv: list[str] | None = None) -> int:
     counts = results[-1][1]
     n_calls = min(args.round_trips, 500)
     _t, with_calls = trio.run(main_async, n_calls, journal, False, args.crr, True, args.ipv6)
-    counts["Python function calls"] = with_calls["Python function calls"]
-    counts["  of them in slirptrio/"] = with_calls["  of them in slirptrio/"]
+    _t, with_tasks = trio.run(main_async, n_calls, journal, False, args.crr, False, args.ipv6,
+                              True)
+    with_calls.update(with_tasks)
+    counts.update((k, v) for k, v in with_calls.items()
+                  if k.startswith(("Python", "  ", "trio")) and not k.startswith("steps"))
     print(f"counts per {what}:")
     for name, value in counts.items():
         print(f"  {name:28} {value:10.2f}")

@@ -495,6 +495,9 @@ class StrictDoor(Door):
             now_ns = self.now_ns
         self.now_ns = now_ns
         effects = self.stack.handle(event, now_ns)
+        # The timers' cache against asking every component (after every step, so the cache
+        # is also tested right after the steps that keep it).
+        assert self.stack.poll_at() == self.stack.poll_at_fresh(), f"poll_at stale: {event!r:.200}"
         if self.sink is not None:
             self.sink(self.seq, now_ns, event, effects)
         self.seq += 1

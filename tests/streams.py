@@ -297,6 +297,7 @@ class _Driver:
     def step(self, event: Event) -> list[Effect]:
         self.events.append((self.now, event))
         effects = self.stack.handle(event, self.now)
+        assert self.stack.poll_at() == self.stack.poll_at_fresh(), f"poll_at stale: {event!r:.200}"
         for eff in effects:
             if isinstance(eff, TcpConnect):
                 self.tcp_flows.append(eff.flow)

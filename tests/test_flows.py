@@ -250,9 +250,12 @@ async def wait_exited(pid: int) -> None:
 
 
 async def echo_until_eof(stream: trio.abc.HalfCloseableStream) -> None:
-    while data := await stream.receive_some(65536):
-        await stream.send_all(data)
-    await stream.send_eof()
+    try:
+        while data := await stream.receive_some(65536):
+            await stream.send_all(data)
+        await stream.send_eof()
+    except trio.BrokenResourceError:
+        pass  # the flow was aborted (a reset): this peer's end as well
 
 
 async def test_adopt_socketpair_runs_without_connected_event() -> None:
@@ -727,3 +730,41 @@ async def test_data_for_a_flow_that_just_failed_is_dropped_quietly() -> None:
         await trio.testing.wait_all_tasks_blocked()
         assert len(flows) == 0
         nursery.cancel_scope.cancel()
+
+
+async def test_a_local_connect_is_reported_by_the_handler_itself() -> None:
+    """To a loopback peer the connect is done within the TcpConnect handler: TcpConnected (or
+    TcpConnectFailed) is handed over before any task has run, and data and EOF flow as on the
+    task path."""
+    send, recv = trio.open_memory_channel[Event](16)
+    flows = TcpFlows(send)
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(4)
+    port = listener.getsockname()[1]
+    async with trio.open_nursery() as nursery:
+        await nursery.start(flows.run)
+        flows.connect(TcpConnect(1, "127.0.0.1", port))
+        assert recv.receive_nowait() == TcpConnected(1)
+        flows.connect(TcpConnect(2, "127.0.0.1", free_port()))
+        assert recv.receive_nowait() == TcpConnectFailed(2, errno.ECONNREFUSED)
+        flows.connect(TcpConnect(3, "not-an-address", 80))
+        assert recv.receive_nowait() == TcpConnectFailed(3, errno.EINVAL)
+        peer, _ = listener.accept()  # queued by the kernel already: no wait
+        peer.setblocking(False)
+        flows.credit(TcpRecvCredit(1, 100))
+        flows.send(TcpSend(1, b"ping"))
+        got = b""
+        with trio.fail_after(5):
+            while got != b"ping":
+                await trio.sleep(0.01)
+                with contextlib.suppress(BlockingIOError):
+                    got += peer.recv(4)
+        assert await next_event(recv) == TcpSent(1, 4)
+        peer.sendall(b"pong")
+        assert await next_event(recv) == TcpData(1, b"pong")
+        peer.close()
+        assert await next_event(recv) == TcpEof(1)
+        assert len(flows) == 1  # flow 1 only: the failed ones are gone
+        nursery.cancel_scope.cancel()
+    listener.close()

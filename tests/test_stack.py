@@ -234,3 +234,23 @@ def test_truncated_and_mutated_frames_are_dropped_or_answered(
     if bytes(mutated) == frame:  # untouched: answered as the seed frame is
         assert out, "a valid frame got no answer"
     still_answers(stack)
+
+
+def test_the_forwardable_first_bytes_agree_with_classify_ipv4() -> None:
+    """The GRO path's table of first bytes says an address may be forwarded only where
+    classify_ipv4 says so for every address with that first byte."""
+    import random
+
+    from slirptrio.core import stack as stack_mod
+    from slirptrio.core.martian import classify_ipv4
+
+    rng = random.Random(5)
+    for a in range(256):
+        tails = [(0, 0, 0), (255, 255, 255)] + [
+            (rng.randrange(256), rng.randrange(256), rng.randrange(256)) for _ in range(64)
+        ]
+        says = [not classify_ipv4(bytes((a, *t))) for t in tails]
+        if stack_mod._FORWARDABLE4[a]:
+            assert all(says), a
+        else:
+            assert not all(says), a

@@ -571,11 +571,15 @@ def _register() -> None:
                 table[tag] = obj
                 _FIELDS[obj] = tuple(f.name for f in fields(obj))
                 _ENCODERS[obj] = _encoder(tag, _FIELDS[obj])
+                if _FIELDS[obj]:
+                    _GETTERS[obj] = operator.attrgetter("TAG", *_FIELDS[obj])
 
 
 # encode() runs for every step of a journaled session: one attrgetter per class, not a
 # getattr per field.
 _ENCODERS: dict[type[Any], Callable[[Any], list[Any]]] = {}
+# For a class with fields: (TAG, field, ...) in one C call, no Python function of its own.
+_GETTERS: dict[type[Any], Callable[[Any], tuple[Any, ...]]] = {}
 
 
 def _encoder(tag: int, names: tuple[str, ...]) -> Callable[[Any], list[Any]]:
@@ -590,6 +594,9 @@ def _encoder(tag: int, names: tuple[str, ...]) -> Callable[[Any], list[Any]]:
 
 def encode(item: Event | Effect) -> list[Any]:
     """Return ``[TAG, field, ...]`` for an event or effect."""
+    get = _GETTERS.get(type(item))
+    if get is not None:
+        return [*get(item)]
     enc = _ENCODERS.get(type(item))
     if enc is not None:
         return enc(item)

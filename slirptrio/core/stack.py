@@ -273,6 +273,8 @@ class Stack:
                               self._fault_reset)
         # Several guests (issue 22): off until a second port appears (see core/switch.py).
         self._switch = Switch(config.isolate, self.counters)
+        self._others_at: int | None = None
+        self._others_ok = False
 
     # --------------------------------------------------------------------------- snapshots
 
@@ -290,8 +292,10 @@ class Stack:
     # The effects list of the event being handled and the frames not yet in it: replaced or
     # emptied at the start of every handle().
     # The MACs the stack takes frames for: built from the config and the guest forwards.
+    # The earliest deadline of the components TCP's steps never touch (see poll_at): a cache,
+    # dropped by every step that may have changed it and by restore_state.
     _SNAPSHOT_DERIVED: ClassVar[frozenset[str]] = frozenset(
-        {"_out", "_frames", "_our_macs", "_now_ns"})
+        {"_out", "_frames", "_our_macs", "_now_ns", "_others_at", "_others_ok"})
 
     def snapshot_state(self) -> dict[str, Any]:
         """The whole core's state as plain data (see :mod:`slirptrio.core.snapshot`)."""
@@ -324,6 +328,7 @@ class Stack:
         self._guestfwd = {(ip, port): fid for ip, port, fid in state["_guestfwd"]}
         self._runs = state.get("_runs", False)  # snapshots from before runs: one frame each
         self._link_down_at = state["_link_down_at"]
+        self._others_ok = False
         for name in self._SNAPSHOT_COMPONENTS:
             getattr(self, name).restore_state(state[name])
         self._update_our_macs()
@@ -355,15 +360,28 @@ class Stack:
         self._frames.clear()
         self._now_ns = now_ns
         t = type(event)
-        if t is GuestFrames and self._switch.active:
-            self._port_frames(0, event.data, now_ns)  # type: ignore[attr-defined]
-        elif t is GuestFrames:
+        # Only a TCP host event and a run taken whole by the GRO path (which says otherwise
+        # when it takes a frame the general way) leave the other components' timers alone.
+        if t is GuestFrames and not self._switch.active:
             self._link_down_at = None
             if self._faults.active:
                 self._guest_frames(bytes(self._faults.filter_run(event.data, OUT, now_ns)),  # type: ignore[attr-defined]
                                    now_ns)
             else:
                 self._guest_frames(event.data, now_ns)  # type: ignore[attr-defined]
+        elif t in _TCP_EVENTS:
+            self.tcp.host_event(event, now_ns)
+        else:
+            self._others_ok = False
+            self._handle_other(t, event, now_ns)
+        if self._frames:
+            self._flush_frames()
+        return out
+
+    def _handle_other(self, t: type[Event], event: Event, now_ns: int) -> None:
+        """:meth:`handle` for every event but a TCP host event and a plain GuestFrames."""
+        if t is GuestFrames:
+            self._port_frames(0, event.data, now_ns)  # type: ignore[attr-defined]
         elif t is GuestFrame:
             self._link_down_at = None
             if self._faults.active:
@@ -371,8 +389,6 @@ class Stack:
                     self._guest_frame(f, now_ns)
             else:
                 self._guest_frame(event.data, now_ns)  # type: ignore[attr-defined]
-        elif t in _TCP_EVENTS:
-            self.tcp.host_event(event, now_ns)
         elif t in _FWD_EVENTS:
             self._forward_event(event, now_ns)
         elif t in _UDP_EVENTS:
@@ -428,12 +444,45 @@ class Stack:
         else:
             self.counters["unknown_event"] += 1
             log.warning("unhandled event %r", event)
-        if self._frames:
-            self._flush_frames()
-        return out
 
     def poll_at(self) -> int | None:
-        """The next time (ns) the core wants a :class:`Tick`, or None."""
+        """The next time (ns) the core wants a :class:`Tick`, or None.
+
+        Runs after every burst, so it does not ask the components a TCP step cannot touch
+        (fragment reassembly, UDP and DNS, ICMP echo, TFTP) again after such steps: their
+        earliest deadline is kept from the last time it was asked (:meth:`poll_at_fresh` asks
+        every time; the tests hold the two equal)."""
+        d = self.tcp.poll_at()
+        if self._others_ok:
+            t = self._others_at
+        else:
+            t = self._others_at = self._others_poll_at()
+            self._others_ok = True
+        if t is not None and (d is None or t < d):
+            d = t
+        t = self._ndp.next_ra_ns
+        if t is not None and (d is None or t < d):
+            d = t
+        if self._link_down_at is not None:
+            t = self._link_down_at + GUEST_GONE_TIMEOUT_NS
+            if d is None or t < d:
+                d = t
+        if self._faults.active:
+            t = self._faults.poll_at()
+            if t is not None and (d is None or t < d):
+                d = t
+        return d
+
+    def _others_poll_at(self) -> int | None:
+        d = None
+        for t in (self._reasm.poll_at(), self.udp.poll_at(), self.echo.poll_at(),
+                  self.tftp.poll_at()):
+            if t is not None and (d is None or t < d):
+                d = t
+        return d
+
+    def poll_at_fresh(self) -> int | None:
+        """:meth:`poll_at` asking every component (the reference its cache is tested against)."""
         d = self.tcp.poll_at()
         gone_at = None
         if self._link_down_at is not None:
@@ -898,8 +947,11 @@ class Stack:
         by the codecs (which fragment as :meth:`_send_ip6` does)."""
         if len(dst) == 16:
             if wip6.HEADER_LEN + 20 + min(mss, length) <= self._mtu:
+                # _mac6_for, its common case (a neighbour's unicast address) inline
+                mac = self._ndp.neighbors.get(dst) if dst[0] != 0xFF else None
                 head = b"".join((
-                    self._mac6_for(dst), self._mac6, _IP6_TCP_HEAD, src, dst,
+                    self._mac6_for(dst) if mac is None else mac, self._mac6, _IP6_TCP_HEAD, src,
+                    dst,
                 ))
                 n = wfast.tcp_run(
                     self._frames, head, 0, sport, dport, seq, ack, window, payload, start, length,
@@ -1019,12 +1071,14 @@ class Stack:
             if item[0] == wfast.KIND_TCP and item[13] in macs:
                 if len(item[2]) == 16:
                     if sources6 is None:
-                        sources6 = {i[2] for i in items if i[0] == wfast.KIND_TCP}
+                        sources6 = ({item[2]} if len(items) == 1 else
+                                    {i[2] for i in items if i[0] == wfast.KIND_TCP})
                     plain = self._tcp6_addresses_plain(item[2], item[3], sources6)
                 else:
                     plain = self._tcp_addresses_plain(item[2], item[3])
                 if not plain:
                     self.counters["gro_runs_declined"] += 1
+                    self._others_ok = False
                     self._frames_one_by_one(run, now_ns)
                     return
         counters = self.counters
@@ -1047,7 +1101,10 @@ class Stack:
                         self.guest_mac = item[1]  # as _ipv6 learns
                         self._ndp.learn(item[2], item[1], now_ns)
                     else:
-                        self._learn(item[1], item[2])
+                        if self._arp_table.get(item[2]) == item[1]:
+                            self.guest_mac = item[1]  # _learn, for a known neighbour
+                        else:
+                            self._learn(item[1], item[2])
                     self.tcp.segment(
                         (item[2], item[4], item[3], item[5]),
                         TcpSegment(item[4], item[5], item[6], item[7], item[8], item[9],
@@ -1060,6 +1117,7 @@ class Stack:
                 else:
                     if mv is None:
                         mv = memoryview(run)
+                        self._others_ok = False  # the general path: any component's timers
                     self._guest_frame(mv[item[1] : item[2]], now_ns)
             except Exception as exc:
                 # A bug, as the door would say, but the burst's other frames go on: their
@@ -1075,8 +1133,8 @@ class Stack:
         without a word (so the GRO path may too)."""
         return (
             self._ipv4_on
-            and (not classify_ipv4(src) or self._in_net(src))
-            and (not classify_ipv4(dst) or self._in_net(dst))
+            and (_FORWARDABLE4[src[0]] or not classify_ipv4(src) or self._in_net(src))
+            and (_FORWARDABLE4[dst[0]] or not classify_ipv4(dst) or self._in_net(dst))
             and dst != self._net_broadcast
             and dst not in self._arp_table
             and not self._dhcp.holds(dst)
@@ -1147,6 +1205,8 @@ class Stack:
 
     def _learn(self, mac: bytes, ip: bytes) -> None:
         self.guest_mac = mac
+        if self._arp_table.get(ip) == mac:
+            return  # known already (the common case: every frame of a flow)
         if ip != _ZERO_IP and self._in_net(ip) and ip not in self._virtual_ips:
             table = self._arp_table
             if ip not in table and len(table) >= ARP_TABLE_MAX:
@@ -1426,6 +1486,13 @@ def _ip4_tcp_head() -> bytes:
     return bytes((0x08, 0x00, 0x45, 0, 0, 0, 0, 0, 0, 0, wip.DEFAULT_TTL, 6, 0, 0))
 
 _FWD_EVENTS = (TcpInbound, UdpInbound, GuestFwdAdd, GuestFwdRemove, HostFwdChange)
+# First bytes whose every IPv4 address classify_ipv4 lets through (so the GRO path's check
+# asks it only for the others; tests/test_stack.py holds the table to the function).
+_FORWARDABLE4 = tuple(
+    all(not classify_ipv4(bytes((a, b, c, d))) for b, c, d in ((0, 0, 0), (255, 255, 255),
+                                                               (0, 0, 1), (1, 2, 3)))
+    for a in range(256)
+)
 _TCP_EVENTS = (
     TcpConnected, TcpConnectFailed, TcpData, TcpDataSent, TcpSent, TcpEof, TcpReset,
 )

@@ -150,18 +150,23 @@ def _reset_error(exc: trio.BrokenResourceError) -> OSError:
 def set_keepalive(sock: trio.socket.SocketType | _socket.socket) -> None:
     """Turn on TCP keepalive probes for ``sock`` with the KEEPALIVE_* settings of this module
     (best effort: options this OS lacks are skipped)."""
-    with contextlib.suppress(OSError):
+    # (try/except, not contextlib.suppress: this runs for every outbound connection)
+    try:  # noqa: SIM105 - suppress() costs three calls
         sock.setsockopt(_socket.SOL_SOCKET, _socket.SO_KEEPALIVE, 1)
-    for name, value in (
-        ("TCP_KEEPIDLE", KEEPALIVE_IDLE_S),
-        ("TCP_KEEPINTVL", KEEPALIVE_INTERVAL_S),
-        ("TCP_KEEPCNT", KEEPALIVE_COUNT),
-    ):
-        opt = getattr(_socket, name, None)
+    except OSError:
+        pass
+    values = (KEEPALIVE_IDLE_S, KEEPALIVE_INTERVAL_S, KEEPALIVE_COUNT)
+    for opt, value in zip(_KEEPALIVE_OPTIONS, values, strict=True):
         if opt is not None:
-            with contextlib.suppress(OSError):
+            try:  # noqa: SIM105 - suppress() costs three calls
                 sock.setsockopt(_socket.IPPROTO_TCP, opt, value)
+            except OSError:
+                pass
 
+
+_KEEPALIVE_OPTIONS: tuple[int | None, ...] = tuple(
+    getattr(_socket, name, None) for name in ("TCP_KEEPIDLE", "TCP_KEEPINTVL", "TCP_KEEPCNT")
+)  # None: an option this OS lacks
 
 LISTENER_OPTIONS_INHERITED = sys.platform.startswith("linux")
 """Whether a socket accepted from a listener has the listener's TCP_NODELAY and keepalive
@@ -170,8 +175,10 @@ options (Linux copies them), so :func:`set_stream_options` is needed once per li
 
 def set_stream_options(sock: trio.socket.SocketType | _socket.socket) -> None:
     """TCP_NODELAY and keepalive probes (best effort), as every host TCP socket has them."""
-    with contextlib.suppress(OSError):
+    try:  # noqa: SIM105 - suppress() costs three calls
         sock.setsockopt(_socket.IPPROTO_TCP, _socket.TCP_NODELAY, 1)
+    except OSError:
+        pass
     set_keepalive(sock)
 
 
@@ -188,10 +195,10 @@ class SocketEnd:
         self.sock = sock
         if not options_set and sock.family in (_socket.AF_INET, _socket.AF_INET6):
             set_stream_options(sock)
-        self._reader = TryFirst(sock)
+        self.reader = TryFirst(sock)
 
     async def recv(self, max_bytes: int) -> bytes:
-        return await self._reader.recv(max_bytes)
+        return await self.reader.recv(max_bytes)
 
     async def send(self, data: bytes | bytearray | memoryview) -> int:
         return await self.sock.send(data)
@@ -359,7 +366,10 @@ def _literal_family(host: str) -> int | None:
     return _socket.AF_INET6 if addr.version == 6 else _socket.AF_INET
 
 
-async def _open_tcp(host: str, port: int) -> SocketEnd:
+def _begin_tcp(host: str, port: int) -> tuple[_socket.socket, SocketEnd, bool]:
+    """Start connecting a TCP socket to ``host`` (an IP address literal) and ``port``, without
+    waiting: the socket, its end and whether it is connected already. Raises OSError (the
+    socket closed) when it failed at once."""
     # Only literals: a guest must never make us resolve names (or hang on a resolver).
     family = _literal_family(host)
     if family is None:
@@ -372,7 +382,6 @@ async def _open_tcp(host: str, port: int) -> SocketEnd:
     try:
         sock = trio.socket.from_stdlib_socket(raw)  # makes it non-blocking (one ioctl, not two)
         end = SocketEnd(sock)
-        await trio.lowlevel.checkpoint_if_cancelled()
         err = raw.connect_ex((host, port))
         if err == _errno.EINPROGRESS:
             # To a local peer the handshake is often done by now: a zero-timeout poll spares
@@ -380,14 +389,34 @@ async def _open_tcp(host: str, port: int) -> SocketEnd:
             poller = select.poll()  # no syscall until poll()
             poller.register(raw.fileno(), select.POLLOUT)
             if not poller.poll(0):
-                await trio.lowlevel.wait_writable(raw)
+                return raw, end, False
             err = raw.getsockopt(_socket.SOL_SOCKET, _socket.SO_ERROR)
         if err:
             raise OSError(err, os.strerror(err))
     except BaseException:
         raw.close()
         raise
+    return raw, end, True
+
+
+async def _finish_tcp(raw: _socket.socket, end: SocketEnd) -> SocketEnd:
+    """Wait for :func:`_begin_tcp`'s connect to finish; raises OSError (the socket closed) if
+    it failed, and closes the socket when cancelled."""
+    try:
+        await trio.lowlevel.wait_writable(raw)
+        err = raw.getsockopt(_socket.SOL_SOCKET, _socket.SO_ERROR)
+        if err:
+            raise OSError(err, os.strerror(err))
+    except BaseException:
+        raw.close()
+        raise
     return end
+
+
+async def _open_tcp(host: str, port: int) -> SocketEnd:
+    await trio.lowlevel.checkpoint_if_cancelled()
+    raw, end, done = _begin_tcp(host, port)
+    return end if done else await _finish_tcp(raw, end)
 
 
 def tcp_opener(host: str, port: int) -> Opener:
@@ -524,7 +553,8 @@ class _TcpFlow:
         self.scope = trio.CancelScope()
         self.end: HostEnd | None = None
         self.credit = 0
-        self.credit_changed = trio.Event()
+        # Made afresh for each wait (None until the first): a set() with no waiter is a no-op.
+        self.credit_changed: trio.Event | None = None
         self.outbuf = _OutQueue()
         self.unreported = 0  # bytes sent directly whose TcpSent the writer must still report
         # Bytes sent directly whose report rides on the flow's next TcpDataSent (the core said
@@ -537,14 +567,21 @@ class _TcpFlow:
         self.nursery: trio.Nursery | None = None  # the flow's own, while it is being served
         self.writer_running = False
         self.write_done = False  # shut down for writing: the flow ends once the peer's EOF is in
-        self.write_done_changed = trio.Event()
+        self.write_done_changed: trio.Event | None = None
         self.failure: list[OSError] = []
         self.closed = False
+        self.finished = False  # the flow's task is done with its end (closed it)
         self.aborting = False
         self._aborted = False
 
     def poke_reader(self) -> None:
-        self.credit_changed.set()
+        if self.credit_changed is not None:
+            self.credit_changed.set()
+
+    def done_writing(self) -> None:
+        self.write_done = True
+        if self.write_done_changed is not None:
+            self.write_done_changed.set()
 
     def abort_end(self) -> None:
         """Abort the end now, or as soon as there is one."""
@@ -617,16 +654,46 @@ class TcpFlows:
 
     def connect(self, eff: TcpConnect) -> None:
         opener = self._targets.get(eff.host)
-        if opener is None:
-            host, port = eff.host, eff.port
-
-            async def open_socket() -> HostEnd:
-                return await _open_tcp(host, port)
-
-            opener = open_socket
         state = self._new_flow(eff.flow)
         assert self._nursery is not None
+        if opener is None:
+            # An address: the connect starts in the step that asked for it. To a local peer it
+            # is usually done at once: TcpConnected is then stepped right after this step (no
+            # task switch, no drain of its own) and the flow's task starts to read.
+            try:
+                raw, end, done = _begin_tcp(eff.host, eff.port)
+            except OSError as exc:
+                self._connect_failed_now(state, exc.errno or _errno.ECONNREFUSED)
+                return
+            except Exception:
+                log.exception("flow %d: connect failed", state.flow)
+                self._connect_failed_now(state, _errno.EIO)
+                return
+            if done:
+                state.end = end
+                self._report_now(TcpConnected(state.flow))
+                self._nursery.start_soon(self._adopted_main, state, end)
+                return
+
+            async def finish() -> HostEnd:
+                return await _finish_tcp(raw, end)
+
+            opener = finish
         self._nursery.start_soon(self._connect_main, state, opener)
+
+    def _connect_failed_now(self, state: _TcpFlow, err: int) -> None:
+        if self._flows.get(state.flow) is state:
+            del self._flows[state.flow]
+        self._report_now(TcpConnectFailed(state.flow, err))
+
+    def _report_now(self, event: Event) -> None:
+        """Hand ``event`` over now (stepped right after the step in progress), or from a
+        task when the inbox has no room."""
+        try:
+            self._inbox.send_nowait(event)
+        except trio.WouldBlock:
+            assert self._nursery is not None
+            self._nursery.start_soon(self._inbox.send, event)
 
     def send(self, eff: TcpSend) -> None:
         state = self._flows.get(eff.flow)
@@ -647,23 +714,29 @@ class TcpFlows:
         self._dirty = {}
         for state in dirty.values():
             end = state.end
+            out = state.outbuf
             if (
-                state.writer_running or state.closed or not state.outbuf
+                state.writer_running or state.closed or not out.size
                 or not isinstance(end, SocketEnd)
             ):
                 self._wake_writer(state)
                 continue
+            chunks = out._chunks  # one chunk (a round trip's request): no views() to build
             try:
-                n = end.try_sendv(state.outbuf.views(_WRITE_MAX))
+                n = end.try_sendv([chunks[0]] if len(chunks) == 1 else out.views(_WRITE_MAX))
             except OSError:
                 n = 0  # the writer meets the error and reports it
             if n:
-                state.outbuf.consume(n)
+                if n == out.size:
+                    chunks.clear()  # consume(), all of it
+                    out.size = 0
+                else:
+                    out.consume(n)
                 n += state.held
                 state.held = 0
                 can_wait = self.sent_can_wait
                 if (
-                    can_wait is not None and not state.outbuf and not state.unreported
+                    can_wait is not None and not out.size and not state.unreported
                     and can_wait(state.flow, n)
                 ):
                     state.held = n  # reported with the flow's next read: no step of its own
@@ -672,7 +745,7 @@ class TcpFlows:
                     self._inbox.send_nowait(TcpSent(state.flow, n))
                 except trio.WouldBlock:
                     state.unreported += n
-            if state.outbuf or state.unreported:
+            if out.size or state.unreported:
                 self._wake_writer(state)
 
     def credit(self, eff: TcpRecvCredit) -> None:
@@ -700,7 +773,7 @@ class TcpFlows:
         state.shutdown = True
         end = state.end
         if (
-            isinstance(end, SocketEnd) and not state.outbuf and not state.unreported
+            isinstance(end, SocketEnd) and not state.outbuf.size and not state.unreported
             and not state.writer_running and not state.write_done and not state.closed
         ):
             # Nothing queued: shut down now, no writer task needed.
@@ -709,8 +782,7 @@ class TcpFlows:
             except OSError:
                 pass  # the writer task meets the error again and reports it
             else:
-                state.write_done = True
-                state.write_done_changed.set()
+                state.done_writing()
                 return
         self._wake_writer(state)
 
@@ -732,7 +804,8 @@ class TcpFlows:
         state.closed = True
         if eff.abort:
             state.abort_end()
-        state.scope.cancel()
+        if not state.finished:  # (a finished flow's scope has nothing left to cancel)
+            state.scope.cancel()
 
     # --------------------------------------------------------------------------- tasks
 
@@ -789,12 +862,12 @@ class TcpFlows:
             async with trio.open_nursery() as nursery:
                 state.nursery = nursery
                 try:
-                    if state.outbuf or state.shutdown or state.unreported:
+                    if state.outbuf.size or state.shutdown or state.unreported:
                         self._wake_writer(state)
                     await self._reader(state, end)
                     while not state.write_done:  # the peer is done: wait for our side
-                        state.write_done_changed = trio.Event()
-                        await state.write_done_changed.wait()
+                        changed = state.write_done_changed = trio.Event()
+                        await changed.wait()
                 except OSError as exc:
                     failure.append(exc)
                     nursery.cancel_scope.cancel()
@@ -832,6 +905,7 @@ class TcpFlows:
                         log.exception("flow %d: close failed", state.flow)
                 if cs.cancelled_caught:
                     log.warning("flow %d: close took over %.0f s", state.flow, CLOSE_TIMEOUT_S)
+            state.finished = True  # no await from here to the task's end
             if self._flows.get(state.flow) is state and state.closed:
                 self._flows.pop(state.flow, None)
 
@@ -851,24 +925,29 @@ class TcpFlows:
             nursery.cancel_scope.cancel()
 
     async def _reader(self, state: _TcpFlow, end: HostEnd) -> None:
+        # A socket's reads straight from its TryFirst, the reports straight to the inbox: one
+        # coroutine each per read, not two (this runs for every wakeup toward the guest).
+        recv = end.reader.recv if type(end) is SocketEnd else end.recv
+        report = self._inbox.send
+        flow = state.flow
         while True:
             while state.credit <= 0:
-                state.credit_changed = trio.Event()
-                await state.credit_changed.wait()
-            data = await end.recv(min(state.credit, _READ_MAX))
+                changed = state.credit_changed = trio.Event()
+                await changed.wait()
+            data = await recv(min(state.credit, _READ_MAX))
             held, state.held = state.held, 0
             if not data:
                 if held:
-                    await self._report(TcpSent(state.flow, held))
-                await self._report(TcpEof(state.flow))
+                    await report(TcpSent(flow, held))
+                await report(TcpEof(flow))
                 return
             if len(data) > state.credit:
                 raise RuntimeError(f"recv returned {len(data)} bytes, more than asked")
             state.credit -= len(data)
             if held:
-                await self._report(TcpDataSent(state.flow, held, data))
+                await report(TcpDataSent(flow, held, data))
             else:
-                await self._report(TcpData(state.flow, data))
+                await report(TcpData(flow, data))
 
     async def _writer(self, state: _TcpFlow, end: HostEnd) -> None:
         """Write the queue out, report progress, shut down when asked; return when there is
@@ -906,6 +985,5 @@ class TcpFlows:
                 continue
             if state.shutdown and not state.write_done:
                 await end.shutdown_write()
-                state.write_done = True
-                state.write_done_changed.set()
+                state.done_writing()
             return

@@ -30,21 +30,21 @@ class TryFirst:
         # yet either: wait first (a socket that has data is reported readable at once).
         self._empty = True
 
-    async def _enter(self) -> None:
+    # (The wait before the read is spelled out in both methods, not a shared coroutine: one
+    # coroutine less per wakeup.)
+
+    async def recv(self, max_bytes: int) -> bytes:
+        """At most ``max_bytes`` bytes, at least one; b"" at EOF. Raises OSError."""
+        sock = self._sock
         if self._empty:
             self._empty = False
             self._streak = 0
-            await trio.lowlevel.wait_readable(self._sock)
+            await trio.lowlevel.wait_readable(sock)
         elif self._streak >= STREAK:
             self._streak = 0
             await trio.lowlevel.checkpoint()
         else:
             await trio.lowlevel.checkpoint_if_cancelled()
-
-    async def recv(self, max_bytes: int) -> bytes:
-        """At most ``max_bytes`` bytes, at least one; b"" at EOF. Raises OSError."""
-        await self._enter()
-        sock = self._sock
         while True:
             try:
                 data = os.read(sock.fileno(), max_bytes)
@@ -58,8 +58,16 @@ class TryFirst:
 
     async def recv_into(self, view: memoryview) -> int:
         """Read into ``view`` (non-empty); the count, 0 at EOF. Raises OSError."""
-        await self._enter()
         sock = self._sock
+        if self._empty:
+            self._empty = False
+            self._streak = 0
+            await trio.lowlevel.wait_readable(sock)
+        elif self._streak >= STREAK:
+            self._streak = 0
+            await trio.lowlevel.checkpoint()
+        else:
+            await trio.lowlevel.checkpoint_if_cancelled()
         while True:
             try:
                 n = os.readv(sock.fileno(), [view])

@@ -102,114 +102,115 @@ class Runtime:
         self._pending: collections.deque[Event] = collections.deque()
         self._stepping = False
         self._timer: trio.CancelScope | None = None
-        self._t0 = trio.current_time()
+        self._clock = trio.lowlevel.current_clock()  # what trio.current_time() asks
+        self._t0 = self._clock.current_time()
         self.submit(FrameRuns(True))  # frames to the guest leave as runs
 
     def now_ns(self) -> int:
-        return int((trio.current_time() - self._t0) * 1e9)
+        return int((self._clock.current_time() - self._t0) * 1e9)
 
     def _trio_time(self, t_ns: int) -> float:
         return self._t0 + t_ns / 1e9
 
     # ---------------------------------------------------------------------------- stepping
 
-    def submit(self, event: Event) -> None:
-        """Step ``event`` through the door now, or right after the step in progress."""
-        self._pending.append(event)
+    def submit(self, event: Event | None = None) -> None:
+        """Step ``event`` through the door now, or right after the step in progress (None:
+        step what is pending)."""
+        if event is not None:
+            self._pending.append(event)
         if self._stepping:
             return
         self._stepping = True
         try:
-            self._drain()
+            # One function for the whole burst (the step, the dispatch, the hooks and the timers
+            # inline): it runs for every wakeup, so every call saved here is saved per input.
+            pending = self._pending
+            steps = 0
+            deadline = None
+            now = int((self._clock.current_time() - self._t0) * 1e9)  # one timestamp per burst
+            ticked = False
+            recorder = self.recorder
+            step = self.door.step
+            door = self.door
+            taps = self.taps
+            port = self.port
+            handlers = self.handlers
+            while pending and steps < _MAX_DRAIN:
+                while pending and steps < _MAX_DRAIN:
+                    event = pending.popleft()
+                    effects = step(event, now)
+                    steps += 1
+                    for tap in taps:
+                        try:
+                            tap(door.now_ns, event, effects)
+                        except Exception:
+                            self.dispatch_errors += 1
+                            log.exception("tap %r failed", tap)
+                    for effect in effects:
+                        t = type(effect)
+                        if t is SendFrames:
+                            port.put_run(effect.data)  # type: ignore[attr-defined]
+                        elif t is SendFrame:
+                            port.put(effect.data)  # type: ignore[attr-defined]
+                        elif t is PortSendFrames:
+                            extra = self.ports.get(effect.port)  # type: ignore[attr-defined]
+                            if extra is not None:  # a port that just left: its frames are lost
+                                extra.put_run(effect.data)  # type: ignore[attr-defined]
+                        else:
+                            handler = handlers.get(t)
+                            if handler is None:
+                                log.error("no handler for effect %r", effect)
+                                continue
+                            try:
+                                handler(effect)
+                            except Exception:
+                                self.dispatch_errors += 1
+                                log.exception("handler for %r failed", effect)
+                    if recorder is not None and recorder.flush_due:
+                        recorder.flush()  # a segment's worth already: between two steps
+                if port._queue:  # kick()'s own test, inline: most bursts leave nothing for it
+                    port.kick()
+                if self.ports:
+                    for extra in self.ports.values():
+                        extra.kick()
+                # The after-burst hooks (host sockets' pending data) may hand over more events
+                # (TcpSent): stepped in this loop.
+                for hook in self.after_burst:
+                    try:
+                        hook()
+                    except Exception:
+                        self.dispatch_errors += 1
+                        log.exception("after-burst hook %r failed", hook)
+                if pending and steps < _MAX_DRAIN:
+                    continue
+                # Timers once per drain, when the burst and what it set off are done (the core asks
+                # for no more; every step of the drain has the same clock): one poll_at, and a
+                # second only after a Tick.
+                deadline = self.stack.poll_at()
+                if not ticked and deadline is not None and deadline <= now:
+                    ticked = True
+                    pending.append(Tick())
+            if recorder is not None:
+                recorder.flush()  # to the writer thread; never fails here
+            # Bring the timer task's wakeup forward to the core's next deadline (at once, for
+            # steps left pending).
+            scope = self._timer
+            if scope is not None:
+                if pending:
+                    scope.deadline = -math.inf
+                elif deadline is not None:
+                    at = self._t0 + deadline / 1e9
+                    if at < scope.deadline:
+                        scope.deadline = at
         finally:
             self._stepping = False
-
-    def _drain(self) -> None:
-        pending = self._pending
-        steps = 0
-        deadline = None
-        now = self.now_ns()  # one timestamp per burst
-        ticked = False
-        recorder = self.recorder
-        while pending and steps < _MAX_DRAIN:
-            while pending and steps < _MAX_DRAIN:
-                self._step(pending.popleft(), now)
-                steps += 1
-                if recorder is not None and recorder.flush_due:
-                    recorder.flush()  # a segment's worth already: between two steps
-            self.port.kick()
-            for extra in self.ports.values():
-                extra.kick()
-            self._after_burst()  # may hand over more events (TcpSent): stepped in this loop
-            if pending and steps < _MAX_DRAIN:
-                continue
-            # Timers once per drain, when the burst and what it set off are done (the core asks
-            # for no more; every step of the drain has the same clock): one poll_at, and a
-            # second only after a Tick.
-            deadline = self.stack.poll_at()
-            if not ticked and deadline is not None and deadline <= now:
-                ticked = True
-                pending.append(Tick())
-        if recorder is not None:
-            recorder.flush()  # to the writer thread; never fails here
-        self._arm_timer(deadline, bool(pending))
-
-    def _after_burst(self) -> None:
-        for hook in self.after_burst:
-            try:
-                hook()
-            except Exception:
-                self.dispatch_errors += 1
-                log.exception("after-burst hook %r failed", hook)
-
-    def _step(self, event: Event, now: int) -> None:
-        effects = self.door.step(event, now)
-        for tap in self.taps:
-            try:
-                tap(self.door.now_ns, event, effects)
-            except Exception:
-                self.dispatch_errors += 1
-                log.exception("tap %r failed", tap)
-        for effect in effects:
-            t = type(effect)
-            if t is SendFrames:
-                self.port.put_run(effect.data)  # type: ignore[attr-defined]
-            elif t is SendFrame:
-                self.port.put(effect.data)  # type: ignore[attr-defined]
-            elif t is PortSendFrames:
-                extra = self.ports.get(effect.port)  # type: ignore[attr-defined]
-                if extra is not None:  # a port that just left: its frames are lost with it
-                    extra.put_run(effect.data)  # type: ignore[attr-defined]
-            else:
-                handler = self.handlers.get(t)
-                if handler is None:
-                    log.error("no handler for effect %r", effect)
-                    continue
-                try:
-                    handler(effect)
-                except Exception:
-                    self.dispatch_errors += 1
-                    log.exception("handler for %r failed", effect)
 
     def _due(self) -> bool:
         deadline = self.stack.poll_at()
         return deadline is not None and deadline <= self.now_ns()
 
     # ------------------------------------------------------------------------------ timers
-
-    def _arm_timer(self, deadline: int | None, now: bool = False) -> None:
-        """Bring the timer task's wakeup forward to the core's next ``deadline`` (``now``: at
-        once, for steps left pending)."""
-        scope = self._timer
-        if scope is None:
-            return
-        if now:
-            scope.deadline = -math.inf
-            return
-        if deadline is not None:
-            at = self._trio_time(deadline)
-            if at < scope.deadline:
-                scope.deadline = at
 
     async def run(self) -> None:
         """Deliver the core's timers (a :class:`Tick` whenever its deadline passes), forever
@@ -224,9 +225,9 @@ class Runtime:
             if self._due():
                 self.submit(Tick())
             elif self._pending and not self._stepping:
-                self._stepping = True
-                try:
-                    self._drain()
-                finally:
-                    self._stepping = False
+                self.submit()
+            else:
+                # A deadline the core has since dropped (an ACK came before the timer): back
+                # to sleep at once; the sleep is the checkpoint.
+                continue
             await trio.lowlevel.checkpoint()

@@ -137,6 +137,9 @@ class TcpNat:
         self._pressure_mark = max(1, self.max_half_open // params.HALF_OPEN_PRESSURE)
         self._timers: list[tuple[int, int]] = []
         self._now = 0
+        # The lean path for a host read toward an established entry (see _lean_read); False:
+        # every read takes the general path (the reference, which the tests compare it with).
+        self.lean = True
 
     _SNAPSHOT_WIRING: ClassVar[frozenset[str]] = frozenset({
         "_rng", "_send_ip", "_send_tcp", "_emit", "_translate", "_alloc_flow", "counters", "mss",
@@ -144,7 +147,7 @@ class TcpNat:
         "max_flows", "max_half_open", "buffer_size", "rto_min_ns", "delack_ns", "give_up_ns",
         "syn_give_up_ns", "fin_give_up_ns", "time_wait_ns", "connect_timeout_ns",
         "drain_timeout_ns", "max_ooo_segments", "wscale", "pressure_connect_timeout_ns",
-        "mem_budget", "mem_soft", "max_half_open_per_dest", "_pressure_mark",
+        "mem_budget", "mem_soft", "max_half_open_per_dest", "_pressure_mark", "lean",
     })  # fmt: skip
     _SNAPSHOT_DERIVED: ClassVar[frozenset[str]] = frozenset({
         "_timers", "_embryos_to", "mem_used",
@@ -347,6 +350,8 @@ class TcpNat:
             self.counters["tcp_stale_event"] += 1
             return
         t = type(event)
+        if (t is TcpDataSent or t is TcpData) and self.lean and self._lean_read(c, event, now_ns):
+            return
         if t is TcpData:
             assert isinstance(event, TcpData)
             self._host_data(c, event.data, now_ns)
@@ -374,6 +379,52 @@ class TcpNat:
         if c.phase != _GONE:
             memory.commit(self, c)
             self._rearm(c)
+
+    def _lean_read(self, c: _Conn, event: Event, now_ns: int) -> bool:
+        """A host read (``TcpData``, or ``TcpDataSent`` with the sends it reports) toward an
+        established entry whose send buffer is empty, when it leaves as one run inside the
+        guest's window and changes nothing else: the general path's effects and state
+        (``_host_sent``, ``_host_data``, ``_output``, then ``host_event``'s commit and rearm)
+        in fewer calls. False, having changed nothing, in every other case; the general path
+        takes it then. tests/test_tcp_lean.py holds the two equal."""
+        data: bytes = event.data  # type: ignore[attr-defined]
+        n = len(data)
+        sent: int = event.sent if type(event) is TcpDataSent else 0
+        unsent = c.host_unsent - sent
+        nxt = c.snd_nxt
+        if (
+            c.phase != _SYNCED or c.host_eof or c.rcv_fin or unsent < 0
+            or not 0 < n <= c.credit_out or c.sndbuf or nxt != c.buf_seq
+            or c.snd_right < nxt + n or self.mem_used > self.mem_soft
+            or (sent and self._window_update_due(c, self.buffer_size - unsent))
+        ):
+            return False
+        # _host_sent (no window update due: checked above) and _host_data
+        c.host_unsent = unsent
+        c.credit_out -= n
+        c.last_ns = now_ns
+        c.sndbuf += data
+        self.counters["tcp_bytes_to_guest"] += n
+        # _output: the whole buffer fits the window; no FIN (the host has not closed)
+        end = nxt + n
+        self._out(c, nxt, ACK, 0, n, ACK | PSH)
+        snd_max = c.snd_max
+        if end > snd_max:
+            if c.rtt_seq is None:
+                mss = c.snd_mss
+                first = nxt if nxt >= snd_max else nxt - (nxt - snd_max) // mss * mss
+                if first < end:
+                    c.rtt_seq = end if first + mss >= end else first + mss
+                    c.rtt_start = now_ns
+            c.snd_max = end
+        c.snd_nxt = end
+        if c.rto_at is None:
+            c.rto_at = now_ns + c.rto
+        c.persist_at = None  # _update_persist: data in flight
+        c.persist_backoff = 0
+        memory.commit(self, c)
+        self._rearm(c)
+        return True
 
     def forget_guest(self, guest_ip: bytes | None) -> int:
         """The guest at ``guest_ip`` (None: every guest) is gone: abort the host side of its
@@ -409,8 +460,12 @@ class TcpNat:
                 heapq.heappop(h)
                 continue
             # The head may be a deadline since cancelled or pushed back: settle it here so
-            # the shell is never woken for nothing.
-            d = timers.deadline(c)
+            # the shell is never woken for nothing. (timers.deadline inline: this runs after
+            # every burst.)
+            d = c.rto_at
+            for x in (c.persist_at, c.delack_at, c.close_at):
+                if x is not None and (d is None or x < d):
+                    d = x
             if d == t:
                 return t
             heapq.heappop(h)
@@ -470,7 +525,9 @@ class TcpNat:
     # ------------------------------------------------------------------- segment output
 
     def _window_field(self, c: _Conn) -> int:
-        win = memory.cap_in(self, c) - c.host_unsent
+        # memory.cap_in, its common case inline
+        cap = self.buffer_size if self.mem_used <= self.mem_soft else memory.cap_in(self, c)
+        win = cap - c.host_unsent
         old = c.rcv_adv - c.rcv_nxt
         if old > win:
             win = old  # never move the right edge left (RFC 9293 3.8.6.2.2)
@@ -1157,7 +1214,8 @@ class TcpNat:
         """ACK with the new window when the window the guest knows has fallen below half the
         buffer and would grow by two segments (or half the buffer, if smaller). A healthy
         window needs none: the ACKs of the guest's data carry it."""
-        if self._window_update_due(c, memory.cap_in(self, c) - c.host_unsent):
+        cap = self.buffer_size if self.mem_used <= self.mem_soft else memory.cap_in(self, c)
+        if self._window_update_due(c, cap - c.host_unsent):
             self.counters["tcp_window_updates"] += 1
             self._ack_now(c)
 
@@ -1200,7 +1258,10 @@ class TcpNat:
     # ----------------------------------------------------------------------------- timers
 
     def _rearm(self, c: _Conn) -> None:
-        d = timers.deadline(c)
+        d = c.rto_at  # timers.deadline inline: this runs after every step on an entry
+        for x in (c.persist_at, c.delack_at, c.close_at):
+            if x is not None and (d is None or x < d):
+                d = x
         if d is not None and (c.armed_at is None or d < c.armed_at):
             c.armed_at = d
             heapq.heappush(self._timers, (d, c.flow))

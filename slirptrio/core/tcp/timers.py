@@ -27,13 +27,16 @@ def rtt_sample(c: _Conn, r: int, rto_min_ns: int) -> None:
     """Fold the round trip ``r`` (ns) into ``c``'s estimate and set its RTO from it."""
     if r < 0:
         r = 0
-    if c.srtt is None:
-        c.srtt = r
-        c.rttvar = r >> 1
+    srtt = c.srtt
+    if srtt is None:
+        srtt = c.srtt = r
+        rttvar = c.rttvar = r >> 1
     else:
-        c.rttvar = (3 * c.rttvar + abs(c.srtt - r)) >> 2
-        c.srtt = (7 * c.srtt + r) >> 3
-    c.rto = rto_from_estimate(c, rto_min_ns)
+        rttvar = c.rttvar = (3 * c.rttvar + abs(srtt - r)) >> 2
+        srtt = c.srtt = (7 * srtt + r) >> 3
+    # rto_from_estimate, inline (a sample comes with most ACKs)
+    rto = srtt + (_MS if 4 * rttvar < _MS else 4 * rttvar)
+    c.rto = min(max(rto, rto_min_ns), params.RTO_MAX_NS)
 
 
 def rto_from_estimate(c: _Conn, rto_min_ns: int) -> int:
