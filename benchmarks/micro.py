@@ -46,6 +46,7 @@ try:
     FAST = fast.IMPL
 except ImportError:  # a version without the fast path
     FAST = "none"
+from slirptrio.heap import keep_buffers_on_heap
 from slirptrio.wire.ethernet import build_ethernet
 from slirptrio.wire.ipv4 import build_ipv4
 from slirptrio.wire.tcp import ACK, PSH, SYN, build_tcp, parse_tcp
@@ -191,6 +192,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--no-pcap", action="store_true")
     p.add_argument("--repeat", type=int, default=5, help="report the best of N runs")
     args = p.parse_args(argv)
+    keep_buffers_on_heap()  # as the command line does for a live stack
     runs = not args.per_frame and _GuestFrames is not None
     best = None
     counts = ""

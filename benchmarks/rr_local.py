@@ -46,6 +46,7 @@ from slirptrio import __version__
 from slirptrio.config import parse_user_options
 from slirptrio.core import constants
 from slirptrio.core.stack import Stack
+from slirptrio.heap import keep_buffers_on_heap
 from slirptrio.journal import Header
 from slirptrio.journal.writer import Recorder
 from slirptrio.shell.flows import TcpFlows
@@ -343,6 +344,7 @@ def main(argv: list[str] | None = None) -> int:
                    help="also count syscalls per operation (strace -f -c, two extra runs)")
     p.add_argument("--no-counts", action="store_true", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
+    keep_buffers_on_heap()  # as the command line does for a live stack
     journal = not args.no_journal
     results = [
         trio.run(main_async, args.round_trips, journal, args.profile, args.crr, False, args.ipv6)
