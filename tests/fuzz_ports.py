@@ -145,6 +145,7 @@ def _run(options: str, events: list[tuple[int, Event]], seed: int) -> list[Any]:
         log.append([encode(e) for e in effects])
         log.append(_answer(stack, effects, t))
         _check_bounds(stack)
+        assert stack.poll_at() == stack.poll_at_fresh(), f"poll_at stale: {ev!r:.200}"
     return log
 
 
@@ -172,6 +173,7 @@ def check(seed: int, steps: int = 300) -> dict[str, int]:
     for t, ev in decoded[half:]:
         a, b = stack.handle(ev, t), copy.handle(ev, t)
         assert a == b, f"restored stack diverged at {ev!r}"
+        assert copy.poll_at() == stack.poll_at() == copy.poll_at_fresh()
         _answer(stack, a, t)
         _answer(copy, b, t)
     return dict(stack.counters)
