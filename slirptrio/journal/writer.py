@@ -970,6 +970,9 @@ class Recorder:
         self.pcap = pcap
         self._origin_ns = origin_ns
         self.pcap_failures = 0
+        # The records packed since the last flush fill a segment: flush before the next step
+        # rather than at the end of the burst. (An attribute: the runtime reads it per step.)
+        self.flush_due = False
 
     @classmethod
     def open(
@@ -1009,12 +1012,6 @@ class Recorder:
             self.journal.attach(snapshot)
 
     @property
-    def flush_due(self) -> bool:
-        """The records packed since the last flush fill a segment: flush before the next step
-        rather than at the end of the burst."""
-        return self.journal is not None and self.journal.flush_due
-
-    @property
     def failures(self) -> int:
         """Times the recorder itself raised (a snapshot, an encoding, a hand-over), contained."""
         return (self.journal.failures if self.journal is not None else 0) + self.pcap_failures
@@ -1034,7 +1031,7 @@ class Recorder:
                     journal._pending += 1
                     journal._last_seq = seq
                     if journal._pending & 15 == 0 and journal._packer.nbytes >= journal._seg_limit:
-                        journal.flush_due = True
+                        journal.flush_due = self.flush_due = True
             else:
                 journal.lost_records += 1
         pcap = self.pcap
@@ -1064,6 +1061,7 @@ class Recorder:
 
     def flush(self) -> None:
         """Hand everything recorded since the last flush to the writer thread (never raises)."""
+        self.flush_due = False
         journal = self.journal
         if journal is not None:
             try:  # JournalRecorder.flush, inline: it runs after every burst
@@ -1073,6 +1071,17 @@ class Recorder:
         pcap = self.pcap
         if pcap is not None and pcap._parts:
             try:
+                w = self.writer
+                if w.policy == "lossy" and not pcap._dropping:
+                    # PcapRecorder.flush's usual case, inline (within the budget).
+                    nbytes = pcap._nbytes
+                    if w._handed - w._written + nbytes <= w.budget:
+                        w.put(_Chunk("pcap", pcap._parts, nbytes, pcap._frames))
+                        pcap.frames += pcap._frames
+                        pcap._parts = []
+                        pcap._nbytes = 0
+                        pcap._frames = 0
+                        return
                 pcap.flush()
             except Exception:
                 self.pcap_failures += 1
