@@ -1085,7 +1085,7 @@ class Recorder:
                 pcap.flush()
             except Exception:
                 self.pcap_failures += 1
-                self.pcap.discard()
+                pcap.discard()
                 log.exception("pcap: handing frames to the writer failed; the network goes on")
 
     @property
