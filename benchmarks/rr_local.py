@@ -261,7 +261,7 @@ async def main_async(
             await guest.receive_data()
             if crr:
                 await close()
-        calls = in_pkg = 0
+        calls = in_pkg = in_rec = 0
         if count_tasks:
             trio.lowlevel.remove_instrument(tasks)
         if prof is not None:
@@ -272,6 +272,10 @@ async def main_async(
             in_pkg = sum(
                 v[1] for k, v in stats.stats.items()  # type: ignore[attr-defined]
                 if "/slirptrio/" in k[0]
+            )
+            in_rec = sum(  # the recorder's share (journal and pcap packing, hand-over)
+                v[1] for k, v in stats.stats.items()  # type: ignore[attr-defined]
+                if "/slirptrio/journal/" in k[0]
             )
             if profile:
                 stats.sort_stats("tottime").print_stats(35)
@@ -290,6 +294,8 @@ async def main_async(
         if count_calls:
             counts["Python function calls"] = calls / n
             counts["  of them in slirptrio/"] = in_pkg / n
+            if journal:
+                counts["  of them in journal/"] = in_rec / n
         if count_tasks:
             counts["trio task steps"] = sum(tasks.steps.values()) / n
             for name, k in tasks.steps.most_common():

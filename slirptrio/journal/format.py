@@ -42,7 +42,8 @@ replay.
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Iterator
+import operator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -279,22 +280,43 @@ class RecordPacker:
         self.referenced = 0  # bytes referenced, not copied, in all (a count for benchmarks)
 
     def pack(self, seq: int, t_ns: int, event: Event, effects: list[Effect]) -> None:
-        """Pack one door step (the record :func:`encode_record` makes)."""
-        raw = encode(event)
-        i = _BYTES_AT.get(type(event))
-        if i is None:
-            i = _bytes_at(type(event))
+        """Pack one door step (the record :func:`encode_record` makes).
+
+        It runs for every step: no Python call of its own for the usual event and effects
+        (their fields in one ``attrgetter`` each, as tuples, which msgpack packs as the lists
+        :func:`encode` makes); anything else takes :func:`encode` and :func:`compact`."""
+        plan = _EVENT_PLAN.get(type(event))
+        if plan is None:
+            plan = _event_plan(type(event))
+        get, i = plan
+        raw: tuple[Any, ...] | list[Any] = get(event) if get is not None else encode(event)
+        effs: list[Any] = []
+        for e in effects:
+            eplan = _EFFECT_PLAN.get(type(e))
+            if eplan is None:
+                eplan = _effect_plan(type(e))
+            eget, k = eplan
+            if eget is None:
+                effs.append(compact(encode(e)))
+                continue
+            r = eget(e)
+            if k:
+                v = r[k]
+                # Only a small ``bytes`` is kept as it is: the rest takes compact().
+                if type(v) is not bytes or len(v) > DIGEST_OVER:
+                    effs.append(compact(list(r)))
+                    continue
+            effs.append(r)
         # Most records are small: one look at the event's (first) bytes field decides.
         if i:
             v = raw[i]
             if type(v) is bytes and len(v) >= REFERENCE_OVER:
-                self._pack_big(seq, t_ns, raw, effects)
+                self._pack_big(seq, t_ns, list(raw), effs)
                 return
-        self._packer.pack([seq, t_ns, raw, [_effect(e) for e in effects]])
+        self._packer.pack((seq, t_ns, raw, effs))
 
-    def _pack_big(self, seq: int, t_ns: int, raw: list[Any], effects: list[Effect]) -> None:
+    def _pack_big(self, seq: int, t_ns: int, raw: list[Any], effs: list[Any]) -> None:
         p = self._packer
-        effs = [_effect(e) for e in effects]  # what can raise, before packing starts
         p.pack_array_header(4)
         p.pack(seq)
         p.pack(t_ns)
@@ -321,11 +343,14 @@ class RecordPacker:
         """The parts packed so far (their concatenation is the records) and their length;
         the packer starts over."""
         parts = self._parts
-        tail = self._packer.bytes()
+        p = self._packer
+        tail = p.bytes()
         if tail:
             parts.append(tail)
         n = self._parts_bytes + len(tail)
-        self.reset()
+        p.reset()  # reset(), inline: once per burst
+        self._parts = []
+        self._parts_bytes = 0
         return parts, n
 
     def reset(self) -> None:
@@ -335,18 +360,51 @@ class RecordPacker:
         self._parts_bytes = 0
 
 
-_BYTES_AT: dict[type[Any], int] = {}
+_Plan = tuple[Callable[[Any], tuple[Any, ...]] | None, int]
+_EVENT_PLAN: dict[type[Any], _Plan] = {}
+_EFFECT_PLAN: dict[type[Any], _Plan] = {}
+# Field types that never hold a bytes-like value: no compact() to do for them.
+_PLAIN = frozenset({"int", "bool", "str", "float", int, bool, str, float})
 
 
-def _bytes_at(cls: type[Any]) -> int:
-    """Where an event of ``cls`` has its first bytes field in :func:`encode`'s list (0: none).
-    (A big bytes field after a small one is packed, copied: the same bytes, a rare case.)"""
-    at = 0
-    if dataclasses.is_dataclass(cls):
-        at = next((i + 1 for i, f in enumerate(dataclasses.fields(cls))
-                   if f.type in ("bytes", bytes)), 0)
-    _BYTES_AT[cls] = at
-    return at
+def _getter(cls: type[Any]) -> Callable[[Any], tuple[Any, ...]] | None:
+    """``(TAG, field, ...)`` of an item of ``cls`` in one C call (None: no fields, or not a
+    dataclass: :func:`encode` then)."""
+    if not dataclasses.is_dataclass(cls):
+        return None
+    names = [f.name for f in dataclasses.fields(cls)]
+    return operator.attrgetter("TAG", *names) if names else None
+
+
+def _bytes_fields(cls: type[Any]) -> list[int]:
+    return [i + 1 for i, f in enumerate(dataclasses.fields(cls)) if f.type in ("bytes", bytes)]
+
+
+def _event_plan(cls: type[Any]) -> _Plan:
+    """How :meth:`RecordPacker.pack` encodes an event of ``cls``: its getter, and where its
+    first bytes field is in :func:`encode`'s list (0: none). (A big bytes field after a small
+    one is packed, copied: the same bytes, a rare case.)"""
+    get = _getter(cls)
+    at = _bytes_fields(cls) if get is not None else []
+    plan: _Plan = (get, at[0] if at else 0)
+    _EVENT_PLAN[cls] = plan
+    return plan
+
+
+def _effect_plan(cls: type[Any]) -> _Plan:
+    """How :meth:`RecordPacker.pack` encodes an effect of ``cls``: its getter and where its
+    bytes field is (0: none), or no getter when :func:`compact` must look at every field
+    (more than one bytes field, or a field of a type that could hold bytes)."""
+    get = _getter(cls)
+    plan: _Plan = (None, 0)
+    if get is not None:
+        fields = dataclasses.fields(cls)
+        at = _bytes_fields(cls)
+        if len(at) <= 1 and all(f.type in _PLAIN or i + 1 in at
+                                for i, f in enumerate(fields)):
+            plan = (get, at[0] if at else 0)
+    _EFFECT_PLAN[cls] = plan
+    return plan
 
 
 @dataclass

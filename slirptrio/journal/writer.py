@@ -101,6 +101,9 @@ from slirptrio.journal.format import (
 )
 from slirptrio.wire import pcap as wpcap
 
+_pcap_parts = wpcap.pcap_parts
+_PCAP_REFERENCE_OVER = wpcap.REFERENCE_OVER
+
 log = logging.getLogger("slirptrio.journal")
 
 DEFAULT_JOURNAL_MAX = 1 << 30
@@ -825,7 +828,7 @@ class JournalRecorder:
                 # Framed with its CRC by the writer thread; the parts reference the big
                 # payloads (immutable bytes), which count as queued like any byte.
                 parts, nbytes = self._packer.take()
-                if w.policy == "lossy" and w.over_budget(nbytes):
+                if w.policy == "lossy" and w._handed - w._written + nbytes > w.budget:
                     self._stop("the disk could not keep up", overflow=True)
                 else:
                     w.put(_Chunk("journal", parts, nbytes, self._pending))
@@ -833,8 +836,7 @@ class JournalRecorder:
                     self.record_bytes += nbytes
                     self._seg_bytes += nbytes
                     self._next_seq = self._last_seq + 1
-            self._packer.reset()
-            self._pending = 0
+                self._pending = 0
             if self._writing and self._seg_bytes >= self._seg_limit:
                 self._start_segment(None)
             return
@@ -934,7 +936,7 @@ class PcapRecorder:
         if not self._parts:
             return
         w = self._writer
-        if w.policy == "lossy" and w.over_budget(self._nbytes):
+        if w.policy == "lossy" and w._handed - w._written + self._nbytes > w.budget:
             if not self._dropping:
                 log.warning("pcap: the disk cannot keep up; frames are dropped until the "
                             "writer catches up")
@@ -968,6 +970,9 @@ class Recorder:
         self.pcap = pcap
         self._origin_ns = origin_ns
         self.pcap_failures = 0
+        # The records packed since the last flush fill a segment: flush before the next step
+        # rather than at the end of the burst. (An attribute: the runtime reads it per step.)
+        self.flush_due = False
 
     @classmethod
     def open(
@@ -1007,52 +1012,80 @@ class Recorder:
             self.journal.attach(snapshot)
 
     @property
-    def flush_due(self) -> bool:
-        """The records packed since the last flush fill a segment: flush before the next step
-        rather than at the end of the burst."""
-        return self.journal is not None and self.journal.flush_due
-
-    @property
     def failures(self) -> int:
         """Times the recorder itself raised (a snapshot, an encoding, a hand-over), contained."""
         return (self.journal.failures if self.journal is not None else 0) + self.pcap_failures
 
     def __call__(self, seq: int, t_ns: int, event: Event, effects: list[Effect]) -> None:
-        if self.journal is not None:
-            self.journal.record(seq, t_ns, event, effects)
-        if self.pcap is not None:
+        # Every step of the session comes here: :meth:`JournalRecorder.record` and the pcap
+        # view inline (the same code, one Python call less each).
+        journal = self.journal
+        if journal is not None:
+            if journal._writing:
+                try:
+                    journal._packer.pack(seq, t_ns, event, effects)
+                except Exception as exc:
+                    journal.lost_records += 1
+                    journal.failed("encoding failed", exc)
+                else:
+                    journal._pending += 1
+                    journal._last_seq = seq
+                    if journal._pending & 15 == 0 and journal._packer.nbytes >= journal._seg_limit:
+                        journal.flush_due = self.flush_due = True
+            else:
+                journal.lost_records += 1
+        pcap = self.pcap
+        if pcap is not None:
             try:
-                self._pcap_view(t_ns, event, effects)
+                ts = self._origin_ns + t_ns
+                t = type(event)
+                if t is GuestFrames or t is PortFrames:
+                    n, nbytes = _pcap_parts(pcap._parts, event.data,  # type: ignore[attr-defined]
+                                            ts, pcap._snaplen, _PCAP_REFERENCE_OVER)
+                    pcap._nbytes += nbytes
+                    pcap._frames += n
+                elif t is GuestFrame:
+                    pcap.add(ts, event.data)  # type: ignore[attr-defined]
+                for eff in effects:
+                    te = type(eff)
+                    if te is SendFrames or te is PortSendFrames:
+                        n, nbytes = _pcap_parts(pcap._parts, eff.data,  # type: ignore[attr-defined]
+                                                ts, pcap._snaplen, _PCAP_REFERENCE_OVER)
+                        pcap._nbytes += nbytes
+                        pcap._frames += n
+                    elif te is SendFrame:
+                        pcap.add(ts, eff.data)  # type: ignore[attr-defined]
             except Exception:
                 self.pcap_failures += 1
                 log.exception("pcap: the view of record %d failed; the network goes on", seq)
 
-    def _pcap_view(self, t_ns: int, event: Event, effects: list[Effect]) -> None:
-        pcap = self.pcap
-        if pcap is not None:
-            ts = self._origin_ns + t_ns
-            t = type(event)
-            if t is GuestFrames or t is PortFrames:  # every switch port's frames (issue 22)
-                pcap.add_run(ts, event.data)  # type: ignore[attr-defined]
-            elif t is GuestFrame:
-                pcap.add(ts, event.data)  # type: ignore[attr-defined]
-            for eff in effects:
-                te = type(eff)
-                if te is SendFrames or te is PortSendFrames:
-                    pcap.add_run(ts, eff.data)  # type: ignore[attr-defined]
-                elif te is SendFrame:
-                    pcap.add(ts, eff.data)  # type: ignore[attr-defined]
-
     def flush(self) -> None:
         """Hand everything recorded since the last flush to the writer thread (never raises)."""
-        if self.journal is not None:
-            self.journal.flush()
-        if self.pcap is not None:
+        self.flush_due = False
+        journal = self.journal
+        if journal is not None:
+            try:  # JournalRecorder.flush, inline: it runs after every burst
+                journal._flush()
+            except Exception as exc:
+                journal.failed("handing records to the writer failed", exc)
+        pcap = self.pcap
+        if pcap is not None and pcap._parts:
             try:
-                self.pcap.flush()
+                w = self.writer
+                if w.policy == "lossy" and not pcap._dropping:
+                    # PcapRecorder.flush's usual case, inline (within the budget).
+                    nbytes = pcap._nbytes
+                    if w._handed - w._written + nbytes <= w.budget:
+                        w.put(_Chunk("pcap", pcap._parts, nbytes, pcap._frames))
+                        pcap.frames += pcap._frames
+                        pcap._parts = []
+                        pcap._nbytes = 0
+                        pcap._frames = 0
+                        return
+                pcap.flush()
             except Exception:
                 self.pcap_failures += 1
-                self.pcap.discard()
+                pcap.discard()
                 log.exception("pcap: handing frames to the writer failed; the network goes on")
 
     @property
