@@ -368,6 +368,16 @@ def test_tcp_frames_pads_every_short_frame() -> None:
                 ref = bytearray()
                 fast.pure_tcp_run(ref, *args)
                 assert native.tcp_frames(*args) == ref
+        # the checksum summed while copying: all-ones words (every add carries), zeros, odd
+        # starts and lengths, the biggest segments
+        for fill in (b"\xff", b"\x00", b"\xfe\x01"):
+            data = (fill * 140000)[:140000]
+            for start, length, mss in [(0, 65495, 65495), (1, 65494, 65495), (3, 131001, 65495),
+                                       (7, 1001, 1460), (0, 9, 4)]:
+                args = (h, 1, 2, 3, 4, 5, 6, data, start, length, mss, 0x10, 0x18)
+                ref = bytearray()
+                fast.pure_tcp_run(ref, *args)
+                assert native.tcp_frames(*args) == ref
 
 
 def test_tcp_run_rejects_what_the_reference_rejects() -> None:

@@ -402,7 +402,7 @@ def test_a_group_of_runs_and_frames_is_what_the_codecs_make(
     for stack in (fast_stack, codec_stack):
         stack._out = []
         stack._runs = runs
-    made = []
+    made: list[bytes] = []
     for kind, payload, mss, last in ops:
         if kind == "udp4":
             fast_stack.send_ip(HOST, GUEST, 17, payload[:100])
