@@ -358,7 +358,7 @@ def test_a_burst_keeps_the_checks_before_tcp_over_ipv6(options: str, frames: lis
 def test_ipv6_segments_built_natively_are_the_codecs_segments(
     payload: bytes, mss: int, seq: int, ack: int, last: int
 ) -> None:
-    """send_tcp over IPv6 (one tcp_run into the run) gives the very frames the codecs gave
+    """send_tcp over IPv6 (one tcp_frames run) gives the very frames the codecs gave
     segment by segment (build_tcp, then the stack's own IPv6 and Ethernet framing)."""
     fast_stack = Stack(parse_user_options("ipv6=on"), 5)
     codec_stack = Stack(parse_user_options("ipv6=on"), 5)
