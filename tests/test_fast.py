@@ -300,6 +300,10 @@ def test_tcp_run(
     args = (head, ident, sport, dport, seq, ack, window, payload, start, length, mss, flags, last)
     assert native.tcp_run(a, *args) == fast.pure_tcp_run(b, *args)
     assert a == b
+    # tcp_frames: the same run as bytes, built in place (native) and the reference way
+    run = native.tcp_frames(*args)
+    assert type(run) is bytes and type(fast.pure_tcp_frames(*args)) is bytes
+    assert run == fast.pure_tcp_frames(*args) == a[len(prefix) :]
     # every frame of the run parses back to what was asked for
     pos = seq
     recs = native.scan_frames(bytes(a[len(prefix) :]))
@@ -352,6 +356,30 @@ def test_ones_sum_rejects_a_negative_initial() -> None:
         native.ones_sum(b"ab", -(1 << 70))
 
 
+def test_tcp_frames_pads_every_short_frame() -> None:
+    """Tiny MSSs give frames below 60 bytes before the last one: each is padded, and the
+    bytes tcp_frames sizes up front are exactly the run (nothing written past them)."""
+    head = b"\x02" * 12 + b"\x08\x00" + bytes([0x45, 0, 0, 0, 0, 0, 0, 0, 64, 6]) + bytes(10)
+    head6 = b"\x02" * 12 + b"\x86\xdd" + build_ipv6(bytes(16), bytes(16), 6, b"")
+    for h in (head, head6):
+        for mss in range(1, 9):
+            for length in range(0, 3 * mss + 2):
+                args = (h, 1, 2, 3, 4, 5, 6, bytes(range(length)), 0, length, mss, 0x10, 0x18)
+                ref = bytearray()
+                fast.pure_tcp_run(ref, *args)
+                assert native.tcp_frames(*args) == ref
+        # the checksum summed while copying: all-ones words (every add carries), zeros, odd
+        # starts and lengths, the biggest segments
+        for fill in (b"\xff", b"\x00", b"\xfe\x01"):
+            data = (fill * 140000)[:140000]
+            for start, length, mss in [(0, 65495, 65495), (1, 65494, 65495), (3, 131001, 65495),
+                                       (7, 1001, 1460), (0, 9, 4)]:
+                args = (h, 1, 2, 3, 4, 5, 6, data, start, length, mss, 0x10, 0x18)
+                ref = bytearray()
+                fast.pure_tcp_run(ref, *args)
+                assert native.tcp_frames(*args) == ref
+
+
 def test_tcp_run_rejects_what_the_reference_rejects() -> None:
     head = b"\x02" * 12 + b"\x08\x00" + bytes([0x45, 0, 0, 0, 0, 0, 0, 0, 64, 6]) + bytes(10)
     head6 = b"\x02" * 12 + b"\x86\xdd" + build_ipv6(bytes(16), bytes(16), 6, b"")
@@ -369,11 +397,16 @@ def test_tcp_run_rejects_what_the_reference_rejects() -> None:
             native.tcp_run(bytearray(), *args)
         with pytest.raises(ValueError):
             fast.pure_tcp_run(bytearray(), *args)
+        with pytest.raises(ValueError):
+            native.tcp_frames(*args)
+        with pytest.raises(ValueError):
+            fast.pure_tcp_frames(*args)
 
 
 def test_the_choice_is_visible() -> None:
     assert fast.IMPL == "native" and fast.REASON == ""
     assert fast.tcp_run is native.tcp_run
+    assert fast.tcp_frames is native.tcp_frames
 
 
 def test_pure_is_forced_by_the_environment() -> None:

@@ -358,7 +358,7 @@ def test_a_burst_keeps_the_checks_before_tcp_over_ipv6(options: str, frames: lis
 def test_ipv6_segments_built_natively_are_the_codecs_segments(
     payload: bytes, mss: int, seq: int, ack: int, last: int
 ) -> None:
-    """send_tcp over IPv6 (one tcp_run into the run) gives the very frames the codecs gave
+    """send_tcp over IPv6 (one tcp_frames run) gives the very frames the codecs gave
     segment by segment (build_tcp, then the stack's own IPv6 and Ethernet framing)."""
     fast_stack = Stack(parse_user_options("ipv6=on"), 5)
     codec_stack = Stack(parse_user_options("ipv6=on"), 5)
@@ -374,5 +374,62 @@ def test_ipv6_segments_built_natively_are_the_codecs_segments(
         if done:
             break
         pos, s = pos + n, (s + n) & M
-    assert bytes(fast_stack._frames) == bytes(codec_stack._frames)
+    pending = b"".join(fast_stack._parts) + fast_stack._frames  # the frames not yet effects
+    assert pending == b"".join(codec_stack._parts) + codec_stack._frames
     assert fast_stack.counters["frames_out"] == codec_stack.counters["frames_out"]
+
+
+_OPS = st.lists(
+    st.tuples(
+        st.sampled_from(["tcp4", "tcp6", "udp4"]), st.binary(max_size=3000),
+        st.integers(1, 1440), st.sampled_from([ACK, ACK | PSH, ACK | FIN]),
+    ),
+    max_size=6,
+)
+
+
+@settings(max_examples=100, deadline=None)
+@given(_OPS, st.booleans())
+def test_a_group_of_runs_and_frames_is_what_the_codecs_make(
+    ops: list[tuple[str, bytes, int, int]], runs: bool
+) -> None:
+    """Frames made in one group, TCP runs (built in place as bytes) and single frames mixed,
+    become the effects the codecs' frames, one at a time and in the same order, become: one
+    SendFrames of ``bytes`` (FrameRuns; the very run when it is one TCP run), else SendFrame
+    each."""
+    fast_stack = Stack(parse_user_options("ipv6=on"), 5)
+    codec_stack = Stack(parse_user_options("ipv6=on"), 5)
+    for stack in (fast_stack, codec_stack):
+        stack._out = []
+        stack._runs = runs
+    made: list[bytes] = []
+    for kind, payload, mss, last in ops:
+        if kind == "udp4":
+            fast_stack.send_ip(HOST, GUEST, 17, payload[:100])
+            codec_stack.send_ip(HOST, GUEST, 17, payload[:100])
+            continue
+        src, dst = (HOST, GUEST) if kind == "tcp4" else (HOST6, GUEST6)
+        fast_stack.send_tcp(src, dst, 80, 40000, 7, 9, 1000, payload, 0, len(payload), mss, ACK,
+                            last)
+        if len(fast_stack._parts) > len(made):
+            made.append(fast_stack._parts[-1])
+        pos, s = 0, 7
+        while True:
+            n = min(mss, len(payload) - pos)
+            done = pos + n >= len(payload)
+            seg = build_tcp(src, dst, 80, 40000, s, 9, last if done else ACK, 1000,
+                            payload[pos : pos + n])
+            codec_stack.send_ip(src, dst, 6, seg)
+            if done:
+                break
+            pos, s = pos + n, (s + n) & M
+    assert not codec_stack._parts
+    for stack in (fast_stack, codec_stack):
+        if stack._parts or stack._frames:
+            stack._flush_frames()
+        assert not stack._parts and not stack._frames
+    assert fast_stack._out == codec_stack._out
+    assert all(type(e.data) is bytes for e in fast_stack._out)  # type: ignore[attr-defined]
+    assert fast_stack.counters["frames_out"] == codec_stack.counters["frames_out"]
+    if runs and ops and all(k != "udp4" for k, *_ in ops[:1]) and len(ops) == 1:
+        assert fast_stack._out[0].data is made[0]  # type: ignore[attr-defined]

@@ -172,6 +172,7 @@ class Stack:
         self._ip_id = self._rng.next_u32() & 0xFFFF
         self._out: list[Effect] = []
         self._frames = bytearray()  # frames to the guest not yet turned into effects (a run)
+        self._parts: list[bytes] = []  # runs made before the frames in _frames (tcp_frames)
         self._runs = False  # FrameRuns: one SendFrames per group of frames, else SendFrame each
         self._next_flow = 0
         self._loopback = config.hostloopback
@@ -295,7 +296,7 @@ class Stack:
     # The earliest deadline of the components TCP's steps never touch (see poll_at): a cache,
     # dropped by every step that may have changed it and by restore_state.
     _SNAPSHOT_DERIVED: ClassVar[frozenset[str]] = frozenset(
-        {"_out", "_frames", "_our_macs", "_now_ns", "_others_at", "_others_ok"})
+        {"_out", "_frames", "_parts", "_our_macs", "_now_ns", "_others_at", "_others_ok"})
 
     def snapshot_state(self) -> dict[str, Any]:
         """The whole core's state as plain data (see :mod:`slirptrio.core.snapshot`)."""
@@ -358,6 +359,7 @@ class Stack:
         out: list[Effect] = []
         self._out = out
         self._frames.clear()
+        self._parts.clear()
         self._now_ns = now_ns
         t = type(event)
         # Only a TCP host event and a run taken whole by the GRO path (which says otherwise
@@ -374,7 +376,7 @@ class Stack:
         else:
             self._others_ok = False
             self._handle_other(t, event, now_ns)
-        if self._frames:
+        if self._parts or self._frames:
             self._flush_frames()
         return out
 
@@ -710,7 +712,7 @@ class Stack:
                 self._guest_frame(frame, now_ns)
         if not inn:
             return
-        if self._frames:
+        if self._parts or self._frames:
             self._flush_frames()
         if self._switch.active:
             self._emit_port_runs(self._route_out(
@@ -873,35 +875,45 @@ class Stack:
 
     # ----------------------------------------------------------------------------- output
     #
-    # Frames to the guest gather in ``_frames`` (a run); they become effects before any other
-    # effect is added and at the end of ``handle``, so frames and host actions keep the order
-    # in which they were made: one SendFrames per group under FrameRuns, else one SendFrame
-    # each, exactly as journals made before runs existed recorded them.
+    # Frames to the guest gather in ``_parts`` (runs made as bytes: a TCP run, built in place)
+    # and then ``_frames`` (a run being built); they become effects before any other effect is
+    # added and at the end of ``handle``, so frames and host actions keep the order in which
+    # they were made: one SendFrames per group under FrameRuns, else one SendFrame each,
+    # exactly as journals made before runs existed recorded them. A group of one TCP run (a
+    # host read's segments, the bulk case) goes out as the very bytes tcp_frames made.
 
     def _flush_frames(self) -> None:
         frames = self._frames
-        if self._faults.active:
-            kept = self._faults.filter_run(frames, IN, self._now_ns)
+        parts = self._parts
+        if parts:
+            if frames:
+                parts.append(bytes(frames))
+                frames.clear()
+            run = parts[0] if len(parts) == 1 else b"".join(parts)
+            parts.clear()
+        else:
+            run = bytes(frames)
             frames.clear()
+        if self._faults.active:
+            kept = self._faults.filter_run(run, IN, self._now_ns)
             if not kept:
                 return
-            frames += kept
+            run = bytes(kept)
         if self._switch.active:
-            self._emit_port_runs(self._route_out(frames))
+            self._emit_port_runs(self._route_out(run))
         elif self._runs:
-            self._out.append(SendFrames(bytes(frames)))
+            self._out.append(SendFrames(run))
         else:
-            self._out.extend([SendFrame(bytes(f)) for f in split_run(frames)])
-        frames.clear()
+            self._out.extend([SendFrame(bytes(f)) for f in split_run(run)])
 
     def _emit(self, effect: Effect) -> None:
-        if self._frames:
+        if self._parts or self._frames:
             self._flush_frames()
         self._out.append(effect)
 
     def _emit_all(self, effects: list[Effect]) -> None:
         if effects:
-            if self._frames:
+            if self._parts or self._frames:
                 self._flush_frames()
             self._out.extend(effects)
 
@@ -942,7 +954,7 @@ class Stack:
     ) -> None:
         """Queue the TCP segments (no options) carrying ``payload[start:start + length]`` to
         the guest, at most ``mss`` bytes each; the last has ``last_flags``, the others
-        ``flags``. Built straight into the run (:func:`slirptrio.wire.fast.tcp_run`); over IPv6
+        ``flags``. Built in place as one run (:func:`slirptrio.wire.fast.tcp_frames`); over IPv6
         (16-byte addresses) only when no segment needs fragmenting, else one segment at a time
         by the codecs (which fragment as :meth:`_send_ip6` does)."""
         if len(dst) == 16:
@@ -953,11 +965,14 @@ class Stack:
                     self._mac6_for(dst) if mac is None else mac, self._mac6, _IP6_TCP_HEAD, src,
                     dst,
                 ))
-                n = wfast.tcp_run(
-                    self._frames, head, 0, sport, dport, seq, ack, window, payload, start, length,
-                    mss, flags, last_flags,
-                )
-                self.counters["frames_out"] += n
+                if self._frames:
+                    self._parts.append(bytes(self._frames))
+                    self._frames.clear()
+                self._parts.append(wfast.tcp_frames(
+                    head, 0, sport, dport, seq, ack, window, payload, start, length, mss, flags,
+                    last_flags,
+                ))
+                self.counters["frames_out"] += -(-length // mss) if length else 1
                 return
             view = memoryview(payload)
             end = start + length
@@ -977,10 +992,14 @@ class Stack:
         head = b"".join((
             self._mac_for(dst), self._our_mac, self._ip4_tcp_head, src, dst,
         ))
-        n = wfast.tcp_run(
-            self._frames, head, (self._ip_id + 1) & 0xFFFF, sport, dport, seq, ack, window,
-            payload, start, length, mss, flags, last_flags,
-        )
+        if self._frames:
+            self._parts.append(bytes(self._frames))
+            self._frames.clear()
+        self._parts.append(wfast.tcp_frames(
+            head, (self._ip_id + 1) & 0xFFFF, sport, dport, seq, ack, window, payload, start,
+            length, mss, flags, last_flags,
+        ))
+        n = -(-length // mss) if length else 1
         self._ip_id = (self._ip_id + n) & 0xFFFF
         self.counters["frames_out"] += n
 

@@ -524,6 +524,167 @@ py_frames_end(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
 
 /* -------------------------------------------------------------------------------- tcp_run */
 
+/* What tcp_run and tcp_frames take: the arguments after out, checked. */
+typedef struct {
+    Py_buffer hb, pb;
+    int v6;
+    Py_ssize_t hlen, start, length, count, size;
+    uint64_t ident, sport, dport, seq, ack, window, mss, flags, last_flags;
+} TcpArgs;
+
+/* Parse and check args[0..12] (head ... last_flags); on success the two buffers are held and
+ * ta->size is the exact length of the run. -1 with an exception set (nothing held). */
+static int
+tcp_args(PyObject *const *args, TcpArgs *ta)
+{
+    if (get_u64(args[1], 0xffff, "ident", &ta->ident) < 0
+        || get_u64(args[2], 0xffff, "sport", &ta->sport) < 0
+        || get_u64(args[3], 0xffff, "dport", &ta->dport) < 0
+        || get_u64(args[4], 0xffffffffu, "seq", &ta->seq) < 0
+        || get_u64(args[5], 0xffffffffu, "ack", &ta->ack) < 0
+        || get_u64(args[6], 0xffff, "window", &ta->window) < 0
+        || get_ssize(args[8], "start", &ta->start) < 0
+        || get_ssize(args[9], "length", &ta->length) < 0
+        || get_u64(args[10], 0xffff, "mss", &ta->mss) < 0
+        || get_u64(args[11], 0xff, "flags", &ta->flags) < 0
+        || get_u64(args[12], 0xff, "last_flags", &ta->last_flags) < 0)
+        return -1;
+    if (ta->mss == 0) {
+        PyErr_SetString(PyExc_ValueError, "mss out of range");
+        return -1;
+    }
+    if (PyObject_GetBuffer(args[0], &ta->hb, PyBUF_SIMPLE) < 0)
+        return -1;
+    const uint8_t *head = (const uint8_t *)ta->hb.buf;
+    int v6 = ta->v6 = ta->hb.len == HEAD6_LEN;
+    if (v6 ? (head[12] != 0x86 || head[13] != 0xdd || (head[14] >> 4) != 6
+              || head[20] != KIND_TCP)
+           : (ta->hb.len != HEAD4_LEN || head[12] != 0x08 || head[13] != 0x00 || head[14] != 0x45
+              || head[23] != KIND_TCP || (be16(head + 20) & 0xbfff) != 0)) {
+        PyBuffer_Release(&ta->hb);
+        PyErr_SetString(PyExc_ValueError,
+                        "head must be an Ethernet + IPv4 or IPv6 TCP header template");
+        return -1;
+    }
+    ta->hlen = v6 ? HEAD6_LEN : HEAD4_LEN;
+    if (PyObject_GetBuffer(args[7], &ta->pb, PyBUF_SIMPLE) < 0) {
+        PyBuffer_Release(&ta->hb);
+        return -1;
+    }
+    Py_ssize_t start = ta->start, length = ta->length, mss = (Py_ssize_t)ta->mss;
+    if (start < 0 || length < 0 || start > ta->pb.len || length > ta->pb.len - start) {
+        PyErr_SetString(PyExc_ValueError, "payload range out of bounds");
+        goto fail;
+    }
+    Py_ssize_t biggest = length < mss ? length : mss;
+    if ((v6 ? 0 : IP4_HLEN) + TCP_HLEN + biggest > 0xffff) {
+        PyErr_SetString(PyExc_ValueError, v6 ? "IPv6 payload too long" : "IPv4 datagram too long");
+        goto fail;
+    }
+    /* Every frame's prefix and headers, the data, and the padding of frames below 60 bytes:
+     * the last frame's, and the others' when the MSS is that small. */
+    Py_ssize_t count = ta->count = length ? (length + mss - 1) / mss : 1;
+    Py_ssize_t full = ta->hlen + TCP_HLEN + mss;
+    Py_ssize_t last = ta->hlen + TCP_HLEN + (length - (count - 1) * mss);
+    ta->size = count * (4 + ta->hlen + TCP_HLEN) + length
+               + (count - 1) * (full < MIN_FRAME ? MIN_FRAME - full : 0)
+               + (last < MIN_FRAME ? MIN_FRAME - last : 0);
+    return 0;
+fail:
+    PyBuffer_Release(&ta->pb);
+    PyBuffer_Release(&ta->hb);
+    return -1;
+}
+
+/* Copy n bytes (n < 2**32) from p to d and return acc plus their sum, which folds as
+ * sum_bytes(d, n, 0) does: one pass over the data, the sum read from registers instead of from
+ * the copy. The 32-bit halves of every 64-bit word add up apart, without carries to chase (a
+ * 64-bit word is the sum of its halves modulo 2**16 - 1, as 2**32 is 1 there), so the loop
+ * vectorizes. */
+static uint64_t
+copy_sum(uint8_t *d, const uint8_t *p, size_t n, uint64_t acc)
+{
+    uint64_t lo = 0, hi = 0, v;
+    while (n >= 8) {
+        memcpy(&v, p, 8);
+        memcpy(d, &v, 8);
+        lo += v & 0xffffffffu;
+        hi += v >> 32;
+        p += 8;
+        d += 8;
+        n -= 8;
+    }
+    v = 0;
+    if (n) {
+        memcpy(&v, p, n); /* the tail, zero-padded, as in sum_bytes */
+        memcpy(d, p, n);
+    }
+    lo += (v & 0xffffffffu) + hi + (v >> 32); /* below 2**64: n < 2**32 */
+    acc += lo;
+    acc += (acc < lo);
+    return acc;
+}
+
+/* Write the run of ta's segments at w (ta->size bytes) and release ta's buffers. */
+static void
+tcp_build(TcpArgs *ta, uint8_t *w)
+{
+#ifndef NDEBUG
+    uint8_t *end = w + ta->size;
+#endif
+    const uint8_t *head = (const uint8_t *)ta->hb.buf;
+    int v6 = ta->v6;
+    Py_ssize_t hlen = ta->hlen, count = ta->count, mss = (Py_ssize_t)ta->mss;
+    const uint8_t *data = (const uint8_t *)ta->pb.buf + ta->start;
+    const uint8_t *src = head + ETH_HLEN + (v6 ? 8 : 12), *dst = src + (v6 ? 16 : 4);
+    Py_ssize_t left = ta->length;
+    uint32_t s = (uint32_t)ta->seq;
+    for (Py_ssize_t i = 0; i < count; i++) {
+        Py_ssize_t seg = left < mss ? left : mss;
+        Py_ssize_t flen = hlen + TCP_HLEN + seg;
+        Py_ssize_t padded = flen < MIN_FRAME ? MIN_FRAME : flen;
+        put32(w, (uint32_t)padded);
+        uint8_t *f = w + 4;
+        memcpy(f, head, (size_t)hlen);
+        uint8_t *ip = f + ETH_HLEN;
+        uint8_t *t = f + hlen;
+        uint64_t pseudo;
+        if (v6) {
+            put16(ip + 4, (unsigned)(TCP_HLEN + seg));
+            pseudo = pseudo6(src, dst, KIND_TCP, (size_t)(TCP_HLEN + seg));
+        }
+        else {
+            put16(ip + 2, (unsigned)(IP4_HLEN + TCP_HLEN + seg));
+            put16(ip + 4, (unsigned)((ta->ident + (uint64_t)i) & 0xffff));
+            ip[10] = ip[11] = 0;
+            put16(ip + 10, ~ones_sum_c(ip, IP4_HLEN, 0) & 0xffff);
+            pseudo = pseudo4(src, dst, KIND_TCP, (size_t)(TCP_HLEN + seg));
+        }
+        put16(t, (unsigned)ta->sport);
+        put16(t + 2, (unsigned)ta->dport);
+        put32(t + 4, s);
+        put32(t + 8, (uint32_t)ta->ack);
+        t[12] = 0x50;
+        t[13] = (uint8_t)(i == count - 1 ? ta->last_flags : ta->flags);
+        put16(t + 14, (unsigned)ta->window);
+        t[16] = t[17] = t[18] = t[19] = 0;
+        /* the header and the data summed apart: the data starts at an even offset, so the
+         * 16-bit words the checksum is made of are the same */
+        uint64_t acc = copy_sum(t + TCP_HLEN, data, (size_t)seg, sum_bytes(t, TCP_HLEN, 0));
+        uint32_t sum = fold16(pseudo + fold_net(acc));
+        put16(t + 16, ~sum & 0xffff);
+        if (padded > flen)
+            memset(f + flen, 0, (size_t)(padded - flen));
+        w = f + padded;
+        data += seg;
+        left -= seg;
+        s += (uint32_t)seg;
+    }
+    assert(w == end);
+    PyBuffer_Release(&ta->pb);
+    PyBuffer_Release(&ta->hb);
+}
+
 PyDoc_STRVAR(tcp_run_doc,
 "tcp_run(out, head, ident, sport, dport, seq, ack, window, payload, start, length, mss,\n"
 "        flags, last_flags, /) -> int\n\n"
@@ -542,111 +703,42 @@ py_tcp_run(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
         PyErr_SetString(PyExc_TypeError, "out must be a bytearray");
         return NULL;
     }
-    uint64_t ident, sport, dport, seq, ack, window, mss, flags, last_flags;
-    Py_ssize_t start, length;
-    if (get_u64(args[2], 0xffff, "ident", &ident) < 0
-        || get_u64(args[3], 0xffff, "sport", &sport) < 0
-        || get_u64(args[4], 0xffff, "dport", &dport) < 0
-        || get_u64(args[5], 0xffffffffu, "seq", &seq) < 0
-        || get_u64(args[6], 0xffffffffu, "ack", &ack) < 0
-        || get_u64(args[7], 0xffff, "window", &window) < 0
-        || get_ssize(args[9], "start", &start) < 0
-        || get_ssize(args[10], "length", &length) < 0
-        || get_u64(args[11], 0xffff, "mss", &mss) < 0
-        || get_u64(args[12], 0xff, "flags", &flags) < 0
-        || get_u64(args[13], 0xff, "last_flags", &last_flags) < 0)
+    TcpArgs ta;
+    if (tcp_args(args + 1, &ta) < 0)
         return NULL;
-    if (mss == 0) {
-        PyErr_SetString(PyExc_ValueError, "mss out of range");
-        return NULL;
-    }
-    Py_buffer hb, pb;
-    if (PyObject_GetBuffer(args[1], &hb, PyBUF_SIMPLE) < 0)
-        return NULL;
-    const uint8_t *head = (const uint8_t *)hb.buf;
-    int v6 = hb.len == HEAD6_LEN;
-    if (v6 ? (head[12] != 0x86 || head[13] != 0xdd || (head[14] >> 4) != 6
-              || head[20] != KIND_TCP)
-           : (hb.len != HEAD4_LEN || head[12] != 0x08 || head[13] != 0x00 || head[14] != 0x45
-              || head[23] != KIND_TCP || (be16(head + 20) & 0xbfff) != 0)) {
-        PyBuffer_Release(&hb);
-        PyErr_SetString(PyExc_ValueError,
-                        "head must be an Ethernet + IPv4 or IPv6 TCP header template");
-        return NULL;
-    }
-    Py_ssize_t hlen = v6 ? HEAD6_LEN : HEAD4_LEN;
-    if (PyObject_GetBuffer(args[8], &pb, PyBUF_SIMPLE) < 0) {
-        PyBuffer_Release(&hb);
-        return NULL;
-    }
-    PyObject *result = NULL;
-    if (start < 0 || length < 0 || start > pb.len || length > pb.len - start) {
-        PyErr_SetString(PyExc_ValueError, "payload range out of bounds");
-        goto done;
-    }
-    Py_ssize_t count = length ? (length + (Py_ssize_t)mss - 1) / (Py_ssize_t)mss : 1;
-    Py_ssize_t biggest = length < (Py_ssize_t)mss ? length : (Py_ssize_t)mss;
-    if ((v6 ? 0 : IP4_HLEN) + TCP_HLEN + biggest > 0xffff) {
-        PyErr_SetString(PyExc_ValueError, v6 ? "IPv6 payload too long" : "IPv4 datagram too long");
-        goto done;
-    }
-    /* Room: every frame's prefix and headers, padding for a frame below 60 bytes, the data. */
-    Py_ssize_t need = count * (4 + hlen + TCP_HLEN) + length + count * 6;
     Py_ssize_t old = PyByteArray_GET_SIZE(out);
-    if (PyByteArray_Resize(out, old + need) < 0)
-        goto done;
-    uint8_t *w = (uint8_t *)PyByteArray_AS_STRING(out) + old;
-    uint8_t *w0 = w;
-    const uint8_t *data = (const uint8_t *)pb.buf + start;
-    const uint8_t *src = head + ETH_HLEN + (v6 ? 8 : 12), *dst = src + (v6 ? 16 : 4);
-    Py_ssize_t left = length;
-    uint32_t s = (uint32_t)seq;
-    for (Py_ssize_t i = 0; i < count; i++) {
-        Py_ssize_t seg = left < (Py_ssize_t)mss ? left : (Py_ssize_t)mss;
-        Py_ssize_t flen = hlen + TCP_HLEN + seg;
-        Py_ssize_t padded = flen < MIN_FRAME ? MIN_FRAME : flen;
-        put32(w, (uint32_t)padded);
-        uint8_t *f = w + 4;
-        memcpy(f, head, (size_t)hlen);
-        uint8_t *ip = f + ETH_HLEN;
-        uint8_t *t = f + hlen;
-        uint64_t pseudo;
-        if (v6) {
-            put16(ip + 4, (unsigned)(TCP_HLEN + seg));
-            pseudo = pseudo6(src, dst, KIND_TCP, (size_t)(TCP_HLEN + seg));
-        }
-        else {
-            put16(ip + 2, (unsigned)(IP4_HLEN + TCP_HLEN + seg));
-            put16(ip + 4, (unsigned)((ident + (uint64_t)i) & 0xffff));
-            ip[10] = ip[11] = 0;
-            put16(ip + 10, ~ones_sum_c(ip, IP4_HLEN, 0) & 0xffff);
-            pseudo = pseudo4(src, dst, KIND_TCP, (size_t)(TCP_HLEN + seg));
-        }
-        put16(t, (unsigned)sport);
-        put16(t + 2, (unsigned)dport);
-        put32(t + 4, s);
-        put32(t + 8, (uint32_t)ack);
-        t[12] = 0x50;
-        t[13] = (uint8_t)(i == count - 1 ? last_flags : flags);
-        put16(t + 14, (unsigned)window);
-        t[16] = t[17] = t[18] = t[19] = 0;
-        memcpy(t + TCP_HLEN, data, (size_t)seg);
-        uint32_t sum = fold16(pseudo + fold_net(sum_bytes(t, (size_t)(TCP_HLEN + seg), 0)));
-        put16(t + 16, ~sum & 0xffff);
-        if (padded > flen)
-            memset(f + flen, 0, (size_t)(padded - flen));
-        w = f + padded;
-        data += seg;
-        left -= seg;
-        s += (uint32_t)seg;
+    if (PyByteArray_Resize(out, old + ta.size) < 0) {
+        PyBuffer_Release(&ta.pb);
+        PyBuffer_Release(&ta.hb);
+        return NULL;
     }
-    if (PyByteArray_Resize(out, old + (w - w0)) < 0)
-        goto done;
-    result = PyLong_FromSsize_t(count);
-done:
-    PyBuffer_Release(&pb);
-    PyBuffer_Release(&hb);
-    return result;
+    tcp_build(&ta, (uint8_t *)PyByteArray_AS_STRING(out) + old);
+    return PyLong_FromSsize_t(ta.count);
+}
+
+PyDoc_STRVAR(tcp_frames_doc,
+"tcp_frames(head, ident, sport, dport, seq, ack, window, payload, start, length, mss,\n"
+"           flags, last_flags, /) -> bytes\n\n"
+"The run tcp_run would append to an empty bytearray, as bytes built in place.");
+
+static PyObject *
+py_tcp_frames(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
+{
+    if (nargs != 13) {
+        PyErr_SetString(PyExc_TypeError, "tcp_frames takes 13 arguments");
+        return NULL;
+    }
+    TcpArgs ta;
+    if (tcp_args(args, &ta) < 0)
+        return NULL;
+    PyObject *run = PyBytes_FromStringAndSize(NULL, ta.size);
+    if (run == NULL) {
+        PyBuffer_Release(&ta.pb);
+        PyBuffer_Release(&ta.hb);
+        return NULL;
+    }
+    tcp_build(&ta, (uint8_t *)PyBytes_AS_STRING(run));
+    return run;
 }
 
 /* ----------------------------------------------------------------------------- gro_scan */
@@ -1103,6 +1195,7 @@ static PyMethodDef methods[] = {
     {"scan_frames", py_scan_frames, METH_O, scan_frames_doc},
     {"frames_end", (PyCFunction)(void (*)(void))py_frames_end, METH_FASTCALL, frames_end_doc},
     {"tcp_run", (PyCFunction)(void (*)(void))py_tcp_run, METH_FASTCALL, tcp_run_doc},
+    {"tcp_frames", (PyCFunction)(void (*)(void))py_tcp_frames, METH_FASTCALL, tcp_frames_doc},
     {"pcap_run", (PyCFunction)(void (*)(void))py_pcap_run, METH_FASTCALL, pcap_run_doc},
     {"pcap_parts", (PyCFunction)(void (*)(void))py_pcap_parts, METH_FASTCALL, pcap_parts_doc},
     {"gro_scan", py_gro_scan, METH_O, gro_scan_doc},

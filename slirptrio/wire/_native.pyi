@@ -23,6 +23,22 @@ def tcp_run(
     last_flags: int,
     /,
 ) -> int: ...
+def tcp_frames(
+    head: ReadableBuffer,
+    ident: int,
+    sport: int,
+    dport: int,
+    seq: int,
+    ack: int,
+    window: int,
+    payload: ReadableBuffer,
+    start: int,
+    length: int,
+    mss: int,
+    flags: int,
+    last_flags: int,
+    /,
+) -> bytes: ...
 def pcap_run(out: bytearray, run: ReadableBuffer, ts_ns: int, snaplen: int, /) -> int: ...
 def pcap_parts(
     parts: list[Any], run: ReadableBuffer, ts_ns: int, snaplen: int, ref_over: int, /

@@ -324,6 +324,31 @@ def pure_tcp_run(
     return count
 
 
+def pure_tcp_frames(
+    head: bytes | bytearray | memoryview,
+    ident: int,
+    sport: int,
+    dport: int,
+    seq: int,
+    ack: int,
+    window: int,
+    payload: bytes | bytearray | memoryview,
+    start: int,
+    length: int,
+    mss: int,
+    flags: int,
+    last_flags: int,
+) -> bytes:
+    """The run :func:`tcp_run` would append to an empty bytearray, as ``bytes`` (natively
+    built in place: the one copy of the payload, no bytearray to copy out of)."""
+    out = bytearray()
+    pure_tcp_run(
+        out, head, ident, sport, dport, seq, ack, window, payload, start, length, mss, flags,
+        last_flags,
+    )
+    return bytes(out)
+
+
 def pure_pcap_run(
     out: bytearray, run: bytes | bytearray | memoryview, ts_ns: int, snaplen: int
 ) -> int:
@@ -348,6 +373,7 @@ parse_frame: Callable[[bytes | bytearray | memoryview], Record]
 scan_frames: Callable[[bytes | bytearray | memoryview], list[Record]]
 frames_end: Callable[[bytes | bytearray | memoryview, int, int], tuple[int, int, int]]
 tcp_run: Callable[..., int]
+tcp_frames: Callable[..., bytes]
 gro_scan: Callable[[bytes | bytearray | memoryview], list[Record]]
 pcap_run: Callable[[bytearray, bytes | bytearray | memoryview, int, int], int]
 
@@ -356,10 +382,10 @@ if _accel.native is not None:
     ones_sum, parse_frame, scan_frames, frames_end, tcp_run, pcap_run = (
         _n.ones_sum, _n.parse_frame, _n.scan_frames, _n.frames_end, _n.tcp_run, _n.pcap_run
     )
-    gro_scan = _n.gro_scan
+    gro_scan, tcp_frames = _n.gro_scan, _n.tcp_frames
 else:
     ones_sum = pure_ones_sum
     parse_frame, scan_frames, frames_end, tcp_run, pcap_run = (
         pure_parse_frame, pure_scan_frames, pure_frames_end, pure_tcp_run, pure_pcap_run
     )
-    gro_scan = pure_gro_scan
+    gro_scan, tcp_frames = pure_gro_scan, pure_tcp_frames
