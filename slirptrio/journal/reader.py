@@ -87,12 +87,6 @@ class SegmentStart:
 
 
 @dataclass
-class Truncated:
-    path: str
-    nbytes: int
-
-
-@dataclass
 class Journal:
     """An opened journal. ``header`` is its first retained segment's."""
 
