@@ -311,10 +311,13 @@ class _RunReader:
             return None
         have += n
         end, _count, self._oversized = frames_end(buf, have, MAX_FRAME)
-        run = bytes(buf[:end]) if end else b""
         if end:
+            with memoryview(buf) as mv:
+                run = bytes(mv[:end])  # one copy (bytes(buf[:end]) made two)
             buf[: have - end] = buf[end:have]  # same size: the buffer is never reallocated
             have -= end
+        else:
+            run = b""
         self._have = have
         return run
 
