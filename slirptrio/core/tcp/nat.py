@@ -408,15 +408,8 @@ class TcpNat:
         # _output: the whole buffer fits the window; no FIN (the host has not closed)
         end = nxt + n
         self._out(c, nxt, ACK, 0, n, ACK | PSH)
-        snd_max = c.snd_max
-        if end > snd_max:
-            if c.rtt_seq is None:
-                mss = c.snd_mss
-                first = nxt if nxt >= snd_max else nxt - (nxt - snd_max) // mss * mss
-                if first < end:
-                    c.rtt_seq = end if first + mss >= end else first + mss
-                    c.rtt_start = now_ns
-            c.snd_max = end
+        if end > c.snd_max:
+            self._sent_new(c, nxt, end, end, now_ns)
         c.snd_nxt = end
         if c.rto_at is None:
             c.rto_at = now_ns + c.rto
@@ -566,6 +559,19 @@ class TcpNat:
         c.rcv_acked = c.rcv_nxt
         c.delack_at = None
 
+    def _sent_new(self, c: _Conn, nxt: int, limit: int, end: int, now_ns: int) -> None:
+        """Data ``nxt..limit`` (``end``: past a FIN, if one went too) went out beyond
+        ``snd_max``: time its first segment that starts at or after the old ``snd_max``, unless
+        a segment is being timed, and move ``snd_max``."""
+        if c.rtt_seq is None:
+            mss = c.snd_mss
+            snd_max = c.snd_max
+            first = nxt if nxt >= snd_max else nxt - (nxt - snd_max) // mss * mss
+            if first < limit:
+                c.rtt_seq = end if first + mss >= limit else first + mss
+                c.rtt_start = now_ns
+        c.snd_max = end
+
     def _ack_now(self, c: _Conn) -> None:
         self._out(c, c.snd_nxt, ACK)
 
@@ -658,16 +664,8 @@ class TcpNat:
                         if not c.rcv_fin:
                             c.active_close = True
                 self._out(c, nxt, ACK, nxt - c.buf_seq, limit - nxt, last)
-                snd_max = c.snd_max
-                if end > snd_max:
-                    if c.rtt_seq is None:
-                        # Time the first segment that starts at or after the old snd_max.
-                        mss = c.snd_mss
-                        first = nxt if nxt >= snd_max else nxt - (nxt - snd_max) // mss * mss
-                        if first < limit:
-                            c.rtt_seq = end if first + mss >= limit else first + mss
-                            c.rtt_start = now_ns
-                    c.snd_max = end
+                if end > c.snd_max:
+                    self._sent_new(c, nxt, limit, end, now_ns)
                 nxt = end
                 sent = True
         elif nxt == data_end and self._fin_due(c):
